@@ -1,0 +1,167 @@
+//! Problems found in a model, with where they are and what was expected.
+
+use std::fmt;
+
+use crate::locate::{locate, Position};
+
+/// One step of a path into a JSON document.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+/// A path into a JSON document, displayed as `subsystems[0].components[2].id`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct JsonPath(pub Vec<Segment>);
+
+impl JsonPath {
+    pub fn root() -> Self {
+        JsonPath(Vec::new())
+    }
+
+    pub fn key(&self, key: impl Into<String>) -> Self {
+        let mut p = self.clone();
+        p.0.push(Segment::Key(key.into()));
+        p
+    }
+
+    pub fn index(&self, index: usize) -> Self {
+        let mut p = self.clone();
+        p.0.push(Segment::Index(index));
+        p
+    }
+
+    pub fn parent(&self) -> Self {
+        let mut p = self.clone();
+        p.0.pop();
+        p
+    }
+
+    pub fn last_key(&self) -> Option<&str> {
+        match self.0.last() {
+            Some(Segment::Key(k)) => Some(k),
+            _ => None,
+        }
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for JsonPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("(document root)");
+        }
+        for (i, seg) in self.0.iter().enumerate() {
+            match seg {
+                Segment::Key(k) if i == 0 => write!(f, "{k}")?,
+                Segment::Key(k) => write!(f, ".{k}")?,
+                Segment::Index(n) => write!(f, "[{n}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A problem in a model, located by JSON path only (the pure checks do not see text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: JsonPath,
+    pub message: String,
+    /// What would have been valid here.
+    pub expected: Option<String>,
+}
+
+impl Problem {
+    pub fn new(path: JsonPath, message: impl Into<String>) -> Self {
+        Problem {
+            path,
+            message: message.into(),
+            expected: None,
+        }
+    }
+
+    pub fn expected(mut self, expected: impl Into<String>) -> Self {
+        self.expected = Some(expected.into());
+        self
+    }
+}
+
+/// A problem located in a file: file, line and column, JSON path, message, expectation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Diagnostic {
+    pub file: String,
+    /// 1-based line; 0 when the position is unknown.
+    pub line: usize,
+    /// 1-based column in characters; 0 when the position is unknown.
+    pub column: usize,
+    /// The JSON path, as displayed (`subsystems[0].components[2].id`).
+    pub path: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+}
+
+impl Diagnostic {
+    /// Locates a problem in the text it was found in.
+    pub fn locate(file: &str, text: &str, problem: Problem) -> Self {
+        let pos = locate(text, &problem.path).unwrap_or(Position { line: 0, column: 0 });
+        Diagnostic {
+            file: file.to_owned(),
+            line: pos.line,
+            column: pos.column,
+            path: problem.path.to_string(),
+            message: problem.message,
+            expected: problem.expected,
+        }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        } else {
+            write!(f, "{}: ", self.file)?;
+        }
+        write!(f, "at {}: {}", self.path, self.message)?;
+        if let Some(e) = &self.expected {
+            write!(f, "\n    expected: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A model that cannot be used, with every problem found in it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Invalid {
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Invalid {
+    pub fn from_problems(file: &str, text: &str, problems: Vec<Problem>) -> Self {
+        Invalid {
+            diagnostics: problems
+                .into_iter()
+                .map(|p| Diagnostic::locate(file, text, p))
+                .collect(),
+        }
+    }
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.diagnostics.len();
+        for d in &self.diagnostics {
+            writeln!(f, "error: {d}")?;
+        }
+        write!(
+            f,
+            "{n} problem{} found",
+            if n == 1 { "" } else { "s" }
+        )
+    }
+}
