@@ -202,7 +202,7 @@ mod tests {
         );
         assert_eq!(
             locate(DOC, &path(&["é", "f"])),
-            Some(Position { line: 4, column: 10 })
+            Some(Position { line: 4, column: 9 })
         );
     }
 
