@@ -143,12 +143,13 @@ pub struct Invalid {
 
 impl Invalid {
     pub fn from_problems(file: &str, text: &str, problems: Vec<Problem>) -> Self {
-        Invalid {
-            diagnostics: problems
-                .into_iter()
-                .map(|p| Diagnostic::locate(file, text, p))
-                .collect(),
-        }
+        let mut diagnostics: Vec<Diagnostic> = problems
+            .into_iter()
+            .map(|p| Diagnostic::locate(file, text, p))
+            .collect();
+        // Reading order; problems without a position keep their place at the end.
+        diagnostics.sort_by_key(|d| (d.line == 0, d.line, d.column));
+        Invalid { diagnostics }
     }
 }
 

@@ -7,15 +7,30 @@
 
 pub mod component;
 pub mod diagnostic;
-pub mod locate;
+pub mod diff;
+pub mod generate;
 pub mod link;
+pub mod load;
+pub mod locate;
+pub mod located;
 pub mod model;
 pub mod parse;
+pub mod plan;
 pub mod resources;
 pub mod schema;
+pub mod simulate;
+pub mod subsystem;
+pub mod template;
+pub mod topic;
+pub mod validate;
 pub mod wire;
 
 pub use component::{Component, ComponentSpec, Kind};
 pub use diagnostic::{Diagnostic, Invalid, JsonPath, Problem};
 pub use link::{Communication, Link};
 pub use model::{DeploymentModel, FailurePolicy, Megamodel, Template};
+pub use diff::{diff, ModelDiff};
+pub use load::{load_megamodel, load_template};
+pub use plan::{plan, Action, Phase, Plan, Step};
+pub use subsystem::partition;
+pub use validate::{validate_deployment_model, validate_megamodel, validate_template};

@@ -1,0 +1,374 @@
+//! Structural diff of deployment models, keyed by component id, and applying it.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::component::{Component, Kind};
+use crate::link::Link;
+use crate::model::DeploymentModel;
+
+/// What differs between two deployment models.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ModelDiff {
+    /// Model-level fields (`id`, `on_failure`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub model: Vec<FieldChange>,
+    pub added: Vec<Component>,
+    pub removed: Vec<Component>,
+    pub changed: Vec<ComponentChange>,
+    pub links_added: Vec<Link>,
+    pub links_removed: Vec<Link>,
+}
+
+/// A component present on both sides that must be updated or redeployed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ComponentChange {
+    pub id: String,
+    pub kind: Kind,
+    /// Field-level changes; empty when the component only follows its host.
+    pub fields: Vec<FieldChange>,
+    pub action: ChangeAction,
+}
+
+/// How a changed component is brought to its target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum ChangeAction {
+    /// Only metadata changed: updated in place, nothing restarted.
+    Update,
+    /// Removed and added again, for the cause given.
+    Replace { cause: ReplaceCause },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum ReplaceCause {
+    /// Its own specification changed.
+    Spec,
+    /// It moved to another host (or was placed, or unplaced).
+    Moved {
+        from: Option<String>,
+        to: Option<String>,
+    },
+    /// Its host is replaced, so it is redeployed with it.
+    Host { host: String },
+}
+
+/// One changed field, addressed by a JSON pointer into the component's JSON form.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FieldChange {
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new: Option<Value>,
+}
+
+impl ModelDiff {
+    pub fn is_empty(&self) -> bool {
+        self.model.is_empty()
+            && self.added.is_empty()
+            && self.removed.is_empty()
+            && self.changed.is_empty()
+            && self.links_added.is_empty()
+            && self.links_removed.is_empty()
+    }
+
+    /// Ids of components that go down and come back up (replaced).
+    pub fn replaced(&self) -> impl Iterator<Item = &ComponentChange> {
+        self.changed
+            .iter()
+            .filter(|c| matches!(c.action, ChangeAction::Replace { .. }))
+    }
+}
+
+impl ComponentChange {
+    pub fn is_replace(&self) -> bool {
+        matches!(self.action, ChangeAction::Replace { .. })
+    }
+}
+
+/// Computes the diff that turns `current` into `target`.
+pub fn diff(current: &DeploymentModel, target: &DeploymentModel) -> ModelDiff {
+    let a = current.index();
+    let b = target.index();
+    let mut d = ModelDiff {
+        model: model_fields_diff(current, target),
+        ..ModelDiff::default()
+    };
+
+    let hosts_a = current.hosts();
+    let hosts_b = target.hosts();
+    let mut replaced: HashSet<&str> = HashSet::new();
+    let mut changes: HashMap<&str, ComponentChange> = HashMap::new();
+    for c in &target.components {
+        let Some(old) = a.get(c.id.as_str()) else {
+            if b.get(c.id.as_str()).is_some_and(|first| std::ptr::eq(*first, c)) {
+                d.added.push(c.clone());
+            }
+            continue;
+        };
+        let moved = hosts_a.get(c.id.as_str()) != hosts_b.get(c.id.as_str());
+        if *old == c && !moved {
+            continue;
+        }
+        let fields = if *old == c { Vec::new() } else { component_fields_diff(old, c) };
+        let in_place = c.kind() == old.kind()
+            && fields.iter().all(|f| {
+                let top = f.path.trim_start_matches('/').split('/').next().unwrap_or("");
+                c.kind().in_place_fields().contains(&top)
+            });
+        let action = if !in_place {
+            ChangeAction::Replace {
+                cause: ReplaceCause::Spec,
+            }
+        } else if moved {
+            ChangeAction::Replace {
+                cause: ReplaceCause::Moved {
+                    from: hosts_a.get(c.id.as_str()).map(|s| (*s).to_owned()),
+                    to: hosts_b.get(c.id.as_str()).map(|s| (*s).to_owned()),
+                },
+            }
+        } else {
+            ChangeAction::Update
+        };
+        if matches!(action, ChangeAction::Replace { .. }) {
+            replaced.insert(&c.id);
+        }
+        changes.insert(
+            &c.id,
+            ComponentChange {
+                id: c.id.clone(),
+                kind: c.kind(),
+                fields,
+                action,
+            },
+        );
+    }
+    for c in &current.components {
+        if !b.contains_key(c.id.as_str()) && a.get(c.id.as_str()).is_some_and(|f| std::ptr::eq(*f, c)) {
+            d.removed.push(c.clone());
+        }
+    }
+
+    // A replaced host takes down everything it hosts (transitively) in the target.
+    let mut hosted_by: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (comp, host) in &hosts_b {
+        if a.contains_key(comp) {
+            hosted_by.entry(host).or_default().push(comp);
+        }
+    }
+    let mut queue: VecDeque<&str> = replaced.iter().copied().collect();
+    while let Some(host) = queue.pop_front() {
+        for &comp in hosted_by.get(host).map(Vec::as_slice).unwrap_or(&[]) {
+            if replaced.insert(comp) {
+                let change = changes.entry(comp).or_insert_with(|| ComponentChange {
+                    id: comp.to_owned(),
+                    kind: b[comp].kind(),
+                    fields: Vec::new(),
+                    action: ChangeAction::Update,
+                });
+                change.action = ChangeAction::Replace {
+                    cause: ReplaceCause::Host {
+                        host: host.to_owned(),
+                    },
+                };
+                queue.push_back(comp);
+            }
+        }
+    }
+    d.changed = changes.into_values().collect();
+    d.changed.sort_by(|x, y| x.id.cmp(&y.id));
+    d.added.sort_by(|x, y| x.id.cmp(&y.id));
+    d.removed.sort_by(|x, y| x.id.cmp(&y.id));
+
+    let links_a: HashSet<&Link> = current.links.iter().collect();
+    let links_b: HashSet<&Link> = target.links.iter().collect();
+    d.links_added = links_b.difference(&links_a).map(|l| (*l).clone()).collect();
+    d.links_removed = links_a.difference(&links_b).map(|l| (*l).clone()).collect();
+    d.links_added.sort();
+    d.links_removed.sort();
+    d
+}
+
+fn model_fields_diff(a: &DeploymentModel, b: &DeploymentModel) -> Vec<FieldChange> {
+    let mut out = Vec::new();
+    if a.id != b.id || a.on_failure != b.on_failure {
+        let va = model_fields(a);
+        let vb = model_fields(b);
+        value_diff(&va, &vb, &mut String::new(), &mut out);
+    }
+    out
+}
+
+fn model_fields(m: &DeploymentModel) -> Value {
+    let mut o = Map::new();
+    if let Some(id) = &m.id {
+        o.insert("id".into(), Value::String(id.clone()));
+    }
+    if let Some(p) = m.on_failure {
+        o.insert("on_failure".into(), serde_json::to_value(p).unwrap_or(Value::Null));
+    }
+    Value::Object(o)
+}
+
+/// Field-level changes between two versions of a component, as JSON pointers.
+pub fn component_fields_diff(a: &Component, b: &Component) -> Vec<FieldChange> {
+    let va = serde_json::to_value(a).unwrap_or(Value::Null);
+    let vb = serde_json::to_value(b).unwrap_or(Value::Null);
+    let mut out = Vec::new();
+    value_diff(&va, &vb, &mut String::new(), &mut out);
+    out
+}
+
+/// Objects are compared member by member; anything else (arrays included) is
+/// replaced as a whole when it differs.
+fn value_diff(a: &Value, b: &Value, path: &mut String, out: &mut Vec<FieldChange>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))).collect();
+            keys.sort();
+            for k in keys {
+                let len = path.len();
+                path.push('/');
+                path.push_str(&escape_pointer(k));
+                match (x.get(k), y.get(k)) {
+                    (Some(va), Some(vb)) if va != vb => value_diff(va, vb, path, out),
+                    (Some(_), Some(_)) => {}
+                    (old, new) => out.push(FieldChange {
+                        path: path.clone(),
+                        old: old.cloned(),
+                        new: new.cloned(),
+                    }),
+                }
+                path.truncate(len);
+            }
+        }
+        _ if a != b => out.push(FieldChange {
+            path: path.clone(),
+            old: Some(a.clone()),
+            new: Some(b.clone()),
+        }),
+        _ => {}
+    }
+}
+
+fn escape_pointer(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+fn unescape_pointer(seg: &str) -> String {
+    seg.replace("~1", "/").replace("~0", "~")
+}
+
+/// Why a diff does not apply to a model.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("component `{0}` to remove or change is not in the model")]
+    MissingComponent(String),
+    #[error("component `{0}` to add is already in the model")]
+    AlreadyPresent(String),
+    #[error("link ({0}) to remove is not in the model")]
+    MissingLink(String),
+    #[error("component `{id}`: cannot apply change at `{path}`: {reason}")]
+    Patch {
+        id: String,
+        path: String,
+        reason: String,
+    },
+}
+
+impl ModelDiff {
+    /// Applies this diff to `model`: the result is the target the diff was computed
+    /// against (in canonical order).
+    pub fn apply(&self, model: &DeploymentModel) -> Result<DeploymentModel, ApplyError> {
+        let mut components: HashMap<String, Component> =
+            model.components.iter().map(|c| (c.id.clone(), c.clone())).collect();
+        for c in &self.removed {
+            components
+                .remove(&c.id)
+                .ok_or_else(|| ApplyError::MissingComponent(c.id.clone()))?;
+        }
+        for change in self.changed.iter().filter(|c| !c.fields.is_empty()) {
+            let c = components
+                .get_mut(&change.id)
+                .ok_or_else(|| ApplyError::MissingComponent(change.id.clone()))?;
+            let patch_err = |path: &str, reason: String| ApplyError::Patch {
+                id: change.id.clone(),
+                path: path.to_owned(),
+                reason,
+            };
+            let mut value = serde_json::to_value(&*c).map_err(|e| patch_err("", e.to_string()))?;
+            for f in &change.fields {
+                patch(&mut value, &f.path, f.new.clone()).map_err(|r| patch_err(&f.path, r))?;
+            }
+            *c = serde_json::from_value(value).map_err(|e| patch_err("", e.to_string()))?;
+        }
+        for c in &self.added {
+            if components.insert(c.id.clone(), c.clone()).is_some() {
+                return Err(ApplyError::AlreadyPresent(c.id.clone()));
+            }
+        }
+        let mut links: HashSet<Link> = model.links.iter().cloned().collect();
+        for l in &self.links_removed {
+            if !links.remove(l) {
+                return Err(ApplyError::MissingLink(l.to_string()));
+            }
+        }
+        links.extend(self.links_added.iter().cloned());
+
+        let mut header = model_fields(model);
+        for f in &self.model {
+            patch(&mut header, &f.path, f.new.clone()).map_err(|reason| ApplyError::Patch {
+                id: "(model)".to_owned(),
+                path: f.path.clone(),
+                reason,
+            })?;
+        }
+        let mut out = DeploymentModel {
+            id: header.get("id").and_then(Value::as_str).map(str::to_owned),
+            on_failure: header
+                .get("on_failure")
+                .and_then(|v| serde_json::from_value(v.clone()).ok()),
+            components: components.into_values().collect(),
+            links: links.into_iter().collect(),
+        };
+        out.canonicalize();
+        Ok(out)
+    }
+}
+
+/// Sets (or, with `None`, removes) the value at a JSON pointer, creating objects
+/// on the way.
+fn patch(root: &mut Value, pointer: &str, new: Option<Value>) -> Result<(), String> {
+    if pointer.is_empty() {
+        *root = new.ok_or("cannot remove the whole document")?;
+        return Ok(());
+    }
+    let segs: Vec<String> = pointer
+        .strip_prefix('/')
+        .ok_or_else(|| format!("`{pointer}` is not a JSON pointer"))?
+        .split('/')
+        .map(unescape_pointer)
+        .collect();
+    let (last, parents) = segs.split_last().ok_or("empty pointer")?;
+    let mut node = root;
+    for s in parents {
+        let obj = node.as_object_mut().ok_or_else(|| format!("`{s}` is not inside an object"))?;
+        node = obj.entry(s.clone()).or_insert_with(|| Value::Object(Map::new()));
+    }
+    let obj = node
+        .as_object_mut()
+        .ok_or_else(|| format!("the parent of `{last}` is not an object"))?;
+    match new {
+        Some(v) => {
+            obj.insert(last.clone(), v);
+        }
+        None => {
+            obj.remove(last);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! Components and links with the JSON path they were read from.
+
+use crate::component::Component;
+use crate::diagnostic::JsonPath;
+use crate::link::Link;
+use crate::model::{DeploymentModel, Megamodel, Template};
+
+#[derive(Debug, Clone)]
+pub struct Located<'a, T> {
+    pub path: JsonPath,
+    /// The id of the subsystem the item is nested in, if any.
+    pub nested_in: Option<&'a str>,
+    pub item: &'a T,
+}
+
+/// A model's components and links, in document order, with their paths.
+#[derive(Debug, Default)]
+pub struct Document<'a> {
+    pub components: Vec<Located<'a, Component>>,
+    pub links: Vec<Located<'a, Link>>,
+}
+
+impl<'a> Document<'a> {
+    pub fn of_megamodel(mm: &'a Megamodel) -> Self {
+        let mut doc = Document::default();
+        let root = JsonPath::root();
+        for (i, s) in mm.subsystems.iter().enumerate() {
+            doc.add(&root.key("subsystems").index(i), s.id.as_deref(), &s.components, &s.links);
+        }
+        doc.add(&root, None, &mm.components, &mm.links);
+        doc
+    }
+
+    pub fn of_model(m: &'a DeploymentModel) -> Self {
+        let mut doc = Document::default();
+        doc.add(&JsonPath::root(), m.id.as_deref(), &m.components, &m.links);
+        doc
+    }
+
+    pub fn of_template(t: &'a Template) -> Self {
+        let mut doc = Document::default();
+        doc.add(&JsonPath::root(), None, &t.components, &t.links);
+        doc
+    }
+
+    fn add(
+        &mut self,
+        base: &JsonPath,
+        nested_in: Option<&'a str>,
+        components: &'a [Component],
+        links: &'a [Link],
+    ) {
+        let cbase = base.key("components");
+        self.components
+            .extend(components.iter().enumerate().map(|(i, c)| Located {
+                path: cbase.index(i),
+                nested_in,
+                item: c,
+            }));
+        let lbase = base.key("links");
+        self.links.extend(links.iter().enumerate().map(|(i, l)| Located {
+            path: lbase.index(i),
+            nested_in,
+            item: l,
+        }));
+    }
+}

@@ -1,0 +1,392 @@
+//! Planning: the ordered steps that turn a current model into a target model.
+//!
+//! A plan is a DAG of idempotent steps. Every dependency points to a step of the
+//! same or an earlier phase, and [`Plan::steps`] lists the steps in a topological
+//! order sorted by phase: stop → unbind → remove → add → bind → update → start.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::diff::{diff, ModelDiff};
+use crate::link::Link;
+use crate::model::DeploymentModel;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Stop,
+    Unbind,
+    Remove,
+    Add,
+    Bind,
+    Update,
+    Start,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 7] = [
+        Phase::Stop,
+        Phase::Unbind,
+        Phase::Remove,
+        Phase::Add,
+        Phase::Bind,
+        Phase::Update,
+        Phase::Start,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Stop => "stop",
+            Phase::Unbind => "unbind",
+            Phase::Remove => "remove",
+            Phase::Add => "add",
+            Phase::Bind => "bind",
+            Phase::Update => "update",
+            Phase::Start => "start",
+        }
+    }
+}
+
+/// What a step does. Steps name components by id; the executor reads their
+/// specification from the target model.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum Action {
+    /// Stop a running component (its spec is in the current model).
+    Stop { component: String },
+    Unbind { link: Link },
+    /// Delete a component and what was created for it.
+    Remove { component: String },
+    /// Create (build, pull, flash-prepare) a component from the target.
+    Add { component: String },
+    Bind { link: Link },
+    /// Update metadata in place, without restarting.
+    Update { component: String },
+    Start { component: String },
+}
+
+impl Action {
+    pub fn phase(&self) -> Phase {
+        match self {
+            Action::Stop { .. } => Phase::Stop,
+            Action::Unbind { .. } => Phase::Unbind,
+            Action::Remove { .. } => Phase::Remove,
+            Action::Add { .. } => Phase::Add,
+            Action::Bind { .. } => Phase::Bind,
+            Action::Update { .. } => Phase::Update,
+            Action::Start { .. } => Phase::Start,
+        }
+    }
+
+    /// The component the step acts on (`None` for link steps).
+    pub fn component(&self) -> Option<&str> {
+        match self {
+            Action::Stop { component }
+            | Action::Remove { component }
+            | Action::Add { component }
+            | Action::Update { component }
+            | Action::Start { component } => Some(component),
+            Action::Unbind { .. } | Action::Bind { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Stop { component } => write!(f, "stop {component}"),
+            Action::Unbind { link } => write!(f, "unbind {link}"),
+            Action::Remove { component } => write!(f, "remove {component}"),
+            Action::Add { component } => write!(f, "add {component}"),
+            Action::Bind { link } => write!(f, "bind {link}"),
+            Action::Update { component } => write!(f, "update {component}"),
+            Action::Start { component } => write!(f, "start {component}"),
+        }
+    }
+}
+
+/// A step of a plan; `id` is its index in [`Plan::steps`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    pub id: usize,
+    pub phase: Phase,
+    #[serde(flatten)]
+    pub action: Action,
+    /// Steps that must finish first.
+    pub after: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.steps.len()
+    }
+}
+
+/// Plans the steps from `current` to `target`.
+pub fn plan(current: &DeploymentModel, target: &DeploymentModel) -> Plan {
+    plan_diff(current, target, &diff(current, target))
+}
+
+/// Plans from an already computed `diff(current, target)`.
+pub fn plan_diff(current: &DeploymentModel, target: &DeploymentModel, d: &ModelDiff) -> Plan {
+    let a = current.index();
+    let b = target.index();
+    let replaced: HashSet<&str> = d.replaced().map(|c| c.id.as_str()).collect();
+    let going_down: Vec<&str> = d
+        .removed
+        .iter()
+        .map(|c| c.id.as_str())
+        .chain(d.replaced().map(|c| c.id.as_str()))
+        .collect();
+    let coming_up: Vec<&str> = d
+        .added
+        .iter()
+        .map(|c| c.id.as_str())
+        .chain(d.replaced().map(|c| c.id.as_str()))
+        .collect();
+    let links_b: HashSet<&Link> = target.links.iter().collect();
+    let links_a: HashSet<&Link> = current.links.iter().collect();
+    let rewired = |l: &Link| {
+        let (x, y) = l.endpoints();
+        replaced.contains(x) || replaced.contains(y)
+    };
+    let is_comm = |l: &&Link| matches!(l, Link::Communication(_));
+    let unbind: Vec<&Link> = current
+        .links
+        .iter()
+        .filter(is_comm)
+        .filter(|l| !links_b.contains(l) || rewired(l))
+        .collect();
+    let bind: Vec<&Link> = target
+        .links
+        .iter()
+        .filter(is_comm)
+        .filter(|l| !links_a.contains(l) || rewired(l))
+        .collect();
+
+    let mut g = Builder::default();
+    let lifecycle = |idx: &HashMap<&str, &crate::Component>, id: &str| {
+        idx.get(id).is_some_and(|c| c.kind().has_lifecycle())
+    };
+    for &id in &going_down {
+        if lifecycle(&a, id) {
+            g.add(Action::Stop { component: id.to_owned() });
+        }
+        g.add(Action::Remove { component: id.to_owned() });
+    }
+    for &l in &unbind {
+        g.add(Action::Unbind { link: l.clone() });
+    }
+    for &id in &coming_up {
+        g.add(Action::Add { component: id.to_owned() });
+        if lifecycle(&b, id) {
+            g.add(Action::Start { component: id.to_owned() });
+        }
+    }
+    for &l in &bind {
+        g.add(Action::Bind { link: l.clone() });
+    }
+    for c in d.changed.iter().filter(|c| !c.is_replace()) {
+        g.add(Action::Update { component: c.id.clone() });
+    }
+
+    // Dependencies.
+    let needed_by_a = reverse_needs(current);
+    let hosts_a = current.hosts();
+    let hosts_b = target.hosts();
+    let needs_b = needs(target);
+    for &id in &going_down {
+        let stop = g.find(Phase::Stop, id);
+        let remove = g.find(Phase::Remove, id);
+        for &dependant in needed_by_a.get(id).map(Vec::as_slice).unwrap_or(&[]) {
+            g.dep(stop, g.find(Phase::Stop, dependant));
+            if hosts_a.get(dependant) == Some(&id) {
+                g.dep(remove, g.find(Phase::Remove, dependant));
+            }
+        }
+        g.dep(remove, stop);
+    }
+    for &l in &unbind {
+        let step = g.find_link(Phase::Unbind, l);
+        let (x, y) = l.endpoints();
+        g.dep(step, g.find(Phase::Stop, x));
+        g.dep(step, g.find(Phase::Stop, y));
+        g.dep(g.find(Phase::Remove, x), step);
+        g.dep(g.find(Phase::Remove, y), step);
+    }
+    for &id in &coming_up {
+        let add = g.find(Phase::Add, id);
+        g.dep(add, g.find(Phase::Remove, id));
+        if let Some(host) = hosts_b.get(id) {
+            g.dep(add, g.find(Phase::Add, host));
+        }
+        let start = g.find(Phase::Start, id);
+        g.dep(start, add);
+        for &n in needs_b.get(id).map(Vec::as_slice).unwrap_or(&[]) {
+            let up = g.find(Phase::Start, n).or_else(|| g.find(Phase::Add, n));
+            g.dep(start, up);
+        }
+    }
+    for &l in &bind {
+        let step = g.find_link(Phase::Bind, l);
+        let (x, y) = l.endpoints();
+        g.dep(step, g.find(Phase::Add, x));
+        g.dep(step, g.find(Phase::Add, y));
+        g.dep(step, g.find_link(Phase::Unbind, l));
+        g.dep(g.find(Phase::Start, x), step);
+        g.dep(g.find(Phase::Start, y), step);
+    }
+    g.finish()
+}
+
+/// For each component, what it needs up before it starts (host, communication
+/// targets, its deployer).
+fn needs(m: &DeploymentModel) -> HashMap<&str, Vec<&str>> {
+    let mut out: HashMap<&str, Vec<&str>> = HashMap::new();
+    for l in &m.links {
+        if let Some((who, what)) = l.need() {
+            out.entry(who).or_default().push(what);
+        }
+    }
+    out
+}
+
+fn reverse_needs(m: &DeploymentModel) -> HashMap<&str, Vec<&str>> {
+    let mut out: HashMap<&str, Vec<&str>> = HashMap::new();
+    for l in &m.links {
+        if let Some((who, what)) = l.need() {
+            out.entry(what).or_default().push(who);
+        }
+    }
+    out
+}
+
+#[derive(Default)]
+struct Builder {
+    actions: Vec<Action>,
+    after: Vec<Vec<usize>>,
+    by_component: HashMap<String, [Option<usize>; 7]>,
+    by_link: HashMap<Link, [Option<usize>; 7]>,
+}
+
+impl Builder {
+    fn add(&mut self, action: Action) {
+        let i = self.actions.len();
+        match &action {
+            Action::Unbind { link } | Action::Bind { link } => {
+                self.by_link.entry(link.clone()).or_default()[action.phase() as usize] = Some(i);
+            }
+            _ => {
+                if let Some(c) = action.component() {
+                    self.by_component.entry(c.to_owned()).or_default()[action.phase() as usize] =
+                        Some(i);
+                }
+            }
+        }
+        self.actions.push(action);
+        self.after.push(Vec::new());
+    }
+
+    fn find(&self, phase: Phase, component: &str) -> Option<usize> {
+        self.by_component.get(component)?[phase as usize]
+    }
+
+    fn find_link(&self, phase: Phase, link: &Link) -> Option<usize> {
+        self.by_link.get(link)?[phase as usize]
+    }
+
+    fn dep(&mut self, step: Option<usize>, on: Option<usize>) {
+        if let (Some(s), Some(o)) = (step, on) {
+            if s != o && !self.after[s].contains(&o) {
+                self.after[s].push(o);
+            }
+        }
+    }
+
+    /// Orders the steps topologically, earliest phase first (then creation order),
+    /// and renumbers them.
+    fn finish(self) -> Plan {
+        let n = self.actions.len();
+        let mut indegree = vec![0usize; n];
+        let mut dependants: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (s, deps) in self.after.iter().enumerate() {
+            indegree[s] = deps.len();
+            for &d in deps {
+                dependants[d].push(s);
+            }
+        }
+        let mut ready: BinaryHeap<Reverse<(Phase, usize)>> = (0..n)
+            .filter(|&i| indegree[i] == 0)
+            .map(|i| Reverse((self.actions[i].phase(), i)))
+            .collect();
+        let mut order = Vec::with_capacity(n);
+        while let Some(Reverse((_, i))) = ready.pop() {
+            order.push(i);
+            for &s in &dependants[i] {
+                indegree[s] -= 1;
+                if indegree[s] == 0 {
+                    ready.push(Reverse((self.actions[s].phase(), s)));
+                }
+            }
+        }
+        debug_assert_eq!(order.len(), n, "plan dependencies form a cycle");
+        let mut new_id = vec![0usize; n];
+        for (pos, &old) in order.iter().enumerate() {
+            new_id[old] = pos;
+        }
+        let mut actions: Vec<Option<Action>> = self.actions.into_iter().map(Some).collect();
+        let steps = order
+            .iter()
+            .enumerate()
+            .map(|(pos, &old)| {
+                let action = actions[old].take().unwrap_or(Action::Update {
+                    component: String::new(),
+                });
+                let mut after: Vec<usize> = self.after[old].iter().map(|d| new_id[*d]).collect();
+                after.sort_unstable();
+                Step {
+                    id: pos,
+                    phase: action.phase(),
+                    action,
+                    after,
+                }
+            })
+            .collect();
+        Plan { steps }
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.steps.is_empty() {
+            return writeln!(f, "nothing to do: current and target are the same");
+        }
+        writeln!(f, "{} step{}", self.steps.len(), if self.steps.len() == 1 { "" } else { "s" })?;
+        let mut phase = None;
+        for s in &self.steps {
+            if phase != Some(s.phase) {
+                writeln!(f, "{}:", s.phase.as_str())?;
+                phase = Some(s.phase);
+            }
+            write!(f, "  #{:<4} {}", s.id + 1, s.action)?;
+            if !s.after.is_empty() {
+                let deps: Vec<String> = s.after.iter().map(|d| format!("#{}", d + 1)).collect();
+                write!(f, "   (after {})", deps.join(", "))?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,209 @@
+//! An in-memory executor of plans that enforces the ordering rules a real engine
+//! relies on. Used by property tests and by fakes in other crates' unit tests.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::component::Component;
+use crate::link::Link;
+use crate::model::DeploymentModel;
+use crate::plan::{Action, Plan, Step};
+
+/// A rule a step broke.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("step `{step}`: {rule}")]
+pub struct Violation {
+    pub step: String,
+    pub rule: String,
+}
+
+/// The state of a simulated subsystem: what exists, what is wired, what runs.
+#[derive(Debug, Clone, Default)]
+pub struct Simulator {
+    components: HashMap<String, Component>,
+    links: HashSet<Link>,
+    running: HashSet<String>,
+}
+
+impl Simulator {
+    /// Everything in `current` exists and every lifecycle component runs.
+    pub fn new(current: &DeploymentModel) -> Self {
+        Simulator {
+            components: current
+                .components
+                .iter()
+                .map(|c| (c.id.clone(), c.clone()))
+                .collect(),
+            links: current.links.iter().cloned().collect(),
+            running: current
+                .components
+                .iter()
+                .filter(|c| c.kind().has_lifecycle())
+                .map(|c| c.id.clone())
+                .collect(),
+        }
+    }
+
+    pub fn model(&self) -> DeploymentModel {
+        DeploymentModel {
+            id: None,
+            on_failure: None,
+            components: self.components.values().cloned().collect(),
+            links: self.links.iter().cloned().collect(),
+        }
+        .canonical()
+    }
+
+    pub fn running(&self) -> &HashSet<String> {
+        &self.running
+    }
+
+    /// Whether `id` is up: running for lifecycle components, present otherwise.
+    fn up(&self, id: &str) -> bool {
+        match self.components.get(id) {
+            Some(c) if c.kind().has_lifecycle() => self.running.contains(id),
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    fn host_of(&self, id: &str) -> Option<&str> {
+        self.links.iter().find_map(|l| match l {
+            Link::Hosting { component, host } if component == id => Some(host.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Executes every step of `plan` in the given order (which must respect
+    /// `after`), checking each against the rules.
+    pub fn run(&mut self, plan: &Plan, order: &[usize], target: &DeploymentModel) -> Result<(), Violation> {
+        let index = Target::new(target);
+        let mut done = vec![false; plan.steps.len()];
+        for &i in order {
+            let step = &plan.steps[i];
+            if let Some(d) = step.after.iter().find(|d| !done[**d]) {
+                return Err(violation(step, format!("ran before step #{} it depends on", d + 1)));
+            }
+            self.execute(step, &index)?;
+            done[i] = true;
+        }
+        Ok(())
+    }
+
+    pub fn execute(&mut self, step: &Step, target: &Target<'_>) -> Result<(), Violation> {
+        let fail = |rule: String| Err(violation(step, rule));
+        match &step.action {
+            Action::Stop { component } => {
+                if !self.running.contains(component) {
+                    return fail("stops a component that is not running".into());
+                }
+                let hosted_running = self.links.iter().any(|l| {
+                    matches!(l, Link::Hosting { component: c, host } if host == component && self.running.contains(c))
+                });
+                if hosted_running {
+                    return fail("stops a host while something it hosts still runs".into());
+                }
+                self.running.remove(component);
+            }
+            Action::Unbind { link } => {
+                if !self.links.remove(link) {
+                    return fail("unbinds a link that is not bound".into());
+                }
+            }
+            Action::Remove { component } => {
+                if !self.components.contains_key(component) {
+                    return fail("removes a component that does not exist".into());
+                }
+                if self.running.contains(component) {
+                    return fail("removes a running component".into());
+                }
+                if let Some(l) = self.links.iter().find(|l| match l {
+                    Link::Hosting { host, .. } => host == component,
+                    Link::Communication(_) => l.touches(component),
+                }) {
+                    return fail(format!("removes a component still linked: {l}"));
+                }
+                self.links
+                    .retain(|l| !matches!(l, Link::Hosting { component: c, .. } if c == component));
+                self.components.remove(component);
+            }
+            Action::Add { component } => {
+                if self.components.contains_key(component) {
+                    return fail("adds a component that already exists".into());
+                }
+                let Some(c) = target.components.get(component.as_str()) else {
+                    return fail("adds a component that is not in the target".into());
+                };
+                if let Some(h) = target.hosts.get(component.as_str()) {
+                    if !self.components.contains_key(*h) {
+                        return fail(format!("adds before its host `{h}` exists"));
+                    }
+                    self.links.insert(Link::hosting(component.clone(), *h));
+                }
+                self.components.insert(component.clone(), (*c).clone());
+            }
+            Action::Bind { link } => {
+                let (a, b) = link.endpoints();
+                if !self.components.contains_key(a) || !self.components.contains_key(b) {
+                    return fail("binds a link to a component that does not exist".into());
+                }
+                if !self.links.insert(link.clone()) {
+                    return fail("binds a link that is already bound".into());
+                }
+            }
+            Action::Update { component } => {
+                let (Some(c), true) = (
+                    target.components.get(component.as_str()),
+                    self.components.contains_key(component),
+                ) else {
+                    return fail("updates a component missing from the state or the target".into());
+                };
+                self.components.insert(component.clone(), (*c).clone());
+            }
+            Action::Start { component } => {
+                if !self.components.contains_key(component) {
+                    return fail("starts a component that does not exist".into());
+                }
+                if self.running.contains(component) {
+                    return fail("starts a component already running".into());
+                }
+                if let Some(h) = self.host_of(component) {
+                    if !self.up(h) {
+                        return fail(format!("starts before its host `{h}` is up"));
+                    }
+                }
+                for l in &self.links {
+                    if let Some((who, what)) = l.need() {
+                        if who == component && !self.up(what) {
+                            return fail(format!("starts before `{what}`, which it needs ({l}), is up"));
+                        }
+                    }
+                }
+                self.running.insert(component.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The target model, indexed for the simulator.
+#[derive(Debug)]
+pub struct Target<'a> {
+    components: HashMap<&'a str, &'a Component>,
+    hosts: HashMap<&'a str, &'a str>,
+}
+
+impl<'a> Target<'a> {
+    pub fn new(model: &'a DeploymentModel) -> Self {
+        Target {
+            components: model.index(),
+            hosts: model.hosts(),
+        }
+    }
+}
+
+fn violation(step: &Step, rule: impl Into<String>) -> Violation {
+    Violation {
+        step: step.action.to_string(),
+        rule: rule.into(),
+    }
+}

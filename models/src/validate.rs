@@ -1,0 +1,490 @@
+//! Validation: every problem of a model at once, each with its JSON path.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::component::{Component, ComponentSpec, Kind};
+use crate::diagnostic::{JsonPath, Problem};
+use crate::link::Link;
+use crate::located::{Document, Located};
+use crate::model::{DeploymentModel, Megamodel, Template};
+use crate::resources::{ContainerSpec, Resources};
+use crate::subsystem;
+use crate::topic;
+
+/// Validates a megamodel: the component graph and the subsystem structure.
+pub fn validate_megamodel(mm: &Megamodel) -> Vec<Problem> {
+    let doc = Document::of_megamodel(mm);
+    let mut problems = Vec::new();
+    if mm.name.trim().is_empty() {
+        problems.push(
+            Problem::new(JsonPath::root().key("name"), "the megamodel has an empty name")
+                .expected("a name for the system"),
+        );
+    }
+    let mut seen_subsystems: HashMap<&str, usize> = HashMap::new();
+    for (i, s) in mm.subsystems.iter().enumerate() {
+        let path = JsonPath::root().key("subsystems").index(i);
+        match s.id.as_deref() {
+            None => problems.push(
+                Problem::new(path, "subsystem has no `id`")
+                    .expected("`id`: the subsystem's name, a DNS label such as \"building-a\""),
+            ),
+            Some(id) => {
+                check_id(id, &path.key("id"), "subsystem id", &mut problems);
+                if let Some(first) = seen_subsystems.insert(id, i) {
+                    problems.push(
+                        Problem::new(path.key("id"), format!("duplicate subsystem id `{id}`"))
+                            .expected(format!("an id not already used by subsystems[{first}]")),
+                    );
+                }
+            }
+        }
+    }
+    check_graph(&doc, Placeholders::Forbidden, &mut problems);
+    problems.extend(subsystem::assign(mm, &doc).problems);
+    problems
+}
+
+/// Validates one subsystem's deployment model as a gateway receives it.
+pub fn validate_deployment_model(model: &DeploymentModel) -> Vec<Problem> {
+    let doc = Document::of_model(model);
+    let mut problems = Vec::new();
+    check_graph(&doc, Placeholders::Forbidden, &mut problems);
+    problems
+}
+
+/// Validates a function runtime template: the graph, and exactly one placeholder.
+pub fn validate_template(t: &Template) -> Vec<Problem> {
+    let doc = Document::of_template(t);
+    let mut problems = Vec::new();
+    check_graph(&doc, Placeholders::Allowed, &mut problems);
+    let placeholders: Vec<&Located<Component>> =
+        doc.components.iter().filter(|c| c.item.placeholder).collect();
+    match placeholders.as_slice() {
+        [] => problems.push(
+            Problem::new(JsonPath::root().key("components"), "the template has no placeholder")
+                .expected("exactly one component with `\"placeholder\": true`, which the function refines"),
+        ),
+        [p] => {
+            if !matches!(p.item.kind(), Kind::Service | Kind::Function) {
+                problems.push(
+                    Problem::new(p.path.key("kind"), format!("a {} cannot be a placeholder", p.item.kind()))
+                        .expected("a placeholder of kind service or function"),
+                );
+            }
+        }
+        [_, rest @ ..] => {
+            for p in rest {
+                problems.push(
+                    Problem::new(p.path.key("placeholder"), "a second placeholder in the template")
+                        .expected("exactly one placeholder per template"),
+                );
+            }
+        }
+    }
+    problems
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placeholders {
+    Allowed,
+    Forbidden,
+}
+
+/// A DNS label: what ids become in container names, labels and topics.
+pub fn is_valid_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+fn check_id(id: &str, path: &JsonPath, what: &str, problems: &mut Vec<Problem>) {
+    if !is_valid_id(id) {
+        problems.push(
+            Problem::new(path.clone(), format!("invalid {what} `{id}`"))
+                .expected("a DNS label: 1 to 63 characters among a-z, 0-9 and '-', not starting or ending with '-'"),
+        );
+    }
+}
+
+fn check_graph(doc: &Document<'_>, placeholders: Placeholders, problems: &mut Vec<Problem>) {
+    let mut by_id: HashMap<&str, &Located<Component>> = HashMap::with_capacity(doc.components.len());
+    for c in &doc.components {
+        check_id(&c.item.id, &c.path.key("id"), "component id", problems);
+        if let Some(first) = by_id.get(c.item.id.as_str()) {
+            problems.push(
+                Problem::new(c.path.key("id"), format!("duplicate component id `{}`", c.item.id))
+                    .expected(format!("an id not already used by {}", first.path)),
+            );
+        } else {
+            by_id.insert(&c.item.id, c);
+        }
+        if c.item.placeholder && placeholders == Placeholders::Forbidden {
+            problems.push(
+                Problem::new(c.path.key("placeholder"), format!("`{}` is a placeholder outside a template", c.item.id))
+                    .expected("placeholders only in runtime templates (examples/templates/); remove `placeholder`"),
+            );
+        }
+        if let (Some(nested), Some(explicit)) = (c.nested_in, c.item.subsystem.as_deref()) {
+            if nested != explicit {
+                problems.push(
+                    Problem::new(c.path.key("subsystem"), format!("`subsystem` says `{explicit}` but the component is inside subsystem `{nested}`"))
+                        .expected(format!("`{nested}`, or no `subsystem` field")),
+                );
+            }
+        }
+        check_component(c, &by_id, doc, problems);
+    }
+    check_links(doc, &by_id, problems);
+}
+
+fn check_component(
+    c: &Located<Component>,
+    _by_id: &HashMap<&str, &Located<Component>>,
+    _doc: &Document<'_>,
+    problems: &mut Vec<Problem>,
+) {
+    let path = &c.path;
+    match &c.item.spec {
+        ComponentSpec::Function(f) => {
+            for (i, t) in f.triggers.iter().enumerate() {
+                if let Err(e) = topic::check_filter(t) {
+                    problems.push(
+                        Problem::new(path.key("triggers").index(i), format!("invalid MQTT topic filter `{t}`: {e}"))
+                            .expected("an MQTT topic filter such as `/presence/presenceIndicators` or `sensors/+/temperature`"),
+                    );
+                }
+            }
+            for field in ["inputs", "outputs"] {
+                let streams = if field == "inputs" { &f.inputs } else { &f.outputs };
+                let mut seen = HashSet::new();
+                for (i, s) in streams.iter().enumerate() {
+                    if s.is_empty() || s.contains(['/', '+', '#', '\0']) {
+                        problems.push(
+                            Problem::new(path.key(field).index(i), format!("invalid datastream name `{s}`"))
+                                .expected("a non-empty name without '/', '+' or '#' (it becomes one topic level)"),
+                        );
+                    } else if !seen.insert(s) {
+                        problems.push(Problem::new(
+                            path.key(field).index(i),
+                            format!("datastream `{s}` is listed twice"),
+                        ));
+                    }
+                }
+            }
+            if f.runtime.is_none() && f.resources.is_empty() && !c.item.placeholder {
+                problems.push(
+                    Problem::new(path.clone(), format!("function `{}` has neither `runtime` nor `resources`", c.item.id))
+                        .expected("`runtime`: a template such as \"../templates/shell-function.json\", or explicit `resources`"),
+                );
+            }
+            check_resources(&f.resources, &path.key("resources"), problems);
+        }
+        ComponentSpec::Service(s) => {
+            if s.resources.is_empty() && !c.item.placeholder {
+                problems.push(
+                    Problem::new(path.clone(), format!("service `{}` has no `resources`", c.item.id))
+                        .expected("`resources` with a `container` or `commands` saying how to run it"),
+                );
+            }
+            check_resources(&s.resources, &path.key("resources"), problems);
+        }
+        ComponentSpec::Proxy(p) => check_resources(&p.resources, &path.key("resources"), problems),
+        ComponentSpec::Firmware(f) => {
+            if f.resources.flash.is_none() {
+                problems.push(
+                    Problem::new(path.key("resources"), format!("firmware `{}` has no flash resource", c.item.id))
+                        .expected("`resources.flash` with the `artefact` to flash"),
+                );
+            }
+            if f.resources.container.is_some() {
+                problems.push(
+                    Problem::new(path.key("resources").key("container"), "firmware cannot run in a container")
+                        .expected("only `resources.flash` on firmware"),
+                );
+            }
+            check_resources(&f.resources, &path.key("resources"), problems);
+        }
+        ComponentSpec::Device(d) => {
+            if d.board.trim().is_empty() {
+                problems.push(
+                    Problem::new(path.key("board"), "empty board type")
+                        .expected("the board type, such as \"uno\" or \"mega\""),
+                );
+            }
+        }
+        ComponentSpec::Gateway(_) | ComponentSpec::Host(_) | ComponentSpec::External(_) => {}
+    }
+}
+
+fn check_resources(r: &Resources, path: &JsonPath, problems: &mut Vec<Problem>) {
+    if let Some(c) = &r.container {
+        check_container(c, &path.key("container"), problems);
+    }
+    if let Some(f) = &r.flash {
+        if f.artefact.trim().is_empty() {
+            problems.push(
+                Problem::new(path.key("flash").key("artefact"), "empty firmware artefact")
+                    .expected("the path of the image to flash (an Intel HEX file for AVR boards)"),
+            );
+        }
+        if f.baud == Some(0) {
+            problems.push(Problem::new(path.key("flash").key("baud"), "baud rate 0").expected("a baud rate such as 115200"));
+        }
+    }
+}
+
+fn check_container(c: &ContainerSpec, path: &JsonPath, problems: &mut Vec<Problem>) {
+    match (&c.image, &c.build) {
+        (None, None) => problems.push(
+            Problem::new(path.clone(), "container has neither `image` nor `build`")
+                .expected("`image` (already on the engine) or `build` (a local build context)"),
+        ),
+        (Some(_), Some(_)) => problems.push(
+            Problem::new(path.key("build"), "container has both `image` and `build`")
+                .expected("one of `image` or `build`"),
+        ),
+        (Some(image), None) if image.trim().is_empty() => problems.push(
+            Problem::new(path.key("image"), "empty image reference").expected("an image such as \"continuum/flow:1\""),
+        ),
+        _ => {}
+    }
+    let mut bound = HashSet::new();
+    for (i, p) in c.ports.iter().enumerate() {
+        if p.container == 0 || p.host == Some(0) {
+            problems.push(Problem::new(path.key("ports").index(i), "port 0").expected("a port between 1 and 65535"));
+        }
+        if let Some(h) = p.host {
+            if !bound.insert((h, p.protocol)) {
+                problems.push(
+                    Problem::new(path.key("ports").index(i).key("host"), format!("host port {h} is bound twice"))
+                        .expected("each host port at most once"),
+                );
+            }
+        }
+    }
+    for (k, _) in c.env.iter().filter(|(k, _)| k.is_empty() || k.contains('=')) {
+        problems.push(
+            Problem::new(path.key("env").key(k.clone()), format!("invalid environment variable name `{k}`"))
+                .expected("a non-empty name without '='"),
+        );
+    }
+}
+
+fn check_links<'a>(
+    doc: &Document<'a>,
+    by_id: &HashMap<&'a str, &Located<'a, Component>>,
+    problems: &mut Vec<Problem>,
+) {
+    let mut seen: HashMap<&Link, &JsonPath> = HashMap::new();
+    let mut host_of: HashMap<&'a str, (&'a str, &JsonPath)> = HashMap::new();
+    for l in &doc.links {
+        let (a, b) = l.item.endpoints();
+        let (fa, fb) = match l.item {
+            Link::Hosting { .. } => ("component", "host"),
+            Link::Communication(_) => ("from", "to"),
+        };
+        let mut dangling = false;
+        for (id, field) in [(a, fa), (b, fb)] {
+            if !by_id.contains_key(id) {
+                dangling = true;
+                let known: Vec<&str> = by_id.keys().copied().collect();
+                let hint = match crate::schema::suggest(id, &known) {
+                    Some(s) => format!("the id of a component of the model; did you mean `{s}`?"),
+                    None => "the id of a component of the model".to_owned(),
+                };
+                problems.push(Problem::new(l.path.key(field), format!("link to missing component `{id}`")).expected(hint));
+            }
+        }
+        if a == b {
+            problems.push(Problem::new(l.path.clone(), format!("`{a}` is linked to itself")).expected("two different components"));
+        }
+        if let Some(first) = seen.insert(l.item, &l.path) {
+            problems.push(Problem::new(l.path.clone(), format!("duplicate link ({})", l.item)).expected(format!("each link once; it is already at {first}")));
+        }
+        if dangling {
+            continue;
+        }
+        if let Link::Hosting { component, host } = l.item {
+            let (hosted, hosting) = (by_id[component.as_str()].item, by_id[host.as_str()].item);
+            if !hosting.kind().can_host(hosted.kind()) {
+                let expected = match hosted.kind() {
+                    Kind::Firmware => "firmware is hosted on a device".to_owned(),
+                    Kind::Gateway | Kind::Host | Kind::Device | Kind::External => {
+                        format!("a {} is not hosted by anything; remove this link", hosted.kind())
+                    }
+                    _ => format!("a {} is hosted on a gateway, a host or a service", hosted.kind()),
+                };
+                problems.push(
+                    Problem::new(l.path.key("host"), format!("{} `{component}` cannot be hosted on {} `{host}`", hosted.kind(), hosting.kind()))
+                        .expected(expected),
+                );
+            }
+            if let Some((other, first)) = host_of.insert(component, (host, &l.path)) {
+                if other != host {
+                    problems.push(
+                        Problem::new(l.path.clone(), format!("`{component}` is hosted twice: on `{other}` ({first}) and on `{host}`"))
+                            .expected("one host per component"),
+                    );
+                }
+            }
+        }
+    }
+    // Software hosted nowhere (functions may wait for placement).
+    for c in &doc.components {
+        if c.item.kind().needs_host() && !host_of.contains_key(c.item.id.as_str()) && !c.item.placeholder {
+            let expected = if c.item.kind() == Kind::Firmware {
+                format!("a hosting link {{\"kind\": \"hosting\", \"component\": \"{}\", \"host\": \"<a device>\"}}", c.item.id)
+            } else {
+                format!("a hosting link {{\"kind\": \"hosting\", \"component\": \"{}\", \"host\": \"<a gateway or host>\"}}", c.item.id)
+            };
+            problems.push(Problem::new(c.path.clone(), format!("{} `{}` is hosted nowhere", c.item.kind(), c.item.id)).expected(expected));
+        }
+        if let ComponentSpec::Proxy(p) = &c.item.spec {
+            match by_id.get(p.device.as_str()) {
+                Some(d) if d.item.kind() == Kind::Device => {}
+                Some(d) => problems.push(
+                    Problem::new(c.path.key("device"), format!("proxy device `{}` is a {}", p.device, d.item.kind()))
+                        .expected("the id of a device"),
+                ),
+                None if p.device.is_empty() => {}
+                None => problems.push(
+                    Problem::new(c.path.key("device"), format!("proxy refers to missing device `{}`", p.device))
+                        .expected("the id of a device of the model"),
+                ),
+            }
+        }
+    }
+    check_cycles(doc, by_id, problems);
+    check_deployer_reach(doc, by_id, &host_of, problems);
+}
+
+/// Hosting cycles, and cycles of start-order dependencies (hosting plus
+/// communication), which would leave no component able to start first.
+fn check_cycles(
+    doc: &Document<'_>,
+    by_id: &HashMap<&str, &Located<Component>>,
+    problems: &mut Vec<Problem>,
+) {
+    let mut needs: HashMap<&str, Vec<(&str, &JsonPath, bool)>> = HashMap::new();
+    for l in &doc.links {
+        if let Some((who, what)) = l.item.need() {
+            if by_id.contains_key(who) && by_id.contains_key(what) && who != what {
+                let hosting = matches!(l.item, Link::Hosting { .. });
+                needs.entry(who).or_default().push((what, &l.path, hosting));
+            }
+        }
+    }
+    // Iterative DFS with colours; each cycle is reported once, at the link closing it.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Colour {
+        White,
+        Grey,
+        Black,
+    }
+    let mut colour: HashMap<&str, Colour> = by_id.keys().map(|k| (*k, Colour::White)).collect();
+    for c in &doc.components {
+        let start = c.item.id.as_str();
+        if colour.get(start) != Some(&Colour::White) {
+            continue;
+        }
+        let mut stack: Vec<(&str, usize)> = vec![(start, 0)];
+        let mut trail: Vec<&str> = vec![start];
+        colour.insert(start, Colour::Grey);
+        while let Some((node, next)) = stack.last_mut() {
+            let edges = needs.get(*node).map(Vec::as_slice).unwrap_or(&[]);
+            if let Some(&(target, path, hosting)) = edges.get(*next) {
+                *next += 1;
+                match colour[target] {
+                    Colour::White => {
+                        colour.insert(target, Colour::Grey);
+                        stack.push((target, 0));
+                        trail.push(target);
+                    }
+                    Colour::Grey => {
+                        let from = trail.iter().position(|n| *n == target).unwrap_or(0);
+                        let mut cycle: Vec<&str> = trail[from..].to_vec();
+                        cycle.push(target);
+                        let what = if hosting { "hosting cycle" } else { "dependency cycle" };
+                        problems.push(
+                            Problem::new(path.clone(), format!("{what}: {}", cycle.join(" -> ")))
+                                .expected("a hosting chain that ends at a gateway, host or device, and no component needing itself through communication links (mark one link `physical` if it is only wiring)"),
+                        );
+                    }
+                    Colour::Black => {}
+                }
+            } else {
+                colour.insert(node, Colour::Black);
+                stack.pop();
+                trail.pop();
+            }
+        }
+    }
+}
+
+/// A device that needs a deployer must be reachable from a gateway or host: a
+/// physical link between them, or a deployer link from software on that machine.
+fn check_deployer_reach<'a>(
+    doc: &Document<'a>,
+    by_id: &HashMap<&'a str, &Located<'a, Component>>,
+    host_of: &HashMap<&'a str, (&'a str, &JsonPath)>,
+    problems: &mut Vec<Problem>,
+) {
+    let machine = |id: &str| {
+        by_id
+            .get(id)
+            .is_some_and(|c| matches!(c.item.kind(), Kind::Gateway | Kind::Host))
+    };
+    // The machine a component runs on, following the hosting chain.
+    let runs_on_machine = |mut id: &'a str| {
+        for _ in 0..=by_id.len() {
+            if machine(id) {
+                return true;
+            }
+            match host_of.get(id) {
+                Some((host, _)) => id = host,
+                None => return false,
+            }
+        }
+        false
+    };
+    let device_of = |id: &'a str| -> Option<&'a str> {
+        match by_id.get(id)?.item.kind() {
+            Kind::Device => Some(id),
+            Kind::Firmware => host_of.get(id).map(|(h, _)| *h),
+            _ => None,
+        }
+    };
+    let mut reachable: HashSet<&str> = HashSet::new();
+    for l in &doc.links {
+        if let Link::Communication(c) = l.item {
+            if c.physical {
+                for (a, b) in [(&c.from, &c.to), (&c.to, &c.from)] {
+                    if machine(a) {
+                        if let Some(d) = device_of(b) {
+                            reachable.insert(d);
+                        }
+                    }
+                }
+            }
+            if c.is_deployer && runs_on_machine(&c.from) {
+                if let Some(d) = device_of(&c.to) {
+                    reachable.insert(d);
+                }
+            }
+        }
+    }
+    for c in &doc.components {
+        if let ComponentSpec::Device(d) = &c.item.spec {
+            if d.need_deployer && !reachable.contains(c.item.id.as_str()) {
+                problems.push(
+                    Problem::new(c.path.key("need_deployer"), format!("device `{}` needs a deployer but no gateway or host can reach it", c.item.id))
+                        .expected(format!("a communication link with `\"physical\": true` between `{}` and the gateway or host wired to it", c.item.id)),
+                );
+            }
+        }
+    }
+}
