@@ -127,7 +127,10 @@ impl fmt::Display for Diagnostic {
         } else {
             write!(f, "{}: ", self.file)?;
         }
-        write!(f, "at {}: {}", self.path, self.message)?;
+        if !self.path.is_empty() {
+            write!(f, "at {}: ", self.path)?;
+        }
+        f.write_str(&self.message)?;
         if let Some(e) = &self.expected {
             write!(f, "\n    expected: {e}")?;
         }
@@ -142,6 +145,20 @@ pub struct Invalid {
 }
 
 impl Invalid {
+    /// A problem with the file as a whole (it cannot be read, say).
+    pub fn file(file: &str, message: impl Into<String>) -> Self {
+        Invalid {
+            diagnostics: vec![Diagnostic {
+                file: file.to_owned(),
+                line: 0,
+                column: 0,
+                path: String::new(),
+                message: message.into(),
+                expected: None,
+            }],
+        }
+    }
+
     pub fn from_problems(file: &str, text: &str, problems: Vec<Problem>) -> Self {
         let mut diagnostics: Vec<Diagnostic> = problems
             .into_iter()
@@ -159,10 +176,6 @@ impl fmt::Display for Invalid {
         for d in &self.diagnostics {
             writeln!(f, "error: {d}")?;
         }
-        write!(
-            f,
-            "{n} problem{} found",
-            if n == 1 { "" } else { "s" }
-        )
+        write!(f, "{n} problem{} found", if n == 1 { "" } else { "s" })
     }
 }

@@ -105,7 +105,9 @@ pub fn diff(current: &DeploymentModel, target: &DeploymentModel) -> ModelDiff {
     let mut changes: HashMap<&str, ComponentChange> = HashMap::new();
     for c in &target.components {
         let Some(old) = a.get(c.id.as_str()) else {
-            if b.get(c.id.as_str()).is_some_and(|first| std::ptr::eq(*first, c)) {
+            if b.get(c.id.as_str())
+                .is_some_and(|first| std::ptr::eq(*first, c))
+            {
                 d.added.push(c.clone());
             }
             continue;
@@ -114,10 +116,19 @@ pub fn diff(current: &DeploymentModel, target: &DeploymentModel) -> ModelDiff {
         if *old == c && !moved {
             continue;
         }
-        let fields = if *old == c { Vec::new() } else { component_fields_diff(old, c) };
+        let fields = if *old == c {
+            Vec::new()
+        } else {
+            component_fields_diff(old, c)
+        };
         let in_place = c.kind() == old.kind()
             && fields.iter().all(|f| {
-                let top = f.path.trim_start_matches('/').split('/').next().unwrap_or("");
+                let top = f
+                    .path
+                    .trim_start_matches('/')
+                    .split('/')
+                    .next()
+                    .unwrap_or("");
                 c.kind().in_place_fields().contains(&top)
             });
         let action = if !in_place {
@@ -148,7 +159,9 @@ pub fn diff(current: &DeploymentModel, target: &DeploymentModel) -> ModelDiff {
         );
     }
     for c in &current.components {
-        if !b.contains_key(c.id.as_str()) && a.get(c.id.as_str()).is_some_and(|f| std::ptr::eq(*f, c)) {
+        if !b.contains_key(c.id.as_str())
+            && a.get(c.id.as_str()).is_some_and(|f| std::ptr::eq(*f, c))
+        {
             d.removed.push(c.clone());
         }
     }
@@ -209,7 +222,10 @@ fn model_fields(m: &DeploymentModel) -> Value {
         o.insert("id".into(), Value::String(id.clone()));
     }
     if let Some(p) = m.on_failure {
-        o.insert("on_failure".into(), serde_json::to_value(p).unwrap_or(Value::Null));
+        o.insert(
+            "on_failure".into(),
+            serde_json::to_value(p).unwrap_or(Value::Null),
+        );
     }
     Value::Object(o)
 }
@@ -228,7 +244,10 @@ pub fn component_fields_diff(a: &Component, b: &Component) -> Vec<FieldChange> {
 fn value_diff(a: &Value, b: &Value, path: &mut String, out: &mut Vec<FieldChange>) {
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
-            let mut keys: Vec<&String> = x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))).collect();
+            let mut keys: Vec<&String> = x
+                .keys()
+                .chain(y.keys().filter(|k| !x.contains_key(*k)))
+                .collect();
             keys.sort();
             for k in keys {
                 let len = path.len();
@@ -284,8 +303,11 @@ impl ModelDiff {
     /// Applies this diff to `model`: the result is the target the diff was computed
     /// against (in canonical order).
     pub fn apply(&self, model: &DeploymentModel) -> Result<DeploymentModel, ApplyError> {
-        let mut components: HashMap<String, Component> =
-            model.components.iter().map(|c| (c.id.clone(), c.clone())).collect();
+        let mut components: HashMap<String, Component> = model
+            .components
+            .iter()
+            .map(|c| (c.id.clone(), c.clone()))
+            .collect();
         for c in &self.removed {
             components
                 .remove(&c.id)
@@ -356,8 +378,12 @@ fn patch(root: &mut Value, pointer: &str, new: Option<Value>) -> Result<(), Stri
     let (last, parents) = segs.split_last().ok_or("empty pointer")?;
     let mut node = root;
     for s in parents {
-        let obj = node.as_object_mut().ok_or_else(|| format!("`{s}` is not inside an object"))?;
-        node = obj.entry(s.clone()).or_insert_with(|| Value::Object(Map::new()));
+        let obj = node
+            .as_object_mut()
+            .ok_or_else(|| format!("`{s}` is not inside an object"))?;
+        node = obj
+            .entry(s.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
     }
     let obj = node
         .as_object_mut()

@@ -110,7 +110,8 @@ fn new_component(rng: &mut Rng, id: String, kind: Kind) -> Component {
     };
     let mut c = Component::new(id, spec);
     if rng.chance(0.3) {
-        c.properties.insert("team".to_owned(), format!("t{}", rng.below(5)));
+        c.properties
+            .insert("team".to_owned(), format!("t{}", rng.below(5)));
     }
     c
 }
@@ -181,7 +182,9 @@ fn append(model: &mut DeploymentModel, rng: &mut Rng, id: String, kind: Kind) ->
     }
     if kind.has_lifecycle() && kind != Kind::Firmware && rng.chance(0.5) {
         if let Some(to) = rng.pick(&peers) {
-            model.links.push(Link::communication(id.clone(), to.clone()));
+            model
+                .links
+                .push(Link::communication(id.clone(), to.clone()));
         }
     }
     if kind == Kind::Firmware && rng.chance(0.5) {
@@ -241,7 +244,9 @@ pub fn mutate(model: &DeploymentModel, seed: u64, rate: f64) -> DeploymentModel 
         .map(|(i, c)| (c.id.as_str(), i))
         .collect();
     for c in &model.components {
-        let host_gone = hosts.get(c.id.as_str()).is_some_and(|h| removed.contains(h));
+        let host_gone = hosts
+            .get(c.id.as_str())
+            .is_some_and(|h| removed.contains(h));
         let devices_gone = match &c.spec {
             ComponentSpec::Proxy(p) => removed.contains(p.device.as_str()),
             _ => false,
@@ -261,7 +266,10 @@ pub fn mutate(model: &DeploymentModel, seed: u64, rate: f64) -> DeploymentModel 
             let candidates: Vec<String> = out
                 .components
                 .iter()
-                .filter(|h| h.kind().can_host(c.kind()) && position.get(h.id.as_str()).is_some_and(|p| *p < me))
+                .filter(|h| {
+                    h.kind().can_host(c.kind())
+                        && position.get(h.id.as_str()).is_some_and(|p| *p < me)
+                })
                 .map(|h| h.id.clone())
                 .collect();
             match rng.pick(&candidates) {
@@ -311,7 +319,8 @@ pub fn mutate(model: &DeploymentModel, seed: u64, rate: f64) -> DeploymentModel 
 fn change(rng: &mut Rng, c: &mut Component) {
     match rng.below(3) {
         0 => {
-            c.properties.insert("rev".to_owned(), format!("{}", rng.next_u64() % 1000));
+            c.properties
+                .insert("rev".to_owned(), format!("{}", rng.next_u64() % 1000));
         }
         1 => match &mut c.spec {
             ComponentSpec::Host(h) => {
@@ -321,11 +330,14 @@ fn change(rng: &mut Rng, c: &mut Component) {
             }
             ComponentSpec::Gateway(g) => g.capabilities.cpus = Some(1 + rng.below(8) as u32),
             ComponentSpec::Device(d) => d.port = Some(format!("/dev/ttyUSB{}", rng.below(4))),
-            ComponentSpec::External(e) => e.endpoint = Some(format!("http://10.2.0.{}:80", rng.below(250))),
+            ComponentSpec::External(e) => {
+                e.endpoint = Some(format!("http://10.2.0.{}:80", rng.below(250)))
+            }
             spec => {
                 if let Some(r) = spec.resources_mut() {
                     if let Some(c) = r.container.as_mut() {
-                        c.env.insert("LEVEL".to_owned(), format!("x{}", rng.below(100)));
+                        c.env
+                            .insert("LEVEL".to_owned(), format!("x{}", rng.below(100)));
                     }
                     if let Some(f) = r.flash.as_mut() {
                         f.artefact = format!("fw-{}.hex", rng.below(100));

@@ -40,7 +40,10 @@ pub fn load_template(file: &str, text: &str) -> Result<Template, Invalid> {
 /// From a valid megamodel to what is deployed: templates expanded, the result
 /// validated again (a template can bring its own mistakes), then partitioned into
 /// one deployment model per subsystem.
-pub fn prepare(mm: &Megamodel, templates: &HashMap<String, Template>) -> Result<Megamodel, Vec<Problem>> {
+pub fn prepare(
+    mm: &Megamodel,
+    templates: &HashMap<String, Template>,
+) -> Result<Megamodel, Vec<Problem>> {
     let expanded = crate::template::expand(mm, templates)?;
     let problems = validate_megamodel(&expanded);
     if !problems.is_empty() {

@@ -195,10 +195,16 @@ mod tests {
 
     #[test]
     fn finds_keys_and_indices() {
-        assert_eq!(locate(DOC, &path(&["a"])), Some(Position { line: 2, column: 3 }));
+        assert_eq!(
+            locate(DOC, &path(&["a"])),
+            Some(Position { line: 2, column: 3 })
+        );
         assert_eq!(
             locate(DOC, &path(&["b", "1", "c", "1", "d"])),
-            Some(Position { line: 3, column: 26 })
+            Some(Position {
+                line: 3,
+                column: 26
+            })
         );
         assert_eq!(
             locate(DOC, &path(&["é", "f"])),
@@ -210,9 +216,15 @@ mod tests {
     fn missing_member_points_at_its_parent() {
         assert_eq!(
             locate(DOC, &path(&["b", "1", "zzz"])),
-            Some(Position { line: 3, column: 12 })
+            Some(Position {
+                line: 3,
+                column: 12
+            })
         );
-        assert_eq!(locate(DOC, &path(&[])), Some(Position { line: 1, column: 1 }));
+        assert_eq!(
+            locate(DOC, &path(&[])),
+            Some(Position { line: 1, column: 1 })
+        );
     }
 
     #[test]

@@ -25,7 +25,12 @@ impl<'a> Document<'a> {
         let mut doc = Document::default();
         let root = JsonPath::root();
         for (i, s) in mm.subsystems.iter().enumerate() {
-            doc.add(&root.key("subsystems").index(i), s.id.as_deref(), &s.components, &s.links);
+            doc.add(
+                &root.key("subsystems").index(i),
+                s.id.as_deref(),
+                &s.components,
+                &s.links,
+            );
         }
         doc.add(&root, None, &mm.components, &mm.links);
         doc
@@ -58,10 +63,11 @@ impl<'a> Document<'a> {
                 item: c,
             }));
         let lbase = base.key("links");
-        self.links.extend(links.iter().enumerate().map(|(i, l)| Located {
-            path: lbase.index(i),
-            nested_in,
-            item: l,
-        }));
+        self.links
+            .extend(links.iter().enumerate().map(|(i, l)| Located {
+                path: lbase.index(i),
+                nested_in,
+                item: l,
+            }));
     }
 }

@@ -107,11 +107,7 @@ impl Megamodel {
         self.subsystems
             .iter()
             .flat_map(|s| s.components.iter().map(move |c| (s.id.as_deref(), c)))
-            .chain(
-                self.components
-                    .iter()
-                    .map(|c| (c.subsystem.as_deref(), c)),
-            )
+            .chain(self.components.iter().map(|c| (c.subsystem.as_deref(), c)))
     }
 
     pub fn all_links(&self) -> impl Iterator<Item = &Link> {
@@ -119,6 +115,17 @@ impl Megamodel {
             .iter()
             .flat_map(|s| s.links.iter())
             .chain(self.links.iter())
+    }
+
+    /// Subsystems, components and links in a stable order, so equal megamodels
+    /// serialize to the same text.
+    pub fn canonicalize(&mut self) {
+        self.subsystems.sort_by(|a, b| a.id.cmp(&b.id));
+        for s in &mut self.subsystems {
+            s.canonicalize();
+        }
+        self.components.sort_by(|a, b| a.id.cmp(&b.id));
+        self.links.sort();
     }
 
     /// One deployment model holding every component (each with its subsystem set)

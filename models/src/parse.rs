@@ -1,8 +1,11 @@
 //! Reading model documents from JSON text, reporting every problem at once.
 
+use std::collections::HashMap;
+
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use crate::component::Kind;
 use crate::diagnostic::{Diagnostic, Invalid, JsonPath, Problem, Segment};
 use crate::locate::position_of;
 use crate::model::{DeploymentModel, FailurePolicy, Megamodel, Template};
@@ -50,8 +53,14 @@ struct RawTemplate {
 /// Reads a megamodel (nested or single-file form). Does not validate it: see
 /// [`crate::load_megamodel`] for parse + validate.
 pub fn parse_megamodel(file: &str, text: &str) -> Result<(Megamodel, Vec<Problem>), Invalid> {
-    let (raw, mut problems): (RawMegamodel, _) = read(file, text, Schema::Megamodel)?;
+    let (raw, unknown): (RawMegamodel, _) = read(file, text)?;
     let root = JsonPath::root();
+    let mut kinds = HashMap::new();
+    for (i, s) in raw.subsystems.iter().enumerate() {
+        component_kinds(&root.key("subsystems").index(i), &s.components, &mut kinds);
+    }
+    component_kinds(&root, &raw.components, &mut kinds);
+    let mut problems = unknown_fields(Schema::Megamodel, unknown, &kinds);
     let subsystems = raw
         .subsystems
         .into_iter()
@@ -78,15 +87,21 @@ pub fn parse_deployment_model(
     file: &str,
     text: &str,
 ) -> Result<(DeploymentModel, Vec<Problem>), Invalid> {
-    let (raw, mut problems): (RawDeploymentModel, _) = read(file, text, Schema::Subsystem)?;
+    let (raw, unknown): (RawDeploymentModel, _) = read(file, text)?;
+    let mut kinds = HashMap::new();
+    component_kinds(&JsonPath::root(), &raw.components, &mut kinds);
+    let mut problems = unknown_fields(Schema::Subsystem, unknown, &kinds);
     let model = convert_model(raw, &JsonPath::root(), &mut problems);
     Ok((model, problems))
 }
 
 /// Reads a function runtime template.
 pub fn parse_template(file: &str, text: &str) -> Result<(Template, Vec<Problem>), Invalid> {
-    let (raw, mut problems): (RawTemplate, _) = read(file, text, Schema::Template)?;
+    let (raw, unknown): (RawTemplate, _) = read(file, text)?;
     let root = JsonPath::root();
+    let mut kinds = HashMap::new();
+    component_kinds(&root, &raw.components, &mut kinds);
+    let mut problems = unknown_fields(Schema::Template, unknown, &kinds);
     let components = convert_components(raw.components, &root, &mut problems);
     let links = convert_links(raw.links, &root, &mut problems);
     Ok((
@@ -139,11 +154,7 @@ fn convert_links(
 
 /// Deserializes `text`, collecting unknown fields as problems (with suggestions).
 /// A syntax or type error stops the read: it is returned as the only diagnostic.
-fn read<T: DeserializeOwned>(
-    file: &str,
-    text: &str,
-    schema: Schema,
-) -> Result<(T, Vec<Problem>), Invalid> {
+fn read<T: DeserializeOwned>(file: &str, text: &str) -> Result<(T, Vec<JsonPath>), Invalid> {
     let mut unknown: Vec<JsonPath> = Vec::new();
     let mut de = serde_json::Deserializer::from_str(text);
     let result: Result<T, _> = {
@@ -161,20 +172,44 @@ fn read<T: DeserializeOwned>(
     if let Err(e) = de.end() {
         return Err(json_error(file, text, JsonPath::root(), e));
     }
-    let problems = unknown
-        .into_iter()
-        .map(|path| unknown_field(schema, path))
-        .collect();
-    Ok((value, problems))
+    Ok((value, unknown))
 }
 
-fn unknown_field(schema: Schema, path: JsonPath) -> Problem {
+/// Turns unknown-field paths into problems; a component's suggestions are the
+/// fields of its own kind.
+fn unknown_fields(
+    schema: Schema,
+    unknown: Vec<JsonPath>,
+    kinds: &HashMap<JsonPath, Kind>,
+) -> Vec<Problem> {
+    unknown
+        .into_iter()
+        .map(|path| {
+            let parent = path.parent();
+            match kinds.get(&parent) {
+                Some(kind) => unknown_field(&crate::wire::component_fields(*kind), path),
+                None => unknown_field(schema.fields_at(&parent).unwrap_or(&[]), path),
+            }
+        })
+        .collect()
+}
+
+fn component_kinds(parent: &JsonPath, raw: &[RawComponent], kinds: &mut HashMap<JsonPath, Kind>) {
+    let base = parent.key("components");
+    for (i, c) in raw.iter().enumerate() {
+        kinds.insert(base.index(i), c.kind);
+    }
+}
+
+fn unknown_field(fields: &[&str], path: JsonPath) -> Problem {
     let field = path.last_key().unwrap_or("?").to_owned();
-    let expected = schema.fields_at(&path.parent());
     let mut problem = Problem::new(path, format!("unknown field `{field}`"));
-    if let Some(fields) = expected {
+    if !fields.is_empty() {
         let hint = match suggest(&field, fields) {
-            Some(s) => format!("did you mean `{s}`? known fields: {}", fields.join(", ")),
+            Some(s) => format!(
+                "did you mean `{s}`? known fields here: {}",
+                fields.join(", ")
+            ),
             None => format!("one of: {}", fields.join(", ")),
         };
         problem = problem.expected(hint);
@@ -218,7 +253,12 @@ fn path_of(p: &serde_path_to_error::Path) -> JsonPath {
     )
 }
 
-fn json_error(file: &str, text: &str, path: JsonPath, inner: serde_json::Error) -> Invalid {
+pub(crate) fn json_error(
+    file: &str,
+    text: &str,
+    path: JsonPath,
+    inner: serde_json::Error,
+) -> Invalid {
     let full = inner.to_string();
     // serde_json appends " at line L column C"; the position is reported separately.
     let message = match full.rfind(" at line ") {
@@ -280,8 +320,16 @@ mod tests {
                 "subsystems[0].components[0].resources.container.imgae",
             ]
         );
-        assert!(problems[0].expected.as_deref().unwrap().contains("did you mean `components`"));
-        assert!(problems[2].expected.as_deref().unwrap().contains("did you mean `image`"));
+        assert!(problems[0]
+            .expected
+            .as_deref()
+            .unwrap()
+            .contains("did you mean `components`"));
+        assert!(problems[2]
+            .expected
+            .as_deref()
+            .unwrap()
+            .contains("did you mean `image`"));
     }
 
     #[test]
@@ -291,25 +339,35 @@ mod tests {
         let d = &err.diagnostics[0];
         assert_eq!(d.path, "components[0].board");
         assert_eq!(d.line, 2);
-        assert!(d.message.contains("invalid type: integer `5`"), "{}", d.message);
+        assert!(
+            d.message.contains("invalid type: integer `5`"),
+            "{}",
+            d.message
+        );
         assert_eq!(d.expected.as_deref(), Some("a string"));
     }
 
     #[test]
     fn malformed_json_is_a_syntax_error_with_position() {
-        let err = parse_megamodel("m.json", "{\"name\": \"m\",\n  \"components\": [,]}").unwrap_err();
+        let err =
+            parse_megamodel("m.json", "{\"name\": \"m\",\n  \"components\": [,]}").unwrap_err();
         let d = &err.diagnostics[0];
         assert!(d.message.starts_with("malformed JSON"), "{}", d.message);
         assert_eq!((d.line, d.column), (2, 18));
         let err = parse_megamodel("m.json", "{\"name\": \"m\"").unwrap_err();
-        assert!(err.diagnostics[0].expected.as_deref().unwrap().contains("truncated"));
+        assert!(err.diagnostics[0]
+            .expected
+            .as_deref()
+            .unwrap()
+            .contains("truncated"));
         let err = parse_megamodel("m.json", "{\"name\": \"m\"} trailing").unwrap_err();
         assert!(err.diagnostics[0].message.contains("trailing characters"));
     }
 
     #[test]
     fn missing_required_field() {
-        let err = parse_megamodel("m.json", r#"{"name": "m", "components": [{"id": "x"}]}"#).unwrap_err();
+        let err =
+            parse_megamodel("m.json", r#"{"name": "m", "components": [{"id": "x"}]}"#).unwrap_err();
         let d = &err.diagnostics[0];
         assert_eq!(d.path, "components[0]");
         assert!(d.message.contains("missing field `kind`"), "{}", d.message);

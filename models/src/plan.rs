@@ -56,16 +56,30 @@ impl Phase {
 #[serde(rename_all = "snake_case", tag = "action")]
 pub enum Action {
     /// Stop a running component (its spec is in the current model).
-    Stop { component: String },
-    Unbind { link: Link },
+    Stop {
+        component: String,
+    },
+    Unbind {
+        link: Link,
+    },
     /// Delete a component and what was created for it.
-    Remove { component: String },
+    Remove {
+        component: String,
+    },
     /// Create (build, pull, flash-prepare) a component from the target.
-    Add { component: String },
-    Bind { link: Link },
+    Add {
+        component: String,
+    },
+    Bind {
+        link: Link,
+    },
     /// Update metadata in place, without restarting.
-    Update { component: String },
-    Start { component: String },
+    Update {
+        component: String,
+    },
+    Start {
+        component: String,
+    },
 }
 
 impl Action {
@@ -182,24 +196,34 @@ pub fn plan_diff(current: &DeploymentModel, target: &DeploymentModel, d: &ModelD
     };
     for &id in &going_down {
         if lifecycle(&a, id) {
-            g.add(Action::Stop { component: id.to_owned() });
+            g.add(Action::Stop {
+                component: id.to_owned(),
+            });
         }
-        g.add(Action::Remove { component: id.to_owned() });
+        g.add(Action::Remove {
+            component: id.to_owned(),
+        });
     }
     for &l in &unbind {
         g.add(Action::Unbind { link: l.clone() });
     }
     for &id in &coming_up {
-        g.add(Action::Add { component: id.to_owned() });
+        g.add(Action::Add {
+            component: id.to_owned(),
+        });
         if lifecycle(&b, id) {
-            g.add(Action::Start { component: id.to_owned() });
+            g.add(Action::Start {
+                component: id.to_owned(),
+            });
         }
     }
     for &l in &bind {
         g.add(Action::Bind { link: l.clone() });
     }
     for c in d.changed.iter().filter(|c| !c.is_replace()) {
-        g.add(Action::Update { component: c.id.clone() });
+        g.add(Action::Update {
+            component: c.id.clone(),
+        });
     }
 
     // Dependencies.
@@ -373,7 +397,12 @@ impl fmt::Display for Plan {
         if self.steps.is_empty() {
             return writeln!(f, "nothing to do: current and target are the same");
         }
-        writeln!(f, "{} step{}", self.steps.len(), if self.steps.len() == 1 { "" } else { "s" })?;
+        writeln!(
+            f,
+            "{} step{}",
+            self.steps.len(),
+            if self.steps.len() == 1 { "" } else { "s" }
+        )?;
         let mut phase = None;
         for s in &self.steps {
             if phase != Some(s.phase) {

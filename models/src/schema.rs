@@ -189,7 +189,10 @@ mod tests {
     #[test]
     fn suggestions() {
         assert_eq!(suggest("imgae", &["image", "build"]), Some("image"));
-        assert_eq!(suggest("trigers", &["triggers", "inputs"]), Some("triggers"));
+        assert_eq!(
+            suggest("trigers", &["triggers", "inputs"]),
+            Some("triggers")
+        );
         assert_eq!(suggest("zzzzzz", &["image", "build"]), None);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
     }

@@ -75,13 +75,21 @@ impl Simulator {
 
     /// Executes every step of `plan` in the given order (which must respect
     /// `after`), checking each against the rules.
-    pub fn run(&mut self, plan: &Plan, order: &[usize], target: &DeploymentModel) -> Result<(), Violation> {
+    pub fn run(
+        &mut self,
+        plan: &Plan,
+        order: &[usize],
+        target: &DeploymentModel,
+    ) -> Result<(), Violation> {
         let index = Target::new(target);
         let mut done = vec![false; plan.steps.len()];
         for &i in order {
             let step = &plan.steps[i];
             if let Some(d) = step.after.iter().find(|d| !done[**d]) {
-                return Err(violation(step, format!("ran before step #{} it depends on", d + 1)));
+                return Err(violation(
+                    step,
+                    format!("ran before step #{} it depends on", d + 1),
+                ));
             }
             self.execute(step, &index)?;
             done[i] = true;
@@ -174,7 +182,9 @@ impl Simulator {
                 for l in &self.links {
                     if let Some((who, what)) = l.need() {
                         if who == component && !self.up(what) {
-                            return fail(format!("starts before `{what}`, which it needs ({l}), is up"));
+                            return fail(format!(
+                                "starts before `{what}`, which it needs ({l}), is up"
+                            ));
                         }
                     }
                 }

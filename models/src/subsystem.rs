@@ -120,8 +120,14 @@ pub(crate) fn assign(mm: &Megamodel, doc: &Document<'_>) -> Assignment {
             many => {
                 out.of.insert(id.to_owned(), None);
                 out.problems.push(
-                    Problem::new(c.path.clone(), format!("{kind} `{id}` is linked to several subsystems: {}", list(many)))
-                        .expected("`subsystem` naming the one it belongs to"),
+                    Problem::new(
+                        c.path.clone(),
+                        format!(
+                            "{kind} `{id}` is linked to several subsystems: {}",
+                            list(many)
+                        ),
+                    )
+                    .expected("`subsystem` naming the one it belongs to"),
                 );
             }
         }
@@ -135,8 +141,14 @@ pub(crate) fn assign(mm: &Megamodel, doc: &Document<'_>) -> Assignment {
                 gateways.entry(s).or_default().push(&c.item.id);
                 if gateways[s.as_str()].len() > 1 {
                     out.problems.push(
-                        Problem::new(c.path.clone(), format!("subsystem `{s}` has a second gateway `{}`", c.item.id))
-                            .expected(format!("one gateway per subsystem; `{}` already runs `{s}`", gateways[s.as_str()][0])),
+                        Problem::new(
+                            c.path.clone(),
+                            format!("subsystem `{s}` has a second gateway `{}`", c.item.id),
+                        )
+                        .expected(format!(
+                            "one gateway per subsystem; `{}` already runs `{s}`",
+                            gateways[s.as_str()][0]
+                        )),
                     );
                 }
             }
@@ -251,7 +263,9 @@ pub fn partition(mm: &Megamodel) -> Result<Megamodel, Vec<Problem>> {
     for l in &doc.links {
         let (a, b) = l.item.endpoints();
         match (assignment.of.get(a), assignment.of.get(b)) {
-            (Some(Some(x)), Some(Some(y))) if x == y => models[slot[x.as_str()]].links.push(l.item.clone()),
+            (Some(Some(x)), Some(Some(y))) if x == y => {
+                models[slot[x.as_str()]].links.push(l.item.clone())
+            }
             _ => top_links.push(l.item.clone()),
         }
     }

@@ -23,7 +23,10 @@ pub const ENV_CONTEXT: &str = "CONTINUUM_CONTEXT";
 
 /// Expands every function that names a `runtime` and has no resources yet.
 /// `templates` maps the `runtime` strings to the loaded templates.
-pub fn expand(mm: &Megamodel, templates: &HashMap<String, Template>) -> Result<Megamodel, Vec<Problem>> {
+pub fn expand(
+    mm: &Megamodel,
+    templates: &HashMap<String, Template>,
+) -> Result<Megamodel, Vec<Problem>> {
     let mut out = mm.clone();
     let mut problems = Vec::new();
     let hosted: HashSet<String> = mm
@@ -36,9 +39,25 @@ pub fn expand(mm: &Megamodel, templates: &HashMap<String, Template>) -> Result<M
     let root = JsonPath::root();
     for (i, s) in out.subsystems.iter_mut().enumerate() {
         let base = root.key("subsystems").index(i);
-        expand_list(&mut s.components, &mut s.links, &base, s.id.as_deref(), templates, &hosted, &mut problems);
+        expand_list(
+            &mut s.components,
+            &mut s.links,
+            &base,
+            s.id.as_deref(),
+            templates,
+            &hosted,
+            &mut problems,
+        );
     }
-    expand_list(&mut out.components, &mut out.links, &root, None, templates, &hosted, &mut problems);
+    expand_list(
+        &mut out.components,
+        &mut out.links,
+        &root,
+        None,
+        templates,
+        &hosted,
+        &mut problems,
+    );
     if problems.is_empty() {
         Ok(out)
     } else {
@@ -60,14 +79,19 @@ fn expand_list(
     for (i, c) in components.iter_mut().enumerate() {
         let path = base.key("components").index(i);
         let Some(f) = c.as_function() else { continue };
-        let Some(runtime) = f.runtime.clone() else { continue };
+        let Some(runtime) = f.runtime.clone() else {
+            continue;
+        };
         if !f.resources.is_empty() {
             continue;
         }
         let Some(t) = templates.get(&runtime) else {
             problems.push(
-                Problem::new(path.key("runtime"), format!("runtime template `{runtime}` is not available"))
-                    .expected("the path of a template file, relative to the model file"),
+                Problem::new(
+                    path.key("runtime"),
+                    format!("runtime template `{runtime}` is not available"),
+                )
+                .expected("the path of a template file, relative to the model file"),
             );
             continue;
         };
@@ -105,7 +129,10 @@ fn refine(
     let mut vars: BTreeMap<String, String> = BTreeMap::from([
         ("function.id".to_owned(), function.id.clone()),
         ("function.name".to_owned(), function.name.clone()),
-        ("function.src".to_owned(), fspec.src.clone().unwrap_or_default()),
+        (
+            "function.src".to_owned(),
+            fspec.src.clone().unwrap_or_default(),
+        ),
         ("function.subsystem".to_owned(), subsystem),
         ("function.triggers".to_owned(), fspec.triggers.join(",")),
         ("function.inputs".to_owned(), fspec.inputs.join(",")),
@@ -125,12 +152,24 @@ fn refine(
         }
     };
 
-    let mut resources = substitute_resources(placeholder.spec.resources().cloned().unwrap_or_default(), &vars, &mut errors);
+    let mut resources = substitute_resources(
+        placeholder.spec.resources().cloned().unwrap_or_default(),
+        &vars,
+        &mut errors,
+    );
     if let Some(container) = resources.container.as_mut() {
-        container.env.insert(ENV_FUNCTION.to_owned(), function.id.clone());
-        container.env.insert(ENV_TRIGGERS.to_owned(), fspec.triggers.join(","));
-        container.env.insert(ENV_INPUTS.to_owned(), fspec.inputs.join(","));
-        container.env.insert(ENV_OUTPUTS.to_owned(), fspec.outputs.join(","));
+        container
+            .env
+            .insert(ENV_FUNCTION.to_owned(), function.id.clone());
+        container
+            .env
+            .insert(ENV_TRIGGERS.to_owned(), fspec.triggers.join(","));
+        container
+            .env
+            .insert(ENV_INPUTS.to_owned(), fspec.inputs.join(","));
+        container
+            .env
+            .insert(ENV_OUTPUTS.to_owned(), fspec.outputs.join(","));
         container.env.insert(
             ENV_CONTEXT.to_owned(),
             serde_json::to_string(&fspec.context).unwrap_or_default(),
@@ -176,7 +215,10 @@ fn refine(
         return Err(errors);
     }
     for (k, v) in &placeholder.properties {
-        function.properties.entry(k.clone()).or_insert_with(|| v.clone());
+        function
+            .properties
+            .entry(k.clone())
+            .or_insert_with(|| v.clone());
     }
     function
         .properties
@@ -187,7 +229,11 @@ fn refine(
     Ok((extra, links))
 }
 
-fn substitute_resources(r: Resources, vars: &BTreeMap<String, String>, errors: &mut Vec<String>) -> Resources {
+fn substitute_resources(
+    r: Resources,
+    vars: &BTreeMap<String, String>,
+    errors: &mut Vec<String>,
+) -> Resources {
     let Ok(mut value) = serde_json::to_value(&r) else {
         return r;
     };
@@ -195,11 +241,17 @@ fn substitute_resources(r: Resources, vars: &BTreeMap<String, String>, errors: &
     serde_json::from_value(value).unwrap_or(r)
 }
 
-fn substitute_value(v: &mut serde_json::Value, vars: &BTreeMap<String, String>, errors: &mut Vec<String>) {
+fn substitute_value(
+    v: &mut serde_json::Value,
+    vars: &BTreeMap<String, String>,
+    errors: &mut Vec<String>,
+) {
     match v {
         serde_json::Value::String(s) => *s = substitute(s, vars, errors),
         serde_json::Value::Array(a) => a.iter_mut().for_each(|v| substitute_value(v, vars, errors)),
-        serde_json::Value::Object(o) => o.values_mut().for_each(|v| substitute_value(v, vars, errors)),
+        serde_json::Value::Object(o) => o
+            .values_mut()
+            .for_each(|v| substitute_value(v, vars, errors)),
         _ => {}
     }
 }
@@ -235,7 +287,10 @@ mod tests {
     fn substitution() {
         let vars = BTreeMap::from([("function.id".to_owned(), "presence".to_owned())]);
         let mut errors = Vec::new();
-        assert_eq!(substitute("fn-{{ function.id }}:1", &vars, &mut errors), "fn-presence:1");
+        assert_eq!(
+            substitute("fn-{{ function.id }}:1", &vars, &mut errors),
+            "fn-presence:1"
+        );
         assert!(errors.is_empty());
         substitute("{{nope}}", &vars, &mut errors);
         substitute("{{function.id", &vars, &mut errors);

@@ -79,7 +79,15 @@ mod tests {
 
     #[test]
     fn filters() {
-        for ok in ["/presence/presenceIndicators", "a/+/c", "#", "a/#", "+", "/+", "+/+/#"] {
+        for ok in [
+            "/presence/presenceIndicators",
+            "a/+/c",
+            "#",
+            "a/#",
+            "+",
+            "/+",
+            "+/+/#",
+        ] {
             assert_eq!(check_filter(ok), Ok(()), "{ok}");
         }
         assert_eq!(check_filter(""), Err(TopicError::Empty));

@@ -17,8 +17,11 @@ pub fn validate_megamodel(mm: &Megamodel) -> Vec<Problem> {
     let mut problems = Vec::new();
     if mm.name.trim().is_empty() {
         problems.push(
-            Problem::new(JsonPath::root().key("name"), "the megamodel has an empty name")
-                .expected("a name for the system"),
+            Problem::new(
+                JsonPath::root().key("name"),
+                "the megamodel has an empty name",
+            )
+            .expected("a name for the system"),
         );
     }
     let mut seen_subsystems: HashMap<&str, usize> = HashMap::new();
@@ -58,26 +61,40 @@ pub fn validate_template(t: &Template) -> Vec<Problem> {
     let doc = Document::of_template(t);
     let mut problems = Vec::new();
     check_graph(&doc, Placeholders::Allowed, &mut problems);
-    let placeholders: Vec<&Located<Component>> =
-        doc.components.iter().filter(|c| c.item.placeholder).collect();
+    let placeholders: Vec<&Located<Component>> = doc
+        .components
+        .iter()
+        .filter(|c| c.item.placeholder)
+        .collect();
     match placeholders.as_slice() {
         [] => problems.push(
-            Problem::new(JsonPath::root().key("components"), "the template has no placeholder")
-                .expected("exactly one component with `\"placeholder\": true`, which the function refines"),
+            Problem::new(
+                JsonPath::root().key("components"),
+                "the template has no placeholder",
+            )
+            .expected(
+                "exactly one component with `\"placeholder\": true`, which the function refines",
+            ),
         ),
         [p] => {
             if !matches!(p.item.kind(), Kind::Service | Kind::Function) {
                 problems.push(
-                    Problem::new(p.path.key("kind"), format!("a {} cannot be a placeholder", p.item.kind()))
-                        .expected("a placeholder of kind service or function"),
+                    Problem::new(
+                        p.path.key("kind"),
+                        format!("a {} cannot be a placeholder", p.item.kind()),
+                    )
+                    .expected("a placeholder of kind service or function"),
                 );
             }
         }
         [_, rest @ ..] => {
             for p in rest {
                 problems.push(
-                    Problem::new(p.path.key("placeholder"), "a second placeholder in the template")
-                        .expected("exactly one placeholder per template"),
+                    Problem::new(
+                        p.path.key("placeholder"),
+                        "a second placeholder in the template",
+                    )
+                    .expected("exactly one placeholder per template"),
                 );
             }
         }
@@ -96,7 +113,8 @@ pub fn is_valid_id(id: &str) -> bool {
     let b = id.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -111,13 +129,17 @@ fn check_id(id: &str, path: &JsonPath, what: &str, problems: &mut Vec<Problem>) 
 }
 
 fn check_graph(doc: &Document<'_>, placeholders: Placeholders, problems: &mut Vec<Problem>) {
-    let mut by_id: HashMap<&str, &Located<Component>> = HashMap::with_capacity(doc.components.len());
+    let mut by_id: HashMap<&str, &Located<Component>> =
+        HashMap::with_capacity(doc.components.len());
     for c in &doc.components {
         check_id(&c.item.id, &c.path.key("id"), "component id", problems);
         if let Some(first) = by_id.get(c.item.id.as_str()) {
             problems.push(
-                Problem::new(c.path.key("id"), format!("duplicate component id `{}`", c.item.id))
-                    .expected(format!("an id not already used by {}", first.path)),
+                Problem::new(
+                    c.path.key("id"),
+                    format!("duplicate component id `{}`", c.item.id),
+                )
+                .expected(format!("an id not already used by {}", first.path)),
             );
         } else {
             by_id.insert(&c.item.id, c);
@@ -159,7 +181,11 @@ fn check_component(
                 }
             }
             for field in ["inputs", "outputs"] {
-                let streams = if field == "inputs" { &f.inputs } else { &f.outputs };
+                let streams = if field == "inputs" {
+                    &f.inputs
+                } else {
+                    &f.outputs
+                };
                 let mut seen = HashSet::new();
                 for (i, s) in streams.iter().enumerate() {
                     if s.is_empty() || s.contains(['/', '+', '#', '\0']) {
@@ -186,8 +212,11 @@ fn check_component(
         ComponentSpec::Service(s) => {
             if s.resources.is_empty() && !c.item.placeholder {
                 problems.push(
-                    Problem::new(path.clone(), format!("service `{}` has no `resources`", c.item.id))
-                        .expected("`resources` with a `container` or `commands` saying how to run it"),
+                    Problem::new(
+                        path.clone(),
+                        format!("service `{}` has no `resources`", c.item.id),
+                    )
+                    .expected("`resources` with a `container` or `commands` saying how to run it"),
                 );
             }
             check_resources(&s.resources, &path.key("resources"), problems);
@@ -196,14 +225,20 @@ fn check_component(
         ComponentSpec::Firmware(f) => {
             if f.resources.flash.is_none() {
                 problems.push(
-                    Problem::new(path.key("resources"), format!("firmware `{}` has no flash resource", c.item.id))
-                        .expected("`resources.flash` with the `artefact` to flash"),
+                    Problem::new(
+                        path.key("resources"),
+                        format!("firmware `{}` has no flash resource", c.item.id),
+                    )
+                    .expected("`resources.flash` with the `artefact` to flash"),
                 );
             }
             if f.resources.container.is_some() {
                 problems.push(
-                    Problem::new(path.key("resources").key("container"), "firmware cannot run in a container")
-                        .expected("only `resources.flash` on firmware"),
+                    Problem::new(
+                        path.key("resources").key("container"),
+                        "firmware cannot run in a container",
+                    )
+                    .expected("only `resources.flash` on firmware"),
                 );
             }
             check_resources(&f.resources, &path.key("resources"), problems);
@@ -232,7 +267,10 @@ fn check_resources(r: &Resources, path: &JsonPath, problems: &mut Vec<Problem>) 
             );
         }
         if f.baud == Some(0) {
-            problems.push(Problem::new(path.key("flash").key("baud"), "baud rate 0").expected("a baud rate such as 115200"));
+            problems.push(
+                Problem::new(path.key("flash").key("baud"), "baud rate 0")
+                    .expected("a baud rate such as 115200"),
+            );
         }
     }
 }
@@ -248,28 +286,42 @@ fn check_container(c: &ContainerSpec, path: &JsonPath, problems: &mut Vec<Proble
                 .expected("one of `image` or `build`"),
         ),
         (Some(image), None) if image.trim().is_empty() => problems.push(
-            Problem::new(path.key("image"), "empty image reference").expected("an image such as \"continuum/flow:1\""),
+            Problem::new(path.key("image"), "empty image reference")
+                .expected("an image such as \"continuum/flow:1\""),
         ),
         _ => {}
     }
     let mut bound = HashSet::new();
     for (i, p) in c.ports.iter().enumerate() {
         if p.container == 0 || p.host == Some(0) {
-            problems.push(Problem::new(path.key("ports").index(i), "port 0").expected("a port between 1 and 65535"));
+            problems.push(
+                Problem::new(path.key("ports").index(i), "port 0")
+                    .expected("a port between 1 and 65535"),
+            );
         }
         if let Some(h) = p.host {
             if !bound.insert((h, p.protocol)) {
                 problems.push(
-                    Problem::new(path.key("ports").index(i).key("host"), format!("host port {h} is bound twice"))
-                        .expected("each host port at most once"),
+                    Problem::new(
+                        path.key("ports").index(i).key("host"),
+                        format!("host port {h} is bound twice"),
+                    )
+                    .expected("each host port at most once"),
                 );
             }
         }
     }
-    for (k, _) in c.env.iter().filter(|(k, _)| k.is_empty() || k.contains('=')) {
+    for (k, _) in c
+        .env
+        .iter()
+        .filter(|(k, _)| k.is_empty() || k.contains('='))
+    {
         problems.push(
-            Problem::new(path.key("env").key(k.clone()), format!("invalid environment variable name `{k}`"))
-                .expected("a non-empty name without '='"),
+            Problem::new(
+                path.key("env").key(k.clone()),
+                format!("invalid environment variable name `{k}`"),
+            )
+            .expected("a non-empty name without '='"),
         );
     }
 }
@@ -296,14 +348,26 @@ fn check_links<'a>(
                     Some(s) => format!("the id of a component of the model; did you mean `{s}`?"),
                     None => "the id of a component of the model".to_owned(),
                 };
-                problems.push(Problem::new(l.path.key(field), format!("link to missing component `{id}`")).expected(hint));
+                problems.push(
+                    Problem::new(
+                        l.path.key(field),
+                        format!("link to missing component `{id}`"),
+                    )
+                    .expected(hint),
+                );
             }
         }
         if a == b {
-            problems.push(Problem::new(l.path.clone(), format!("`{a}` is linked to itself")).expected("two different components"));
+            problems.push(
+                Problem::new(l.path.clone(), format!("`{a}` is linked to itself"))
+                    .expected("two different components"),
+            );
         }
         if let Some(first) = seen.insert(l.item, &l.path) {
-            problems.push(Problem::new(l.path.clone(), format!("duplicate link ({})", l.item)).expected(format!("each link once; it is already at {first}")));
+            problems.push(
+                Problem::new(l.path.clone(), format!("duplicate link ({})", l.item))
+                    .expected(format!("each link once; it is already at {first}")),
+            );
         }
         if dangling {
             continue;
@@ -314,13 +378,26 @@ fn check_links<'a>(
                 let expected = match hosted.kind() {
                     Kind::Firmware => "firmware is hosted on a device".to_owned(),
                     Kind::Gateway | Kind::Host | Kind::Device | Kind::External => {
-                        format!("a {} is not hosted by anything; remove this link", hosted.kind())
+                        format!(
+                            "a {} is not hosted by anything; remove this link",
+                            hosted.kind()
+                        )
                     }
-                    _ => format!("a {} is hosted on a gateway, a host or a service", hosted.kind()),
+                    _ => format!(
+                        "a {} is hosted on a gateway, a host or a service",
+                        hosted.kind()
+                    ),
                 };
                 problems.push(
-                    Problem::new(l.path.key("host"), format!("{} `{component}` cannot be hosted on {} `{host}`", hosted.kind(), hosting.kind()))
-                        .expected(expected),
+                    Problem::new(
+                        l.path.key("host"),
+                        format!(
+                            "{} `{component}` cannot be hosted on {} `{host}`",
+                            hosted.kind(),
+                            hosting.kind()
+                        ),
+                    )
+                    .expected(expected),
                 );
             }
             if let Some((other, first)) = host_of.insert(component, (host, &l.path)) {
@@ -335,25 +412,40 @@ fn check_links<'a>(
     }
     // Software hosted nowhere (functions may wait for placement).
     for c in &doc.components {
-        if c.item.kind().needs_host() && !host_of.contains_key(c.item.id.as_str()) && !c.item.placeholder {
+        if c.item.kind().needs_host()
+            && !host_of.contains_key(c.item.id.as_str())
+            && !c.item.placeholder
+        {
             let expected = if c.item.kind() == Kind::Firmware {
                 format!("a hosting link {{\"kind\": \"hosting\", \"component\": \"{}\", \"host\": \"<a device>\"}}", c.item.id)
             } else {
                 format!("a hosting link {{\"kind\": \"hosting\", \"component\": \"{}\", \"host\": \"<a gateway or host>\"}}", c.item.id)
             };
-            problems.push(Problem::new(c.path.clone(), format!("{} `{}` is hosted nowhere", c.item.kind(), c.item.id)).expected(expected));
+            problems.push(
+                Problem::new(
+                    c.path.clone(),
+                    format!("{} `{}` is hosted nowhere", c.item.kind(), c.item.id),
+                )
+                .expected(expected),
+            );
         }
         if let ComponentSpec::Proxy(p) = &c.item.spec {
             match by_id.get(p.device.as_str()) {
                 Some(d) if d.item.kind() == Kind::Device => {}
                 Some(d) => problems.push(
-                    Problem::new(c.path.key("device"), format!("proxy device `{}` is a {}", p.device, d.item.kind()))
-                        .expected("the id of a device"),
+                    Problem::new(
+                        c.path.key("device"),
+                        format!("proxy device `{}` is a {}", p.device, d.item.kind()),
+                    )
+                    .expected("the id of a device"),
                 ),
                 None if p.device.is_empty() => {}
                 None => problems.push(
-                    Problem::new(c.path.key("device"), format!("proxy refers to missing device `{}`", p.device))
-                        .expected("the id of a device of the model"),
+                    Problem::new(
+                        c.path.key("device"),
+                        format!("proxy refers to missing device `{}`", p.device),
+                    )
+                    .expected("the id of a device of the model"),
                 ),
             }
         }
@@ -408,7 +500,11 @@ fn check_cycles(
                         let from = trail.iter().position(|n| *n == target).unwrap_or(0);
                         let mut cycle: Vec<&str> = trail[from..].to_vec();
                         cycle.push(target);
-                        let what = if hosting { "hosting cycle" } else { "dependency cycle" };
+                        let what = if hosting {
+                            "hosting cycle"
+                        } else {
+                            "dependency cycle"
+                        };
                         problems.push(
                             Problem::new(path.clone(), format!("{what}: {}", cycle.join(" -> ")))
                                 .expected("a hosting chain that ends at a gateway, host or device, and no component needing itself through communication links (mark one link `physical` if it is only wiring)"),

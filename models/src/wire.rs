@@ -111,12 +111,39 @@ const KIND_FIELDS: &[(&str, &[Kind])] = &[
     ),
 ];
 
+/// Fields every component has.
+const COMMON_FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "kind",
+    "subsystem",
+    "properties",
+    "placeholder",
+];
+
+/// The fields a component of `kind` may have.
+pub fn component_fields(kind: Kind) -> Vec<&'static str> {
+    COMMON_FIELDS
+        .iter()
+        .copied()
+        .chain(
+            KIND_FIELDS
+                .iter()
+                .filter(|(_, kinds)| kinds.contains(&kind))
+                .map(|(f, _)| *f),
+        )
+        .collect()
+}
+
 impl RawComponent {
     fn present_fields(&self) -> Vec<&'static str> {
         let present = [
             ("capabilities", self.capabilities.is_some()),
             ("access", self.access.is_some()),
-            ("equipped_with_deployer", self.equipped_with_deployer.is_some()),
+            (
+                "equipped_with_deployer",
+                self.equipped_with_deployer.is_some(),
+            ),
             ("equipped_with_bridge", self.equipped_with_bridge.is_some()),
             ("board", self.board.is_some()),
             ("port", self.port.is_some()),
@@ -336,15 +363,22 @@ impl RawLink {
         let mut require = |v: Option<String>, field: &str, what: &str| {
             v.or_else(|| {
                 problems.push(
-                    Problem::new(path.clone(), format!("{:?} link has no `{field}`", self.kind).to_lowercase())
-                        .expected(format!("`{field}`: {what}")),
+                    Problem::new(
+                        path.clone(),
+                        format!("{:?} link has no `{field}`", self.kind).to_lowercase(),
+                    )
+                    .expected(format!("`{field}`: {what}")),
                 );
                 None
             })
         };
         let link = match self.kind {
             LinkKind::Hosting => {
-                let component = require(self.component, "component", "the id of the hosted component");
+                let component = require(
+                    self.component,
+                    "component",
+                    "the id of the hosted component",
+                );
                 let host = require(self.host, "host", "the id of the component hosting it");
                 for (field, present) in [
                     ("from", self.from.is_some()),
@@ -355,8 +389,11 @@ impl RawLink {
                 ] {
                     if present {
                         problems.push(
-                            Problem::new(path.key(field), format!("field `{field}` does not apply to a hosting link"))
-                                .expected("a hosting link has `component` and `host`"),
+                            Problem::new(
+                                path.key(field),
+                                format!("field `{field}` does not apply to a hosting link"),
+                            )
+                            .expected("a hosting link has `component` and `host`"),
                         );
                     }
                 }

@@ -125,11 +125,20 @@ fn generated_changes_cover_every_case() {
         for c in &d.changed {
             match &c.action {
                 ChangeAction::Update => seen[2] = true,
-                ChangeAction::Replace { cause: ReplaceCause::Spec } => seen[3] = true,
-                ChangeAction::Replace { cause: ReplaceCause::Moved { .. } } => seen[4] = true,
-                ChangeAction::Replace { cause: ReplaceCause::Host { .. } } => seen[5] = true,
+                ChangeAction::Replace {
+                    cause: ReplaceCause::Spec,
+                } => seen[3] = true,
+                ChangeAction::Replace {
+                    cause: ReplaceCause::Moved { .. },
+                } => seen[4] = true,
+                ChangeAction::Replace {
+                    cause: ReplaceCause::Host { .. },
+                } => seen[5] = true,
             }
         }
     }
-    assert_eq!(seen, [true; 8], "added, removed, update, replace, moved, cascade, link+, link-");
+    assert_eq!(
+        seen, [true; 8],
+        "added, removed, update, replace, moved, cascade, link+, link-"
+    );
 }

@@ -1,0 +1,106 @@
+//! `continuum import genesis FILE [-o OUT]`
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use continuum_models::genesis;
+
+use crate::style::Style;
+
+pub fn genesis(
+    file: &Path,
+    out: Option<&Path>,
+    force: bool,
+    style: &Style,
+) -> anyhow::Result<ExitCode> {
+    let name = file.display().to_string();
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            super::report(
+                &continuum_models::Invalid::file(&name, format!("cannot read the file: {e}")),
+                style,
+            );
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let import = match genesis::import(&name, &text) {
+        Ok(i) => i,
+        Err(invalid) => {
+            super::report(&invalid, style);
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let s = &import.summary;
+    let kinds: Vec<String> = s.kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    eprintln!(
+        "{} {}: {}; {} communication link(s), {} containment(s)",
+        style.bold("imported"),
+        name,
+        if kinds.is_empty() {
+            "no components".to_owned()
+        } else {
+            kinds.join(", ")
+        },
+        s.links,
+        s.containments
+    );
+    for w in &s.warnings {
+        eprintln!(
+            "{} at {}: {}",
+            style.yellow("warning:"),
+            style.cyan(&w.path),
+            w.message
+        );
+    }
+    for u in &s.unmapped {
+        eprintln!(
+            "{} at {}: {}",
+            style.dim("not mapped:"),
+            style.cyan(&u.path),
+            u.message
+        );
+    }
+    let mut json = serde_json::to_string_pretty(&import.megamodel)?;
+    json.push('\n');
+    // The imported model must stand on its own: validate it as Continuum would.
+    let out_name = out.map_or_else(
+        || "(imported model)".to_owned(),
+        |p| p.display().to_string(),
+    );
+    let check = continuum_models::load_megamodel(&out_name, &json);
+    match out {
+        Some(path) => {
+            if path.exists() && !force {
+                anyhow::bail!("{} exists; pass --force to overwrite it", path.display());
+            }
+            // Write beside the target, then rename: never a half-written model.
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let tmp = dir.join(format!(
+                ".{}.tmp",
+                path.file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("import")
+            ));
+            std::fs::write(&tmp, &json).with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => outln!("{}", json.trim_end()),
+    }
+    match check {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(invalid) => {
+            eprintln!(
+                "{} the imported model needs changes before Continuum can deploy it:",
+                style.yellow("note:")
+            );
+            super::report(&invalid, style);
+            Ok(ExitCode::from(1))
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! One module per subcommand.
+
+pub mod diff;
+pub mod import;
+pub mod plan;
+pub mod validate;
+
+use continuum_models::Invalid;
+
+use crate::style::Style;
+
+/// Prints every diagnostic on stderr.
+pub fn report(invalid: &Invalid, style: &Style) {
+    for d in &invalid.diagnostics {
+        let location = if d.line > 0 {
+            format!("{}:{}:{}", d.file, d.line, d.column)
+        } else {
+            d.file.clone()
+        };
+        let at = if d.path.is_empty() {
+            String::new()
+        } else {
+            format!("at {}: ", style.cyan(&d.path))
+        };
+        eprintln!(
+            "{} {}: {at}{}",
+            style.red("error:"),
+            style.bold(&location),
+            d.message
+        );
+        if let Some(e) = &d.expected {
+            eprintln!("    {} {e}", style.dim("expected:"));
+        }
+    }
+    let n = invalid.diagnostics.len();
+    eprintln!("{n} problem{} found", if n == 1 { "" } else { "s" });
+}
+
+/// Pretty JSON on stdout.
+pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    outln!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

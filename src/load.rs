@@ -1,0 +1,134 @@
+//! Reading model files from disk: the I/O around the pure models crate.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use continuum_models::diagnostic::{Invalid, Problem};
+use continuum_models::load::{load_deployment_model, load_template, prepare};
+use continuum_models::parse::parse_megamodel;
+use continuum_models::{validate_megamodel, DeploymentModel, JsonPath, Megamodel, Template};
+
+/// A model file of any of the three kinds.
+#[derive(Debug)]
+pub enum Document {
+    Megamodel(Loaded),
+    Subsystem(DeploymentModel),
+    Template(Template),
+}
+
+/// A valid megamodel as it will be deployed (templates expanded,
+/// partitioned into subsystems).
+#[derive(Debug)]
+pub struct Loaded {
+    pub prepared: Megamodel,
+    pub templates: usize,
+}
+
+fn display(path: &Path) -> String {
+    path.display().to_string()
+}
+
+fn read(path: &Path) -> Result<String, Invalid> {
+    std::fs::read_to_string(path)
+        .map_err(|e| Invalid::file(&display(path), format!("cannot read the file: {e}")))
+}
+
+/// Loads any model file, telling the kinds apart by their top-level members:
+/// `template` for a template, `name` for a megamodel, otherwise a subsystem model.
+pub fn document(path: &Path) -> Result<Document, Invalid> {
+    let text = read(path)?;
+    let file = display(path);
+    let top: Option<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(&text).ok();
+    let has = |k: &str| top.as_ref().is_some_and(|o| o.contains_key(k));
+    if has("template") {
+        Ok(Document::Template(load_template(&file, &text)?))
+    } else if top.is_some()
+        && !has("name")
+        && (has("id") || has("components"))
+        && !has("subsystems")
+    {
+        Ok(Document::Subsystem(load_deployment_model(&file, &text)?))
+    } else {
+        megamodel_text(path, &text).map(Document::Megamodel)
+    }
+}
+
+/// Loads a megamodel file, its templates, and prepares it.
+pub fn megamodel(path: &Path) -> Result<Loaded, Invalid> {
+    let text = read(path)?;
+    megamodel_text(path, &text)
+}
+
+fn megamodel_text(path: &Path, text: &str) -> Result<Loaded, Invalid> {
+    let file = display(path);
+    let (mm, mut problems) = parse_megamodel(&file, text)?;
+    problems.extend(validate_megamodel(&mm));
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut templates: HashMap<String, Template> = HashMap::new();
+    let mut template_errors: Vec<Invalid> = Vec::new();
+    for (fpath, runtime) in runtimes(&mm) {
+        if templates.contains_key(&runtime) {
+            continue;
+        }
+        let tpath: PathBuf = base.join(&runtime);
+        match std::fs::read_to_string(&tpath) {
+            Err(e) => problems.push(
+                Problem::new(
+                    fpath.key("runtime"),
+                    format!("cannot read runtime template `{}`: {e}", tpath.display()),
+                )
+                .expected("the path of a template file, relative to the model file"),
+            ),
+            Ok(ttext) => match load_template(&display(&tpath), &ttext) {
+                Ok(t) => {
+                    templates.insert(runtime, t);
+                }
+                Err(invalid) => {
+                    problems.push(Problem::new(
+                        fpath.key("runtime"),
+                        format!(
+                            "runtime template `{}` is invalid (see below)",
+                            tpath.display()
+                        ),
+                    ));
+                    template_errors.push(invalid);
+                }
+            },
+        }
+    }
+    let fail = |problems: Vec<Problem>, template_errors: Vec<Invalid>| {
+        let mut invalid = Invalid::from_problems(&file, text, problems);
+        for t in template_errors {
+            invalid.diagnostics.extend(t.diagnostics);
+        }
+        invalid
+    };
+    if !problems.is_empty() {
+        return Err(fail(problems, template_errors));
+    }
+    let prepared = prepare(&mm, &templates).map_err(|p| fail(p, Vec::new()))?;
+    Ok(Loaded {
+        prepared,
+        templates: templates.len(),
+    })
+}
+
+/// Every function that needs a template: its JSON path and its `runtime`.
+fn runtimes(mm: &Megamodel) -> Vec<(JsonPath, String)> {
+    let mut out = Vec::new();
+    let root = JsonPath::root();
+    let mut scan = |base: JsonPath, components: &[continuum_models::Component]| {
+        for (i, c) in components.iter().enumerate() {
+            if let Some(f) = c.as_function() {
+                if let (Some(r), true) = (&f.runtime, f.resources.is_empty()) {
+                    out.push((base.key("components").index(i), r.clone()));
+                }
+            }
+        }
+    };
+    for (i, s) in mm.subsystems.iter().enumerate() {
+        scan(root.key("subsystems").index(i), &s.components);
+    }
+    scan(root.clone(), &mm.components);
+    out
+}
