@@ -11,7 +11,8 @@ pub enum Segment {
     Index(usize),
 }
 
-/// A path into a JSON document, displayed as `subsystems[0].components[2].id`.
+/// A path into a JSON document, displayed as `subsystems[0].components[2].id`
+/// (the document root displays as an empty string).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct JsonPath(pub Vec<Segment>);
 
@@ -52,9 +53,6 @@ impl JsonPath {
 
 impl fmt::Display for JsonPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
-            return f.write_str("(document root)");
-        }
         for (i, seg) in self.0.iter().enumerate() {
             match seg {
                 Segment::Key(k) if i == 0 => write!(f, "{k}")?,

@@ -148,13 +148,29 @@ fn convert_links(
     let base = parent.key("links");
     raw.into_iter()
         .enumerate()
-        .filter_map(|(i, l)| l.into_link(&base.index(i), problems))
+        .map(|(i, l)| l.into_link(&base.index(i), problems))
         .collect()
 }
 
 /// Deserializes `text`, collecting unknown fields as problems (with suggestions).
 /// A syntax or type error stops the read: it is returned as the only diagnostic.
 fn read<T: DeserializeOwned>(file: &str, text: &str) -> Result<(T, Vec<JsonPath>), Invalid> {
+    // serde accepts a struct written as an array; a model never is one.
+    let first = text.trim_start().chars().next();
+    if first.is_some_and(|c| c != '{') {
+        let offset = text.len() - text.trim_start().len();
+        let pos = position_of(text, offset);
+        return Err(Invalid {
+            diagnostics: vec![Diagnostic {
+                file: file.to_owned(),
+                line: pos.line,
+                column: pos.column,
+                path: String::new(),
+                message: "the document is not a JSON object".to_owned(),
+                expected: Some("a model: a JSON object such as {\"name\": ..., \"subsystems\": [...]}".to_owned()),
+            }],
+        });
+    }
     let mut unknown: Vec<JsonPath> = Vec::new();
     let mut de = serde_json::Deserializer::from_str(text);
     let result: Result<T, _> = {

@@ -335,6 +335,9 @@ fn check_links<'a>(
     let mut host_of: HashMap<&'a str, (&'a str, &JsonPath)> = HashMap::new();
     for l in &doc.links {
         let (a, b) = l.item.endpoints();
+        if a.is_empty() || b.is_empty() {
+            continue; // a missing endpoint, reported when the link was read
+        }
         let (fa, fb) = match l.item {
             Link::Hosting { .. } => ("component", "host"),
             Link::Communication(_) => ("from", "to"),

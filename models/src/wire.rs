@@ -357,75 +357,62 @@ pub struct RawLink {
 }
 
 impl RawLink {
-    /// Converts to a typed link, or pushes every problem and returns `None`.
-    pub fn into_link(self, path: &JsonPath, problems: &mut Vec<Problem>) -> Option<Link> {
-        let before = problems.len();
+    /// Converts to a typed link, pushing a problem for every missing or misplaced
+    /// field. A missing endpoint becomes an empty id, which validation skips: the
+    /// link keeps its place so every later path stays right.
+    pub fn into_link(self, path: &JsonPath, problems: &mut Vec<Problem>) -> Link {
+        let kind = match self.kind {
+            LinkKind::Hosting => "hosting",
+            LinkKind::Communication => "communication",
+        };
         let mut require = |v: Option<String>, field: &str, what: &str| {
-            v.or_else(|| {
+            v.unwrap_or_else(|| {
                 problems.push(
-                    Problem::new(
-                        path.clone(),
-                        format!("{:?} link has no `{field}`", self.kind).to_lowercase(),
-                    )
-                    .expected(format!("`{field}`: {what}")),
+                    Problem::new(path.clone(), format!("{kind} link has no `{field}`"))
+                        .expected(format!("`{field}`: {what}")),
                 );
-                None
+                String::new()
             })
         };
-        let link = match self.kind {
-            LinkKind::Hosting => {
-                let component = require(
-                    self.component,
-                    "component",
-                    "the id of the hosted component",
-                );
-                let host = require(self.host, "host", "the id of the component hosting it");
-                for (field, present) in [
+        let (link, misplaced): (Link, &[(&str, bool)]) = match self.kind {
+            LinkKind::Hosting => (
+                Link::Hosting {
+                    component: require(self.component, "component", "the id of the hosted component"),
+                    host: require(self.host, "host", "the id of the component hosting it"),
+                },
+                &[
                     ("from", self.from.is_some()),
                     ("to", self.to.is_some()),
                     ("is_deployer", self.is_deployer.is_some()),
                     ("is_control", self.is_control.is_some()),
                     ("physical", self.physical.is_some()),
-                ] {
-                    if present {
-                        problems.push(
-                            Problem::new(
-                                path.key(field),
-                                format!("field `{field}` does not apply to a hosting link"),
-                            )
-                            .expected("a hosting link has `component` and `host`"),
-                        );
-                    }
-                }
-                Link::Hosting {
-                    component: component?,
-                    host: host?,
-                }
-            }
-            LinkKind::Communication => {
-                let from = require(self.from, "from", "the id of the component that talks");
-                let to = require(self.to, "to", "the id of the component it talks to");
-                for (field, present) in [
-                    ("component", self.component.is_some()),
-                    ("host", self.host.is_some()),
-                ] {
-                    if present {
-                        problems.push(
-                            Problem::new(path.key(field), format!("field `{field}` does not apply to a communication link"))
-                                .expected("a communication link has `from`, `to` and optional `is_deployer`, `is_control`, `physical`"),
-                        );
-                    }
-                }
+                ],
+            ),
+            LinkKind::Communication => (
                 Link::Communication(Communication {
-                    from: from?,
-                    to: to?,
+                    from: require(self.from, "from", "the id of the component that talks"),
+                    to: require(self.to, "to", "the id of the component it talks to"),
                     is_deployer: self.is_deployer.unwrap_or(false),
                     is_control: self.is_control.unwrap_or(false),
                     physical: self.physical.unwrap_or(false),
-                })
-            }
+                }),
+                &[
+                    ("component", self.component.is_some()),
+                    ("host", self.host.is_some()),
+                ],
+            ),
         };
-        (problems.len() == before).then_some(link)
+        for (field, _) in misplaced.iter().filter(|(_, present)| *present) {
+            let expected = match self.kind {
+                LinkKind::Hosting => "a hosting link has `component` and `host`",
+                LinkKind::Communication => "a communication link has `from`, `to` and optional `is_deployer`, `is_control`, `physical`",
+            };
+            problems.push(
+                Problem::new(path.key(*field), format!("field `{field}` does not apply to a {kind} link"))
+                    .expected(expected),
+            );
+        }
+        link
     }
 }
 
@@ -461,14 +448,10 @@ impl<'de> Deserialize<'de> for Link {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = RawLink::deserialize(d)?;
         let mut problems = Vec::new();
-        raw.into_link(&JsonPath::root(), &mut problems)
-            .ok_or_else(|| {
-                serde::de::Error::custom(
-                    problems
-                        .into_iter()
-                        .next()
-                        .map_or_else(|| "invalid link".to_owned(), |p| p.message),
-                )
-            })
+        let link = raw.into_link(&JsonPath::root(), &mut problems);
+        match problems.into_iter().next() {
+            None => Ok(link),
+            Some(p) => Err(serde::de::Error::custom(p.message)),
+        }
     }
 }
