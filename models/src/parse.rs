@@ -167,7 +167,10 @@ fn read<T: DeserializeOwned>(file: &str, text: &str) -> Result<(T, Vec<JsonPath>
                 column: pos.column,
                 path: String::new(),
                 message: "the document is not a JSON object".to_owned(),
-                expected: Some("a model: a JSON object such as {\"name\": ..., \"subsystems\": [...]}".to_owned()),
+                expected: Some(
+                    "a model: a JSON object such as {\"name\": ..., \"subsystems\": [...]}"
+                        .to_owned(),
+                ),
             }],
         });
     }

@@ -377,7 +377,11 @@ impl RawLink {
         let (link, misplaced): (Link, &[(&str, bool)]) = match self.kind {
             LinkKind::Hosting => (
                 Link::Hosting {
-                    component: require(self.component, "component", "the id of the hosted component"),
+                    component: require(
+                        self.component,
+                        "component",
+                        "the id of the hosted component",
+                    ),
                     host: require(self.host, "host", "the id of the component hosting it"),
                 },
                 &[
@@ -408,8 +412,11 @@ impl RawLink {
                 LinkKind::Communication => "a communication link has `from`, `to` and optional `is_deployer`, `is_control`, `physical`",
             };
             problems.push(
-                Problem::new(path.key(*field), format!("field `{field}` does not apply to a {kind} link"))
-                    .expected(expected),
+                Problem::new(
+                    path.key(*field),
+                    format!("field `{field}` does not apply to a {kind} link"),
+                )
+                .expected(expected),
             );
         }
         link

@@ -9,17 +9,29 @@ use continuum_models::{load_megamodel, load_template, partition, Link, Megamodel
 use serde_json::json;
 
 fn example(path: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(path);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(path);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 fn shell_template() -> HashMap<String, Template> {
-    let t = load_template("shell-function.json", &example("templates/shell-function.json")).expect("template is valid");
+    let t = load_template(
+        "shell-function.json",
+        &example("templates/shell-function.json"),
+    )
+    .expect("template is valid");
     HashMap::from([("../templates/shell-function.json".to_owned(), t)])
 }
 
 fn ids(mm: &Megamodel, subsystem: &str) -> Vec<String> {
-    let mut v: Vec<String> = mm.subsystem(subsystem).unwrap().components.iter().map(|c| c.id.clone()).collect();
+    let mut v: Vec<String> = mm
+        .subsystem(subsystem)
+        .unwrap()
+        .components
+        .iter()
+        .map(|c| c.id.clone())
+        .collect();
     v.sort();
     v
 }
@@ -29,22 +41,52 @@ fn smart_building_is_partitioned_and_expanded() {
     let mm = load_megamodel("v1.json", &example("smart-building/v1.json")).expect("v1 is valid");
     let p = prepare(&mm, &shell_template()).expect("prepares");
     assert_eq!(ids(&p, "building-a"), ["presence", "smart-gw"]);
-    assert_eq!(ids(&p, "sensors"), ["arduino-flow", "iot-flow", "sensor-gw", "uno"]);
-    assert_eq!(p.components.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["context-broker"]);
+    assert_eq!(
+        ids(&p, "sensors"),
+        ["arduino-flow", "iot-flow", "sensor-gw", "uno"]
+    );
+    assert_eq!(
+        p.components
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect::<Vec<_>>(),
+        ["context-broker"]
+    );
     // The link to the external broker crosses subsystems: it stays at the top.
-    assert_eq!(p.links, vec![Link::communication("presence", "context-broker")]);
+    assert_eq!(
+        p.links,
+        vec![Link::communication("presence", "context-broker")]
+    );
     let sub = p.subsystem("building-a").unwrap();
-    assert_eq!(sub.on_failure, Some(continuum_models::FailurePolicy::Rollback));
+    assert_eq!(
+        sub.on_failure,
+        Some(continuum_models::FailurePolicy::Rollback)
+    );
     let presence = sub.component("presence").unwrap();
-    let container = presence.as_function().unwrap().resources.container.as_ref().expect("expanded");
-    assert_eq!(container.build.as_ref().unwrap().context, "./presence-function");
-    assert_eq!(container.build.as_ref().unwrap().args["FUNCTION"], "presence");
+    let container = presence
+        .as_function()
+        .unwrap()
+        .resources
+        .container
+        .as_ref()
+        .expect("expanded");
+    assert_eq!(
+        container.build.as_ref().unwrap().context,
+        "./presence-function"
+    );
+    assert_eq!(
+        container.build.as_ref().unwrap().args["FUNCTION"],
+        "presence"
+    );
     assert_eq!(container.env["SUBSYSTEM"], "building-a");
     assert_eq!(container.env[ENV_FUNCTION], "presence");
     assert_eq!(container.env[ENV_TRIGGERS], "/presence/presenceIndicators");
     assert_eq!(container.env[ENV_CONTEXT], r#"{"location":"building-a"}"#);
     assert_eq!(presence.properties["continuum.template"], "shell-function");
-    assert_eq!(presence.properties["runtime"], "shell", "placeholder properties carried over");
+    assert_eq!(
+        presence.properties["runtime"], "shell",
+        "placeholder properties carried over"
+    );
 }
 
 #[test]
@@ -74,14 +116,27 @@ fn single_file_form_derives_subsystems() {
     assert_eq!(ids(&p, "gw-a"), ["gw-a", "h", "s"]);
     assert_eq!(ids(&p, "lab"), ["d", "fw", "gw-b"]);
     let top: Vec<&str> = p.components.iter().map(|c| c.id.as_str()).collect();
-    assert_eq!(top, ["f", "e"], "unplaced function and external stay at the top");
+    assert_eq!(
+        top,
+        ["f", "e"],
+        "unplaced function and external stay at the top"
+    );
     assert_eq!(p.subsystem("lab").unwrap().links.len(), 2);
-    assert_eq!(p.links.len(), 2, "links between subsystems stay at the top: {:?}", p.links);
+    assert_eq!(
+        p.links.len(),
+        2,
+        "links between subsystems stay at the top: {:?}",
+        p.links
+    );
     // Partitioning keeps every component and link, and moves nothing else.
     assert_eq!(p.flatten().components.len(), mm.flatten().components.len());
     assert_eq!(p.flatten().links, mm.flatten().links);
     // Components moved into a subsystem do not repeat it.
-    assert!(p.subsystems.iter().flat_map(|s| &s.components).all(|c| c.subsystem.is_none()));
+    assert!(p
+        .subsystems
+        .iter()
+        .flat_map(|s| &s.components)
+        .all(|c| c.subsystem.is_none()));
 }
 
 #[test]
@@ -137,12 +192,27 @@ fn template_components_are_renamed_and_wired() {
     let templates = HashMap::from([("t".to_owned(), sidecar_template())]);
     let p = expand(&mm, &templates).expect("expands");
     let s = p.subsystem("a").unwrap();
-    let c = s.component("fn").unwrap().as_function().unwrap().resources.container.clone().unwrap();
+    let c = s
+        .component("fn")
+        .unwrap()
+        .as_function()
+        .unwrap()
+        .resources
+        .container
+        .clone()
+        .unwrap();
     assert_eq!(c.image.as_deref(), Some("rt/fn:1"));
     assert_eq!(c.env["LOC"], "b1");
     let metrics = s.component("fn-metrics").expect("sidecar added, renamed");
     assert_eq!(
-        metrics.spec.resources().unwrap().container.as_ref().unwrap().env["OF"],
+        metrics
+            .spec
+            .resources()
+            .unwrap()
+            .container
+            .as_ref()
+            .unwrap()
+            .env["OF"],
         "My fn"
     );
     assert!(s.component("fn-rt-host").is_some());
@@ -170,20 +240,37 @@ fn a_hosted_function_keeps_its_host() {
 #[test]
 fn expansion_errors_name_the_function() {
     // `context.location` is not given, and the template is missing for the second.
-    let mm = with_function(json!({"id": "fn", "kind": "function", "runtime": "t"}), true);
+    let mm = with_function(
+        json!({"id": "fn", "kind": "function", "runtime": "t"}),
+        true,
+    );
     let templates = HashMap::from([("t".to_owned(), sidecar_template())]);
     let err = expand(&mm, &templates).unwrap_err();
     assert_eq!(err.len(), 1);
-    assert_eq!(err[0].path.to_string(), "subsystems[0].components[1].runtime");
-    assert!(err[0].message.contains("unknown variable `{{context.location}}`"), "{}", err[0].message);
+    assert_eq!(
+        err[0].path.to_string(),
+        "subsystems[0].components[1].runtime"
+    );
+    assert!(
+        err[0]
+            .message
+            .contains("unknown variable `{{context.location}}`"),
+        "{}",
+        err[0].message
+    );
     let err = expand(&mm, &HashMap::new()).unwrap_err();
-    assert!(err[0].message.contains("runtime template `t` is not available"));
+    assert!(err[0]
+        .message
+        .contains("runtime template `t` is not available"));
 }
 
 #[test]
 fn templates_need_exactly_one_placeholder() {
     for (components, message) in [
-        (json!([{"id": "a", "kind": "service", "resources": {"container": {"image": "x"}}}]), "no placeholder"),
+        (
+            json!([{"id": "a", "kind": "service", "resources": {"container": {"image": "x"}}}]),
+            "no placeholder",
+        ),
         (
             json!([
                 {"id": "a", "kind": "service", "placeholder": true},
@@ -191,10 +278,16 @@ fn templates_need_exactly_one_placeholder() {
             ]),
             "a second placeholder",
         ),
-        (json!([{"id": "a", "kind": "host", "placeholder": true}]), "a host cannot be a placeholder"),
+        (
+            json!([{"id": "a", "kind": "host", "placeholder": true}]),
+            "a host cannot be a placeholder",
+        ),
     ] {
         let t = json!({"template": "t", "components": components});
         let err = load_template("t.json", &t.to_string()).unwrap_err();
-        assert!(err.diagnostics.iter().any(|d| d.message.contains(message)), "{err}");
+        assert!(
+            err.diagnostics.iter().any(|d| d.message.contains(message)),
+            "{err}"
+        );
     }
 }

@@ -20,7 +20,9 @@ fn problems(doc: Value) -> Vec<(String, String, String)> {
 }
 
 fn has(problems: &[(String, String, String)], path: &str, message: &str) -> bool {
-    problems.iter().any(|(p, m, _)| p == path && m.contains(message))
+    problems
+        .iter()
+        .any(|(p, m, _)| p == path && m.contains(message))
 }
 
 /// A small valid subsystem to break in each test.
@@ -74,7 +76,11 @@ fn unknown_fields_with_suggestions() {
     components(&mut doc)[1]["resources"]["container"]["enviroment"] = json!({});
     doc["subsytems"] = json!([]);
     let p = problems(doc);
-    assert!(has(&p, "subsystems[0].components[1].resources.container.enviroment", "unknown field"));
+    assert!(has(
+        &p,
+        "subsystems[0].components[1].resources.container.enviroment",
+        "unknown field"
+    ));
     assert!(has(&p, "subsytems", "unknown field `subsytems`"));
     let hint = &p.iter().find(|x| x.0 == "subsytems").unwrap().2;
     assert!(hint.contains("did you mean `subsystems`"), "{hint}");
@@ -85,7 +91,11 @@ fn duplicate_ids() {
     let mut doc = base();
     components(&mut doc).push(json!({"id": "svc", "kind": "external"}));
     let p = problems(doc);
-    assert!(has(&p, "subsystems[0].components[5].id", "duplicate component id `svc`"));
+    assert!(has(
+        &p,
+        "subsystems[0].components[5].id",
+        "duplicate component id `svc`"
+    ));
     assert!(p[0].2.contains("subsystems[0].components[1]"));
 }
 
@@ -95,8 +105,16 @@ fn invalid_ids() {
     components(&mut doc).push(json!({"id": "Bad_Id", "kind": "external"}));
     components(&mut doc).push(json!({"id": "-x", "kind": "external"}));
     let p = problems(doc);
-    assert!(has(&p, "subsystems[0].components[5].id", "invalid component id `Bad_Id`"));
-    assert!(has(&p, "subsystems[0].components[6].id", "invalid component id `-x`"));
+    assert!(has(
+        &p,
+        "subsystems[0].components[5].id",
+        "invalid component id `Bad_Id`"
+    ));
+    assert!(has(
+        &p,
+        "subsystems[0].components[6].id",
+        "invalid component id `-x`"
+    ));
 }
 
 #[test]
@@ -104,19 +122,29 @@ fn links_to_missing_components() {
     let mut doc = base();
     links(&mut doc).push(json!({"kind": "communication", "from": "svc", "to": "sv"}));
     let p = problems(doc);
-    assert!(has(&p, "subsystems[0].links[3].to", "link to missing component `sv`"));
+    assert!(has(
+        &p,
+        "subsystems[0].links[3].to",
+        "link to missing component `sv`"
+    ));
     assert!(p[0].2.contains("did you mean `svc`"), "{:?}", p[0]);
 }
 
 #[test]
 fn hosting_cycles() {
     let mut doc = base();
-    components(&mut doc).push(json!({"id": "s2", "kind": "service", "resources": {"container": {"image": "x"}}}));
-    components(&mut doc).push(json!({"id": "s3", "kind": "service", "resources": {"container": {"image": "x"}}}));
+    components(&mut doc)
+        .push(json!({"id": "s2", "kind": "service", "resources": {"container": {"image": "x"}}}));
+    components(&mut doc)
+        .push(json!({"id": "s3", "kind": "service", "resources": {"container": {"image": "x"}}}));
     links(&mut doc).push(json!({"kind": "hosting", "component": "s2", "host": "s3"}));
     links(&mut doc).push(json!({"kind": "hosting", "component": "s3", "host": "s2"}));
     let p = problems(doc);
-    assert!(p.iter().any(|(_, m, _)| m.starts_with("hosting cycle: s2 -> s3 -> s2")), "{p:#?}");
+    assert!(
+        p.iter()
+            .any(|(_, m, _)| m.starts_with("hosting cycle: s2 -> s3 -> s2")),
+        "{p:#?}"
+    );
 }
 
 #[test]
@@ -125,10 +153,14 @@ fn dependency_cycles_through_communication() {
     links(&mut doc).push(json!({"kind": "communication", "from": "svc", "to": "fn"}));
     links(&mut doc).push(json!({"kind": "communication", "from": "fn", "to": "svc"}));
     let p = problems(doc);
-    assert!(p.iter().any(|(_, m, _)| m.starts_with("dependency cycle")), "{p:#?}");
+    assert!(
+        p.iter().any(|(_, m, _)| m.starts_with("dependency cycle")),
+        "{p:#?}"
+    );
     // A physical link carries no ordering, so it never closes a cycle.
     let mut doc = base();
-    links(&mut doc).push(json!({"kind": "communication", "from": "dev", "to": "gw", "physical": true}));
+    links(&mut doc)
+        .push(json!({"kind": "communication", "from": "dev", "to": "gw", "physical": true}));
     assert_eq!(problems(doc), vec![]);
 }
 
@@ -137,8 +169,16 @@ fn software_hosted_nowhere_except_functions() {
     let mut doc = base();
     links(&mut doc).remove(0);
     let p = problems(doc);
-    assert!(has(&p, "subsystems[0].components[1]", "service `svc` is hosted nowhere"));
-    assert_eq!(p.len(), 1, "the unhosted function is left for placement: {p:#?}");
+    assert!(has(
+        &p,
+        "subsystems[0].components[1]",
+        "service `svc` is hosted nowhere"
+    ));
+    assert_eq!(
+        p.len(),
+        1,
+        "the unhosted function is left for placement: {p:#?}"
+    );
 }
 
 #[test]
@@ -146,7 +186,11 @@ fn firmware_on_a_non_device() {
     let mut doc = base();
     links(&mut doc)[1]["host"] = json!("gw");
     let p = problems(doc);
-    assert!(has(&p, "subsystems[0].links[1].host", "firmware `fw` cannot be hosted on gateway `gw`"));
+    assert!(has(
+        &p,
+        "subsystems[0].links[1].host",
+        "firmware `fw` cannot be hosted on gateway `gw`"
+    ));
 }
 
 #[test]
@@ -163,9 +207,21 @@ fn invalid_topic_filters_in_triggers() {
     let mut doc = base();
     components(&mut doc)[2]["triggers"] = json!(["ok/+/x", "bad/#/x", "bad+", ""]);
     let p = problems(doc);
-    assert!(has(&p, "subsystems[0].components[2].triggers[1]", "invalid MQTT topic filter `bad/#/x`"));
-    assert!(has(&p, "subsystems[0].components[2].triggers[2]", "'+' must be alone"));
-    assert!(has(&p, "subsystems[0].components[2].triggers[3]", "cannot be empty"));
+    assert!(has(
+        &p,
+        "subsystems[0].components[2].triggers[1]",
+        "invalid MQTT topic filter `bad/#/x`"
+    ));
+    assert!(has(
+        &p,
+        "subsystems[0].components[2].triggers[2]",
+        "'+' must be alone"
+    ));
+    assert!(has(
+        &p,
+        "subsystems[0].components[2].triggers[3]",
+        "cannot be empty"
+    ));
     assert_eq!(p.len(), 3);
 }
 
@@ -174,8 +230,16 @@ fn invalid_datastream_names() {
     let mut doc = base();
     components(&mut doc)[2]["outputs"] = json!(["a/b", "ok", "ok"]);
     let p = problems(doc);
-    assert!(has(&p, "subsystems[0].components[2].outputs[0]", "invalid datastream name"));
-    assert!(has(&p, "subsystems[0].components[2].outputs[2]", "listed twice"));
+    assert!(has(
+        &p,
+        "subsystems[0].components[2].outputs[0]",
+        "invalid datastream name"
+    ));
+    assert!(has(
+        &p,
+        "subsystems[0].components[2].outputs[2]",
+        "listed twice"
+    ));
 }
 
 #[test]
@@ -183,7 +247,11 @@ fn placeholders_outside_templates() {
     let mut doc = base();
     components(&mut doc)[1]["placeholder"] = json!(true);
     let p = problems(doc);
-    assert!(has(&p, "subsystems[0].components[1].placeholder", "placeholder outside a template"));
+    assert!(has(
+        &p,
+        "subsystems[0].components[1].placeholder",
+        "placeholder outside a template"
+    ));
 }
 
 #[test]
@@ -191,11 +259,16 @@ fn need_deployer_device_that_nothing_reaches() {
     let mut doc = base();
     links(&mut doc).remove(2);
     let p = problems(doc);
-    assert!(has(&p, "subsystems[0].components[3].need_deployer", "no gateway or host can reach it"));
+    assert!(has(
+        &p,
+        "subsystems[0].components[3].need_deployer",
+        "no gateway or host can reach it"
+    ));
     // A deployer link from software on the gateway reaches it too.
     let mut doc = base();
     links(&mut doc).remove(2);
-    links(&mut doc).push(json!({"kind": "communication", "from": "svc", "to": "fw", "is_deployer": true}));
+    links(&mut doc)
+        .push(json!({"kind": "communication", "from": "svc", "to": "fw", "is_deployer": true}));
     assert_eq!(problems(doc), vec![]);
 }
 
@@ -204,39 +277,75 @@ fn fields_that_do_not_apply_to_the_kind() {
     let mut doc = base();
     components(&mut doc)[1]["triggers"] = json!(["x"]);
     let p = problems(doc);
-    assert!(has(&p, "subsystems[0].components[1].triggers", "field `triggers` does not apply to a service"));
+    assert!(has(
+        &p,
+        "subsystems[0].components[1].triggers",
+        "field `triggers` does not apply to a service"
+    ));
     assert!(p[0].2.contains("only on a function"));
 }
 
 #[test]
 fn missing_required_kind_fields() {
     let mut doc = base();
-    components(&mut doc)[3].as_object_mut().unwrap().remove("board");
+    components(&mut doc)[3]
+        .as_object_mut()
+        .unwrap()
+        .remove("board");
     components(&mut doc)[4]["resources"] = json!({});
     let p = problems(doc);
-    assert!(has(&p, "subsystems[0].components[3]", "device has no `board`"));
-    assert!(has(&p, "subsystems[0].components[4].resources", "firmware `fw` has no flash resource"));
+    assert!(has(
+        &p,
+        "subsystems[0].components[3]",
+        "device has no `board`"
+    ));
+    assert!(has(
+        &p,
+        "subsystems[0].components[4].resources",
+        "firmware `fw` has no flash resource"
+    ));
 }
 
 #[test]
 fn container_specs() {
     let mut doc = base();
-    components(&mut doc)[1]["resources"]["container"] =
-        json!({"image": "x", "build": {"context": "."}, "ports": [{"container": 0}], "env": {"A=B": "c"}});
+    components(&mut doc)[1]["resources"]["container"] = json!({"image": "x", "build": {"context": "."}, "ports": [{"container": 0}], "env": {"A=B": "c"}});
     let p = problems(doc);
-    assert!(has(&p, "subsystems[0].components[1].resources.container.build", "both `image` and `build`"));
-    assert!(has(&p, "subsystems[0].components[1].resources.container.ports[0]", "port 0"));
-    assert!(has(&p, "subsystems[0].components[1].resources.container.env.A=B", "invalid environment variable name"));
+    assert!(has(
+        &p,
+        "subsystems[0].components[1].resources.container.build",
+        "both `image` and `build`"
+    ));
+    assert!(has(
+        &p,
+        "subsystems[0].components[1].resources.container.ports[0]",
+        "port 0"
+    ));
+    assert!(has(
+        &p,
+        "subsystems[0].components[1].resources.container.env.A=B",
+        "invalid environment variable name"
+    ));
 }
 
 #[test]
 fn subsystem_rules() {
     let mut doc = base();
     components(&mut doc).push(json!({"id": "gw2", "kind": "gateway"}));
-    doc["subsystems"].as_array_mut().unwrap().push(json!({"id": "b", "components": []}));
-    doc["subsystems"].as_array_mut().unwrap().push(json!({"id": "a", "components": []}));
+    doc["subsystems"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"id": "b", "components": []}));
+    doc["subsystems"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"id": "a", "components": []}));
     let p = problems(doc);
-    assert!(has(&p, "subsystems[0].components[5]", "subsystem `a` has a second gateway `gw2`"));
+    assert!(has(
+        &p,
+        "subsystems[0].components[5]",
+        "subsystem `a` has a second gateway `gw2`"
+    ));
     assert!(has(&p, "subsystems[1]", "subsystem `b` has no gateway"));
     assert!(has(&p, "subsystems[2].id", "duplicate subsystem id `a`"));
 }
@@ -247,8 +356,16 @@ fn explicit_subsystem_must_match_and_exist() {
     components(&mut doc)[1]["subsystem"] = json!("zzz");
     doc["components"] = json!([{"id": "ext", "kind": "external", "subsystem": "nope"}]);
     let p = problems(doc);
-    assert!(has(&p, "subsystems[0].components[1].subsystem", "says `zzz` but the component is inside subsystem `a`"));
-    assert!(has(&p, "components[0].subsystem", "unknown subsystem `nope`"));
+    assert!(has(
+        &p,
+        "subsystems[0].components[1].subsystem",
+        "says `zzz` but the component is inside subsystem `a`"
+    ));
+    assert!(has(
+        &p,
+        "components[0].subsystem",
+        "unknown subsystem `nope`"
+    ));
 }
 
 #[test]
@@ -263,7 +380,11 @@ fn hosting_across_subsystems() {
         "links": [{"kind": "hosting", "component": "svc-b", "host": "gw"}]
     }));
     let p = problems(doc);
-    assert!(has(&p, "subsystems[1].links[0]", "`svc-b` (subsystem `b`) is hosted on `gw` (subsystem `a`)"));
+    assert!(has(
+        &p,
+        "subsystems[1].links[0]",
+        "`svc-b` (subsystem `b`) is hosted on `gw` (subsystem `a`)"
+    ));
 }
 
 #[test]
@@ -284,9 +405,21 @@ fn single_file_form_needs_a_derivable_subsystem() {
         ]
     });
     let p = problems(doc);
-    assert!(has(&p, "components[2]", "cannot tell which subsystem host `h` belongs to"));
-    assert!(has(&p, "components[3]", "cannot tell which subsystem service `s` belongs to"));
-    assert!(has(&p, "components[4]", "device `d` is linked to several subsystems: `gw1`, `gw2`"));
+    assert!(has(
+        &p,
+        "components[2]",
+        "cannot tell which subsystem host `h` belongs to"
+    ));
+    assert!(has(
+        &p,
+        "components[3]",
+        "cannot tell which subsystem service `s` belongs to"
+    ));
+    assert!(has(
+        &p,
+        "components[4]",
+        "device `d` is linked to several subsystems: `gw1`, `gw2`"
+    ));
 }
 
 #[test]
@@ -296,16 +429,36 @@ fn bad_link_shapes() {
     links(&mut doc).push(json!({"kind": "communication", "from": "svc", "to": "fn", "host": "gw"}));
     links(&mut doc).push(json!({"kind": "communication", "from": "svc", "to": "svc"}));
     let p = problems(doc);
-    assert!(has(&p, "subsystems[0].links[3]", "hosting link has no `host`"));
-    assert!(has(&p, "subsystems[0].links[4].host", "does not apply to a communication link"));
-    assert!(has(&p, "subsystems[0].links[5]", "`svc` is linked to itself"));
+    assert!(has(
+        &p,
+        "subsystems[0].links[3]",
+        "hosting link has no `host`"
+    ));
+    assert!(has(
+        &p,
+        "subsystems[0].links[4].host",
+        "does not apply to a communication link"
+    ));
+    assert!(has(
+        &p,
+        "subsystems[0].links[5]",
+        "`svc` is linked to itself"
+    ));
 }
 
 #[test]
 fn malformed_documents_give_one_located_error() {
     for (text, path, needle) in [
-        ("{\"name\": \"x\", \"subsystems\": [{\"id\": 5}]}", "subsystems[0].id", "invalid type: integer `5`"),
-        ("{\"name\": \"x\", \"components\": [{\"id\": \"a\", \"kind\": \"servce\"}]}", "components[0].kind", "unknown variant `servce`"),
+        (
+            "{\"name\": \"x\", \"subsystems\": [{\"id\": 5}]}",
+            "subsystems[0].id",
+            "invalid type: integer `5`",
+        ),
+        (
+            "{\"name\": \"x\", \"components\": [{\"id\": \"a\", \"kind\": \"servce\"}]}",
+            "components[0].kind",
+            "unknown variant `servce`",
+        ),
         ("{\"components\": []}", "", "missing field `name`"),
         ("[1, 2]", "", "not a JSON object"),
         ("", "", "EOF while parsing"),
