@@ -2,6 +2,8 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
+use crate::index::{FastMap, FastSet, ModelIndex};
+
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -92,27 +94,29 @@ impl ComponentChange {
 
 /// Computes the diff that turns `current` into `target`.
 pub fn diff(current: &DeploymentModel, target: &DeploymentModel) -> ModelDiff {
-    let a = current.index();
-    let b = target.index();
+    diff_indexed(&ModelIndex::new(current), &ModelIndex::new(target))
+}
+
+/// [`diff`] on models already indexed.
+pub fn diff_indexed(a: &ModelIndex<'_>, b: &ModelIndex<'_>) -> ModelDiff {
+    let (current, target) = (a.model, b.model);
     let mut d = ModelDiff {
         model: model_fields_diff(current, target),
         ..ModelDiff::default()
     };
-
-    let hosts_a = current.hosts();
-    let hosts_b = target.hosts();
-    let mut replaced: HashSet<&str> = HashSet::new();
-    let mut changes: HashMap<&str, ComponentChange> = HashMap::new();
+    let mut replaced: Vec<&str> = Vec::new();
+    let mut changes: FastMap<&str, ComponentChange> = FastMap::default();
     for c in &target.components {
-        let Some(old) = a.get(c.id.as_str()) else {
-            if b.get(c.id.as_str())
-                .is_some_and(|first| std::ptr::eq(*first, c))
-            {
-                d.added.push(c.clone());
-            }
+        let id = c.id.as_str();
+        if !b.components.get(id).is_some_and(|first| std::ptr::eq(*first, c)) {
+            continue; // a duplicate id: validation reports it
+        }
+        let Some(old) = a.components.get(id) else {
+            d.added.push(c.clone());
             continue;
         };
-        let moved = hosts_a.get(c.id.as_str()) != hosts_b.get(c.id.as_str());
+        let (host_a, host_b) = (a.hosts.get(id), b.hosts.get(id));
+        let moved = host_a != host_b;
         if *old == c && !moved {
             continue;
         }
@@ -123,12 +127,7 @@ pub fn diff(current: &DeploymentModel, target: &DeploymentModel) -> ModelDiff {
         };
         let in_place = c.kind() == old.kind()
             && fields.iter().all(|f| {
-                let top = f
-                    .path
-                    .trim_start_matches('/')
-                    .split('/')
-                    .next()
-                    .unwrap_or("");
+                let top = f.path.trim_start_matches('/').split('/').next().unwrap_or("");
                 c.kind().in_place_fields().contains(&top)
             });
         let action = if !in_place {
@@ -138,18 +137,18 @@ pub fn diff(current: &DeploymentModel, target: &DeploymentModel) -> ModelDiff {
         } else if moved {
             ChangeAction::Replace {
                 cause: ReplaceCause::Moved {
-                    from: hosts_a.get(c.id.as_str()).map(|s| (*s).to_owned()),
-                    to: hosts_b.get(c.id.as_str()).map(|s| (*s).to_owned()),
+                    from: host_a.map(|s| (*s).to_owned()),
+                    to: host_b.map(|s| (*s).to_owned()),
                 },
             }
         } else {
             ChangeAction::Update
         };
         if matches!(action, ChangeAction::Replace { .. }) {
-            replaced.insert(&c.id);
+            replaced.push(id);
         }
         changes.insert(
-            &c.id,
+            id,
             ComponentChange {
                 id: c.id.clone(),
                 kind: c.kind(),
@@ -159,36 +158,38 @@ pub fn diff(current: &DeploymentModel, target: &DeploymentModel) -> ModelDiff {
         );
     }
     for c in &current.components {
-        if !b.contains_key(c.id.as_str())
-            && a.get(c.id.as_str()).is_some_and(|f| std::ptr::eq(*f, c))
-        {
+        let id = c.id.as_str();
+        if !b.components.contains_key(id) && a.components.get(id).is_some_and(|f| std::ptr::eq(*f, c)) {
             d.removed.push(c.clone());
         }
     }
 
     // A replaced host takes down everything it hosts (transitively) in the target.
-    let mut hosted_by: HashMap<&str, Vec<&str>> = HashMap::new();
-    for (comp, host) in &hosts_b {
-        if a.contains_key(comp) {
-            hosted_by.entry(host).or_default().push(comp);
+    if !replaced.is_empty() {
+        let mut hosted_by: FastMap<&str, Vec<&str>> = FastMap::default();
+        for (comp, host) in &b.hosts {
+            if a.components.contains_key(comp) {
+                hosted_by.entry(host).or_default().push(comp);
+            }
         }
-    }
-    let mut queue: VecDeque<&str> = replaced.iter().copied().collect();
-    while let Some(host) = queue.pop_front() {
-        for &comp in hosted_by.get(host).map(Vec::as_slice).unwrap_or(&[]) {
-            if replaced.insert(comp) {
-                let change = changes.entry(comp).or_insert_with(|| ComponentChange {
-                    id: comp.to_owned(),
-                    kind: b[comp].kind(),
-                    fields: Vec::new(),
-                    action: ChangeAction::Update,
-                });
-                change.action = ChangeAction::Replace {
-                    cause: ReplaceCause::Host {
-                        host: host.to_owned(),
-                    },
-                };
-                queue.push_back(comp);
+        let mut seen: FastSet<&str> = replaced.iter().copied().collect();
+        let mut queue: VecDeque<&str> = replaced.into_iter().collect();
+        while let Some(host) = queue.pop_front() {
+            for &comp in hosted_by.get(host).map(Vec::as_slice).unwrap_or(&[]) {
+                if seen.insert(comp) {
+                    let change = changes.entry(comp).or_insert_with(|| ComponentChange {
+                        id: comp.to_owned(),
+                        kind: b.components[comp].kind(),
+                        fields: Vec::new(),
+                        action: ChangeAction::Update,
+                    });
+                    change.action = ChangeAction::Replace {
+                        cause: ReplaceCause::Host {
+                            host: host.to_owned(),
+                        },
+                    };
+                    queue.push_back(comp);
+                }
             }
         }
     }
@@ -197,12 +198,22 @@ pub fn diff(current: &DeploymentModel, target: &DeploymentModel) -> ModelDiff {
     d.added.sort_by(|x, y| x.id.cmp(&y.id));
     d.removed.sort_by(|x, y| x.id.cmp(&y.id));
 
-    let links_a: HashSet<&Link> = current.links.iter().collect();
-    let links_b: HashSet<&Link> = target.links.iter().collect();
-    d.links_added = links_b.difference(&links_a).map(|l| (*l).clone()).collect();
-    d.links_removed = links_a.difference(&links_b).map(|l| (*l).clone()).collect();
+    d.links_added = target
+        .links
+        .iter()
+        .filter(|l| !a.links.contains(l))
+        .cloned()
+        .collect();
+    d.links_removed = current
+        .links
+        .iter()
+        .filter(|l| !b.links.contains(l))
+        .cloned()
+        .collect();
     d.links_added.sort();
+    d.links_added.dedup();
     d.links_removed.sort();
+    d.links_removed.dedup();
     d
 }
 
@@ -232,6 +243,10 @@ fn model_fields(m: &DeploymentModel) -> Value {
 
 /// Field-level changes between two versions of a component, as JSON pointers.
 pub fn component_fields_diff(a: &Component, b: &Component) -> Vec<FieldChange> {
+    if let Some(changes) = crate::fields::component_diff(a, b) {
+        return changes;
+    }
+    // The kind changed: compare the JSON forms.
     let va = serde_json::to_value(a).unwrap_or(Value::Null);
     let vb = serde_json::to_value(b).unwrap_or(Value::Null);
     let mut out = Vec::new();

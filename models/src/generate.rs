@@ -133,17 +133,50 @@ fn kind_for(rng: &mut Rng, i: usize) -> Kind {
     }
 }
 
+/// The components new ones may be wired to, by role, kept as the model grows so
+/// generation stays linear in the model's size.
+#[derive(Debug, Default)]
+struct Pool {
+    /// Gateways, hosts and services: what hosts services, functions and proxies.
+    software_hosts: Vec<String>,
+    devices: Vec<String>,
+    /// Lifecycle components and externals: communication targets.
+    peers: Vec<String>,
+    /// Gateways and hosts: deployers and physical ends.
+    machines: Vec<String>,
+}
+
+impl Pool {
+    fn note(&mut self, c: &Component) {
+        let id = c.id.clone();
+        match c.kind() {
+            Kind::Gateway | Kind::Host => {
+                self.software_hosts.push(id.clone());
+                self.machines.push(id);
+            }
+            Kind::Service => {
+                self.software_hosts.push(id.clone());
+                self.peers.push(id);
+            }
+            Kind::Device => self.devices.push(id),
+            Kind::Function | Kind::Proxy | Kind::Firmware | Kind::External => self.peers.push(id),
+        }
+    }
+
+    fn hosts_for(&self, kind: Kind) -> &[String] {
+        match kind {
+            Kind::Firmware => &self.devices,
+            Kind::Service | Kind::Function | Kind::Proxy => &self.software_hosts,
+            _ => &[],
+        }
+    }
+}
+
 /// Appends a component of `kind` with id `id` wired to earlier components, if a
 /// valid host exists for it. Returns whether it was added.
-fn append(model: &mut DeploymentModel, rng: &mut Rng, id: String, kind: Kind) -> bool {
-    let hosts: Vec<String> = model
-        .components
-        .iter()
-        .filter(|h| h.kind().can_host(kind))
-        .map(|h| h.id.clone())
-        .collect();
+fn append(model: &mut DeploymentModel, pool: &mut Pool, rng: &mut Rng, id: String, kind: Kind) -> bool {
     let host = if kind.needs_host() || (kind == Kind::Function && rng.chance(0.8)) {
-        match rng.pick(&hosts) {
+        match rng.pick(pool.hosts_for(kind)) {
             Some(h) => Some(h.clone()),
             None if kind.needs_host() => return false,
             None => None,
@@ -151,44 +184,23 @@ fn append(model: &mut DeploymentModel, rng: &mut Rng, id: String, kind: Kind) ->
     } else {
         None
     };
-    let devices: Vec<String> = model
-        .components
-        .iter()
-        .filter(|d| d.kind() == Kind::Device)
-        .map(|d| d.id.clone())
-        .collect();
     let mut c = new_component(rng, id.clone(), kind);
     if let ComponentSpec::Proxy(p) = &mut c.spec {
-        match rng.pick(&devices) {
+        match rng.pick(&pool.devices) {
             Some(d) => p.device = d.clone(),
             None => return false,
         }
     }
-    let peers: Vec<String> = model
-        .components
-        .iter()
-        .filter(|p| p.kind().has_lifecycle() || p.kind() == Kind::External)
-        .map(|p| p.id.clone())
-        .collect();
-    let gateways: Vec<String> = model
-        .components
-        .iter()
-        .filter(|g| matches!(g.kind(), Kind::Gateway | Kind::Host))
-        .map(|g| g.id.clone())
-        .collect();
-    model.components.push(c);
     if let Some(h) = host {
         model.links.push(Link::hosting(id.clone(), h));
     }
     if kind.has_lifecycle() && kind != Kind::Firmware && rng.chance(0.5) {
-        if let Some(to) = rng.pick(&peers) {
-            model
-                .links
-                .push(Link::communication(id.clone(), to.clone()));
+        if let Some(to) = rng.pick(&pool.peers) {
+            model.links.push(Link::communication(id.clone(), to.clone()));
         }
     }
     if kind == Kind::Firmware && rng.chance(0.5) {
-        if let Some(g) = rng.pick(&gateways) {
+        if let Some(g) = rng.pick(&pool.machines) {
             model.links.push(Link::Communication(Communication {
                 from: g.clone(),
                 to: id.clone(),
@@ -198,7 +210,7 @@ fn append(model: &mut DeploymentModel, rng: &mut Rng, id: String, kind: Kind) ->
         }
     }
     if kind == Kind::Device && rng.chance(0.7) {
-        if let Some(g) = rng.pick(&gateways) {
+        if let Some(g) = rng.pick(&pool.machines) {
             model.links.push(Link::Communication(Communication {
                 from: g.clone(),
                 to: id.clone(),
@@ -207,6 +219,8 @@ fn append(model: &mut DeploymentModel, rng: &mut Rng, id: String, kind: Kind) ->
             }));
         }
     }
+    pool.note(&c);
+    model.components.push(c);
     true
 }
 
@@ -214,10 +228,11 @@ fn append(model: &mut DeploymentModel, rng: &mut Rng, id: String, kind: Kind) ->
 pub fn generate(seed: u64, n: usize) -> DeploymentModel {
     let mut rng = Rng::new(seed);
     let mut model = DeploymentModel::default();
+    let mut pool = Pool::default();
     let mut i = 0;
     while model.components.len() < n {
         let kind = kind_for(&mut rng, model.components.len());
-        append(&mut model, &mut rng, format!("c{i}"), kind);
+        append(&mut model, &mut pool, &mut rng, format!("c{i}"), kind);
         i += 1;
     }
     model
@@ -233,25 +248,18 @@ pub fn mutate(model: &DeploymentModel, seed: u64, rate: f64) -> DeploymentModel 
         components: Vec::with_capacity(model.components.len()),
         links: Vec::new(),
     };
+    let mut pool = Pool::default();
     let hosts = model.hosts();
     let mut removed: HashSet<&str> = HashSet::new();
     let mut moved: HashMap<String, Option<String>> = HashMap::new();
-    // Walk in order so that a component's host has already been decided.
-    let position: HashMap<&str, usize> = model
-        .components
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.id.as_str(), i))
-        .collect();
+    // Walk in order: a component's possible hosts are the ones kept before it.
     for c in &model.components {
-        let host_gone = hosts
-            .get(c.id.as_str())
-            .is_some_and(|h| removed.contains(h));
-        let devices_gone = match &c.spec {
+        let host_gone = hosts.get(c.id.as_str()).is_some_and(|h| removed.contains(h));
+        let device_gone = match &c.spec {
             ComponentSpec::Proxy(p) => removed.contains(p.device.as_str()),
             _ => false,
         };
-        if devices_gone || (host_gone && (c.kind() == Kind::Firmware || rng.chance(0.5))) {
+        if device_gone || (host_gone && (c.kind() == Kind::Firmware || rng.chance(0.5))) {
             removed.insert(&c.id);
             continue;
         }
@@ -259,20 +267,10 @@ pub fn mutate(model: &DeploymentModel, seed: u64, rate: f64) -> DeploymentModel 
             removed.insert(&c.id);
             continue;
         }
-        let mut c = c.clone();
+        let mut c2 = c.clone();
         if host_gone || (c.kind().has_lifecycle() && rng.chance(rate / 4.0)) {
             // Move to another earlier host of a suitable kind (or unplace a function).
-            let me = position[c.id.as_str()];
-            let candidates: Vec<String> = out
-                .components
-                .iter()
-                .filter(|h| {
-                    h.kind().can_host(c.kind())
-                        && position.get(h.id.as_str()).is_some_and(|p| *p < me)
-                })
-                .map(|h| h.id.clone())
-                .collect();
-            match rng.pick(&candidates) {
+            match rng.pick(pool.hosts_for(c.kind())) {
                 Some(h) => {
                     moved.insert(c.id.clone(), Some(h.clone()));
                 }
@@ -280,20 +278,20 @@ pub fn mutate(model: &DeploymentModel, seed: u64, rate: f64) -> DeploymentModel 
                     moved.insert(c.id.clone(), None);
                 }
                 None => {
-                    removed.insert(&model.components[me].id);
+                    removed.insert(&c.id);
                     continue;
                 }
             }
         }
         if rng.chance(rate / 2.0) {
-            change(&mut rng, &mut c);
+            change(&mut rng, &mut c2);
         }
-        out.components.push(c);
+        pool.note(&c2);
+        out.components.push(c2);
     }
-    let present: HashSet<String> = out.components.iter().map(|c| c.id.clone()).collect();
     for l in &model.links {
         let (a, b) = l.endpoints();
-        if !present.contains(a) || !present.contains(b) {
+        if removed.contains(a) || removed.contains(b) {
             continue;
         }
         match l {
@@ -302,16 +300,18 @@ pub fn mutate(model: &DeploymentModel, seed: u64, rate: f64) -> DeploymentModel 
             _ => out.links.push(l.clone()),
         }
     }
-    for (component, host) in &moved {
+    let mut moved: Vec<(String, Option<String>)> = moved.into_iter().collect();
+    moved.sort();
+    for (component, host) in moved {
         if let Some(h) = host {
-            out.links.push(Link::hosting(component.clone(), h.clone()));
+            out.links.push(Link::hosting(component, h));
         }
     }
     let additions = ((model.components.len() as f64) * rate / 4.0).ceil() as usize;
     let base = seed % 1_000_000;
     for k in 0..additions {
         let kind = kind_for(&mut rng, 1);
-        append(&mut out, &mut rng, format!("n{base}-{k}"), kind);
+        append(&mut out, &mut pool, &mut rng, format!("n{base}-{k}"), kind);
     }
     out
 }

@@ -8,8 +8,10 @@
 pub mod component;
 pub mod diagnostic;
 pub mod diff;
+mod fields;
 pub mod generate;
 pub mod genesis;
+pub mod index;
 pub mod link;
 pub mod load;
 pub mod locate;

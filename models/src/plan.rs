@@ -5,12 +5,13 @@
 //! order sorted by phase: stop → unbind → remove → add → bind → update → start.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::BinaryHeap;
 use std::fmt;
 
 use serde::Serialize;
 
-use crate::diff::{diff, ModelDiff};
+use crate::diff::{diff_indexed, ModelDiff};
+use crate::index::{FastMap, FastSet, ModelIndex};
 use crate::link::Link;
 use crate::model::DeploymentModel;
 
@@ -150,14 +151,18 @@ impl Plan {
 
 /// Plans the steps from `current` to `target`.
 pub fn plan(current: &DeploymentModel, target: &DeploymentModel) -> Plan {
-    plan_diff(current, target, &diff(current, target))
+    let (a, b) = (ModelIndex::new(current), ModelIndex::new(target));
+    plan_indexed(&a, &b, &diff_indexed(&a, &b))
 }
 
 /// Plans from an already computed `diff(current, target)`.
 pub fn plan_diff(current: &DeploymentModel, target: &DeploymentModel, d: &ModelDiff) -> Plan {
-    let a = current.index();
-    let b = target.index();
-    let replaced: HashSet<&str> = d.replaced().map(|c| c.id.as_str()).collect();
+    plan_indexed(&ModelIndex::new(current), &ModelIndex::new(target), d)
+}
+
+/// [`plan_diff`] on models already indexed.
+pub fn plan_indexed(a: &ModelIndex<'_>, b: &ModelIndex<'_>, d: &ModelDiff) -> Plan {
+    let replaced: FastSet<&str> = d.replaced().map(|c| c.id.as_str()).collect();
     let going_down: Vec<&str> = d
         .removed
         .iter()
@@ -170,73 +175,53 @@ pub fn plan_diff(current: &DeploymentModel, target: &DeploymentModel, d: &ModelD
         .map(|c| c.id.as_str())
         .chain(d.replaced().map(|c| c.id.as_str()))
         .collect();
-    let links_b: HashSet<&Link> = target.links.iter().collect();
-    let links_a: HashSet<&Link> = current.links.iter().collect();
     let rewired = |l: &Link| {
         let (x, y) = l.endpoints();
         replaced.contains(x) || replaced.contains(y)
     };
-    let is_comm = |l: &&Link| matches!(l, Link::Communication(_));
-    let unbind: Vec<&Link> = current
-        .links
-        .iter()
-        .filter(is_comm)
-        .filter(|l| !links_b.contains(l) || rewired(l))
-        .collect();
-    let bind: Vec<&Link> = target
-        .links
-        .iter()
-        .filter(is_comm)
-        .filter(|l| !links_a.contains(l) || rewired(l))
-        .collect();
+    // Links removed or added, plus the links of replaced components (re-wired).
+    let mut unbind: Vec<&Link> = d.links_removed.iter().collect();
+    let mut bind: Vec<&Link> = d.links_added.iter().collect();
+    if !replaced.is_empty() {
+        unbind.extend(a.model.links.iter().filter(|l| b.links.contains(l) && rewired(l)));
+        bind.extend(b.model.links.iter().filter(|l| a.links.contains(l) && rewired(l)));
+    }
+    unbind.retain(|l| matches!(l, Link::Communication(_)));
+    bind.retain(|l| matches!(l, Link::Communication(_)));
 
     let mut g = Builder::default();
-    let lifecycle = |idx: &HashMap<&str, &crate::Component>, id: &str| {
-        idx.get(id).is_some_and(|c| c.kind().has_lifecycle())
+    let lifecycle = |idx: &ModelIndex<'_>, id: &str| {
+        idx.components.get(id).is_some_and(|c| c.kind().has_lifecycle())
     };
     for &id in &going_down {
-        if lifecycle(&a, id) {
-            g.add(Action::Stop {
-                component: id.to_owned(),
-            });
+        if lifecycle(a, id) {
+            g.add(Action::Stop { component: id.to_owned() }, Key::Component(id));
         }
-        g.add(Action::Remove {
-            component: id.to_owned(),
-        });
+        g.add(Action::Remove { component: id.to_owned() }, Key::Component(id));
     }
     for &l in &unbind {
-        g.add(Action::Unbind { link: l.clone() });
+        g.add(Action::Unbind { link: l.clone() }, Key::Link(l));
     }
     for &id in &coming_up {
-        g.add(Action::Add {
-            component: id.to_owned(),
-        });
-        if lifecycle(&b, id) {
-            g.add(Action::Start {
-                component: id.to_owned(),
-            });
+        g.add(Action::Add { component: id.to_owned() }, Key::Component(id));
+        if lifecycle(b, id) {
+            g.add(Action::Start { component: id.to_owned() }, Key::Component(id));
         }
     }
     for &l in &bind {
-        g.add(Action::Bind { link: l.clone() });
+        g.add(Action::Bind { link: l.clone() }, Key::Link(l));
     }
     for c in d.changed.iter().filter(|c| !c.is_replace()) {
-        g.add(Action::Update {
-            component: c.id.clone(),
-        });
+        g.add(Action::Update { component: c.id.clone() }, Key::Component(&c.id));
     }
 
     // Dependencies.
-    let needed_by_a = reverse_needs(current);
-    let hosts_a = current.hosts();
-    let hosts_b = target.hosts();
-    let needs_b = needs(target);
     for &id in &going_down {
         let stop = g.find(Phase::Stop, id);
         let remove = g.find(Phase::Remove, id);
-        for &dependant in needed_by_a.get(id).map(Vec::as_slice).unwrap_or(&[]) {
+        for &dependant in a.needed_by(id) {
             g.dep(stop, g.find(Phase::Stop, dependant));
-            if hosts_a.get(dependant) == Some(&id) {
+            if a.hosts.get(dependant) == Some(&id) {
                 g.dep(remove, g.find(Phase::Remove, dependant));
             }
         }
@@ -253,12 +238,12 @@ pub fn plan_diff(current: &DeploymentModel, target: &DeploymentModel, d: &ModelD
     for &id in &coming_up {
         let add = g.find(Phase::Add, id);
         g.dep(add, g.find(Phase::Remove, id));
-        if let Some(host) = hosts_b.get(id) {
+        if let Some(host) = b.hosts.get(id) {
             g.dep(add, g.find(Phase::Add, host));
         }
         let start = g.find(Phase::Start, id);
         g.dep(start, add);
-        for &n in needs_b.get(id).map(Vec::as_slice).unwrap_or(&[]) {
+        for &n in b.needs_of(id) {
             let up = g.find(Phase::Start, n).or_else(|| g.find(Phase::Add, n));
             g.dep(start, up);
         }
@@ -275,49 +260,27 @@ pub fn plan_diff(current: &DeploymentModel, target: &DeploymentModel, d: &ModelD
     g.finish()
 }
 
-/// For each component, what it needs up before it starts (host, communication
-/// targets, its deployer).
-fn needs(m: &DeploymentModel) -> HashMap<&str, Vec<&str>> {
-    let mut out: HashMap<&str, Vec<&str>> = HashMap::new();
-    for l in &m.links {
-        if let Some((who, what)) = l.need() {
-            out.entry(who).or_default().push(what);
-        }
-    }
-    out
-}
-
-fn reverse_needs(m: &DeploymentModel) -> HashMap<&str, Vec<&str>> {
-    let mut out: HashMap<&str, Vec<&str>> = HashMap::new();
-    for l in &m.links {
-        if let Some((who, what)) = l.need() {
-            out.entry(what).or_default().push(who);
-        }
-    }
-    out
+/// What a step is looked up by while the plan is built.
+enum Key<'a> {
+    Component(&'a str),
+    Link(&'a Link),
 }
 
 #[derive(Default)]
-struct Builder {
+struct Builder<'a> {
     actions: Vec<Action>,
     after: Vec<Vec<usize>>,
-    by_component: HashMap<String, [Option<usize>; 7]>,
-    by_link: HashMap<Link, [Option<usize>; 7]>,
+    by_component: FastMap<&'a str, [Option<usize>; 7]>,
+    by_link: FastMap<&'a Link, [Option<usize>; 7]>,
 }
 
-impl Builder {
-    fn add(&mut self, action: Action) {
+impl<'a> Builder<'a> {
+    fn add(&mut self, action: Action, key: Key<'a>) {
         let i = self.actions.len();
-        match &action {
-            Action::Unbind { link } | Action::Bind { link } => {
-                self.by_link.entry(link.clone()).or_default()[action.phase() as usize] = Some(i);
-            }
-            _ => {
-                if let Some(c) = action.component() {
-                    self.by_component.entry(c.to_owned()).or_default()[action.phase() as usize] =
-                        Some(i);
-                }
-            }
+        let phase = action.phase() as usize;
+        match key {
+            Key::Component(c) => self.by_component.entry(c).or_default()[phase] = Some(i),
+            Key::Link(l) => self.by_link.entry(l).or_default()[phase] = Some(i),
         }
         self.actions.push(action);
         self.after.push(Vec::new());
@@ -374,18 +337,16 @@ impl Builder {
         let steps = order
             .iter()
             .enumerate()
-            .map(|(pos, &old)| {
-                let action = actions[old].take().unwrap_or(Action::Update {
-                    component: String::new(),
-                });
+            .filter_map(|(pos, &old)| {
+                let action = actions[old].take()?;
                 let mut after: Vec<usize> = self.after[old].iter().map(|d| new_id[*d]).collect();
                 after.sort_unstable();
-                Step {
+                Some(Step {
                     id: pos,
                     phase: action.phase(),
                     action,
                     after,
-                }
+                })
             })
             .collect();
         Plan { steps }
