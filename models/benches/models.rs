@@ -1,1 +1,75 @@
-fn main() {}
+//! Parse + validate, diff and plan on generated models of 1,000, 10,000 and
+//! 100,000 components. `json_parse` (serde_json into an untyped value) is the
+//! baseline: the cost of merely reading the same text.
+//!
+//! The change between the two models of each size: about 10% of components are
+//! removed, changed (in place or not), moved or added; links come and go
+//! (`continuum_models::generate::mutate` with rate 0.1).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use continuum_models::diff::diff;
+use continuum_models::generate::{generate, mutate};
+use continuum_models::load::load_deployment_model;
+use continuum_models::plan::{plan, plan_diff};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
+
+fn config(
+    c: &mut Criterion,
+    n: usize,
+) -> criterion::BenchmarkGroup<'_, criterion::measurement::WallTime> {
+    let mut g = c.benchmark_group(format!("{n}"));
+    g.throughput(Throughput::Elements(n as u64));
+    if n >= 100_000 {
+        g.sample_size(10).measurement_time(Duration::from_secs(8));
+    } else if n >= 10_000 {
+        g.sample_size(20).measurement_time(Duration::from_secs(4));
+    }
+    g
+}
+
+fn benches(c: &mut Criterion) {
+    for n in SIZES {
+        let a = generate(42, n);
+        let b = mutate(&a, 43, 0.1);
+        let text = serde_json::to_string_pretty(&a).expect("serializes");
+        let d = diff(&a, &b);
+        let p = plan(&a, &b);
+        eprintln!(
+            "{n} components: {} links, {} KiB of JSON; change: {} added, {} removed, {} changed, {} links added, {} removed; plan of {} steps",
+            a.links.len(),
+            text.len() / 1024,
+            d.added.len(),
+            d.removed.len(),
+            d.changed.len(),
+            d.links_added.len(),
+            d.links_removed.len(),
+            p.len()
+        );
+        let mut g = config(c, n);
+        g.bench_function(BenchmarkId::new("json_parse", "baseline"), |bench| {
+            bench.iter(|| {
+                black_box(serde_json::from_str::<serde_json::Value>(black_box(&text)).unwrap())
+            })
+        });
+        g.bench_function("parse_validate", |bench| {
+            bench.iter(|| black_box(load_deployment_model("bench.json", black_box(&text)).unwrap()))
+        });
+        g.bench_function("diff", |bench| {
+            bench.iter(|| black_box(diff(black_box(&a), black_box(&b))))
+        });
+        g.bench_function("plan_from_diff", |bench| {
+            bench.iter(|| black_box(plan_diff(black_box(&a), black_box(&b), black_box(&d))))
+        });
+        g.bench_function("diff_plus_plan", |bench| {
+            bench.iter(|| black_box(plan(black_box(&a), black_box(&b))))
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(models, benches);
+criterion_main!(models);

@@ -108,7 +108,11 @@ pub fn diff_indexed(a: &ModelIndex<'_>, b: &ModelIndex<'_>) -> ModelDiff {
     let mut changes: FastMap<&str, ComponentChange> = FastMap::default();
     for c in &target.components {
         let id = c.id.as_str();
-        if !b.components.get(id).is_some_and(|first| std::ptr::eq(*first, c)) {
+        if !b
+            .components
+            .get(id)
+            .is_some_and(|first| std::ptr::eq(*first, c))
+        {
             continue; // a duplicate id: validation reports it
         }
         let Some(old) = a.components.get(id) else {
@@ -127,7 +131,12 @@ pub fn diff_indexed(a: &ModelIndex<'_>, b: &ModelIndex<'_>) -> ModelDiff {
         };
         let in_place = c.kind() == old.kind()
             && fields.iter().all(|f| {
-                let top = f.path.trim_start_matches('/').split('/').next().unwrap_or("");
+                let top = f
+                    .path
+                    .trim_start_matches('/')
+                    .split('/')
+                    .next()
+                    .unwrap_or("");
                 c.kind().in_place_fields().contains(&top)
             });
         let action = if !in_place {
@@ -159,7 +168,9 @@ pub fn diff_indexed(a: &ModelIndex<'_>, b: &ModelIndex<'_>) -> ModelDiff {
     }
     for c in &current.components {
         let id = c.id.as_str();
-        if !b.components.contains_key(id) && a.components.get(id).is_some_and(|f| std::ptr::eq(*f, c)) {
+        if !b.components.contains_key(id)
+            && a.components.get(id).is_some_and(|f| std::ptr::eq(*f, c))
+        {
             d.removed.push(c.clone());
         }
     }

@@ -22,7 +22,12 @@ fn json<T: Serialize + ?Sized>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
-fn push<T: Serialize + ?Sized>(path: &str, old: Option<&T>, new: Option<&T>, out: &mut Vec<FieldChange>) {
+fn push<T: Serialize + ?Sized>(
+    path: &str,
+    old: Option<&T>,
+    new: Option<&T>,
+    out: &mut Vec<FieldChange>,
+) {
     out.push(FieldChange {
         path: path.to_owned(),
         old: old.map(json),
@@ -56,7 +61,17 @@ macro_rules! leaf {
     )*};
 }
 
-leaf!(String, bool, u16, u32, u64, Value, Access, RestartPolicy, FlashTool);
+leaf!(
+    String,
+    bool,
+    u16,
+    u32,
+    u64,
+    Value,
+    Access,
+    RestartPolicy,
+    FlashTool
+);
 
 /// Lists are replaced as a whole: their items have no stable key.
 impl<T: PartialEq + Serialize> FieldDiff for Vec<T> {
@@ -120,12 +135,48 @@ macro_rules! record {
     };
 }
 
-record!(Capabilities { arch, cpus, memory_mb, docker, labels });
-record!(Resources { container, commands, flash, config });
-record!(ContainerSpec { image, build, command, env, ports, devices, mounts, restart, network });
-record!(BuildSpec { context, dockerfile, args });
-record!(Commands { download, install, configure, start, stop });
-record!(FlashSpec { tool, artefact, baud, verify });
+record!(Capabilities {
+    arch,
+    cpus,
+    memory_mb,
+    docker,
+    labels
+});
+record!(Resources {
+    container,
+    commands,
+    flash,
+    config
+});
+record!(ContainerSpec {
+    image,
+    build,
+    command,
+    env,
+    ports,
+    devices,
+    mounts,
+    restart,
+    network
+});
+record!(BuildSpec {
+    context,
+    dockerfile,
+    args
+});
+record!(Commands {
+    download,
+    install,
+    configure,
+    start,
+    stop
+});
+record!(FlashSpec {
+    tool,
+    artefact,
+    baud,
+    verify
+});
 
 /// The changes from `a` to `b`, as JSON pointers into the flat component form.
 /// `None` when the kinds differ (the caller compares the JSON forms instead).
@@ -134,9 +185,15 @@ pub(crate) fn component_diff(a: &Component, b: &Component) -> Option<Vec<FieldCh
     let p = &mut String::new();
     let o = &mut out;
     at(p, "name", |p| a.name.field_diff(&b.name, p, o));
-    at(p, "subsystem", |p| a.subsystem.field_diff(&b.subsystem, p, o));
-    at(p, "properties", |p| a.properties.field_diff(&b.properties, p, o));
-    at(p, "placeholder", |p| a.placeholder.field_diff(&b.placeholder, p, o));
+    at(p, "subsystem", |p| {
+        a.subsystem.field_diff(&b.subsystem, p, o)
+    });
+    at(p, "properties", |p| {
+        a.properties.field_diff(&b.properties, p, o)
+    });
+    at(p, "placeholder", |p| {
+        a.placeholder.field_diff(&b.placeholder, p, o)
+    });
     macro_rules! fields {
         ($x:ident, $y:ident { $($f:ident),* }) => {{
             $( at(p, stringify!($f), |p| $x.$f.field_diff(&$y.$f, p, o)); )*
@@ -145,15 +202,56 @@ pub(crate) fn component_diff(a: &Component, b: &Component) -> Option<Vec<FieldCh
     use ComponentSpec as S;
     match (&a.spec, &b.spec) {
         (S::Gateway(x), S::Gateway(y)) => {
-            fields!(x, y { capabilities, access, equipped_with_deployer, equipped_with_bridge })
+            fields!(
+                x,
+                y {
+                    capabilities,
+                    access,
+                    equipped_with_deployer,
+                    equipped_with_bridge
+                }
+            )
         }
-        (S::Host(x), S::Host(y)) => fields!(x, y { capabilities, access }),
-        (S::Device(x), S::Device(y)) => fields!(x, y { board, port, need_deployer }),
+        (S::Host(x), S::Host(y)) => fields!(
+            x,
+            y {
+                capabilities,
+                access
+            }
+        ),
+        (S::Device(x), S::Device(y)) => fields!(
+            x,
+            y {
+                board,
+                port,
+                need_deployer
+            }
+        ),
         (S::Service(x), S::Service(y)) => fields!(x, y { resources }),
         (S::Function(x), S::Function(y)) => {
-            fields!(x, y { triggers, inputs, outputs, runtime, src, context, requires, resources })
+            fields!(
+                x,
+                y {
+                    triggers,
+                    inputs,
+                    outputs,
+                    runtime,
+                    src,
+                    context,
+                    requires,
+                    resources
+                }
+            )
         }
-        (S::Proxy(x), S::Proxy(y)) => fields!(x, y { device, baud, topic_prefix, resources }),
+        (S::Proxy(x), S::Proxy(y)) => fields!(
+            x,
+            y {
+                device,
+                baud,
+                topic_prefix,
+                resources
+            }
+        ),
         (S::Firmware(x), S::Firmware(y)) => fields!(x, y { resources }),
         (S::External(x), S::External(y)) => fields!(x, y { endpoint }),
         _ => return None,

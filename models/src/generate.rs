@@ -174,7 +174,13 @@ impl Pool {
 
 /// Appends a component of `kind` with id `id` wired to earlier components, if a
 /// valid host exists for it. Returns whether it was added.
-fn append(model: &mut DeploymentModel, pool: &mut Pool, rng: &mut Rng, id: String, kind: Kind) -> bool {
+fn append(
+    model: &mut DeploymentModel,
+    pool: &mut Pool,
+    rng: &mut Rng,
+    id: String,
+    kind: Kind,
+) -> bool {
     let host = if kind.needs_host() || (kind == Kind::Function && rng.chance(0.8)) {
         match rng.pick(pool.hosts_for(kind)) {
             Some(h) => Some(h.clone()),
@@ -196,7 +202,9 @@ fn append(model: &mut DeploymentModel, pool: &mut Pool, rng: &mut Rng, id: Strin
     }
     if kind.has_lifecycle() && kind != Kind::Firmware && rng.chance(0.5) {
         if let Some(to) = rng.pick(&pool.peers) {
-            model.links.push(Link::communication(id.clone(), to.clone()));
+            model
+                .links
+                .push(Link::communication(id.clone(), to.clone()));
         }
     }
     if kind == Kind::Firmware && rng.chance(0.5) {
@@ -254,7 +262,9 @@ pub fn mutate(model: &DeploymentModel, seed: u64, rate: f64) -> DeploymentModel 
     let mut moved: HashMap<String, Option<String>> = HashMap::new();
     // Walk in order: a component's possible hosts are the ones kept before it.
     for c in &model.components {
-        let host_gone = hosts.get(c.id.as_str()).is_some_and(|h| removed.contains(h));
+        let host_gone = hosts
+            .get(c.id.as_str())
+            .is_some_and(|h| removed.contains(h));
         let device_gone = match &c.spec {
             ComponentSpec::Proxy(p) => removed.contains(p.device.as_str()),
             _ => false,

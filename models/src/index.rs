@@ -26,7 +26,9 @@ impl Hasher for IdHasher {
     fn write(&mut self, bytes: &[u8]) {
         let mut chunks = bytes.chunks_exact(8);
         for c in &mut chunks {
-            self.mix(u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]));
+            self.mix(u64::from_le_bytes([
+                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
+            ]));
         }
         let rest = chunks.remainder();
         if !rest.is_empty() {
@@ -87,7 +89,8 @@ impl<'a> ModelIndex<'a> {
         let mut hosts = map(model.links.len());
         let mut needs: FastMap<&str, Vec<&str>> = map(model.links.len());
         let mut needed_by: FastMap<&str, Vec<&str>> = map(model.links.len());
-        let mut links = FastSet::with_capacity_and_hasher(model.links.len(), BuildHasherDefault::default());
+        let mut links =
+            FastSet::with_capacity_and_hasher(model.links.len(), BuildHasherDefault::default());
         for l in &model.links {
             links.insert(l);
             if let Link::Hosting { component, host } = l {

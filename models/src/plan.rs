@@ -183,36 +183,73 @@ pub fn plan_indexed(a: &ModelIndex<'_>, b: &ModelIndex<'_>, d: &ModelDiff) -> Pl
     let mut unbind: Vec<&Link> = d.links_removed.iter().collect();
     let mut bind: Vec<&Link> = d.links_added.iter().collect();
     if !replaced.is_empty() {
-        unbind.extend(a.model.links.iter().filter(|l| b.links.contains(l) && rewired(l)));
-        bind.extend(b.model.links.iter().filter(|l| a.links.contains(l) && rewired(l)));
+        unbind.extend(
+            a.model
+                .links
+                .iter()
+                .filter(|l| b.links.contains(l) && rewired(l)),
+        );
+        bind.extend(
+            b.model
+                .links
+                .iter()
+                .filter(|l| a.links.contains(l) && rewired(l)),
+        );
     }
     unbind.retain(|l| matches!(l, Link::Communication(_)));
     bind.retain(|l| matches!(l, Link::Communication(_)));
 
     let mut g = Builder::default();
     let lifecycle = |idx: &ModelIndex<'_>, id: &str| {
-        idx.components.get(id).is_some_and(|c| c.kind().has_lifecycle())
+        idx.components
+            .get(id)
+            .is_some_and(|c| c.kind().has_lifecycle())
     };
     for &id in &going_down {
         if lifecycle(a, id) {
-            g.add(Action::Stop { component: id.to_owned() }, Key::Component(id));
+            g.add(
+                Action::Stop {
+                    component: id.to_owned(),
+                },
+                Key::Component(id),
+            );
         }
-        g.add(Action::Remove { component: id.to_owned() }, Key::Component(id));
+        g.add(
+            Action::Remove {
+                component: id.to_owned(),
+            },
+            Key::Component(id),
+        );
     }
     for &l in &unbind {
         g.add(Action::Unbind { link: l.clone() }, Key::Link(l));
     }
     for &id in &coming_up {
-        g.add(Action::Add { component: id.to_owned() }, Key::Component(id));
+        g.add(
+            Action::Add {
+                component: id.to_owned(),
+            },
+            Key::Component(id),
+        );
         if lifecycle(b, id) {
-            g.add(Action::Start { component: id.to_owned() }, Key::Component(id));
+            g.add(
+                Action::Start {
+                    component: id.to_owned(),
+                },
+                Key::Component(id),
+            );
         }
     }
     for &l in &bind {
         g.add(Action::Bind { link: l.clone() }, Key::Link(l));
     }
     for c in d.changed.iter().filter(|c| !c.is_replace()) {
-        g.add(Action::Update { component: c.id.clone() }, Key::Component(&c.id));
+        g.add(
+            Action::Update {
+                component: c.id.clone(),
+            },
+            Key::Component(&c.id),
+        );
     }
 
     // Dependencies.

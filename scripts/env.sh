@@ -1,0 +1,3 @@
+# Shared by the scripts: one target directory outside the clone, reused across runs.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/continuum/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-auto}"
