@@ -1,8 +1,8 @@
 //! Structural diff of deployment models, keyed by component id, and applying it.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 
-use crate::index::{FastMap, FastSet, ModelIndex};
+use crate::index::{FastSet, ModelIndex};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -29,6 +29,9 @@ pub struct ModelDiff {
 pub struct ComponentChange {
     pub id: String,
     pub kind: Kind,
+    /// The kind in the current model, when it changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_kind: Option<Kind>,
     /// Field-level changes; empty when the component only follows its host.
     pub fields: Vec<FieldChange>,
     pub action: ChangeAction,
@@ -93,19 +96,237 @@ impl ComponentChange {
 }
 
 /// Computes the diff that turns `current` into `target`.
+///
+/// Models in canonical order ([`DeploymentModel::canonicalize`], which is how the
+/// engines keep them) are compared by a linear merge; others through hash indexes.
 pub fn diff(current: &DeploymentModel, target: &DeploymentModel) -> ModelDiff {
-    diff_indexed(&ModelIndex::new(current), &ModelIndex::new(target))
+    if is_canonical(current) && is_canonical(target) {
+        merge_diff(current, target)
+    } else {
+        diff_indexed(&ModelIndex::new(current), &ModelIndex::new(target))
+    }
 }
 
-/// [`diff`] on models already indexed.
+/// Components strictly sorted by id (so no duplicates) and links strictly sorted.
+pub fn is_canonical(m: &DeploymentModel) -> bool {
+    m.components.windows(2).all(|w| w[0].id < w[1].id) && m.links.windows(2).all(|w| w[0] < w[1])
+}
+
+/// What changed in a component present on both sides, if anything.
+fn compare(
+    old: &Component,
+    new: &Component,
+    host_a: Option<&str>,
+    host_b: Option<&str>,
+) -> Option<ComponentChange> {
+    let moved = host_a != host_b;
+    let same = old == new;
+    if same && !moved {
+        return None;
+    }
+    let fields = if same {
+        Vec::new()
+    } else {
+        component_fields_diff(old, new)
+    };
+    let kind = new.kind();
+    let in_place = kind == old.kind()
+        && fields.iter().all(|f| {
+            let top = f
+                .path
+                .trim_start_matches('/')
+                .split('/')
+                .next()
+                .unwrap_or("");
+            kind.in_place_fields().contains(&top)
+        });
+    let action = if !in_place {
+        ChangeAction::Replace {
+            cause: ReplaceCause::Spec,
+        }
+    } else if moved {
+        ChangeAction::Replace {
+            cause: ReplaceCause::Moved {
+                from: host_a.map(str::to_owned),
+                to: host_b.map(str::to_owned),
+            },
+        }
+    } else {
+        ChangeAction::Update
+    };
+    Some(ComponentChange {
+        id: new.id.clone(),
+        kind,
+        previous_kind: (old.kind() != kind).then_some(old.kind()),
+        fields,
+        action,
+    })
+}
+
+/// Marks everything hosted (transitively, in the target) on a replaced component
+/// as replaced too. `changes` must be sorted by id; it stays sorted. `current_kind`
+/// gives the kind of a target component that also exists in the current model.
+fn cascade<'a>(
+    changes: &mut Vec<ComponentChange>,
+    target: &'a DeploymentModel,
+    current_kind: impl Fn(&str) -> Option<Kind>,
+) {
+    let mut frontier: Vec<String> = changes
+        .iter()
+        .filter(|c| c.is_replace())
+        .map(|c| c.id.clone())
+        .collect();
+    if frontier.is_empty() {
+        return;
+    }
+    let hosting: Vec<(&'a str, &'a str)> = target
+        .links
+        .iter()
+        .filter_map(|l| match l {
+            Link::Hosting { component, host } => Some((component.as_str(), host.as_str())),
+            Link::Communication(_) => None,
+        })
+        .collect();
+    let mut replaced: FastSet<String> = frontier.iter().cloned().collect();
+    let mut extra: Vec<ComponentChange> = Vec::new();
+    // Level by level: what the frontier hosts joins the next frontier.
+    while !frontier.is_empty() {
+        let hosts: FastSet<&str> = frontier.iter().map(String::as_str).collect();
+        let mut next = Vec::new();
+        for &(component, host) in &hosting {
+            if !hosts.contains(host) || replaced.contains(component) {
+                continue;
+            }
+            let Some(kind) = current_kind(component) else {
+                continue;
+            };
+            replaced.insert(component.to_owned());
+            let action = ChangeAction::Replace {
+                cause: ReplaceCause::Host {
+                    host: host.to_owned(),
+                },
+            };
+            match changes.binary_search_by(|c| c.id.as_str().cmp(component)) {
+                Ok(i) => changes[i].action = action,
+                Err(_) => extra.push(ComponentChange {
+                    id: component.to_owned(),
+                    kind,
+                    previous_kind: None,
+                    fields: Vec::new(),
+                    action,
+                }),
+            }
+            next.push(component.to_owned());
+        }
+        frontier = next;
+    }
+    if !extra.is_empty() {
+        changes.extend(extra);
+        changes.sort_by(|x, y| x.id.cmp(&y.id));
+    }
+}
+
+/// The diff of two canonical models: one pass over each list.
+fn merge_diff(current: &DeploymentModel, target: &DeploymentModel) -> ModelDiff {
+    let mut d = ModelDiff {
+        model: model_fields_diff(current, target),
+        ..ModelDiff::default()
+    };
+    // Hosting links sort first (by component), so they are a prefix of the links.
+    let hosting = |m: &'_ DeploymentModel| -> usize {
+        m.links
+            .partition_point(|l| matches!(l, Link::Hosting { .. }))
+    };
+    let (ha, hb) = (
+        &current.links[..hosting(current)],
+        &target.links[..hosting(target)],
+    );
+    let mut ha = HostCursor::new(ha);
+    let mut hb = HostCursor::new(hb);
+    let (mut i, mut j) = (0, 0);
+    let (a, b) = (&current.components, &target.components);
+    while i < a.len() || j < b.len() {
+        match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) if x.id == y.id => {
+                let (host_a, host_b) = (ha.host_of(&x.id), hb.host_of(&y.id));
+                if let Some(change) = compare(x, y, host_a, host_b) {
+                    d.changed.push(change);
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some(x), y) if y.is_none_or(|y| x.id < y.id) => {
+                d.removed.push(x.clone());
+                i += 1;
+            }
+            (_, Some(y)) => {
+                d.added.push(y.clone());
+                j += 1;
+            }
+            (Some(_), None) => unreachable!("handled by the guard above"),
+            (None, None) => break,
+        }
+    }
+    let current_kind = |id: &str| {
+        a.binary_search_by(|c| c.id.as_str().cmp(id))
+            .ok()
+            .map(|i| a[i].kind())
+    };
+    cascade(&mut d.changed, target, current_kind);
+
+    let (la, lb) = (&current.links, &target.links);
+    let (mut i, mut j) = (0, 0);
+    while i < la.len() || j < lb.len() {
+        match (la.get(i), lb.get(j)) {
+            (Some(x), Some(y)) if x == y => {
+                i += 1;
+                j += 1;
+            }
+            (Some(x), y) if y.is_none_or(|y| x < y) => {
+                d.links_removed.push(x.clone());
+                i += 1;
+            }
+            (_, Some(y)) => {
+                d.links_added.push(y.clone());
+                j += 1;
+            }
+            (Some(_), None) | (None, None) => break,
+        }
+    }
+    d
+}
+
+/// Walks a sorted list of hosting links alongside components sorted by id.
+struct HostCursor<'a> {
+    links: &'a [Link],
+    at: usize,
+}
+
+impl<'a> HostCursor<'a> {
+    fn new(links: &'a [Link]) -> Self {
+        HostCursor { links, at: 0 }
+    }
+
+    /// The host of `id`; ids must be asked in increasing order.
+    fn host_of(&mut self, id: &str) -> Option<&'a str> {
+        while let Some(Link::Hosting { component, host }) = self.links.get(self.at) {
+            match component.as_str().cmp(id) {
+                std::cmp::Ordering::Less => self.at += 1,
+                std::cmp::Ordering::Equal => return Some(host),
+                std::cmp::Ordering::Greater => return None,
+            }
+        }
+        None
+    }
+}
+
+/// [`diff`] through hash indexes: for models in any order.
 pub fn diff_indexed(a: &ModelIndex<'_>, b: &ModelIndex<'_>) -> ModelDiff {
     let (current, target) = (a.model, b.model);
     let mut d = ModelDiff {
         model: model_fields_diff(current, target),
         ..ModelDiff::default()
     };
-    let mut replaced: Vec<&str> = Vec::new();
-    let mut changes: FastMap<&str, ComponentChange> = FastMap::default();
     for c in &target.components {
         let id = c.id.as_str();
         if !b
@@ -115,56 +336,13 @@ pub fn diff_indexed(a: &ModelIndex<'_>, b: &ModelIndex<'_>) -> ModelDiff {
         {
             continue; // a duplicate id: validation reports it
         }
-        let Some(old) = a.components.get(id) else {
-            d.added.push(c.clone());
-            continue;
-        };
-        let (host_a, host_b) = (a.hosts.get(id), b.hosts.get(id));
-        let moved = host_a != host_b;
-        if *old == c && !moved {
-            continue;
-        }
-        let fields = if *old == c {
-            Vec::new()
-        } else {
-            component_fields_diff(old, c)
-        };
-        let in_place = c.kind() == old.kind()
-            && fields.iter().all(|f| {
-                let top = f
-                    .path
-                    .trim_start_matches('/')
-                    .split('/')
-                    .next()
-                    .unwrap_or("");
-                c.kind().in_place_fields().contains(&top)
-            });
-        let action = if !in_place {
-            ChangeAction::Replace {
-                cause: ReplaceCause::Spec,
+        match a.components.get(id) {
+            None => d.added.push(c.clone()),
+            Some(old) => {
+                let (host_a, host_b) = (a.hosts.get(id).copied(), b.hosts.get(id).copied());
+                d.changed.extend(compare(old, c, host_a, host_b));
             }
-        } else if moved {
-            ChangeAction::Replace {
-                cause: ReplaceCause::Moved {
-                    from: host_a.map(|s| (*s).to_owned()),
-                    to: host_b.map(|s| (*s).to_owned()),
-                },
-            }
-        } else {
-            ChangeAction::Update
-        };
-        if matches!(action, ChangeAction::Replace { .. }) {
-            replaced.push(id);
         }
-        changes.insert(
-            id,
-            ComponentChange {
-                id: c.id.clone(),
-                kind: c.kind(),
-                fields,
-                action,
-            },
-        );
     }
     for c in &current.components {
         let id = c.id.as_str();
@@ -174,40 +352,12 @@ pub fn diff_indexed(a: &ModelIndex<'_>, b: &ModelIndex<'_>) -> ModelDiff {
             d.removed.push(c.clone());
         }
     }
-
-    // A replaced host takes down everything it hosts (transitively) in the target.
-    if !replaced.is_empty() {
-        let mut hosted_by: FastMap<&str, Vec<&str>> = FastMap::default();
-        for (comp, host) in &b.hosts {
-            if a.components.contains_key(comp) {
-                hosted_by.entry(host).or_default().push(comp);
-            }
-        }
-        let mut seen: FastSet<&str> = replaced.iter().copied().collect();
-        let mut queue: VecDeque<&str> = replaced.into_iter().collect();
-        while let Some(host) = queue.pop_front() {
-            for &comp in hosted_by.get(host).map(Vec::as_slice).unwrap_or(&[]) {
-                if seen.insert(comp) {
-                    let change = changes.entry(comp).or_insert_with(|| ComponentChange {
-                        id: comp.to_owned(),
-                        kind: b.components[comp].kind(),
-                        fields: Vec::new(),
-                        action: ChangeAction::Update,
-                    });
-                    change.action = ChangeAction::Replace {
-                        cause: ReplaceCause::Host {
-                            host: host.to_owned(),
-                        },
-                    };
-                    queue.push_back(comp);
-                }
-            }
-        }
-    }
-    d.changed = changes.into_values().collect();
     d.changed.sort_by(|x, y| x.id.cmp(&y.id));
     d.added.sort_by(|x, y| x.id.cmp(&y.id));
     d.removed.sort_by(|x, y| x.id.cmp(&y.id));
+    cascade(&mut d.changed, target, |id| {
+        a.components.get(id).map(|c| c.kind())
+    });
 
     d.links_added = target
         .links

@@ -10,8 +10,9 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::diff::{diff_indexed, ModelDiff};
-use crate::index::{FastMap, FastSet, ModelIndex};
+use crate::component::Kind;
+use crate::diff::{diff, ModelDiff};
+use crate::index::{FastMap, FastSet};
 use crate::link::Link;
 use crate::model::DeploymentModel;
 
@@ -151,62 +152,74 @@ impl Plan {
 
 /// Plans the steps from `current` to `target`.
 pub fn plan(current: &DeploymentModel, target: &DeploymentModel) -> Plan {
-    let (a, b) = (ModelIndex::new(current), ModelIndex::new(target));
-    plan_indexed(&a, &b, &diff_indexed(&a, &b))
+    plan_diff(current, target, &diff(current, target))
 }
 
-/// Plans from an already computed `diff(current, target)`.
+/// Plans from an already computed `diff(current, target)`. Looks only at what the
+/// diff touches: one pass over each model's links, no index of whole models.
 pub fn plan_diff(current: &DeploymentModel, target: &DeploymentModel, d: &ModelDiff) -> Plan {
-    plan_indexed(&ModelIndex::new(current), &ModelIndex::new(target), d)
-}
-
-/// [`plan_diff`] on models already indexed.
-pub fn plan_indexed(a: &ModelIndex<'_>, b: &ModelIndex<'_>, d: &ModelDiff) -> Plan {
     let replaced: FastSet<&str> = d.replaced().map(|c| c.id.as_str()).collect();
-    let going_down: Vec<&str> = d
+    let going_down: Vec<(&str, Kind)> = d
         .removed
         .iter()
-        .map(|c| c.id.as_str())
-        .chain(d.replaced().map(|c| c.id.as_str()))
+        .map(|c| (c.id.as_str(), c.kind()))
+        .chain(
+            d.replaced()
+                .map(|c| (c.id.as_str(), c.previous_kind.unwrap_or(c.kind))),
+        )
         .collect();
-    let coming_up: Vec<&str> = d
+    let coming_up: Vec<(&str, Kind)> = d
         .added
         .iter()
-        .map(|c| c.id.as_str())
-        .chain(d.replaced().map(|c| c.id.as_str()))
+        .map(|c| (c.id.as_str(), c.kind()))
+        .chain(d.replaced().map(|c| (c.id.as_str(), c.kind)))
         .collect();
+    let down: FastSet<&str> = going_down.iter().map(|(id, _)| *id).collect();
+    let up: FastSet<&str> = coming_up.iter().map(|(id, _)| *id).collect();
     let rewired = |l: &Link| {
         let (x, y) = l.endpoints();
         replaced.contains(x) || replaced.contains(y)
     };
-    // Links removed or added, plus the links of replaced components (re-wired).
+
+    // Who needs what is going down (current model), and what what is coming up needs
+    // (target model); links of replaced components are re-wired.
+    let mut needed_by: FastMap<&str, Vec<(&str, bool)>> = FastMap::default();
     let mut unbind: Vec<&Link> = d.links_removed.iter().collect();
+    for l in &current.links {
+        if let Some((who, what)) = l.need() {
+            if down.contains(what) {
+                needed_by
+                    .entry(what)
+                    .or_default()
+                    .push((who, matches!(l, Link::Hosting { .. })));
+            }
+        }
+        if !replaced.is_empty() && rewired(l) && d.links_removed.binary_search(l).is_err() {
+            unbind.push(l);
+        }
+    }
+    let mut needs: FastMap<&str, Vec<&str>> = FastMap::default();
+    let mut host_of: FastMap<&str, &str> = FastMap::default();
     let mut bind: Vec<&Link> = d.links_added.iter().collect();
-    if !replaced.is_empty() {
-        unbind.extend(
-            a.model
-                .links
-                .iter()
-                .filter(|l| b.links.contains(l) && rewired(l)),
-        );
-        bind.extend(
-            b.model
-                .links
-                .iter()
-                .filter(|l| a.links.contains(l) && rewired(l)),
-        );
+    for l in &target.links {
+        if let Some((who, what)) = l.need() {
+            if up.contains(who) {
+                needs.entry(who).or_default().push(what);
+                if matches!(l, Link::Hosting { .. }) {
+                    host_of.insert(who, what);
+                }
+            }
+        }
+        if !replaced.is_empty() && rewired(l) && d.links_added.binary_search(l).is_err() {
+            bind.push(l);
+        }
     }
     unbind.retain(|l| matches!(l, Link::Communication(_)));
     bind.retain(|l| matches!(l, Link::Communication(_)));
 
     let mut g = Builder::default();
-    let lifecycle = |idx: &ModelIndex<'_>, id: &str| {
-        idx.components
-            .get(id)
-            .is_some_and(|c| c.kind().has_lifecycle())
-    };
-    for &id in &going_down {
-        if lifecycle(a, id) {
+    for &(id, kind) in &going_down {
+        if kind.has_lifecycle() {
             g.add(
                 Action::Stop {
                     component: id.to_owned(),
@@ -224,14 +237,14 @@ pub fn plan_indexed(a: &ModelIndex<'_>, b: &ModelIndex<'_>, d: &ModelDiff) -> Pl
     for &l in &unbind {
         g.add(Action::Unbind { link: l.clone() }, Key::Link(l));
     }
-    for &id in &coming_up {
+    for &(id, kind) in &coming_up {
         g.add(
             Action::Add {
                 component: id.to_owned(),
             },
             Key::Component(id),
         );
-        if lifecycle(b, id) {
+        if kind.has_lifecycle() {
             g.add(
                 Action::Start {
                     component: id.to_owned(),
@@ -253,12 +266,12 @@ pub fn plan_indexed(a: &ModelIndex<'_>, b: &ModelIndex<'_>, d: &ModelDiff) -> Pl
     }
 
     // Dependencies.
-    for &id in &going_down {
+    for &(id, _) in &going_down {
         let stop = g.find(Phase::Stop, id);
         let remove = g.find(Phase::Remove, id);
-        for &dependant in a.needed_by(id) {
+        for &(dependant, hosted) in needed_by.get(id).map(Vec::as_slice).unwrap_or(&[]) {
             g.dep(stop, g.find(Phase::Stop, dependant));
-            if a.hosts.get(dependant) == Some(&id) {
+            if hosted {
                 g.dep(remove, g.find(Phase::Remove, dependant));
             }
         }
@@ -272,17 +285,17 @@ pub fn plan_indexed(a: &ModelIndex<'_>, b: &ModelIndex<'_>, d: &ModelDiff) -> Pl
         g.dep(g.find(Phase::Remove, x), step);
         g.dep(g.find(Phase::Remove, y), step);
     }
-    for &id in &coming_up {
+    for &(id, _) in &coming_up {
         let add = g.find(Phase::Add, id);
         g.dep(add, g.find(Phase::Remove, id));
-        if let Some(host) = b.hosts.get(id) {
+        if let Some(host) = host_of.get(id) {
             g.dep(add, g.find(Phase::Add, host));
         }
         let start = g.find(Phase::Start, id);
         g.dep(start, add);
-        for &n in b.needs_of(id) {
-            let up = g.find(Phase::Start, n).or_else(|| g.find(Phase::Add, n));
-            g.dep(start, up);
+        for &n in needs.get(id).map(Vec::as_slice).unwrap_or(&[]) {
+            let before = g.find(Phase::Start, n).or_else(|| g.find(Phase::Add, n));
+            g.dep(start, before);
         }
     }
     for &l in &bind {

@@ -48,10 +48,48 @@ pub fn validate_megamodel(mm: &Megamodel) -> Vec<Problem> {
     problems
 }
 
-/// Validates one subsystem's deployment model as a gateway receives it.
+/// Validates one subsystem's deployment model as a gateway receives it. A model
+/// with an `id` is one subsystem, so it has exactly one gateway.
 pub fn validate_deployment_model(model: &DeploymentModel) -> Vec<Problem> {
     let doc = Document::of_model(model);
     let mut problems = Vec::new();
+    if let Some(id) = &model.id {
+        check_id(
+            id,
+            &JsonPath::root().key("id"),
+            "subsystem id",
+            &mut problems,
+        );
+        let gateways: Vec<&Located<Component>> = doc
+            .components
+            .iter()
+            .filter(|c| c.item.kind() == Kind::Gateway)
+            .collect();
+        match gateways.as_slice() {
+            [] => problems.push(
+                Problem::new(
+                    JsonPath::root().key("components"),
+                    format!("subsystem `{id}` has no gateway"),
+                )
+                .expected("a component of kind gateway (it runs the subsystem's agent)"),
+            ),
+            [_] => {}
+            [first, rest @ ..] => {
+                for g in rest {
+                    problems.push(
+                        Problem::new(
+                            g.path.clone(),
+                            format!("subsystem `{id}` has a second gateway `{}`", g.item.id),
+                        )
+                        .expected(format!(
+                            "one gateway per subsystem; `{}` already runs `{id}`",
+                            first.item.id
+                        )),
+                    );
+                }
+            }
+        }
+    }
     check_graph(&doc, Placeholders::Forbidden, &mut problems);
     problems
 }

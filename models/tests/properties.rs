@@ -100,6 +100,23 @@ proptest! {
     }
 
     #[test]
+    fn canonical_and_unordered_models_diff_and_plan_alike((a, b, _) in models()) {
+        use continuum_models::diff::is_canonical;
+        let (ca, cb) = (a.clone().canonical(), b.clone().canonical());
+        prop_assert!(is_canonical(&ca) && is_canonical(&cb));
+        // The generator's ids (c0, c1, ..., c10) are not in canonical order.
+        prop_assume!(!is_canonical(&a) || a.components.len() < 11);
+        prop_assert_eq!(diff(&ca, &cb), diff(&a, &b));
+        let (p1, p2) = (plan(&ca, &cb), plan(&a, &b));
+        prop_assert_eq!(p1.len(), p2.len());
+        let mut sim = Simulator::new(&ca);
+        let order: Vec<usize> = (0..p1.len()).collect();
+        if let Err(v) = sim.run(&p1, &order, &cb) {
+            return Err(TestCaseError::fail(format!("{v}")));
+        }
+    }
+
+    #[test]
     fn json_round_trip((a, _, _) in models()) {
         let text = serde_json::to_string_pretty(&a).unwrap();
         let (back, problems) = parse_deployment_model("gen.json", &text).expect("parses");

@@ -472,3 +472,21 @@ fn malformed_documents_give_one_located_error() {
         assert!(d.line >= 1, "{text}");
     }
 }
+
+#[test]
+fn a_subsystem_model_has_exactly_one_gateway() {
+    use continuum_models::load::load_deployment_model;
+    let ok = json!({"id": "a", "components": [{"id": "gw", "kind": "gateway"}]});
+    assert!(load_deployment_model("s.json", &ok.to_string()).is_ok());
+    let none = json!({"id": "a", "components": [{"id": "h", "kind": "host"}]});
+    let e = load_deployment_model("s.json", &none.to_string()).unwrap_err();
+    assert!(
+        e.diagnostics[0]
+            .message
+            .contains("subsystem `a` has no gateway"),
+        "{e}"
+    );
+    let two = json!({"id": "a", "components": [{"id": "g1", "kind": "gateway"}, {"id": "g2", "kind": "gateway"}]});
+    let e = load_deployment_model("s.json", &two.to_string()).unwrap_err();
+    assert_eq!(e.diagnostics[0].path, "components[1]");
+}

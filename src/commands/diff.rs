@@ -8,7 +8,6 @@ use continuum_models::{Component, Megamodel, ModelDiff};
 use serde::Serialize;
 use similar::{ChangeTag, TextDiff};
 
-use crate::load;
 use crate::style::Style;
 use crate::Format;
 
@@ -26,14 +25,8 @@ pub fn run(
     format: Format,
     style: &Style,
 ) -> anyhow::Result<ExitCode> {
-    let (a, b) = match (load::megamodel(old), load::megamodel(new)) {
-        (Ok(a), Ok(b)) => (a, b),
-        (a, b) => {
-            for e in [a.err(), b.err()].into_iter().flatten() {
-                super::report(&e, style);
-            }
-            return Ok(ExitCode::from(1));
-        }
+    let Some((a, b)) = super::load_pair(old, new, style) else {
+        return Ok(ExitCode::from(1));
     };
     if text {
         print_text_diff(old, new, &a.prepared, &b.prepared, style)?;

@@ -46,21 +46,10 @@ pub fn genesis(
         s.links,
         s.containments
     );
-    for w in &s.warnings {
-        eprintln!(
-            "{} at {}: {}",
-            style.yellow("warning:"),
-            style.cyan(&w.path),
-            w.message
-        );
-    }
-    for u in &s.unmapped {
-        eprintln!(
-            "{} at {}: {}",
-            style.dim("not mapped:"),
-            style.cyan(&u.path),
-            u.message
-        );
+    let notes = s.warnings.iter().map(|n| (style.yellow("warning:"), n));
+    let notes = notes.chain(s.unmapped.iter().map(|n| (style.dim("not mapped:"), n)));
+    for (label, n) in notes {
+        eprintln!("{label} at {}: {}", style.cyan(&n.path), n.message);
     }
     let mut json = serde_json::to_string_pretty(&import.megamodel)?;
     json.push('\n');

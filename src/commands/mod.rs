@@ -5,9 +5,26 @@ pub mod import;
 pub mod plan;
 pub mod validate;
 
+use std::path::Path;
+
 use continuum_models::Invalid;
 
+use crate::load::{self, Loaded};
 use crate::style::Style;
+
+/// Loads the two megamodels a comparison needs; reports the problems of both and
+/// returns `None` when either is invalid.
+pub fn load_pair(old: &Path, new: &Path, style: &Style) -> Option<(Loaded, Loaded)> {
+    match (load::megamodel(old), load::megamodel(new)) {
+        (Ok(a), Ok(b)) => Some((a, b)),
+        (a, b) => {
+            for e in [a.err(), b.err()].into_iter().flatten() {
+                report(&e, style);
+            }
+            None
+        }
+    }
+}
 
 /// Prints every diagnostic on stderr.
 pub fn report(invalid: &Invalid, style: &Style) {

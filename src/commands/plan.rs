@@ -3,19 +3,12 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::load;
 use crate::style::Style;
 use crate::Format;
 
 pub fn run(old: &Path, new: &Path, format: Format, style: &Style) -> anyhow::Result<ExitCode> {
-    let (a, b) = match (load::megamodel(old), load::megamodel(new)) {
-        (Ok(a), Ok(b)) => (a, b),
-        (a, b) => {
-            for e in [a.err(), b.err()].into_iter().flatten() {
-                super::report(&e, style);
-            }
-            return Ok(ExitCode::from(1));
-        }
+    let Some((a, b)) = super::load_pair(old, new, style) else {
+        return Ok(ExitCode::from(1));
     };
     let plan = continuum_models::plan(&a.prepared.flatten(), &b.prepared.flatten());
     match format {
