@@ -100,16 +100,55 @@ impl ComponentChange {
 /// Models in canonical order ([`DeploymentModel::canonicalize`], which is how the
 /// engines keep them) are compared by a linear merge; others through hash indexes.
 pub fn diff(current: &DeploymentModel, target: &DeploymentModel) -> ModelDiff {
-    if is_canonical(current) && is_canonical(target) {
-        merge_diff(current, target)
-    } else {
-        diff_indexed(&ModelIndex::new(current), &ModelIndex::new(target))
-    }
+    merge_diff(current, target)
+        .unwrap_or_else(|| diff_indexed(&ModelIndex::new(current), &ModelIndex::new(target)))
 }
 
 /// Components strictly sorted by id (so no duplicates) and links strictly sorted.
 pub fn is_canonical(m: &DeploymentModel) -> bool {
     m.components.windows(2).all(|w| w[0].id < w[1].id) && m.links.windows(2).all(|w| w[0] < w[1])
+}
+
+/// One step of a merge of two sorted lists.
+enum Merged<'a, T> {
+    Both(&'a T, &'a T),
+    Left(&'a T),
+    Right(&'a T),
+}
+
+/// Walks two lists sorted by `key` in step. Returns `false`, having stopped early,
+/// when either list turns out not to be strictly sorted.
+fn merge<'a, T, K: Ord + ?Sized>(
+    a: &'a [T],
+    b: &'a [T],
+    key: impl Fn(&T) -> &K,
+    mut each: impl FnMut(Merged<'a, T>),
+) -> bool {
+    let (mut i, mut j) = (0, 0);
+    loop {
+        let step = match (a.get(i), b.get(j)) {
+            (None, None) => return true,
+            (Some(x), Some(y)) if key(x) == key(y) => Merged::Both(x, y),
+            (Some(x), y) if y.is_none_or(|y| key(x) < key(y)) => Merged::Left(x),
+            (_, Some(y)) => Merged::Right(y),
+            (Some(x), None) => Merged::Left(x),
+        };
+        let (advance_a, advance_b) = match step {
+            Merged::Both(..) => (true, true),
+            Merged::Left(_) => (true, false),
+            Merged::Right(_) => (false, true),
+        };
+        // The element just taken must be above the one before it.
+        if advance_a && i > 0 && key(&a[i - 1]) >= key(&a[i]) {
+            return false;
+        }
+        if advance_b && j > 0 && key(&b[j - 1]) >= key(&b[j]) {
+            return false;
+        }
+        each(step);
+        i += usize::from(advance_a);
+        j += usize::from(advance_b);
+    }
 }
 
 /// What changed in a component present on both sides, if anything.
@@ -226,46 +265,47 @@ fn cascade<'a>(
     }
 }
 
-/// The diff of two canonical models: one pass over each list.
-fn merge_diff(current: &DeploymentModel, target: &DeploymentModel) -> ModelDiff {
+/// The diff of two canonical models: one pass over each list. `None` when either
+/// model is not in canonical order.
+fn merge_diff(current: &DeploymentModel, target: &DeploymentModel) -> Option<ModelDiff> {
     let mut d = ModelDiff {
         model: model_fields_diff(current, target),
         ..ModelDiff::default()
     };
     // Hosting links sort first (by component), so they are a prefix of the links.
-    let hosting = |m: &'_ DeploymentModel| -> usize {
+    let hosting = |m: &'_ DeploymentModel| {
         m.links
             .partition_point(|l| matches!(l, Link::Hosting { .. }))
     };
-    let (ha, hb) = (
-        &current.links[..hosting(current)],
-        &target.links[..hosting(target)],
-    );
-    let mut ha = HostCursor::new(ha);
-    let mut hb = HostCursor::new(hb);
-    let (mut i, mut j) = (0, 0);
+    let mut ha = HostCursor::new(&current.links[..hosting(current)]);
+    let mut hb = HostCursor::new(&target.links[..hosting(target)]);
     let (a, b) = (&current.components, &target.components);
-    while i < a.len() || j < b.len() {
-        match (a.get(i), b.get(j)) {
-            (Some(x), Some(y)) if x.id == y.id => {
+    let sorted = merge(
+        a,
+        b,
+        |c| c.id.as_str(),
+        |step| match step {
+            Merged::Both(x, y) => {
                 let (host_a, host_b) = (ha.host_of(&x.id), hb.host_of(&y.id));
-                if let Some(change) = compare(x, y, host_a, host_b) {
-                    d.changed.push(change);
-                }
-                i += 1;
-                j += 1;
+                d.changed.extend(compare(x, y, host_a, host_b));
             }
-            (Some(x), y) if y.is_none_or(|y| x.id < y.id) => {
-                d.removed.push(x.clone());
-                i += 1;
-            }
-            (_, Some(y)) => {
-                d.added.push(y.clone());
-                j += 1;
-            }
-            (Some(_), None) => unreachable!("handled by the guard above"),
-            (None, None) => break,
-        }
+            Merged::Left(x) => d.removed.push(x.clone()),
+            Merged::Right(y) => d.added.push(y.clone()),
+        },
+    );
+    let sorted = sorted
+        && merge(
+            &current.links,
+            &target.links,
+            |l| l,
+            |step| match step {
+                Merged::Both(..) => {}
+                Merged::Left(x) => d.links_removed.push(x.clone()),
+                Merged::Right(y) => d.links_added.push(y.clone()),
+            },
+        );
+    if !sorted {
+        return None;
     }
     let current_kind = |id: &str| {
         a.binary_search_by(|c| c.id.as_str().cmp(id))
@@ -273,27 +313,7 @@ fn merge_diff(current: &DeploymentModel, target: &DeploymentModel) -> ModelDiff 
             .map(|i| a[i].kind())
     };
     cascade(&mut d.changed, target, current_kind);
-
-    let (la, lb) = (&current.links, &target.links);
-    let (mut i, mut j) = (0, 0);
-    while i < la.len() || j < lb.len() {
-        match (la.get(i), lb.get(j)) {
-            (Some(x), Some(y)) if x == y => {
-                i += 1;
-                j += 1;
-            }
-            (Some(x), y) if y.is_none_or(|y| x < y) => {
-                d.links_removed.push(x.clone());
-                i += 1;
-            }
-            (_, Some(y)) => {
-                d.links_added.push(y.clone());
-                j += 1;
-            }
-            (Some(_), None) | (None, None) => break,
-        }
-    }
-    d
+    Some(d)
 }
 
 /// Walks a sorted list of hosting links alongside components sorted by id.
@@ -573,4 +593,29 @@ fn patch(root: &mut Value, pointer: &str, new: Option<Value>) -> Result<(), Stri
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::{generate, mutate};
+
+    /// A model sorted but for one pair is caught by the merge, which then leaves the
+    /// work to the indexed path: the result is the same either way.
+    #[test]
+    fn partly_sorted_models_take_the_indexed_path() {
+        let a = generate(7, 200).canonical();
+        let b = mutate(&a, 8, 0.2).canonical();
+        let expected = diff_indexed(&ModelIndex::new(&a), &ModelIndex::new(&b));
+        assert_eq!(merge_diff(&a, &b).as_ref(), Some(&expected));
+        let mut links_swapped = b.clone();
+        let n = links_swapped.links.len();
+        links_swapped.links.swap(n - 1, n - 2);
+        assert!(merge_diff(&a, &links_swapped).is_none());
+        assert_eq!(diff(&a, &links_swapped), expected);
+        let mut components_swapped = a.clone();
+        components_swapped.components.swap(0, 1);
+        assert!(merge_diff(&components_swapped, &b).is_none());
+        assert_eq!(diff(&components_swapped, &b), expected);
+    }
 }
