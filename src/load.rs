@@ -53,12 +53,6 @@ pub fn document(path: &Path) -> Result<Document, Invalid> {
     }
 }
 
-/// Loads a megamodel file, its templates, and prepares it.
-pub fn megamodel(path: &Path) -> Result<Loaded, Invalid> {
-    let text = read(path)?;
-    megamodel_text(path, &text)
-}
-
 fn megamodel_text(path: &Path, text: &str) -> Result<Loaded, Invalid> {
     let file = display(path);
     let (mm, mut problems) = parse_megamodel(&file, text)?;
@@ -131,4 +125,74 @@ fn runtimes(mm: &Megamodel) -> Vec<(JsonPath, String)> {
     }
     scan(root.clone(), &mm.components);
     out
+}
+
+/// A model two versions of which can be compared: a megamodel (as deployed) or one
+/// subsystem's model.
+#[derive(Debug)]
+pub enum Comparable {
+    Megamodel(Megamodel),
+    Subsystem(DeploymentModel),
+}
+
+impl Comparable {
+    /// Every component and link, in canonical order.
+    pub fn flat(&self) -> DeploymentModel {
+        match self {
+            Comparable::Megamodel(m) => m.flatten(),
+            Comparable::Subsystem(s) => s.clone().canonical(),
+        }
+    }
+
+    /// The canonical JSON text, for textual diffs.
+    pub fn canonical_json(&self) -> serde_json::Result<String> {
+        let text = match self {
+            Comparable::Megamodel(m) => {
+                let mut m = m.clone();
+                m.canonicalize();
+                serde_json::to_string_pretty(&m)?
+            }
+            Comparable::Subsystem(s) => serde_json::to_string_pretty(&s.clone().canonical())?,
+        };
+        Ok(text + "\n")
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Comparable::Megamodel(_) => "a megamodel",
+            Comparable::Subsystem(_) => "a subsystem model",
+        }
+    }
+}
+
+/// Loads two versions of a model for diff and plan: both megamodels or both
+/// subsystem models.
+pub fn comparable_pair(old: &Path, new: &Path) -> Result<(Comparable, Comparable), Vec<Invalid>> {
+    let load = |p: &Path| -> Result<Comparable, Invalid> {
+        match document(p)? {
+            Document::Megamodel(l) => Ok(Comparable::Megamodel(l.prepared)),
+            Document::Subsystem(s) => Ok(Comparable::Subsystem(s)),
+            Document::Template(_) => Err(Invalid::file(
+                &display(p),
+                "a template cannot be compared; diff and plan take megamodels or subsystem models",
+            )),
+        }
+    };
+    match (load(old), load(new)) {
+        (Ok(a), Ok(b)) => {
+            if std::mem::discriminant(&a) != std::mem::discriminant(&b) {
+                return Err(vec![Invalid::file(
+                    &display(new),
+                    format!(
+                        "is {} but {} is {}; compare two of a kind",
+                        b.kind(),
+                        display(old),
+                        a.kind()
+                    ),
+                )]);
+            }
+            Ok((a, b))
+        }
+        (a, b) => Err([a.err(), b.err()].into_iter().flatten().collect()),
+    }
 }

@@ -332,3 +332,47 @@ fn import_rejects_what_is_not_a_genesis_model() {
     assert!(stderr(&o).contains("6 problems found"), "{}", stderr(&o));
     assert!(o.stdout.is_empty());
 }
+
+#[test]
+fn diff_and_plan_take_subsystem_models_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = write(
+        dir.path(),
+        "a.json",
+        r#"{"id": "lab", "components": [{"id": "gw", "kind": "gateway"},
+            {"id": "s", "kind": "service", "resources": {"container": {"image": "s:1"}}}],
+            "links": [{"kind": "hosting", "component": "s", "host": "gw"}]}"#,
+    );
+    let b = write(
+        dir.path(),
+        "b.json",
+        r#"{"id": "lab", "components": [{"id": "gw", "kind": "gateway"},
+            {"id": "s", "kind": "service", "resources": {"container": {"image": "s:2"}}}],
+            "links": [{"kind": "hosting", "component": "s", "host": "gw"}]}"#,
+    );
+    let o = run(&["diff", &a, &b]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("/resources/container/image  \"s:1\" -> \"s:2\""),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(&["plan", &a, &b]);
+    let out = stdout(&o);
+    assert!(out.contains("stop s") && out.contains("start s"), "{out}");
+    // Two kinds of document cannot be compared.
+    let o = run(&["diff", &a, &example("smart-building/v1.json")]);
+    assert_eq!(code(&o), 1);
+    assert!(
+        stderr(&o).contains("compare two of a kind"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["plan", &example("templates/shell-function.json"), &a]);
+    assert_eq!(code(&o), 1);
+    assert!(
+        stderr(&o).contains("a template cannot be compared"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -4,10 +4,11 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use continuum_models::diff::{ChangeAction, FieldChange, ReplaceCause};
-use continuum_models::{Component, Megamodel, ModelDiff};
+use continuum_models::{Component, ModelDiff};
 use serde::Serialize;
 use similar::{ChangeTag, TextDiff};
 
+use crate::load::Comparable;
 use crate::style::Style;
 use crate::Format;
 
@@ -29,10 +30,10 @@ pub fn run(
         return Ok(ExitCode::from(1));
     };
     if text {
-        print_text_diff(old, new, &a.prepared, &b.prepared, style)?;
+        print_text_diff(old, new, &a, &b, style)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let (fa, fb) = (a.prepared.flatten(), b.prepared.flatten());
+    let (fa, fb) = (a.flat(), b.flat());
     let d = continuum_models::diff(&fa, &fb);
     match format {
         Format::Json => super::print_json(&Output {
@@ -45,20 +46,14 @@ pub fn run(
     Ok(ExitCode::SUCCESS)
 }
 
-fn canonical_json(mm: &Megamodel) -> anyhow::Result<String> {
-    let mut mm = mm.clone();
-    mm.canonicalize();
-    Ok(serde_json::to_string_pretty(&mm)? + "\n")
-}
-
 fn print_text_diff(
     old: &Path,
     new: &Path,
-    a: &Megamodel,
-    b: &Megamodel,
+    a: &Comparable,
+    b: &Comparable,
     style: &Style,
 ) -> anyhow::Result<()> {
-    let (ta, tb) = (canonical_json(a)?, canonical_json(b)?);
+    let (ta, tb) = (a.canonical_json()?, b.canonical_json()?);
     let diff = TextDiff::from_lines(&ta, &tb);
     let (on, nn) = (old.display().to_string(), new.display().to_string());
     let unified = diff

@@ -9,17 +9,17 @@ use std::path::Path;
 
 use continuum_models::Invalid;
 
-use crate::load::{self, Loaded};
+use crate::load::{self, Comparable};
 use crate::style::Style;
 
-/// Loads the two megamodels a comparison needs; reports the problems of both and
+/// Loads the two models a comparison needs; reports the problems of both and
 /// returns `None` when either is invalid.
-pub fn load_pair(old: &Path, new: &Path, style: &Style) -> Option<(Loaded, Loaded)> {
-    match (load::megamodel(old), load::megamodel(new)) {
-        (Ok(a), Ok(b)) => Some((a, b)),
-        (a, b) => {
-            for e in [a.err(), b.err()].into_iter().flatten() {
-                report(&e, style);
+pub fn load_pair(old: &Path, new: &Path, style: &Style) -> Option<(Comparable, Comparable)> {
+    match load::comparable_pair(old, new) {
+        Ok(pair) => Some(pair),
+        Err(errors) => {
+            for e in &errors {
+                report(e, style);
             }
             None
         }

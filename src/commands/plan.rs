@@ -10,7 +10,7 @@ pub fn run(old: &Path, new: &Path, format: Format, style: &Style) -> anyhow::Res
     let Some((a, b)) = super::load_pair(old, new, style) else {
         return Ok(ExitCode::from(1));
     };
-    let plan = continuum_models::plan(&a.prepared.flatten(), &b.prepared.flatten());
+    let plan = continuum_models::plan(&a.flat(), &b.flat());
     match format {
         Format::Json => super::print_json(&plan)?,
         Format::Human => {
