@@ -248,6 +248,9 @@ pub fn generate(seed: u64, n: usize) -> DeploymentModel {
 
 /// A valid variant of `model`: about `rate` of its components are removed,
 /// changed (in place or not), moved or joined by new ones; links come and go.
+///
+/// `model` must list every component after what it depends on, as [`generate`]
+/// and `mutate` make them (not in canonical order): canonicalize afterwards.
 pub fn mutate(model: &DeploymentModel, seed: u64, rate: f64) -> DeploymentModel {
     let mut rng = Rng::new(seed ^ 0x5EED);
     let mut out = DeploymentModel {
