@@ -604,8 +604,10 @@ mod tests {
     /// work to the indexed path: the result is the same either way.
     #[test]
     fn partly_sorted_models_take_the_indexed_path() {
-        let a = generate(7, 200).canonical();
-        let b = mutate(&a, 8, 0.2).canonical();
+        let generated = generate(7, 200);
+        let a = generated.clone().canonical();
+        let b = mutate(&generated, 8, 0.2).canonical();
+        assert_eq!(crate::validate_deployment_model(&b), vec![]);
         let expected = diff_indexed(&ModelIndex::new(&a), &ModelIndex::new(&b));
         assert_eq!(merge_diff(&a, &b).as_ref(), Some(&expected));
         let mut links_swapped = b.clone();
