@@ -66,17 +66,14 @@ fn map<K, V>(capacity: usize) -> FastMap<K, V> {
     FastMap::with_capacity_and_hasher(capacity, BuildHasherDefault::default())
 }
 
-/// A model's components by id, hosts, start-order needs and link set.
+/// A model's components by id, hosts and link set, for diffing models that are
+/// not in canonical order.
 #[derive(Debug)]
 pub struct ModelIndex<'a> {
     pub model: &'a DeploymentModel,
     pub components: FastMap<&'a str, &'a Component>,
     /// The host of each hosted component.
     pub hosts: FastMap<&'a str, &'a str>,
-    /// What each component needs up before it starts ([`Link::need`]).
-    pub needs: FastMap<&'a str, Vec<&'a str>>,
-    /// The reverse: who needs each component.
-    pub needed_by: FastMap<&'a str, Vec<&'a str>>,
     pub links: FastSet<&'a Link>,
 }
 
@@ -87,8 +84,6 @@ impl<'a> ModelIndex<'a> {
             components.entry(c.id.as_str()).or_insert(c);
         }
         let mut hosts = map(model.links.len());
-        let mut needs: FastMap<&str, Vec<&str>> = map(model.links.len());
-        let mut needed_by: FastMap<&str, Vec<&str>> = map(model.links.len());
         let mut links =
             FastSet::with_capacity_and_hasher(model.links.len(), BuildHasherDefault::default());
         for l in &model.links {
@@ -96,26 +91,12 @@ impl<'a> ModelIndex<'a> {
             if let Link::Hosting { component, host } = l {
                 hosts.insert(component.as_str(), host.as_str());
             }
-            if let Some((who, what)) = l.need() {
-                needs.entry(who).or_default().push(what);
-                needed_by.entry(what).or_default().push(who);
-            }
         }
         ModelIndex {
             model,
             components,
             hosts,
-            needs,
-            needed_by,
             links,
         }
-    }
-
-    pub fn needs_of(&self, id: &str) -> &[&'a str] {
-        self.needs.get(id).map(Vec::as_slice).unwrap_or(&[])
-    }
-
-    pub fn needed_by(&self, id: &str) -> &[&'a str] {
-        self.needed_by.get(id).map(Vec::as_slice).unwrap_or(&[])
     }
 }

@@ -196,17 +196,12 @@ fn check_graph(doc: &Document<'_>, placeholders: Placeholders, problems: &mut Ve
                 );
             }
         }
-        check_component(c, &by_id, doc, problems);
+        check_component(c, problems);
     }
     check_links(doc, &by_id, problems);
 }
 
-fn check_component(
-    c: &Located<Component>,
-    _by_id: &HashMap<&str, &Located<Component>>,
-    _doc: &Document<'_>,
-    problems: &mut Vec<Problem>,
-) {
+fn check_component(c: &Located<Component>, problems: &mut Vec<Problem>) {
     let path = &c.path;
     match &c.item.spec {
         ComponentSpec::Function(f) => {
