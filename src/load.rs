@@ -1,12 +1,12 @@
 //! Reading model files from disk: the I/O around the pure models crate.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use continuum_models::diagnostic::{Invalid, Problem};
-use continuum_models::load::{load_deployment_model, load_template, prepare};
-use continuum_models::parse::parse_megamodel;
-use continuum_models::{validate_megamodel, DeploymentModel, JsonPath, Megamodel, Template};
+use continuum_models::diagnostic::Invalid;
+use continuum_models::load::{
+    load_deployment_model, load_prepared, load_template, TemplateText,
+};
+use continuum_models::{DeploymentModel, Megamodel, Template};
 
 /// A model file of any of the three kinds.
 #[derive(Debug)]
@@ -22,6 +22,8 @@ pub enum Document {
 pub struct Loaded {
     pub prepared: Megamodel,
     pub templates: usize,
+    /// The templates' texts, keyed by the `runtime` that named them.
+    pub texts: Vec<(String, TemplateText)>,
 }
 
 fn display(path: &Path) -> String {
@@ -54,77 +56,21 @@ pub fn document(path: &Path) -> Result<Document, Invalid> {
 }
 
 fn megamodel_text(path: &Path, text: &str) -> Result<Loaded, Invalid> {
-    let file = display(path);
-    let (mm, mut problems) = parse_megamodel(&file, text)?;
-    problems.extend(validate_megamodel(&mm));
     let base = path.parent().unwrap_or(Path::new("."));
-    let mut templates: HashMap<String, Template> = HashMap::new();
-    let mut template_errors: Vec<Invalid> = Vec::new();
-    for (fpath, runtime) in runtimes(&mm) {
-        if templates.contains_key(&runtime) {
-            continue;
-        }
-        let tpath: PathBuf = base.join(&runtime);
-        match std::fs::read_to_string(&tpath) {
-            Err(e) => problems.push(
-                Problem::new(
-                    fpath.key("runtime"),
-                    format!("cannot read runtime template `{}`: {e}", tpath.display()),
-                )
-                .expected("the path of a template file, relative to the model file"),
-            ),
-            Ok(ttext) => match load_template(&display(&tpath), &ttext) {
-                Ok(t) => {
-                    templates.insert(runtime, t);
-                }
-                Err(invalid) => {
-                    problems.push(Problem::new(
-                        fpath.key("runtime"),
-                        format!(
-                            "runtime template `{}` is invalid (see below)",
-                            tpath.display()
-                        ),
-                    ));
-                    template_errors.push(invalid);
-                }
-            },
-        }
-    }
-    let fail = |problems: Vec<Problem>, template_errors: Vec<Invalid>| {
-        let mut invalid = Invalid::from_problems(&file, text, problems);
-        for t in template_errors {
-            invalid.diagnostics.extend(t.diagnostics);
-        }
-        invalid
-    };
-    if !problems.is_empty() {
-        return Err(fail(problems, template_errors));
-    }
-    let prepared = prepare(&mm, &templates).map_err(|p| fail(p, Vec::new()))?;
+    let prepared = load_prepared(&display(path), text, |runtime| {
+        let tpath: PathBuf = base.join(runtime);
+        std::fs::read_to_string(&tpath)
+            .map(|text| TemplateText {
+                name: display(&tpath),
+                text,
+            })
+            .map_err(|e| format!("{}: {e}", tpath.display()))
+    })?;
     Ok(Loaded {
-        prepared,
-        templates: templates.len(),
+        templates: prepared.templates.len(),
+        prepared: prepared.megamodel,
+        texts: prepared.templates,
     })
-}
-
-/// Every function that needs a template: its JSON path and its `runtime`.
-fn runtimes(mm: &Megamodel) -> Vec<(JsonPath, String)> {
-    let mut out = Vec::new();
-    let root = JsonPath::root();
-    let mut scan = |base: JsonPath, components: &[continuum_models::Component]| {
-        for (i, c) in components.iter().enumerate() {
-            if let Some(f) = c.as_function() {
-                if let (Some(r), true) = (&f.runtime, f.resources.is_empty()) {
-                    out.push((base.key("components").index(i), r.clone()));
-                }
-            }
-        }
-    };
-    for (i, s) in mm.subsystems.iter().enumerate() {
-        scan(root.key("subsystems").index(i), &s.components);
-    }
-    scan(root.clone(), &mm.components);
-    out
 }
 
 /// A model two versions of which can be compared: a megamodel (as deployed) or one

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::index::{FastSet, ModelIndex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::component::{Component, Kind};
@@ -12,10 +12,10 @@ use crate::link::Link;
 use crate::model::DeploymentModel;
 
 /// What differs between two deployment models.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelDiff {
     /// Model-level fields (`id`, `on_failure`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub model: Vec<FieldChange>,
     pub added: Vec<Component>,
     pub removed: Vec<Component>,
@@ -25,12 +25,12 @@ pub struct ModelDiff {
 }
 
 /// A component present on both sides that must be updated or redeployed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ComponentChange {
     pub id: String,
     pub kind: Kind,
     /// The kind in the current model, when it changed.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_kind: Option<Kind>,
     /// Field-level changes; empty when the component only follows its host.
     pub fields: Vec<FieldChange>,
@@ -38,7 +38,7 @@ pub struct ComponentChange {
 }
 
 /// How a changed component is brought to its target.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "action")]
 pub enum ChangeAction {
     /// Only metadata changed: updated in place, nothing restarted.
@@ -47,7 +47,7 @@ pub enum ChangeAction {
     Replace { cause: ReplaceCause },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "type")]
 pub enum ReplaceCause {
     /// Its own specification changed.
@@ -62,12 +62,12 @@ pub enum ReplaceCause {
 }
 
 /// One changed field, addressed by a JSON pointer into the component's JSON form.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FieldChange {
     pub path: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new: Option<Value>,
 }
 

@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 
-use crate::diagnostic::{Invalid, Problem};
+use crate::component::Component;
+use crate::diagnostic::{Invalid, JsonPath, Problem};
 use crate::model::{DeploymentModel, Megamodel, Template};
 use crate::parse::{parse_deployment_model, parse_megamodel, parse_template};
 use crate::validate::{validate_deployment_model, validate_megamodel, validate_template};
@@ -50,4 +51,102 @@ pub fn prepare(
         return Err(problems);
     }
     crate::subsystem::partition(&expanded)
+}
+
+/// A template's text, found by whoever reads the megamodel: from disk next to the
+/// file for the CLI, from the request for the orchestrator.
+#[derive(Debug, Clone)]
+pub struct TemplateText {
+    /// The name to report problems under (a file name).
+    pub name: String,
+    pub text: String,
+}
+
+/// A valid megamodel as it will be deployed, with the templates it used.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Templates expanded, partitioned into subsystems.
+    pub megamodel: Megamodel,
+    /// The templates read, keyed by the `runtime` string that named them.
+    pub templates: Vec<(String, TemplateText)>,
+}
+
+/// Reads, validates, expands and partitions a megamodel. `resolve` gives the text
+/// of the template a function's `runtime` names (or why it cannot); each one is
+/// asked for once. Every problem, in the megamodel and in its templates, is
+/// reported at once.
+pub fn load_prepared(
+    file: &str,
+    text: &str,
+    mut resolve: impl FnMut(&str) -> Result<TemplateText, String>,
+) -> Result<Prepared, Invalid> {
+    let (mm, mut problems) = parse_megamodel(file, text)?;
+    problems.extend(validate_megamodel(&mm));
+    let mut templates: HashMap<String, Template> = HashMap::new();
+    let mut texts: Vec<(String, TemplateText)> = Vec::new();
+    let mut template_errors: Vec<Invalid> = Vec::new();
+    for (fpath, runtime) in runtimes(&mm) {
+        if templates.contains_key(&runtime) || texts.iter().any(|(r, _)| *r == runtime) {
+            continue;
+        }
+        match resolve(&runtime) {
+            Err(e) => problems.push(
+                Problem::new(
+                    fpath.key("runtime"),
+                    format!("cannot read runtime template `{runtime}`: {e}"),
+                )
+                .expected("the path of a template file, relative to the model file"),
+            ),
+            Ok(t) => {
+                match load_template(&t.name, &t.text) {
+                    Ok(loaded) => {
+                        templates.insert(runtime.clone(), loaded);
+                    }
+                    Err(invalid) => {
+                        problems.push(Problem::new(
+                            fpath.key("runtime"),
+                            format!("runtime template `{}` is invalid (see below)", t.name),
+                        ));
+                        template_errors.push(invalid);
+                    }
+                }
+                texts.push((runtime, t));
+            }
+        }
+    }
+    let fail = |problems: Vec<Problem>, template_errors: Vec<Invalid>| {
+        let mut invalid = Invalid::from_problems(file, text, problems);
+        for t in template_errors {
+            invalid.diagnostics.extend(t.diagnostics);
+        }
+        invalid
+    };
+    if !problems.is_empty() {
+        return Err(fail(problems, template_errors));
+    }
+    let megamodel = prepare(&mm, &templates).map_err(|p| fail(p, Vec::new()))?;
+    Ok(Prepared {
+        megamodel,
+        templates: texts,
+    })
+}
+
+/// Every function that needs a template: its JSON path and its `runtime`.
+fn runtimes(mm: &Megamodel) -> Vec<(JsonPath, String)> {
+    let mut out = Vec::new();
+    let root = JsonPath::root();
+    let mut scan = |base: JsonPath, components: &[Component]| {
+        for (i, c) in components.iter().enumerate() {
+            if let Some(f) = c.as_function() {
+                if let (Some(r), true) = (&f.runtime, f.resources.is_empty()) {
+                    out.push((base.key("components").index(i), r.clone()));
+                }
+            }
+        }
+    };
+    for (i, s) in mm.subsystems.iter().enumerate() {
+        scan(root.key("subsystems").index(i), &s.components);
+    }
+    scan(root.clone(), &mm.components);
+    out
 }

@@ -1,8 +1,16 @@
-//! The orchestrator: Continuum's global models@run.time engine (DESIGN §1).
-//!
-//! It stores target megamodel revisions, validates, expands and partitions them
-//! with `continuum-models`, pushes each subsystem's model to its gateway over
-//! `GatewayLink`, and keeps the global current model from the gateways' reports.
-//! The service, store and bus arrive with issue #4.
+//! Continuum's orchestrator: the global models@run.time engine. It stores every
+//! revision of the target megamodel, pushes each subsystem's model to its gateway
+//! over `GatewayLink`, and keeps the global current model from what the gateways
+//! report.
 
-pub use continuum_models as models;
+pub mod core;
+pub mod error;
+mod handle;
+mod link;
+pub mod records;
+pub mod server;
+mod service;
+pub mod store;
+pub mod views;
+
+pub use server::{start, Config, Running, StartError};

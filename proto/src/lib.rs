@@ -1,10 +1,17 @@
-//! Continuum's gRPC protocol (package `continuum.v1`): `ModelService` for clients
-//! and `GatewayLink` for gateway agents.
-//!
-//! The `.proto` files and their code generation (protox + tonic, no `protoc`
-//! needed) arrive with the orchestrator (issue #4). Model documents travel as the
-//! canonical JSON of `continuum-models` inside typed envelopes, so that crate stays
-//! the one schema; this constant names the package those envelopes belong to.
+//! Continuum's gRPC protocol (`continuum.v1`): the client API (`ModelService`)
+//! and the gateway link (`GatewayLink`), generated from
+//! `proto/continuum/v1/continuum.proto`.
 
-/// The protobuf package of Continuum's services.
+/// The protobuf package of this version of the protocol.
 pub const PACKAGE: &str = "continuum.v1";
+
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    unused_qualifications,
+    clippy::all,
+    clippy::pedantic
+)]
+pub mod v1 {
+    tonic::include_proto!("continuum.v1");
+}

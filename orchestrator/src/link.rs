@@ -1,0 +1,157 @@
+//! `GatewayLink`: one bidirectional stream per gateway, opened by the gateway.
+//! The gateway registers first; then the orchestrator pushes the newest target
+//! down the stream and the gateway streams acknowledgements, reports and
+//! heartbeats up. Three heartbeat intervals of silence end the link.
+
+use std::pin::Pin;
+
+use continuum_proto::v1::gateway_link_server::GatewayLink;
+use continuum_proto::v1::{
+    gateway_message, orchestrator_message, GatewayMessage, LinkError, OrchestratorMessage,
+    Register,
+};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use crate::core::{Core, Registered};
+use crate::error::Error;
+use crate::handle::Orchestrator;
+
+type OutStream = Pin<Box<dyn Stream<Item = Result<OrchestratorMessage, Status>> + Send>>;
+
+fn out(kind: orchestrator_message::Kind) -> Result<OrchestratorMessage, Status> {
+    Ok(OrchestratorMessage { kind: Some(kind) })
+}
+
+/// Hands one message of a registered gateway to the core.
+fn dispatch(core: &mut Core, gateway: &str, session: u64, message: GatewayMessage) -> Result<(), Error> {
+    use gateway_message::Kind;
+    match message.kind {
+        None => Err(Error::BadRequest("an empty message".into())),
+        Some(Kind::Register(_)) => Err(Error::BadRequest(
+            "this link is already registered; open a new link to register again".into(),
+        )),
+        Some(Kind::Ack(a)) => core.ack(gateway, session, a),
+        Some(Kind::Current(c)) => core.report_current(gateway, session, c),
+        Some(Kind::Status(s)) => core.report_status(gateway, session, s),
+        Some(Kind::Step(s)) => core.report_step(gateway, session, s),
+        Some(Kind::Heartbeat(_)) => core.heartbeat(gateway, session),
+    }
+}
+
+#[tonic::async_trait]
+impl GatewayLink for Orchestrator {
+    type ConnectStream = OutStream;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<GatewayMessage>>,
+    ) -> Result<Response<OutStream>, Status> {
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let silence = self.heartbeat_interval * 3;
+        let register: Register = match tokio::time::timeout(silence, inbound.message()).await {
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "no Register message within {silence:?}"
+                )))
+            }
+            Ok(Err(status)) => return Err(status),
+            Ok(Ok(None)) => return Err(Status::cancelled("the gateway closed the link before registering")),
+            Ok(Ok(Some(GatewayMessage {
+                kind: Some(gateway_message::Kind::Register(r)),
+            }))) => r,
+            Ok(Ok(Some(_))) => {
+                return Err(Status::failed_precondition(
+                    "the first message on the link must be Register",
+                ))
+            }
+        };
+        let gateway = register.gateway_id.clone();
+        let registered = self.with(move |core| core.register(register)).await??;
+        let (tx, rx) = mpsc::channel(16);
+        let welcome = registered.welcome.clone();
+        tx.send(out(orchestrator_message::Kind::Welcome(welcome)))
+            .await
+            .map_err(|_| Status::cancelled("the link closed"))?;
+        let span = tracing::info_span!("gateway_link", gateway = %gateway, session = registered.session, ?peer);
+        tokio::spawn(session(self.clone(), gateway, registered, inbound, tx).instrument(span));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Runs one registered link until it ends, then records the disconnection.
+async fn session(
+    orch: Orchestrator,
+    gateway: String,
+    mut registered: Registered,
+    mut inbound: Streaming<GatewayMessage>,
+    tx: mpsc::Sender<Result<OrchestratorMessage, Status>>,
+) {
+    let silence = orch.heartbeat_interval * 3;
+    let session = registered.session;
+    // Reading the inbound stream in its own task keeps the select below
+    // cancel-safe: a message is never half-read when a target goes out.
+    let (in_tx, mut in_rx) = mpsc::channel(16);
+    let reader = tokio::spawn(async move {
+        loop {
+            let next = inbound.message().await;
+            let end = !matches!(next, Ok(Some(_)));
+            if in_tx.send(next).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    let mut stopping = orch.stopping.clone();
+    let mut deadline = Instant::now() + silence;
+    let reason: String = loop {
+        tokio::select! {
+            _ = stopping.changed() => break "the orchestrator is stopping".into(),
+            () = tokio::time::sleep_until(deadline) => {
+                break format!("no message for {silence:?} (three heartbeat intervals)")
+            }
+            changed = registered.targets.changed() => {
+                if changed.is_err() {
+                    break "the session was replaced".into();
+                }
+                let target = registered.targets.borrow_and_update().clone();
+                if let Some(t) = target {
+                    tracing::debug!(generation = t.generation, "sending target");
+                    if tx.send(out(orchestrator_message::Kind::Target(t))).await.is_err() {
+                        break "the link closed".into();
+                    }
+                }
+            }
+            next = in_rx.recv() => match next {
+                None | Some(Ok(None)) => break "the gateway closed the link".into(),
+                Some(Err(status)) => break format!("link error: {}", status.message()),
+                Some(Ok(Some(message))) => {
+                    deadline = Instant::now() + silence;
+                    let g = gateway.clone();
+                    match orch.with(move |core| dispatch(core, &g, session, message)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "message from the gateway refused");
+                            let error = LinkError { message: e.to_string() };
+                            if tx.send(out(orchestrator_message::Kind::Error(error))).await.is_err() {
+                                break "the link closed".into();
+                            }
+                        }
+                        Err(status) => break format!("orchestrator failure: {}", status.message()),
+                    }
+                }
+            },
+        }
+    };
+    reader.abort();
+    drop(tx);
+    let g = gateway.clone();
+    let r = reason.clone();
+    if let Err(status) = orch.with(move |core| core.disconnect(&g, session, &r)).await {
+        tracing::error!(%status, "cannot record the disconnection");
+    }
+}

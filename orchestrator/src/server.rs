@@ -1,0 +1,139 @@
+//! Starting and stopping the orchestrator's gRPC server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use continuum_proto::v1::gateway_link_server::GatewayLinkServer;
+use continuum_proto::v1::model_service_server::ModelServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::core::{Core, CoreConfig};
+use crate::handle::Orchestrator;
+use crate::store::{Store, StoreError};
+
+/// Settings of `continuum serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// How often gateways must send a heartbeat.
+    pub heartbeat_interval: Duration,
+    /// The largest message accepted or sent, in bytes.
+    pub max_message_bytes: usize,
+    /// Events kept for `Watch` resume.
+    pub event_retention: u64,
+}
+
+impl Config {
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Config {
+        Config {
+            listen,
+            data_dir,
+            heartbeat_interval: Duration::from_secs(5),
+            max_message_bytes: 16 << 20,
+            event_retention: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running orchestrator.
+#[derive(Debug)]
+pub struct Running {
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+/// Opens the store, loads the state and starts serving.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let store = Arc::new(Store::open(&config.data_dir)?);
+    let core = Core::load(
+        Arc::clone(&store),
+        CoreConfig {
+            event_retention: config.event_retention,
+            heartbeat_interval_ms: u64::try_from(config.heartbeat_interval.as_millis())
+                .unwrap_or(u64::MAX),
+        },
+    )?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let (stop, stopping) = watch::channel(false);
+    let orch = Orchestrator::new(core, store, stopping.clone(), config.heartbeat_interval);
+    let limit = config.max_message_bytes;
+    let models = ModelServiceServer::new(orch.clone())
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let link = GatewayLinkServer::new(orch)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let mut until = stopping;
+    let task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .add_service(models)
+            .add_service(link)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = until.wait_for(|s| *s).await;
+            }),
+    );
+    tracing::info!(%local_addr, data_dir = %config.data_dir.display(), "orchestrator serving");
+    Ok(Running {
+        local_addr,
+        stop,
+        task,
+    })
+}
+
+impl Running {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Ends every stream, stops serving and closes the store.
+    pub async fn stop(self) -> Result<(), tonic::transport::Error> {
+        self.stop.send_replace(true);
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "the server task failed");
+                Ok(())
+            }
+        }
+    }
+
+    /// Serves until the task ends (or fails).
+    pub async fn wait(self) -> Result<(), tonic::transport::Error> {
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "the server task failed");
+                Ok(())
+            }
+        }
+    }
+}

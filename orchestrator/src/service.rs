@@ -1,0 +1,160 @@
+//! `ModelService`: what users and the CLI call.
+
+use std::pin::Pin;
+
+use continuum_proto::v1::model_service_server::ModelService;
+use continuum_proto::v1::{
+    event, ApplyRequest, ApplyResponse, DiffRequest, DiffResponse, Event, GetRequest,
+    GetResponse, HistoryRequest, HistoryResponse, ListGatewaysRequest, ListGatewaysResponse,
+    RollbackRequest, StatusRequest, StatusResponse, WatchRequest,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::handle::Orchestrator;
+
+/// Events read from the store per batch when a watcher catches up.
+const WATCH_BATCH: usize = 256;
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
+
+fn subsystem_of(e: &Event) -> Option<&str> {
+    match e.kind.as_ref()? {
+        event::Kind::Revision(_) => None,
+        event::Kind::TargetSent(x) => Some(&x.subsystem),
+        event::Kind::Acknowledged(x) => Some(&x.subsystem),
+        event::Kind::Connected(x) => Some(&x.subsystem),
+        event::Kind::Disconnected(x) => Some(&x.subsystem),
+        event::Kind::Component(x) => Some(&x.subsystem),
+        event::Kind::Step(x) => Some(&x.subsystem),
+        event::Kind::Current(x) => Some(&x.subsystem),
+    }
+}
+
+#[tonic::async_trait]
+impl ModelService for Orchestrator {
+    async fn apply(&self, request: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
+        let req = request.into_inner();
+        let span = tracing::info_span!(
+            "apply",
+            file = %req.megamodel.as_ref().map_or("", |d| d.name.as_str())
+        );
+        let response = self
+            .with(move |core| core.apply(req))
+            .instrument(span)
+            .await??;
+        Ok(Response::new(response))
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(self.with(move |core| core.get(&req)).await??))
+    }
+
+    async fn diff(&self, request: Request<DiffRequest>) -> Result<Response<DiffResponse>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(self.with(move |core| core.diff(&req)).await??))
+    }
+
+    type WatchStream = EventStream;
+
+    async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<EventStream>, Status> {
+        let req = request.into_inner();
+        let store = self.store.clone();
+        let first = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.first_seq())
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| crate::error::Error::from(e).to_status())?
+        };
+        let newest = *self.events.borrow();
+        if req.after > 0 && first > 0 && req.after + 1 < first {
+            return Err(Status::out_of_range(format!(
+                "events {}..{} are no longer kept (the orchestrator keeps the latest ones); watch from {} or from 0",
+                req.after + 1,
+                first - 1,
+                first - 1
+            )));
+        }
+        if req.after > newest {
+            return Err(Status::out_of_range(format!(
+                "event {} does not exist yet: the newest is {newest}",
+                req.after
+            )));
+        }
+        let (tx, rx) = mpsc::channel(WATCH_BATCH);
+        let mut head = self.events.clone();
+        let mut stopping = self.stopping.clone();
+        let only = req.subsystem;
+        tokio::spawn(async move {
+            let mut last = req.after;
+            loop {
+                head.borrow_and_update();
+                let batch = {
+                    let store = store.clone();
+                    tokio::task::spawn_blocking(move || store.events_after(last, WATCH_BATCH)).await
+                };
+                let batch = match batch {
+                    Ok(Ok(b)) => b,
+                    Ok(Err(e)) => {
+                        let _ = tx.send(Err(crate::error::Error::from(e).to_status())).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                        return;
+                    }
+                };
+                if batch.is_empty() {
+                    tokio::select! {
+                        changed = head.changed() => if changed.is_err() { return },
+                        _ = stopping.changed() => return,
+                        () = tx.closed() => return,
+                    }
+                    continue;
+                }
+                for e in batch {
+                    last = e.seq;
+                    if !only.is_empty() && subsystem_of(&e).is_some_and(|s| s != only) {
+                        continue;
+                    }
+                    if tx.send(Ok(e)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn rollback(&self, request: Request<RollbackRequest>) -> Result<Response<ApplyResponse>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(self.with(move |core| core.rollback(req)).await??))
+    }
+
+    async fn list_gateways(
+        &self,
+        _request: Request<ListGatewaysRequest>,
+    ) -> Result<Response<ListGatewaysResponse>, Status> {
+        let gateways = self.with(|core| core.gateways()).await?;
+        Ok(Response::new(ListGatewaysResponse { gateways }))
+    }
+
+    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        Ok(Response::new(self.with(|core| core.status()).await?))
+    }
+
+    async fn history(&self, request: Request<HistoryRequest>) -> Result<Response<HistoryResponse>, Status> {
+        let limit = request.into_inner().limit as usize;
+        let store = self.store.clone();
+        let revisions = tokio::task::spawn_blocking(move || store.history(limit))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| crate::error::Error::from(e).to_status())?;
+        Ok(Response::new(HistoryResponse { revisions }))
+    }
+}

@@ -1,0 +1,406 @@
+//! The orchestrator's durable state in one embedded redb database: every revision
+//! (immutable), the subsystem targets, gateway registrations, the gateways' last
+//! reports and the event log.
+//!
+//! Writes are batched into [`Changes`] and committed in one transaction, so a
+//! crash leaves either all of an operation or none of it.
+
+use std::path::{Path, PathBuf};
+
+use continuum_proto::v1::{Event, Gateway, Revision};
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use crate::records::{StoredCurrent, StoredRevision, StoredTarget};
+
+const REVISIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("revisions");
+const TARGETS: TableDefinition<&str, &[u8]> = TableDefinition::new("targets");
+const GATEWAYS: TableDefinition<&str, &[u8]> = TableDefinition::new("gateways");
+const CURRENT: TableDefinition<&str, &[u8]> = TableDefinition::new("current");
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const FORMAT_KEY: &str = "format";
+const HEAD_KEY: &str = "head";
+/// Bumped when the layout changes incompatibly.
+const FORMAT: u64 = 1;
+
+/// The database file inside a data directory.
+pub const FILE_NAME: &str = "orchestrator.redb";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: redb::Error,
+    },
+    #[error("cannot create the data directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the store {path} has format {found}, this version reads format {FORMAT}")]
+    Format { path: PathBuf, found: u64 },
+    #[error("the store {path} is corrupt: {what}")]
+    Corrupt { path: PathBuf, what: String },
+    #[error("store {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: redb::Error,
+    },
+}
+
+/// Everything the orchestrator needs in memory at start.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub head: Option<StoredRevision>,
+    pub targets: Vec<(String, StoredTarget)>,
+    pub gateways: Vec<Gateway>,
+    pub currents: Vec<(String, StoredCurrent)>,
+    /// The newest event's sequence number (0: none yet).
+    pub last_seq: u64,
+}
+
+/// One atomic batch of writes.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub revision: Option<StoredRevision>,
+    pub targets: Vec<(String, StoredTarget)>,
+    pub gateways: Vec<Gateway>,
+    pub currents: Vec<(String, StoredCurrent)>,
+    /// Events with their sequence numbers already assigned.
+    pub events: Vec<Event>,
+    /// Drop the events older than this sequence number (retention).
+    pub forget_events_before: Option<u64>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.revision.is_none()
+            && self.targets.is_empty()
+            && self.gateways.is_empty()
+            && self.currents.is_empty()
+            && self.events.is_empty()
+            && self.forget_events_before.is_none()
+    }
+}
+
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) the store of a data directory.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let path = dir.join(FILE_NAME);
+        let db = Database::create(&path).map_err(|e| StoreError::Open {
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        let store = Store { db, path };
+        store.init()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn corrupt(&self, what: impl Into<String>) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            what: what.into(),
+        }
+    }
+
+    fn decode<M: Message + Default>(&self, bytes: &[u8], what: &str) -> Result<M, StoreError> {
+        M::decode(bytes).map_err(|e| self.corrupt(format!("{what}: {e}")))
+    }
+
+    /// Creates the tables and checks the format.
+    fn init(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().at(self)?;
+        {
+            let mut meta = txn.open_table(META).at(self)?;
+            let found = meta.get(FORMAT_KEY).at(self)?.map(|v| v.value());
+            match found {
+                None => {
+                    meta.insert(FORMAT_KEY, FORMAT).at(self)?;
+                }
+                Some(FORMAT) => {}
+                Some(found) => {
+                    return Err(StoreError::Format {
+                        path: self.path.clone(),
+                        found,
+                    })
+                }
+            }
+            txn.open_table(REVISIONS).at(self)?;
+            txn.open_table(TARGETS).at(self)?;
+            txn.open_table(GATEWAYS).at(self)?;
+            txn.open_table(CURRENT).at(self)?;
+            txn.open_table(EVENTS).at(self)?;
+        }
+        txn.commit().at(self)
+    }
+
+    /// Reads the state the orchestrator keeps in memory.
+    pub fn load(&self) -> Result<Snapshot, StoreError> {
+        let txn = self.db.begin_read().at(self)?;
+        let meta = txn.open_table(META).at(self)?;
+        let revisions = txn.open_table(REVISIONS).at(self)?;
+        let mut snapshot = Snapshot::default();
+        if let Some(head) = meta.get(HEAD_KEY).at(self)? {
+            let n = head.value();
+            let bytes = revisions
+                .get(n)
+                .at(self)?
+                .ok_or_else(|| self.corrupt(format!("the head revision {n} is missing")))?;
+            snapshot.head = Some(self.decode(bytes.value(), "head revision")?);
+        }
+        snapshot.targets = self.read_all(&txn, TARGETS, "target")?;
+        snapshot.currents = self.read_all(&txn, CURRENT, "current model")?;
+        snapshot.gateways = self
+            .read_all::<Gateway>(&txn, GATEWAYS, "gateway")?
+            .into_iter()
+            .map(|(_, g)| g)
+            .collect();
+        let events = txn.open_table(EVENTS).at(self)?;
+        if let Some((k, _)) = events.last().at(self)? {
+            snapshot.last_seq = k.value();
+        }
+        Ok(snapshot)
+    }
+
+    fn read_all<M: Message + Default>(
+        &self,
+        txn: &redb::ReadTransaction,
+        table: TableDefinition<&str, &[u8]>,
+        what: &str,
+    ) -> Result<Vec<(String, M)>, StoreError> {
+        let t = txn.open_table(table).at(self)?;
+        let mut out = Vec::new();
+        for entry in t.iter().at(self)? {
+            let (k, v) = entry.at(self)?;
+            let key = k.value().to_owned();
+            let value = self.decode(v.value(), &format!("{what} of `{key}`"))?;
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
+    /// Commits a batch atomically; it is on disk when this returns. (Every batch
+    /// is durable: an event sequence number, once seen by a client, is never
+    /// reused after a crash. A durable commit costs about 0.2 ms here.)
+    pub fn commit(&self, changes: &Changes) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().at(self)?;
+        {
+            if let Some(r) = &changes.revision {
+                let n = r.meta.as_ref().map_or(0, |m| m.number);
+                let mut t = txn.open_table(REVISIONS).at(self)?;
+                t.insert(n, r.encode_to_vec().as_slice()).at(self)?;
+                let mut meta = txn.open_table(META).at(self)?;
+                meta.insert(HEAD_KEY, n).at(self)?;
+            }
+            let mut t = txn.open_table(TARGETS).at(self)?;
+            for (k, v) in &changes.targets {
+                t.insert(k.as_str(), v.encode_to_vec().as_slice())
+                    .at(self)?;
+            }
+            let mut t = txn.open_table(GATEWAYS).at(self)?;
+            for g in &changes.gateways {
+                t.insert(g.id.as_str(), g.encode_to_vec().as_slice())
+                    .at(self)?;
+            }
+            let mut t = txn.open_table(CURRENT).at(self)?;
+            for (k, v) in &changes.currents {
+                t.insert(k.as_str(), v.encode_to_vec().as_slice())
+                    .at(self)?;
+            }
+            let mut t = txn.open_table(EVENTS).at(self)?;
+            for e in &changes.events {
+                t.insert(e.seq, e.encode_to_vec().as_slice()).at(self)?;
+            }
+            if let Some(before) = changes.forget_events_before {
+                t.retain_in(..before, |_, _| false).at(self)?;
+            }
+        }
+        txn.commit().at(self)
+    }
+
+    /// One revision, with its model.
+    pub fn revision(&self, number: u64) -> Result<Option<StoredRevision>, StoreError> {
+        let txn = self.db.begin_read().at(self)?;
+        let t = txn.open_table(REVISIONS).at(self)?;
+        match t.get(number).at(self)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(self.decode(v.value(), "revision")?)),
+        }
+    }
+
+    /// Revision metadata, newest first; `limit` 0 means all.
+    pub fn history(&self, limit: usize) -> Result<Vec<Revision>, StoreError> {
+        let txn = self.db.begin_read().at(self)?;
+        let t = txn.open_table(REVISIONS).at(self)?;
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        let mut out = Vec::new();
+        for entry in t.iter().at(self)?.rev().take(limit) {
+            let (_, v) = entry.at(self)?;
+            let r: StoredRevision = self.decode(v.value(), "revision")?;
+            out.extend(r.meta);
+        }
+        Ok(out)
+    }
+
+    /// Up to `max` events with a sequence number above `after`, oldest first.
+    pub fn events_after(&self, after: u64, max: usize) -> Result<Vec<Event>, StoreError> {
+        let txn = self.db.begin_read().at(self)?;
+        let t = txn.open_table(EVENTS).at(self)?;
+        let mut out = Vec::new();
+        for entry in t.range(after.saturating_add(1)..).at(self)?.take(max) {
+            let (_, v) = entry.at(self)?;
+            out.push(self.decode(v.value(), "event")?);
+        }
+        Ok(out)
+    }
+
+    /// The oldest event kept (0: none).
+    pub fn first_seq(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().at(self)?;
+        let t = txn.open_table(EVENTS).at(self)?;
+        let first = t.first().at(self)?;
+        Ok(first.map_or(0, |(k, _)| k.value()))
+    }
+
+    /// How many events are kept.
+    pub fn event_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().at(self)?;
+        let t = txn.open_table(EVENTS).at(self)?;
+        t.len().at(self)
+    }
+}
+
+/// Attaches the store's path to redb's errors.
+trait At<T> {
+    fn at(self, store: &Store) -> Result<T, StoreError>;
+}
+
+impl<T, E: Into<redb::Error>> At<T> for Result<T, E> {
+    fn at(self, store: &Store) -> Result<T, StoreError> {
+        self.map_err(|e| StoreError::Io {
+            path: store.path.clone(),
+            source: e.into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn revision(n: u64) -> StoredRevision {
+        StoredRevision {
+            meta: Some(Revision {
+                number: n,
+                ..Revision::default()
+            }),
+            megamodel: format!("{{\"name\":\"r{n}\"}}").into_bytes(),
+        }
+    }
+
+    fn event(seq: u64) -> Event {
+        Event {
+            seq,
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn a_batch_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let changes = Changes {
+                revision: Some(revision(1)),
+                targets: vec![(
+                    "a".into(),
+                    StoredTarget {
+                        generation: 1,
+                        gateway_id: "gw".into(),
+                        model: b"{}".to_vec(),
+                        removed: false,
+                    },
+                )],
+                events: (1..=3).map(event).collect(),
+                ..Changes::default()
+            };
+            store.commit(&changes).unwrap();
+            store
+                .commit(&Changes {
+                    revision: Some(revision(2)),
+                    ..Changes::default()
+                })
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let snap = store.load().unwrap();
+        assert_eq!(snap.head.unwrap().meta.unwrap().number, 2);
+        assert_eq!(snap.targets.len(), 1);
+        assert_eq!(snap.last_seq, 3);
+        let history: Vec<u64> = store.history(0).unwrap().iter().map(|r| r.number).collect();
+        assert_eq!(history, vec![2, 1]);
+        assert_eq!(store.revision(1).unwrap().unwrap(), revision(1));
+        assert!(store.revision(9).unwrap().is_none());
+    }
+
+    #[test]
+    fn events_are_read_in_order_after_a_sequence_number_and_can_be_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let changes = Changes {
+            events: (1..=10).map(event).collect(),
+            ..Changes::default()
+        };
+        store.commit(&changes).unwrap();
+        let seqs: Vec<u64> = store
+            .events_after(4, 3)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, vec![5, 6, 7]);
+        store
+            .commit(&Changes {
+                forget_events_before: Some(8),
+                ..Changes::default()
+            })
+            .unwrap();
+        assert_eq!(store.first_seq().unwrap(), 8);
+        assert_eq!(store.event_count().unwrap(), 3);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_store_is_refused_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(FILE_NAME),
+            b"not a database, just some bytes",
+        )
+        .unwrap();
+        let err = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(FILE_NAME), "{err}");
+    }
+}
