@@ -5,6 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::Status;
 
 use crate::core::Core;
@@ -16,8 +18,10 @@ pub struct Orchestrator {
     pub(crate) store: Arc<Store>,
     /// The newest event's sequence number.
     pub(crate) events: watch::Receiver<u64>,
-    /// Becomes true when the server stops: long-lived streams end.
-    pub(crate) stopping: watch::Receiver<bool>,
+    /// Cancelled when the server stops: long-lived streams end.
+    pub(crate) stopping: CancellationToken,
+    /// The tasks behind streams, awaited before the store closes.
+    pub(crate) tasks: TaskTracker,
     pub(crate) heartbeat_interval: Duration,
 }
 
@@ -25,7 +29,8 @@ impl Orchestrator {
     pub fn new(
         core: Core,
         store: Arc<Store>,
-        stopping: watch::Receiver<bool>,
+        stopping: CancellationToken,
+        tasks: TaskTracker,
         heartbeat_interval: Duration,
     ) -> Orchestrator {
         let events = core.subscribe();
@@ -34,6 +39,7 @@ impl Orchestrator {
             store,
             events,
             stopping,
+            tasks,
             heartbeat_interval,
         }
     }

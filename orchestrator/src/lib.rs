@@ -9,6 +9,7 @@ mod handle;
 mod link;
 pub mod records;
 pub mod server;
+pub mod sim;
 mod service;
 pub mod store;
 pub mod views;

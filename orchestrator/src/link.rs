@@ -45,9 +45,9 @@ fn dispatch(core: &mut Core, gateway: &str, session: u64, message: GatewayMessag
 
 #[tonic::async_trait]
 impl GatewayLink for Orchestrator {
-    type ConnectStream = OutStream;
+    type SessionStream = OutStream;
 
-    async fn connect(
+    async fn session(
         &self,
         request: Request<Streaming<GatewayMessage>>,
     ) -> Result<Response<OutStream>, Status> {
@@ -79,13 +79,13 @@ impl GatewayLink for Orchestrator {
             .await
             .map_err(|_| Status::cancelled("the link closed"))?;
         let span = tracing::info_span!("gateway_link", gateway = %gateway, session = registered.session, ?peer);
-        tokio::spawn(session(self.clone(), gateway, registered, inbound, tx).instrument(span));
+        self.tasks.spawn(run_session(self.clone(), gateway, registered, inbound, tx).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
 /// Runs one registered link until it ends, then records the disconnection.
-async fn session(
+async fn run_session(
     orch: Orchestrator,
     gateway: String,
     mut registered: Registered,
@@ -106,11 +106,11 @@ async fn session(
             }
         }
     });
-    let mut stopping = orch.stopping.clone();
+    let stopping = orch.stopping.clone();
     let mut deadline = Instant::now() + silence;
     let reason: String = loop {
         tokio::select! {
-            _ = stopping.changed() => break "the orchestrator is stopping".into(),
+            () = stopping.cancelled() => break "the orchestrator is stopping".into(),
             () = tokio::time::sleep_until(deadline) => {
                 break format!("no message for {silence:?} (three heartbeat intervals)")
             }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use continuum_proto::v1::gateway_link_server::GatewayLinkServer;
 use continuum_proto::v1::model_service_server::ModelServiceServer;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -57,7 +58,8 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Running {
     local_addr: SocketAddr,
-    stop: watch::Sender<bool>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
@@ -82,8 +84,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         addr: config.listen,
         source,
     })?;
-    let (stop, stopping) = watch::channel(false);
-    let orch = Orchestrator::new(core, store, stopping.clone(), config.heartbeat_interval);
+    let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let orch = Orchestrator::new(
+        core,
+        store,
+        stop.clone(),
+        tasks.clone(),
+        config.heartbeat_interval,
+    );
     let limit = config.max_message_bytes;
     let models = ModelServiceServer::new(orch.clone())
         .max_decoding_message_size(limit)
@@ -91,20 +100,21 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let link = GatewayLinkServer::new(orch)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    let mut until = stopping;
+    let until = stop.clone();
     let task = tokio::spawn(
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .add_service(models)
             .add_service(link)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                let _ = until.wait_for(|s| *s).await;
+                until.cancelled().await;
             }),
     );
     tracing::info!(%local_addr, data_dir = %config.data_dir.display(), "orchestrator serving");
     Ok(Running {
         local_addr,
         stop,
+        tasks,
         task,
     })
 }
@@ -114,16 +124,19 @@ impl Running {
         self.local_addr
     }
 
-    /// Ends every stream, stops serving and closes the store.
+    /// Ends every stream, stops serving, and returns once the store is closed.
     pub async fn stop(self) -> Result<(), tonic::transport::Error> {
-        self.stop.send_replace(true);
-        match self.task.await {
+        self.stop.cancel();
+        let served = match self.task.await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "the server task failed");
                 Ok(())
             }
-        }
+        };
+        self.tasks.close();
+        self.tasks.wait().await;
+        served
     }
 
     /// Serves until the task ends (or fails).

@@ -88,9 +88,9 @@ impl ModelService for Orchestrator {
         }
         let (tx, rx) = mpsc::channel(WATCH_BATCH);
         let mut head = self.events.clone();
-        let mut stopping = self.stopping.clone();
+        let stopping = self.stopping.clone();
         let only = req.subsystem;
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let mut last = req.after;
             loop {
                 head.borrow_and_update();
@@ -112,7 +112,7 @@ impl ModelService for Orchestrator {
                 if batch.is_empty() {
                     tokio::select! {
                         changed = head.changed() => if changed.is_err() { return },
-                        _ = stopping.changed() => return,
+                        () = stopping.cancelled() => return,
                         () = tx.closed() => return,
                     }
                     continue;
