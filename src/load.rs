@@ -3,9 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use continuum_models::diagnostic::Invalid;
-use continuum_models::load::{
-    load_deployment_model, load_prepared, load_template, TemplateText,
-};
+use continuum_models::load::{load_deployment_model, load_prepared, load_template, TemplateText};
 use continuum_models::{DeploymentModel, Megamodel, Template};
 
 /// A model file of any of the three kinds.

@@ -20,6 +20,7 @@ macro_rules! outln {
 
 mod commands;
 mod load;
+mod remote;
 mod style;
 
 use std::path::PathBuf;
@@ -41,6 +42,9 @@ struct Cli {
     /// Log filter (tracing syntax), for example `debug` or `continuum=trace`.
     #[arg(long, global = true, env = "CONTINUUM_LOG", default_value = "warn")]
     log: String,
+    /// The orchestrator to talk to (`host:port` or a URL).
+    #[arg(long, global = true, env = "CONTINUUM_SERVER", default_value = remote::DEFAULT_SERVER)]
+    server: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -70,13 +74,27 @@ enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Human)]
         output: Format,
     },
-    /// Show what changes from OLD to NEW.
+    /// Show what changes from OLD to NEW (two files), or on the orchestrator:
+    /// target against current (`--live`), or between revisions (`--from`).
     Diff {
-        old: PathBuf,
-        new: PathBuf,
+        #[arg(required_unless_present_any = ["live", "from"], requires = "new")]
+        old: Option<PathBuf>,
+        new: Option<PathBuf>,
         /// A unified diff of the two models' canonical JSON instead of the summary.
-        #[arg(long, conflicts_with = "output")]
+        #[arg(long, conflicts_with_all = ["output", "live", "from"])]
         text: bool,
+        /// What the orchestrator's target still changes in what runs.
+        #[arg(long, conflicts_with_all = ["old", "from"])]
+        live: bool,
+        /// With `--live`: only this subsystem.
+        #[arg(long, requires = "live")]
+        subsystem: Option<String>,
+        /// Compare this revision...
+        #[arg(long, conflicts_with = "old")]
+        from: Option<u64>,
+        /// ...with this one (default: the head).
+        #[arg(long, requires = "from")]
+        to: Option<u64>,
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Human)]
         output: Format,
     },
@@ -84,6 +102,78 @@ enum Command {
     Plan {
         old: PathBuf,
         new: PathBuf,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Human)]
+        output: Format,
+    },
+    /// Run the orchestrator.
+    Serve(commands::serve::Args),
+    /// Submit a megamodel to the orchestrator as a new revision.
+    Apply {
+        /// The megamodel file (the templates its functions name are sent along).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Refuse unless the head is this revision (optimistic concurrency; 0: none yet).
+        #[arg(long)]
+        base: Option<u64>,
+        /// A note kept in the history.
+        #[arg(short = 'm', long, default_value = "")]
+        message: String,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Human)]
+        output: Format,
+    },
+    /// Print a target (default) or current model from the orchestrator.
+    Get {
+        /// One subsystem's model instead of the megamodel.
+        #[arg(long)]
+        subsystem: Option<String>,
+        /// What runs, as the gateways report it.
+        #[arg(long, conflicts_with_all = ["target", "revision"])]
+        current: bool,
+        /// The target (the default).
+        #[arg(long)]
+        target: bool,
+        /// The target at this revision (default: the head).
+        #[arg(long)]
+        revision: Option<u64>,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Human)]
+        output: Format,
+    },
+    /// Follow the orchestrator's events (revisions, pushes, statuses, progress).
+    Watch {
+        /// Start after this event sequence number (to resume; 0: from the oldest kept).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Only this subsystem's events (and revisions).
+        #[arg(long)]
+        subsystem: Option<String>,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Human)]
+        output: Format,
+    },
+    /// Subsystems, their gateways, generations, live diffs and failing components.
+    Status {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Human)]
+        output: Format,
+    },
+    /// Make an earlier revision's model the target again (as a new revision).
+    Rollback {
+        #[arg(long)]
+        to: u64,
+        /// Refuse unless the head is this revision.
+        #[arg(long)]
+        base: Option<u64>,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Human)]
+        output: Format,
+    },
+    /// Gateways that registered with the orchestrator.
+    Gateways {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Human)]
+        output: Format,
+    },
+    /// Revisions, newest first.
+    History {
+        /// At most this many (0: all).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Human)]
         output: Format,
     },
@@ -124,14 +214,66 @@ fn main() -> ExitCode {
         .with_ansi(color)
         .init();
     let style = style::Style::new(color);
+    let server = cli.server.clone();
     let result = match cli.command {
         Command::Validate { files, output } => commands::validate::run(&files, output, &style),
         Command::Diff {
             old,
             new,
             text,
+            live,
+            subsystem,
+            from,
+            to,
             output,
-        } => commands::diff::run(&old, &new, text, output, &style),
+        } => match (old, new, from) {
+            (Some(old), Some(new), _) => commands::diff::run(&old, &new, text, output, &style),
+            (_, _, Some(from)) => commands::diff::remote(
+                &server,
+                commands::diff::Remote::Revisions {
+                    from,
+                    to: to.unwrap_or(0),
+                },
+                output,
+                &style,
+            ),
+            _ => {
+                debug_assert!(live);
+                commands::diff::remote(
+                    &server,
+                    commands::diff::Remote::Live { subsystem },
+                    output,
+                    &style,
+                )
+            }
+        },
+        Command::Serve(args) => commands::serve::run(args),
+        Command::Apply {
+            file,
+            base,
+            message,
+            output,
+        } => commands::apply::apply(&server, &file, base, message, output, &style),
+        Command::Get {
+            subsystem,
+            current,
+            target: _,
+            revision,
+            output,
+        } => commands::get::run(&server, subsystem, current, revision, output),
+        Command::Watch {
+            after,
+            subsystem,
+            output,
+        } => commands::watch::run(&server, after, subsystem, output, &style),
+        Command::Status { output } => commands::status::status(&server, output, &style),
+        Command::Rollback { to, base, output } => {
+            commands::apply::rollback(&server, to, base, output, &style)
+        }
+        Command::Gateways { output } => commands::status::gateways(&server, output, &style),
+        Command::History { limit, output } => {
+            commands::status::history(&server, limit, output, &style)
+        }
         Command::Plan { old, new, output } => commands::plan::run(&old, &new, output, &style),
         Command::Import {
             from: ImportFrom::Genesis { file, out, force },

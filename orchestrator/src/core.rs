@@ -81,8 +81,11 @@ pub(crate) struct Subsystem {
 
 impl Subsystem {
     pub(crate) fn live_diff(&self) -> ModelDiff {
+        // Before the first report nothing runs; model-level fields are not
+        // something to deploy, so they are taken as they are in the target.
         let empty = DeploymentModel {
             id: self.target_model.id.clone(),
+            on_failure: self.target_model.on_failure,
             ..DeploymentModel::default()
         };
         let current = self.current_model.as_ref().unwrap_or(&empty);

@@ -9,8 +9,8 @@ mod handle;
 mod link;
 pub mod records;
 pub mod server;
-pub mod sim;
 mod service;
+pub mod sim;
 pub mod store;
 pub mod views;
 

@@ -7,8 +7,7 @@ use std::pin::Pin;
 
 use continuum_proto::v1::gateway_link_server::GatewayLink;
 use continuum_proto::v1::{
-    gateway_message, orchestrator_message, GatewayMessage, LinkError, OrchestratorMessage,
-    Register,
+    gateway_message, orchestrator_message, GatewayMessage, LinkError, OrchestratorMessage, Register,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -28,7 +27,12 @@ fn out(kind: orchestrator_message::Kind) -> Result<OrchestratorMessage, Status> 
 }
 
 /// Hands one message of a registered gateway to the core.
-fn dispatch(core: &mut Core, gateway: &str, session: u64, message: GatewayMessage) -> Result<(), Error> {
+fn dispatch(
+    core: &mut Core,
+    gateway: &str,
+    session: u64,
+    message: GatewayMessage,
+) -> Result<(), Error> {
     use gateway_message::Kind;
     match message.kind {
         None => Err(Error::BadRequest("an empty message".into())),
@@ -61,7 +65,11 @@ impl GatewayLink for Orchestrator {
                 )))
             }
             Ok(Err(status)) => return Err(status),
-            Ok(Ok(None)) => return Err(Status::cancelled("the gateway closed the link before registering")),
+            Ok(Ok(None)) => {
+                return Err(Status::cancelled(
+                    "the gateway closed the link before registering",
+                ))
+            }
             Ok(Ok(Some(GatewayMessage {
                 kind: Some(gateway_message::Kind::Register(r)),
             }))) => r,
@@ -79,7 +87,8 @@ impl GatewayLink for Orchestrator {
             .await
             .map_err(|_| Status::cancelled("the link closed"))?;
         let span = tracing::info_span!("gateway_link", gateway = %gateway, session = registered.session, ?peer);
-        self.tasks.spawn(run_session(self.clone(), gateway, registered, inbound, tx).instrument(span));
+        self.tasks
+            .spawn(run_session(self.clone(), gateway, registered, inbound, tx).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -151,7 +160,10 @@ async fn run_session(
     drop(tx);
     let g = gateway.clone();
     let r = reason.clone();
-    if let Err(status) = orch.with(move |core| core.disconnect(&g, session, &r)).await {
+    if let Err(status) = orch
+        .with(move |core| core.disconnect(&g, session, &r))
+        .await
+    {
         tracing::error!(%status, "cannot record the disconnection");
     }
 }

@@ -8,10 +8,10 @@ use std::time::Duration;
 use continuum_proto::v1::gateway_link_server::GatewayLinkServer;
 use continuum_proto::v1::model_service_server::ModelServiceServer;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::core::{Core, CoreConfig};
 use crate::handle::Orchestrator;
@@ -46,11 +46,10 @@ impl Config {
 pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {cause}")]
     Listen {
         addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -76,13 +75,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     )?;
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|source| StartError::Listen {
+        .map_err(|cause| StartError::Listen {
             addr: config.listen,
-            source,
+            cause,
         })?;
-    let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
+    let local_addr = listener.local_addr().map_err(|cause| StartError::Listen {
         addr: config.listen,
-        source,
+        cause,
     })?;
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -126,22 +125,33 @@ impl Running {
 
     /// Ends every stream, stops serving, and returns once the store is closed.
     pub async fn stop(self) -> Result<(), tonic::transport::Error> {
-        self.stop.cancel();
-        let served = match self.task.await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "the server task failed");
-                Ok(())
-            }
-        };
-        self.tasks.close();
-        self.tasks.wait().await;
-        served
+        self.run_until(std::future::ready(())).await
     }
 
-    /// Serves until the task ends (or fails).
-    pub async fn wait(self) -> Result<(), tonic::transport::Error> {
-        match self.task.await {
+    /// Serves until `signal` completes (then stops as [`Running::stop`] does)
+    /// or the server fails.
+    pub async fn run_until(
+        self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
+        let Running {
+            stop,
+            tasks,
+            mut task,
+            ..
+        } = self;
+        let finished = tokio::select! {
+            r = &mut task => Some(r),
+            () = signal => None,
+        };
+        stop.cancel();
+        let served = match finished {
+            Some(r) => r,
+            None => (&mut task).await,
+        };
+        tasks.close();
+        tasks.wait().await;
+        match served {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "the server task failed");

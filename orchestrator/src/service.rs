@@ -4,9 +4,9 @@ use std::pin::Pin;
 
 use continuum_proto::v1::model_service_server::ModelService;
 use continuum_proto::v1::{
-    event, ApplyRequest, ApplyResponse, DiffRequest, DiffResponse, Event, GetRequest,
-    GetResponse, HistoryRequest, HistoryResponse, ListGatewaysRequest, ListGatewaysResponse,
-    RollbackRequest, StatusRequest, StatusResponse, WatchRequest,
+    event, ApplyRequest, ApplyResponse, DiffRequest, DiffResponse, Event, GetRequest, GetResponse,
+    HistoryRequest, HistoryResponse, ListGatewaysRequest, ListGatewaysResponse, RollbackRequest,
+    StatusRequest, StatusResponse, WatchRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -36,7 +36,10 @@ fn subsystem_of(e: &Event) -> Option<&str> {
 
 #[tonic::async_trait]
 impl ModelService for Orchestrator {
-    async fn apply(&self, request: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
+    async fn apply(
+        &self,
+        request: Request<ApplyRequest>,
+    ) -> Result<Response<ApplyResponse>, Status> {
         let req = request.into_inner();
         let span = tracing::info_span!(
             "apply",
@@ -56,7 +59,9 @@ impl ModelService for Orchestrator {
 
     async fn diff(&self, request: Request<DiffRequest>) -> Result<Response<DiffResponse>, Status> {
         let req = request.into_inner();
-        Ok(Response::new(self.with(move |core| core.diff(&req)).await??))
+        Ok(Response::new(
+            self.with(move |core| core.diff(&req)).await??,
+        ))
     }
 
     type WatchStream = EventStream;
@@ -131,9 +136,14 @@ impl ModelService for Orchestrator {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn rollback(&self, request: Request<RollbackRequest>) -> Result<Response<ApplyResponse>, Status> {
+    async fn rollback(
+        &self,
+        request: Request<RollbackRequest>,
+    ) -> Result<Response<ApplyResponse>, Status> {
         let req = request.into_inner();
-        Ok(Response::new(self.with(move |core| core.rollback(req)).await??))
+        Ok(Response::new(
+            self.with(move |core| core.rollback(req)).await??,
+        ))
     }
 
     async fn list_gateways(
@@ -144,11 +154,17 @@ impl ModelService for Orchestrator {
         Ok(Response::new(ListGatewaysResponse { gateways }))
     }
 
-    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
         Ok(Response::new(self.with(|core| core.status()).await?))
     }
 
-    async fn history(&self, request: Request<HistoryRequest>) -> Result<Response<HistoryResponse>, Status> {
+    async fn history(
+        &self,
+        request: Request<HistoryRequest>,
+    ) -> Result<Response<HistoryResponse>, Status> {
         let limit = request.into_inner().limit as usize;
         let store = self.store.clone();
         let revisions = tokio::task::spawn_blocking(move || store.history(limit))

@@ -64,11 +64,7 @@ impl SimGateway {
             Some(OrchestratorMessage {
                 kind: Some(orchestrator_message::Kind::Welcome(w)),
             }) => w,
-            other => {
-                return Err(Status::internal(format!(
-                    "expected Welcome, got {other:?}"
-                )))
-            }
+            other => return Err(Status::internal(format!("expected Welcome, got {other:?}"))),
         };
         Ok(SimGateway {
             id,
@@ -97,14 +93,18 @@ impl SimGateway {
     ) -> Result<Option<orchestrator_message::Kind>, Status> {
         tokio::time::timeout(within, self.next())
             .await
-            .map_err(|_| Status::deadline_exceeded(format!("nothing from the orchestrator in {within:?}")))?
+            .map_err(|_| {
+                Status::deadline_exceeded(format!("nothing from the orchestrator in {within:?}"))
+            })?
     }
 
     /// Waits for the next target (link errors in between are returned as errors).
     pub async fn target(&mut self, within: Duration) -> Result<Target, Status> {
         match self.next_within(within).await? {
             Some(orchestrator_message::Kind::Target(t)) => Ok(t),
-            other => Err(Status::internal(format!("expected a target, got {other:?}"))),
+            other => Err(Status::internal(format!(
+                "expected a target, got {other:?}"
+            ))),
         }
     }
 
@@ -122,7 +122,11 @@ impl SimGateway {
             .await
     }
 
-    pub async fn report_current(&self, generation: u64, model: &DeploymentModel) -> Result<(), Status> {
+    pub async fn report_current(
+        &self,
+        generation: u64,
+        model: &DeploymentModel,
+    ) -> Result<(), Status> {
         self.send(gateway_message::Kind::Current(CurrentReport {
             observed_generation: generation,
             model: Some(Document {
@@ -157,7 +161,11 @@ impl SimGateway {
     /// reports every component running and the target as its current model.
     pub async fn converge(&self, target: &Target) -> Result<DeploymentModel, Status> {
         let model: DeploymentModel = serde_json::from_slice(
-            &target.model.as_ref().map(|d| d.json.clone()).unwrap_or_default(),
+            &target
+                .model
+                .as_ref()
+                .map(|d| d.json.clone())
+                .unwrap_or_default(),
         )
         .map_err(|e| Status::internal(format!("target model: {e}")))?;
         self.ack(target.generation).await?;

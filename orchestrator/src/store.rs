@@ -30,27 +30,24 @@ pub const FILE_NAME: &str = "orchestrator.redb";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the store {path}: {source}")]
+    #[error("cannot open the store {path}: {cause}")]
     Open {
         path: PathBuf,
-        #[source]
-        source: redb::Error,
+        cause: redb::Error,
     },
-    #[error("cannot create the data directory {path}: {source}")]
+    #[error("cannot create the data directory {path}: {cause}")]
     Dir {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("the store {path} has format {found}, this version reads format {FORMAT}")]
     Format { path: PathBuf, found: u64 },
     #[error("the store {path} is corrupt: {what}")]
     Corrupt { path: PathBuf, what: String },
-    #[error("store {path}: {source}")]
+    #[error("store {path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: redb::Error,
+        cause: redb::Error,
     },
 }
 
@@ -98,14 +95,14 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store of a data directory.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+        std::fs::create_dir_all(dir).map_err(|cause| StoreError::Dir {
             path: dir.to_owned(),
-            source,
+            cause,
         })?;
         let path = dir.join(FILE_NAME);
         let db = Database::create(&path).map_err(|e| StoreError::Open {
             path: path.clone(),
-            source: e.into(),
+            cause: e.into(),
         })?;
         let store = Store { db, path };
         store.init()?;
@@ -302,7 +299,7 @@ impl<T, E: Into<redb::Error>> At<T> for Result<T, E> {
     fn at(self, store: &Store) -> Result<T, StoreError> {
         self.map_err(|e| StoreError::Io {
             path: store.path.clone(),
-            source: e.into(),
+            cause: e.into(),
         })
     }
 }

@@ -8,7 +8,7 @@ use continuum_models::DeploymentModel;
 use continuum_orchestrator::sim::{register, SimGateway};
 use continuum_proto::v1::{
     diff_request::Between, event, orchestrator_message, ComponentState, DiffRequest, Event,
-    GetRequest, HistoryRequest, Live, ListGatewaysRequest, Rejection, Revisions, RollbackRequest,
+    GetRequest, HistoryRequest, ListGatewaysRequest, Live, Rejection, Revisions, RollbackRequest,
     StatusRequest, View, WatchRequest,
 };
 use prost::Message;
@@ -26,21 +26,32 @@ fn ids(m: &DeploymentModel) -> Vec<&str> {
 #[tokio::test]
 async fn apply_pushes_each_subsystem_model_to_its_gateway() {
     let h = Harness::start().await;
-    let mut smart = SimGateway::connect(&h.endpoint(), register("smart-gw")).await.unwrap();
-    let mut sensor = SimGateway::connect(&h.endpoint(), register("sensor-gw")).await.unwrap();
+    let mut smart = SimGateway::connect(&h.endpoint(), register("smart-gw"))
+        .await
+        .unwrap();
+    let mut sensor = SimGateway::connect(&h.endpoint(), register("sensor-gw"))
+        .await
+        .unwrap();
     assert_eq!(smart.welcome.subsystem, "", "no model yet");
     let mut client = h.client().await;
     let applied = client.apply(v1()).await.unwrap().into_inner();
     let revision = applied.revision.unwrap();
     assert_eq!(revision.number, 1);
-    assert!(applied.targets.iter().all(|t| t.pushed), "{:?}", applied.targets);
+    assert!(
+        applied.targets.iter().all(|t| t.pushed),
+        "{:?}",
+        applied.targets
+    );
 
     let t = smart.target(WITHIN).await.unwrap();
     assert_eq!((t.subsystem.as_str(), t.generation), ("building-a", 1));
     assert_eq!(ids(&model_of(&t)), ["presence", "smart-gw"]);
     let t = sensor.target(WITHIN).await.unwrap();
     assert_eq!(t.subsystem, "sensors");
-    assert_eq!(ids(&model_of(&t)), ["arduino-flow", "iot-flow", "sensor-gw", "uno"]);
+    assert_eq!(
+        ids(&model_of(&t)),
+        ["arduino-flow", "iot-flow", "sensor-gw", "uno"]
+    );
 }
 
 #[tokio::test]
@@ -49,7 +60,9 @@ async fn a_gateway_that_connects_later_gets_its_target_and_only_changed_subsyste
     let mut client = h.client().await;
     let applied = client.apply(v1()).await.unwrap().into_inner();
     assert!(applied.targets.iter().all(|t| !t.pushed));
-    let mut smart = SimGateway::connect(&h.endpoint(), register("smart-gw")).await.unwrap();
+    let mut smart = SimGateway::connect(&h.endpoint(), register("smart-gw"))
+        .await
+        .unwrap();
     assert_eq!(smart.welcome.subsystem, "building-a");
     let t = smart.target(WITHIN).await.unwrap();
     assert_eq!(t.generation, 1);
@@ -87,7 +100,9 @@ async fn reports_change_the_current_model_and_the_live_diff() {
     let h = Harness::start().await;
     let mut client = h.client().await;
     client.apply(v1()).await.unwrap();
-    let mut sensor = SimGateway::connect(&h.endpoint(), register("sensor-gw")).await.unwrap();
+    let mut sensor = SimGateway::connect(&h.endpoint(), register("sensor-gw"))
+        .await
+        .unwrap();
     let t = sensor.target(WITHIN).await.unwrap();
 
     let live = |c: &mut continuum_proto::v1::model_service_client::ModelServiceClient<_>| {
@@ -113,11 +128,20 @@ async fn reports_change_the_current_model_and_the_live_diff() {
     // The gateway runs all but the service.
     let mut partial = model_of(&t);
     partial.components.retain(|c| c.id != "iot-flow");
-    partial.links.retain(|l| !l.to_string().contains("iot-flow"));
+    partial
+        .links
+        .retain(|l| !l.to_string().contains("iot-flow"));
     sensor.ack(t.generation).await.unwrap();
     sensor.report_current(t.generation, &partial).await.unwrap();
     sensor
-        .report_states(t.generation, &[("iot-flow", ComponentState::Failed, "image build failed: no such file")])
+        .report_states(
+            t.generation,
+            &[(
+                "iot-flow",
+                ComponentState::Failed,
+                "image build failed: no such file",
+            )],
+        )
         .await
         .unwrap();
     eventually("the live diff to show the missing service", WITHIN, || {
@@ -141,7 +165,11 @@ async fn reports_change_the_current_model_and_the_live_diff() {
     assert_eq!(ids(&m), ["arduino-flow", "sensor-gw", "uno"]);
     assert_eq!(current.generation, 1);
     let status = client.status(StatusRequest {}).await.unwrap().into_inner();
-    let s = status.subsystems.iter().find(|s| s.subsystem == "sensors").unwrap();
+    let s = status
+        .subsystems
+        .iter()
+        .find(|s| s.subsystem == "sensors")
+        .unwrap();
     assert!(!s.converged);
     let failed: Vec<_> = s
         .components
@@ -176,7 +204,8 @@ async fn reports_change_the_current_model_and_the_live_diff() {
         .await
         .unwrap()
         .into_inner();
-    let mm: continuum_models::Megamodel = serde_json::from_slice(&global.model.unwrap().json).unwrap();
+    let mm: continuum_models::Megamodel =
+        serde_json::from_slice(&global.model.unwrap().json).unwrap();
     assert_eq!(mm.subsystems.len(), 1);
     assert_eq!(mm.subsystems[0].components.len(), 4);
 }
@@ -210,12 +239,21 @@ async fn watch_delivers_events_in_order_and_resumes_after_a_disconnect() {
         .unwrap()
         .into_inner();
     client.apply(v1()).await.unwrap();
-    let mut smart = SimGateway::connect(&h.endpoint(), register("smart-gw")).await.unwrap();
+    let mut smart = SimGateway::connect(&h.endpoint(), register("smart-gw"))
+        .await
+        .unwrap();
     let t = smart.target(WITHIN).await.unwrap();
     smart.converge(&t).await.unwrap();
-    let first = collect(&mut stream, |e| matches!(e.kind, Some(event::Kind::Current(_)))).await;
+    let first = collect(&mut stream, |e| {
+        matches!(e.kind, Some(event::Kind::Current(_)))
+    })
+    .await;
     let seqs: Vec<u64> = first.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "in order, no gap");
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "in order, no gap"
+    );
     assert!(matches!(first[0].kind, Some(event::Kind::Revision(_))));
     let kinds: Vec<&str> = first
         .iter()
@@ -230,7 +268,18 @@ async fn watch_delivers_events_in_order_and_resumes_after_a_disconnect() {
             event::Kind::Disconnected(_) => "disconnected",
         })
         .collect();
-    assert_eq!(kinds, ["revision", "connected", "target", "ack", "component", "component", "current"]);
+    assert_eq!(
+        kinds,
+        [
+            "revision",
+            "connected",
+            "target",
+            "ack",
+            "component",
+            "component",
+            "current"
+        ]
+    );
     let last_seen = *seqs.last().unwrap();
     drop(stream);
 
@@ -247,8 +296,15 @@ async fn watch_delivers_events_in_order_and_resumes_after_a_disconnect() {
         .await
         .unwrap()
         .into_inner();
-    let rest = collect(&mut resumed, |e| matches!(e.kind, Some(event::Kind::Current(_)))).await;
-    assert_eq!(rest[0].seq, last_seen + 1, "resumes right after the last event seen");
+    let rest = collect(&mut resumed, |e| {
+        matches!(e.kind, Some(event::Kind::Current(_)))
+    })
+    .await;
+    assert_eq!(
+        rest[0].seq,
+        last_seen + 1,
+        "resumes right after the last event seen"
+    );
     for w in rest.windows(2) {
         assert_eq!(w[1].seq, w[0].seq + 1);
     }
@@ -266,7 +322,10 @@ async fn watch_delivers_events_in_order_and_resumes_after_a_disconnect() {
     let e = collect(&mut only, |e| e.seq >= 1).await;
     assert!(matches!(e[0].kind, Some(event::Kind::Revision(_))));
     let e = collect(&mut only, |_| true).await;
-    assert!(matches!(&e[0].kind, Some(event::Kind::Revision(r)) if r.number == 2), "building-a's events are filtered out: {e:?}");
+    assert!(
+        matches!(&e[0].kind, Some(event::Kind::Revision(r)) if r.number == 2),
+        "building-a's events are filtered out: {e:?}"
+    );
 
     let beyond = client
         .watch(WatchRequest {
@@ -289,7 +348,8 @@ async fn concurrent_applies_on_the_same_base_one_wins() {
     b.expected_base = Some(1);
     b.message = "the other one".into();
     // A different model, so the second one cannot be a no-op.
-    let mut b_json: serde_json::Value = serde_json::from_slice(&b.megamodel.as_ref().unwrap().json).unwrap();
+    let mut b_json: serde_json::Value =
+        serde_json::from_slice(&b.megamodel.as_ref().unwrap().json).unwrap();
     b_json["description"] = "changed by b".into();
     b.megamodel.as_mut().unwrap().json = serde_json::to_vec(&b_json).unwrap();
     let (mut ca, mut cb) = (client.clone(), client.clone());
@@ -300,8 +360,16 @@ async fn concurrent_applies_on_the_same_base_one_wins() {
     };
     assert_eq!(ok.revision.unwrap().number, 2);
     assert_eq!(err.code(), Code::Aborted);
-    assert!(err.message().contains("head is revision 2, not revision 1"), "{}", err.message());
-    let history = client.history(HistoryRequest { limit: 0 }).await.unwrap().into_inner();
+    assert!(
+        err.message().contains("head is revision 2, not revision 1"),
+        "{}",
+        err.message()
+    );
+    let history = client
+        .history(HistoryRequest { limit: 0 })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(history.revisions.len(), 2);
 }
 
@@ -311,17 +379,27 @@ async fn a_restart_keeps_revisions_history_and_last_known_state() {
     let mut client = h.client().await;
     client.apply(v1()).await.unwrap();
     client.apply(v2()).await.unwrap();
-    let mut sensor = SimGateway::connect(&h.endpoint(), register("sensor-gw")).await.unwrap();
+    let mut sensor = SimGateway::connect(&h.endpoint(), register("sensor-gw"))
+        .await
+        .unwrap();
     let t = sensor.target(WITHIN).await.unwrap();
     sensor.converge(&t).await.unwrap();
     let events_before = eventually("the current report", WITHIN, || {
         let mut c = client.clone();
         async move {
             let s = c.status(StatusRequest {}).await.unwrap().into_inner();
-            s.subsystems.iter().find(|s| s.subsystem == "sensors").is_some_and(|s| s.converged).then_some(())?;
+            s.subsystems
+                .iter()
+                .find(|s| s.subsystem == "sensors")
+                .is_some_and(|s| s.converged)
+                .then_some(())?;
             let mut w = c.watch(WatchRequest::default()).await.unwrap().into_inner();
             let mut n = 0;
-            while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_millis(200), w.message()).await.map(|r| r.transpose()) {
+            while let Ok(Some(Ok(_))) =
+                tokio::time::timeout(Duration::from_millis(200), w.message())
+                    .await
+                    .map(|r| r.transpose())
+            {
                 n += 1;
             }
             Some(n)
@@ -329,7 +407,11 @@ async fn a_restart_keeps_revisions_history_and_last_known_state() {
     })
     .await;
     let target_v1 = client
-        .get(GetRequest { view: View::Target as i32, subsystem: String::new(), revision: 1 })
+        .get(GetRequest {
+            view: View::Target as i32,
+            subsystem: String::new(),
+            revision: 1,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -337,25 +419,47 @@ async fn a_restart_keeps_revisions_history_and_last_known_state() {
     h.restart().await;
 
     let mut client = h.client().await;
-    let history = client.history(HistoryRequest { limit: 0 }).await.unwrap().into_inner();
+    let history = client
+        .history(HistoryRequest { limit: 0 })
+        .await
+        .unwrap()
+        .into_inner();
     let numbers: Vec<u64> = history.revisions.iter().map(|r| r.number).collect();
     assert_eq!(numbers, [2, 1]);
     let again = client
-        .get(GetRequest { view: View::Target as i32, subsystem: String::new(), revision: 1 })
+        .get(GetRequest {
+            view: View::Target as i32,
+            subsystem: String::new(),
+            revision: 1,
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(again.model, target_v1.model);
     let status = client.status(StatusRequest {}).await.unwrap().into_inner();
     assert_eq!(status.head, 2);
-    let s = status.subsystems.iter().find(|s| s.subsystem == "sensors").unwrap();
+    let s = status
+        .subsystems
+        .iter()
+        .find(|s| s.subsystem == "sensors")
+        .unwrap();
     let g = s.gateway.as_ref().unwrap();
     assert!(!g.connected);
-    assert_eq!((g.sent_generation, g.acked_generation, g.observed_generation), (2, 2, 2));
-    assert!(s.components.iter().all(|c| c.state == ComponentState::Running as i32));
+    assert_eq!(
+        (g.sent_generation, g.acked_generation, g.observed_generation),
+        (2, 2, 2)
+    );
+    assert!(s
+        .components
+        .iter()
+        .all(|c| c.state == ComponentState::Running as i32));
     assert_eq!(s.components.len(), 4);
     let current = client
-        .get(GetRequest { view: View::Current as i32, subsystem: "sensors".into(), revision: 0 })
+        .get(GetRequest {
+            view: View::Current as i32,
+            subsystem: "sensors".into(),
+            revision: 0,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -363,8 +467,15 @@ async fn a_restart_keeps_revisions_history_and_last_known_state() {
     assert_eq!(m.components.len(), 4);
     // The event log survived too, and goes on from where it was (the old
     // link's disconnection was recorded when the server stopped).
-    let mut w = client.watch(WatchRequest::default()).await.unwrap().into_inner();
-    let all = collect(&mut w, |e| matches!(e.kind, Some(event::Kind::Disconnected(_)))).await;
+    let mut w = client
+        .watch(WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let all = collect(&mut w, |e| {
+        matches!(e.kind, Some(event::Kind::Disconnected(_)))
+    })
+    .await;
     assert!(all.len() > events_before);
     for w in all.windows(2) {
         assert_eq!(w[1].seq, w[0].seq + 1);
@@ -375,7 +486,10 @@ async fn a_restart_keeps_revisions_history_and_last_known_state() {
     reg.observed_generation = 2;
     let mut sensor = SimGateway::connect(&h.endpoint(), reg).await.unwrap();
     assert_eq!(sensor.welcome.subsystem, "sensors");
-    assert!(sensor.next_within(Duration::from_millis(300)).await.is_err());
+    assert!(sensor
+        .next_within(Duration::from_millis(300))
+        .await
+        .is_err());
 }
 
 #[tokio::test]
@@ -383,7 +497,9 @@ async fn rollback_restores_an_earlier_model_as_a_new_revision() {
     let h = Harness::start().await;
     let mut client = h.client().await;
     client.apply(v1()).await.unwrap();
-    let mut smart = SimGateway::connect(&h.endpoint(), register("smart-gw")).await.unwrap();
+    let mut smart = SimGateway::connect(&h.endpoint(), register("smart-gw"))
+        .await
+        .unwrap();
     let t1 = smart.target(WITHIN).await.unwrap();
     smart.converge(&t1).await.unwrap();
     client.apply(v2()).await.unwrap();
@@ -391,7 +507,11 @@ async fn rollback_restores_an_earlier_model_as_a_new_revision() {
     assert_ne!(model_of(&t1), model_of(&t2));
 
     let back = client
-        .rollback(RollbackRequest { to: 1, expected_base: Some(2), author: "test".into() })
+        .rollback(RollbackRequest {
+            to: 1,
+            expected_base: Some(2),
+            author: "test".into(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -403,34 +523,52 @@ async fn rollback_restores_an_earlier_model_as_a_new_revision() {
     let get = |n: u64| {
         let mut c = client.clone();
         async move {
-            c.get(GetRequest { view: View::Target as i32, subsystem: String::new(), revision: n })
-                .await
-                .unwrap()
-                .into_inner()
-                .model
-                .unwrap()
-                .json
+            c.get(GetRequest {
+                view: View::Target as i32,
+                subsystem: String::new(),
+                revision: n,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .model
+            .unwrap()
+            .json
         }
     };
     assert_eq!(get(3).await, get(1).await);
     let d = client
-        .diff(DiffRequest { between: Some(Between::Revisions(Revisions { from: 1, to: 3 })) })
+        .diff(DiffRequest {
+            between: Some(Between::Revisions(Revisions { from: 1, to: 3 })),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert!(d.subsystems.is_empty(), "revision 3 restores revision 1 exactly");
+    assert!(
+        d.subsystems.is_empty(),
+        "revision 3 restores revision 1 exactly"
+    );
     let d = client
-        .diff(DiffRequest { between: Some(Between::Revisions(Revisions { from: 1, to: 2 })) })
+        .diff(DiffRequest {
+            between: Some(Between::Revisions(Revisions { from: 1, to: 2 })),
+        })
         .await
         .unwrap()
         .into_inner();
     let changed: Vec<&str> = d.subsystems.iter().map(|s| s.subsystem.as_str()).collect();
-    assert!(changed.contains(&"building-a") && changed.contains(&"sensors"), "{changed:?}");
+    assert!(
+        changed.contains(&"building-a") && changed.contains(&"sensors"),
+        "{changed:?}"
+    );
     let diff: continuum_models::ModelDiff = serde_json::from_slice(&d.subsystems[0].diff).unwrap();
     assert!(!diff.is_empty());
 
     let missing = client
-        .rollback(RollbackRequest { to: 9, expected_base: None, author: String::new() })
+        .rollback(RollbackRequest {
+            to: 9,
+            expected_base: None,
+            author: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
@@ -457,23 +595,44 @@ async fn an_invalid_model_is_rejected_with_every_problem_and_nothing_is_stored()
     let rejection = Rejection::decode(err.details()).expect("problems in the details");
     let paths: Vec<&str> = rejection.problems.iter().map(|p| p.path.as_str()).collect();
     assert!(rejection.problems.len() >= 3, "{rejection:?}");
-    assert!(paths.contains(&"subsystems[0].components[1].imagee"), "{paths:?}");
-    assert!(paths.contains(&"subsystems[0].components[2].id"), "{paths:?}");
+    assert!(
+        paths.contains(&"subsystems[0].components[1].imagee"),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"subsystems[0].components[2].id"),
+        "{paths:?}"
+    );
     assert!(paths.contains(&"subsystems[0].links[0].host"), "{paths:?}");
-    assert!(rejection.problems.iter().all(|p| p.file == "inline.json" && p.line > 0));
+    assert!(rejection
+        .problems
+        .iter()
+        .all(|p| p.file == "inline.json" && p.line > 0));
 
     let missing_template = r#"{"name":"t","subsystems":[{"id":"s","components":[
         {"id":"gw","kind":"gateway"},
         {"id":"f","kind":"function","runtime":"templates/none.json","triggers":["/a"]}],
         "links":[{"kind":"hosting","component":"f","host":"gw"}]}]}"#;
-    let err = client.apply(apply_json(missing_template)).await.unwrap_err();
+    let err = client
+        .apply(apply_json(missing_template))
+        .await
+        .unwrap_err();
     let rejection = Rejection::decode(err.details()).unwrap();
-    assert!(rejection.problems[0].message.contains("was not sent with the model"), "{rejection:?}");
+    assert!(
+        rejection.problems[0]
+            .message
+            .contains("was not sent with the model"),
+        "{rejection:?}"
+    );
 
     let not_json = client.apply(apply_json("{ nope")).await.unwrap_err();
     assert_eq!(not_json.code(), Code::InvalidArgument);
 
-    let history = client.history(HistoryRequest { limit: 0 }).await.unwrap().into_inner();
+    let history = client
+        .history(HistoryRequest { limit: 0 })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(history.revisions.is_empty());
     let none = client.get(GetRequest::default()).await.unwrap_err();
     assert_eq!(none.code(), Code::NotFound);
@@ -486,27 +645,49 @@ async fn unknown_revisions_and_subsystems_are_clear_errors() {
     let mut client = h.client().await;
     client.apply(v1()).await.unwrap();
     let e = client
-        .get(GetRequest { view: View::Target as i32, subsystem: String::new(), revision: 7 })
+        .get(GetRequest {
+            view: View::Target as i32,
+            subsystem: String::new(),
+            revision: 7,
+        })
         .await
         .unwrap_err();
-    assert_eq!((e.code(), e.message()), (Code::NotFound, "there is no revision 7"));
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::NotFound, "there is no revision 7")
+    );
     let e = client
-        .get(GetRequest { view: View::Target as i32, subsystem: "kitchen".into(), revision: 0 })
+        .get(GetRequest {
+            view: View::Target as i32,
+            subsystem: "kitchen".into(),
+            revision: 0,
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     assert!(e.message().contains("no subsystem `kitchen`"));
     let e = client
-        .diff(DiffRequest { between: Some(Between::Live(Live { subsystem: "kitchen".into() })) })
+        .diff(DiffRequest {
+            between: Some(Between::Live(Live {
+                subsystem: "kitchen".into(),
+            })),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     let e = client
-        .get(GetRequest { view: View::Current as i32, subsystem: String::new(), revision: 1 })
+        .get(GetRequest {
+            view: View::Current as i32,
+            subsystem: String::new(),
+            revision: 1,
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    let e = client.apply(continuum_proto::v1::ApplyRequest::default()).await.unwrap_err();
+    let e = client
+        .apply(continuum_proto::v1::ApplyRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 }
 
@@ -515,14 +696,20 @@ async fn gateway_link_refuses_bad_messages_and_keeps_going() {
     let h = Harness::start().await;
     let mut client = h.client().await;
     client.apply(v1()).await.unwrap();
-    let mut smart = SimGateway::connect(&h.endpoint(), register("smart-gw")).await.unwrap();
+    let mut smart = SimGateway::connect(&h.endpoint(), register("smart-gw"))
+        .await
+        .unwrap();
     let t = smart.target(WITHIN).await.unwrap();
 
     // A report for a generation never sent.
     smart.ack(5).await.unwrap();
     match smart.next_within(WITHIN).await.unwrap() {
         Some(orchestrator_message::Kind::Error(e)) => {
-            assert!(e.message.contains("generation 5, which was never sent"), "{}", e.message)
+            assert!(
+                e.message.contains("generation 5, which was never sent"),
+                "{}",
+                e.message
+            )
         }
         other => panic!("expected a link error, got {other:?}"),
     }
@@ -531,27 +718,41 @@ async fn gateway_link_refuses_bad_messages_and_keeps_going() {
         .send(continuum_proto::v1::gateway_message::Kind::Current(
             continuum_proto::v1::CurrentReport {
                 observed_generation: 1,
-                model: Some(continuum_proto::v1::Document { name: String::new(), json: b"{\"components\": 3}".to_vec() }),
+                model: Some(continuum_proto::v1::Document {
+                    name: String::new(),
+                    json: b"{\"components\": 3}".to_vec(),
+                }),
             },
         ))
         .await
         .unwrap();
     match smart.next_within(WITHIN).await.unwrap() {
-        Some(orchestrator_message::Kind::Error(e)) => assert!(e.message.contains("components"), "{}", e.message),
+        Some(orchestrator_message::Kind::Error(e)) => {
+            assert!(e.message.contains("components"), "{}", e.message)
+        }
         other => panic!("expected a link error, got {other:?}"),
     }
     // Registering again on the same link.
     smart
-        .send(continuum_proto::v1::gateway_message::Kind::Register(register("smart-gw")))
+        .send(continuum_proto::v1::gateway_message::Kind::Register(
+            register("smart-gw"),
+        ))
         .await
         .unwrap();
-    assert!(matches!(smart.next_within(WITHIN).await.unwrap(), Some(orchestrator_message::Kind::Error(_))));
+    assert!(matches!(
+        smart.next_within(WITHIN).await.unwrap(),
+        Some(orchestrator_message::Kind::Error(_))
+    ));
 
     // The same id registered twice at once.
-    let twice = SimGateway::connect(&h.endpoint(), register("smart-gw")).await.unwrap_err();
+    let twice = SimGateway::connect(&h.endpoint(), register("smart-gw"))
+        .await
+        .unwrap_err();
     assert_eq!(twice.code(), Code::AlreadyExists);
     // An invalid id.
-    let bad = SimGateway::connect(&h.endpoint(), register("Not An Id")).await.unwrap_err();
+    let bad = SimGateway::connect(&h.endpoint(), register("Not An Id"))
+        .await
+        .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
 
     // The link still works, and nothing bad was recorded.
@@ -560,12 +761,25 @@ async fn gateway_link_refuses_bad_messages_and_keeps_going() {
         let mut c = client.clone();
         async move {
             let s = c.status(StatusRequest {}).await.unwrap().into_inner();
-            s.subsystems.iter().find(|s| s.subsystem == "building-a").is_some_and(|s| s.converged).then_some(())
+            s.subsystems
+                .iter()
+                .find(|s| s.subsystem == "building-a")
+                .is_some_and(|s| s.converged)
+                .then_some(())
         }
     })
     .await;
-    let gws = client.list_gateways(ListGatewaysRequest {}).await.unwrap().into_inner().gateways;
-    assert_eq!(gws.len(), 1, "the refused registrations left nothing: {gws:?}");
+    let gws = client
+        .list_gateways(ListGatewaysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .gateways;
+    assert_eq!(
+        gws.len(),
+        1,
+        "the refused registrations left nothing: {gws:?}"
+    );
     assert_eq!(gws[0].acked_generation, 1);
 }
 
@@ -574,32 +788,52 @@ async fn oversized_messages_are_refused_and_change_nothing() {
     let h = Harness::with(|c| c.max_message_bytes = 64 * 1024).await;
     let mut client = h.client().await;
     let mut big = v1();
-    let mut json: serde_json::Value = serde_json::from_slice(&big.megamodel.as_ref().unwrap().json).unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&big.megamodel.as_ref().unwrap().json).unwrap();
     json["description"] = "x".repeat(100 * 1024).into();
     big.megamodel.as_mut().unwrap().json = serde_json::to_vec(&json).unwrap();
     let err = client.apply(big).await.unwrap_err();
-    assert!(matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted), "{err:?}");
+    assert!(
+        matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{err:?}"
+    );
     assert!(err.message().contains("too large"), "{}", err.message());
-    let history = client.history(HistoryRequest { limit: 0 }).await.unwrap().into_inner();
+    let history = client
+        .history(HistoryRequest { limit: 0 })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(history.revisions.is_empty());
-    client.apply(v1()).await.expect("a normal model still goes through");
+    client
+        .apply(v1())
+        .await
+        .expect("a normal model still goes through");
 }
 
 #[tokio::test]
 async fn a_silent_gateway_is_disconnected_and_may_come_back() {
     let h = Harness::with(|c| c.heartbeat_interval = Duration::from_millis(100)).await;
     let client = h.client().await;
-    let gw = SimGateway::connect(&h.endpoint(), register("smart-gw")).await.unwrap();
+    let gw = SimGateway::connect(&h.endpoint(), register("smart-gw"))
+        .await
+        .unwrap();
     assert_eq!(gw.welcome.heartbeat_interval_ms, 100);
     eventually("the silent gateway to be disconnected", WITHIN, || {
         let mut c = client.clone();
         async move {
-            let gws = c.list_gateways(ListGatewaysRequest {}).await.unwrap().into_inner().gateways;
+            let gws = c
+                .list_gateways(ListGatewaysRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .gateways;
             (!gws[0].connected).then_some(())
         }
     })
     .await;
-    SimGateway::connect(&h.endpoint(), register("smart-gw")).await.expect("reconnects");
+    SimGateway::connect(&h.endpoint(), register("smart-gw"))
+        .await
+        .expect("reconnects");
 }
 
 #[tokio::test]
@@ -610,12 +844,22 @@ async fn a_removed_subsystem_gets_an_empty_target() {
         {"id":"a","components":[{"id":"gw-a","kind":"gateway"}]},
         {"id":"b","components":[{"id":"gw-b","kind":"gateway"},{"id":"svc","kind":"service","resources":{"container":{"image":"busybox"}}}],
          "links":[{"kind":"hosting","component":"svc","host":"gw-b"}]}]}"#;
-    let one = r#"{"name":"n","subsystems":[{"id":"a","components":[{"id":"gw-a","kind":"gateway"}]}]}"#;
+    let one =
+        r#"{"name":"n","subsystems":[{"id":"a","components":[{"id":"gw-a","kind":"gateway"}]}]}"#;
     client.apply(apply_json(two)).await.unwrap();
-    let mut b = SimGateway::connect(&h.endpoint(), register("gw-b")).await.unwrap();
-    assert_eq!(model_of(&b.target(WITHIN).await.unwrap()).components.len(), 2);
+    let mut b = SimGateway::connect(&h.endpoint(), register("gw-b"))
+        .await
+        .unwrap();
+    assert_eq!(
+        model_of(&b.target(WITHIN).await.unwrap()).components.len(),
+        2
+    );
     let applied = client.apply(apply_json(one)).await.unwrap().into_inner();
-    let subs: Vec<&str> = applied.targets.iter().map(|t| t.subsystem.as_str()).collect();
+    let subs: Vec<&str> = applied
+        .targets
+        .iter()
+        .map(|t| t.subsystem.as_str())
+        .collect();
     assert_eq!(subs, ["b"], "only the removed subsystem changes");
     let t = b.target(WITHIN).await.unwrap();
     assert_eq!(t.generation, 2);

@@ -2,6 +2,8 @@
 //! and the gateway link (`GatewayLink`), generated from
 //! `proto/continuum/v1/continuum.proto`.
 
+pub mod json;
+
 /// The protobuf package of this version of the protocol.
 pub const PACKAGE: &str = "continuum.v1";
 

@@ -41,7 +41,22 @@ pub fn run(
             new: new.display().to_string(),
             diff: &d,
         })?,
-        Format::Human => print_summary(old, new, &d, &fb, style),
+        Format::Human => {
+            let index = fb.index();
+            let title = format!(
+                "{} {} {} {}",
+                style.bold("diff"),
+                old.display(),
+                style.dim("->"),
+                new.display()
+            );
+            print_summary(
+                &title,
+                &d,
+                &|id| index.get(id).map(|c| subsystem_of(c)).unwrap_or_default(),
+                style,
+            )
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -116,20 +131,19 @@ fn print_fields(fields: &[FieldChange], style: &Style) {
     }
 }
 
-fn print_summary(
-    old: &Path,
-    new: &Path,
-    d: &ModelDiff,
-    target: &continuum_models::DeploymentModel,
-    style: &Style,
-) {
-    outln!(
-        "{} {} {} {}",
-        style.bold("diff"),
-        old.display(),
-        style.dim("->"),
-        new.display()
-    );
+/// The changes, one line per component; `label` gives the subsystem label of a
+/// changed component.
+fn print_summary(title: &str, d: &ModelDiff, label: &dyn Fn(&str) -> String, style: &Style) {
+    // Components of a flattened model carry their subsystem; those of one
+    // subsystem's model do not, and take the label.
+    let own_label = |c: &Component| {
+        if c.subsystem.is_some() {
+            subsystem_of(c)
+        } else {
+            label(&c.id)
+        }
+    };
+    outln!("{title}");
     if d.is_empty() {
         outln!("no changes");
         return;
@@ -158,7 +172,7 @@ fn print_summary(
             style.green("+"),
             c.kind().as_str(),
             style.bold(&c.id),
-            style.dim(&subsystem_of(c))
+            style.dim(&own_label(c))
         );
     }
     for c in &d.removed {
@@ -167,10 +181,9 @@ fn print_summary(
             style.red("-"),
             c.kind().as_str(),
             style.bold(&c.id),
-            style.dim(&subsystem_of(c))
+            style.dim(&own_label(c))
         );
     }
-    let index = target.index();
     for c in &d.changed {
         let how = match &c.action {
             ChangeAction::Update => "update in place".to_owned(),
@@ -188,10 +201,7 @@ fn print_summary(
                 cause: ReplaceCause::Host { host },
             } => format!("replace: its host `{host}` is replaced"),
         };
-        let sub = index
-            .get(c.id.as_str())
-            .map(|c| subsystem_of(c))
-            .unwrap_or_default();
+        let sub = label(&c.id);
         outln!(
             "  {} {:<9} {}  {}  {}",
             style.yellow("~"),
@@ -211,4 +221,81 @@ fn print_summary(
             outln!("  {} {l}", style.red("-"));
         }
     }
+}
+
+/// What to compare on the orchestrator.
+#[derive(Debug)]
+pub enum Remote {
+    /// Target against current.
+    Live { subsystem: Option<String> },
+    /// Revision `from` against `to` (0: the head).
+    Revisions { from: u64, to: u64 },
+}
+
+/// `continuum diff --live` / `continuum diff --from N [--to M]`.
+pub fn remote(
+    server: &str,
+    what: Remote,
+    format: Format,
+    style: &Style,
+) -> anyhow::Result<ExitCode> {
+    use continuum_proto::v1::{diff_request::Between, DiffRequest, Live, Revisions};
+    let (between, title) = match &what {
+        Remote::Live { subsystem } => (
+            Between::Live(Live {
+                subsystem: subsystem.clone().unwrap_or_default(),
+            }),
+            "live diff (current -> target)".to_owned(),
+        ),
+        Remote::Revisions { from, to } => (
+            Between::Revisions(Revisions {
+                from: *from,
+                to: *to,
+            }),
+            format!(
+                "diff revision {from} -> {}",
+                if *to == 0 {
+                    "head".to_owned()
+                } else {
+                    format!("revision {to}")
+                }
+            ),
+        ),
+    };
+    crate::remote::block_on(async {
+        let mut client = crate::remote::connect(server).await?;
+        let r = client
+            .diff(DiffRequest {
+                between: Some(between),
+            })
+            .await
+            .map_err(crate::remote::explain)?
+            .into_inner();
+        if format == Format::Json {
+            super::print_json(&r)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        outln!("{}", style.bold(&title));
+        let mut any = false;
+        for s in &r.subsystems {
+            let d: ModelDiff = serde_json::from_slice(&s.diff).map_err(|e| {
+                anyhow::anyhow!("the orchestrator sent a diff this CLI cannot read: {e}")
+            })?;
+            if d.is_empty() {
+                continue;
+            }
+            any = true;
+            let name = if s.subsystem.is_empty() {
+                "outside any subsystem"
+            } else {
+                &s.subsystem
+            };
+            let label = format!("[{name}]");
+            print_summary(&style.bold(name), &d, &|_| label.clone(), style);
+        }
+        if !any {
+            outln!("no changes");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }

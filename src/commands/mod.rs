@@ -1,9 +1,14 @@
 //! One module per subcommand.
 
+pub mod apply;
 pub mod diff;
+pub mod get;
 pub mod import;
 pub mod plan;
+pub mod serve;
+pub mod status;
 pub mod validate;
+pub mod watch;
 
 use std::path::Path;
 

@@ -64,7 +64,9 @@ impl Harness {
     /// Stops and starts again on the same data directory (a new port).
     pub async fn restart(&mut self) {
         self.stop().await;
-        let running = start(self.config.clone()).await.expect("orchestrator restarts");
+        let running = start(self.config.clone())
+            .await
+            .expect("orchestrator restarts");
         self.addr = running.local_addr();
         self.running = Some(running);
     }

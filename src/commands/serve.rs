@@ -1,0 +1,69 @@
+//! `continuum serve`: the orchestrator.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use continuum_orchestrator::Config;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address to listen on for clients and gateways.
+    #[arg(long, env = "CONTINUUM_LISTEN", default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// Where the orchestrator keeps its database (created if missing).
+    #[arg(long, env = "CONTINUUM_DATA_DIR", default_value = "continuum-data")]
+    pub data_dir: PathBuf,
+    /// Gateways send a heartbeat this often (seconds); three missed end the link.
+    #[arg(long, default_value_t = 5.0)]
+    pub heartbeat_interval: f64,
+    /// The largest gRPC message accepted or sent, in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    pub max_message_bytes: usize,
+    /// How many events are kept for `watch --after` to resume from.
+    #[arg(long, default_value_t = 100_000)]
+    pub event_retention: u64,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if !(args.heartbeat_interval.is_finite() && args.heartbeat_interval > 0.0) {
+        anyhow::bail!("--heartbeat-interval must be a positive number of seconds");
+    }
+    let mut config = Config::new(args.listen, args.data_dir);
+    config.heartbeat_interval = Duration::from_secs_f64(args.heartbeat_interval);
+    config.max_message_bytes = args.max_message_bytes;
+    config.event_retention = args.event_retention;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let running = continuum_orchestrator::start(config.clone()).await?;
+        eprintln!(
+            "continuum orchestrator listening on {} (data in {})",
+            running.local_addr(),
+            config.data_dir.display()
+        );
+        let signal = shutdown_signal()?;
+        running
+            .run_until(async move {
+                signal.await;
+                eprintln!("stopping: closing links and the store");
+            })
+            .await
+            .context("the server failed")?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}

@@ -1,0 +1,213 @@
+//! `continuum status`, `continuum gateways` and `continuum history`.
+
+use std::process::ExitCode;
+
+use continuum_proto::v1::{
+    ComponentState, Gateway, HistoryRequest, ListGatewaysRequest, StatusRequest,
+};
+
+use crate::remote::{self, ago, explain, now_ms, table};
+use crate::style::Style;
+use crate::Format;
+
+fn connected(g: Option<&Gateway>, now: i64) -> String {
+    match g {
+        None => "never".to_owned(),
+        Some(g) if g.connected => "yes".to_owned(),
+        Some(g) => format!("no, seen {}", ago(g.last_seen_unix_ms, now)),
+    }
+}
+
+fn generation(n: u64) -> String {
+    if n == 0 {
+        "-".to_owned()
+    } else {
+        n.to_string()
+    }
+}
+
+pub fn status(server: &str, format: Format, style: &Style) -> anyhow::Result<ExitCode> {
+    remote::block_on(async {
+        let mut client = remote::connect(server).await?;
+        let s = client
+            .status(StatusRequest {})
+            .await
+            .map_err(explain)?
+            .into_inner();
+        if format == Format::Json {
+            super::print_json(&s)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        if s.head == 0 {
+            outln!("no revision yet: apply a model with `continuum apply -f FILE`");
+        } else {
+            outln!("head revision {}", style.bold(&s.head.to_string()));
+        }
+        let now = now_ms();
+        let mut rows = vec![[
+            "SUBSYSTEM",
+            "GATEWAY",
+            "CONNECTED",
+            "TARGET",
+            "ACKED",
+            "OBSERVED",
+            "LIVE DIFF",
+            "STATE",
+        ]
+        .map(String::from)
+        .to_vec()];
+        let mut failures = Vec::new();
+        for sub in &s.subsystems {
+            let g = sub.gateway.as_ref();
+            let failing: Vec<_> = sub
+                .components
+                .iter()
+                .filter(|c| c.state == ComponentState::Failed as i32)
+                .collect();
+            let state = if let Some(g) = g.filter(|g| !g.rejected.is_empty()) {
+                failures.push(format!("{}: target refused: {}", sub.subsystem, g.rejected));
+                "refused".to_owned()
+            } else if !failing.is_empty() {
+                format!("{} failing", failing.len())
+            } else if sub.converged {
+                "converged".to_owned()
+            } else if sub.gateway_id.is_empty() {
+                "no gateway".to_owned()
+            } else {
+                "converging".to_owned()
+            };
+            for c in failing {
+                failures.push(format!("{}/{}: {}", sub.subsystem, c.component, c.reason));
+            }
+            rows.push(vec![
+                sub.subsystem.clone(),
+                if sub.gateway_id.is_empty() {
+                    "-".into()
+                } else {
+                    sub.gateway_id.clone()
+                },
+                connected(g, now),
+                generation(sub.target_generation),
+                generation(g.map_or(0, |g| g.acked_generation)),
+                generation(g.map_or(0, |g| g.observed_generation)),
+                remote::counts(sub.live.as_ref()),
+                state,
+            ]);
+        }
+        if !s.subsystems.is_empty() {
+            table(&rows, &|h| style.dim(h));
+        }
+        for f in &failures {
+            outln!("  {} {f}", style.red("failed"));
+        }
+        if !s.unassigned.is_empty() {
+            let ids: Vec<&str> = s.unassigned.iter().map(|g| g.id.as_str()).collect();
+            outln!("gateways in no subsystem: {}", ids.join(", "));
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn gateways(server: &str, format: Format, style: &Style) -> anyhow::Result<ExitCode> {
+    remote::block_on(async {
+        let mut client = remote::connect(server).await?;
+        let r = client
+            .list_gateways(ListGatewaysRequest {})
+            .await
+            .map_err(explain)?
+            .into_inner();
+        if format == Format::Json {
+            super::print_json(&r)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        if r.gateways.is_empty() {
+            outln!("no gateway has registered yet");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let now = now_ms();
+        let mut rows = vec![[
+            "GATEWAY",
+            "SUBSYSTEM",
+            "CONNECTED",
+            "VERSION",
+            "ARCH",
+            "LOCATION",
+            "SENT",
+            "ACKED",
+            "OBSERVED",
+        ]
+        .map(String::from)
+        .to_vec()];
+        for g in &r.gateways {
+            let caps = g.capabilities.clone().unwrap_or_default();
+            rows.push(vec![
+                g.id.clone(),
+                if g.subsystem.is_empty() {
+                    "-".into()
+                } else {
+                    g.subsystem.clone()
+                },
+                connected(Some(g), now),
+                g.version.clone(),
+                caps.arch,
+                g.location.clone(),
+                generation(g.sent_generation),
+                generation(g.acked_generation),
+                generation(g.observed_generation),
+            ]);
+        }
+        table(&rows, &|h| style.dim(h));
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn history(
+    server: &str,
+    limit: u32,
+    format: Format,
+    style: &Style,
+) -> anyhow::Result<ExitCode> {
+    remote::block_on(async {
+        let mut client = remote::connect(server).await?;
+        let r = client
+            .history(HistoryRequest { limit })
+            .await
+            .map_err(explain)?
+            .into_inner();
+        if format == Format::Json {
+            super::print_json(&r)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        if r.revisions.is_empty() {
+            outln!("no revision yet");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let mut rows = vec![[
+            "REVISION",
+            "CREATED (UTC)",
+            "BASE",
+            "AUTHOR",
+            "CHANGES",
+            "NOTE",
+        ]
+        .map(String::from)
+        .to_vec()];
+        for rev in &r.revisions {
+            let note = if rev.restores > 0 {
+                format!("rollback to {}", rev.restores)
+            } else {
+                rev.message.clone()
+            };
+            rows.push(vec![
+                rev.number.to_string(),
+                remote::date_time(rev.created_unix_ms),
+                generation(rev.base),
+                rev.author.clone(),
+                remote::counts(rev.changes.as_ref()).replace("in sync", "none"),
+                note,
+            ]);
+        }
+        table(&rows, &|h| style.dim(h));
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,213 @@
+//! `continuum watch`: follows the orchestrator's events, with a progress bar
+//! per subsystem while a rollout runs (on a terminal).
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use continuum_proto::v1::{event, ComponentState, DiffCounts, Event, StepState, WatchRequest};
+
+use crate::remote::{self, clock, explain};
+use crate::style::Style;
+use crate::Format;
+
+/// One line per event, as people read it.
+pub fn describe(e: &Event, style: &Style) -> String {
+    let Some(kind) = &e.kind else {
+        return "an event of a kind this CLI does not know".to_owned();
+    };
+    match kind {
+        event::Kind::Revision(r) => {
+            let by = if r.author.is_empty() {
+                String::new()
+            } else {
+                format!(" by {}", r.author)
+            };
+            let what = if r.restores > 0 {
+                format!(" restoring revision {}", r.restores)
+            } else {
+                String::new()
+            };
+            format!(
+                "{} {}{what}{by}: {}",
+                style.bold("revision"),
+                r.number,
+                remote::counts(r.changes.as_ref()).replace("in sync", "no change")
+            )
+        }
+        event::Kind::TargetSent(t) => format!(
+            "{}: generation {} sent to {}",
+            t.subsystem, t.generation, t.gateway_id
+        ),
+        event::Kind::Acknowledged(a) if a.accepted => format!(
+            "{}: {} accepted generation {}",
+            a.subsystem, a.gateway_id, a.generation
+        ),
+        event::Kind::Acknowledged(a) => format!(
+            "{}: {} {} generation {}: {}",
+            a.subsystem,
+            a.gateway_id,
+            style.red("refused"),
+            a.generation,
+            a.reason
+        ),
+        event::Kind::Connected(c) => format!(
+            "{} {} (subsystem {}, version {})",
+            c.gateway_id,
+            style.green("connected"),
+            if c.subsystem.is_empty() {
+                "none"
+            } else {
+                &c.subsystem
+            },
+            c.version
+        ),
+        event::Kind::Disconnected(d) => format!(
+            "{} {}: {}",
+            d.gateway_id,
+            style.yellow("disconnected"),
+            d.reason
+        ),
+        event::Kind::Component(c) => {
+            let s = c.status.clone().unwrap_or_default();
+            let state = ComponentState::try_from(s.state).unwrap_or(ComponentState::Unspecified);
+            let word = state
+                .as_str_name()
+                .trim_start_matches("COMPONENT_STATE_")
+                .to_ascii_lowercase();
+            let word = match state {
+                ComponentState::Failed => style.red(&word),
+                ComponentState::Running => style.green(&word),
+                _ => word,
+            };
+            if s.reason.is_empty() {
+                format!("{}/{}: {word}", c.subsystem, s.component)
+            } else {
+                format!("{}/{}: {word}: {}", c.subsystem, s.component, s.reason)
+            }
+        }
+        event::Kind::Step(s) => {
+            let state = StepState::try_from(s.state).unwrap_or(StepState::Unspecified);
+            let word = state
+                .as_str_name()
+                .trim_start_matches("STEP_STATE_")
+                .to_ascii_lowercase();
+            let reason = if s.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", s.reason)
+            };
+            format!(
+                "{}: step {} {word}{reason} ({}/{})",
+                s.subsystem, s.step, s.done, s.total
+            )
+        }
+        event::Kind::Current(c) => format!(
+            "{}: running generation {}, live diff {}",
+            c.subsystem,
+            c.observed_generation,
+            remote::counts(c.live.as_ref())
+        ),
+    }
+}
+
+/// Progress of the rollouts under way, drawn under the event lines.
+#[derive(Default)]
+struct Bars {
+    rollouts: BTreeMap<String, (u64, u32, u32)>,
+    drawn: usize,
+}
+
+impl Bars {
+    fn update(&mut self, e: &Event) {
+        match &e.kind {
+            Some(event::Kind::Step(s)) => {
+                self.rollouts
+                    .insert(s.subsystem.clone(), (s.generation, s.done, s.total));
+            }
+            Some(event::Kind::Current(c))
+                if c.live.unwrap_or_default() == DiffCounts::default() =>
+            {
+                self.rollouts.remove(&c.subsystem);
+            }
+            _ => {}
+        }
+    }
+
+    fn clear(&mut self, out: &mut impl Write) -> std::io::Result<()> {
+        for _ in 0..self.drawn {
+            write!(out, "\x1b[1A\x1b[2K")?;
+        }
+        self.drawn = 0;
+        Ok(())
+    }
+
+    fn draw(&mut self, out: &mut impl Write) -> std::io::Result<()> {
+        const WIDTH: u32 = 30;
+        for (sub, (generation, done, total)) in &self.rollouts {
+            let filled = if *total == 0 {
+                WIDTH
+            } else {
+                WIDTH * done.min(total) / total
+            };
+            writeln!(
+                out,
+                "  {sub:<16} generation {generation:<4} [{}{}] {done}/{total}",
+                "#".repeat(filled as usize),
+                "-".repeat((WIDTH - filled) as usize)
+            )?;
+            self.drawn += 1;
+        }
+        Ok(())
+    }
+}
+
+pub fn run(
+    server: &str,
+    after: u64,
+    subsystem: Option<String>,
+    format: Format,
+    style: &Style,
+) -> anyhow::Result<ExitCode> {
+    let terminal = std::io::stdout().is_terminal() && format == Format::Human;
+    remote::block_on(async {
+        let mut client = remote::connect(server).await?;
+        let mut stream = client
+            .watch(WatchRequest {
+                after,
+                subsystem: subsystem.unwrap_or_default(),
+            })
+            .await
+            .map_err(explain)?
+            .into_inner();
+        let mut bars = Bars::default();
+        loop {
+            let e = match stream.message().await {
+                Ok(Some(e)) => e,
+                Ok(None) => {
+                    eprintln!("the orchestrator ended the stream");
+                    return Ok(ExitCode::from(1));
+                }
+                Err(status) => return Err(explain(status)),
+            };
+            match format {
+                Format::Json => outln!("{}", serde_json::to_string(&e)?),
+                Format::Human if terminal => {
+                    let mut out = std::io::stdout().lock();
+                    bars.clear(&mut out)?;
+                    writeln!(
+                        out,
+                        "{} {} {}",
+                        style.dim(&clock(e.unix_ms)),
+                        style.dim(&format!("#{}", e.seq)),
+                        describe(&e, style)
+                    )?;
+                    bars.update(&e);
+                    bars.draw(&mut out)?;
+                    out.flush()?;
+                }
+                Format::Human => outln!("{} #{} {}", clock(e.unix_ms), e.seq, describe(&e, style)),
+            }
+        }
+    })
+}

@@ -1,0 +1,194 @@
+//! Talking to an orchestrator: connecting, and gRPC errors as sentences.
+
+use std::time::Duration;
+
+use continuum_models::{Diagnostic, Invalid};
+use continuum_proto::v1::model_service_client::ModelServiceClient;
+use continuum_proto::v1::Rejection;
+use prost::Message;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// The orchestrator's address when neither `--server` nor `CONTINUUM_SERVER` says.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
+
+/// The largest message the CLI sends or accepts.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+pub type Client = ModelServiceClient<Channel>;
+
+/// An `http://` URL from what the user typed (`host:port` is accepted).
+pub fn url(server: &str) -> String {
+    if server.contains("://") {
+        server.to_owned()
+    } else {
+        format!("http://{server}")
+    }
+}
+
+pub async fn connect(server: &str) -> anyhow::Result<Client> {
+    let url = url(server);
+    let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+        .map_err(|e| anyhow::anyhow!("`{server}` is not a server address: {e}"))?
+        .connect_timeout(Duration::from_secs(5));
+    let channel = endpoint.connect().await.map_err(|e| {
+        let cause = std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
+        anyhow::anyhow!(
+            "cannot reach the orchestrator at {url}: {cause}\n  is `continuum serve` running there? (set --server or CONTINUUM_SERVER)"
+        )
+    })?;
+    Ok(ModelServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// The problems of a rejected model, when the status carries them.
+pub fn rejection(status: &Status) -> Option<Invalid> {
+    if status.code() != Code::InvalidArgument || status.details().is_empty() {
+        return None;
+    }
+    let rejection = Rejection::decode(status.details()).ok()?;
+    Some(Invalid {
+        diagnostics: rejection
+            .problems
+            .into_iter()
+            .map(|p| Diagnostic {
+                file: p.file,
+                line: p.line as usize,
+                column: p.column as usize,
+                path: p.path,
+                message: p.message,
+                expected: (!p.expected.is_empty()).then_some(p.expected),
+            })
+            .collect(),
+    })
+}
+
+/// A gRPC status as a sentence a user can act on.
+pub fn explain(status: Status) -> anyhow::Error {
+    let message = status.message();
+    let sentence = match status.code() {
+        Code::Unavailable => format!("the orchestrator is unavailable: {message}"),
+        Code::DeadlineExceeded => format!("the orchestrator did not answer in time: {message}"),
+        Code::Unimplemented => format!(
+            "the orchestrator does not support this request (is it an older version?): {message}"
+        ),
+        Code::Internal | Code::Unknown | Code::DataLoss => {
+            format!("the orchestrator failed: {message}")
+        }
+        Code::ResourceExhausted | Code::OutOfRange if message.contains("too large") => {
+            format!("the message is too large for the orchestrator: {message}")
+        }
+        _ => message.to_owned(),
+    };
+    anyhow::anyhow!(sentence)
+}
+
+/// `HH:MM:SS` (UTC) of a Unix time in milliseconds.
+pub fn clock(unix_ms: i64) -> String {
+    let s = unix_ms.div_euclid(1000).rem_euclid(86_400);
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) of a Unix time in milliseconds.
+pub fn date_time(unix_ms: i64) -> String {
+    // Days since the epoch to a civil date (Howard Hinnant's algorithm).
+    let days = unix_ms.div_euclid(86_400_000);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {}", clock(unix_ms))
+}
+
+/// How long ago, roughly.
+pub fn ago(unix_ms: i64, now_ms: i64) -> String {
+    let s = (now_ms - unix_ms).max(0) / 1000;
+    match s {
+        0..=59 => format!("{s}s ago"),
+        60..=3599 => format!("{}m ago", s / 60),
+        3600..=86_399 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86_400),
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Prints rows as aligned columns; the first row is the header.
+pub fn table(rows: &[Vec<String>], header: &dyn Fn(&str) -> String) {
+    let Some(first) = rows.first() else { return };
+    let widths: Vec<usize> = (0..first.len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    for (n, row) in rows.iter().enumerate() {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            let pad = widths[i] - cell.chars().count();
+            let cell = if n == 0 { header(cell) } else { cell.clone() };
+            line.push_str(&cell);
+            if i + 1 < row.len() {
+                line.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        outln!("{}", line.trim_end());
+    }
+}
+
+/// Runs one client request to completion on a small runtime.
+pub fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?
+        .block_on(f)
+}
+
+/// Change counts as `+2 -1 ~3, links +1`, or `in sync`.
+pub fn counts(c: Option<&continuum_proto::v1::DiffCounts>) -> String {
+    let Some(c) = c else {
+        return "in sync".to_owned();
+    };
+    let signed = |pairs: &[(u32, &str)]| -> String {
+        pairs
+            .iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, sign)| format!("{sign}{n}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let components = signed(&[(c.added, "+"), (c.removed, "-"), (c.changed, "~")]);
+    let links = signed(&[(c.links_added, "+"), (c.links_removed, "-")]);
+    match (components.is_empty(), links.is_empty()) {
+        (true, true) => "in sync".to_owned(),
+        (false, true) => components,
+        (true, false) => format!("links {links}"),
+        (false, false) => format!("{components}, links {links}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_civil_utc() {
+        assert_eq!(date_time(0), "1970-01-01 00:00:00");
+        assert_eq!(date_time(1_795_000_000_000), "2026-11-18 11:06:40");
+        assert_eq!(date_time(951_782_400_000), "2000-02-29 00:00:00");
+    }
+
+    #[test]
+    fn server_addresses_get_a_scheme() {
+        assert_eq!(url("127.0.0.1:7070"), "http://127.0.0.1:7070");
+        assert_eq!(url("https://o.example:443"), "https://o.example:443");
+    }
+}

@@ -1,0 +1,323 @@
+//! The CLI against a real `continuum serve` process on 127.0.0.1.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const WITHIN: Duration = Duration::from_secs(20);
+
+fn example(p: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(p)
+        .display()
+        .to_string()
+}
+
+/// A `continuum serve` child process, killed when dropped.
+struct Serve {
+    child: Child,
+    addr: String,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Serve {
+    fn start(data: &Path) -> Serve {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_continuum"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starts continuum serve");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut serve = Serve {
+            child,
+            addr: String::new(),
+            lines,
+        };
+        let line = serve.line_with("listening on");
+        serve.addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .expect("an address")
+            .to_owned();
+        serve
+    }
+
+    /// Waits for a line of the server's stderr that contains `needle`.
+    fn line_with(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + WITHIN;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("the server printed no line with `{needle}` within {WITHIN:?}"),
+            }
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_continuum"))
+            .args(args)
+            .env("CONTINUUM_SERVER", &self.addr)
+            .env("USER", "tester")
+            .output()
+            .expect("runs continuum")
+    }
+
+    /// SIGTERM, then the exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+        let deadline = std::time::Instant::now() + WITHIN;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(o: Output) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        out(&o),
+        err(&o)
+    );
+    out(&o)
+}
+
+fn json(o: Output) -> serde_json::Value {
+    serde_json::from_str(&ok(o)).expect("JSON output")
+}
+
+fn data_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    (dir, data)
+}
+
+#[test]
+fn apply_then_inspect_history_models_diffs_and_rollback() {
+    let (_dir, data) = data_dir();
+    let s = Serve::start(&data);
+    let applied = ok(s.cli(&["apply", "-f", &example("smart-building/v1.json")]));
+    assert!(applied.contains("applied revision 1"), "{applied}");
+    assert!(
+        applied.contains("waiting for smart-gw to connect"),
+        "{applied}"
+    );
+    let applied = json(s.cli(&[
+        "apply",
+        "-f",
+        &example("smart-building/v2.json"),
+        "-m",
+        "firmware v2",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(applied["revision"]["number"], 2);
+    assert_eq!(applied["targets"].as_array().unwrap().len(), 2);
+    let again = ok(s.cli(&["apply", "-f", &example("smart-building/v2.json")]));
+    assert!(again.contains("no change"), "{again}");
+
+    let history = json(s.cli(&["history", "-o", "json"]));
+    let revs = history["revisions"].as_array().unwrap();
+    assert_eq!(revs.len(), 2);
+    assert_eq!(revs[0]["message"], "firmware v2");
+    assert_eq!(revs[0]["author"], "tester");
+    let table = ok(s.cli(&["history"]));
+    assert!(
+        table.lines().next().unwrap().starts_with("REVISION"),
+        "{table}"
+    );
+
+    let got = json(s.cli(&[
+        "get",
+        "--revision",
+        "1",
+        "--subsystem",
+        "sensors",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(got["revision"], 1);
+    let firmware = &got["model"]["json"]["components"][0];
+    assert_eq!(
+        firmware["resources"]["flash"]["artefact"],
+        "firmware/arduino-flow-v1.hex"
+    );
+
+    let diff = ok(s.cli(&["diff", "--from", "1", "--to", "2"]));
+    assert!(diff.contains("occupancy-log"), "{diff}");
+    assert!(diff.contains("/resources/flash/artefact"), "{diff}");
+    let live = json(s.cli(&["diff", "--live", "-o", "json"]));
+    assert_eq!(live["subsystems"].as_array().unwrap().len(), 2);
+
+    let status = json(s.cli(&["status", "-o", "json"]));
+    assert_eq!(status["head"], 2);
+    let human = ok(s.cli(&["status"]));
+    assert!(
+        human.contains("SUBSYSTEM") && human.contains("never"),
+        "{human}"
+    );
+    let gateways = ok(s.cli(&["gateways"]));
+    assert!(
+        gateways.contains("no gateway has registered yet"),
+        "{gateways}"
+    );
+
+    let back = ok(s.cli(&["rollback", "--to", "1"]));
+    assert!(
+        back.contains("applied revision 3 (restores revision 1)"),
+        "{back}"
+    );
+
+    // Watch from the start: the three revisions, in order, as JSON lines.
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_continuum"))
+        .args(["watch", "-o", "json"])
+        .env("CONTINUUM_SERVER", &s.addr)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    for n in 1..=3 {
+        let e: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        assert_eq!(e["seq"], n);
+        assert_eq!(e["kind"]["revision"]["number"], n);
+    }
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+}
+
+#[test]
+fn an_invalid_model_is_reported_with_paths_and_nothing_is_stored() {
+    let (dir, data) = data_dir();
+    let s = Serve::start(&data);
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"name": "bad", "subsystems": [{"id": "s", "components": [
+  {"id": "gw", "kind": "gateway"},
+  {"id": "web", "kind": "service", "imagee": "x"}]}]}"#,
+    )
+    .unwrap();
+    let o = s.cli(&["apply", "-f", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = err(&o);
+    assert!(e.contains("bad.json:3:"), "{e}");
+    assert!(e.contains("subsystems[0].components[1].imagee"), "{e}");
+    assert!(!e.contains("Status {"), "no debug dump: {e}");
+    let history = ok(s.cli(&["history"]));
+    assert!(history.contains("no revision yet"), "{history}");
+}
+
+#[test]
+fn a_killed_orchestrator_keeps_every_accepted_revision() {
+    let (_dir, data) = data_dir();
+    let s = Serve::start(&data);
+    ok(s.cli(&["apply", "-f", &example("smart-building/v1.json")]));
+    ok(s.cli(&["apply", "-f", &example("smart-building/v2.json")]));
+    drop(s); // SIGKILL: no chance to flush anything
+    let s = Serve::start(&data);
+    let history = json(s.cli(&["history", "-o", "json"]));
+    let numbers: Vec<u64> = history["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [2, 1]);
+    let o = s.cli(&[
+        "apply",
+        "-f",
+        &example("smart-building/v1.json"),
+        "--base",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err(&o).contains("the head is revision 2, not revision 1"),
+        "{}",
+        err(&o)
+    );
+    // SIGTERM stops cleanly, and the data directory opens again.
+    assert!(s.terminate().success());
+    let s = Serve::start(&data);
+    assert_eq!(json(s.cli(&["status", "-o", "json"]))["head"], 2);
+}
+
+#[test]
+fn an_unreachable_orchestrator_is_a_readable_error() {
+    // Port 9 (discard) on loopback: nothing listens there in these tests.
+    let o = Command::new(env!("CARGO_BIN_EXE_continuum"))
+        .args(["status", "--server", "127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let e = err(&o);
+    assert!(
+        e.contains("cannot reach the orchestrator at http://127.0.0.1:9"),
+        "{e}"
+    );
+    assert!(e.contains("continuum serve"), "{e}");
+}
+
+#[test]
+fn a_data_directory_that_is_not_a_store_is_refused_by_name() {
+    let (_dir, data) = data_dir();
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("orchestrator.redb"), b"definitely not a database").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_continuum"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut e = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut e).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert!(e.contains("orchestrator.redb"), "{e}");
+    // Nothing was reset: the file is as it was.
+    assert_eq!(
+        std::fs::read(data.join("orchestrator.redb")).unwrap(),
+        b"definitely not a database"
+    );
+}
