@@ -57,6 +57,8 @@ fn gateway_of(model: &DeploymentModel) -> String {
         .unwrap_or_default()
 }
 
+static NO_OVERLAY: BTreeMap<String, StoredTarget> = BTreeMap::new();
+
 /// The head revision, kept in memory.
 #[derive(Debug)]
 pub(crate) struct Head {
@@ -294,13 +296,28 @@ impl Core {
     /// The subsystem a gateway runs: the one whose gateway it is in the head, or
     /// else a removed one it must empty.
     pub fn subsystem_of(&self, gateway_id: &str) -> Option<&str> {
+        self.resolve(gateway_id, &NO_OVERLAY).map(|(id, _)| id)
+    }
+
+    /// The subsystem a gateway runs and its target, with `overlay` taking the
+    /// place of the stored targets it names (targets about to be committed).
+    fn resolve<'a>(
+        &'a self,
+        gateway_id: &str,
+        overlay: &'a BTreeMap<String, StoredTarget>,
+    ) -> Option<(&'a str, &'a StoredTarget)> {
+        let stored = self
+            .subsystems
+            .iter()
+            .filter(|(id, _)| !overlay.contains_key(*id))
+            .map(|(id, s)| (id, &s.target));
         let mut removed = None;
-        for (id, s) in &self.subsystems {
-            if s.target.gateway_id == gateway_id {
-                if !s.target.removed {
-                    return Some(id);
+        for (id, t) in stored.chain(overlay.iter()) {
+            if t.gateway_id == gateway_id {
+                if !t.removed {
+                    return Some((id, t));
                 }
-                removed = Some(id.as_str());
+                removed = Some((id.as_str(), t));
             }
         }
         removed
@@ -464,6 +481,24 @@ impl Core {
             .iter()
             .map(|(id, t, _)| (id.clone(), t.clone()))
             .collect();
+        let overlay: BTreeMap<String, StoredTarget> =
+            batch.changes.targets.iter().cloned().collect();
+        let mut deliveries = Vec::new();
+        let mut notified = HashSet::new();
+        for (_, t, _) in &targets {
+            let Some(g) = self.gateways.get(&t.gateway_id) else {
+                continue;
+            };
+            if g.session.is_none() || !notified.insert(t.gateway_id.clone()) {
+                continue;
+            }
+            let mut record = g.record.clone();
+            let holds = record.sent_generation;
+            if let Some(message) = self.plan_delivery(&mut batch, &mut record, holds, &overlay) {
+                batch.changes.gateways.push(record.clone());
+                deliveries.push((record, message));
+            }
+        }
         self.commit(batch)?;
 
         self.head = Some(Head {
@@ -494,9 +529,11 @@ impl Core {
             sub.target_model = model;
             sub.refresh_live();
         }
+        let pushed_to: HashSet<String> = deliveries.iter().map(|(g, _)| g.id.clone()).collect();
+        self.deliver(deliveries);
         let mut response = Vec::new();
         for (subsystem, gateway_id) in affected {
-            let pushed = self.push(&gateway_id, None);
+            let pushed = pushed_to.contains(&gateway_id);
             response.push(SubsystemTarget {
                 subsystem,
                 generation: number,
@@ -516,51 +553,45 @@ impl Core {
         })
     }
 
-    /// Sends a connected gateway its target unless it holds that generation
-    /// (`holds`, or else the last generation sent). True when something was sent.
-    fn push(&mut self, gateway_id: &str, holds: Option<u64>) -> bool {
-        let Some(subsystem) = self.subsystem_of(gateway_id).map(str::to_owned) else {
-            return false;
-        };
-        let target = &self.subsystems[&subsystem].target;
-        let Some(g) = self.gateways.get(gateway_id) else {
-            return false;
-        };
-        let Some(session) = &g.session else {
-            return false;
-        };
-        let holds = holds.unwrap_or(g.record.sent_generation);
+    /// Adds to `batch` the sending of a gateway's target unless it holds that
+    /// generation; returns the message to send once the batch is committed.
+    fn plan_delivery(
+        &self,
+        batch: &mut Batch,
+        record: &mut Gateway,
+        holds: u64,
+        overlay: &BTreeMap<String, StoredTarget>,
+    ) -> Option<Target> {
+        let (subsystem, target) = self.resolve(&record.id, overlay)?;
         if target.generation == holds {
-            return false;
+            return None;
         }
-        let message = Target {
-            subsystem: subsystem.clone(),
+        batch.event(event::Kind::TargetSent(TargetSent {
+            subsystem: subsystem.to_owned(),
+            gateway_id: record.id.clone(),
+            generation: target.generation,
+        }));
+        record.sent_generation = target.generation;
+        Some(Target {
+            subsystem: subsystem.to_owned(),
             generation: target.generation,
             model: Some(Document {
                 name: format!("{subsystem}@{}", target.generation),
                 json: target.model.clone(),
             }),
-        };
-        let generation = target.generation;
-        session.targets.send_replace(Some(message));
-        let mut record = g.record.clone();
-        record.sent_generation = generation;
-        let mut batch = self.batch();
-        batch.event(event::Kind::TargetSent(TargetSent {
-            subsystem,
-            gateway_id: gateway_id.to_owned(),
-            generation,
-        }));
-        batch.changes.gateways.push(record.clone());
-        // The target is on its way whether or not this record lands: a gateway
-        // that reconnects says what it holds and gets the target again.
-        if let Err(e) = self.commit(batch) {
-            tracing::error!(gateway = gateway_id, error = %e, "cannot record a sent target");
+        })
+    }
+
+    /// Hands committed deliveries to the gateways' sessions.
+    fn deliver(&mut self, deliveries: Vec<(Gateway, Target)>) {
+        for (record, target) in deliveries {
+            if let Some(g) = self.gateways.get_mut(&record.id) {
+                if let Some(session) = &g.session {
+                    session.targets.send_replace(Some(target));
+                }
+                g.record = record;
+            }
         }
-        if let Some(g) = self.gateways.get_mut(gateway_id) {
-            g.record.sent_generation = generation;
-        }
-        true
     }
 
     // ------------------------------------------------------------ gateway link
@@ -603,12 +634,18 @@ impl Core {
         record.acked_generation = reg.accepted_generation;
         record.observed_generation = reg.observed_generation;
         record.sent_generation = record.sent_generation.min(reg.accepted_generation);
-        batch.changes.gateways.push(record.clone());
         batch.event(event::Kind::Connected(GatewayConnected {
             gateway_id: id.clone(),
             subsystem: subsystem.clone(),
             version: reg.version,
         }));
+        let delivery = self.plan_delivery(
+            &mut batch,
+            &mut record,
+            reg.accepted_generation,
+            &BTreeMap::new(),
+        );
+        batch.changes.gateways.push(record.clone());
         self.commit(batch)?;
         let session = self.next_session;
         self.next_session += 1;
@@ -626,7 +663,9 @@ impl Core {
         if let Some(sub) = self.subsystems.get_mut(&subsystem) {
             sub.observed_generation = reg.observed_generation;
         }
-        self.push(&id, Some(reg.accepted_generation));
+        if let Some(target) = delivery {
+            self.deliver(vec![(self.gateways[&id].record.clone(), target)]);
+        }
         tracing::info!(gateway = %id, subsystem = %subsystem, session, "gateway connected");
         Ok(Registered {
             session,

@@ -31,10 +31,7 @@ pub const FILE_NAME: &str = "orchestrator.redb";
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the store {path}: {cause}")]
-    Open {
-        path: PathBuf,
-        cause: redb::Error,
-    },
+    Open { path: PathBuf, cause: redb::Error },
     #[error("cannot create the data directory {path}: {cause}")]
     Dir {
         path: PathBuf,
@@ -45,10 +42,7 @@ pub enum StoreError {
     #[error("the store {path} is corrupt: {what}")]
     Corrupt { path: PathBuf, what: String },
     #[error("store {path}: {cause}")]
-    Io {
-        path: PathBuf,
-        cause: redb::Error,
-    },
+    Io { path: PathBuf, cause: redb::Error },
 }
 
 /// Everything the orchestrator needs in memory at start.

@@ -1,0 +1,366 @@
+//! Orchestrator benchmarks, printed as figures (run with
+//! `cargo bench -p continuum-orchestrator --bench fanout`):
+//!
+//! 1. **Fan-out**: one apply that changes every subsystem → the new target
+//!    received by each of 100 simulated gateways on loopback (p50/p99 over all
+//!    gateways and rounds), by all of them, and all of them converged (each
+//!    acknowledged and reported the target as running). Baseline in the same
+//!    run: a bare `GatewayLink` server that pushes the same bytes to the same
+//!    number of streams with no validation, no store and no bookkeeping — the
+//!    transport's floor.
+//! 2. **Apply throughput** of a 1,000-component megamodel (each apply a new
+//!    revision), against parsing + validating + partitioning the same text
+//!    in-process (what an apply must do before anything else).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use continuum_orchestrator::sim::{register, SimGateway};
+use continuum_orchestrator::{start, Config};
+use continuum_proto::v1::gateway_link_client::GatewayLinkClient;
+use continuum_proto::v1::gateway_link_server::{GatewayLink, GatewayLinkServer};
+use continuum_proto::v1::model_service_client::ModelServiceClient;
+use continuum_proto::v1::{
+    gateway_message, orchestrator_message, ApplyRequest, Document, GatewayMessage,
+    OrchestratorMessage, StatusRequest, Target,
+};
+use tokio::sync::{broadcast, mpsc, Barrier};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status, Streaming};
+
+const GATEWAYS: usize = 100;
+const ROUNDS: usize = 30;
+const WARMUP: usize = 3;
+
+/// A megamodel of `subsystems` subsystems, each a gateway hosting `services`
+/// services; `round` changes every service's environment.
+fn megamodel(subsystems: usize, services: usize, round: usize) -> String {
+    let subs: Vec<serde_json::Value> = (0..subsystems)
+        .map(|s| {
+            let mut components =
+                vec![serde_json::json!({"id": format!("gw-{s}"), "kind": "gateway"})];
+            let mut links = Vec::new();
+            for i in 0..services {
+                let id = format!("svc-{s}-{i}");
+                components.push(serde_json::json!({
+                    "id": id, "kind": "service",
+                    "resources": {"container": {
+                        "image": "continuum/bench:1",
+                        "env": {"ROUND": round.to_string(), "INDEX": i.to_string()},
+                        "ports": [{"container": 8000, "host": 10_000 + i}]
+                    }}
+                }));
+                links.push(
+                    serde_json::json!({"kind": "hosting", "component": id, "host": format!("gw-{s}")}),
+                );
+            }
+            serde_json::json!({"id": format!("site-{s}"), "components": components, "links": links})
+        })
+        .collect();
+    serde_json::json!({"name": "bench", "subsystems": subs}).to_string()
+}
+
+fn request(text: String) -> ApplyRequest {
+    ApplyRequest {
+        megamodel: Some(Document {
+            name: "bench.json".into(),
+            json: text.into_bytes(),
+        }),
+        ..ApplyRequest::default()
+    }
+}
+
+async fn channel(endpoint: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Prints p50 and p99 of the samples and returns them.
+fn line(name: &str, v: &mut [Duration]) -> (Duration, Duration) {
+    v.sort();
+    let (p50, p99) = (percentile(v, 0.5), percentile(v, 0.99));
+    println!(
+        "  {name:<42} p50 {:>10}   p99 {:>10}   (n = {})",
+        ms(p50),
+        ms(p99),
+        v.len()
+    );
+    (p50, p99)
+}
+
+struct Figures {
+    each: Vec<Duration>,
+    all: Vec<Duration>,
+    converged: Vec<Duration>,
+}
+
+async fn fan_out_orchestrator() -> Figures {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new("127.0.0.1:0".parse().unwrap(), dir.path().join("data"));
+    config.heartbeat_interval = Duration::from_secs(30);
+    let running = start(config).await.unwrap();
+    let endpoint = format!("http://{}", running.local_addr());
+    let mut client = ModelServiceClient::new(channel(&endpoint).await);
+    client
+        .apply(request(megamodel(GATEWAYS, 2, 0)))
+        .await
+        .unwrap();
+
+    let (arrivals_tx, mut arrivals) = mpsc::unbounded_channel::<(u64, Instant)>();
+    let ready = Arc::new(Barrier::new(GATEWAYS + 1));
+    for g in 0..GATEWAYS {
+        let endpoint = endpoint.clone();
+        let arrivals_tx = arrivals_tx.clone();
+        let ready = Arc::clone(&ready);
+        tokio::spawn(async move {
+            let mut gw = SimGateway::connect(&endpoint, register(&format!("gw-{g}")))
+                .await
+                .unwrap();
+            let first = gw.target(Duration::from_secs(30)).await.unwrap();
+            gw.converge(&first).await.unwrap();
+            ready.wait().await;
+            loop {
+                match gw.next().await {
+                    Ok(Some(orchestrator_message::Kind::Target(t))) => {
+                        let _ = arrivals_tx.send((t.generation, Instant::now()));
+                        gw.converge(&t).await.unwrap();
+                    }
+                    Ok(Some(_)) => {}
+                    _ => return,
+                }
+            }
+        });
+    }
+    ready.wait().await;
+    let mut figures = Figures {
+        each: Vec::new(),
+        all: Vec::new(),
+        converged: Vec::new(),
+    };
+    for round in 1..=WARMUP + ROUNDS {
+        let text = megamodel(GATEWAYS, 2, round);
+        let t0 = Instant::now();
+        let r = client.apply(request(text)).await.unwrap().into_inner();
+        let generation = r.revision.unwrap().number;
+        let mut last = t0;
+        let mut each = Vec::with_capacity(GATEWAYS);
+        while each.len() < GATEWAYS {
+            let (g, at) = arrivals.recv().await.unwrap();
+            assert_eq!(g, generation);
+            each.push(at - t0);
+            last = last.max(at);
+        }
+        loop {
+            let s = client.status(StatusRequest {}).await.unwrap().into_inner();
+            if s.subsystems
+                .iter()
+                .all(|s| s.converged && s.target_generation == generation)
+            {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        if round > WARMUP {
+            figures.each.extend(each);
+            figures.all.push(last - t0);
+            figures.converged.push(t0.elapsed());
+        }
+    }
+    running.stop().await.unwrap();
+    figures
+}
+
+/// The transport floor: a `GatewayLink` server that only forwards a trigger's
+/// bytes to every open stream.
+#[derive(Clone)]
+struct Floor {
+    targets: broadcast::Sender<Target>,
+}
+
+type OutStream = Pin<Box<dyn Stream<Item = Result<OrchestratorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl GatewayLink for Floor {
+    type SessionStream = OutStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<GatewayMessage>>,
+    ) -> Result<Response<OutStream>, Status> {
+        let mut inbound = request.into_inner();
+        let mut targets = self.targets.subscribe();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
+        tokio::spawn(async move {
+            while let Ok(t) = targets.recv().await {
+                let m = OrchestratorMessage {
+                    kind: Some(orchestrator_message::Kind::Target(t)),
+                };
+                if tx.send(Ok(m)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+async fn fan_out_floor() -> Vec<Duration> {
+    let (targets, _) = broadcast::channel(16);
+    let floor = Floor {
+        targets: targets.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(GatewayLinkServer::new(floor))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let endpoint = format!("http://{addr}");
+    let (arrivals_tx, mut arrivals) = mpsc::unbounded_channel::<Instant>();
+    let ready = Arc::new(Barrier::new(GATEWAYS + 1));
+    for _ in 0..GATEWAYS {
+        let endpoint = endpoint.clone();
+        let arrivals_tx = arrivals_tx.clone();
+        let ready = Arc::clone(&ready);
+        tokio::spawn(async move {
+            let mut client = GatewayLinkClient::new(channel(&endpoint).await);
+            let (tx, rx) = mpsc::channel(4);
+            tx.send(GatewayMessage {
+                kind: Some(gateway_message::Kind::Heartbeat(Default::default())),
+            })
+            .await
+            .unwrap();
+            let mut inbound = client
+                .session(ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            ready.wait().await;
+            while let Ok(Some(_)) = inbound.message().await {
+                let _ = arrivals_tx.send(Instant::now());
+            }
+            drop(tx);
+        });
+    }
+    ready.wait().await;
+    // The same bytes a gateway receives from the orchestrator: one subsystem's model.
+    let mm: serde_json::Value = serde_json::from_str(&megamodel(1, 2, 1)).unwrap();
+    let model = serde_json::to_vec(&mm["subsystems"][0]).unwrap();
+    let mut each = Vec::new();
+    for round in 1..=WARMUP + ROUNDS {
+        let t0 = Instant::now();
+        targets
+            .send(Target {
+                subsystem: "site-0".into(),
+                generation: round as u64,
+                model: Some(Document {
+                    name: "site-0".into(),
+                    json: model.clone(),
+                }),
+            })
+            .unwrap();
+        for _ in 0..GATEWAYS {
+            let at = arrivals.recv().await.unwrap();
+            if round > WARMUP {
+                each.push(at - t0);
+            }
+        }
+    }
+    each
+}
+
+async fn apply_throughput() {
+    const SUBSYSTEMS: usize = 10;
+    const PER: usize = 99; // + 1 gateway = 100 components per subsystem
+    const APPLIES: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(Config::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().join("data"),
+    ))
+    .await
+    .unwrap();
+    let endpoint = format!("http://{}", running.local_addr());
+    let mut client = ModelServiceClient::new(channel(&endpoint).await);
+    let texts: Vec<String> = (0..=APPLIES)
+        .map(|r| megamodel(SUBSYSTEMS, PER, r))
+        .collect();
+    let bytes = texts[0].len();
+    client.apply(request(texts[0].clone())).await.unwrap();
+    let t0 = Instant::now();
+    for text in &texts[1..] {
+        client.apply(request(text.clone())).await.unwrap();
+    }
+    let served = t0.elapsed() / APPLIES as u32;
+    running.stop().await.unwrap();
+
+    let t0 = Instant::now();
+    for text in &texts[1..] {
+        let prepared = continuum_models::load::load_prepared("bench.json", text, |_| {
+            Err("no templates".to_owned())
+        })
+        .unwrap();
+        std::hint::black_box(prepared);
+    }
+    let local = t0.elapsed() / APPLIES as u32;
+    println!(
+        "apply of a {}-component megamodel ({} KiB), {APPLIES} revisions in a row:",
+        SUBSYSTEMS * (PER + 1),
+        bytes / 1024
+    );
+    println!(
+        "  parse + validate + partition, in-process   {:>10} per model (baseline)",
+        ms(local)
+    );
+    println!(
+        "  Apply over gRPC, stored as a revision      {:>10} per apply ({:.0} applies/s, {:.2}x the baseline)",
+        ms(served),
+        1.0 / served.as_secs_f64(),
+        served.as_secs_f64() / local.as_secs_f64()
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` only builds this.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        println!(
+            "fan-out to {GATEWAYS} simulated gateways on loopback, {ROUNDS} applies (after {WARMUP} warm-up):"
+        );
+        let mut floor = fan_out_floor().await;
+        let mut f = fan_out_orchestrator().await;
+        let (floor50, floor99) = line("bare push to each (transport floor)", &mut floor);
+        let (p50, p99) = line("apply -> target at each gateway", &mut f.each);
+        line("apply -> target at all gateways", &mut f.all);
+        line("apply -> all converged (acked, reported)", &mut f.converged);
+        println!(
+            "  each gateway against the floor: p50 {:.1}x, p99 {:.1}x",
+            p50.as_secs_f64() / floor50.as_secs_f64(),
+            p99.as_secs_f64() / floor99.as_secs_f64()
+        );
+        apply_throughput().await;
+    });
+}
