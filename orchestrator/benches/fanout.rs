@@ -109,7 +109,7 @@ struct Figures {
     converged: Vec<Duration>,
 }
 
-async fn fan_out_orchestrator() -> Figures {
+async fn fan_out_orchestrator(gateways: usize, rounds: usize) -> Figures {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::new("127.0.0.1:0".parse().unwrap(), dir.path().join("data"));
     config.heartbeat_interval = Duration::from_secs(30);
@@ -117,13 +117,13 @@ async fn fan_out_orchestrator() -> Figures {
     let endpoint = format!("http://{}", running.local_addr());
     let mut client = ModelServiceClient::new(channel(&endpoint).await);
     client
-        .apply(request(megamodel(GATEWAYS, 2, 0)))
+        .apply(request(megamodel(gateways, 2, 0)))
         .await
         .unwrap();
 
     let (arrivals_tx, mut arrivals) = mpsc::unbounded_channel::<(u64, Instant)>();
-    let ready = Arc::new(Barrier::new(GATEWAYS + 1));
-    for g in 0..GATEWAYS {
+    let ready = Arc::new(Barrier::new(gateways + 1));
+    for g in 0..gateways {
         let endpoint = endpoint.clone();
         let arrivals_tx = arrivals_tx.clone();
         let ready = Arc::clone(&ready);
@@ -152,14 +152,14 @@ async fn fan_out_orchestrator() -> Figures {
         all: Vec::new(),
         converged: Vec::new(),
     };
-    for round in 1..=WARMUP + ROUNDS {
-        let text = megamodel(GATEWAYS, 2, round);
+    for round in 1..=WARMUP + rounds {
+        let text = megamodel(gateways, 2, round);
         let t0 = Instant::now();
         let r = client.apply(request(text)).await.unwrap().into_inner();
         let generation = r.revision.unwrap().number;
         let mut last = t0;
-        let mut each = Vec::with_capacity(GATEWAYS);
-        while each.len() < GATEWAYS {
+        let mut each = Vec::with_capacity(gateways);
+        while each.len() < gateways {
             let (g, at) = arrivals.recv().await.unwrap();
             assert_eq!(g, generation);
             each.push(at - t0);
@@ -351,7 +351,7 @@ fn main() {
             "fan-out to {GATEWAYS} simulated gateways on loopback, {ROUNDS} applies (after {WARMUP} warm-up):"
         );
         let mut floor = fan_out_floor().await;
-        let mut f = fan_out_orchestrator().await;
+        let mut f = fan_out_orchestrator(GATEWAYS, ROUNDS).await;
         let (floor50, floor99) = line("bare push to each (transport floor)", &mut floor);
         let (p50, p99) = line("apply -> target at each gateway", &mut f.each);
         line("apply -> target at all gateways", &mut f.all);
@@ -361,6 +361,11 @@ fn main() {
             p50.as_secs_f64() / floor50.as_secs_f64(),
             p99.as_secs_f64() / floor99.as_secs_f64()
         );
+        const MANY: usize = 1_000;
+        println!("fan-out to {MANY} simulated gateways on loopback, 3 applies (after {WARMUP} warm-up):");
+        let mut f = fan_out_orchestrator(MANY, 3).await;
+        line("apply -> target at all gateways", &mut f.all);
+        line("apply -> all converged (acked, reported)", &mut f.converged);
         apply_throughput().await;
     });
 }

@@ -59,6 +59,54 @@ fn gateway_of(model: &DeploymentModel) -> String {
 
 static NO_OVERLAY: BTreeMap<String, StoredTarget> = BTreeMap::new();
 
+/// An Apply request whose megamodel is read, validated, expanded and
+/// partitioned: the costly part of an apply, done before taking the core's lock.
+#[derive(Debug)]
+pub struct Prepared {
+    megamodel: Megamodel,
+    expected_base: Option<u64>,
+    author: String,
+    message: String,
+}
+
+impl Prepared {
+    pub fn from_request(req: ApplyRequest) -> Result<Prepared, Error> {
+        let doc = req
+            .megamodel
+            .ok_or_else(|| Error::BadRequest("the request holds no megamodel".into()))?;
+        let name = if doc.name.is_empty() {
+            "megamodel".to_owned()
+        } else {
+            doc.name
+        };
+        let text = String::from_utf8(doc.json)
+            .map_err(|_| Error::Invalid(Invalid::file(&name, "is not UTF-8 text")))?;
+        let templates = req.templates;
+        let prepared = load_prepared(&name, &text, |runtime| match templates.get(runtime) {
+            None => Err("it was not sent with the model".to_owned()),
+            Some(t) => String::from_utf8(t.json.clone())
+                .map(|text| TemplateText {
+                    name: if t.name.is_empty() {
+                        runtime.to_owned()
+                    } else {
+                        t.name.clone()
+                    },
+                    text,
+                })
+                .map_err(|_| "it is not UTF-8 text".to_owned()),
+        })
+        .map_err(Error::Invalid)?;
+        let mut megamodel = prepared.megamodel;
+        megamodel.canonicalize();
+        Ok(Prepared {
+            megamodel,
+            expected_base: req.expected_base,
+            author: req.author,
+            message: req.message,
+        })
+    }
+}
+
 /// The head revision, kept in memory.
 #[derive(Debug)]
 pub(crate) struct Head {
@@ -327,38 +375,13 @@ impl Core {
 
     /// Validates, expands and partitions a megamodel and stores it as a revision.
     pub fn apply(&mut self, req: ApplyRequest) -> Result<ApplyResponse, Error> {
-        let doc = req
-            .megamodel
-            .ok_or_else(|| Error::BadRequest("the request holds no megamodel".into()))?;
-        let name = if doc.name.is_empty() {
-            "megamodel".to_owned()
-        } else {
-            doc.name
-        };
-        let text = String::from_utf8(doc.json)
-            .map_err(|_| Error::Invalid(Invalid::file(&name, "is not UTF-8 text")))?;
-        let templates = req.templates;
-        let prepared = load_prepared(&name, &text, |runtime| match templates.get(runtime) {
-            None => Err("it was not sent with the model".to_owned()),
-            Some(t) => String::from_utf8(t.json.clone())
-                .map(|text| TemplateText {
-                    name: if t.name.is_empty() {
-                        runtime.to_owned()
-                    } else {
-                        t.name.clone()
-                    },
-                    text,
-                })
-                .map_err(|_| "it is not UTF-8 text".to_owned()),
-        })
-        .map_err(Error::Invalid)?;
-        self.commit_revision(
-            prepared.megamodel,
-            req.expected_base,
-            req.author,
-            req.message,
-            0,
-        )
+        let prepared = Prepared::from_request(req)?;
+        self.apply_prepared(prepared)
+    }
+
+    /// Stores an already prepared megamodel as a revision.
+    pub fn apply_prepared(&mut self, p: Prepared) -> Result<ApplyResponse, Error> {
+        self.commit_revision(p.megamodel, p.expected_base, p.author, p.message, 0)
     }
 
     /// Restores an earlier revision's model as a new revision.

@@ -14,6 +14,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::core::Prepared;
 use crate::handle::Orchestrator;
 
 /// Events read from the store per batch when a watcher catches up.
@@ -45,10 +46,19 @@ impl ModelService for Orchestrator {
             "apply",
             file = %req.megamodel.as_ref().map_or("", |d| d.name.as_str())
         );
-        let response = self
-            .with(move |core| core.apply(req))
-            .instrument(span)
-            .await??;
+        let response = async {
+            // Reading and validating the model needs no lock: other requests
+            // and gateway reports go on meanwhile.
+            let prepared = tokio::task::spawn_blocking(move || Prepared::from_request(req))
+                .await
+                .map_err(|e| Status::internal(format!("apply task failed: {e}")))??;
+            Ok::<_, Status>(
+                self.with(move |core| core.apply_prepared(prepared))
+                    .await??,
+            )
+        }
+        .instrument(span)
+        .await?;
         Ok(Response::new(response))
     }
 

@@ -72,7 +72,11 @@ pub fn status(server: &str, format: Format, style: &Style) -> anyhow::Result<Exi
             } else if sub.converged {
                 "converged".to_owned()
             } else if sub.gateway_id.is_empty() {
-                "no gateway".to_owned()
+                "no gateway in the model".to_owned()
+            } else if g.is_none() {
+                "waiting for its gateway".to_owned()
+            } else if !g.is_some_and(|g| g.connected) {
+                "gateway offline".to_owned()
             } else {
                 "converging".to_owned()
             };
