@@ -867,3 +867,45 @@ async fn a_removed_subsystem_gets_an_empty_target() {
     let status = client.status(StatusRequest {}).await.unwrap().into_inner();
     assert_eq!(status.subsystems.len(), 1);
 }
+
+#[tokio::test]
+async fn watch_from_forgotten_events_is_refused_and_the_oldest_kept_are_served() {
+    let h = Harness::with(|c| c.event_retention = 5).await;
+    let mut client = h.client().await;
+    for n in 0..12 {
+        let model = format!(
+            r#"{{"name":"n","description":"{n}","subsystems":[{{"id":"a","components":[{{"id":"gw-a","kind":"gateway"}}]}}]}}"#
+        );
+        client.apply(apply_json(&model)).await.unwrap();
+    }
+    let e = client
+        .watch(WatchRequest {
+            after: 1,
+            subsystem: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::OutOfRange);
+    assert!(e.message().contains("no longer kept"), "{}", e.message());
+    let mut w = client
+        .watch(WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let kept = collect(&mut w, |e| e.seq == 12).await;
+    assert!(kept.len() >= 5 && kept.len() < 12, "kept {}", kept.len());
+    for w in kept.windows(2) {
+        assert_eq!(w[1].seq, w[0].seq + 1);
+    }
+    // Resuming from the last one before the oldest kept is fine.
+    let first = kept[0].seq;
+    let mut w = client
+        .watch(WatchRequest {
+            after: first - 1,
+            subsystem: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(collect(&mut w, |_| true).await[0].seq, first);
+}
