@@ -25,8 +25,12 @@ struct Serve {
 
 impl Serve {
     fn start(data: &Path) -> Serve {
+        Serve::start_on(data, "127.0.0.1:0")
+    }
+
+    fn start_on(data: &Path, listen: &str) -> Serve {
         let mut child = Command::new(env!("CARGO_BIN_EXE_continuum"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -101,6 +105,16 @@ impl Drop for Serve {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Any other child process, killed when dropped (even when a test fails).
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -210,20 +224,20 @@ fn apply_then_inspect_history_models_diffs_and_rollback() {
     );
 
     // Watch from the start: the three revisions, in order, as JSON lines.
-    let mut watch = Command::new(env!("CARGO_BIN_EXE_continuum"))
-        .args(["watch", "-o", "json"])
-        .env("CONTINUUM_SERVER", &s.addr)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut watch = Guard(
+        Command::new(env!("CARGO_BIN_EXE_continuum"))
+            .args(["watch", "-o", "json"])
+            .env("CONTINUUM_SERVER", &s.addr)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(watch.0.stdout.take().unwrap()).lines();
     for n in 1..=3 {
         let e: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
         assert_eq!(e["seq"], n);
         assert_eq!(e["kind"]["revision"]["number"], n);
     }
-    watch.kill().unwrap();
-    watch.wait().unwrap();
 }
 
 #[test]
@@ -320,4 +334,43 @@ fn a_data_directory_that_is_not_a_store_is_refused_by_name() {
         std::fs::read(data.join("orchestrator.redb")).unwrap(),
         b"definitely not a database"
     );
+}
+
+#[test]
+fn watch_follows_across_an_orchestrator_restart_without_missing_an_event() {
+    let (_dir, data) = data_dir();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let s = Serve::start_on(&data, &listen);
+    let mut watch = Guard(
+        Command::new(env!("CARGO_BIN_EXE_continuum"))
+            .args(["watch", "-o", "json"])
+            .env("CONTINUUM_SERVER", &listen)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, lines) = mpsc::channel();
+    let stdout = watch.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next = || -> serde_json::Value {
+        serde_json::from_str(&lines.recv_timeout(WITHIN).expect("an event line")).unwrap()
+    };
+    ok(s.cli(&["apply", "-f", &example("smart-building/v1.json")]));
+    assert_eq!(next()["seq"], 1);
+    drop(s); // killed
+    let s = Serve::start_on(&data, &listen);
+    ok(s.cli(&["apply", "-f", &example("smart-building/v2.json")]));
+    let e = next();
+    assert_eq!(e["seq"], 2, "{e}");
+    assert_eq!(e["kind"]["revision"]["number"], 2);
 }

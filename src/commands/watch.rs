@@ -4,8 +4,11 @@
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use continuum_proto::v1::{event, ComponentState, DiffCounts, Event, StepState, WatchRequest};
+
+use tonic::Code;
 
 use crate::remote::{self, clock, explain};
 use crate::style::Style;
@@ -162,6 +165,9 @@ impl Bars {
     }
 }
 
+/// Follows the events; when the orchestrator goes away (a restart, a network
+/// cut) it reconnects with backoff and resumes right after the last event shown,
+/// so nothing is missed. The first connection's failure is an error.
 pub fn run(
     server: &str,
     after: u64,
@@ -170,44 +176,79 @@ pub fn run(
     style: &Style,
 ) -> anyhow::Result<ExitCode> {
     let terminal = std::io::stdout().is_terminal() && format == Format::Human;
+    let subsystem = subsystem.unwrap_or_default();
     remote::block_on(async {
-        let mut client = remote::connect(server).await?;
-        let mut stream = client
-            .watch(WatchRequest {
-                after,
-                subsystem: subsystem.unwrap_or_default(),
-            })
-            .await
-            .map_err(explain)?
-            .into_inner();
+        let mut last = after;
         let mut bars = Bars::default();
+        let mut first = true;
+        let mut backoff = Duration::from_millis(200);
         loop {
-            let e = match stream.message().await {
-                Ok(Some(e)) => e,
-                Ok(None) => {
-                    eprintln!("the orchestrator ended the stream");
-                    return Ok(ExitCode::from(1));
-                }
-                Err(status) => return Err(explain(status)),
+            let opened = async {
+                let mut client = remote::connect(server).await?;
+                let request = WatchRequest {
+                    after: last,
+                    subsystem: subsystem.clone(),
+                };
+                client.watch(request).await.map_err(explain)
             };
-            match format {
-                Format::Json => outln!("{}", serde_json::to_string(&e)?),
-                Format::Human if terminal => {
-                    let mut out = std::io::stdout().lock();
-                    bars.clear(&mut out)?;
-                    writeln!(
-                        out,
-                        "{} {} {}",
-                        style.dim(&clock(e.unix_ms)),
-                        style.dim(&format!("#{}", e.seq)),
-                        describe(&e, style)
-                    )?;
-                    bars.update(&e);
-                    bars.draw(&mut out)?;
-                    out.flush()?;
+            let mut stream = match opened.await {
+                Ok(s) => s.into_inner(),
+                Err(e) if first => return Err(e),
+                Err(_) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
                 }
-                Format::Human => outln!("{} #{} {}", clock(e.unix_ms), e.seq, describe(&e, style)),
+            };
+            if !first {
+                eprintln!(
+                    "{}",
+                    style.dim(&format!("reconnected; resuming after event #{last}"))
+                );
             }
+            first = false;
+            backoff = Duration::from_millis(200);
+            let why = loop {
+                let e = match stream.message().await {
+                    Ok(Some(e)) => e,
+                    Ok(None) => break "the orchestrator ended the stream".to_owned(),
+                    Err(status) if status.code() == Code::OutOfRange => {
+                        return Err(explain(status))
+                    }
+                    Err(status) => break explain(status).to_string(),
+                };
+                last = e.seq;
+                show(&e, format, terminal, &mut bars, style)?;
+            };
+            eprintln!("{}", style.dim(&format!("{why}; reconnecting")));
         }
     })
+}
+
+fn show(
+    e: &Event,
+    format: Format,
+    terminal: bool,
+    bars: &mut Bars,
+    style: &Style,
+) -> anyhow::Result<()> {
+    match format {
+        Format::Json => outln!("{}", serde_json::to_string(e)?),
+        Format::Human if terminal => {
+            let mut out = std::io::stdout().lock();
+            bars.clear(&mut out)?;
+            writeln!(
+                out,
+                "{} {} {}",
+                style.dim(&clock(e.unix_ms)),
+                style.dim(&format!("#{}", e.seq)),
+                describe(e, style)
+            )?;
+            bars.update(e);
+            bars.draw(&mut out)?;
+            out.flush()?;
+        }
+        Format::Human => outln!("{} #{} {}", clock(e.unix_ms), e.seq, describe(e, style)),
+    }
+    Ok(())
 }
