@@ -1,8 +1,13 @@
 //! The gateway agent: one local subsystem's models@run.time engine (DESIGN §1, §3).
 //!
-//! It diffs its target subsystem model with the model of what really runs, plans
-//! with `continuum_models::plan`, enacts the steps through its drivers, and streams
-//! what changed back to the orchestrator. The link, reconcile loop and drivers
-//! arrive with issue #5.
+//! It observes what runs (workloads carrying Continuum labels), rebuilds the
+//! current model from them, diffs it with the target, plans with
+//! `continuum_models::plan`, and enacts the steps through a driver.
+
+pub mod engine;
+pub mod exec;
+pub mod observe;
+pub mod runtime;
+pub mod spec;
 
 pub use continuum_models as models;

@@ -304,8 +304,16 @@ pub fn plan_diff(current: &DeploymentModel, target: &DeploymentModel, d: &ModelD
         g.dep(step, g.find(Phase::Add, x));
         g.dep(step, g.find(Phase::Add, y));
         g.dep(step, g.find_link(Phase::Unbind, l));
-        g.dep(g.find(Phase::Start, x), step);
-        g.dep(g.find(Phase::Start, y), step);
+        // The side that needs the link starts once it is bound; the side it
+        // needs does not wait for it (a failed client must not hold its server
+        // back). A link that orders nothing holds both ends.
+        match l.need() {
+            Some((needer, _)) => g.dep(g.find(Phase::Start, needer), step),
+            None => {
+                g.dep(g.find(Phase::Start, x), step);
+                g.dep(g.find(Phase::Start, y), step);
+            }
+        }
     }
     g.finish()
 }

@@ -1,0 +1,317 @@
+//! One reconcile pass, level-triggered: observe what runs, rebuild the current
+//! model, diff it with the target, plan, execute, observe again, and say what
+//! each component's status is. Nothing is remembered between passes but the
+//! statuses' timestamps: reality says what is done.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use continuum_models::{plan, DeploymentModel};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::exec::{execute, ExecConfig, Outcome, Progress};
+use crate::observe::{current_model, is_workload};
+use crate::runtime::{ContainerRuntime, RuntimeError};
+use crate::spec::LABEL_SUBSYSTEM;
+
+/// A component's state, as the orchestrator shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum State {
+    Pending,
+    Deploying,
+    Running,
+    Failed,
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub state: State,
+    pub reason: String,
+}
+
+impl Status {
+    fn new(state: State, reason: impl Into<String>) -> Status {
+        Status {
+            state,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What one pass found and did.
+#[derive(Debug, Clone)]
+pub struct PassReport {
+    pub generation: u64,
+    /// The current model after the pass.
+    pub current: DeploymentModel,
+    /// Steps planned (0: nothing to do: already converged).
+    pub planned: usize,
+    pub outcome: Outcome,
+    /// Every component with a lifecycle in the target or in what runs.
+    pub statuses: BTreeMap<String, Status>,
+}
+
+impl PassReport {
+    /// The pass ran the target fully.
+    pub fn converged(&self) -> bool {
+        self.outcome.failed.is_empty()
+            && self.outcome.blocked.is_empty()
+            && self.statuses.values().all(|s| s.state == State::Running)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub subsystem: String,
+    pub context_root: std::path::PathBuf,
+    pub step_timeout: Duration,
+    pub settle: Duration,
+}
+
+/// Runs one pass of `target` (at `generation`).
+pub async fn reconcile<R: ContainerRuntime>(
+    runtime: &Arc<R>,
+    config: &EngineConfig,
+    generation: u64,
+    target: &DeploymentModel,
+    progress: &mpsc::UnboundedSender<Progress>,
+) -> Result<PassReport, RuntimeError> {
+    let span = tracing::info_span!("reconcile", subsystem = %config.subsystem, generation);
+    async {
+        let workloads = runtime.list(LABEL_SUBSYSTEM, &config.subsystem).await?;
+        let current = current_model(target, &workloads);
+        let steps = plan(&current, target);
+        let planned = steps.len();
+        let outcome = if steps.is_empty() {
+            Outcome::default()
+        } else {
+            tracing::info!(steps = planned, "enacting");
+            let exec = ExecConfig {
+                subsystem: config.subsystem.clone(),
+                generation,
+                context_root: config.context_root.clone(),
+                step_timeout: config.step_timeout,
+                settle: config.settle,
+            };
+            execute(
+                Arc::clone(runtime),
+                exec,
+                &steps,
+                target,
+                &workloads,
+                progress,
+            )
+            .await
+        };
+        let after = if planned == 0 {
+            workloads
+        } else {
+            runtime.list(LABEL_SUBSYSTEM, &config.subsystem).await?
+        };
+        let current = current_model(target, &after);
+        let mut statuses = BTreeMap::new();
+        for c in target
+            .components
+            .iter()
+            .filter(|c| c.kind().has_lifecycle())
+        {
+            let status = if let Some(reason) = outcome.failed.get(&c.id) {
+                Status::new(State::Failed, reason.clone())
+            } else if let Some(reason) = outcome.blocked.get(&c.id) {
+                Status::new(State::Pending, format!("not deployed: {reason}"))
+            } else if !is_workload(c) {
+                Status::new(State::Unknown, "no driver on this gateway runs it")
+            } else if current.components.iter().any(|k| k == c) {
+                Status::new(State::Running, "")
+            } else {
+                Status::new(State::Deploying, "")
+            };
+            statuses.insert(c.id.clone(), status);
+        }
+        Ok(PassReport {
+            generation,
+            current,
+            planned,
+            outcome,
+            statuses,
+        })
+    }
+    .instrument(span)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::fake::FakeRuntime;
+    use crate::runtime::RunState;
+
+    fn model(json: &str) -> DeploymentModel {
+        let (m, problems) =
+            continuum_models::parse::parse_deployment_model("t.json", json).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        m.canonical()
+    }
+
+    fn two_services(web_image: &str) -> DeploymentModel {
+        model(&format!(
+            r#"{{"id":"s","components":[
+              {{"id":"gw","kind":"gateway"}},
+              {{"id":"db","kind":"service","resources":{{"container":{{"image":"db:1"}}}}}},
+              {{"id":"web","kind":"service","resources":{{"container":{{"image":"{web_image}","ports":[{{"container":80,"host":8080}}]}}}}}}],
+              "links":[{{"kind":"hosting","component":"db","host":"gw"}},
+                       {{"kind":"hosting","component":"web","host":"gw"}},
+                       {{"kind":"communication","from":"web","to":"db"}}]}}"#
+        ))
+    }
+
+    fn config() -> EngineConfig {
+        EngineConfig {
+            subsystem: "s".into(),
+            context_root: ".".into(),
+            step_timeout: Duration::from_secs(5),
+            settle: Duration::ZERO,
+        }
+    }
+
+    async fn pass(rt: &Arc<FakeRuntime>, generation: u64, target: &DeploymentModel) -> PassReport {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        reconcile(rt, &config(), generation, target, &tx)
+            .await
+            .unwrap()
+    }
+
+    fn fake() -> Arc<FakeRuntime> {
+        let rt = Arc::new(FakeRuntime::new());
+        for i in ["db:1", "web:1", "web:2"] {
+            rt.add_image(i);
+        }
+        rt
+    }
+
+    #[tokio::test]
+    async fn a_target_is_deployed_then_a_second_pass_does_nothing() {
+        let rt = fake();
+        let target = two_services("web:1");
+        let r = pass(&rt, 1, &target).await;
+        assert!(r.converged(), "{r:?}");
+        assert_eq!(r.current, target);
+        assert_eq!(rt.workloads().len(), 2);
+        assert!(rt.workloads().iter().all(|w| w.state == RunState::Running));
+        // db starts before web, which needs it.
+        let calls = rt.calls();
+        let pos = |s: &str| calls.iter().position(|c| c == s).unwrap();
+        assert!(
+            pos("start continuum-s-db") < pos("start continuum-s-web"),
+            "{calls:?}"
+        );
+        let before = rt.calls().len();
+        let r = pass(&rt, 1, &target).await;
+        assert_eq!(r.planned, 0);
+        assert_eq!(rt.calls().len(), before, "nothing touched");
+    }
+
+    #[tokio::test]
+    async fn only_the_changed_component_is_replaced() {
+        let rt = fake();
+        pass(&rt, 1, &two_services("web:1")).await;
+        let db_before = rt
+            .workloads()
+            .into_iter()
+            .find(|w| w.name.ends_with("-db"))
+            .unwrap()
+            .id;
+        let r = pass(&rt, 2, &two_services("web:2")).await;
+        assert!(r.converged(), "{r:?}");
+        let db_after = rt
+            .workloads()
+            .into_iter()
+            .find(|w| w.name.ends_with("-db"))
+            .unwrap()
+            .id;
+        assert_eq!(db_before, db_after, "db untouched");
+        assert_eq!(rt.workloads().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn drift_is_repaired() {
+        let rt = fake();
+        let target = two_services("web:1");
+        pass(&rt, 1, &target).await;
+        let ws = rt.workloads();
+        rt.kill(&ws[0].id);
+        rt.delete(&ws[1].id);
+        let r = pass(&rt, 1, &target).await;
+        assert!(r.converged(), "{r:?}");
+        assert_eq!(rt.workloads().len(), 2);
+        assert!(rt.workloads().iter().all(|w| w.state == RunState::Running));
+        assert_eq!(
+            rt.workloads()[0].id,
+            ws[0].id,
+            "a stopped workload is restarted, not recreated"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failure_fails_its_component_and_blocks_what_needs_it() {
+        let rt = fake();
+        rt.crash_on_start("db:1");
+        let r = pass(&rt, 1, &two_services("web:1")).await;
+        assert!(!r.converged());
+        assert_eq!(r.statuses["db"].state, State::Failed);
+        assert!(
+            r.statuses["db"]
+                .reason
+                .contains("exited at once with code 1"),
+            "{:?}",
+            r.statuses
+        );
+        assert!(r.statuses["db"].reason.contains("fatal: cannot start"));
+        assert_eq!(r.statuses["web"].state, State::Pending);
+        assert!(
+            r.statuses["web"].reason.contains("`db` failed"),
+            "{:?}",
+            r.statuses
+        );
+        assert!(!rt.calls().iter().any(|c| c == "start continuum-s-web"));
+    }
+
+    #[tokio::test]
+    async fn a_missing_image_is_a_failure_with_the_reason() {
+        let rt = fake();
+        let r = pass(&rt, 1, &two_services("web:9")).await;
+        assert_eq!(r.statuses["web"].state, State::Failed);
+        assert!(
+            r.statuses["web"]
+                .reason
+                .contains("`web:9` is not on this gateway"),
+            "{:?}",
+            r.statuses
+        );
+        assert_eq!(r.statuses["db"].state, State::Running);
+    }
+
+    #[tokio::test]
+    async fn removed_components_are_removed() {
+        let rt = fake();
+        pass(&rt, 1, &two_services("web:1")).await;
+        let only_gw = model(r#"{"id":"s","components":[{"id":"gw","kind":"gateway"}]}"#);
+        let r = pass(&rt, 2, &only_gw).await;
+        assert!(r.converged(), "{r:?}");
+        assert!(rt.workloads().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_engine_is_an_error_not_a_status() {
+        let rt = fake();
+        rt.set_unreachable(true);
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let e = reconcile(&rt, &config(), 1, &two_services("web:1"), &tx)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RuntimeError::Unreachable(_)));
+    }
+}

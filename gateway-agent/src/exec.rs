@@ -1,0 +1,471 @@
+//! Executing a plan: steps run concurrently as soon as the steps they follow
+//! are done, each with a timeout; a failed step fails its component, and every
+//! step that follows it (transitively) is skipped, never left hanging.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use continuum_models::{Action, Component, DeploymentModel, Plan, Step};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::observe::is_workload;
+use crate::runtime::{ContainerRuntime, ImageSource, RunState, Workload, WorkloadSpec};
+use crate::spec::{
+    fnv64, spec_hash, LABEL_COMPONENT, LABEL_DEFINITION, LABEL_GENERATION, LABEL_SPEC_HASH,
+    LABEL_SUBSYSTEM,
+};
+
+/// How a step ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepState {
+    Started,
+    Succeeded,
+    Failed(String),
+}
+
+/// Reported as steps run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    pub step: String,
+    pub component: Option<String>,
+    pub state: StepState,
+    pub done: usize,
+    pub total: usize,
+}
+
+/// What a plan's execution left.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Components whose step failed, with why.
+    pub failed: BTreeMap<String, String>,
+    /// Components whose steps did not run because a step they follow failed.
+    pub blocked: BTreeMap<String, String>,
+    pub succeeded: usize,
+}
+
+/// Settings of execution.
+#[derive(Debug, Clone)]
+pub struct ExecConfig {
+    pub subsystem: String,
+    pub generation: u64,
+    /// Where build contexts named in models are found.
+    pub context_root: PathBuf,
+    pub step_timeout: Duration,
+    /// How long a started workload must keep running to count as started.
+    pub settle: Duration,
+}
+
+/// The workload name of a component: unique per subsystem on one engine.
+pub fn workload_name(subsystem: &str, component: &str) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect()
+    };
+    format!("continuum-{}-{}", clean(subsystem), clean(component))
+}
+
+/// A hash of a build context: every file's relative path and bytes, in order.
+pub fn context_hash(dir: &Path) -> std::io::Result<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                walk(base, &path, out)?;
+            } else {
+                let rel = path
+                    .strip_prefix(base)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .into_owned();
+                out.push((rel, path));
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(dir, dir, &mut files)?;
+    files.sort();
+    let mut all = Vec::new();
+    for (rel, path) in files {
+        all.extend_from_slice(rel.as_bytes());
+        all.push(0);
+        all.extend_from_slice(&std::fs::read(path)?);
+        all.push(0);
+    }
+    Ok(format!("{:016x}", fnv64(&all)))
+}
+
+/// Where the image of a workload component comes from.
+pub fn image_source(c: &Component, context_root: &Path) -> Result<ImageSource, String> {
+    let container = c
+        .spec
+        .resources()
+        .and_then(|r| r.container.as_ref())
+        .ok_or_else(|| format!("`{}` has no container resource", c.id))?;
+    if let Some(image) = &container.image {
+        return Ok(ImageSource::Named(image.clone()));
+    }
+    let build = container
+        .build
+        .as_ref()
+        .ok_or_else(|| format!("`{}` names neither an image nor a build", c.id))?;
+    let context = context_root.join(&build.context);
+    let hash = context_hash(&context)
+        .map_err(|e| format!("cannot read the build context {}: {e}", context.display()))?;
+    let mut args: Vec<u8> = Vec::new();
+    for (k, v) in &build.args {
+        args.extend_from_slice(format!("{k}={v}\0").as_bytes());
+    }
+    args.extend_from_slice(
+        build
+            .dockerfile
+            .as_deref()
+            .unwrap_or("Dockerfile")
+            .as_bytes(),
+    );
+    let tag = format!(
+        "continuum/{}:{}-{:08x}",
+        c.id,
+        &hash[..12],
+        fnv64(&args) as u32
+    );
+    Ok(ImageSource::Build {
+        context,
+        dockerfile: build.dockerfile.clone(),
+        args: build.args.clone(),
+        tag,
+    })
+}
+
+/// The workload that runs component `c` at `generation`.
+pub fn workload_spec(
+    c: &Component,
+    subsystem: &str,
+    generation: u64,
+    image: &str,
+) -> Result<WorkloadSpec, String> {
+    let container = c
+        .spec
+        .resources()
+        .and_then(|r| r.container.as_ref())
+        .ok_or_else(|| format!("`{}` has no container resource", c.id))?;
+    let labels = BTreeMap::from([
+        (LABEL_COMPONENT.to_owned(), c.id.clone()),
+        (LABEL_SUBSYSTEM.to_owned(), subsystem.to_owned()),
+        (LABEL_GENERATION.to_owned(), generation.to_string()),
+        (LABEL_SPEC_HASH.to_owned(), spec_hash(c)),
+        (
+            LABEL_DEFINITION.to_owned(),
+            serde_json::to_string(c).expect("components serialize"),
+        ),
+    ]);
+    Ok(WorkloadSpec {
+        name: workload_name(subsystem, &c.id),
+        image: image.to_owned(),
+        command: container.command.clone(),
+        env: container.env.clone(),
+        ports: container.ports.clone(),
+        devices: container.devices.clone(),
+        mounts: container.mounts.clone(),
+        restart: container.restart,
+        network: container.network.clone(),
+        labels,
+    })
+}
+
+struct Context<R> {
+    runtime: Arc<R>,
+    config: ExecConfig,
+    target: HashMap<String, Component>,
+    /// The workloads seen before the plan, by component.
+    workloads: HashMap<String, Vec<Workload>>,
+}
+
+impl<R: ContainerRuntime> Context<R> {
+    fn workloads_of(&self, component: &str) -> &[Workload] {
+        self.workloads.get(component).map_or(&[], Vec::as_slice)
+    }
+
+    /// The runtime's current workloads of a component (steps of the same plan may
+    /// have created some since the snapshot).
+    async fn live_workloads(&self, component: &str) -> Result<Vec<Workload>, String> {
+        let all = self
+            .runtime
+            .list(LABEL_SUBSYSTEM, &self.config.subsystem)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(all
+            .into_iter()
+            .filter(|w| {
+                w.labels
+                    .get(LABEL_COMPONENT)
+                    .is_some_and(|c| c == component)
+            })
+            .collect())
+    }
+
+    async fn run(&self, action: &Action) -> Result<(), String> {
+        match action {
+            Action::Stop { component } => {
+                for w in self.workloads_of(component) {
+                    self.runtime.stop(&w.id).await.map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            }
+            Action::Remove { component } => {
+                for w in self.live_workloads(component).await? {
+                    self.runtime.stop(&w.id).await.map_err(|e| e.to_string())?;
+                    self.runtime
+                        .remove(&w.id)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            }
+            Action::Add { component } => self.add(component).await,
+            Action::Start { component } => self.start(component).await,
+            // Metadata only: what runs does not change. Links are the bridge's (#6).
+            Action::Update { .. } | Action::Bind { .. } | Action::Unbind { .. } => Ok(()),
+        }
+    }
+
+    fn target(&self, component: &str) -> Result<&Component, String> {
+        self.target
+            .get(component)
+            .ok_or_else(|| format!("`{component}` is not in the target"))
+    }
+
+    async fn add(&self, component: &str) -> Result<(), String> {
+        let c = self.target(component)?;
+        if !is_workload(c) {
+            return Ok(());
+        }
+        let source = image_source(c, &self.config.context_root)?;
+        self.runtime
+            .ensure_image(&source)
+            .await
+            .map_err(|e| e.to_string())?;
+        let hash = spec_hash(c);
+        let mut keep = false;
+        for w in self.live_workloads(component).await? {
+            if !keep && w.labels.get(LABEL_SPEC_HASH) == Some(&hash) {
+                keep = true;
+                continue;
+            }
+            // A stale or duplicate workload: it would hold the name.
+            self.runtime.stop(&w.id).await.map_err(|e| e.to_string())?;
+            self.runtime
+                .remove(&w.id)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        if !keep {
+            let spec = workload_spec(
+                c,
+                &self.config.subsystem,
+                self.config.generation,
+                source.reference(),
+            )?;
+            self.runtime
+                .create(&spec)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    async fn start(&self, component: &str) -> Result<(), String> {
+        let c = self.target(component)?;
+        if !is_workload(c) {
+            return Ok(());
+        }
+        let hash = spec_hash(c);
+        let w = self
+            .live_workloads(component)
+            .await?
+            .into_iter()
+            .find(|w| w.labels.get(LABEL_SPEC_HASH) == Some(&hash))
+            .ok_or_else(|| format!("no workload of `{component}` to start"))?;
+        if w.state != RunState::Running {
+            self.runtime.start(&w.id).await.map_err(|e| e.to_string())?;
+        }
+        self.settle(&w.id).await
+    }
+
+    /// Watches a started workload for `settle`: one that exits at once failed.
+    async fn settle(&self, id: &str) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + self.config.settle;
+        loop {
+            match self.runtime.state(id).await.map_err(|e| e.to_string())? {
+                RunState::Running => {}
+                RunState::Exited(code) => {
+                    let logs = self.runtime.logs(id, 5).await.unwrap_or_default();
+                    let code = code.map_or("unknown".to_owned(), |c| c.to_string());
+                    let tail = logs.trim();
+                    return Err(if tail.is_empty() {
+                        format!("exited at once with code {code}")
+                    } else {
+                        format!("exited at once with code {code}: {tail}")
+                    });
+                }
+                other => return Err(format!("did not start: {other:?}")),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50).min(self.config.settle)).await;
+        }
+    }
+}
+
+/// Runs `plan` from `current` to `target` on `runtime`.
+pub async fn execute<R: ContainerRuntime>(
+    runtime: Arc<R>,
+    config: ExecConfig,
+    plan: &Plan,
+    target: &DeploymentModel,
+    workloads: &[Workload],
+    progress: &mpsc::UnboundedSender<Progress>,
+) -> Outcome {
+    let mut by_component: HashMap<String, Vec<Workload>> = HashMap::new();
+    for w in workloads {
+        if let Some(c) = w.labels.get(LABEL_COMPONENT) {
+            by_component.entry(c.clone()).or_default().push(w.clone());
+        }
+    }
+    let step_timeout = config.step_timeout;
+    let ctx = Arc::new(Context {
+        runtime,
+        config,
+        target: target
+            .components
+            .iter()
+            .map(|c| (c.id.clone(), c.clone()))
+            .collect(),
+        workloads: by_component,
+    });
+    let total = plan.steps.len();
+    let mut outcome = Outcome::default();
+    let mut done: HashSet<usize> = HashSet::new();
+    let mut dead: HashMap<usize, String> = HashMap::new();
+    let mut started: HashSet<usize> = HashSet::new();
+    let mut running: JoinSet<(usize, Result<(), String>)> = JoinSet::new();
+    let mut finished = 0;
+    loop {
+        // Start every step whose predecessors are done; skip those behind a failure.
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for step in &plan.steps {
+                if started.contains(&step.id) {
+                    continue;
+                }
+                if let Some(cause) = step.after.iter().find_map(|a| dead.get(a)).cloned() {
+                    started.insert(step.id);
+                    dead.insert(step.id, cause.clone());
+                    finished += 1;
+                    if let Some(c) = step.action.component() {
+                        outcome.blocked.entry(c.to_owned()).or_insert(cause);
+                    }
+                    changed = true;
+                    continue;
+                }
+                if step.after.iter().all(|a| done.contains(a)) {
+                    started.insert(step.id);
+                    spawn_step(
+                        &mut running,
+                        &ctx,
+                        step,
+                        step_timeout,
+                        progress,
+                        finished,
+                        total,
+                    );
+                }
+            }
+        }
+        let Some(joined) = running.join_next().await else {
+            break;
+        };
+        let (id, result) =
+            joined.unwrap_or_else(|e| (usize::MAX, Err(format!("step task failed: {e}"))));
+        let Some(step) = plan.steps.get(id) else {
+            continue;
+        };
+        finished += 1;
+        let component = step.action.component().map(str::to_owned);
+        match result {
+            Ok(()) => {
+                done.insert(id);
+                outcome.succeeded += 1;
+                let _ = progress.send(Progress {
+                    step: step.action.to_string(),
+                    component,
+                    state: StepState::Succeeded,
+                    done: finished,
+                    total,
+                });
+            }
+            Err(reason) => {
+                let who = component.clone().unwrap_or_else(|| step.action.to_string());
+                tracing::warn!(step = %step.action, %reason, "step failed");
+                dead.insert(id, format!("`{who}` failed: {reason}"));
+                if let Some(c) = &component {
+                    outcome.failed.insert(c.clone(), reason.clone());
+                }
+                let _ = progress.send(Progress {
+                    step: step.action.to_string(),
+                    component,
+                    state: StepState::Failed(reason),
+                    done: finished,
+                    total,
+                });
+            }
+        }
+    }
+    outcome
+}
+
+fn spawn_step<R: ContainerRuntime>(
+    running: &mut JoinSet<(usize, Result<(), String>)>,
+    ctx: &Arc<Context<R>>,
+    step: &Step,
+    timeout: Duration,
+    progress: &mpsc::UnboundedSender<Progress>,
+    finished: usize,
+    total: usize,
+) {
+    let _ = progress.send(Progress {
+        step: step.action.to_string(),
+        component: step.action.component().map(str::to_owned),
+        state: StepState::Started,
+        done: finished,
+        total,
+    });
+    let ctx = Arc::clone(ctx);
+    let action = step.action.clone();
+    let id = step.id;
+    let span = tracing::info_span!("step", step = %action);
+    running.spawn(
+        async move {
+            let result = match tokio::time::timeout(timeout, ctx.run(&action)).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("timed out after {timeout:?}")),
+            };
+            (id, result)
+        }
+        .instrument(span),
+    );
+}

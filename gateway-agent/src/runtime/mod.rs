@@ -1,0 +1,116 @@
+//! Where components run: one trait for every driver (Docker, child processes,
+//! and an in-memory fake for unit tests). A driver knows nothing of models: it
+//! creates, starts, stops and removes labelled workloads and lists them back.
+
+pub mod fake;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+pub use continuum_models::resources::{DeviceMapping, Mount, PortBinding, RestartPolicy};
+
+/// What a workload is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunState {
+    Created,
+    Running,
+    /// Ended, with its exit code when known.
+    Exited(Option<i64>),
+    /// Restarting, paused, dead...: the driver's own word.
+    Other(String),
+}
+
+/// A workload this agent created, as the driver sees it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// The driver's id (a container id, a process key).
+    pub id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub state: RunState,
+}
+
+/// Where an image comes from: already on the engine, or built from a context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageSource {
+    Named(String),
+    Build {
+        /// The directory to send as the build context.
+        context: std::path::PathBuf,
+        dockerfile: Option<String>,
+        args: BTreeMap<String, String>,
+        /// The tag to give the result (content-addressed by the caller).
+        tag: String,
+    },
+}
+
+impl ImageSource {
+    /// The image name a workload refers to.
+    pub fn reference(&self) -> &str {
+        match self {
+            ImageSource::Named(n) => n,
+            ImageSource::Build { tag, .. } => tag,
+        }
+    }
+}
+
+/// Everything needed to create a workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadSpec {
+    pub name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub ports: Vec<PortBinding>,
+    pub devices: Vec<DeviceMapping>,
+    pub mounts: Vec<Mount>,
+    pub restart: RestartPolicy,
+    pub network: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeError {
+    /// The engine cannot be reached at all.
+    #[error("the container engine is unreachable: {0}")]
+    Unreachable(String),
+    #[error("image `{image}` cannot be built: {reason}")]
+    Build { image: String, reason: String },
+    #[error("image `{0}` is not on this gateway (no registry is used; build it or load it first)")]
+    NoImage(String),
+    #[error("no workload `{0}`")]
+    NotFound(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A driver. Every operation is idempotent where it can be: stopping a stopped
+/// workload or removing a missing one succeeds.
+pub trait ContainerRuntime: Send + Sync + 'static {
+    /// The workloads carrying `label=value`.
+    fn list(
+        &self,
+        label: &str,
+        value: &str,
+    ) -> impl Future<Output = Result<Vec<Workload>, RuntimeError>> + Send;
+    /// Makes sure the image exists (building it if it must).
+    fn ensure_image(
+        &self,
+        source: &ImageSource,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Creates a workload (not started); returns its id.
+    fn create(
+        &self,
+        spec: &WorkloadSpec,
+    ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+    fn start(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    fn stop(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    fn remove(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    fn state(&self, id: &str) -> impl Future<Output = Result<RunState, RuntimeError>> + Send;
+    /// The last lines the workload wrote, for failure reasons.
+    fn logs(
+        &self,
+        id: &str,
+        lines: usize,
+    ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+}
