@@ -6,6 +6,9 @@ set -euo pipefail
 need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+# A static busybox: test images are built FROM scratch with it (no registry here).
+linkage=$(LC_ALL=C ldd /bin/busybox 2>&1 || true)
+case "$linkage" in *"not a dynamic"*) ;; *) need_apt+=(busybox-static) ;; esac
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""

@@ -2,6 +2,7 @@
 //! and an in-memory fake for unit tests). A driver knows nothing of models: it
 //! creates, starts, stops and removes labelled workloads and lists them back.
 
+pub mod docker;
 pub mod fake;
 
 use std::collections::BTreeMap;

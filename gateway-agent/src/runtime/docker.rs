@@ -1,0 +1,338 @@
+//! The Docker driver, through the engine's API (bollard). Images come from the
+//! engine or are built from a context this driver sends as a tar archive: no
+//! registry is assumed reachable.
+
+use std::collections::HashMap;
+
+use bollard::errors::Error as DockerError;
+use bollard::models::{
+    ContainerCreateBody, ContainerStateStatusEnum, ContainerSummaryStateEnum, HostConfig,
+    MountType, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use tokio_stream::StreamExt;
+
+use super::{
+    ContainerRuntime, ImageSource, RestartPolicy, RunState, RuntimeError, Workload, WorkloadSpec,
+};
+
+/// Seconds a container gets to stop before it is killed.
+const STOP_GRACE_SECONDS: i32 = 5;
+
+#[derive(Debug, Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+}
+
+fn error(e: DockerError) -> RuntimeError {
+    match e {
+        DockerError::DockerResponseServerError {
+            status_code: 404,
+            message,
+        } => RuntimeError::NotFound(message),
+        DockerError::DockerResponseServerError { message, .. } => RuntimeError::Failed(message),
+        DockerError::IOError { .. }
+        | DockerError::HyperResponseError { .. }
+        | DockerError::RequestTimeoutError => RuntimeError::Unreachable(e.to_string()),
+        other => RuntimeError::Failed(other.to_string()),
+    }
+}
+
+impl DockerRuntime {
+    /// Connects to the local engine (`DOCKER_HOST` or the default socket) and
+    /// agrees on an API version it speaks.
+    pub async fn connect() -> Result<DockerRuntime, RuntimeError> {
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?
+            .negotiate_version()
+            .await
+            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
+        docker.ping().await.map_err(error)?;
+        Ok(DockerRuntime { docker })
+    }
+
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    async fn build(
+        &self,
+        context: &std::path::Path,
+        dockerfile: Option<&str>,
+        args: &std::collections::BTreeMap<String, String>,
+        tag: &str,
+    ) -> Result<(), RuntimeError> {
+        let build_error = |reason: String| RuntimeError::Build {
+            image: tag.to_owned(),
+            reason,
+        };
+        let dir = context.to_owned();
+        let archive = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            let mut tar = tar::Builder::new(Vec::new());
+            tar.follow_symlinks(false);
+            tar.append_dir_all(".", &dir)?;
+            tar.into_inner()
+        })
+        .await
+        .map_err(|e| build_error(e.to_string()))?
+        .map_err(|e| build_error(format!("cannot pack {}: {e}", context.display())))?;
+        let buildargs: HashMap<String, String> =
+            args.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let options = BuildImageOptionsBuilder::default()
+            .dockerfile(dockerfile.unwrap_or("Dockerfile"))
+            .t(tag)
+            .rm(true)
+            .forcerm(true)
+            .buildargs(&buildargs)
+            .build();
+        let mut stream =
+            self.docker
+                .build_image(options, None, Some(bollard::body_full(archive.into())));
+        let mut last_lines: Vec<String> = Vec::new();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(detail) = info.error_detail.and_then(|d| d.message) {
+                        return Err(build_error(detail));
+                    }
+                    if let Some(line) = info.stream {
+                        let line = line.trim_end().to_owned();
+                        if !line.is_empty() {
+                            last_lines.push(line);
+                            if last_lines.len() > 5 {
+                                last_lines.remove(0);
+                            }
+                        }
+                    }
+                }
+                Err(DockerError::DockerStreamError { error }) => return Err(build_error(error)),
+                Err(e) => {
+                    let mut reason = error(e).to_string();
+                    if !last_lines.is_empty() {
+                        reason = format!("{reason} (after: {})", last_lines.join(" | "));
+                    }
+                    return Err(build_error(reason));
+                }
+            }
+        }
+        // The build may end without an error message yet without the image.
+        self.docker
+            .inspect_image(tag)
+            .await
+            .map(|_| ())
+            .map_err(|e| build_error(format!("no image after the build: {}", error(e))))
+    }
+}
+
+fn run_state(s: Option<ContainerSummaryStateEnum>) -> RunState {
+    match s {
+        Some(ContainerSummaryStateEnum::RUNNING) => RunState::Running,
+        Some(ContainerSummaryStateEnum::CREATED) => RunState::Created,
+        Some(ContainerSummaryStateEnum::EXITED) => RunState::Exited(None),
+        Some(other) => RunState::Other(other.to_string()),
+        None => RunState::Other("unknown".into()),
+    }
+}
+
+impl ContainerRuntime for DockerRuntime {
+    async fn list(&self, label: &str, value: &str) -> Result<Vec<Workload>, RuntimeError> {
+        let filters = HashMap::from([("label".to_owned(), vec![format!("{label}={value}")])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(error)?;
+        Ok(containers
+            .into_iter()
+            .map(|c| Workload {
+                id: c.id.unwrap_or_default(),
+                name: c
+                    .names
+                    .unwrap_or_default()
+                    .first()
+                    .map(|n| n.trim_start_matches('/').to_owned())
+                    .unwrap_or_default(),
+                labels: c.labels.unwrap_or_default().into_iter().collect(),
+                state: run_state(c.state),
+            })
+            .collect())
+    }
+
+    async fn ensure_image(&self, source: &ImageSource) -> Result<(), RuntimeError> {
+        let name = source.reference();
+        match self.docker.inspect_image(name).await {
+            Ok(_) => return Ok(()),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => return Err(error(e)),
+        }
+        match source {
+            ImageSource::Named(n) => Err(RuntimeError::NoImage(n.clone())),
+            ImageSource::Build {
+                context,
+                dockerfile,
+                args,
+                tag,
+            } => {
+                tracing::info!(image = %tag, context = %context.display(), "building image");
+                self.build(context, dockerfile.as_deref(), args, tag).await
+            }
+        }
+    }
+
+    async fn create(&self, spec: &WorkloadSpec) -> Result<String, RuntimeError> {
+        let mut port_bindings = HashMap::new();
+        let mut exposed = Vec::new();
+        for p in &spec.ports {
+            let proto = match p.protocol {
+                continuum_models::resources::Protocol::Tcp => "tcp",
+                continuum_models::resources::Protocol::Udp => "udp",
+            };
+            let key = format!("{}/{proto}", p.container);
+            exposed.push(key.clone());
+            port_bindings.insert(
+                key,
+                Some(vec![bollard::models::PortBinding {
+                    host_ip: None,
+                    host_port: Some(p.host.map(|h| h.to_string()).unwrap_or_default()),
+                }]),
+            );
+        }
+        let devices = spec
+            .devices
+            .iter()
+            .map(|d| bollard::models::DeviceMapping {
+                path_on_host: Some(d.host.clone()),
+                path_in_container: Some(d.container.clone().unwrap_or_else(|| d.host.clone())),
+                cgroup_permissions: Some(d.permissions.clone().unwrap_or_else(|| "rwm".into())),
+            })
+            .collect();
+        let mounts = spec
+            .mounts
+            .iter()
+            .map(|m| bollard::models::Mount {
+                source: Some(m.source.clone()),
+                target: Some(m.target.clone()),
+                read_only: Some(m.read_only),
+                typ: Some(if m.source.starts_with('/') {
+                    MountType::BIND
+                } else {
+                    MountType::VOLUME
+                }),
+                ..Default::default()
+            })
+            .collect();
+        let restart = match spec.restart {
+            RestartPolicy::No => RestartPolicyNameEnum::NO,
+            RestartPolicy::Always => RestartPolicyNameEnum::ALWAYS,
+            RestartPolicy::OnFailure => RestartPolicyNameEnum::ON_FAILURE,
+            RestartPolicy::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            labels: Some(spec.labels.clone().into_iter().collect()),
+            exposed_ports: (!exposed.is_empty()).then_some(exposed),
+            host_config: Some(HostConfig {
+                port_bindings: Some(port_bindings),
+                devices: Some(devices),
+                mounts: Some(mounts),
+                restart_policy: Some(bollard::models::RestartPolicy {
+                    name: Some(restart),
+                    maximum_retry_count: None,
+                }),
+                network_mode: spec.network.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&spec.name)
+            .build();
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(error)?;
+        Ok(created.id)
+    }
+
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        self.docker.start_container(id, None).await.map_err(error)
+    }
+
+    async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
+        let options = StopContainerOptionsBuilder::default()
+            .t(STOP_GRACE_SECONDS)
+            .build();
+        match self.docker.stop_container(id, Some(options)).await {
+            // 304: already stopped; 404: already gone.
+            Ok(())
+            | Err(DockerError::DockerResponseServerError {
+                status_code: 304 | 404,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(error(e)),
+        }
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(())
+            | Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(error(e)),
+        }
+    }
+
+    async fn state(&self, id: &str) -> Result<RunState, RuntimeError> {
+        let c = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(error)?;
+        let state = c.state.unwrap_or_default();
+        Ok(match state.status {
+            Some(ContainerStateStatusEnum::RUNNING) => RunState::Running,
+            Some(ContainerStateStatusEnum::CREATED) => RunState::Created,
+            // Restarting means it exited and its restart policy brings it back:
+            // for whoever just started it, it exited at once.
+            Some(
+                ContainerStateStatusEnum::EXITED
+                | ContainerStateStatusEnum::DEAD
+                | ContainerStateStatusEnum::RESTARTING,
+            ) => RunState::Exited(state.exit_code),
+            Some(other) => RunState::Other(other.to_string()),
+            None => RunState::Other("unknown".into()),
+        })
+    }
+
+    async fn logs(&self, id: &str, lines: usize) -> Result<String, RuntimeError> {
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail(&lines.to_string())
+            .build();
+        let mut stream = self.docker.logs(id, Some(options));
+        let mut out = String::new();
+        while let Some(chunk) = stream.next().await {
+            out.push_str(&chunk.map_err(error)?.to_string());
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,307 @@
+//! The reconcile engine on the real Docker engine. Images are built FROM
+//! scratch with Debian's static busybox (nothing is pulled). Every test uses its
+//! own subsystem and component names and removes what it created, even when it
+//! fails.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use continuum_gateway::engine::{reconcile, EngineConfig, PassReport, State};
+use continuum_gateway::runtime::docker::DockerRuntime;
+use continuum_gateway::runtime::{ContainerRuntime, RunState, Workload};
+use continuum_gateway::spec::{LABEL_COMPONENT, LABEL_SPEC_HASH, LABEL_SUBSYSTEM};
+use continuum_models::DeploymentModel;
+use tokio::sync::mpsc;
+
+/// The engine, or `None` (with the reason printed) outside CI when there is none.
+async fn docker() -> Option<Arc<DockerRuntime>> {
+    match DockerRuntime::connect().await {
+        Ok(d) => Some(Arc::new(d)),
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true but the Docker engine is not usable: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped: the Docker engine is not usable: {e}");
+            None
+        }
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}-{}-{nanos:08x}", std::process::id())
+}
+
+/// Removes the subsystem's containers and the images built for it.
+struct Cleanup {
+    subsystem: String,
+    image_prefix: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let ids = std::process::Command::new("docker")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("label={LABEL_SUBSYSTEM}={}", self.subsystem))
+            .output();
+        if let Ok(o) = ids {
+            let ids: Vec<String> = String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+            if !ids.is_empty() {
+                let _ = std::process::Command::new("docker")
+                    .args(["rm", "-f"])
+                    .args(&ids)
+                    .output();
+            }
+        }
+        if let Ok(o) = std::process::Command::new("docker")
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+            .output()
+        {
+            let mine: Vec<String> = String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.starts_with(&self.image_prefix))
+                .map(str::to_owned)
+                .collect();
+            if !mine.is_empty() {
+                let _ = std::process::Command::new("docker")
+                    .args(["rmi", "-f"])
+                    .args(&mine)
+                    .output();
+            }
+        }
+    }
+}
+
+/// A build context: busybox in an image FROM scratch.
+fn busybox_context(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy("/bin/busybox", dir.join("busybox")).expect("Debian's busybox-static");
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nENTRYPOINT [\"/bin/busybox\"]\n",
+    )
+    .unwrap();
+}
+
+struct Setup {
+    rt: Arc<DockerRuntime>,
+    config: EngineConfig,
+    /// Component ids are prefixed with this (image tags are per component).
+    p: String,
+    _dir: tempfile::TempDir,
+    _cleanup: Cleanup,
+}
+
+async fn setup(name: &str) -> Option<Setup> {
+    let rt = docker().await?;
+    let subsystem = unique(name);
+    let p = unique("t");
+    let dir = tempfile::tempdir().unwrap();
+    busybox_context(&dir.path().join("bb"));
+    Some(Setup {
+        rt,
+        config: EngineConfig {
+            subsystem: subsystem.clone(),
+            context_root: dir.path().to_owned(),
+            step_timeout: Duration::from_secs(60),
+            settle: Duration::from_millis(500),
+        },
+        _cleanup: Cleanup {
+            subsystem,
+            image_prefix: format!("continuum/{p}-"),
+        },
+        p,
+        _dir: dir,
+    })
+}
+
+impl Setup {
+    /// A service built from the busybox context running `script`.
+    fn service(&self, id: &str, script: &str, extra: &str) -> String {
+        format!(
+            r#"{{"id":"{p}-{id}","kind":"service","resources":{{"container":{{
+                "build":{{"context":"bb"}},"command":["sh","-c","{script}"]{extra}}}}}}}"#,
+            p = self.p
+        )
+    }
+
+    fn model(&self, services: &[String]) -> DeploymentModel {
+        let mut components = vec![r#"{"id":"gw","kind":"gateway"}"#.to_owned()];
+        components.extend(services.iter().cloned());
+        let links: Vec<String> = services
+            .iter()
+            .map(|s| {
+                let v: serde_json::Value = serde_json::from_str(s).unwrap();
+                format!(
+                    r#"{{"kind":"hosting","component":"{}","host":"gw"}}"#,
+                    v["id"].as_str().unwrap()
+                )
+            })
+            .collect();
+        let json = format!(
+            r#"{{"id":"{}","components":[{}],"links":[{}]}}"#,
+            self.config.subsystem,
+            components.join(","),
+            links.join(",")
+        );
+        let (m, problems) =
+            continuum_models::parse::parse_deployment_model("test.json", &json).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        m.canonical()
+    }
+
+    async fn pass(&self, generation: u64, target: &DeploymentModel) -> PassReport {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        reconcile(&self.rt, &self.config, generation, target, &tx)
+            .await
+            .expect("the engine is reachable")
+    }
+
+    async fn workloads(&self) -> BTreeMap<String, Workload> {
+        self.rt
+            .list(LABEL_SUBSYSTEM, &self.config.subsystem)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|w| (w.labels[LABEL_COMPONENT].clone(), w))
+            .collect()
+    }
+
+    fn id(&self, short: &str) -> String {
+        format!("{}-{short}", self.p)
+    }
+}
+
+fn docker_cli(args: &[&str]) {
+    let o = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[tokio::test]
+async fn deploys_replaces_only_what_changed_and_heals_drift() {
+    let Some(s) = setup("deploy").await else {
+        return;
+    };
+    let sleep = "exec sleep 3600";
+    let v1 = s.model(&[
+        s.service("a", sleep, r#","env":{"V":"1"}"#),
+        s.service("b", sleep, r#","env":{"V":"1"}"#),
+    ]);
+    let r = s.pass(1, &v1).await;
+    assert!(r.converged(), "{r:?}");
+    assert_eq!(r.current, v1);
+    let w1 = s.workloads().await;
+    assert_eq!(w1.len(), 2);
+    for w in w1.values() {
+        assert_eq!(w.state, RunState::Running);
+        assert_eq!(w.labels[LABEL_SUBSYSTEM], s.config.subsystem);
+        assert!(w.labels.contains_key(LABEL_SPEC_HASH));
+    }
+    // Nothing to do the second time.
+    assert_eq!(s.pass(1, &v1).await.planned, 0);
+
+    // v2 changes b only: a keeps its container.
+    let v2 = s.model(&[
+        s.service("a", sleep, r#","env":{"V":"1"}"#),
+        s.service("b", sleep, r#","env":{"V":"2"}"#),
+    ]);
+    let r = s.pass(2, &v2).await;
+    assert!(r.converged(), "{r:?}");
+    let w2 = s.workloads().await;
+    assert_eq!(w2[&s.id("a")].id, w1[&s.id("a")].id, "a untouched");
+    assert_ne!(w2[&s.id("b")].id, w1[&s.id("b")].id, "b replaced");
+
+    // Drift: a removed by hand, b stopped by hand.
+    docker_cli(&["rm", "-f", &w2[&s.id("a")].id]);
+    docker_cli(&["stop", "-t", "0", &w2[&s.id("b")].id]);
+    let r = s.pass(2, &v2).await;
+    assert!(r.converged(), "{r:?}");
+    let w3 = s.workloads().await;
+    assert_eq!(w3.len(), 2, "no duplicates: {w3:?}");
+    assert_ne!(w3[&s.id("a")].id, w2[&s.id("a")].id, "a recreated");
+    assert_eq!(
+        w3[&s.id("b")].id,
+        w2[&s.id("b")].id,
+        "b restarted, not recreated"
+    );
+    assert!(w3.values().all(|w| w.state == RunState::Running));
+
+    // Removing a component from the target removes its container.
+    let v3 = s.model(&[s.service("a", sleep, r#","env":{"V":"1"}"#)]);
+    assert!(s.pass(3, &v3).await.converged());
+    assert_eq!(s.workloads().await.len(), 1);
+}
+
+#[tokio::test]
+async fn failures_name_the_component_and_the_cause() {
+    let Some(s) = setup("fail").await else { return };
+    // A build that fails: the Dockerfile copies a file the context lacks.
+    let broken = s._dir.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(
+        broken.join("Dockerfile"),
+        "FROM scratch\nCOPY missing /missing\n",
+    )
+    .unwrap();
+    let bad_build = format!(
+        r#"{{"id":"{}","kind":"service","resources":{{"container":{{"build":{{"context":"broken"}}}}}}}}"#,
+        s.id("bad")
+    );
+    let exits = s.service("exits", "echo giving up >&2; exit 3", "");
+    let port = 20_000 + (std::process::id() % 20_000) as u16;
+    let ports = format!(r#","ports":[{{"container":80,"host":{port}}}]"#);
+    let first = s.service("first", "exec sleep 3600", &ports);
+    let second = s.service("second", "exec sleep 3600", &ports);
+    let target = s.model(&[bad_build, exits, first, second]);
+    let r = s.pass(1, &target).await;
+    assert!(!r.converged());
+    let st = |c: &str| r.statuses[&s.id(c)].clone();
+    assert_eq!(st("bad").state, State::Failed);
+    assert!(
+        st("bad").reason.contains("cannot be built"),
+        "{:?}",
+        st("bad")
+    );
+    assert_eq!(st("exits").state, State::Failed);
+    assert!(
+        st("exits").reason.contains("exited at once with code 3"),
+        "{:?}",
+        st("exits")
+    );
+    assert!(
+        st("exits").reason.contains("giving up"),
+        "{:?}",
+        st("exits")
+    );
+    // Two services on one host port: one runs, the other fails saying why.
+    let (a, b) = (st("first"), st("second"));
+    let failed = [&a, &b]
+        .into_iter()
+        .filter(|x| x.state == State::Failed)
+        .count();
+    assert_eq!(failed, 1, "{a:?} {b:?}");
+    let reason = if a.state == State::Failed {
+        &a.reason
+    } else {
+        &b.reason
+    };
+    assert!(
+        reason.contains("allocated") || reason.contains("in use"),
+        "{reason}"
+    );
+}
