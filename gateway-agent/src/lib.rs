@@ -4,10 +4,13 @@
 //! current model from them, diffs it with the target, plans with
 //! `continuum_models::plan`, and enacts the steps through a driver.
 
+pub mod agent;
 pub mod engine;
 pub mod exec;
+pub mod link;
 pub mod observe;
 pub mod runtime;
 pub mod spec;
+pub mod store;
 
 pub use continuum_models as models;

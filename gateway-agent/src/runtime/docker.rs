@@ -23,9 +23,12 @@ use super::{
 /// Seconds a container gets to stop before it is killed.
 const STOP_GRACE_SECONDS: i32 = 5;
 
-#[derive(Debug, Clone)]
+/// The driver. The engine may be down when the agent starts or go away later:
+/// the client is (re)negotiated on first use, and every call reports an
+/// unreachable engine as such.
+#[derive(Debug, Default)]
 pub struct DockerRuntime {
-    docker: Docker,
+    docker: tokio::sync::Mutex<Option<Docker>>,
 }
 
 fn error(e: DockerError) -> RuntimeError {
@@ -43,20 +46,32 @@ fn error(e: DockerError) -> RuntimeError {
 }
 
 impl DockerRuntime {
-    /// Connects to the local engine (`DOCKER_HOST` or the default socket) and
-    /// agrees on an API version it speaks.
+    /// Connects to the local engine (`DOCKER_HOST` or the default socket) now,
+    /// failing if it cannot be reached.
     pub async fn connect() -> Result<DockerRuntime, RuntimeError> {
+        let rt = DockerRuntime::default();
+        rt.client().await?.ping().await.map_err(error)?;
+        Ok(rt)
+    }
+
+    /// A driver that connects when first used (the engine may not be up yet).
+    pub fn lazy() -> DockerRuntime {
+        DockerRuntime::default()
+    }
+
+    /// A client speaking an API version the engine accepts.
+    async fn client(&self) -> Result<Docker, RuntimeError> {
+        let mut slot = self.docker.lock().await;
+        if let Some(d) = slot.as_ref() {
+            return Ok(d.clone());
+        }
         let docker = Docker::connect_with_local_defaults()
             .map_err(|e| RuntimeError::Unreachable(e.to_string()))?
             .negotiate_version()
             .await
             .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
-        docker.ping().await.map_err(error)?;
-        Ok(DockerRuntime { docker })
-    }
-
-    pub fn client(&self) -> &Docker {
-        &self.docker
+        *slot = Some(docker.clone());
+        Ok(docker)
     }
 
     async fn build(
@@ -89,9 +104,9 @@ impl DockerRuntime {
             .forcerm(true)
             .buildargs(&buildargs)
             .build();
+        let docker = self.client().await?;
         let mut stream =
-            self.docker
-                .build_image(options, None, Some(bollard::body_full(archive.into())));
+            docker.build_image(options, None, Some(bollard::body_full(archive.into())));
         let mut last_lines: Vec<String> = Vec::new();
         while let Some(item) = stream.next().await {
             match item {
@@ -120,7 +135,8 @@ impl DockerRuntime {
             }
         }
         // The build may end without an error message yet without the image.
-        self.docker
+        self.client()
+            .await?
             .inspect_image(tag)
             .await
             .map(|_| ())
@@ -146,7 +162,8 @@ impl ContainerRuntime for DockerRuntime {
             .filters(&filters)
             .build();
         let containers = self
-            .docker
+            .client()
+            .await?
             .list_containers(Some(options))
             .await
             .map_err(error)?;
@@ -168,7 +185,7 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn ensure_image(&self, source: &ImageSource) -> Result<(), RuntimeError> {
         let name = source.reference();
-        match self.docker.inspect_image(name).await {
+        match self.client().await?.inspect_image(name).await {
             Ok(_) => return Ok(()),
             Err(DockerError::DockerResponseServerError {
                 status_code: 404, ..
@@ -260,7 +277,8 @@ impl ContainerRuntime for DockerRuntime {
             .name(&spec.name)
             .build();
         let created = self
-            .docker
+            .client()
+            .await?
             .create_container(Some(options), body)
             .await
             .map_err(error)?;
@@ -268,14 +286,18 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {
-        self.docker.start_container(id, None).await.map_err(error)
+        self.client()
+            .await?
+            .start_container(id, None)
+            .await
+            .map_err(error)
     }
 
     async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
         let options = StopContainerOptionsBuilder::default()
             .t(STOP_GRACE_SECONDS)
             .build();
-        match self.docker.stop_container(id, Some(options)).await {
+        match self.client().await?.stop_container(id, Some(options)).await {
             // 304: already stopped; 404: already gone.
             Ok(())
             | Err(DockerError::DockerResponseServerError {
@@ -291,7 +313,12 @@ impl ContainerRuntime for DockerRuntime {
             .force(true)
             .v(true)
             .build();
-        match self.docker.remove_container(id, Some(options)).await {
+        match self
+            .client()
+            .await?
+            .remove_container(id, Some(options))
+            .await
+        {
             Ok(())
             | Err(DockerError::DockerResponseServerError {
                 status_code: 404, ..
@@ -302,7 +329,8 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn state(&self, id: &str) -> Result<RunState, RuntimeError> {
         let c = self
-            .docker
+            .client()
+            .await?
             .inspect_container(id, None)
             .await
             .map_err(error)?;
@@ -328,7 +356,8 @@ impl ContainerRuntime for DockerRuntime {
             .stderr(true)
             .tail(&lines.to_string())
             .build();
-        let mut stream = self.docker.logs(id, Some(options));
+        let docker = self.client().await?;
+        let mut stream = docker.logs(id, Some(options));
         let mut out = String::new();
         while let Some(chunk) = stream.next().await {
             out.push_str(&chunk.map_err(error)?.to_string());

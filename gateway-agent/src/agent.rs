@@ -1,0 +1,341 @@
+//! The agent's loop: it accepts targets (persisting each before it is
+//! acknowledged), reconciles on every new target and periodically, applies the
+//! model's failure policy, and publishes what it observes for the link to report.
+//! It needs the orchestrator for nothing: cut off, it keeps enforcing the last
+//! target it accepted, across its own restarts.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use continuum_models::{DeploymentModel, FailurePolicy};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{reconcile, EngineConfig, PassReport, State, Status};
+use crate::exec::Progress;
+use crate::observe::is_workload;
+use crate::runtime::{ContainerRuntime, RuntimeError};
+use crate::store::{Kept, Slot, Store};
+
+/// A target offered by the orchestrator (or the local API); `reply` says
+/// whether it was accepted, and why not.
+#[derive(Debug)]
+pub struct Offer {
+    pub generation: u64,
+    pub subsystem: String,
+    pub model: Vec<u8>,
+    pub reply: oneshot::Sender<Result<(), String>>,
+}
+
+/// What the agent knows now, for the link to report.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// The generation accepted last (persisted).
+    pub accepted: u64,
+    /// The generation whose model the last pass enforced.
+    pub observed: u64,
+    pub subsystem: String,
+    /// The current model after the last pass (`None` before the first).
+    pub current: Option<DeploymentModel>,
+    pub statuses: BTreeMap<String, Status>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Where build contexts named in models are found.
+    pub context_root: std::path::PathBuf,
+    pub step_timeout: Duration,
+    pub settle: Duration,
+    /// Reconcile this often even when nothing is announced (drift repair).
+    pub interval: Duration,
+}
+
+/// Checks that this gateway can run a model; the reason when it cannot.
+pub fn admit(model: &DeploymentModel) -> Result<(), String> {
+    for c in model.components.iter().filter(|c| c.kind().has_lifecycle()) {
+        let resources = c.spec.resources();
+        if resources.is_some_and(|r| r.flash.is_some()) {
+            return Err(format!(
+                "`{}` must be flashed onto a device, and this gateway has no deploy agent",
+                c.id
+            ));
+        }
+        if resources.is_some_and(|r| r.commands.is_some() && r.container.is_none()) {
+            return Err(format!(
+                "`{}` is installed by commands, which this gateway's drivers do not run",
+                c.id
+            ));
+        }
+        if !is_workload(c) {
+            return Err(format!(
+                "`{}` has nothing this gateway can run (no container)",
+                c.id
+            ));
+        }
+        let container = resources.and_then(|r| r.container.as_ref());
+        for d in container.map(|c| c.devices.as_slice()).unwrap_or(&[]) {
+            if !Path::new(&d.host).exists() {
+                return Err(format!(
+                    "`{}` needs the device {}, which is not present on this gateway",
+                    c.id, d.host
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads an offered model.
+fn read(offer: &Offer) -> Result<DeploymentModel, String> {
+    let name = format!("target {} of `{}`", offer.generation, offer.subsystem);
+    let text = std::str::from_utf8(&offer.model).map_err(|_| format!("the {name} is not UTF-8"))?;
+    let (model, problems) =
+        continuum_models::parse::parse_deployment_model(&name, text).map_err(|e| e.to_string())?;
+    if !problems.is_empty() {
+        return Err(continuum_models::Invalid::from_problems(&name, text, problems).to_string());
+    }
+    let problems = continuum_models::validate_deployment_model(&model);
+    if !problems.is_empty() {
+        return Err(continuum_models::Invalid::from_problems(&name, text, problems).to_string());
+    }
+    Ok(model.canonical())
+}
+
+#[derive(Debug)]
+pub struct Agent<R> {
+    runtime: Arc<R>,
+    store: Store,
+    config: AgentConfig,
+    snapshot: watch::Sender<Snapshot>,
+    progress: mpsc::UnboundedSender<Progress>,
+    /// A generation that failed under the rollback policy: not retried until a
+    /// newer target arrives.
+    failed: Option<(u64, BTreeMap<String, String>)>,
+}
+
+impl<R: ContainerRuntime> Agent<R> {
+    pub fn new(
+        runtime: Arc<R>,
+        store: Store,
+        config: AgentConfig,
+        progress: mpsc::UnboundedSender<Progress>,
+    ) -> Result<(Agent<R>, watch::Receiver<Snapshot>), crate::store::StoreError> {
+        let accepted = store.get(Slot::Accepted)?;
+        let initial = Snapshot {
+            accepted: accepted.as_ref().map_or(0, |k| k.generation),
+            subsystem: accepted.map(|k| k.subsystem).unwrap_or_default(),
+            ..Snapshot::default()
+        };
+        let (snapshot, rx) = watch::channel(initial);
+        Ok((
+            Agent {
+                runtime,
+                store,
+                config,
+                snapshot,
+                progress,
+                failed: None,
+            },
+            rx,
+        ))
+    }
+
+    /// Runs until `shutdown`.
+    pub async fn run(mut self, mut offers: mpsc::Receiver<Offer>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                offer = offers.recv() => {
+                    let Some(offer) = offer else { return };
+                    self.offer(offer);
+                    self.pass().await;
+                    tick.reset();
+                }
+                _ = tick.tick() => self.pass().await,
+            }
+        }
+    }
+
+    fn offer(&mut self, offer: Offer) {
+        let result = read(&offer)
+            .and_then(|model| admit(&model).map(|()| model))
+            .and_then(|model| {
+                let kept = Kept {
+                    generation: offer.generation,
+                    subsystem: offer.subsystem.clone(),
+                    model,
+                };
+                self.store
+                    .put(Slot::Accepted, &kept)
+                    .map_err(|e| format!("cannot persist the target: {e}"))
+            });
+        match &result {
+            Ok(()) => {
+                tracing::info!(generation = offer.generation, "target accepted");
+                self.snapshot.send_modify(|s| {
+                    s.accepted = offer.generation;
+                    s.subsystem = offer.subsystem.clone();
+                });
+            }
+            Err(reason) => {
+                tracing::warn!(generation = offer.generation, %reason, "target refused")
+            }
+        }
+        let _ = offer.reply.send(result);
+    }
+
+    /// One reconcile of the accepted target (or, after a failure under the
+    /// rollback policy, of the last good one).
+    async fn pass(&mut self) {
+        let accepted = match self.store.get(Slot::Accepted) {
+            Ok(Some(k)) => k,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the accepted target");
+                return;
+            }
+        };
+        let good = self.store.get(Slot::Good).ok().flatten();
+        let rolled_back = self
+            .failed
+            .as_ref()
+            .filter(|(g, _)| *g == accepted.generation)
+            .cloned();
+        let enforce = match (&rolled_back, &good) {
+            (Some(_), Some(good)) => good.clone(),
+            _ => accepted.clone(),
+        };
+        let report = self.enforce(&enforce).await;
+        let Some(mut report) = report else { return };
+        if report.converged() {
+            if enforce.generation == accepted.generation {
+                self.failed = None;
+            }
+            if good
+                .as_ref()
+                .is_none_or(|g| g.generation != enforce.generation)
+            {
+                if let Err(e) = self.store.put(Slot::Good, &enforce) {
+                    tracing::error!(error = %e, "cannot record the last good generation");
+                }
+            }
+        } else if enforce.generation == accepted.generation
+            && enforce.model.on_failure == Some(FailurePolicy::Rollback)
+            && !report.outcome.failed.is_empty()
+        {
+            if let Some(good) = good.filter(|g| g.generation != accepted.generation) {
+                tracing::warn!(
+                    failed = accepted.generation,
+                    to = good.generation,
+                    "rolling back to the last good generation"
+                );
+                self.failed = Some((accepted.generation, report.outcome.failed.clone()));
+                match self.enforce(&good).await {
+                    Some(r) => report = r,
+                    None => return,
+                }
+            }
+        }
+        // Under a rollback, say why on the components that failed.
+        if let Some((generation, failed)) = &self.failed {
+            for (component, reason) in failed {
+                report.statuses.insert(
+                    component.clone(),
+                    Status {
+                        state: State::Failed,
+                        reason: format!(
+                            "generation {generation} failed: {reason}; rolled back to generation {}",
+                            report.generation
+                        ),
+                    },
+                );
+            }
+        }
+        self.publish(&accepted, report);
+    }
+
+    async fn enforce(&mut self, kept: &Kept) -> Option<PassReport> {
+        let config = EngineConfig {
+            subsystem: kept.subsystem.clone(),
+            context_root: self.config.context_root.clone(),
+            step_timeout: self.config.step_timeout,
+            settle: self.config.settle,
+        };
+        match reconcile(
+            &self.runtime,
+            &config,
+            kept.generation,
+            &kept.model,
+            &self.progress,
+        )
+        .await
+        {
+            Ok(report) => Some(report),
+            Err(e) => {
+                self.unreachable(kept, &e);
+                None
+            }
+        }
+    }
+
+    /// The engine cannot be reached: nothing is known to run.
+    fn unreachable(&mut self, kept: &Kept, e: &RuntimeError) {
+        tracing::warn!(error = %e, "cannot observe the container engine");
+        let statuses = kept
+            .model
+            .components
+            .iter()
+            .filter(|c| c.kind().has_lifecycle())
+            .map(|c| {
+                (
+                    c.id.clone(),
+                    Status {
+                        state: State::Unknown,
+                        reason: e.to_string(),
+                    },
+                )
+            })
+            .collect();
+        let current = DeploymentModel {
+            components: kept
+                .model
+                .components
+                .iter()
+                .filter(|c| !c.kind().has_lifecycle())
+                .cloned()
+                .collect(),
+            ..kept.model.clone()
+        };
+        self.snapshot.send_if_modified(|s| {
+            let next = Snapshot {
+                accepted: s.accepted,
+                observed: s.observed,
+                subsystem: kept.subsystem.clone(),
+                current: Some(current.canonical()),
+                statuses,
+            };
+            let changed = *s != next;
+            *s = next;
+            changed
+        });
+    }
+
+    fn publish(&mut self, accepted: &Kept, report: PassReport) {
+        self.snapshot.send_if_modified(|s| {
+            let next = Snapshot {
+                accepted: accepted.generation,
+                observed: report.generation,
+                subsystem: accepted.subsystem.clone(),
+                current: Some(report.current),
+                statuses: report.statuses,
+            };
+            let changed = *s != next;
+            *s = next;
+            changed
+        });
+    }
+}

@@ -1,0 +1,315 @@
+//! The link to the orchestrator: dialled out by the gateway, re-dialled with
+//! exponential backoff and jitter whenever it drops. Targets that arrive are
+//! handed to the agent, which persists them before they are acknowledged; what
+//! the agent observes is reported up as it changes (in full after each
+//! reconnection), with heartbeats in between.
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hasher};
+use std::time::Duration;
+
+use continuum_proto::v1::gateway_link_client::GatewayLinkClient;
+use continuum_proto::v1::{
+    gateway_message, orchestrator_message, Ack, Capabilities, ComponentState, ComponentStatus,
+    CurrentReport, Document, GatewayMessage, Heartbeat, Register, StatusReport, StepProgress,
+    StepState,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{Offer, Snapshot};
+use crate::engine::{State, Status};
+use crate::exec::{self, Progress};
+
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    pub endpoint: String,
+    pub gateway_id: String,
+    pub version: String,
+    pub location: String,
+    pub capabilities: Capabilities,
+    /// The longest wait between two dials.
+    pub max_backoff: Duration,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The wait before dial number `attempt` (0-based): doubling from 100 ms up to
+/// `max`, then a random half to all of it, so gateways cut off together do not
+/// all come back at the same instant.
+pub fn backoff(attempt: u32, max: Duration) -> Duration {
+    let base = Duration::from_millis(100)
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(max);
+    // A random number from the standard library's per-process random keys.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(attempt);
+    let unit = (h.finish() % 1000) as f64 / 1000.0;
+    base.mul_f64(0.5 + unit / 2.0)
+}
+
+fn state(s: State) -> ComponentState {
+    match s {
+        State::Pending => ComponentState::Pending,
+        State::Deploying => ComponentState::Deploying,
+        State::Running => ComponentState::Running,
+        State::Failed => ComponentState::Failed,
+        State::Unknown => ComponentState::Unknown,
+    }
+}
+
+fn status(component: &str, s: &Status) -> ComponentStatus {
+    ComponentStatus {
+        component: component.to_owned(),
+        state: state(s.state) as i32,
+        reason: s.reason.clone(),
+        since_unix_ms: now_ms(),
+    }
+}
+
+fn message(kind: gateway_message::Kind) -> GatewayMessage {
+    GatewayMessage { kind: Some(kind) }
+}
+
+/// Runs the link until `shutdown`.
+pub async fn run(
+    config: LinkConfig,
+    offers: mpsc::Sender<Offer>,
+    snapshot: watch::Receiver<Snapshot>,
+    mut progress: mpsc::UnboundedReceiver<Progress>,
+    shutdown: CancellationToken,
+) {
+    let mut attempt: u32 = 0;
+    loop {
+        match session(&config, &offers, snapshot.clone(), &mut progress, &shutdown).await {
+            Ok(()) => return,
+            Err(Ended { connected, why }) => {
+                if connected {
+                    attempt = 0;
+                }
+                tracing::warn!(endpoint = %config.endpoint, reason = %why, "orchestrator link down");
+            }
+        }
+        let wait = backoff(attempt, config.max_backoff);
+        attempt = attempt.saturating_add(1);
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = &mut sleep => break,
+                // Progress of a rollout is only worth sending live.
+                p = progress.recv() => if p.is_none() { return },
+            }
+        }
+    }
+}
+
+/// Why a session ended, and whether it had been established.
+struct Ended {
+    connected: bool,
+    why: String,
+}
+
+fn ended(connected: bool, why: impl Into<String>) -> Ended {
+    Ended {
+        connected,
+        why: why.into(),
+    }
+}
+
+async fn session(
+    config: &LinkConfig,
+    offers: &mpsc::Sender<Offer>,
+    mut snapshot: watch::Receiver<Snapshot>,
+    progress: &mut mpsc::UnboundedReceiver<Progress>,
+    shutdown: &CancellationToken,
+) -> Result<(), Ended> {
+    let channel = tonic::transport::Endpoint::from_shared(config.endpoint.clone())
+        .map_err(|e| ended(false, format!("bad endpoint: {e}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| ended(false, format!("cannot connect: {e}")))?;
+    let mut client = GatewayLinkClient::new(channel);
+    let (tx, rx) = mpsc::channel::<GatewayMessage>(64);
+    let snap = snapshot.borrow_and_update().clone();
+    let register = Register {
+        gateway_id: config.gateway_id.clone(),
+        version: config.version.clone(),
+        location: config.location.clone(),
+        capabilities: Some(config.capabilities.clone()),
+        accepted_generation: snap.accepted,
+        observed_generation: snap.observed,
+    };
+    tx.send(message(gateway_message::Kind::Register(register)))
+        .await
+        .map_err(|_| ended(false, "cannot queue Register"))?;
+    let mut inbound = client
+        .session(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| ended(false, format!("refused: {}", s.message())))?
+        .into_inner();
+    let welcome = match inbound.message().await {
+        Ok(Some(m)) => match m.kind {
+            Some(orchestrator_message::Kind::Welcome(w)) => w,
+            other => return Err(ended(false, format!("expected Welcome, got {other:?}"))),
+        },
+        Ok(None) => return Err(ended(false, "closed before Welcome")),
+        Err(s) => return Err(ended(false, s.message().to_owned())),
+    };
+    tracing::info!(subsystem = %welcome.subsystem, "registered with the orchestrator");
+    let interval = Duration::from_millis(welcome.heartbeat_interval_ms.max(100));
+    let mut heartbeat = tokio::time::interval(interval);
+    let send = |kind: gateway_message::Kind| {
+        let tx = tx.clone();
+        async move {
+            tx.send(message(kind))
+                .await
+                .map_err(|_| ended(true, "link closed"))
+        }
+    };
+    // Everything is re-sent on a new link: the orchestrator may have missed it.
+    let mut sent_current: Option<(u64, continuum_models::DeploymentModel)> = None;
+    let mut sent_statuses: BTreeMap<String, Status> = BTreeMap::new();
+    report(&snap, &mut sent_current, &mut sent_statuses, &send).await?;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            _ = heartbeat.tick() => {
+                send(gateway_message::Kind::Heartbeat(Heartbeat { unix_ms: now_ms() })).await?;
+            }
+            changed = snapshot.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let snap = snapshot.borrow_and_update().clone();
+                report(&snap, &mut sent_current, &mut sent_statuses, &send).await?;
+            }
+            p = progress.recv() => {
+                let Some(p) = p else { return Ok(()) };
+                let generation = snapshot.borrow().accepted;
+                let (state, reason) = match p.state {
+                    exec::StepState::Started => (StepState::Started, String::new()),
+                    exec::StepState::Succeeded => (StepState::Succeeded, String::new()),
+                    exec::StepState::Failed(r) => (StepState::Failed, r),
+                };
+                send(gateway_message::Kind::Step(StepProgress {
+                    subsystem: String::new(),
+                    generation,
+                    step: p.step,
+                    component: p.component.unwrap_or_default(),
+                    state: state as i32,
+                    reason,
+                    done: u32::try_from(p.done).unwrap_or(u32::MAX),
+                    total: u32::try_from(p.total).unwrap_or(u32::MAX),
+                }))
+                .await?;
+            }
+            m = inbound.message() => match m {
+                Ok(Some(m)) => match m.kind {
+                    Some(orchestrator_message::Kind::Target(t)) => {
+                        // The agent may be in the middle of a long pass: the
+                        // acknowledgement follows when it has persisted the target,
+                        // without holding up heartbeats.
+                        let (reply, answer) = oneshot::channel();
+                        let offer = Offer {
+                            generation: t.generation,
+                            subsystem: t.subsystem,
+                            model: t.model.map(|d| d.json).unwrap_or_default(),
+                            reply,
+                        };
+                        let generation = offer.generation;
+                        offers.send(offer).await.map_err(|_| ended(true, "the agent stopped"))?;
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            let (accepted, reason) = match answer.await {
+                                Ok(Ok(())) => (true, String::new()),
+                                Ok(Err(r)) => (false, r),
+                                Err(_) => return,
+                            };
+                            let ack = Ack { generation, accepted, reason };
+                            let _ = tx.send(message(gateway_message::Kind::Ack(ack))).await;
+                        });
+                    }
+                    Some(orchestrator_message::Kind::Error(e)) => {
+                        tracing::warn!(error = %e.message, "the orchestrator refused a message");
+                    }
+                    Some(orchestrator_message::Kind::Welcome(_)) | None => {}
+                },
+                Ok(None) => return Err(ended(true, "the orchestrator closed the link")),
+                Err(s) => return Err(ended(true, s.message().to_owned())),
+            },
+        }
+    }
+}
+
+/// Sends what changed since the last report on this link.
+async fn report<F, Fut>(
+    snap: &Snapshot,
+    sent_current: &mut Option<(u64, continuum_models::DeploymentModel)>,
+    sent_statuses: &mut BTreeMap<String, Status>,
+    send: &F,
+) -> Result<(), Ended>
+where
+    F: Fn(gateway_message::Kind) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Ended>>,
+{
+    let changed: Vec<ComponentStatus> = snap
+        .statuses
+        .iter()
+        .filter(|(c, s)| sent_statuses.get(*c) != Some(s))
+        .map(|(c, s)| status(c, s))
+        .collect();
+    if !changed.is_empty() {
+        send(gateway_message::Kind::Status(StatusReport {
+            generation: snap.accepted,
+            components: changed,
+        }))
+        .await?;
+        *sent_statuses = snap.statuses.clone();
+    }
+    if let Some(current) = &snap.current {
+        let fresh = sent_current
+            .as_ref()
+            .is_none_or(|(g, m)| *g != snap.observed || m != current);
+        if fresh {
+            send(gateway_message::Kind::Current(CurrentReport {
+                observed_generation: snap.observed,
+                model: Some(Document {
+                    name: format!("{} current", snap.subsystem),
+                    json: serde_json::to_vec(current).expect("models serialize"),
+                }),
+            }))
+            .await?;
+            *sent_current = Some((snap.observed, current.clone()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter() {
+        let max = Duration::from_secs(30);
+        for attempt in 0..40 {
+            let b = backoff(attempt, max);
+            let base = Duration::from_millis(100)
+                .saturating_mul(1u32 << attempt.min(16))
+                .min(max);
+            assert!(
+                b >= base / 2 && b <= base,
+                "attempt {attempt}: {b:?} vs {base:?}"
+            );
+        }
+        assert!(backoff(30, max) <= max);
+    }
+}

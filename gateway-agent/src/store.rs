@@ -1,0 +1,143 @@
+//! What the agent keeps across restarts, in one redb file in its data
+//! directory: the target it accepted last (persisted before it is
+//! acknowledged) and the last generation that fully ran (for rollback).
+
+use std::path::{Path, PathBuf};
+
+use continuum_models::DeploymentModel;
+use redb::{Database, ReadableDatabase, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+const TARGETS: TableDefinition<&str, &[u8]> = TableDefinition::new("targets");
+
+/// The database file inside a data directory.
+pub const FILE_NAME: &str = "gateway.redb";
+
+/// Which of the kept targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// The newest accepted target: what the agent enforces.
+    Accepted,
+    /// The newest target that fully ran.
+    Good,
+}
+
+impl Slot {
+    fn key(self) -> &'static str {
+        match self {
+            Slot::Accepted => "accepted",
+            Slot::Good => "good",
+        }
+    }
+}
+
+/// A target as kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kept {
+    pub generation: u64,
+    pub subsystem: String,
+    pub model: DeploymentModel,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the data directory {path}: {cause}")]
+    Dir {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("cannot open the agent's store {path}: {cause}")]
+    Open { path: PathBuf, cause: redb::Error },
+    #[error("the agent's store {path} is corrupt: {what}")]
+    Corrupt { path: PathBuf, what: String },
+    #[error("the agent's store {path}: {cause}")]
+    Io { path: PathBuf, cause: redb::Error },
+}
+
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|cause| StoreError::Dir {
+            path: dir.to_owned(),
+            cause,
+        })?;
+        let path = dir.join(FILE_NAME);
+        let db = Database::create(&path).map_err(|e| StoreError::Open {
+            path: path.clone(),
+            cause: e.into(),
+        })?;
+        let store = Store { db, path };
+        let txn = store.db.begin_write().map_err(|e| store.io(e))?;
+        txn.open_table(TARGETS).map_err(|e| store.io(e))?;
+        txn.commit().map_err(|e| store.io(e))?;
+        // Read both slots now: a corrupt record is an error at start, not later.
+        store.get(Slot::Accepted)?;
+        store.get(Slot::Good)?;
+        Ok(store)
+    }
+
+    fn io(&self, e: impl Into<redb::Error>) -> StoreError {
+        StoreError::Io {
+            path: self.path.clone(),
+            cause: e.into(),
+        }
+    }
+
+    pub fn get(&self, slot: Slot) -> Result<Option<Kept>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        let t = txn.open_table(TARGETS).map_err(|e| self.io(e))?;
+        let Some(v) = t.get(slot.key()).map_err(|e| self.io(e))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                what: format!("the {} target: {e}", slot.key()),
+            })
+    }
+
+    /// Durable when this returns.
+    pub fn put(&self, slot: Slot, kept: &Kept) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(kept).expect("targets serialize");
+        let txn = self.db.begin_write().map_err(|e| self.io(e))?;
+        {
+            let mut t = txn.open_table(TARGETS).map_err(|e| self.io(e))?;
+            t.insert(slot.key(), bytes.as_slice())
+                .map_err(|e| self.io(e))?;
+        }
+        txn.commit().map_err(|e| self.io(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_survive_reopening_and_corruption_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let kept = Kept {
+            generation: 3,
+            subsystem: "s".into(),
+            model: DeploymentModel::default(),
+        };
+        {
+            let s = Store::open(dir.path()).unwrap();
+            assert_eq!(s.get(Slot::Accepted).unwrap(), None);
+            s.put(Slot::Accepted, &kept).unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.get(Slot::Accepted).unwrap(), Some(kept));
+        assert_eq!(s.get(Slot::Good).unwrap(), None);
+        drop(s);
+        std::fs::write(dir.path().join(FILE_NAME), b"garbage garbage garbage").unwrap();
+        let e = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains(FILE_NAME), "{e}");
+    }
+}
