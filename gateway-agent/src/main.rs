@@ -1,20 +1,9 @@
-//! `continuum-gateway`: the gateway agent of one subsystem.
+//! `continuum-gateway`: the gateway agent of one subsystem (also available as
+//! `continuum gateway`).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
-use continuum_gateway::agent::{Agent, AgentConfig};
-use continuum_gateway::link::{self, LinkConfig};
-use continuum_gateway::runtime::docker::DockerRuntime;
-use continuum_gateway::runtime::ContainerRuntime;
-use continuum_gateway::store::Store;
-use continuum_proto::v1::Capabilities;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,162 +11,29 @@ use tokio_util::sync::CancellationToken;
     version,
     about = "Continuum's gateway agent"
 )]
-struct Config {
-    /// This gateway's id: the id of its gateway component in the megamodel.
-    #[arg(long, env = "CONTINUUM_GATEWAY_ID")]
-    id: String,
-    /// The orchestrator to dial (`host:port` or a URL).
-    #[arg(long, env = "CONTINUUM_SERVER", default_value = "127.0.0.1:7070")]
-    orchestrator: String,
-    /// Where the agent keeps the target it enforces.
-    #[arg(
-        long,
-        env = "CONTINUUM_GATEWAY_DATA",
-        default_value = "continuum-gateway-data"
-    )]
-    data_dir: PathBuf,
-    /// Where the build contexts that models name are found.
-    #[arg(long, default_value = ".")]
-    context_root: PathBuf,
-    /// Where this gateway is (reported to the orchestrator).
-    #[arg(long, default_value = "")]
-    location: String,
-    /// A label reported with the capabilities (`key=value`, repeatable).
-    #[arg(long = "label", value_parser = parse_label)]
-    labels: Vec<(String, String)>,
-    /// Reconcile at least this often, in seconds (drift repair).
-    #[arg(long, default_value_t = 10.0)]
-    interval: f64,
-    /// The longest a step may take, in seconds.
-    #[arg(long, default_value_t = 300.0)]
-    step_timeout: f64,
-    /// How long a started container must keep running, in milliseconds.
-    #[arg(long, default_value_t = 500)]
-    settle_ms: u64,
-    /// The longest wait between two dials of the orchestrator, in seconds.
-    #[arg(long, default_value_t = 30.0)]
-    max_backoff: f64,
+struct Cli {
+    #[command(flatten)]
+    args: continuum_gateway::cli::Args,
     /// Log filter (tracing syntax).
     #[arg(long, env = "CONTINUUM_LOG", default_value = "info")]
     log: String,
 }
 
-fn parse_label(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("`{s}` is not key=value"))
-}
-
-fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
-    if v.is_finite() && v > 0.0 {
-        Ok(Duration::from_secs_f64(v))
-    } else {
-        anyhow::bail!("--{name} must be a positive number of seconds")
-    }
-}
-
-fn memory_bytes() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
 fn main() -> ExitCode {
-    let config = Config::parse();
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&config.log)
+            tracing_subscriber::EnvFilter::try_new(&cli.log)
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match run(config) {
+    match continuum_gateway::cli::run(cli.args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
     }
-}
-
-fn run(config: Config) -> anyhow::Result<()> {
-    if !continuum_models::validate::is_valid_id(&config.id) {
-        anyhow::bail!(
-            "`{}` is not a valid gateway id: expected 1 to 63 lowercase letters, digits and dashes",
-            config.id
-        );
-    }
-    let interval = seconds("interval", config.interval)?;
-    let step_timeout = seconds("step-timeout", config.step_timeout)?;
-    let max_backoff = seconds("max-backoff", config.max_backoff)?;
-    // A corrupt data directory stops the agent here, naming the file: it is
-    // never silently reset.
-    let store = Store::open(&config.data_dir)?;
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(async move {
-        let docker = Arc::new(DockerRuntime::lazy());
-        let docker_up = docker.list("continuum.probe", "1").await.is_ok();
-        if !docker_up {
-            tracing::warn!("the Docker engine is not reachable now; the agent keeps trying");
-        }
-        let (progress_tx, progress_rx) = mpsc::unbounded_channel();
-        let agent_config = AgentConfig {
-            context_root: config.context_root.clone(),
-            step_timeout,
-            settle: Duration::from_millis(config.settle_ms),
-            interval,
-        };
-        let (agent, snapshot) = Agent::new(docker, store, agent_config, progress_tx)?;
-        let (offers_tx, offers_rx) = mpsc::channel(4);
-        let shutdown = CancellationToken::new();
-        let endpoint = if config.orchestrator.contains("://") {
-            config.orchestrator.clone()
-        } else {
-            format!("http://{}", config.orchestrator)
-        };
-        let link_config = LinkConfig {
-            endpoint,
-            gateway_id: config.id.clone(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            location: config.location.clone(),
-            capabilities: Capabilities {
-                arch: std::env::consts::ARCH.to_owned(),
-                cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
-                memory_bytes: memory_bytes(),
-                docker: docker_up,
-                labels: config.labels.iter().cloned().collect(),
-            },
-            max_backoff,
-        };
-        let agent_task = tokio::spawn(agent.run(offers_rx, shutdown.clone()));
-        let link_task = tokio::spawn(link::run(
-            link_config,
-            offers_tx,
-            snapshot,
-            progress_rx,
-            shutdown.clone(),
-        ));
-        eprintln!(
-            "continuum gateway `{}` running (data in {})",
-            config.id,
-            config.data_dir.display()
-        );
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("cannot listen for SIGTERM")?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        eprintln!("stopping");
-        shutdown.cancel();
-        let _ = agent_task.await;
-        let _ = link_task.await;
-        Ok(())
-    })
 }

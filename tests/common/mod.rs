@@ -1,0 +1,145 @@
+//! Helpers shared by the end-to-end tests: the `continuum` binary, a served
+//! orchestrator and other child processes, each killed when dropped.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const WITHIN: Duration = Duration::from_secs(20);
+
+pub fn example(p: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(p)
+        .display()
+        .to_string()
+}
+
+/// A `continuum serve` child process, killed when dropped.
+pub struct Serve {
+    pub child: Child,
+    pub addr: String,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Serve {
+    pub fn start(data: &Path) -> Serve {
+        Serve::start_on(data, "127.0.0.1:0")
+    }
+
+    pub fn start_on(data: &Path, listen: &str) -> Serve {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_continuum"))
+            .args(["serve", "--listen", listen, "--data-dir"])
+            .arg(data)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starts continuum serve");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut serve = Serve {
+            child,
+            addr: String::new(),
+            lines,
+        };
+        let line = serve.line_with("listening on");
+        serve.addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .expect("an address")
+            .to_owned();
+        serve
+    }
+
+    /// Waits for a line of the server's stderr that contains `needle`.
+    pub fn line_with(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + WITHIN;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("the server printed no line with `{needle}` within {WITHIN:?}"),
+            }
+        }
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_continuum"))
+            .args(args)
+            .env("CONTINUUM_SERVER", &self.addr)
+            .env("USER", "tester")
+            .output()
+            .expect("runs continuum")
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+        let deadline = std::time::Instant::now() + WITHIN;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Any other child process, killed when dropped (even when a test fails).
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn ok(o: Output) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        out(&o),
+        err(&o)
+    );
+    out(&o)
+}
+
+pub fn json(o: Output) -> serde_json::Value {
+    serde_json::from_str(&ok(o)).expect("JSON output")
+}

@@ -1,0 +1,420 @@
+//! End to end on the real Docker engine: an orchestrator and a gateway agent as
+//! separate processes, driven by the CLI. Images are built FROM scratch with
+//! Debian's static busybox. Each test has its own subsystem, gateway and
+//! component names, and removes its containers and images even when it fails.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{json, ok, Guard, Serve};
+
+const CONVERGE: Duration = Duration::from_secs(90);
+
+/// Whether Docker can be used; in CI its absence is a failure.
+fn docker_ready() -> bool {
+    let usable = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !usable {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true but the Docker engine is not usable");
+        }
+        eprintln!("skipped: the Docker engine is not usable");
+    }
+    usable
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}{}x{:x}", std::process::id(), nanos % 0xffff_ffff)
+}
+
+/// One test's world: a data directory, the model files and build contexts,
+/// names, and the Docker objects to remove at the end.
+struct World {
+    dir: tempfile::TempDir,
+    subsystem: String,
+    gateway: String,
+    /// Component ids start with this (image tags are per component id).
+    p: String,
+}
+
+impl World {
+    fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let bb = dir.path().join("bb");
+        std::fs::create_dir_all(&bb).unwrap();
+        std::fs::copy("/bin/busybox", bb.join("busybox")).expect("Debian's busybox-static");
+        std::fs::write(
+            bb.join("Dockerfile"),
+            "FROM scratch\nCOPY busybox /bin/busybox\nENTRYPOINT [\"/bin/busybox\"]\n",
+        )
+        .unwrap();
+        let broken = dir.path().join("broken");
+        std::fs::create_dir_all(&broken).unwrap();
+        std::fs::write(
+            broken.join("Dockerfile"),
+            "FROM scratch\nCOPY missing /missing\n",
+        )
+        .unwrap();
+        World {
+            dir,
+            subsystem: unique("s"),
+            gateway: unique("gw"),
+            p: unique("c"),
+        }
+    }
+
+    fn id(&self, short: &str) -> String {
+        format!("{}-{short}", self.p)
+    }
+
+    /// Writes a megamodel of one subsystem with `services` (short id, env value,
+    /// build context) hosted on the gateway, and returns its path.
+    fn model(&self, name: &str, services: &[(&str, &str, &str)], rollback: bool) -> String {
+        let mut components = vec![serde_json::json!({"id": self.gateway, "kind": "gateway"})];
+        let mut links = Vec::new();
+        for (short, value, context) in services {
+            let id = self.id(short);
+            components.push(serde_json::json!({
+                "id": id, "kind": "service",
+                "resources": {"container": {
+                    "build": {"context": context},
+                    "command": ["sh", "-c", "exec sleep 3600"],
+                    "env": {"VALUE": value}
+                }}
+            }));
+            links.push(
+                serde_json::json!({"kind": "hosting", "component": id, "host": self.gateway}),
+            );
+        }
+        let mut mm = serde_json::json!({
+            "name": "e2e",
+            "subsystems": [{"id": self.subsystem, "components": components, "links": links}]
+        });
+        if rollback {
+            mm["on_failure"] = "rollback".into();
+        }
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, serde_json::to_string_pretty(&mm).unwrap()).unwrap();
+        path.display().to_string()
+    }
+
+    /// Starts the gateway agent (a `continuum gateway` process).
+    fn agent(&self, orchestrator: &str) -> Guard {
+        let log = std::fs::File::create(self.dir.path().join("agent.log")).unwrap();
+        Guard(
+            Command::new(env!("CARGO_BIN_EXE_continuum"))
+                .args([
+                    "gateway",
+                    "--id",
+                    &self.gateway,
+                    "--orchestrator",
+                    orchestrator,
+                ])
+                .arg("--data-dir")
+                .arg(self.dir.path().join("agent"))
+                .arg("--context-root")
+                .arg(self.dir.path())
+                .args(["--interval", "0.5", "--max-backoff", "1"])
+                .env("CONTINUUM_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("starts continuum gateway"),
+        )
+    }
+
+    fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// component id → (container id, state, spec hash)
+    fn containers(&self) -> BTreeMap<String, (String, String, String)> {
+        let o = Command::new("docker")
+            .args(["ps", "-a", "--filter"])
+            .arg(format!("label=continuum.subsystem={}", self.subsystem))
+            .args([
+                "--format",
+                "{{.ID}} {{.State}} {{.Label \"continuum.component\"}} {{.Label \"continuum.spec-hash\"}}",
+            ])
+            .output()
+            .unwrap();
+        let mut out = BTreeMap::new();
+        for line in String::from_utf8_lossy(&o.stdout).lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let previous = out.insert(
+                f[2].to_owned(),
+                (f[0].to_owned(), f[1].to_owned(), f[3].to_owned()),
+            );
+            assert!(previous.is_none(), "two containers for `{}`", f[2]);
+        }
+        out
+    }
+
+    fn wait<T>(&self, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            if let Some(v) = check() {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\nagent log:\n{}",
+                self.agent_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until every listed component runs, one container each.
+    fn wait_running(&self, shorts: &[&str]) -> BTreeMap<String, (String, String, String)> {
+        self.wait(&format!("{shorts:?} running"), || {
+            let c = self.containers();
+            let all = shorts.iter().all(|s| {
+                c.get(&self.id(s))
+                    .is_some_and(|(_, state, _)| state == "running")
+            });
+            (all && c.len() == shorts.len()).then_some(c)
+        })
+    }
+
+    /// Waits until the orchestrator shows the subsystem converged at `generation`.
+    fn wait_converged(&self, s: &Serve, generation: u64) -> serde_json::Value {
+        self.wait(&format!("convergence at generation {generation}"), || {
+            let status = json(s.cli(&["status", "-o", "json"]));
+            let sub = status["subsystems"]
+                .as_array()?
+                .iter()
+                .find(|x| x["subsystem"] == self.subsystem.as_str())?
+                .clone();
+            (sub["converged"] == true && sub["target_generation"] == generation).then_some(sub)
+        })
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let ids: Vec<String> = self
+            .containers()
+            .into_values()
+            .map(|(id, _, _)| id)
+            .collect();
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&ids)
+                .output();
+        }
+        if let Ok(o) = Command::new("docker")
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+            .output()
+        {
+            let prefix = format!("continuum/{}-", self.p);
+            let mine: Vec<String> = String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.starts_with(&prefix))
+                .map(str::to_owned)
+                .collect();
+            if !mine.is_empty() {
+                let _ = Command::new("docker")
+                    .args(["rmi", "-f"])
+                    .args(&mine)
+                    .output();
+            }
+        }
+    }
+}
+
+fn docker(args: &[&str]) {
+    let o = Command::new("docker").args(args).output().unwrap();
+    assert!(
+        o.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn free_port() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+fn data(w: &World) -> PathBuf {
+    w.dir.path().join("orchestrator")
+}
+
+#[test]
+fn deploy_update_heal_and_keep_healing_without_the_orchestrator() {
+    if !docker_ready() {
+        return;
+    }
+    let w = World::new();
+    let listen = free_port();
+    let s = Serve::start_on(&data(&w), &listen);
+    let _agent = w.agent(&listen);
+
+    let v1 = w.model(
+        "v1.json",
+        &[("a", "1", "bb"), ("b", "1", "bb"), ("c", "1", "bb")],
+        false,
+    );
+    ok(s.cli(&["apply", "-f", &v1]));
+    let sub = w.wait_converged(&s, 1);
+    assert_eq!(sub["components"].as_array().unwrap().len(), 3);
+    let c1 = w.wait_running(&["a", "b", "c"]);
+
+    // v2 changes b only: a and c keep their containers.
+    let v2 = w.model(
+        "v2.json",
+        &[("a", "1", "bb"), ("b", "2", "bb"), ("c", "1", "bb")],
+        false,
+    );
+    ok(s.cli(&["apply", "-f", &v2]));
+    w.wait_converged(&s, 2);
+    let c2 = w.wait_running(&["a", "b", "c"]);
+    assert_eq!(c2[&w.id("a")].0, c1[&w.id("a")].0, "a untouched");
+    assert_eq!(c2[&w.id("c")].0, c1[&w.id("c")].0, "c untouched");
+    assert_ne!(c2[&w.id("b")].0, c1[&w.id("b")].0, "b replaced");
+
+    // Drift: a container removed by hand comes back.
+    docker(&["rm", "-f", &c2[&w.id("a")].0]);
+    w.wait("a recreated", || {
+        let c = w.wait_running(&["a", "b", "c"]);
+        (c[&w.id("a")].0 != c2[&w.id("a")].0).then_some(())
+    });
+
+    // The orchestrator goes away: the gateway still heals.
+    drop(s);
+    let c3 = w.containers();
+    docker(&["stop", "-t", "0", &c3[&w.id("c")].0]);
+    w.wait("c restarted without the orchestrator", || {
+        let c = w.containers();
+        (c[&w.id("c")].1 == "running").then_some(())
+    });
+}
+
+#[test]
+fn an_agent_killed_mid_rollout_converges_without_duplicates_even_offline() {
+    if !docker_ready() {
+        return;
+    }
+    let w = World::new();
+    let listen = free_port();
+    let s = Serve::start_on(&data(&w), &listen);
+    let agent = w.agent(&listen);
+    let shorts = ["a", "b", "c", "d"];
+    let services: Vec<(&str, &str, &str)> = shorts.iter().map(|s| (*s, "1", "bb")).collect();
+    let v1 = w.model("v1.json", &services, false);
+    ok(s.cli(&["apply", "-f", &v1]));
+    // Kill -9 as soon as the agent starts enacting.
+    w.wait("the rollout to start", || {
+        w.agent_log().contains("enacting").then_some(())
+    });
+    drop(agent);
+    let _agent = w.agent(&listen);
+    w.wait_converged(&s, 1);
+    w.wait_running(&shorts);
+
+    // Restarted while the orchestrator is down, it enforces what it accepted.
+    drop(s);
+    drop(_agent);
+    let before = w.containers();
+    docker(&["rm", "-f", &before[&w.id("b")].0]);
+    let _agent = w.agent(&listen);
+    let after = w.wait_running(&shorts);
+    assert_ne!(after[&w.id("b")].0, before[&w.id("b")].0);
+    assert_eq!(
+        after[&w.id("a")].0,
+        before[&w.id("a")].0,
+        "a re-adopted, not recreated"
+    );
+}
+
+#[test]
+fn a_broken_image_fails_with_its_reason_and_rollback_restores_the_last_good_generation() {
+    if !docker_ready() {
+        return;
+    }
+    let w = World::new();
+    let listen = free_port();
+    let s = Serve::start_on(&data(&w), &listen);
+    let _agent = w.agent(&listen);
+    let v1 = w.model("v1.json", &[("a", "1", "bb"), ("b", "1", "bb")], true);
+    ok(s.cli(&["apply", "-f", &v1]));
+    w.wait_converged(&s, 1);
+    let good = w.wait_running(&["a", "b"]);
+
+    // v2 builds b from a context whose Dockerfile cannot work.
+    let v2 = w.model("v2.json", &[("a", "1", "bb"), ("b", "2", "broken")], true);
+    ok(s.cli(&["apply", "-f", &v2]));
+    let b = w.id("b");
+    let failed = w.wait("b to be failed, with the reason", || {
+        let status = json(s.cli(&["status", "-o", "json"]));
+        let sub = status["subsystems"]
+            .as_array()?
+            .iter()
+            .find(|x| x["subsystem"] == w.subsystem.as_str())?
+            .clone();
+        let c = sub["components"]
+            .as_array()?
+            .iter()
+            .find(|c| c["component"] == b.as_str())?
+            .clone();
+        (c["state"] == "failed" && sub["gateway"]["observed_generation"] == 1).then_some(c)
+    });
+    let reason = failed["reason"].as_str().unwrap();
+    assert!(reason.contains("cannot be built"), "{reason}");
+    assert!(reason.contains("rolled back to generation 1"), "{reason}");
+    let human = ok(s.cli(&["status"]));
+    assert!(human.contains("cannot be built"), "{human}");
+    // What runs is generation 1 again.
+    let now = w.wait_running(&["a", "b"]);
+    assert_eq!(now[&w.id("a")].0, good[&w.id("a")].0);
+    assert_eq!(now[&b].2, good[&b].2, "b runs generation 1's specification");
+}
+
+#[test]
+fn a_target_the_gateway_cannot_run_is_refused_with_the_reason() {
+    if !docker_ready() {
+        return;
+    }
+    let w = World::new();
+    let listen = free_port();
+    let s = Serve::start_on(&data(&w), &listen);
+    let _agent = w.agent(&listen);
+    let mut mm: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(w.model("v1.json", &[("a", "1", "bb")], false)).unwrap(),
+    )
+    .unwrap();
+    mm["subsystems"][0]["components"][1]["resources"]["container"]["devices"] =
+        serde_json::json!([{"host": "/dev/continuum-no-such-device"}]);
+    let path: &Path = &w.dir.path().join("bad.json");
+    std::fs::write(path, mm.to_string()).unwrap();
+    ok(s.cli(&["apply", "-f", path.to_str().unwrap()]));
+    let refused = w.wait("the refusal", || {
+        let g = json(s.cli(&["gateways", "-o", "json"]));
+        let r = g["gateways"].as_array()?.first()?["rejected"]
+            .as_str()?
+            .to_owned();
+        (!r.is_empty()).then_some(r)
+    });
+    assert!(
+        refused.contains("/dev/continuum-no-such-device"),
+        "{refused}"
+    );
+    assert!(refused.contains("not present"), "{refused}");
+    assert!(w.containers().is_empty(), "nothing was started");
+}
