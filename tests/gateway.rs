@@ -88,7 +88,7 @@ impl World {
                 "id": id, "kind": "service",
                 "resources": {"container": {
                     "build": {"context": context},
-                    "command": ["sh", "-c", "exec sleep 3600"],
+                    "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"],
                     "env": {"VALUE": value}
                 }}
             }));

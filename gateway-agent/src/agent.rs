@@ -52,6 +52,34 @@ pub struct AgentConfig {
     pub interval: Duration,
 }
 
+/// Follows the engine's events for a subsystem's workloads, re-subscribing
+/// after a failure (the engine restarting, say).
+async fn watch_engine<R: ContainerRuntime>(
+    runtime: Arc<R>,
+    subsystem: String,
+    changes: mpsc::Sender<()>,
+    shutdown: CancellationToken,
+) {
+    let mut wait = Duration::from_millis(200);
+    loop {
+        let result = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = runtime.watch(crate::spec::LABEL_SUBSYSTEM, &subsystem, changes.clone()) => r,
+        };
+        if changes.is_closed() {
+            return;
+        }
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "engine events unavailable; retrying");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(10));
+    }
+}
+
 /// Checks that this gateway can run a model; the reason when it cannot.
 pub fn admit(model: &DeploymentModel) -> Result<(), String> {
     for c in model.components.iter().filter(|c| c.kind().has_lifecycle()) {
@@ -142,21 +170,44 @@ impl<R: ContainerRuntime> Agent<R> {
         ))
     }
 
-    /// Runs until `shutdown`.
+    /// Runs until `shutdown`: a pass on every new target, on every change the
+    /// engine reports for this subsystem's workloads, and periodically.
     pub async fn run(mut self, mut offers: mpsc::Receiver<Offer>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(self.config.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (changes_tx, mut changes) = mpsc::channel::<()>(1);
+        let mut watching: Option<(String, tokio::task::JoinHandle<()>)> = None;
         loop {
+            let subsystem = self.snapshot.borrow().subsystem.clone();
+            if !subsystem.is_empty() && watching.as_ref().is_none_or(|(s, _)| *s != subsystem) {
+                if let Some((_, task)) = watching.take() {
+                    task.abort();
+                }
+                let task = tokio::spawn(watch_engine(
+                    Arc::clone(&self.runtime),
+                    subsystem.clone(),
+                    changes_tx.clone(),
+                    shutdown.clone(),
+                ));
+                watching = Some((subsystem, task));
+            }
             tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => break,
                 offer = offers.recv() => {
-                    let Some(offer) = offer else { return };
+                    let Some(offer) = offer else { break };
                     self.offer(offer);
                     self.pass().await;
                     tick.reset();
                 }
+                Some(()) = changes.recv() => {
+                    tracing::debug!("the engine reported a change");
+                    self.pass().await;
+                }
                 _ = tick.tick() => self.pass().await,
             }
+        }
+        if let Some((_, task)) = watching {
+            task.abort();
         }
     }
 
@@ -325,6 +376,11 @@ impl<R: ContainerRuntime> Agent<R> {
     }
 
     fn publish(&mut self, accepted: &Kept, report: PassReport) {
+        tracing::debug!(
+            generation = report.generation,
+            planned = report.planned,
+            "pass done"
+        );
         self.snapshot.send_if_modified(|s| {
             let next = Snapshot {
                 accepted: accepted.generation,

@@ -82,6 +82,26 @@ fn memory_bytes() -> u64 {
 
 /// Runs the agent until SIGTERM or Ctrl-C.
 pub fn run(config: Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot listen for SIGTERM")?;
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("stopping");
+            stop.cancel();
+        });
+        run_until(config, shutdown).await
+    })
+}
+
+/// Runs the agent until `shutdown` is cancelled.
+pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
     if !continuum_models::validate::is_valid_id(&config.id) {
         anyhow::bail!(
             "`{}` is not a valid gateway id: expected 1 to 63 lowercase letters, digits and dashes",
@@ -94,65 +114,54 @@ pub fn run(config: Args) -> anyhow::Result<()> {
     // A corrupt data directory stops the agent here, naming the file: it is
     // never silently reset.
     let store = Store::open(&config.data_dir)?;
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(async move {
-        let docker = Arc::new(DockerRuntime::lazy());
-        let docker_up = docker.list("continuum.probe", "1").await.is_ok();
-        if !docker_up {
-            tracing::warn!("the Docker engine is not reachable now; the agent keeps trying");
-        }
-        let (progress_tx, progress_rx) = mpsc::unbounded_channel();
-        let agent_config = AgentConfig {
-            context_root: config.context_root.clone(),
-            step_timeout,
-            settle: Duration::from_millis(config.settle_ms),
-            interval,
-        };
-        let (agent, snapshot) = Agent::new(docker, store, agent_config, progress_tx)?;
-        let (offers_tx, offers_rx) = mpsc::channel(4);
-        let shutdown = CancellationToken::new();
-        let endpoint = if config.orchestrator.contains("://") {
-            config.orchestrator.clone()
-        } else {
-            format!("http://{}", config.orchestrator)
-        };
-        let link_config = LinkConfig {
-            endpoint,
-            gateway_id: config.id.clone(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            location: config.location.clone(),
-            capabilities: Capabilities {
-                arch: std::env::consts::ARCH.to_owned(),
-                cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
-                memory_bytes: memory_bytes(),
-                docker: docker_up,
-                labels: config.labels.iter().cloned().collect(),
-            },
-            max_backoff,
-        };
-        let agent_task = tokio::spawn(agent.run(offers_rx, shutdown.clone()));
-        let link_task = tokio::spawn(link::run(
-            link_config,
-            offers_tx,
-            snapshot,
-            progress_rx,
-            shutdown.clone(),
-        ));
-        eprintln!(
-            "continuum gateway `{}` running (data in {})",
-            config.id,
-            config.data_dir.display()
-        );
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("cannot listen for SIGTERM")?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        eprintln!("stopping");
-        shutdown.cancel();
-        let _ = agent_task.await;
-        let _ = link_task.await;
-        Ok(())
-    })
+    let docker = Arc::new(DockerRuntime::lazy());
+    let docker_up = docker.list("continuum.probe", "1").await.is_ok();
+    if !docker_up {
+        tracing::warn!("the Docker engine is not reachable now; the agent keeps trying");
+    }
+    let (progress_tx, progress_rx) = mpsc::unbounded_channel();
+    let agent_config = AgentConfig {
+        context_root: config.context_root.clone(),
+        step_timeout,
+        settle: Duration::from_millis(config.settle_ms),
+        interval,
+    };
+    let (agent, snapshot) = Agent::new(docker, store, agent_config, progress_tx)?;
+    let (offers_tx, offers_rx) = mpsc::channel(4);
+    let endpoint = if config.orchestrator.contains("://") {
+        config.orchestrator.clone()
+    } else {
+        format!("http://{}", config.orchestrator)
+    };
+    let link_config = LinkConfig {
+        endpoint,
+        gateway_id: config.id.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        location: config.location.clone(),
+        capabilities: Capabilities {
+            arch: std::env::consts::ARCH.to_owned(),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            memory_bytes: memory_bytes(),
+            docker: docker_up,
+            labels: config.labels.iter().cloned().collect(),
+        },
+        max_backoff,
+    };
+    let agent_task = tokio::spawn(agent.run(offers_rx, shutdown.clone()));
+    let link_task = tokio::spawn(link::run(
+        link_config,
+        offers_tx,
+        snapshot,
+        progress_rx,
+        shutdown.clone(),
+    ));
+    eprintln!(
+        "continuum gateway `{}` running (data in {})",
+        config.id,
+        config.data_dir.display()
+    );
+    shutdown.cancelled().await;
+    let _ = agent_task.await;
+    let _ = link_task.await;
+    Ok(())
 }

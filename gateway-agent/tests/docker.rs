@@ -197,7 +197,7 @@ async fn deploys_replaces_only_what_changed_and_heals_drift() {
     let Some(s) = setup("deploy").await else {
         return;
     };
-    let sleep = "exec sleep 3600";
+    let sleep = "trap 'exit 0' TERM; sleep 3600 & wait";
     let v1 = s.model(&[
         s.service("a", sleep, r#","env":{"V":"1"}"#),
         s.service("b", sleep, r#","env":{"V":"1"}"#),
@@ -265,8 +265,8 @@ async fn failures_name_the_component_and_the_cause() {
     let exits = s.service("exits", "echo giving up >&2; exit 3", "");
     let port = 20_000 + (std::process::id() % 20_000) as u16;
     let ports = format!(r#","ports":[{{"container":80,"host":{port}}}]"#);
-    let first = s.service("first", "exec sleep 3600", &ports);
-    let second = s.service("second", "exec sleep 3600", &ports);
+    let first = s.service("first", "sleep 3600", &ports);
+    let second = s.service("second", "sleep 3600", &ports);
     let target = s.model(&[bad_build, exits, first, second]);
     let r = s.pass(1, &target).await;
     assert!(!r.converged());

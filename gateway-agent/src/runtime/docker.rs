@@ -10,8 +10,9 @@ use bollard::models::{
     MountType, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, EventsOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use tokio_stream::StreamExt;
@@ -348,6 +349,34 @@ impl ContainerRuntime for DockerRuntime {
             Some(other) => RunState::Other(other.to_string()),
             None => RunState::Other("unknown".into()),
         })
+    }
+
+    async fn watch(
+        &self,
+        label: &str,
+        value: &str,
+        changes: tokio::sync::mpsc::Sender<()>,
+    ) -> Result<(), RuntimeError> {
+        let filters = HashMap::from([
+            ("type".to_owned(), vec!["container".to_owned()]),
+            ("label".to_owned(), vec![format!("{label}={value}")]),
+        ]);
+        let options = EventsOptionsBuilder::default().filters(&filters).build();
+        let docker = self.client().await?;
+        let mut stream = docker.events(Some(options));
+        loop {
+            tokio::select! {
+                () = changes.closed() => return Ok(()),
+                event = stream.next() => match event {
+                    None => return Err(RuntimeError::Unreachable("the event stream ended".into())),
+                    Some(Err(e)) => return Err(error(e)),
+                    Some(Ok(_)) => {
+                        // A full channel already holds a wake-up: nothing is lost.
+                        let _ = changes.try_send(());
+                    }
+                },
+            }
+        }
     }
 
     async fn logs(&self, id: &str, lines: usize) -> Result<String, RuntimeError> {

@@ -211,6 +211,17 @@ impl ContainerRuntime for FakeRuntime {
         })
     }
 
+    async fn watch(
+        &self,
+        _label: &str,
+        _value: &str,
+        changes: tokio::sync::mpsc::Sender<()>,
+    ) -> Result<(), RuntimeError> {
+        // The fake has no event stream: tests drive passes themselves.
+        changes.closed().await;
+        Ok(())
+    }
+
     async fn logs(&self, id: &str, _lines: usize) -> Result<String, RuntimeError> {
         self.with(|s| {
             Self::check(s)?;

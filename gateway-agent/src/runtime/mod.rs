@@ -108,6 +108,15 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     fn stop(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     fn remove(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     fn state(&self, id: &str) -> impl Future<Output = Result<RunState, RuntimeError>> + Send;
+    /// Sends `()` on `changes` whenever a workload carrying `label=value`
+    /// changes state (created, started, died, destroyed...), until the engine
+    /// stream ends or `changes` closes. Returns why it ended.
+    fn watch(
+        &self,
+        label: &str,
+        value: &str,
+        changes: tokio::sync::mpsc::Sender<()>,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// The last lines the workload wrote, for failure reasons.
     fn logs(
         &self,

@@ -1,0 +1,403 @@
+//! Gateway agent benchmarks on the real Docker engine, printed as figures (run
+//! with `cargo bench -p continuum-gateway --bench gateway`):
+//!
+//! 1. **Change → running**, 50 successive updates of one container (its
+//!    environment changes, so it is replaced; the image is cached):
+//!    * baseline: the same stop, remove, create and start done directly through
+//!      the Docker API, with the same client, in the same run;
+//!    * one reconcile pass of the engine (observe, diff, plan, execute, observe);
+//!    * the whole path: `Apply` to an orchestrator, pushed over the link to an
+//!      agent, until the engine reports the new container running.
+//!
+//!    Both Continuum paths run with a zero settle window (the agent's default
+//!    watches a started container for 500 ms before calling it running).
+//! 2. **Memory** of the `continuum-gateway` process: idle after converging, and
+//!    after 1,000 reconcile passes (no growth expected).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use continuum_gateway::engine::{reconcile, EngineConfig};
+use continuum_gateway::exec::{image_source, workload_spec};
+use continuum_gateway::runtime::docker::DockerRuntime;
+use continuum_gateway::runtime::{ContainerRuntime, RunState};
+use continuum_gateway::spec::{spec_hash, LABEL_COMPONENT, LABEL_SPEC_HASH, LABEL_SUBSYSTEM};
+use continuum_models::DeploymentModel;
+use continuum_proto::v1::model_service_client::ModelServiceClient;
+use continuum_proto::v1::{ApplyRequest, Document};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const UPDATES: usize = 50;
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", std::process::id())
+}
+
+fn megamodel(subsystem: &str, gateway: &str, component: &str, value: usize) -> String {
+    serde_json::json!({
+        "name": "bench",
+        "subsystems": [{
+            "id": subsystem,
+            "components": [
+                {"id": gateway, "kind": "gateway"},
+                {"id": component, "kind": "service", "resources": {"container": {
+                    "build": {"context": "bb"},
+                    "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"],
+                    "env": {"VALUE": value.to_string()}
+                }}}
+            ],
+            "links": [{"kind": "hosting", "component": component, "host": gateway}]
+        }]
+    })
+    .to_string()
+}
+
+fn subsystem_model(text: &str) -> DeploymentModel {
+    let mm: continuum_models::Megamodel = serde_json::from_str(text).unwrap();
+    mm.subsystems[0].clone().canonical()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn line(name: &str, v: &mut [Duration]) -> (Duration, Duration) {
+    v.sort();
+    let (p50, p99) = (percentile(v, 0.5), percentile(v, 0.99));
+    println!("  {name:<46} p50 {:>9}   p99 {:>9}", ms(p50), ms(p99));
+    (p50, p99)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Removes the bench's containers and images at the end, whatever happens.
+struct Cleanup(Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for subsystem in &self.0 {
+            let o = std::process::Command::new("docker")
+                .args(["ps", "-aq", "--filter"])
+                .arg(format!("label={LABEL_SUBSYSTEM}={subsystem}"))
+                .output();
+            if let Ok(o) = o {
+                let ids: Vec<String> = String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect();
+                if !ids.is_empty() {
+                    let _ = std::process::Command::new("docker")
+                        .args(["rm", "-f"])
+                        .args(&ids)
+                        .output();
+                }
+            }
+        }
+        let o = std::process::Command::new("docker")
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+            .output();
+        if let Ok(o) = o {
+            let mine: Vec<String> = String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.starts_with(&format!("continuum/{}", unique("bench"))))
+                .map(str::to_owned)
+                .collect();
+            if !mine.is_empty() {
+                let _ = std::process::Command::new("docker")
+                    .args(["rmi", "-f"])
+                    .args(&mine)
+                    .output();
+            }
+        }
+    }
+}
+
+fn context(dir: &Path) {
+    let bb = dir.join("bb");
+    std::fs::create_dir_all(&bb).unwrap();
+    std::fs::copy("/bin/busybox", bb.join("busybox")).expect("Debian's busybox-static");
+    std::fs::write(
+        bb.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nENTRYPOINT [\"/bin/busybox\"]\n",
+    )
+    .unwrap();
+}
+
+async fn direct(rt: &DockerRuntime, dir: &Path, subsystem: &str, component: &str) -> Vec<Duration> {
+    let mut out = Vec::new();
+    let mut previous: Option<String> = None;
+    for i in 0..=UPDATES {
+        let model = subsystem_model(&megamodel(subsystem, "gw", component, i));
+        let c = model.component(component).unwrap().clone();
+        let source = image_source(&c, dir).unwrap();
+        rt.ensure_image(&source).await.unwrap();
+        let spec = workload_spec(&c, subsystem, i as u64, source.reference()).unwrap();
+        let t0 = Instant::now();
+        if let Some(id) = previous.take() {
+            rt.stop(&id).await.unwrap();
+            rt.remove(&id).await.unwrap();
+        }
+        let id = rt.create(&spec).await.unwrap();
+        rt.start(&id).await.unwrap();
+        assert_eq!(rt.state(&id).await.unwrap(), RunState::Running);
+        if i > 0 {
+            out.push(t0.elapsed());
+        }
+        previous = Some(id);
+    }
+    out
+}
+
+async fn engine(
+    rt: &Arc<DockerRuntime>,
+    dir: &Path,
+    subsystem: &str,
+    component: &str,
+) -> Vec<Duration> {
+    let config = EngineConfig {
+        subsystem: subsystem.to_owned(),
+        context_root: dir.to_owned(),
+        step_timeout: Duration::from_secs(120),
+        settle: Duration::ZERO,
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let mut out = Vec::new();
+    for i in 0..=UPDATES {
+        let target = subsystem_model(&megamodel(subsystem, "gw", component, i));
+        // The image is built (once) outside the measured part.
+        let c = target.component(component).unwrap();
+        rt.ensure_image(&image_source(c, dir).unwrap())
+            .await
+            .unwrap();
+        let t0 = Instant::now();
+        let r = reconcile(rt, &config, i as u64, &target, &tx)
+            .await
+            .unwrap();
+        assert!(r.converged(), "{r:?}");
+        if i > 0 {
+            out.push(t0.elapsed());
+        }
+    }
+    out
+}
+
+/// Waits until the component's container runs `hash`.
+async fn running(rt: &DockerRuntime, subsystem: &str, component: &str, hash: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ws = rt.list(LABEL_SUBSYSTEM, subsystem).await.unwrap();
+        let ok = ws.iter().any(|w| {
+            w.labels.get(LABEL_COMPONENT).map(String::as_str) == Some(component)
+                && w.labels.get(LABEL_SPEC_HASH).map(String::as_str) == Some(hash)
+                && w.state == RunState::Running
+        });
+        if ok {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the container never ran the new spec"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn whole_path(
+    rt: &Arc<DockerRuntime>,
+    dir: &Path,
+    subsystem: &str,
+    component: &str,
+) -> Vec<Duration> {
+    let gateway = unique("gwbench");
+    let orchestrator = continuum_orchestrator::start(continuum_orchestrator::Config::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.join("orchestrator"),
+    ))
+    .await
+    .unwrap();
+    let endpoint = format!("http://{}", orchestrator.local_addr());
+    let args = continuum_gateway::cli::Args {
+        id: gateway.clone(),
+        orchestrator: endpoint.clone(),
+        data_dir: dir.join("agent"),
+        context_root: dir.to_owned(),
+        location: String::new(),
+        labels: Vec::new(),
+        interval: 30.0,
+        step_timeout: 120.0,
+        settle_ms: 0,
+        max_backoff: 1.0,
+    };
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(continuum_gateway::cli::run_until(args, shutdown.clone()));
+    let channel = tonic::transport::Endpoint::from_shared(endpoint)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ModelServiceClient::new(channel);
+    let mut out = Vec::new();
+    for i in 0..=UPDATES {
+        let text = megamodel(subsystem, &gateway, component, i);
+        let hash = spec_hash(subsystem_model(&text).component(component).unwrap());
+        let t0 = Instant::now();
+        client
+            .apply(ApplyRequest {
+                megamodel: Some(Document {
+                    name: "bench.json".into(),
+                    json: text.into_bytes(),
+                }),
+                ..ApplyRequest::default()
+            })
+            .await
+            .unwrap();
+        running(rt, subsystem, component, &hash).await;
+        if i > 0 {
+            out.push(t0.elapsed());
+        }
+    }
+    shutdown.cancel();
+    let _ = agent.await;
+    orchestrator.stop().await.unwrap();
+    out
+}
+
+/// Memory of a `continuum-gateway` process: idle, then after 1,000 passes.
+async fn memory(dir: &Path, subsystem: &str, component: &str) {
+    let gateway = unique("gwmem");
+    let orchestrator = continuum_orchestrator::start(continuum_orchestrator::Config::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.join("orchestrator-mem"),
+    ))
+    .await
+    .unwrap();
+    let endpoint = format!("http://{}", orchestrator.local_addr());
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ModelServiceClient::new(channel);
+    client
+        .apply(ApplyRequest {
+            megamodel: Some(Document {
+                name: "bench.json".into(),
+                json: megamodel(subsystem, &gateway, component, 0).into_bytes(),
+            }),
+            ..ApplyRequest::default()
+        })
+        .await
+        .unwrap();
+    let log = dir.join("agent-mem.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_continuum-gateway"))
+        .args(["--id", &gateway, "--orchestrator", &endpoint])
+        .arg("--data-dir")
+        .arg(dir.join("agent-mem"))
+        .arg("--context-root")
+        .arg(dir)
+        .args([
+            "--interval",
+            "0.005",
+            "--log",
+            "continuum_gateway::agent=debug",
+        ])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let passes = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("pass done")
+            .count()
+    };
+    let wait_passes = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while passes() < n {
+            assert!(
+                Instant::now() < deadline,
+                "the agent made {} passes",
+                passes()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_passes(50);
+    let idle = rss_kib(pid);
+    wait_passes(1_050);
+    let after = rss_kib(pid);
+    let _ = child.kill();
+    let _ = child.wait();
+    orchestrator.stop().await.unwrap();
+    println!("continuum-gateway memory (VmRSS), one container, a pass every 5 ms:");
+    println!(
+        "  after converging (50 passes)                 {:>7.1} MiB",
+        idle as f64 / 1024.0
+    );
+    println!(
+        "  after 1,000 more passes                      {:>7.1} MiB ({:+.1} MiB)",
+        after as f64 / 1024.0,
+        (after as f64 - idle as f64) / 1024.0
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` only builds this.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let docker = match DockerRuntime::connect().await {
+            Ok(d) => Arc::new(d),
+            Err(e) => {
+                println!("skipped: the Docker engine is not usable: {e}");
+                return;
+            }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        context(dir.path());
+        let subs: Vec<String> = ["d", "e", "w", "m"]
+            .iter()
+            .map(|s| unique(&format!("bench{s}")))
+            .collect();
+        let _cleanup = Cleanup(subs.clone());
+        let component = unique("bench");
+        println!("change -> running, {UPDATES} updates of one container (image cached):");
+        let mut d = direct(&docker, dir.path(), &subs[0], &component).await;
+        let mut e = engine(&docker, dir.path(), &subs[1], &component).await;
+        let mut w = whole_path(&docker, dir.path(), &subs[2], &component).await;
+        let (d50, d99) = line("Docker API: stop, remove, create, start", &mut d);
+        let (e50, e99) = line("one engine pass (observe .. execute .. observe)", &mut e);
+        let (w50, w99) = line("apply -> orchestrator -> agent -> running", &mut w);
+        let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+        println!(
+            "  engine / Docker API: p50 {:.2}x, p99 {:.2}x; whole path / Docker API: p50 {:.2}x, p99 {:.2}x",
+            ratio(e50, d50),
+            ratio(e99, d99),
+            ratio(w50, d50),
+            ratio(w99, d99)
+        );
+        memory(dir.path(), &subs[3], &component).await;
+    });
+}
