@@ -3,9 +3,11 @@
 # It validates the two versions of the megamodel, shows what changes between them and
 # the plan that applies the change; then runs an orchestrator (on loopback, with its
 # data in a temporary directory), applies v1 then v2, and shows the status, the
-# history, the diff between the revisions and a rollback. (Gateway agents, which
-# enact the subsystem models, come with issue #5: until one connects, each subsystem's
-# model waits for its gateway.)
+# history, the diff between the revisions and a rollback. (No gateway of the
+# smart-building example runs here: its subsystems wait for their gateways.) Last, a
+# gateway agent deploys the edge-hello example for real on this machine's Docker
+# engine (images built locally FROM scratch with Debian's busybox), updates it, and
+# everything is removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -23,8 +25,18 @@ run plan $ex/v1.json $ex/v2.json
 data=$(mktemp -d)
 log="$data/serve.log"
 serve_pid=
+gateway_pid=
 cleanup() {
-    if [ -n "$serve_pid" ]; then kill "$serve_pid" 2>/dev/null || true; wait "$serve_pid" 2>/dev/null || true; fi
+    for pid in $gateway_pid $serve_pid; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if command -v docker >/dev/null 2>&1; then
+        ids=$(docker ps -aq --filter label=continuum.subsystem=edge 2>/dev/null || true)
+        [ -z "$ids" ] || docker rm -f $ids >/dev/null 2>&1 || true
+        imgs=$(docker images -q 'continuum/web' 2>/dev/null; docker images -q 'continuum/ticker' 2>/dev/null)
+        [ -z "$imgs" ] || docker rmi -f $imgs >/dev/null 2>&1 || true
+    fi
     rm -rf "$data"
 }
 trap cleanup EXIT
@@ -47,6 +59,26 @@ run history
 run diff --from 1 --to 2
 run rollback --to 1
 run history
+if docker info >/dev/null 2>&1; then
+    mkdir -p "$data/edge-hello"
+    cp -r examples/edge-hello/. "$data/edge-hello/"
+    cp /bin/busybox "$data/edge-hello/image/busybox"
+    say "continuum gateway --id edge-gw --context-root $data/edge-hello &"
+    CONTINUUM_LOG=info "$continuum" gateway --id edge-gw --orchestrator "$CONTINUUM_SERVER" \
+        --data-dir "$data/gateway" --context-root "$data/edge-hello" --interval 2 2>"$data/gateway.log" &
+    gateway_pid=$!
+    run apply -f "$data/edge-hello/v1.json" -m "edge-hello, deployed for real" --wait 120 ||
+        { cat "$data/gateway.log" >&2; exit 1; }
+    run status
+    say "docker ps --filter label=continuum.subsystem=edge"
+    docker ps --filter label=continuum.subsystem=edge --format 'table {{.Names}}\t{{.Image}}\t{{.Status}}'
+    run apply -f "$data/edge-hello/v2.json" -m "a new greeting: web is replaced, ticker keeps running" --wait 120 ||
+        { cat "$data/gateway.log" >&2; exit 1; }
+    run status
+    docker ps --filter label=continuum.subsystem=edge --format 'table {{.Names}}\t{{.Image}}\t{{.Status}}'
+else
+    echo "(no usable Docker engine here: the gateway part of the demo is skipped)"
+fi
 kill -TERM "$serve_pid"
 wait "$serve_pid"
 serve_pid=

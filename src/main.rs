@@ -120,6 +120,10 @@ enum Command {
         /// A note kept in the history.
         #[arg(short = 'm', long, default_value = "")]
         message: String,
+        /// Then wait up to this many seconds for the changed subsystems to run
+        /// it (exit 1 if one fails or time runs out).
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<f64>,
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Human)]
         output: Format,
     },
@@ -255,8 +259,9 @@ fn main() -> ExitCode {
             file,
             base,
             message,
+            wait,
             output,
-        } => commands::apply::apply(&server, &file, base, message, output, &style),
+        } => commands::apply::apply(&server, &file, base, message, wait, output, &style),
         Command::Get {
             subsystem,
             current,

@@ -48,6 +48,7 @@ pub fn apply(
     file: &Path,
     base: Option<u64>,
     message: String,
+    wait: Option<f64>,
     format: Format,
     style: &Style,
 ) -> anyhow::Result<ExitCode> {
@@ -56,8 +57,12 @@ pub fn apply(
         let mut client = remote::connect(server).await?;
         match client.apply(req).await {
             Ok(r) => {
-                print(&r.into_inner(), format, style)?;
-                Ok(ExitCode::SUCCESS)
+                let r = r.into_inner();
+                print(&r, format, style)?;
+                match wait {
+                    None => Ok(ExitCode::SUCCESS),
+                    Some(seconds) => rollout(&mut client, &r, seconds, format, style).await,
+                }
             }
             Err(status) => match remote::rejection(&status) {
                 Some(invalid) => {
@@ -137,4 +142,81 @@ fn print(r: &ApplyResponse, format: Format, style: &Style) -> anyhow::Result<()>
         );
     }
     Ok(())
+}
+
+/// Follows the subsystems a revision changed until each has converged on its
+/// new generation, one fails or refuses it, or `seconds` pass. Subsystems
+/// without a gateway in the model are not waited for.
+async fn rollout(
+    client: &mut remote::Client,
+    applied: &ApplyResponse,
+    seconds: f64,
+    format: Format,
+    style: &Style,
+) -> anyhow::Result<ExitCode> {
+    use continuum_proto::v1::{ComponentState, StatusRequest};
+    if !(seconds.is_finite() && seconds > 0.0) {
+        anyhow::bail!("--wait takes a positive number of seconds");
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs_f64(seconds);
+    let waiting: Vec<(String, u64)> = applied
+        .targets
+        .iter()
+        .filter(|t| !t.gateway_id.is_empty())
+        .map(|t| (t.subsystem.clone(), t.generation))
+        .collect();
+    loop {
+        let status = client
+            .status(StatusRequest {})
+            .await
+            .map_err(explain)?
+            .into_inner();
+        let mut done = true;
+        let mut failures = Vec::new();
+        for (subsystem, generation) in &waiting {
+            let Some(s) = status.subsystems.iter().find(|s| &s.subsystem == subsystem) else {
+                continue; // removed from the model: nothing to converge
+            };
+            if let Some(g) = s.gateway.as_ref().filter(|g| !g.rejected.is_empty()) {
+                if g.sent_generation == *generation {
+                    failures.push(format!("{subsystem}: target refused: {}", g.rejected));
+                }
+            }
+            // A failure reported before this revision belongs to an earlier one.
+            let since = applied.revision.as_ref().map_or(0, |r| r.created_unix_ms);
+            for c in s
+                .components
+                .iter()
+                .filter(|c| c.state == ComponentState::Failed as i32 && c.since_unix_ms >= since)
+            {
+                failures.push(format!("{subsystem}/{}: {}", c.component, c.reason));
+            }
+            if !(s.converged && s.target_generation == *generation) {
+                done = false;
+            }
+        }
+        if !failures.is_empty() {
+            for f in &failures {
+                eprintln!("{} {f}", style.red("failed:"));
+            }
+            return Ok(ExitCode::from(1));
+        }
+        if done {
+            if format == Format::Human {
+                outln!(
+                    "{} every changed subsystem runs its new generation",
+                    style.green("converged:")
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            eprintln!(
+                "{} the rollout did not converge within {seconds} s (see `continuum status`)",
+                style.red("timed out:")
+            );
+            return Ok(ExitCode::from(1));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
