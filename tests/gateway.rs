@@ -418,3 +418,122 @@ fn a_target_the_gateway_cannot_run_is_refused_with_the_reason() {
     assert!(refused.contains("not present"), "{refused}");
     assert!(w.containers().is_empty(), "nothing was started");
 }
+
+/// Ends every process whose command line holds `marker` (what a test's
+/// process-driver workloads leave if the test fails).
+struct Reap(String);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-f", &self.0])
+            .output();
+    }
+}
+
+fn pids(marker: &str) -> Vec<String> {
+    let o = Command::new("pgrep").args(["-f", marker]).output().unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_host_without_docker_runs_processes_and_a_killed_agent_leaves_no_duplicates() {
+    let w = World::new();
+    let marker = unique("marker");
+    let _reap = Reap(marker.clone());
+    let listen = free_port();
+    let s = Serve::start_on(&data(&w), &listen);
+    let agent_args = |w: &World| -> Guard {
+        let log = std::fs::File::create(w.dir.path().join("agent.log")).unwrap();
+        Guard(
+            Command::new(env!("CARGO_BIN_EXE_continuum"))
+                .args(["gateway", "--driver", "process", "--id", &w.gateway])
+                .args([
+                    "--orchestrator",
+                    &listen,
+                    "--interval",
+                    "0.5",
+                    "--max-backoff",
+                    "1",
+                ])
+                .arg("--data-dir")
+                .arg(w.dir.path().join("agent"))
+                .env("CONTINUUM_LOG", "info")
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let model = |name: &str, value: &str| -> String {
+        let svc = |short: &str| {
+            serde_json::json!({
+                "id": w.id(short), "kind": "service",
+                "resources": {"container": {
+                    "image": "none",
+                    "command": ["sh", "-c", format!("trap 'exit 0' TERM; sleep 3600 & wait # {marker}-{short}")],
+                    "env": {"VALUE": value}
+                }}
+            })
+        };
+        let mm = serde_json::json!({"name": "p", "subsystems": [{
+        "id": w.subsystem,
+        "components": [{"id": w.gateway, "kind": "gateway"}, svc("a"), svc("b")],
+        "links": [
+            {"kind": "hosting", "component": w.id("a"), "host": w.gateway},
+            {"kind": "hosting", "component": w.id("b"), "host": w.gateway}
+        ]}]});
+        let path = w.dir.path().join(name);
+        std::fs::write(&path, mm.to_string()).unwrap();
+        path.display().to_string()
+    };
+    let agent = agent_args(&w);
+    ok(s.cli(&["apply", "-f", &model("v1.json", "1"), "--wait", "60"]));
+    let a1 = pids(&format!("{marker}-a"));
+    assert_eq!(a1.len(), 1, "one `a` process: {a1:?}");
+    assert_eq!(pids(&format!("{marker}-b")).len(), 1);
+
+    // Killed by hand: the agent brings it back.
+    let k = Command::new("kill")
+        .args(["-KILL", &a1[0]])
+        .status()
+        .unwrap();
+    assert!(k.success());
+    w.wait("a back", || {
+        let now = pids(&format!("{marker}-a"));
+        (now.len() == 1 && now != a1).then_some(())
+    });
+
+    // The agent is killed -9; the next one ends what it left and starts anew.
+    drop(agent);
+    let _agent = agent_args(&w);
+    w.wait("one process each after the restart", || {
+        let (a, b) = (pids(&format!("{marker}-a")), pids(&format!("{marker}-b")));
+        (a.len() == 1 && b.len() == 1 && !w.agent_log().is_empty()).then_some(())
+    });
+    w.wait_converged(&s, 1);
+    assert_eq!(pids(&format!("{marker}-a")).len(), 1);
+    assert!(
+        w.agent_log()
+            .contains("ending a process a previous agent left running"),
+        "{}",
+        w.agent_log()
+    );
+
+    // A build cannot run here: refused with the reason.
+    let mut mm: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model("v2.json", "2")).unwrap()).unwrap();
+    mm["subsystems"][0]["components"][1]["resources"]["container"] =
+        serde_json::json!({"build": {"context": "bb"}});
+    let bad = w.dir.path().join("bad.json");
+    std::fs::write(&bad, mm.to_string()).unwrap();
+    let o = s.cli(&["apply", "-f", bad.to_str().unwrap(), "--wait", "60"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("target refused") && e.contains("an image build"),
+        "{e}"
+    );
+}

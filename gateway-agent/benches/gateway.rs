@@ -240,6 +240,7 @@ async fn whole_path(
         context_root: dir.to_owned(),
         location: String::new(),
         labels: Vec::new(),
+        driver: continuum_gateway::agent::Driver::Docker,
         interval: 30.0,
         step_timeout: 120.0,
         settle_ms: 0,

@@ -44,6 +44,8 @@ pub struct Snapshot {
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
+    /// What runs the workloads (decides what can be admitted).
+    pub driver: Driver,
     /// Where build contexts named in models are found.
     pub context_root: std::path::PathBuf,
     pub step_timeout: Duration,
@@ -80,8 +82,17 @@ async fn watch_engine<R: ContainerRuntime>(
     }
 }
 
+/// The kinds of driver an agent can run workloads with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Driver {
+    /// Containers on the local Docker engine.
+    Docker,
+    /// Child processes running each container's `command` (no Docker).
+    Process,
+}
+
 /// Checks that this gateway can run a model; the reason when it cannot.
-pub fn admit(model: &DeploymentModel) -> Result<(), String> {
+pub fn admit(model: &DeploymentModel, driver: Driver) -> Result<(), String> {
     for c in model.components.iter().filter(|c| c.kind().has_lifecycle()) {
         let resources = c.spec.resources();
         if resources.is_some_and(|r| r.flash.is_some()) {
@@ -103,6 +114,24 @@ pub fn admit(model: &DeploymentModel) -> Result<(), String> {
             ));
         }
         let container = resources.and_then(|r| r.container.as_ref());
+        if driver == Driver::Process {
+            let c_spec = container.expect("workloads have a container resource");
+            let refuse = |what: &str| {
+                Err(format!(
+                    "`{}` needs {what}, which the process driver of this gateway cannot provide",
+                    c.id
+                ))
+            };
+            if c_spec.build.is_some() {
+                return refuse("an image build");
+            }
+            if c_spec.command.is_empty() {
+                return refuse("an image's own entry point (give it a `command`)");
+            }
+            if !c_spec.mounts.is_empty() {
+                return refuse("mounts");
+            }
+        }
         for d in container.map(|c| c.devices.as_slice()).unwrap_or(&[]) {
             if !Path::new(&d.host).exists() {
                 return Err(format!(
@@ -213,7 +242,7 @@ impl<R: ContainerRuntime> Agent<R> {
 
     fn offer(&mut self, offer: Offer) {
         let result = read(&offer)
-            .and_then(|model| admit(&model).map(|()| model))
+            .and_then(|model| admit(&model, self.config.driver).map(|()| model))
             .and_then(|model| {
                 let kept = Kept {
                     generation: offer.generation,

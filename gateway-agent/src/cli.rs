@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::agent::{Agent, AgentConfig};
+use crate::agent::{Agent, AgentConfig, Driver};
 use crate::link::{self, LinkConfig};
 use crate::runtime::docker::DockerRuntime;
+use crate::runtime::process::ProcessRuntime;
 use crate::runtime::ContainerRuntime;
 use crate::store::Store;
 use anyhow::Context;
@@ -40,6 +41,10 @@ pub struct Args {
     /// A label reported with the capabilities (`key=value`, repeatable).
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// What runs the workloads: Docker containers, or child processes on a host
+    /// without Docker.
+    #[arg(long, value_enum, default_value_t = Driver::Docker)]
+    pub driver: Driver,
     /// Reconcile at least this often, in seconds (drift repair).
     #[arg(long, default_value_t = 10.0)]
     pub interval: f64,
@@ -114,19 +119,63 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
     // A corrupt data directory stops the agent here, naming the file: it is
     // never silently reset.
     let store = Store::open(&config.data_dir)?;
-    let docker = Arc::new(DockerRuntime::lazy());
-    let docker_up = docker.list("continuum.probe", "1").await.is_ok();
-    if !docker_up {
-        tracing::warn!("the Docker engine is not reachable now; the agent keeps trying");
+    let settings = Settings {
+        interval,
+        step_timeout,
+        max_backoff,
+    };
+    match config.driver {
+        Driver::Docker => {
+            let docker = Arc::new(DockerRuntime::lazy());
+            let up = docker.list("continuum.probe", "1").await.is_ok();
+            if !up {
+                tracing::warn!("the Docker engine is not reachable now; the agent keeps trying");
+            }
+            serve(docker, up, store, config, settings, shutdown).await
+        }
+        Driver::Process => {
+            let processes = ProcessRuntime::with_state_file(config.data_dir.join("processes.json"));
+            serve(
+                Arc::new(processes),
+                false,
+                store,
+                config,
+                settings,
+                shutdown,
+            )
+            .await
+        }
     }
+}
+
+struct Settings {
+    interval: Duration,
+    step_timeout: Duration,
+    max_backoff: Duration,
+}
+
+async fn serve<R: ContainerRuntime>(
+    runtime: Arc<R>,
+    docker_up: bool,
+    store: Store,
+    config: Args,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let Settings {
+        interval,
+        step_timeout,
+        max_backoff,
+    } = settings;
     let (progress_tx, progress_rx) = mpsc::unbounded_channel();
     let agent_config = AgentConfig {
+        driver: config.driver,
         context_root: config.context_root.clone(),
         step_timeout,
         settle: Duration::from_millis(config.settle_ms),
         interval,
     };
-    let (agent, snapshot) = Agent::new(docker, store, agent_config, progress_tx)?;
+    let (agent, snapshot) = Agent::new(runtime, store, agent_config, progress_tx)?;
     let (offers_tx, offers_rx) = mpsc::channel(4);
     let endpoint = if config.orchestrator.contains("://") {
         config.orchestrator.clone()

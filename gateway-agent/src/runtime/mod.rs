@@ -4,6 +4,7 @@
 
 pub mod docker;
 pub mod fake;
+pub mod process;
 
 use std::collections::BTreeMap;
 use std::future::Future;
