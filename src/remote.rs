@@ -2,10 +2,8 @@
 
 use std::time::Duration;
 
-use continuum_models::{Diagnostic, Invalid};
+use continuum_models::Invalid;
 use continuum_proto::v1::model_service_client::ModelServiceClient;
-use continuum_proto::v1::Rejection;
-use prost::Message;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -44,24 +42,7 @@ pub async fn connect(server: &str) -> anyhow::Result<Client> {
 
 /// The problems of a rejected model, when the status carries them.
 pub fn rejection(status: &Status) -> Option<Invalid> {
-    if status.code() != Code::InvalidArgument || status.details().is_empty() {
-        return None;
-    }
-    let rejection = Rejection::decode(status.details()).ok()?;
-    Some(Invalid {
-        diagnostics: rejection
-            .problems
-            .into_iter()
-            .map(|p| Diagnostic {
-                file: p.file,
-                line: p.line as usize,
-                column: p.column as usize,
-                path: p.path,
-                message: p.message,
-                expected: (!p.expected.is_empty()).then_some(p.expected),
-            })
-            .collect(),
-    })
+    continuum_proto::rejection::from_status(status)
 }
 
 /// A gRPC status as a sentence a user can act on.

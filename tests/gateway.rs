@@ -537,3 +537,105 @@ fn a_host_without_docker_runs_processes_and_a_killed_agent_leaves_no_duplicates(
         "{e}"
     );
 }
+
+fn env_of(pid: &str) -> String {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', "\n"))
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_cut_off_gateway_accepts_a_local_model_and_the_orchestrator_wins_on_reconnect() {
+    let w = World::new();
+    let marker = unique("marker");
+    let _reap = Reap(marker.clone());
+    let listen = free_port();
+    let local = free_port();
+    let s = Serve::start_on(&data(&w), &listen);
+    let log = std::fs::File::create(w.dir.path().join("agent.log")).unwrap();
+    let _agent = Guard(
+        Command::new(env!("CARGO_BIN_EXE_continuum"))
+            .args(["gateway", "--driver", "process", "--id", &w.gateway])
+            .args(["--orchestrator", &listen, "--local-api", &local])
+            .args(["--interval", "0.5", "--max-backoff", "0.5"])
+            .arg("--data-dir")
+            .arg(w.dir.path().join("agent"))
+            .env("CONTINUUM_LOG", "info")
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let model = |name: &str, value: &str| -> String {
+        let mm = serde_json::json!({"name": "p", "subsystems": [{
+            "id": w.subsystem,
+            "components": [{"id": w.gateway, "kind": "gateway"}, {
+                "id": w.id("a"), "kind": "service",
+                "resources": {"container": {
+                    "image": "none",
+                    "command": ["sh", "-c", format!("trap 'exit 0' TERM; sleep 3600 & wait # {marker}")],
+                    "env": {"VALUE": value}
+                }}
+            }],
+            "links": [{"kind": "hosting", "component": w.id("a"), "host": w.gateway}]}]});
+        let path = w.dir.path().join(name);
+        std::fs::write(&path, mm.to_string()).unwrap();
+        path.display().to_string()
+    };
+    let value = || -> Option<String> {
+        let p = pids(&marker);
+        (p.len() == 1).then(|| env_of(&p[0])).and_then(|e| {
+            e.lines()
+                .find_map(|l| l.strip_prefix("VALUE=").map(str::to_owned))
+        })
+    };
+    let v1 = model("v1.json", "orchestrated");
+    ok(s.cli(&["apply", "-f", &v1, "--wait", "60"]));
+    assert_eq!(value().as_deref(), Some("orchestrated"));
+
+    // Connected: the local API sends users to the orchestrator.
+    let gateway_cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_continuum"))
+            .args(args)
+            .env("CONTINUUM_SERVER", &local)
+            .output()
+            .unwrap()
+    };
+    let local_model = model("local.json", "local");
+    let o = gateway_cli(&["apply", "-f", &local_model, "-m", "fix on site"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("connected to its orchestrator"));
+
+    // Cut off: the local model is accepted and enforced.
+    drop(s);
+    let applied = w.wait("the local API to accept a model", || {
+        let o = gateway_cli(&["apply", "-f", &local_model, "-m", "fix on site"]);
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    });
+    assert!(applied.contains("applied locally"), "{applied}");
+    w.wait("the local model to run", || {
+        (value().as_deref() == Some("local")).then_some(())
+    });
+    let st = String::from_utf8_lossy(&gateway_cli(&["status"]).stdout).into_owned();
+    assert!(st.contains(&w.subsystem), "{st}");
+
+    // Back: the gateway reports its divergence and the target replaces it.
+    let s = Serve::start_on(&data(&w), &listen);
+    w.wait("the orchestrator's model to run again", || {
+        (value().as_deref() == Some("orchestrated")).then_some(())
+    });
+    let status = json(s.cli(&["status", "-o", "json"]));
+    let sub = &status["subsystems"][0];
+    assert_eq!(sub["gateway"]["diverged"]["base_generation"], 1, "{status}");
+    assert_eq!(sub["gateway"]["diverged"]["message"], "fix on site");
+    assert_eq!(sub["gateway"]["diverged"]["changes"]["changed"], 1);
+    assert!(ok(s.cli(&["status"])).contains("ran a local model"));
+    let history = ok(s.cli(&["history"]));
+    assert!(
+        history.contains("local changes made by gateways while cut off"),
+        "{history}"
+    );
+    assert!(history.contains("fix on site"), "{history}");
+    w.wait_converged(&s, 1);
+}

@@ -239,6 +239,7 @@ async fn whole_path(
         data_dir: dir.join("agent"),
         context_root: dir.to_owned(),
         location: String::new(),
+        local_api: None,
         labels: Vec::new(),
         driver: continuum_gateway::agent::Driver::Docker,
         interval: 30.0,

@@ -17,7 +17,7 @@ use crate::engine::{reconcile, EngineConfig, PassReport, State, Status};
 use crate::exec::Progress;
 use crate::observe::is_workload;
 use crate::runtime::{ContainerRuntime, RuntimeError};
-use crate::store::{Kept, Slot, Store};
+use crate::store::{Kept, LocalNote, Slot, Store};
 
 /// A target offered by the orchestrator (or the local API); `reply` says
 /// whether it was accepted, and why not.
@@ -26,6 +26,8 @@ pub struct Offer {
     pub generation: u64,
     pub subsystem: String,
     pub model: Vec<u8>,
+    /// Set for a model applied through the gateway's local API.
+    pub local: Option<LocalNote>,
     pub reply: oneshot::Sender<Result<(), String>>,
 }
 
@@ -40,6 +42,8 @@ pub struct Snapshot {
     /// The current model after the last pass (`None` before the first).
     pub current: Option<DeploymentModel>,
     pub statuses: BTreeMap<String, Status>,
+    /// Set while the agent enforces a model applied locally.
+    pub local: Option<(LocalNote, DeploymentModel)>,
 }
 
 #[derive(Debug, Clone)]
@@ -182,7 +186,11 @@ impl<R: ContainerRuntime> Agent<R> {
         let accepted = store.get(Slot::Accepted)?;
         let initial = Snapshot {
             accepted: accepted.as_ref().map_or(0, |k| k.generation),
-            subsystem: accepted.map(|k| k.subsystem).unwrap_or_default(),
+            subsystem: accepted
+                .as_ref()
+                .map(|k| k.subsystem.clone())
+                .unwrap_or_default(),
+            local: accepted.and_then(|k| k.local.map(|n| (n, k.model))),
             ..Snapshot::default()
         };
         let (snapshot, rx) = watch::channel(initial);
@@ -248,19 +256,33 @@ impl<R: ContainerRuntime> Agent<R> {
                     generation: offer.generation,
                     subsystem: offer.subsystem.clone(),
                     model,
+                    local: offer.local.clone(),
                 };
                 self.store
                     .put(Slot::Accepted, &kept)
+                    .map(|()| kept)
                     .map_err(|e| format!("cannot persist the target: {e}"))
             });
-        match &result {
-            Ok(()) => {
-                tracing::info!(generation = offer.generation, "target accepted");
+        let result = match result {
+            Ok(kept) => {
+                tracing::info!(
+                    generation = offer.generation,
+                    local = kept.local.is_some(),
+                    "target accepted"
+                );
+                // A new target: a failed one is no longer held back.
+                self.failed = None;
                 self.snapshot.send_modify(|s| {
                     s.accepted = offer.generation;
                     s.subsystem = offer.subsystem.clone();
+                    s.local = kept.local.clone().map(|n| (n, kept.model.clone()));
                 });
+                Ok(())
             }
+            Err(reason) => Err(reason),
+        };
+        match &result {
+            Ok(()) => {}
             Err(reason) => {
                 tracing::warn!(generation = offer.generation, %reason, "target refused")
             }
@@ -397,6 +419,7 @@ impl<R: ContainerRuntime> Agent<R> {
                 subsystem: kept.subsystem.clone(),
                 current: Some(current.canonical()),
                 statuses,
+                local: s.local.clone(),
             };
             let changed = *s != next;
             *s = next;
@@ -417,6 +440,7 @@ impl<R: ContainerRuntime> Agent<R> {
                 subsystem: accepted.subsystem.clone(),
                 current: Some(report.current),
                 statuses: report.statuses,
+                local: accepted.local.clone().map(|n| (n, accepted.model.clone())),
             };
             let changed = *s != next;
             *s = next;

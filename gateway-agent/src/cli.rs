@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use crate::agent::{Agent, AgentConfig, Driver};
 use crate::link::{self, LinkConfig};
+use crate::local::LocalApi;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::ContainerRuntime;
 use crate::store::Store;
 use anyhow::Context;
+use continuum_proto::v1::model_service_server::ModelServiceServer;
 use continuum_proto::v1::Capabilities;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +37,10 @@ pub struct Args {
     /// Where the build contexts that models name are found.
     #[arg(long, default_value = ".")]
     pub context_root: PathBuf,
+    /// Serve the local API (`continuum apply --server` pointed at the gateway,
+    /// for changes while the orchestrator is cut off) on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub local_api: Option<std::net::SocketAddr>,
     /// Where this gateway is (reported to the orchestrator).
     #[arg(long, default_value = "")]
     pub location: String,
@@ -196,12 +202,38 @@ async fn serve<R: ContainerRuntime>(
         },
         max_backoff,
     };
+    let (connected_tx, connected) = tokio::sync::watch::channel(false);
+    let local_task = match config.local_api {
+        None => None,
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for the local API"))?;
+            let api = LocalApi {
+                gateway_id: config.id.clone(),
+                offers: offers_tx.clone(),
+                snapshot: snapshot.clone(),
+                connected,
+            };
+            eprintln!("local API listening on {}", listener.local_addr()?);
+            let stop = shutdown.clone();
+            Some(tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(ModelServiceServer::new(api))
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        async move { stop.cancelled().await },
+                    ),
+            ))
+        }
+    };
     let agent_task = tokio::spawn(agent.run(offers_rx, shutdown.clone()));
     let link_task = tokio::spawn(link::run(
         link_config,
         offers_tx,
         snapshot,
         progress_rx,
+        connected_tx,
         shutdown.clone(),
     ));
     eprintln!(
@@ -212,5 +244,8 @@ async fn serve<R: ContainerRuntime>(
     shutdown.cancelled().await;
     let _ = agent_task.await;
     let _ = link_task.await;
+    if let Some(task) = local_task {
+        let _ = task.await;
+    }
     Ok(())
 }

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod engine;
 pub mod exec;
 pub mod link;
+pub mod local;
 pub mod observe;
 pub mod runtime;
 pub mod spec;

@@ -11,8 +11,8 @@ use std::time::Duration;
 use continuum_proto::v1::gateway_link_client::GatewayLinkClient;
 use continuum_proto::v1::{
     gateway_message, orchestrator_message, Ack, Capabilities, ComponentState, ComponentStatus,
-    CurrentReport, Document, GatewayMessage, Heartbeat, Register, StatusReport, StepProgress,
-    StepState,
+    CurrentReport, Document, GatewayMessage, Heartbeat, LocalDivergence, Register, StatusReport,
+    StepProgress, StepState,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -82,11 +82,22 @@ pub async fn run(
     offers: mpsc::Sender<Offer>,
     snapshot: watch::Receiver<Snapshot>,
     mut progress: mpsc::UnboundedReceiver<Progress>,
+    connected: watch::Sender<bool>,
     shutdown: CancellationToken,
 ) {
     let mut attempt: u32 = 0;
     loop {
-        match session(&config, &offers, snapshot.clone(), &mut progress, &shutdown).await {
+        let result = session(
+            &config,
+            &offers,
+            snapshot.clone(),
+            &mut progress,
+            &connected,
+            &shutdown,
+        )
+        .await;
+        connected.send_replace(false);
+        match result {
             Ok(()) => return,
             Err(Ended { connected, why }) => {
                 if connected {
@@ -128,6 +139,7 @@ async fn session(
     offers: &mpsc::Sender<Offer>,
     mut snapshot: watch::Receiver<Snapshot>,
     progress: &mut mpsc::UnboundedReceiver<Progress>,
+    connected: &watch::Sender<bool>,
     shutdown: &CancellationToken,
 ) -> Result<(), Ended> {
     let channel = tonic::transport::Endpoint::from_shared(config.endpoint.clone())
@@ -146,6 +158,16 @@ async fn session(
         capabilities: Some(config.capabilities.clone()),
         accepted_generation: snap.accepted,
         observed_generation: snap.observed,
+        divergence: snap.local.as_ref().map(|(note, model)| LocalDivergence {
+            base_generation: snap.accepted,
+            since_unix_ms: note.since_unix_ms,
+            author: note.author.clone(),
+            message: note.message.clone(),
+            model: Some(Document {
+                name: format!("{} (local)", snap.subsystem),
+                json: serde_json::to_vec(model).expect("models serialize"),
+            }),
+        }),
     };
     tx.send(message(gateway_message::Kind::Register(register)))
         .await
@@ -164,6 +186,7 @@ async fn session(
         Err(s) => return Err(ended(false, s.message().to_owned())),
     };
     tracing::info!(subsystem = %welcome.subsystem, "registered with the orchestrator");
+    connected.send_replace(true);
     let interval = Duration::from_millis(welcome.heartbeat_interval_ms.max(100));
     let mut heartbeat = tokio::time::interval(interval);
     let send = |kind: gateway_message::Kind| {
@@ -222,6 +245,7 @@ async fn session(
                             generation: t.generation,
                             subsystem: t.subsystem,
                             model: t.model.map(|d| d.json).unwrap_or_default(),
+                            local: None,
                             reply,
                         };
                         let generation = offer.generation;

@@ -34,9 +34,21 @@ impl Slot {
 /// A target as kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Kept {
+    /// The orchestrator's generation (for a local model: the one it replaced).
     pub generation: u64,
     pub subsystem: String,
     pub model: DeploymentModel,
+    /// Set when the model was applied locally, while the orchestrator was cut off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalNote>,
+}
+
+/// Who applied a local model, when and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalNote {
+    pub since_unix_ms: i64,
+    pub author: String,
+    pub message: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +138,7 @@ mod tests {
             generation: 3,
             subsystem: "s".into(),
             model: DeploymentModel::default(),
+            local: None,
         };
         {
             let s = Store::open(dir.path()).unwrap();

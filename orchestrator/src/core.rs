@@ -11,7 +11,7 @@ use continuum_models::validate::is_valid_id;
 use continuum_models::{DeploymentModel, Invalid, Kind, Megamodel, ModelDiff};
 use continuum_proto::v1::{
     event, Ack, Acknowledged, ApplyRequest, ApplyResponse, ComponentChanged, ComponentState,
-    ComponentStatus, CurrentChanged, CurrentReport, DiffCounts, Document, Event, Gateway,
+    ComponentStatus, CurrentChanged, CurrentReport, DiffCounts, Diverged, Document, Event, Gateway,
     GatewayConnected, GatewayDisconnected, Register, Revision, RollbackRequest, StatusReport,
     StepProgress, SubsystemTarget, Target, TargetSent, Welcome,
 };
@@ -649,6 +649,34 @@ impl Core {
         }
         let subsystem = self.subsystem_of(&id).unwrap_or_default().to_owned();
         record.subsystem = subsystem.clone();
+        // A gateway that ran a model of its own while cut off: record it; the
+        // target then replaces it (whatever generation the gateway holds).
+        let mut holds = reg.accepted_generation;
+        if let Some(local) = &reg.divergence {
+            let changes = self.subsystems.get(&subsystem).map(|sub| {
+                let model = local
+                    .model
+                    .as_ref()
+                    .and_then(|d| serde_json::from_slice::<DeploymentModel>(&d.json).ok())
+                    .unwrap_or_default();
+                counts(&continuum_models::diff(&sub.target_model, &model))
+            });
+            let diverged = Diverged {
+                subsystem: subsystem.clone(),
+                gateway_id: id.clone(),
+                base_generation: local.base_generation,
+                since_unix_ms: local.since_unix_ms,
+                author: local.author.clone(),
+                message: local.message.clone(),
+                changes,
+            };
+            tracing::warn!(gateway = %id, base = local.base_generation, "the gateway ran a local model while cut off");
+            batch.event(event::Kind::Diverged(diverged.clone()));
+            let seq = batch.next_seq - 1;
+            batch.changes.divergences.push((seq, diverged.clone()));
+            record.diverged = Some(diverged);
+            holds = 0;
+        }
         record.version = reg.version.clone();
         record.location = reg.location;
         record.capabilities = reg.capabilities;
@@ -662,12 +690,7 @@ impl Core {
             subsystem: subsystem.clone(),
             version: reg.version,
         }));
-        let delivery = self.plan_delivery(
-            &mut batch,
-            &mut record,
-            reg.accepted_generation,
-            &BTreeMap::new(),
-        );
+        let delivery = self.plan_delivery(&mut batch, &mut record, holds, &NO_OVERLAY);
         batch.changes.gateways.push(record.clone());
         self.commit(batch)?;
         let session = self.next_session;

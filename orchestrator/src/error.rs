@@ -1,9 +1,7 @@
 //! What can go wrong in the orchestrator, and how each maps to a gRPC status.
 
 use continuum_models::Invalid;
-use continuum_proto::v1::{Problem, Rejection};
-use prost::Message;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::store::StoreError;
 
@@ -40,31 +38,7 @@ impl Error {
     /// show each with its file, line and JSON path.
     pub fn to_status(&self) -> Status {
         match self {
-            Error::Invalid(invalid) => {
-                let rejection = Rejection {
-                    problems: invalid
-                        .diagnostics
-                        .iter()
-                        .map(|d| Problem {
-                            file: d.file.clone(),
-                            line: u32::try_from(d.line).unwrap_or(u32::MAX),
-                            column: u32::try_from(d.column).unwrap_or(u32::MAX),
-                            path: d.path.clone(),
-                            message: d.message.clone(),
-                            expected: d.expected.clone().unwrap_or_default(),
-                        })
-                        .collect(),
-                };
-                let n = invalid.diagnostics.len();
-                Status::with_details(
-                    Code::InvalidArgument,
-                    format!(
-                        "the model is invalid: {n} problem{} found",
-                        if n == 1 { "" } else { "s" }
-                    ),
-                    rejection.encode_to_vec().into(),
-                )
-            }
+            Error::Invalid(invalid) => continuum_proto::rejection::to_status(invalid),
             Error::Conflict { .. } => Status::aborted(self.to_string()),
             Error::NoRevision(_) | Error::NoSubsystem(..) | Error::Empty => {
                 Status::not_found(self.to_string())

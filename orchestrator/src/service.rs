@@ -32,6 +32,7 @@ fn subsystem_of(e: &Event) -> Option<&str> {
         event::Kind::Component(x) => Some(&x.subsystem),
         event::Kind::Step(x) => Some(&x.subsystem),
         event::Kind::Current(x) => Some(&x.subsystem),
+        event::Kind::Diverged(x) => Some(&x.subsystem),
     }
 }
 
@@ -177,10 +178,15 @@ impl ModelService for Orchestrator {
     ) -> Result<Response<HistoryResponse>, Status> {
         let limit = request.into_inner().limit as usize;
         let store = self.store.clone();
-        let revisions = tokio::task::spawn_blocking(move || store.history(limit))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| crate::error::Error::from(e).to_status())?;
-        Ok(Response::new(HistoryResponse { revisions }))
+        let (revisions, divergences) = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::store::StoreError>((store.history(limit)?, store.divergences()?))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| crate::error::Error::from(e).to_status())?;
+        Ok(Response::new(HistoryResponse {
+            revisions,
+            divergences,
+        }))
     }
 }

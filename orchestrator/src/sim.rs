@@ -40,6 +40,7 @@ pub fn register(id: &str) -> Register {
         }),
         accepted_generation: 0,
         observed_generation: 0,
+        divergence: None,
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use continuum_proto::v1::{Event, Gateway, Revision};
+use continuum_proto::v1::{Diverged, Event, Gateway, Revision};
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -19,6 +19,8 @@ const GATEWAYS: TableDefinition<&str, &[u8]> = TableDefinition::new("gateways");
 const CURRENT: TableDefinition<&str, &[u8]> = TableDefinition::new("current");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Divergences reported by gateways, keyed by the sequence number of their event.
+const DIVERGENCES: TableDefinition<u64, &[u8]> = TableDefinition::new("divergences");
 
 const FORMAT_KEY: &str = "format";
 const HEAD_KEY: &str = "head";
@@ -65,6 +67,8 @@ pub struct Changes {
     pub currents: Vec<(String, StoredCurrent)>,
     /// Events with their sequence numbers already assigned.
     pub events: Vec<Event>,
+    /// Divergences, keyed by their event's sequence number.
+    pub divergences: Vec<(u64, Diverged)>,
     /// Drop the events older than this sequence number (retention).
     pub forget_events_before: Option<u64>,
 }
@@ -76,6 +80,7 @@ impl Changes {
             && self.gateways.is_empty()
             && self.currents.is_empty()
             && self.events.is_empty()
+            && self.divergences.is_empty()
             && self.forget_events_before.is_none()
     }
 }
@@ -141,6 +146,7 @@ impl Store {
             txn.open_table(GATEWAYS).at(self)?;
             txn.open_table(CURRENT).at(self)?;
             txn.open_table(EVENTS).at(self)?;
+            txn.open_table(DIVERGENCES).at(self)?;
         }
         txn.commit().at(self)
     }
@@ -225,6 +231,10 @@ impl Store {
             for e in &changes.events {
                 t.insert(e.seq, e.encode_to_vec().as_slice()).at(self)?;
             }
+            let mut d = txn.open_table(DIVERGENCES).at(self)?;
+            for (seq, x) in &changes.divergences {
+                d.insert(*seq, x.encode_to_vec().as_slice()).at(self)?;
+            }
             if let Some(before) = changes.forget_events_before {
                 t.retain_in(..before, |_, _| false).at(self)?;
             }
@@ -252,6 +262,18 @@ impl Store {
             let (_, v) = entry.at(self)?;
             let r: StoredRevision = self.decode(v.value(), "revision")?;
             out.extend(r.meta);
+        }
+        Ok(out)
+    }
+
+    /// Every divergence reported, newest first.
+    pub fn divergences(&self) -> Result<Vec<Diverged>, StoreError> {
+        let txn = self.db.begin_read().at(self)?;
+        let t = txn.open_table(DIVERGENCES).at(self)?;
+        let mut out = Vec::new();
+        for entry in t.iter().at(self)?.rev() {
+            let (_, v) = entry.at(self)?;
+            out.push(self.decode(v.value(), "divergence")?);
         }
         Ok(out)
     }

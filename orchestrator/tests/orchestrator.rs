@@ -266,6 +266,7 @@ async fn watch_delivers_events_in_order_and_resumes_after_a_disconnect() {
             event::Kind::Current(_) => "current",
             event::Kind::Step(_) => "step",
             event::Kind::Disconnected(_) => "disconnected",
+            event::Kind::Diverged(_) => "diverged",
         })
         .collect();
     assert_eq!(

@@ -3,6 +3,7 @@
 //! `proto/continuum/v1/continuum.proto`.
 
 pub mod json;
+pub mod rejection;
 
 /// The protobuf package of this version of the protocol.
 pub const PACKAGE: &str = "continuum.v1";

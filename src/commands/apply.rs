@@ -109,6 +109,11 @@ fn print(r: &ApplyResponse, format: Format, style: &Style) -> anyhow::Result<()>
         return super::print_json(r);
     }
     let rev = r.revision.clone().unwrap_or_default();
+    if rev.number == 0 {
+        // A gateway's local API: no revision, a local model.
+        outln!("{} {}", style.yellow("applied locally:"), rev.message);
+        return Ok(());
+    }
     if r.unchanged {
         outln!(
             "no change: the model equals revision {} (the head)",

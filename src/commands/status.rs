@@ -104,6 +104,20 @@ pub fn status(server: &str, format: Format, style: &Style) -> anyhow::Result<Exi
         for f in &failures {
             outln!("  {} {f}", style.red("failed"));
         }
+        for sub in &s.subsystems {
+            if let Some(d) = sub.gateway.as_ref().and_then(|g| g.diverged.as_ref()) {
+                outln!(
+                    "  {} {}: {} ran a local model from {} (replacing generation {}, {}){}; the target replaced it",
+                    style.yellow("diverged"),
+                    sub.subsystem,
+                    d.gateway_id,
+                    remote::date_time(d.since_unix_ms),
+                    d.base_generation,
+                    remote::counts(d.changes.as_ref()),
+                    if d.message.is_empty() { String::new() } else { format!(": {}", d.message) }
+                );
+            }
+        }
         if !s.unassigned.is_empty() {
             let ids: Vec<&str> = s.unassigned.iter().map(|g| g.id.as_str()).collect();
             outln!("gateways in no subsystem: {}", ids.join(", "));
@@ -212,6 +226,24 @@ pub fn history(
             ]);
         }
         table(&rows, &|h| style.dim(h));
+        if !r.divergences.is_empty() {
+            outln!("local changes made by gateways while cut off:");
+            for d in &r.divergences {
+                outln!(
+                    "  {}  {} on {} replaced generation {} ({}){}",
+                    remote::date_time(d.since_unix_ms),
+                    d.subsystem,
+                    d.gateway_id,
+                    d.base_generation,
+                    remote::counts(d.changes.as_ref()),
+                    if d.message.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", d.message)
+                    }
+                );
+            }
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

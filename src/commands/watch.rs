@@ -105,6 +105,20 @@ pub fn describe(e: &Event, style: &Style) -> String {
                 s.subsystem, s.step, s.done, s.total
             )
         }
+        event::Kind::Diverged(d) => format!(
+            "{}: {} {} from generation {} since {} ({}){}",
+            d.subsystem,
+            d.gateway_id,
+            style.yellow("ran a local model"),
+            d.base_generation,
+            clock(d.since_unix_ms),
+            remote::counts(d.changes.as_ref()),
+            if d.message.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", d.message)
+            }
+        ),
         event::Kind::Current(c) => format!(
             "{}: running generation {}, live diff {}",
             c.subsystem,
