@@ -639,3 +639,31 @@ fn a_cut_off_gateway_accepts_a_local_model_and_the_orchestrator_wins_on_reconnec
     assert!(history.contains("fix on site"), "{history}");
     w.wait_converged(&s, 1);
 }
+
+#[test]
+fn a_corrupt_data_directory_stops_the_agent_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("agent");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("gateway.redb"), b"this is not a redb file at all").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_continuum"))
+        .args([
+            "gateway",
+            "--id",
+            "gw-corrupt",
+            "--orchestrator",
+            "127.0.0.1:9",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("gateway.redb"), "{e}");
+    assert_eq!(
+        std::fs::read(data.join("gateway.redb")).unwrap(),
+        b"this is not a redb file at all",
+        "never reset"
+    );
+}

@@ -448,3 +448,105 @@ impl<R: ContainerRuntime> Agent<R> {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::fake::FakeRuntime;
+
+    const MODEL: &str = r#"{"id":"s","components":[
+        {"id":"gw","kind":"gateway"},
+        {"id":"web","kind":"service","resources":{"container":{"image":"web:1"}}}],
+        "links":[{"kind":"hosting","component":"web","host":"gw"}]}"#;
+
+    fn agent(rt: Arc<FakeRuntime>, dir: &Path) -> (Agent<FakeRuntime>, watch::Receiver<Snapshot>) {
+        let (progress, _rx) = mpsc::unbounded_channel();
+        let config = AgentConfig {
+            driver: Driver::Docker,
+            context_root: dir.to_owned(),
+            step_timeout: Duration::from_secs(5),
+            settle: Duration::ZERO,
+            interval: Duration::from_secs(60),
+        };
+        Agent::new(rt, Store::open(dir).unwrap(), config, progress).unwrap()
+    }
+
+    fn offer(generation: u64, model: &str) -> (Offer, oneshot::Receiver<Result<(), String>>) {
+        let (reply, answer) = oneshot::channel();
+        let offer = Offer {
+            generation,
+            subsystem: "s".into(),
+            model: model.as_bytes().to_vec(),
+            local: None,
+            reply,
+        };
+        (offer, answer)
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_engine_reports_unknown_and_nothing_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = Arc::new(FakeRuntime::new());
+        rt.add_image("web:1");
+        let (mut a, snap) = agent(Arc::clone(&rt), dir.path());
+        let (o, answer) = offer(1, MODEL);
+        a.offer(o);
+        assert_eq!(answer.await.unwrap(), Ok(()));
+        a.pass().await;
+        assert_eq!(snap.borrow().statuses["web"].state, State::Running);
+        rt.set_unreachable(true);
+        a.pass().await;
+        let s = snap.borrow().clone();
+        assert_eq!(s.statuses["web"].state, State::Unknown);
+        assert!(
+            s.statuses["web"].reason.contains("unreachable"),
+            "{:?}",
+            s.statuses
+        );
+        let current = s.current.unwrap();
+        assert!(
+            current.component("web").is_none(),
+            "not reported as running"
+        );
+        assert!(current.component("gw").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_target_is_persisted_before_it_is_acknowledged_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = Arc::new(FakeRuntime::new());
+        rt.add_image("web:1");
+        {
+            let (mut a, _snap) = agent(Arc::clone(&rt), dir.path());
+            let (o, answer) = offer(7, MODEL);
+            a.offer(o);
+            assert_eq!(answer.await.unwrap(), Ok(()));
+        }
+        let (mut a, snap) = agent(Arc::clone(&rt), dir.path());
+        assert_eq!(snap.borrow().accepted, 7);
+        a.pass().await;
+        assert_eq!(snap.borrow().observed, 7);
+        assert_eq!(rt.workloads().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_invalid_or_unrunnable_target_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = Arc::new(FakeRuntime::new());
+        let (mut a, snap) = agent(rt, dir.path());
+        let (o, answer) = offer(1, r#"{"id":"s","components":[{"id":"x","kind":"nope"}]}"#);
+        a.offer(o);
+        assert!(answer.await.unwrap().unwrap_err().contains("nope"));
+        let flash = r#"{"id":"s","components":[
+            {"id":"gw","kind":"gateway"},{"id":"uno","kind":"device","board":"uno"},
+            {"id":"fw","kind":"firmware","resources":{"flash":{"artefact":"a.hex"}}}],
+            "links":[{"kind":"hosting","component":"fw","host":"uno"},
+                     {"kind":"communication","from":"gw","to":"uno","physical":true}]}"#;
+        let (o, answer) = offer(2, flash);
+        a.offer(o);
+        let reason = answer.await.unwrap().unwrap_err();
+        assert!(reason.contains("no deploy agent"), "{reason}");
+        assert_eq!(snap.borrow().accepted, 0);
+        assert!(a.store.get(Slot::Accepted).unwrap().is_none());
+    }
+}
