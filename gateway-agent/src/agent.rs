@@ -135,6 +135,13 @@ pub fn admit(model: &DeploymentModel, driver: Driver) -> Result<(), String> {
             if !c_spec.mounts.is_empty() {
                 return refuse("mounts");
             }
+            if c_spec
+                .network
+                .as_deref()
+                .is_some_and(crate::runtime::is_custom_network)
+            {
+                return refuse("a network of its own");
+            }
         }
         for d in container.map(|c| c.devices.as_slice()).unwrap_or(&[]) {
             if !Path::new(&d.host).exists() {

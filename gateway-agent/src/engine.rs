@@ -109,6 +109,18 @@ pub async fn reconcile<R: ContainerRuntime>(
         let after = if planned == 0 {
             workloads
         } else {
+            // Networks the target no longer names go (those still in use stay).
+            let keep: Vec<String> = target
+                .components
+                .iter()
+                .filter_map(|c| c.spec.resources()?.container.as_ref()?.network.clone())
+                .collect();
+            if let Err(e) = runtime
+                .prune_networks(LABEL_SUBSYSTEM, &config.subsystem, &keep)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot remove unused networks");
+            }
             runtime.list(LABEL_SUBSYSTEM, &config.subsystem).await?
         };
         let current = current_model(target, &after);

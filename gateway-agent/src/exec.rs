@@ -13,7 +13,9 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::observe::is_workload;
-use crate::runtime::{ContainerRuntime, ImageSource, RunState, Workload, WorkloadSpec};
+use crate::runtime::{
+    is_custom_network, ContainerRuntime, ImageSource, RunState, Workload, WorkloadSpec,
+};
 use crate::spec::{
     fnv64, spec_hash, LABEL_COMPONENT, LABEL_DEFINITION, LABEL_GENERATION, LABEL_SPEC_HASH,
     LABEL_SUBSYSTEM,
@@ -278,6 +280,14 @@ impl<R: ContainerRuntime> Context<R> {
                 self.config.generation,
                 source.reference(),
             )?;
+            if let Some(network) = spec.network.as_deref().filter(|n| is_custom_network(n)) {
+                let labels =
+                    BTreeMap::from([(LABEL_SUBSYSTEM.to_owned(), self.config.subsystem.clone())]);
+                self.runtime
+                    .ensure_network(network, &labels)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
             self.runtime
                 .create(&spec)
                 .await

@@ -305,3 +305,53 @@ async fn failures_name_the_component_and_the_cause() {
         "{reason}"
     );
 }
+
+fn networks(label: &str) -> Vec<String> {
+    let o = std::process::Command::new("docker")
+        .args(["network", "ls", "--filter"])
+        .arg(format!("label={label}"))
+        .args(["--format", "{{.Name}}"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_subsystem_network_is_created_and_removed_with_its_last_user() {
+    let Some(s) = setup("net").await else { return };
+    let net = format!("{}-net", s.p);
+    let label = format!("{LABEL_SUBSYSTEM}={}", s.config.subsystem);
+    struct RemoveNet(String);
+    impl Drop for RemoveNet {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("docker")
+                .args(["network", "rm", &self.0])
+                .output();
+        }
+    }
+    let _net = RemoveNet(net.clone());
+    let sleep = "trap 'exit 0' TERM; sleep 3600 & wait";
+    let on_net = format!(r#","network":"{net}""#);
+    let v1 = s.model(&[
+        s.service("a", sleep, &on_net),
+        s.service("b", sleep, &on_net),
+    ]);
+    let r = s.pass(1, &v1).await;
+    assert!(r.converged(), "{r:?}");
+    assert_eq!(networks(&label), [net.clone()]);
+    // b can reach a by name on the subsystem's network.
+    let b = s.workloads().await[&s.id("b")].id.clone();
+    let o = std::process::Command::new("docker")
+        .args(["exec", &b, "busybox", "ping", "-c", "1", "-W", "5"])
+        .arg(format!("continuum-{}-{}", s.config.subsystem, s.id("a")))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    // Nobody on it any more: it goes.
+    let v2 = s.model(&[s.service("a", sleep, "")]);
+    assert!(s.pass(2, &v2).await.converged());
+    assert!(networks(&label).is_empty(), "{:?}", networks(&label));
+}

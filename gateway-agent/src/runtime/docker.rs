@@ -11,8 +11,8 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, EventsOptionsBuilder,
-    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use tokio_stream::StreamExt;
@@ -30,6 +30,9 @@ const STOP_GRACE_SECONDS: i32 = 5;
 #[derive(Debug, Default)]
 pub struct DockerRuntime {
     docker: tokio::sync::Mutex<Option<Docker>>,
+    /// Network creation is check-then-create, and engines accept two networks
+    /// of one name: concurrent steps take turns.
+    networks: tokio::sync::Mutex<()>,
 }
 
 fn error(e: DockerError) -> RuntimeError {
@@ -349,6 +352,66 @@ impl ContainerRuntime for DockerRuntime {
             Some(other) => RunState::Other(other.to_string()),
             None => RunState::Other("unknown".into()),
         })
+    }
+
+    async fn ensure_network(
+        &self,
+        name: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), RuntimeError> {
+        let docker = self.client().await?;
+        let _turn = self.networks.lock().await;
+        match docker.inspect_network(name, None).await {
+            Ok(_) => return Ok(()),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => return Err(error(e)),
+        }
+        tracing::info!(network = name, "creating network");
+        let request = bollard::models::NetworkCreateRequest {
+            name: name.to_owned(),
+            driver: Some("bridge".into()),
+            labels: Some(labels.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        match docker.create_network(request).await {
+            // 409: created meanwhile by a concurrent step.
+            Ok(_)
+            | Err(DockerError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
+            Err(e) => Err(error(e)),
+        }
+    }
+
+    async fn prune_networks(
+        &self,
+        label: &str,
+        value: &str,
+        keep: &[String],
+    ) -> Result<(), RuntimeError> {
+        let docker = self.client().await?;
+        let filters = HashMap::from([("label".to_owned(), vec![format!("{label}={value}")])]);
+        let options = ListNetworksOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        for n in docker.list_networks(Some(options)).await.map_err(error)? {
+            let Some(name) = n.name else { continue };
+            if keep.contains(&name) {
+                continue;
+            }
+            match docker.remove_network(&name).await {
+                // 403/409: still in use; a later pass removes it.
+                Ok(())
+                | Err(DockerError::DockerResponseServerError {
+                    status_code: 403 | 404 | 409,
+                    ..
+                }) => {}
+                Err(e) => return Err(error(e)),
+            }
+        }
+        Ok(())
     }
 
     async fn watch(

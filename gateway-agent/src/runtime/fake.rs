@@ -17,6 +17,8 @@ struct State {
     /// Images whose workloads exit at once with code 1.
     crashing: BTreeSet<String>,
     unreachable: bool,
+    /// Networks and their labels.
+    networks: BTreeMap<String, BTreeMap<String, String>>,
     /// Every call, as `op name`, for tests to count.
     calls: Vec<String>,
 }
@@ -80,6 +82,10 @@ impl FakeRuntime {
         })
     }
 
+    pub fn networks(&self) -> Vec<String> {
+        self.with(|s| s.networks.keys().cloned().collect())
+    }
+
     pub fn calls(&self) -> Vec<String> {
         self.with(|s| s.calls.clone())
     }
@@ -131,6 +137,15 @@ impl ContainerRuntime for FakeRuntime {
             Self::check(s)?;
             if !s.images.contains(&spec.image) {
                 return Err(RuntimeError::NoImage(spec.image.clone()));
+            }
+            if let Some(n) = spec
+                .network
+                .as_deref()
+                .filter(|n| super::is_custom_network(n))
+            {
+                if !s.networks.contains_key(n) {
+                    return Err(RuntimeError::Failed(format!("network {n} not found")));
+                }
             }
             if s.workloads.values().any(|(w, _)| w.name == spec.name) {
                 return Err(RuntimeError::Failed(format!(
@@ -208,6 +223,43 @@ impl ContainerRuntime for FakeRuntime {
                 .get(id)
                 .map(|w| w.1.clone())
                 .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))
+        })
+    }
+
+    async fn ensure_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), RuntimeError> {
+        self.with(|s| {
+            Self::check(s)?;
+            if !s.networks.contains_key(name) {
+                s.networks.insert(name.to_owned(), labels.clone());
+                s.calls.push(format!("network {name}"));
+            }
+            Ok(())
+        })
+    }
+
+    async fn prune_networks(
+        &self,
+        label: &str,
+        value: &str,
+        keep: &[String],
+    ) -> Result<(), RuntimeError> {
+        self.with(|s| {
+            Self::check(s)?;
+            let used: Vec<String> = s
+                .workloads
+                .values()
+                .filter_map(|(w, _)| w.network.clone())
+                .collect();
+            s.networks.retain(|name, labels| {
+                labels.get(label).is_none_or(|v| v != value)
+                    || keep.contains(name)
+                    || used.contains(name)
+            });
+            Ok(())
         })
     }
 

@@ -109,6 +109,20 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     fn stop(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     fn remove(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     fn state(&self, id: &str) -> impl Future<Output = Result<RunState, RuntimeError>> + Send;
+    /// Makes sure a network exists, creating it with `labels` if it does not.
+    fn ensure_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Removes the networks carrying `label=value` except those in `keep`
+    /// (a network still in use stays; it goes on a later pass).
+    fn prune_networks(
+        &self,
+        label: &str,
+        value: &str,
+        keep: &[String],
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// Sends `()` on `changes` whenever a workload carrying `label=value`
     /// changes state (created, started, died, destroyed...), until the engine
     /// stream ends or `changes` closes. Returns why it ended.
@@ -124,4 +138,10 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         id: &str,
         lines: usize,
     ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+}
+
+/// Whether `network` names a network to create (rather than a mode such as
+/// `host`, `none`, `bridge` or `container:<id>`).
+pub fn is_custom_network(network: &str) -> bool {
+    !matches!(network, "host" | "none" | "bridge" | "default") && !network.starts_with("container:")
 }

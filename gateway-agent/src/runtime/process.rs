@@ -392,6 +392,25 @@ impl ContainerRuntime for ProcessRuntime {
         })
     }
 
+    async fn ensure_network(
+        &self,
+        name: &str,
+        _labels: &BTreeMap<String, String>,
+    ) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Failed(format!(
+            "processes cannot join the network `{name}`"
+        )))
+    }
+
+    async fn prune_networks(
+        &self,
+        _label: &str,
+        _value: &str,
+        _keep: &[String],
+    ) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
     async fn watch(
         &self,
         _label: &str,
