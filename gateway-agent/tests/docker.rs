@@ -341,7 +341,7 @@ async fn a_subsystem_network_is_created_and_removed_with_its_last_user() {
     ]);
     let r = s.pass(1, &v1).await;
     assert!(r.converged(), "{r:?}");
-    assert_eq!(networks(&label), [net.clone()]);
+    assert_eq!(networks(&label), vec![net.clone()]);
     // b can reach a by name on the subsystem's network.
     let b = s.workloads().await[&s.id("b")].id.clone();
     let o = std::process::Command::new("docker")
