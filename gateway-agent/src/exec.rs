@@ -317,18 +317,29 @@ impl<R: ContainerRuntime> Context<R> {
     /// Watches a started workload for `settle`: one that exits at once failed.
     async fn settle(&self, id: &str) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + self.config.settle;
+        let (restarts_before, _) = self.runtime.restarts(id).await.map_err(|e| e.to_string())?;
+        let exited = |code: Option<i64>, logs: String| {
+            let code = code.map_or("unknown".to_owned(), |c| c.to_string());
+            let tail = logs.trim().to_owned();
+            if tail.is_empty() {
+                format!("exited at once with code {code}")
+            } else {
+                format!("exited at once with code {code}: {tail}")
+            }
+        };
         loop {
             match self.runtime.state(id).await.map_err(|e| e.to_string())? {
-                RunState::Running => {}
+                RunState::Running => {
+                    // Restarted by its policy in between: a crash loop seen running.
+                    let (n, code) = self.runtime.restarts(id).await.map_err(|e| e.to_string())?;
+                    if n > restarts_before {
+                        let logs = self.runtime.logs(id, 5).await.unwrap_or_default();
+                        return Err(exited(code, logs));
+                    }
+                }
                 RunState::Exited(code) => {
                     let logs = self.runtime.logs(id, 5).await.unwrap_or_default();
-                    let code = code.map_or("unknown".to_owned(), |c| c.to_string());
-                    let tail = logs.trim();
-                    return Err(if tail.is_empty() {
-                        format!("exited at once with code {code}")
-                    } else {
-                        format!("exited at once with code {code}: {tail}")
-                    });
+                    return Err(exited(code, logs));
                 }
                 other => return Err(format!("did not start: {other:?}")),
             }

@@ -249,7 +249,12 @@ async fn deploys_replaces_only_what_changed_and_heals_drift() {
 
 #[tokio::test]
 async fn failures_name_the_component_and_the_cause() {
-    let Some(s) = setup("fail").await else { return };
+    let Some(mut s) = setup("fail").await else {
+        return;
+    };
+    // A generous settle window: on a loaded machine the crashing container may
+    // take a while even to start.
+    s.config.settle = Duration::from_secs(3);
     // A build that fails: the Dockerfile copies a file the context lacks.
     let broken = s._dir.path().join("broken");
     std::fs::create_dir_all(&broken).unwrap();

@@ -442,6 +442,17 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
+    async fn restarts(&self, id: &str) -> Result<(u64, Option<i64>), RuntimeError> {
+        let c = self
+            .client()
+            .await?
+            .inspect_container(id, None)
+            .await
+            .map_err(error)?;
+        let count = c.restart_count.unwrap_or(0).max(0) as u64;
+        Ok((count, c.state.and_then(|s| s.exit_code)))
+    }
+
     async fn logs(&self, id: &str, lines: usize) -> Result<String, RuntimeError> {
         let options = LogsOptionsBuilder::default()
             .stdout(true)

@@ -274,6 +274,10 @@ impl ContainerRuntime for FakeRuntime {
         Ok(())
     }
 
+    async fn restarts(&self, _id: &str) -> Result<(u64, Option<i64>), RuntimeError> {
+        Ok((0, None))
+    }
+
     async fn logs(&self, id: &str, _lines: usize) -> Result<String, RuntimeError> {
         self.with(|s| {
             Self::check(s)?;

@@ -132,6 +132,12 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         value: &str,
         changes: tokio::sync::mpsc::Sender<()>,
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// How many times the engine restarted the workload by its restart policy,
+    /// and the exit code of its last run (a crash loop can look `Running`).
+    fn restarts(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<(u64, Option<i64>), RuntimeError>> + Send;
     /// The last lines the workload wrote, for failure reasons.
     fn logs(
         &self,

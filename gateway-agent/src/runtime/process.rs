@@ -33,6 +33,9 @@ struct Proc {
     state: RunState,
     /// The running child's pid (its process group).
     pid: Option<u32>,
+    /// Runs started by the restart policy, and the last exit code.
+    restarts: u64,
+    last_exit: Option<i64>,
     logs: Arc<Mutex<VecDeque<String>>>,
     /// Tells the supervisor to stop (true) — it then stays stopped.
     stop: Option<watch::Sender<bool>>,
@@ -129,6 +132,12 @@ impl ProcessRuntime {
     fn set_state(&self, id: &str, state: RunState, pid: Option<u32>) {
         self.with(|r| {
             if let Some(p) = r.procs.get_mut(id) {
+                if let RunState::Exited(code) = state {
+                    p.last_exit = code;
+                }
+                if state == RunState::Running && matches!(p.state, RunState::Exited(_)) {
+                    p.restarts += 1;
+                }
                 p.state = state;
                 p.pid = pid;
             }
@@ -313,6 +322,8 @@ impl ContainerRuntime for ProcessRuntime {
                     spec: spec.clone(),
                     state: RunState::Created,
                     pid: None,
+                    restarts: 0,
+                    last_exit: None,
                     logs: Arc::default(),
                     stop: None,
                     supervisor: None,
@@ -429,6 +440,15 @@ impl ContainerRuntime for ProcessRuntime {
                 },
             }
         }
+    }
+
+    async fn restarts(&self, id: &str) -> Result<(u64, Option<i64>), RuntimeError> {
+        self.with(|r| {
+            r.procs
+                .get(id)
+                .map(|p| (p.restarts, p.last_exit))
+                .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))
+        })
     }
 
     async fn logs(&self, id: &str, lines: usize) -> Result<String, RuntimeError> {
