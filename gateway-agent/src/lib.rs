@@ -5,6 +5,7 @@
 //! `continuum_models::plan`, and enacts the steps through a driver.
 
 pub mod agent;
+pub mod bridge;
 pub mod cli;
 pub mod engine;
 pub mod exec;
