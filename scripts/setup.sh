@@ -7,6 +7,9 @@ need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 # A static busybox: test images are built FROM scratch with it (no registry here).
+# Mosquitto and its clients: interop tests and the baseline of the bridge benchmark.
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 linkage=$(LC_ALL=C ldd /bin/busybox 2>&1 || true)
 case "$linkage" in *"not a dynamic"*) ;; *) need_apt+=(busybox-static) ;; esac
 

@@ -1,0 +1,113 @@
+//! An embedded rumqttd broker.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+
+/// Settings of an embedded broker.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Where MQTT 3.1.1 clients connect (none: not served).
+    pub v4: Option<SocketAddr>,
+    /// Where MQTT 5 clients connect (none: not served).
+    pub v5: Option<SocketAddr>,
+    /// Username → password. Empty: anonymous clients are accepted.
+    pub users: HashMap<String, String>,
+    /// The largest payload accepted, in bytes.
+    pub max_payload: usize,
+    /// Messages kept per connection while it cannot keep up.
+    pub max_inflight: usize,
+}
+
+impl BrokerConfig {
+    pub fn new(v4: Option<SocketAddr>, v5: Option<SocketAddr>) -> BrokerConfig {
+        BrokerConfig {
+            v4,
+            v5,
+            users: HashMap::new(),
+            max_payload: 1 << 20,
+            max_inflight: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("the broker serves nothing: give it an MQTT 3.1.1 or 5 address")]
+    NoListener,
+    #[error("the broker did not start listening on {0} within {1:?}")]
+    NotListening(SocketAddr, Duration),
+}
+
+/// A running embedded broker. Its threads run for the rest of the process
+/// (rumqttd has no shutdown); dropping the handle does not stop it.
+#[derive(Debug)]
+pub struct EmbeddedBroker {
+    pub config: BrokerConfig,
+}
+
+fn server(name: &str, listen: SocketAddr, config: &BrokerConfig) -> ServerSettings {
+    ServerSettings {
+        name: name.to_owned(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections: ConnectionSettings {
+            connection_timeout_ms: 60_000,
+            max_payload_size: config.max_payload,
+            max_inflight_count: config.max_inflight,
+            auth: (!config.users.is_empty()).then(|| config.users.clone()),
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    }
+}
+
+impl EmbeddedBroker {
+    /// Starts the broker and returns once every listener accepts connections.
+    pub fn start(config: BrokerConfig) -> Result<EmbeddedBroker, BrokerError> {
+        if config.v4.is_none() && config.v5.is_none() {
+            return Err(BrokerError::NoListener);
+        }
+        let rumqttd_config = Config {
+            id: 0,
+            router: RouterConfig {
+                max_connections: 10_010,
+                max_outgoing_packet_count: 200,
+                max_segment_size: 100 * 1024 * 1024,
+                max_segment_count: 10,
+                ..RouterConfig::default()
+            },
+            v4: config
+                .v4
+                .map(|a| HashMap::from([("v4".to_owned(), server("v4", a, &config))])),
+            v5: config
+                .v5
+                .map(|a| HashMap::from([("v5".to_owned(), server("v5", a, &config))])),
+            ..Config::default()
+        };
+        std::thread::Builder::new()
+            .name("mqtt-broker".into())
+            .spawn(move || {
+                let mut broker = Broker::new(rumqttd_config);
+                if let Err(e) = broker.start() {
+                    tracing::error!(error = %e, "the embedded MQTT broker stopped");
+                }
+            })
+            .expect("a thread for the broker");
+        let within = Duration::from_secs(10);
+        for addr in [config.v4, config.v5].into_iter().flatten() {
+            let deadline = Instant::now() + within;
+            while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+                if Instant::now() > deadline {
+                    return Err(BrokerError::NotListening(addr, within));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        tracing::info!(v4 = ?config.v4, v5 = ?config.v5, "embedded MQTT broker listening");
+        Ok(EmbeddedBroker { config })
+    }
+}
