@@ -51,6 +51,7 @@ done
 CONTINUUM_SERVER=$(sed -n 's/.*listening on \([^ ]*\).*/\1/p' "$log" | head -n1)
 export CONTINUUM_SERVER
 echo "orchestrator at $CONTINUUM_SERVER"
+grep 'global bus' "$log" || true
 
 run apply -f $ex/v1.json -m "first deployment"
 run apply -f $ex/v2.json -m "presence on door events, firmware v2"

@@ -187,7 +187,13 @@ fn a_data_directory_that_is_not_a_store_is_refused_by_name() {
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("orchestrator.redb"), b"definitely not a database").unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_continuum"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--no-mqtt",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&data)
         .stderr(Stdio::piped())
         .spawn()
@@ -241,4 +247,76 @@ fn watch_follows_across_an_orchestrator_restart_without_missing_an_event() {
     let e = next();
     assert_eq!(e["seq"], 2, "{e}");
     assert_eq!(e["kind"]["revision"]["number"], 2);
+}
+
+#[test]
+fn serve_embeds_the_global_bus_with_its_users() {
+    if Command::new("mosquitto_pub")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "CI=true but mosquitto_pub is not installed"
+        );
+        eprintln!("skipped: mosquitto_pub is not installed");
+        return;
+    }
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (v4, v5) = (free(), free());
+    let (_dir, data) = data_dir();
+    let mut child = Guard(
+        Command::new(env!("CARGO_BIN_EXE_continuum"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["--mqtt-listen", &format!("127.0.0.1:{v4}")])
+            .args(["--mqtt5-listen", &format!("127.0.0.1:{v5}")])
+            .args(["--mqtt-user", "gw:pw"])
+            .arg("--data-dir")
+            .arg(&data)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let bus = lines
+        .find(|l| l.as_ref().is_ok_and(|l| l.contains("global bus")))
+        .expect("the bus is announced")
+        .unwrap();
+    assert!(bus.contains(&v4.to_string()), "{bus}");
+    for (port, version) in [(v4, "mqttv311"), (v5, "mqttv5")] {
+        let publish = |user: &str, pass: &str| {
+            Command::new("mosquitto_pub")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", version])
+                .args(["-u", user, "-P", pass, "-t", "t", "-m", "1", "-q", "1"])
+                .output()
+                .unwrap()
+                .status
+                .success()
+        };
+        assert!(publish("gw", "pw"), "{version}");
+        assert!(!publish("gw", "nope"), "{version}");
+    }
+    // A port already taken is a clear error at start.
+    let o = Command::new(env!("CARGO_BIN_EXE_continuum"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--mqtt-listen", &format!("127.0.0.1:{v4}")])
+        .args(["--mqtt5-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(_dir.path().join("other"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains(&format!("cannot listen on 127.0.0.1:{v4}")),
+        "{e}"
+    );
 }

@@ -39,6 +39,8 @@ pub enum BrokerError {
     NoListener,
     #[error("the broker did not start listening on {0} within {1:?}")]
     NotListening(SocketAddr, Duration),
+    #[error("the broker cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
 }
 
 /// A running embedded broker. Its threads run for the rest of the process
@@ -70,6 +72,12 @@ impl EmbeddedBroker {
     pub fn start(config: BrokerConfig) -> Result<EmbeddedBroker, BrokerError> {
         if config.v4.is_none() && config.v5.is_none() {
             return Err(BrokerError::NoListener);
+        }
+        // rumqttd only logs a listener it cannot open: find out here, so the
+        // caller gets the error (and a port held by someone else is not taken
+        // for ours).
+        for addr in [config.v4, config.v5].into_iter().flatten() {
+            std::net::TcpListener::bind(addr).map_err(|e| BrokerError::Listen(addr, e))?;
         }
         let rumqttd_config = Config {
             id: 0,

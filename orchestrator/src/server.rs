@@ -28,6 +28,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Events kept for `Watch` resume.
     pub event_retention: u64,
+    /// The global bus to embed (none: an external broker is used, or none).
+    pub bus: Option<continuum_bus::BrokerConfig>,
 }
 
 impl Config {
@@ -38,6 +40,7 @@ impl Config {
             heartbeat_interval: Duration::from_secs(5),
             max_message_bytes: 16 << 20,
             event_retention: 100_000,
+            bus: None,
         }
     }
 }
@@ -46,6 +49,8 @@ impl Config {
 pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the global bus: {0}")]
+    Bus(#[from] continuum_bus::BrokerError),
     #[error("cannot listen on {addr}: {cause}")]
     Listen {
         addr: SocketAddr,
@@ -73,6 +78,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 .unwrap_or(u64::MAX),
         },
     )?;
+    if let Some(bus) = &config.bus {
+        continuum_bus::EmbeddedBroker::start(bus.clone())?;
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|cause| StartError::Listen {

@@ -25,6 +25,43 @@ pub struct Args {
     /// How many events are kept for `watch --after` to resume from.
     #[arg(long, default_value_t = 100_000)]
     pub event_retention: u64,
+    #[command(flatten)]
+    pub bus: BusArgs,
+}
+
+/// The embedded MQTT broker (the global bus here, the local broker on a gateway).
+#[derive(Debug, Clone, clap::Args)]
+pub struct BusArgs {
+    /// Where the embedded broker serves MQTT 3.1.1.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub mqtt_listen: SocketAddr,
+    /// Where the embedded broker serves MQTT 5.
+    #[arg(long, default_value = "127.0.0.1:1884")]
+    pub mqtt5_listen: SocketAddr,
+    /// A user the broker accepts (`name:password`, repeatable); none: anonymous.
+    #[arg(long = "mqtt-user", value_parser = parse_user)]
+    pub users: Vec<(String, String)>,
+    /// Embed no broker (an external one is used).
+    #[arg(long)]
+    pub no_mqtt: bool,
+}
+
+fn parse_user(s: &str) -> Result<(String, String), String> {
+    s.split_once(':')
+        .map(|(u, p)| (u.to_owned(), p.to_owned()))
+        .ok_or_else(|| format!("`{s}` is not name:password"))
+}
+
+impl BusArgs {
+    pub fn config(&self) -> Option<continuum_bus::BrokerConfig> {
+        if self.no_mqtt {
+            return None;
+        }
+        let mut c =
+            continuum_bus::BrokerConfig::new(Some(self.mqtt_listen), Some(self.mqtt5_listen));
+        c.users = self.users.iter().cloned().collect();
+        Some(c)
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -35,6 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.heartbeat_interval = Duration::from_secs_f64(args.heartbeat_interval);
     config.max_message_bytes = args.max_message_bytes;
     config.event_retention = args.event_retention;
+    config.bus = args.bus.config();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let running = continuum_orchestrator::start(config.clone()).await?;
@@ -43,6 +81,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             running.local_addr(),
             config.data_dir.display()
         );
+        if let Some(bus) = &config.bus {
+            eprintln!(
+                "global bus (MQTT) on {} (3.1.1) and {} (5)",
+                bus.v4.map(|a| a.to_string()).unwrap_or_default(),
+                bus.v5.map(|a| a.to_string()).unwrap_or_default()
+            );
+        }
         let signal = shutdown_signal()?;
         running
             .run_until(async move {

@@ -33,7 +33,7 @@ impl Serve {
 
     pub fn start_on(data: &Path, listen: &str) -> Serve {
         let mut child = Command::new(env!("CARGO_BIN_EXE_continuum"))
-            .args(["serve", "--listen", listen, "--data-dir"])
+            .args(["serve", "--no-mqtt", "--listen", listen, "--data-dir"])
             .arg(data)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
