@@ -65,7 +65,9 @@ if docker info >/dev/null 2>&1; then
     cp -r examples/edge-hello/. "$data/edge-hello/"
     cp /bin/busybox "$data/edge-hello/image/busybox"
     say "continuum gateway --id edge-gw --context-root $data/edge-hello &"
+    # Its local broker takes the next ports: the global bus has 1883 and 1884 here.
     CONTINUUM_LOG=info "$continuum" gateway --id edge-gw --orchestrator "$CONTINUUM_SERVER" \
+        --mqtt-listen 127.0.0.1:1885 --mqtt5-listen 127.0.0.1:1886 \
         --data-dir "$data/gateway" --context-root "$data/edge-hello" --interval 2 2>"$data/gateway.log" &
     gateway_pid=$!
     run apply -f "$data/edge-hello/v1.json" -m "edge-hello, deployed for real" --wait 120 ||

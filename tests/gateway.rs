@@ -115,6 +115,7 @@ impl World {
             Command::new(env!("CARGO_BIN_EXE_continuum"))
                 .args([
                     "gateway",
+                    "--no-mqtt",
                     "--id",
                     &self.gateway,
                     "--orchestrator",
@@ -450,7 +451,14 @@ fn a_host_without_docker_runs_processes_and_a_killed_agent_leaves_no_duplicates(
         let log = std::fs::File::create(w.dir.path().join("agent.log")).unwrap();
         Guard(
             Command::new(env!("CARGO_BIN_EXE_continuum"))
-                .args(["gateway", "--driver", "process", "--id", &w.gateway])
+                .args([
+                    "gateway",
+                    "--no-mqtt",
+                    "--driver",
+                    "process",
+                    "--id",
+                    &w.gateway,
+                ])
                 .args([
                     "--orchestrator",
                     &listen,
@@ -555,7 +563,14 @@ fn a_cut_off_gateway_accepts_a_local_model_and_the_orchestrator_wins_on_reconnec
     let log = std::fs::File::create(w.dir.path().join("agent.log")).unwrap();
     let _agent = Guard(
         Command::new(env!("CARGO_BIN_EXE_continuum"))
-            .args(["gateway", "--driver", "process", "--id", &w.gateway])
+            .args([
+                "gateway",
+                "--no-mqtt",
+                "--driver",
+                "process",
+                "--id",
+                &w.gateway,
+            ])
             .args(["--orchestrator", &listen, "--local-api", &local])
             .args(["--interval", "0.5", "--max-backoff", "0.5"])
             .arg("--data-dir")
@@ -649,6 +664,7 @@ fn a_corrupt_data_directory_stops_the_agent_naming_the_file() {
     let o = Command::new(env!("CARGO_BIN_EXE_continuum"))
         .args([
             "gateway",
+            "--no-mqtt",
             "--id",
             "gw-corrupt",
             "--orchestrator",
@@ -666,4 +682,69 @@ fn a_corrupt_data_directory_stops_the_agent_naming_the_file() {
         b"this is not a redb file at all",
         "never reset"
     );
+}
+
+#[test]
+fn a_gateway_embeds_its_local_broker_and_runs_it_while_cut_off() {
+    if Command::new("mosquitto_pub")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "CI=true but mosquitto_pub is not installed"
+        );
+        eprintln!("skipped: mosquitto_pub is not installed");
+        return;
+    }
+    let w = World::new();
+    let (v4, v5) = (free_port(), free_port());
+    // No orchestrator listens on port 9: the gateway is cut off from the start.
+    let log = std::fs::File::create(w.dir.path().join("agent.log")).unwrap();
+    let _agent = Guard(
+        Command::new(env!("CARGO_BIN_EXE_continuum"))
+            .args(["gateway", "--driver", "process", "--id", &w.gateway])
+            .args([
+                "--orchestrator",
+                "127.0.0.1:9",
+                "--mqtt-listen",
+                &v4,
+                "--mqtt5-listen",
+                &v5,
+            ])
+            .arg("--data-dir")
+            .arg(w.dir.path().join("agent"))
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    w.wait("the local broker", || {
+        w.agent_log().contains("local broker").then_some(())
+    });
+    for (addr, version) in [(&v4, "mqttv311"), (&v5, "mqttv5")] {
+        let port = addr.rsplit(':').next().unwrap();
+        let o = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                port,
+                "-V",
+                version,
+                "-q",
+                "1",
+                "-t",
+                "local/t",
+                "-m",
+                "1",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{version}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
 }

@@ -4,6 +4,7 @@
 //! username/password authentication. External brokers (Mosquitto) are used
 //! through their URL instead.
 
+pub mod args;
 pub mod broker;
 
 pub use broker::{BrokerConfig, BrokerError, EmbeddedBroker};

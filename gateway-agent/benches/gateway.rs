@@ -240,6 +240,12 @@ async fn whole_path(
         context_root: dir.to_owned(),
         location: String::new(),
         local_api: None,
+        broker: continuum_bus::args::BusArgs {
+            mqtt_listen: "127.0.0.1:1883".parse().unwrap(),
+            mqtt5_listen: "127.0.0.1:1884".parse().unwrap(),
+            users: Vec::new(),
+            no_mqtt: true,
+        },
         labels: Vec::new(),
         driver: continuum_gateway::agent::Driver::Docker,
         interval: 30.0,
@@ -309,7 +315,7 @@ async fn memory(dir: &Path, subsystem: &str, component: &str) {
         .unwrap();
     let log = dir.join("agent-mem.log");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_continuum-gateway"))
-        .args(["--id", &gateway, "--orchestrator", &endpoint])
+        .args(["--no-mqtt", "--id", &gateway, "--orchestrator", &endpoint])
         .arg("--data-dir")
         .arg(dir.join("agent-mem"))
         .arg("--context-root")

@@ -41,6 +41,8 @@ pub struct Args {
     /// for changes while the orchestrator is cut off) on this address.
     #[arg(long, value_name = "ADDR")]
     pub local_api: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub broker: continuum_bus::args::BusArgs,
     /// Where this gateway is (reported to the orchestrator).
     #[arg(long, default_value = "")]
     pub location: String,
@@ -125,6 +127,15 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
     // A corrupt data directory stops the agent here, naming the file: it is
     // never silently reset.
     let store = Store::open(&config.data_dir)?;
+    // The local broker keeps the subsystem's traffic going while cut off.
+    if let Some(broker) = config.broker.config() {
+        continuum_bus::EmbeddedBroker::start(broker.clone()).context("the local broker")?;
+        eprintln!(
+            "local broker (MQTT) on {} (3.1.1) and {} (5)",
+            broker.v4.map(|a| a.to_string()).unwrap_or_default(),
+            broker.v5.map(|a| a.to_string()).unwrap_or_default()
+        );
+    }
     let settings = Settings {
         interval,
         step_timeout,

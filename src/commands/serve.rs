@@ -26,42 +26,7 @@ pub struct Args {
     #[arg(long, default_value_t = 100_000)]
     pub event_retention: u64,
     #[command(flatten)]
-    pub bus: BusArgs,
-}
-
-/// The embedded MQTT broker (the global bus here, the local broker on a gateway).
-#[derive(Debug, Clone, clap::Args)]
-pub struct BusArgs {
-    /// Where the embedded broker serves MQTT 3.1.1.
-    #[arg(long, default_value = "127.0.0.1:1883")]
-    pub mqtt_listen: SocketAddr,
-    /// Where the embedded broker serves MQTT 5.
-    #[arg(long, default_value = "127.0.0.1:1884")]
-    pub mqtt5_listen: SocketAddr,
-    /// A user the broker accepts (`name:password`, repeatable); none: anonymous.
-    #[arg(long = "mqtt-user", value_parser = parse_user)]
-    pub users: Vec<(String, String)>,
-    /// Embed no broker (an external one is used).
-    #[arg(long)]
-    pub no_mqtt: bool,
-}
-
-fn parse_user(s: &str) -> Result<(String, String), String> {
-    s.split_once(':')
-        .map(|(u, p)| (u.to_owned(), p.to_owned()))
-        .ok_or_else(|| format!("`{s}` is not name:password"))
-}
-
-impl BusArgs {
-    pub fn config(&self) -> Option<continuum_bus::BrokerConfig> {
-        if self.no_mqtt {
-            return None;
-        }
-        let mut c =
-            continuum_bus::BrokerConfig::new(Some(self.mqtt_listen), Some(self.mqtt5_listen));
-        c.users = self.users.iter().cloned().collect();
-        Some(c)
-    }
+    pub bus: continuum_bus::args::BusArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
