@@ -41,6 +41,8 @@ pub enum BrokerError {
     NotListening(SocketAddr, Duration),
     #[error("the broker cannot listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
+    #[error("cannot start the broker's thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// A running embedded broker. Its threads run for the rest of the process
@@ -104,7 +106,8 @@ impl EmbeddedBroker {
                     tracing::error!(error = %e, "the embedded MQTT broker stopped");
                 }
             })
-            .expect("a thread for the broker");
+            .map_err(BrokerError::Thread)?;
+        // rumqttd says nothing when its listeners are up: poll them, with a deadline.
         let within = Duration::from_secs(10);
         for addr in [config.v4, config.v5].into_iter().flatten() {
             let deadline = Instant::now() + within;

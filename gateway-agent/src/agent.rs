@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{reconcile, EngineConfig, PassReport, State, Status};
 use crate::exec::Progress;
-use crate::observe::is_workload;
 use crate::runtime::{ContainerRuntime, RuntimeError};
 use crate::store::{Kept, LocalNote, Slot, Store};
 
@@ -111,15 +110,13 @@ pub fn admit(model: &DeploymentModel, driver: Driver) -> Result<(), String> {
                 c.id
             ));
         }
-        if !is_workload(c) {
+        let Some(c_spec) = resources.and_then(|r| r.container.as_ref()) else {
             return Err(format!(
                 "`{}` has nothing this gateway can run (no container)",
                 c.id
             ));
-        }
-        let container = resources.and_then(|r| r.container.as_ref());
+        };
         if driver == Driver::Process {
-            let c_spec = container.expect("workloads have a container resource");
             let refuse = |what: &str| {
                 Err(format!(
                     "`{}` needs {what}, which the process driver of this gateway cannot provide",
@@ -143,7 +140,7 @@ pub fn admit(model: &DeploymentModel, driver: Driver) -> Result<(), String> {
                 return refuse("a network of its own");
             }
         }
-        for d in container.map(|c| c.devices.as_slice()).unwrap_or(&[]) {
+        for d in &c_spec.devices {
             if !Path::new(&d.host).exists() {
                 return Err(format!(
                     "`{}` needs the device {}, which is not present on this gateway",

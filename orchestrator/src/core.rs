@@ -43,7 +43,8 @@ pub fn is_zero(c: &DiffCounts) -> bool {
     *c == DiffCounts::default()
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+/// Models and protocol records always serialize: a failure is a bug.
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("models serialize to JSON")
 }
 

@@ -8,15 +8,11 @@ use continuum_proto::v1::{
     StatusResponse, SubsystemDiff, SubsystemStatus, View,
 };
 
-use crate::core::{counts, is_zero, Core, Subsystem};
+use crate::core::{counts, is_zero, to_json as json, Core, Subsystem};
 use crate::error::Error;
 
 fn document(name: String, json: Vec<u8>) -> Option<Document> {
     Some(Document { name, json })
-}
-
-fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("models serialize to JSON")
 }
 
 /// The subsystems of a megamodel by id, plus the components outside any (key "").

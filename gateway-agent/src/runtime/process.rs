@@ -354,22 +354,27 @@ impl ContainerRuntime for ProcessRuntime {
         let Some((spec, logs, stop)) = started else {
             return Ok(());
         };
+        // Subscribed before the supervisor exists: its first change is not missed.
+        let mut changes = self.changes.subscribe();
         let task = tokio::spawn(supervise(self.clone(), id.to_owned(), spec, logs, stop));
         self.with(|r| {
             if let Some(p) = r.procs.get_mut(id) {
                 p.supervisor = Some(task);
             }
         });
-        // The supervisor marks it running once spawned: wait for that (or its end).
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            match self.state(id).await? {
-                RunState::Created if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+        // The supervisor marks it running once spawned (or exited if it could
+        // not be): wait for that change.
+        let settled = async {
+            while self.state(id).await? == RunState::Created {
+                if let Err(broadcast::error::RecvError::Closed) = changes.recv().await {
+                    break;
                 }
-                _ => return Ok(()),
             }
-        }
+            Ok::<(), RuntimeError>(())
+        };
+        tokio::time::timeout(Duration::from_secs(5), settled)
+            .await
+            .map_err(|_| RuntimeError::Failed(format!("`{id}` did not start within 5 s")))?
     }
 
     async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
