@@ -116,6 +116,7 @@ impl World {
                 .args([
                     "gateway",
                     "--no-mqtt",
+                    "--no-bridge",
                     "--id",
                     &self.gateway,
                     "--orchestrator",
@@ -454,6 +455,7 @@ fn a_host_without_docker_runs_processes_and_a_killed_agent_leaves_no_duplicates(
                 .args([
                     "gateway",
                     "--no-mqtt",
+                    "--no-bridge",
                     "--driver",
                     "process",
                     "--id",
@@ -566,6 +568,7 @@ fn a_cut_off_gateway_accepts_a_local_model_and_the_orchestrator_wins_on_reconnec
             .args([
                 "gateway",
                 "--no-mqtt",
+                "--no-bridge",
                 "--driver",
                 "process",
                 "--id",
@@ -665,6 +668,7 @@ fn a_corrupt_data_directory_stops_the_agent_naming_the_file() {
         .args([
             "gateway",
             "--no-mqtt",
+            "--no-bridge",
             "--id",
             "gw-corrupt",
             "--orchestrator",
@@ -708,6 +712,8 @@ fn a_gateway_embeds_its_local_broker_and_runs_it_while_cut_off() {
             .args([
                 "--orchestrator",
                 "127.0.0.1:9",
+                "--bus-url",
+                "mqtt://127.0.0.1:9",
                 "--mqtt-listen",
                 &v4,
                 "--mqtt5-listen",

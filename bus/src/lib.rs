@@ -1,10 +1,13 @@
-//! The MQTT brokers Continuum embeds (DESIGN §4): the global bus in the
-//! orchestrator and the local broker of each gateway, both rumqttd, listening
-//! for MQTT 3.1.1 and 5 on addresses of their own, with optional
-//! username/password authentication. External brokers (Mosquitto) are used
-//! through their URL instead.
+//! Continuum's MQTT plumbing (DESIGN §4): the brokers it embeds (the global
+//! bus in the orchestrator and the local broker of each gateway, both
+//! rumqttd, MQTT 3.1.1 and 5, optional username/password), broker URLs for
+//! external brokers (Mosquitto), and the message ids consumers de-duplicate by.
 
 pub mod args;
 pub mod broker;
+pub mod id;
+pub mod url;
 
 pub use broker::{BrokerConfig, BrokerError, EmbeddedBroker};
+pub use id::{Dedup, MessageId, ID_PROPERTY};
+pub use url::BrokerUrl;

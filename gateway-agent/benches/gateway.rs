@@ -175,6 +175,7 @@ async fn engine(
         context_root: dir.to_owned(),
         step_timeout: Duration::from_secs(120),
         settle: Duration::ZERO,
+        routing: Arc::new(continuum_gateway::routing::NoBridge),
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
@@ -245,6 +246,14 @@ async fn whole_path(
             mqtt5_listen: "127.0.0.1:1884".parse().unwrap(),
             users: Vec::new(),
             no_mqtt: true,
+        },
+        bridge: continuum_gateway::cli::BridgeArgs {
+            bus_url: None,
+            local_bus_url: None,
+            no_bridge: true,
+            outbox_capacity: 1_000,
+            bridge_max_payload: 1 << 16,
+            bus_keepalive: 10.0,
         },
         labels: Vec::new(),
         driver: continuum_gateway::agent::Driver::Docker,

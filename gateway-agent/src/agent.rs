@@ -15,8 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{reconcile, EngineConfig, PassReport, State, Status};
 use crate::exec::Progress;
+use crate::routing::Routing;
 use crate::runtime::{ContainerRuntime, RuntimeError};
 use crate::store::{Kept, LocalNote, Slot, Store};
+use continuum_models::route::routes_of;
 
 /// A target offered by the orchestrator (or the local API); `reply` says
 /// whether it was accepted, and why not.
@@ -55,6 +57,8 @@ pub struct AgentConfig {
     pub settle: Duration,
     /// Reconcile this often even when nothing is announced (drift repair).
     pub interval: Duration,
+    /// The bridge's routes (`NoBridge` when the gateway runs none).
+    pub routing: Arc<dyn Routing>,
 }
 
 /// Follows the engine's events for a subsystem's workloads, re-subscribing
@@ -95,7 +99,15 @@ pub enum Driver {
 }
 
 /// Checks that this gateway can run a model; the reason when it cannot.
-pub fn admit(model: &DeploymentModel, driver: Driver) -> Result<(), String> {
+pub fn admit(model: &DeploymentModel, driver: Driver, bridge: bool) -> Result<(), String> {
+    if !bridge {
+        if let Some(r) = model.components.iter().flat_map(routes_of).next() {
+            return Err(format!(
+                "`{}` needs the bridge ({r}), and this gateway agent runs none (started with --no-bridge)",
+                r.owner
+            ));
+        }
+    }
     for c in model.components.iter().filter(|c| c.kind().has_lifecycle()) {
         let resources = c.spec.resources();
         if resources.is_some_and(|r| r.flash.is_some()) {
@@ -254,7 +266,9 @@ impl<R: ContainerRuntime> Agent<R> {
 
     fn offer(&mut self, offer: Offer) {
         let result = read(&offer)
-            .and_then(|model| admit(&model, self.config.driver).map(|()| model))
+            .and_then(|model| {
+                admit(&model, self.config.driver, self.config.routing.enabled()).map(|()| model)
+            })
             .and_then(|model| {
                 let kept = Kept {
                     generation: offer.generation,
@@ -370,6 +384,7 @@ impl<R: ContainerRuntime> Agent<R> {
             context_root: self.config.context_root.clone(),
             step_timeout: self.config.step_timeout,
             settle: self.config.settle,
+            routing: Arc::clone(&self.config.routing),
         };
         match reconcile(
             &self.runtime,
@@ -437,13 +452,25 @@ impl<R: ContainerRuntime> Agent<R> {
             planned = report.planned,
             "pass done"
         );
+        let mut statuses = report.statuses;
+        // The bridge's state shows on the gateway component.
+        if let (Some(health), Some(gw)) = (
+            self.config.routing.health(),
+            accepted
+                .model
+                .components
+                .iter()
+                .find(|c| c.kind() == continuum_models::Kind::Gateway),
+        ) {
+            statuses.insert(gw.id.clone(), health);
+        }
         self.snapshot.send_if_modified(|s| {
             let next = Snapshot {
                 accepted: accepted.generation,
                 observed: report.generation,
                 subsystem: accepted.subsystem.clone(),
                 current: Some(report.current),
-                statuses: report.statuses,
+                statuses,
                 local: accepted.local.clone().map(|n| (n, accepted.model.clone())),
             };
             let changed = *s != next;
@@ -471,6 +498,7 @@ mod tests {
             step_timeout: Duration::from_secs(5),
             settle: Duration::ZERO,
             interval: Duration::from_secs(60),
+            routing: Arc::new(crate::routing::MemoryRouting::default()),
         };
         Agent::new(rt, Store::open(dir).unwrap(), config, progress).unwrap()
     }

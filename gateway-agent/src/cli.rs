@@ -7,13 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::agent::{Agent, AgentConfig, Driver};
+use crate::bridge::{Bridge, BridgeConfig};
 use crate::link::{self, LinkConfig};
 use crate::local::LocalApi;
+use crate::routing::{NoBridge, Routing};
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::ContainerRuntime;
 use crate::store::Store;
 use anyhow::Context;
+use continuum_bus::BrokerUrl;
 use continuum_proto::v1::model_service_server::ModelServiceServer;
 use continuum_proto::v1::Capabilities;
 use tokio::sync::mpsc;
@@ -43,6 +46,8 @@ pub struct Args {
     pub local_api: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub broker: continuum_bus::args::BusArgs,
+    #[command(flatten)]
+    pub bridge: BridgeArgs,
     /// Where this gateway is (reported to the orchestrator).
     #[arg(long, default_value = "")]
     pub location: String,
@@ -65,6 +70,48 @@ pub struct Args {
     /// The longest wait between two dials of the orchestrator, in seconds.
     #[arg(long, default_value_t = 30.0)]
     pub max_backoff: f64,
+}
+
+/// The bridge between the local broker and the global bus.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BridgeArgs {
+    /// The global bus (`mqtt://[user:password@]host[:port]`, MQTT 5). Default:
+    /// the orchestrator's embedded bus, port 1884 on the orchestrator's host.
+    #[arg(long, env = "CONTINUUM_BUS_URL", value_name = "URL")]
+    pub bus_url: Option<BrokerUrl>,
+    /// An external local broker (Mosquitto) instead of the embedded one.
+    #[arg(long, env = "CONTINUUM_LOCAL_BUS_URL", value_name = "URL")]
+    pub local_bus_url: Option<BrokerUrl>,
+    /// Run no bridge (models with functions or routes are then refused).
+    #[arg(long)]
+    pub no_bridge: bool,
+    /// Messages each direction's outbox keeps at most while its destination
+    /// is unreachable; beyond, the oldest are dropped and counted.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub outbox_capacity: u64,
+    /// The largest message payload the bridge carries, in bytes; larger
+    /// ones are dead-lettered.
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub bridge_max_payload: usize,
+    /// MQTT keep-alive of the bridge's connections, in seconds (a cut link
+    /// is noticed after 1.5 times this).
+    #[arg(long, default_value_t = 10.0)]
+    pub bus_keepalive: f64,
+}
+
+/// The orchestrator's host, from `host:port` or a URL.
+fn orchestrator_host(orchestrator: &str) -> String {
+    let rest = orchestrator
+        .split_once("://")
+        .map_or(orchestrator, |(_, r)| r);
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    if let Some(v6) = hostport.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or(v6).to_owned();
+    }
+    hostport
+        .rsplit_once(':')
+        .map_or(hostport, |(h, _)| h)
+        .to_owned()
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -128,7 +175,11 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
     // never silently reset.
     let store = Store::open(&config.data_dir)?;
     // The local broker keeps the subsystem's traffic going while cut off.
-    if let Some(broker) = config.broker.config() {
+    let embedded = config
+        .broker
+        .config()
+        .filter(|_| config.bridge.local_bus_url.is_none());
+    if let Some(broker) = embedded {
         continuum_bus::EmbeddedBroker::start(broker.clone()).context("the local broker")?;
         eprintln!(
             "local broker (MQTT) on {} (3.1.1) and {} (5)",
@@ -136,7 +187,39 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
             broker.v5.map(|a| a.to_string()).unwrap_or_default()
         );
     }
+    let bridge = if config.bridge.no_bridge {
+        None
+    } else {
+        let local = match (&config.bridge.local_bus_url, config.broker.config()) {
+            (Some(url), _) => url.clone(),
+            (None, Some(b)) => match b.v5 {
+                Some(a) => BrokerUrl {
+                    host: a.ip().to_string(),
+                    port: a.port(),
+                    credentials: b.users.iter().next().map(|(u, p)| (u.clone(), p.clone())),
+                },
+                None => anyhow::bail!("the bridge speaks MQTT 5: give the embedded broker an --mqtt5-listen address"),
+            },
+            (None, None) => anyhow::bail!(
+                "the bridge needs a local broker: drop --no-mqtt, give --local-bus-url, or run with --no-bridge"
+            ),
+        };
+        let global = match &config.bridge.bus_url {
+            Some(url) => url.clone(),
+            None => format!("mqtt://{}:1884", orchestrator_host(&config.orchestrator))
+                .parse()
+                .map_err(|e| anyhow::anyhow!("the default global bus: {e}; give --bus-url"))?,
+        };
+        let mut bc = BridgeConfig::new(&config.id, global, local);
+        bc.data_dir = Some(config.data_dir.clone());
+        bc.capacity = config.bridge.outbox_capacity;
+        bc.max_payload = config.bridge.bridge_max_payload;
+        bc.keep_alive = seconds("bus-keepalive", config.bridge.bus_keepalive)?;
+        let b = Bridge::start(bc).context("the bridge")?;
+        Some(Arc::new(b))
+    };
     let settings = Settings {
+        bridge,
         interval,
         step_timeout,
         max_backoff,
@@ -166,6 +249,7 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
 }
 
 struct Settings {
+    bridge: Option<Arc<Bridge>>,
     interval: Duration,
     step_timeout: Duration,
     max_backoff: Duration,
@@ -180,6 +264,7 @@ async fn serve<R: ContainerRuntime>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let Settings {
+        bridge,
         interval,
         step_timeout,
         max_backoff,
@@ -191,6 +276,10 @@ async fn serve<R: ContainerRuntime>(
         step_timeout,
         settle: Duration::from_millis(config.settle_ms),
         interval,
+        routing: match &bridge {
+            Some(b) => Arc::clone(b) as Arc<dyn Routing>,
+            None => Arc::new(NoBridge),
+        },
     };
     let (agent, snapshot) = Agent::new(runtime, store, agent_config, progress_tx)?;
     let (offers_tx, offers_rx) = mpsc::channel(4);
@@ -255,6 +344,9 @@ async fn serve<R: ContainerRuntime>(
     shutdown.cancelled().await;
     let _ = agent_task.await;
     let _ = link_task.await;
+    if let Some(b) = bridge {
+        b.stop().await;
+    }
     if let Some(task) = local_task {
         let _ = task.await;
     }

@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use crate::exec::{execute, ExecConfig, Outcome, Progress};
 use crate::observe::{current_model, is_workload};
+use crate::routing::Routing;
 use crate::runtime::{ContainerRuntime, RuntimeError};
 use crate::spec::LABEL_SUBSYSTEM;
 
@@ -69,6 +70,7 @@ pub struct EngineConfig {
     pub context_root: std::path::PathBuf,
     pub step_timeout: Duration,
     pub settle: Duration,
+    pub routing: Arc<dyn Routing>,
 }
 
 /// Runs one pass of `target` (at `generation`).
@@ -82,7 +84,7 @@ pub async fn reconcile<R: ContainerRuntime>(
     let span = tracing::info_span!("reconcile", subsystem = %config.subsystem, generation);
     async {
         let workloads = runtime.list(LABEL_SUBSYSTEM, &config.subsystem).await?;
-        let current = current_model(target, &workloads);
+        let current = current_model(target, &workloads, &config.routing.routes());
         let steps = plan(&current, target);
         let planned = steps.len();
         let outcome = if steps.is_empty() {
@@ -95,6 +97,7 @@ pub async fn reconcile<R: ContainerRuntime>(
                 context_root: config.context_root.clone(),
                 step_timeout: config.step_timeout,
                 settle: config.settle,
+                routing: Arc::clone(&config.routing),
             };
             execute(
                 Arc::clone(runtime),
@@ -123,7 +126,8 @@ pub async fn reconcile<R: ContainerRuntime>(
             }
             runtime.list(LABEL_SUBSYSTEM, &config.subsystem).await?
         };
-        let current = current_model(target, &after);
+        prune_routes(config.routing.as_ref(), target);
+        let current = current_model(target, &after, &config.routing.routes());
         let mut statuses = BTreeMap::new();
         for c in target
             .components
@@ -153,6 +157,20 @@ pub async fn reconcile<R: ContainerRuntime>(
     }
     .instrument(span)
     .await
+}
+
+/// Routes of components the target no longer has go (the plan removes those
+/// of components it saw; these belong to ones that vanished unseen).
+fn prune_routes(routing: &dyn Routing, target: &DeploymentModel) {
+    let owners: std::collections::HashSet<&str> =
+        target.components.iter().map(|c| c.id.as_str()).collect();
+    for owner in routing.routes().keys() {
+        if !owners.contains(owner.as_str()) {
+            if let Err(e) = routing.set(owner, Vec::new()) {
+                tracing::warn!(owner, error = %e, "cannot remove stale routes");
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -186,6 +204,7 @@ mod tests {
             context_root: ".".into(),
             step_timeout: Duration::from_secs(5),
             settle: Duration::ZERO,
+            routing: Arc::new(crate::routing::MemoryRouting::default()),
         }
     }
 

@@ -7,12 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use continuum_models::route::routes_of;
 use continuum_models::{Action, Component, DeploymentModel, Plan, Step};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::observe::is_workload;
+use crate::routing::Routing;
 use crate::runtime::{
     is_custom_network, ContainerRuntime, ImageSource, RunState, Workload, WorkloadSpec,
 };
@@ -59,6 +61,8 @@ pub struct ExecConfig {
     pub step_timeout: Duration,
     /// How long a started workload must keep running to count as started.
     pub settle: Duration,
+    /// The bridge route steps act on.
+    pub routing: Arc<dyn Routing>,
 }
 
 /// The workload name of a component: unique per subsystem on one engine.
@@ -238,7 +242,13 @@ impl<R: ContainerRuntime> Context<R> {
             }
             Action::Add { component } => self.add(component).await,
             Action::Start { component } => self.start(component).await,
-            // Metadata only: what runs does not change. Links are the bridge's (#6).
+            Action::Route { component } => {
+                let routes = routes_of(self.target(component)?);
+                self.config.routing.set(component, routes)
+            }
+            Action::Unroute { component } => self.config.routing.set(component, Vec::new()),
+            // Metadata only: what runs does not change; communication links
+            // are the components' own business.
             Action::Update { .. } | Action::Bind { .. } | Action::Unbind { .. } => Ok(()),
         }
     }

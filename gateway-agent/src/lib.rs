@@ -12,6 +12,7 @@ pub mod exec;
 pub mod link;
 pub mod local;
 pub mod observe;
+pub mod routing;
 pub mod runtime;
 pub mod spec;
 pub mod store;

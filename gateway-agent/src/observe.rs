@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use continuum_models::route::{with_live_routes, Route};
 use continuum_models::{Component, DeploymentModel, Kind, Link};
 
 use crate::runtime::{RunState, Workload};
@@ -28,7 +29,11 @@ pub fn by_component(workloads: &[Workload]) -> BTreeMap<&str, Vec<&Workload>> {
 /// component that has a running workload — as the target describes it when
 /// the workload runs the target's specification, else as the workload's own
 /// label describes it. Links are the target's between present components.
-pub fn current_model(target: &DeploymentModel, workloads: &[Workload]) -> DeploymentModel {
+pub fn current_model(
+    target: &DeploymentModel,
+    workloads: &[Workload],
+    routes: &BTreeMap<String, Vec<Route>>,
+) -> DeploymentModel {
     let wanted: BTreeMap<&str, &Component> = target
         .components
         .iter()
@@ -58,6 +63,10 @@ pub fn current_model(target: &DeploymentModel, workloads: &[Workload]) -> Deploy
         {
             components.push(def);
         }
+    }
+    // Routes are what the bridge carries, not what is wanted.
+    for c in &mut components {
+        with_live_routes(c, routes.get(&c.id).map_or(&[], Vec::as_slice));
     }
     let present: HashSet<String> = components.iter().map(|c| c.id.clone()).collect();
     let links: Vec<Link> = target

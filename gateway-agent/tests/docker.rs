@@ -113,6 +113,7 @@ async fn setup(name: &str) -> Option<Setup> {
             context_root: dir.path().to_owned(),
             step_timeout: Duration::from_secs(60),
             settle: Duration::from_millis(500),
+            routing: Arc::new(continuum_gateway::routing::NoBridge),
         },
         _cleanup: Cleanup {
             subsystem,

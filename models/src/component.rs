@@ -128,8 +128,11 @@ impl Kind {
                 "capabilities",
                 "equipped_with_deployer",
                 "equipped_with_bridge",
+                "routes",
             ],
             Kind::Host => &["name", "properties", "capabilities"],
+            // The bridge re-routes a function in place, without restarting it.
+            Kind::Function => &["name", "properties", "triggers", "inputs", "outputs"],
             _ => &["name", "properties"],
         }
     }
@@ -258,6 +261,8 @@ pub struct GatewaySpec {
     pub equipped_with_deployer: bool,
     /// Runs the bridge between its local broker and the global bus.
     pub equipped_with_bridge: bool,
+    /// Static bridge routes, besides those of its functions.
+    pub routes: Vec<crate::route::StaticRoute>,
 }
 
 /// A machine behind a gateway.

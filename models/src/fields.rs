@@ -208,7 +208,8 @@ pub(crate) fn component_diff(a: &Component, b: &Component) -> Option<Vec<FieldCh
                     capabilities,
                     access,
                     equipped_with_deployer,
-                    equipped_with_bridge
+                    equipped_with_bridge,
+                    routes
                 }
             )
         }

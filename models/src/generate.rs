@@ -342,6 +342,13 @@ fn change(rng: &mut Rng, c: &mut Component) {
                 }
             }
             ComponentSpec::Gateway(g) => g.capabilities.cpus = Some(1 + rng.below(8) as u32),
+            // A function re-routed in place (its resources unchanged).
+            ComponentSpec::Function(f) if rng.chance(0.5) => {
+                f.triggers = vec![format!("site/{}/#", rng.below(4))];
+                if rng.chance(0.5) {
+                    f.outputs.clear();
+                }
+            }
             ComponentSpec::Device(d) => d.port = Some(format!("/dev/ttyUSB{}", rng.below(4))),
             ComponentSpec::External(e) => {
                 e.endpoint = Some(format!("http://10.2.0.{}:80", rng.below(250)))

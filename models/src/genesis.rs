@@ -503,6 +503,7 @@ fn map_component(cx: &mut Ctx, c: &Value, e: &Entry, gateway: bool, path: &JsonP
                     access,
                     equipped_with_deployer: true,
                     equipped_with_bridge: false,
+                    routes: Vec::new(),
                 })
             } else {
                 ComponentSpec::Host(HostSpec {

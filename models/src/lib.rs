@@ -20,6 +20,7 @@ pub mod model;
 pub mod parse;
 pub mod plan;
 pub mod resources;
+pub mod route;
 pub mod schema;
 pub mod simulate;
 pub mod subsystem;

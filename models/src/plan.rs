@@ -10,7 +10,11 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::component::Kind;
+use crate::component::{Component, Kind};
+use crate::route::routes_of;
+
+/// The fields a component's bridge routes come from.
+const ROUTE_FIELDS: &[&str] = &["triggers", "inputs", "outputs", "routes"];
 use crate::diff::{diff, ModelDiff};
 use crate::index::{FastMap, FastSet};
 use crate::link::Link;
@@ -64,6 +68,10 @@ pub enum Action {
     Unbind {
         link: Link,
     },
+    /// Remove every bridge route of a component.
+    Unroute {
+        component: String,
+    },
     /// Delete a component and what was created for it.
     Remove {
         component: String,
@@ -74,6 +82,10 @@ pub enum Action {
     },
     Bind {
         link: Link,
+    },
+    /// Make the bridge carry exactly the routes the target gives a component.
+    Route {
+        component: String,
     },
     /// Update metadata in place, without restarting.
     Update {
@@ -88,10 +100,10 @@ impl Action {
     pub fn phase(&self) -> Phase {
         match self {
             Action::Stop { .. } => Phase::Stop,
-            Action::Unbind { .. } => Phase::Unbind,
+            Action::Unbind { .. } | Action::Unroute { .. } => Phase::Unbind,
             Action::Remove { .. } => Phase::Remove,
             Action::Add { .. } => Phase::Add,
-            Action::Bind { .. } => Phase::Bind,
+            Action::Bind { .. } | Action::Route { .. } => Phase::Bind,
             Action::Update { .. } => Phase::Update,
             Action::Start { .. } => Phase::Start,
         }
@@ -104,7 +116,9 @@ impl Action {
             | Action::Remove { component }
             | Action::Add { component }
             | Action::Update { component }
-            | Action::Start { component } => Some(component),
+            | Action::Start { component }
+            | Action::Route { component }
+            | Action::Unroute { component } => Some(component),
             Action::Unbind { .. } | Action::Bind { .. } => None,
         }
     }
@@ -118,6 +132,8 @@ impl fmt::Display for Action {
             Action::Remove { component } => write!(f, "remove {component}"),
             Action::Add { component } => write!(f, "add {component}"),
             Action::Bind { link } => write!(f, "bind {link}"),
+            Action::Route { component } => write!(f, "route {component}"),
+            Action::Unroute { component } => write!(f, "unroute {component}"),
             Action::Update { component } => write!(f, "update {component}"),
             Action::Start { component } => write!(f, "start {component}"),
         }
@@ -265,7 +281,62 @@ pub fn plan_diff(current: &DeploymentModel, target: &DeploymentModel, d: &ModelD
         );
     }
 
+    // Bridge routes follow the model: those of what goes are removed, those of
+    // what comes or changes its routes are set.
+    let routed = |c: &Component| !routes_of(c).is_empty();
+    let mut unroute: Vec<&str> = d
+        .removed
+        .iter()
+        .filter(|c| routed(c))
+        .map(|c| c.id.as_str())
+        .collect();
+    let mut route: Vec<&str> = d
+        .added
+        .iter()
+        .filter(|c| routed(c))
+        .map(|c| c.id.as_str())
+        .collect();
+    for c in &d.changed {
+        let reroutes = c.fields.iter().any(|f| {
+            let top = f
+                .path
+                .trim_start_matches('/')
+                .split('/')
+                .next()
+                .unwrap_or("");
+            ROUTE_FIELDS.contains(&top)
+        });
+        if reroutes {
+            route.push(&c.id);
+        }
+    }
+    unroute.sort_unstable();
+    route.sort_unstable();
+    for &id in &unroute {
+        g.add(
+            Action::Unroute {
+                component: id.to_owned(),
+            },
+            Key::Component(id),
+        );
+    }
+    for &id in &route {
+        g.add(
+            Action::Route {
+                component: id.to_owned(),
+            },
+            Key::Component(id),
+        );
+    }
+
     // Dependencies.
+    for &id in &unroute {
+        g.dep(g.find(Phase::Unbind, id), g.find(Phase::Stop, id));
+        g.dep(g.find(Phase::Remove, id), g.find(Phase::Unbind, id));
+    }
+    for &id in &route {
+        g.dep(g.find(Phase::Bind, id), g.find(Phase::Add, id));
+    }
     for &(id, _) in &going_down {
         let stop = g.find(Phase::Stop, id);
         let remove = g.find(Phase::Remove, id);

@@ -7,6 +7,7 @@ use crate::component::Component;
 use crate::link::Link;
 use crate::model::DeploymentModel;
 use crate::plan::{Action, Plan, Step};
+use crate::route::{routes_of, Route};
 
 /// A rule a step broke.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,6 +23,8 @@ pub struct Simulator {
     components: HashMap<String, Component>,
     links: HashSet<Link>,
     running: HashSet<String>,
+    /// The bridge routes carried, by owner.
+    routes: HashMap<String, Vec<Route>>,
 }
 
 impl Simulator {
@@ -40,7 +43,18 @@ impl Simulator {
                 .filter(|c| c.kind().has_lifecycle())
                 .map(|c| c.id.clone())
                 .collect(),
+            routes: current
+                .components
+                .iter()
+                .map(|c| (c.id.clone(), routes_of(c)))
+                .filter(|(_, r)| !r.is_empty())
+                .collect(),
         }
+    }
+
+    /// The bridge routes carried, by owner.
+    pub fn routes(&self) -> &HashMap<String, Vec<Route>> {
+        &self.routes
     }
 
     pub fn model(&self) -> DeploymentModel {
@@ -124,6 +138,13 @@ impl Simulator {
                 if self.running.contains(component) {
                     return fail("removes a running component".into());
                 }
+                // A replaced component keeps its routes (they belong to its id,
+                // not to what runs); one that goes for good must lose them first.
+                if self.routes.contains_key(component)
+                    && !target.components.contains_key(component.as_str())
+                {
+                    return fail("removes a component the bridge still routes".into());
+                }
                 if let Some(l) = self.links.iter().find(|l| match l {
                     Link::Hosting { host, .. } => host == component,
                     Link::Communication(_) => l.touches(component),
@@ -156,6 +177,28 @@ impl Simulator {
                 }
                 if !self.links.insert(link.clone()) {
                     return fail("binds a link that is already bound".into());
+                }
+            }
+            Action::Route { component } => {
+                let (Some(c), true) = (
+                    target.components.get(component.as_str()),
+                    self.components.contains_key(component),
+                ) else {
+                    return fail("routes a component missing from the state or the target".into());
+                };
+                let routes = routes_of(c);
+                if routes.is_empty() {
+                    self.routes.remove(component);
+                } else {
+                    self.routes.insert(component.clone(), routes);
+                }
+            }
+            Action::Unroute { component } => {
+                if self.running.contains(component) {
+                    return fail("unroutes a component still running".into());
+                }
+                if self.routes.remove(component).is_none() {
+                    return fail("unroutes a component that has no routes".into());
                 }
             }
             Action::Update { component } => {

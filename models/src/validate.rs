@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::component::{Component, ComponentSpec, Kind};
+use crate::component::{Component, ComponentSpec, GatewaySpec, Kind};
 use crate::diagnostic::{JsonPath, Problem};
 use crate::link::Link;
 use crate::located::{Document, Located};
@@ -284,7 +284,47 @@ fn check_component(c: &Located<Component>, problems: &mut Vec<Problem>) {
                 );
             }
         }
-        ComponentSpec::Gateway(_) | ComponentSpec::Host(_) | ComponentSpec::External(_) => {}
+        ComponentSpec::Gateway(g) => check_routes(g, path, problems),
+        ComponentSpec::Host(_) | ComponentSpec::External(_) => {}
+    }
+}
+
+fn check_routes(g: &GatewaySpec, path: &JsonPath, problems: &mut Vec<Problem>) {
+    if !g.routes.is_empty() && !g.equipped_with_bridge {
+        problems.push(
+            Problem::new(
+                path.key("routes"),
+                "a gateway without a bridge cannot route",
+            )
+            .expected("`equipped_with_bridge: true`, or no `routes`"),
+        );
+    }
+    let mut seen = HashSet::new();
+    for (i, r) in g.routes.iter().enumerate() {
+        let at = path.key("routes").index(i);
+        if let Err(e) = topic::check_filter(&r.topic) {
+            problems.push(
+                Problem::new(
+                    at.key("topic"),
+                    format!("invalid MQTT topic filter `{}`: {e}", r.topic),
+                )
+                .expected("an MQTT topic filter such as `sensors/#` or `site/+/temperature`"),
+            );
+        }
+        for (field, prefix) in [
+            ("local_prefix", &r.local_prefix),
+            ("remote_prefix", &r.remote_prefix),
+        ] {
+            if prefix.contains(['+', '#', '\0']) {
+                problems.push(
+                    Problem::new(at.key(field), format!("invalid topic prefix `{prefix}`"))
+                        .expected("a topic prefix without wildcards, such as `building-a/`"),
+                );
+            }
+        }
+        if !seen.insert((r.direction, &r.topic, &r.local_prefix, &r.remote_prefix)) {
+            problems.push(Problem::new(at, "this route is listed twice"));
+        }
     }
 }
 

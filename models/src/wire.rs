@@ -48,6 +48,8 @@ pub struct RawComponent {
     pub equipped_with_deployer: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub equipped_with_bridge: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Vec<crate::route::StaticRoute>>,
     // device
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub board: Option<String>,
@@ -91,6 +93,7 @@ const KIND_FIELDS: &[(&str, &[Kind])] = &[
     ("access", &[Kind::Gateway, Kind::Host]),
     ("equipped_with_deployer", &[Kind::Gateway]),
     ("equipped_with_bridge", &[Kind::Gateway]),
+    ("routes", &[Kind::Gateway]),
     ("board", &[Kind::Device]),
     ("port", &[Kind::Device]),
     ("need_deployer", &[Kind::Device]),
@@ -145,6 +148,7 @@ impl RawComponent {
                 self.equipped_with_deployer.is_some(),
             ),
             ("equipped_with_bridge", self.equipped_with_bridge.is_some()),
+            ("routes", self.routes.is_some()),
             ("board", self.board.is_some()),
             ("port", self.port.is_some()),
             ("need_deployer", self.need_deployer.is_some()),
@@ -199,6 +203,7 @@ impl RawComponent {
                 access: self.access.unwrap_or_default(),
                 equipped_with_deployer: self.equipped_with_deployer.unwrap_or(false),
                 equipped_with_bridge: self.equipped_with_bridge.unwrap_or(false),
+                routes: self.routes.unwrap_or_default(),
             }),
             Kind::Host => ComponentSpec::Host(HostSpec {
                 capabilities: self.capabilities.unwrap_or_default(),
@@ -275,6 +280,7 @@ impl From<&Component> for RawComponent {
                 raw.access = none_if_empty(g.access.clone());
                 raw.equipped_with_deployer = some_if(g.equipped_with_deployer);
                 raw.equipped_with_bridge = some_if(g.equipped_with_bridge);
+                raw.routes = none_if_empty(g.routes.clone());
             }
             ComponentSpec::Host(h) => {
                 raw.capabilities = none_if_empty(h.capabilities.clone());

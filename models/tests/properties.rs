@@ -75,6 +75,14 @@ proptest! {
             .map(|c| c.id.clone())
             .collect();
         prop_assert_eq!(sim.running(), &want);
+        // The bridge carries exactly the target's routes.
+        let routes: std::collections::HashMap<String, Vec<continuum_models::route::Route>> = b
+            .components
+            .iter()
+            .map(|c| (c.id.clone(), continuum_models::route::routes_of(c)))
+            .filter(|(_, r)| !r.is_empty())
+            .collect();
+        prop_assert_eq!(sim.routes(), &routes);
     }
 
     #[test]

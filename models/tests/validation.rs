@@ -490,3 +490,55 @@ fn a_subsystem_model_has_exactly_one_gateway() {
     let e = load_deployment_model("s.json", &two.to_string()).unwrap_err();
     assert_eq!(e.diagnostics[0].path, "components[1]");
 }
+
+#[test]
+fn bridge_routes() {
+    let mut doc = base();
+    components(&mut doc)[0] = json!({
+        "id": "gw", "kind": "gateway",
+        "routes": [
+            {"topic": "a/#/b", "direction": "in"},
+            {"topic": "ok/#", "direction": "out", "remote_prefix": "site/+/"},
+            {"topic": "ok/#", "direction": "out", "remote_prefix": "site/+/"}
+        ]
+    });
+    let p = problems(doc);
+    assert!(
+        has(&p, "subsystems[0].components[0].routes", "without a bridge"),
+        "{p:?}"
+    );
+    assert!(
+        has(
+            &p,
+            "subsystems[0].components[0].routes[0].topic",
+            "invalid MQTT topic filter"
+        ),
+        "{p:?}"
+    );
+    assert!(
+        has(
+            &p,
+            "subsystems[0].components[0].routes[1].remote_prefix",
+            "invalid topic prefix"
+        ),
+        "{p:?}"
+    );
+    assert!(
+        has(&p, "subsystems[0].components[0].routes[2]", "listed twice"),
+        "{p:?}"
+    );
+
+    let mut doc = base();
+    components(&mut doc)[0] = json!({
+        "id": "gw", "kind": "gateway", "equipped_with_bridge": true,
+        "routes": [{"topic": "a/#", "direction": "sideways"}]
+    });
+    let p = problems(doc);
+    assert!(!p.is_empty(), "an unknown direction is refused");
+    let mut doc = base();
+    components(&mut doc)[0] = json!({
+        "id": "gw", "kind": "gateway", "equipped_with_bridge": true,
+        "routes": [{"topic": "a/#", "direction": "in", "local_prefix": "x/"}]
+    });
+    assert_eq!(problems(doc), vec![]);
+}

@@ -1,4 +1,359 @@
 //! The bridge between the gateway's local broker and the global bus (DESIGN §4).
-//! So far: the durable outbox both directions go through.
+//!
+//! Each direction (`in`: global → local, `out`: local → global) is a session
+//! on its source broker, a durable outbox, and a forwarder to its destination:
+//!
+//! ```text
+//! source ──QoS 1──▶ session ──commit──▶ outbox ──▶ forwarder ──QoS 1──▶ destination
+//!          (ack after the commit)                 (forget after the broker's ack)
+//! ```
+//!
+//! Nothing is acknowledged upstream before it is on disk, and nothing leaves
+//! the outbox before the destination has it: broker restarts, cut links and a
+//! killed agent lose nothing. Re-sent messages keep their id, so consumers —
+//! the next bridge's outbox among them — take each once. Which messages cross
+//! is the model's business ([`continuum_models::route`]): the routes are set
+//! by plan steps and persisted here.
 
+pub mod deadletter;
+pub mod forward;
+pub mod inbound;
+pub mod mqtt;
 pub mod outbox;
+pub mod stats;
+pub mod table;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use continuum_bus::BrokerUrl;
+use continuum_models::route::{Direction, Route};
+use redb::{Database, TableDefinition};
+use rumqttc::v5::mqttbytes::v5::LastWill;
+use rumqttc::v5::mqttbytes::QoS;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use self::inbound::{Announce, Session};
+use self::mqtt::ClientSpec;
+use self::outbox::Outbox;
+use self::stats::{get, LinkState, Stats};
+
+/// The bridge's settings.
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    pub gateway: String,
+    pub global: BrokerUrl,
+    pub local: BrokerUrl,
+    /// Where `bridge.redb` lives; `None`: outboxes in memory (benchmarks only:
+    /// a crash loses what they hold).
+    pub data_dir: Option<PathBuf>,
+    /// Messages each outbox holds at most; beyond, the oldest are dropped and counted.
+    pub capacity: u64,
+    /// The largest payload carried; larger ones are dead-lettered.
+    pub max_payload: usize,
+    pub keep_alive: Duration,
+    /// Messages in flight to a destination at most.
+    pub window: usize,
+}
+
+impl BridgeConfig {
+    pub fn new(gateway: &str, global: BrokerUrl, local: BrokerUrl) -> BridgeConfig {
+        BridgeConfig {
+            gateway: gateway.to_owned(),
+            global,
+            local,
+            data_dir: None,
+            capacity: 1_000_000,
+            max_payload: 256 * 1024,
+            keep_alive: Duration::from_secs(10),
+            window: 256,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error("bridge store {path}: {cause}")]
+    Store { path: String, cause: String },
+}
+
+/// What the bridge says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeStatus {
+    pub global: LinkState,
+    pub local: LinkState,
+    /// Per direction (in, out): taken, forwarded, duplicates recognised,
+    /// dead-lettered, waiting in the outbox, dropped because it was full.
+    pub inbound: DirectionStatus,
+    pub outbound: DirectionStatus,
+    pub dead_letters_lost: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DirectionStatus {
+    pub received: u64,
+    pub forwarded: u64,
+    pub duplicates: u64,
+    pub dead_lettered: u64,
+    pub queued: u64,
+    pub dropped: u64,
+}
+
+impl BridgeStatus {
+    /// Whether every message taken is accounted for with none dropped, and
+    /// both brokers are reachable.
+    pub fn healthy(&self) -> bool {
+        self.global == LinkState::Connected
+            && self.local == LinkState::Connected
+            && self.inbound.dropped == 0
+            && self.outbound.dropped == 0
+            && self.dead_letters_lost == 0
+    }
+
+    /// One line for `continuum status`.
+    pub fn summary(&self) -> String {
+        let link = |name: &str, s: &LinkState| match s {
+            LinkState::Connected => format!("{name} connected"),
+            LinkState::Connecting => format!("{name} connecting"),
+            LinkState::Down(why) => format!("{name} down ({why}; retrying)"),
+        };
+        let dir = |name: &str, d: &DirectionStatus| {
+            let mut s = format!("{name}: {} forwarded, {} queued", d.forwarded, d.queued);
+            if d.duplicates > 0 {
+                s.push_str(&format!(", {} duplicates dropped", d.duplicates));
+            }
+            if d.dead_lettered > 0 {
+                s.push_str(&format!(", {} dead-lettered", d.dead_lettered));
+            }
+            if d.dropped > 0 {
+                s.push_str(&format!(", {} LOST to a full outbox", d.dropped));
+            }
+            s
+        };
+        let mut s = format!(
+            "bridge: {}, {}; {}; {}",
+            link("global bus", &self.global),
+            link("local broker", &self.local),
+            dir("in", &self.inbound),
+            dir("out", &self.outbound)
+        );
+        if self.dead_letters_lost > 0 {
+            s.push_str(&format!("; {} dead letters lost", self.dead_letters_lost));
+        }
+        s
+    }
+}
+
+/// A running bridge.
+pub struct Bridge {
+    table: table::Table,
+    stats: Arc<Stats>,
+    inbound: Outbox,
+    outbound: Outbox,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bridge")
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+const META: TableDefinition<&str, &str> = TableDefinition::new("bridge.meta");
+
+/// This database's epoch: outbox positions restart with a new database, so
+/// ids name the database they were numbered in.
+fn epoch(db: &Database) -> Result<String, String> {
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    let epoch = {
+        let mut t = txn.open_table(META).map_err(|e| e.to_string())?;
+        let existing = redb::ReadableTable::get(&t, "epoch")
+            .map_err(|e| e.to_string())?
+            .map(|v| v.value().to_owned());
+        match existing {
+            Some(e) => e,
+            None => {
+                use std::hash::{BuildHasher, Hasher};
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u128(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos()),
+                );
+                h.write_u32(std::process::id());
+                let e = format!("{:08x}", h.finish() as u32);
+                t.insert("epoch", e.as_str()).map_err(|e| e.to_string())?;
+                e
+            }
+        }
+    };
+    txn.commit().map_err(|e| e.to_string())?;
+    Ok(epoch)
+}
+
+impl Bridge {
+    /// Opens the bridge's store and starts its sessions and forwarders; they
+    /// connect (and reconnect, with backoff) on their own.
+    pub fn start(config: BridgeConfig) -> Result<Bridge, BridgeError> {
+        let path = config.data_dir.as_ref().map_or_else(
+            || "(memory)".to_owned(),
+            |d| d.join("bridge.redb").display().to_string(),
+        );
+        let store = |cause: String| BridgeError::Store {
+            path: path.clone(),
+            cause,
+        };
+        let db = match &config.data_dir {
+            Some(dir) => {
+                Database::create(dir.join("bridge.redb")).map_err(|e| store(e.to_string()))?
+            }
+            None => Database::builder()
+                .create_with_backend(redb::backends::InMemoryBackend::new())
+                .map_err(|e| store(e.to_string()))?,
+        };
+        let db = Arc::new(db);
+        let epoch = epoch(&db).map_err(store)?;
+        let table = table::Table::open(Arc::clone(&db)).map_err(|e| store(e.to_string()))?;
+        let inbound = Outbox::open(Arc::clone(&db), "in", config.capacity)
+            .map_err(|e| store(e.to_string()))?;
+        let outbound = Outbox::open(Arc::clone(&db), "out", config.capacity)
+            .map_err(|e| store(e.to_string()))?;
+        let stats = Arc::new(Stats::default());
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let gw = &config.gateway;
+        let spec = |url: &BrokerUrl, role: &str, persistent: bool| ClientSpec {
+            url: url.clone(),
+            client_id: format!("continuum-bridge-{gw}-{role}"),
+            persistent,
+            manual_acks: persistent,
+            keep_alive: config.keep_alive,
+            will: None,
+            max_packet: (config.max_payload as u32).saturating_mul(2).max(1 << 20),
+        };
+        let dead = deadletter::start(
+            spec(&config.local, "dlq", false),
+            Arc::clone(&stats),
+            config.max_payload,
+            cancel.child_token(),
+        );
+        let status_topic = format!("continuum/gateways/{gw}/status");
+        let status = |online: bool| {
+            serde_json::json!({"gateway": gw, "online": online})
+                .to_string()
+                .into_bytes()
+        };
+        let announce = Announce {
+            topic: status_topic.clone(),
+            online: status(true),
+            offline: status(false),
+        };
+        let origin = |d: Direction| format!("{gw}/{}/", d.as_str());
+        for d in [Direction::In, Direction::Out] {
+            let (source, dest, outbox) = match d {
+                Direction::In => (&config.global, &config.local, &inbound),
+                Direction::Out => (&config.local, &config.global, &outbound),
+            };
+            let notify = Arc::new(Notify::new());
+            let mut session_spec = spec(source, d.as_str(), true);
+            if d == Direction::In {
+                session_spec.will = Some(LastWill::new(
+                    status_topic.clone(),
+                    announce.offline.clone(),
+                    QoS::AtLeastOnce,
+                    true,
+                    None,
+                ));
+            }
+            let session = Session {
+                direction: d,
+                spec: session_spec,
+                routes: table.watch(d),
+                outbox: outbox.clone(),
+                notify: Arc::clone(&notify),
+                stats: Arc::clone(&stats),
+                dead: dead.clone(),
+                max_payload: config.max_payload,
+                own_origin: origin(match d {
+                    Direction::In => Direction::Out,
+                    Direction::Out => Direction::In,
+                }),
+                announce: (d == Direction::In).then(|| announce.clone()),
+            };
+            let forwarder = forward::Forwarder {
+                direction: d,
+                spec: spec(dest, &format!("{}-fwd", d.as_str()), false),
+                outbox: outbox.clone(),
+                notify,
+                stats: Arc::clone(&stats),
+                dead: dead.clone(),
+                origin: format!("{}{epoch}", origin(d)),
+                window: config.window.max(1),
+            };
+            let span = tracing::info_span!("bridge", direction = d.as_str());
+            tasks.spawn(session.run(cancel.child_token()).instrument(span.clone()));
+            tasks.spawn(forwarder.run(cancel.child_token()).instrument(span));
+        }
+        tasks.close();
+        tracing::info!(global = %config.global, local = %config.local, "bridge started");
+        Ok(Bridge {
+            table,
+            stats,
+            inbound,
+            outbound,
+            cancel,
+            tasks,
+        })
+    }
+
+    /// Makes `owner`'s routes exactly `routes` (durably; subscriptions follow).
+    pub fn set_routes(&self, owner: &str, routes: Vec<Route>) -> Result<(), String> {
+        self.table.set(owner, routes).map_err(|e| e.to_string())
+    }
+
+    /// The routes carried, by owner.
+    pub fn routes(&self) -> BTreeMap<String, Vec<Route>> {
+        self.table.all()
+    }
+
+    pub fn status(&self) -> BridgeStatus {
+        let dir = |d: Direction, o: &Outbox| {
+            let c = self.stats.of(d);
+            DirectionStatus {
+                received: get(&c.received),
+                forwarded: get(&c.forwarded),
+                duplicates: get(&c.duplicates),
+                dead_lettered: get(&c.dead_lettered),
+                queued: o.len().unwrap_or(0),
+                dropped: o.dropped().unwrap_or(0),
+            }
+        };
+        BridgeStatus {
+            global: self.stats.link(true),
+            local: self.stats.link(false),
+            inbound: dir(Direction::In, &self.inbound),
+            outbound: dir(Direction::Out, &self.outbound),
+            dead_letters_lost: get(&self.stats.dead_letter_lost),
+        }
+    }
+
+    /// Says goodbye on the global bus and stops every task.
+    pub async fn stop(&self) {
+        self.cancel.cancel();
+        self.tasks.wait().await;
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}

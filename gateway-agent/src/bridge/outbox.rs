@@ -26,6 +26,20 @@ pub struct Message {
     pub publisher: String,
     #[prost(uint64, tag = "6")]
     pub seq: u64,
+    /// The message's other MQTT 5 user properties, passed on.
+    #[prost(message, repeated, tag = "7")]
+    pub properties: Vec<Property>,
+    /// The route it travels on (its owner), for dead letters.
+    #[prost(string, tag = "8")]
+    pub owner: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Property {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,13 +190,19 @@ impl Outbox {
 
     /// Up to `max` of the oldest messages, with their positions, oldest first.
     pub fn peek(&self, max: usize) -> Result<Vec<(u64, Message)>, OutboxError> {
+        self.peek_after(0, max)
+    }
+
+    /// Up to `max` messages after position `after`, oldest first.
+    pub fn peek_after(&self, after: u64, max: usize) -> Result<Vec<(u64, Message)>, OutboxError> {
         let q = queue(&self.name);
         let txn = self.db.begin_read().map_err(|e| self.error(e))?;
         let queue = txn
             .open_table(TableDefinition::<u64, &[u8]>::new(&q))
             .map_err(|e| self.error(e))?;
         let mut out = Vec::new();
-        for entry in queue.iter().map_err(|e| self.error(e))?.take(max) {
+        let from = after.saturating_add(1);
+        for entry in queue.range(from..).map_err(|e| self.error(e))?.take(max) {
             let (k, v) = entry.map_err(|e| self.error(e))?;
             let msg = Message::decode(v.value()).map_err(|e| self.error(e))?;
             out.push((k.value(), msg));
@@ -246,6 +266,7 @@ mod tests {
             retain: false,
             publisher: "p".into(),
             seq: n,
+            ..Message::default()
         }
     }
 

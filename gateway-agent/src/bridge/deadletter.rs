@@ -1,0 +1,119 @@
+//! Dead letters: messages the bridge cannot carry (malformed, oversized, or
+//! refused by the destination) go to `/<owner>/dlq` on the local broker, with
+//! the reason and the original topic in user properties. Counted and logged;
+//! the bridge never stalls on them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use continuum_models::route::Direction;
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
+use rumqttc::v5::mqttbytes::QoS;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::mqtt::{connect, pump, ClientSpec, Conn};
+use super::stats::{add, Stats};
+
+pub const REASON_PROPERTY: &str = "continuum-dlq-reason";
+pub const TOPIC_PROPERTY: &str = "continuum-dlq-topic";
+
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// `/<owner>/dlq`.
+    pub topic: String,
+    pub original_topic: String,
+    pub reason: String,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeadLetters {
+    tx: mpsc::Sender<DeadLetter>,
+    stats: Arc<Stats>,
+    /// Payloads longer than this are cut to it (the reason keeps the size).
+    pub max_payload: usize,
+}
+
+impl DeadLetters {
+    /// Sends `letter` (met going `direction`) to its dead-letter topic; never waits.
+    pub fn send(&self, direction: Direction, mut letter: DeadLetter) {
+        add(&self.stats.of(direction).dead_lettered, 1);
+        tracing::warn!(topic = %letter.original_topic, reason = %letter.reason, dlq = %letter.topic, "dead-lettered");
+        letter.payload.truncate(self.max_payload);
+        if self.tx.try_send(letter).is_err() {
+            add(&self.stats.dead_letter_lost, 1);
+            tracing::error!("dead-letter queue full: a dead letter is lost (counted)");
+        }
+    }
+}
+
+pub fn start(
+    spec: ClientSpec,
+    stats: Arc<Stats>,
+    max_payload: usize,
+    cancel: CancellationToken,
+) -> DeadLetters {
+    let (tx, mut rx) = mpsc::channel::<DeadLetter>(1024);
+    let handle = DeadLetters {
+        tx,
+        stats: Arc::clone(&stats),
+        max_payload,
+    };
+    tokio::spawn(async move {
+        let mut attempt = 0u32;
+        loop {
+            let (client, eventloop) = connect(&spec, 64);
+            let mut events = pump(eventloop);
+            let connected = loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    ev = events.recv() => match ev {
+                        Some(Conn::Connected) => break true,
+                        Some(Conn::Event(_)) => {}
+                        Some(Conn::Lost(_)) | None => break false,
+                    }
+                }
+            };
+            if connected {
+                attempt = 0;
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        ev = events.recv() => match ev {
+                            Some(Conn::Lost(_)) | None => break,
+                            _ => {}
+                        },
+                        letter = rx.recv() => {
+                            let Some(l) = letter else { return };
+                            let props = PublishProperties {
+                                user_properties: vec![
+                                    (REASON_PROPERTY.to_owned(), l.reason.clone()),
+                                    (TOPIC_PROPERTY.to_owned(), l.original_topic.clone()),
+                                ],
+                                ..PublishProperties::default()
+                            };
+                            match client
+                                .publish_with_properties(l.topic.clone(), QoS::AtLeastOnce, false, l.payload, props)
+                                .await
+                            {
+                                Ok(()) => {}
+                                Err(e) => {
+                                    add(&stats.dead_letter_lost, 1);
+                                    tracing::error!(error = %e, "a dead letter could not be published (counted)");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let wait = crate::link::backoff(attempt, Duration::from_secs(10));
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    });
+    handle
+}

@@ -1,0 +1,321 @@
+//! One direction's session on its source broker: subscribes to the filters of
+//! the direction's routes (persistent session, QoS 1, manual acknowledgements)
+//! and takes each message into the outbox before acknowledging it, so a crash
+//! at any point loses nothing; a message redelivered with an id already taken
+//! is recognised and acknowledged without being taken twice.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use continuum_bus::MessageId;
+use continuum_models::route::Direction;
+use continuum_models::topic;
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event};
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::deadletter::{DeadLetter, DeadLetters};
+use super::mqtt::{connect, explain, pump, ClientSpec, Conn};
+use super::outbox::{Message, Outbox, Property};
+use super::stats::{add, LinkState, Stats};
+use super::table::{filters, RouteSet};
+
+/// Announces the gateway on the global bus: a retained status, replaced by
+/// the broker with the last will when the connection is lost.
+#[derive(Debug, Clone)]
+pub struct Announce {
+    pub topic: String,
+    pub online: Vec<u8>,
+    pub offline: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub direction: Direction,
+    pub spec: ClientSpec,
+    pub routes: watch::Receiver<RouteSet>,
+    pub outbox: Outbox,
+    pub notify: Arc<Notify>,
+    pub stats: Arc<Stats>,
+    pub dead: DeadLetters,
+    pub max_payload: usize,
+    /// Origins of this gateway's own forwarders in the other direction: what
+    /// they published comes back here only through a loop, and is not taken.
+    pub own_origin: String,
+    pub announce: Option<Announce>,
+}
+
+const BATCH: usize = 512;
+
+impl Session {
+    fn global(&self) -> bool {
+        self.direction == Direction::In
+    }
+
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut attempt = 0u32;
+        loop {
+            self.stats.set_link(self.global(), LinkState::Connecting);
+            let (client, eventloop) = connect(&self.spec, BATCH * 2);
+            let mut events = pump(eventloop);
+            let why = self
+                .connected(&client, &mut events, &cancel, &mut attempt)
+                .await;
+            match why {
+                None => return,
+                Some(why) => self.stats.set_link(self.global(), LinkState::Down(why)),
+            }
+            let wait = crate::link::backoff(attempt, Duration::from_secs(10));
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Serves one connection. `None`: cancelled; `Some(why)`: lost.
+    async fn connected(
+        &mut self,
+        client: &AsyncClient,
+        events: &mut tokio::sync::mpsc::Receiver<Conn>,
+        cancel: &CancellationToken,
+        attempt: &mut u32,
+    ) -> Option<String> {
+        let url = self.spec.url.clone();
+        // Wait for the broker's welcome.
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return None,
+                ev = events.recv() => match ev {
+                    Some(Conn::Connected) => break,
+                    Some(Conn::Event(_)) => {}
+                    Some(Conn::Lost(e)) => return Some(explain(&url, &e)),
+                    None => return Some(format!("{url}: connection ended")),
+                }
+            }
+        }
+        *attempt = 0;
+        self.stats.set_link(self.global(), LinkState::Connected);
+        let mut subscribed: BTreeSet<String> = BTreeSet::new();
+        if let Err(e) = self.resubscribe(client, &mut subscribed).await {
+            return Some(e);
+        }
+        if let Some(a) = &self.announce {
+            if let Err(e) = client
+                .publish(a.topic.clone(), QoS::AtLeastOnce, true, a.online.clone())
+                .await
+            {
+                return Some(format!("cannot announce the gateway: {e}"));
+            }
+        }
+        let mut batch: Vec<Publish> = Vec::with_capacity(BATCH);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    self.goodbye(client, events).await;
+                    return None;
+                }
+                changed = self.routes.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                    if let Err(e) = self.resubscribe(client, &mut subscribed).await {
+                        return Some(e);
+                    }
+                }
+                ev = events.recv() => {
+                    let mut next = ev;
+                    // Take every message already here, then commit them together.
+                    loop {
+                        match next {
+                            Some(Conn::Event(Event::Incoming(Packet::Publish(p)))) => batch.push(p),
+                            Some(Conn::Lost(e)) => {
+                                // What was taken but not acknowledged comes again.
+                                return Some(explain(&url, &e));
+                            }
+                            None => return Some(format!("{url}: connection ended")),
+                            _ => {}
+                        }
+                        if batch.len() >= BATCH {
+                            break;
+                        }
+                        match events.try_recv() {
+                            Ok(ev) => next = Some(ev),
+                            Err(_) => break,
+                        }
+                    }
+                    if !batch.is_empty() {
+                        if let Err(e) = self.take(client, &mut batch).await {
+                            return Some(e);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Subscribes to the filters of the current routes not yet subscribed,
+    /// and unsubscribes from those no route needs any more.
+    async fn resubscribe(
+        &mut self,
+        client: &AsyncClient,
+        subscribed: &mut BTreeSet<String>,
+    ) -> Result<(), String> {
+        let want = filters(&self.routes.borrow_and_update());
+        let add: Vec<Filter> = want
+            .difference(subscribed)
+            .map(|f| Filter::new(f.clone(), QoS::AtLeastOnce))
+            .collect();
+        if !add.is_empty() {
+            client
+                .subscribe_many(add)
+                .await
+                .map_err(|e| format!("cannot subscribe: {e}"))?;
+        }
+        for gone in subscribed.difference(&want) {
+            client
+                .unsubscribe(gone.clone())
+                .await
+                .map_err(|e| format!("cannot unsubscribe: {e}"))?;
+        }
+        *subscribed = want;
+        Ok(())
+    }
+
+    /// Takes a batch into the outbox durably, then acknowledges it.
+    async fn take(&mut self, client: &AsyncClient, batch: &mut Vec<Publish>) -> Result<(), String> {
+        let routes = Arc::clone(&self.routes.borrow());
+        let mut messages: Vec<Message> = Vec::with_capacity(batch.len());
+        for p in batch.iter() {
+            self.route(p, &routes, &mut messages);
+        }
+        let pushed = self
+            .outbox
+            .push_new(&messages)
+            .map_err(|e| format!("cannot keep messages: {e}"))?;
+        add(&self.stats.of(self.direction).received, pushed.appended);
+        add(&self.stats.of(self.direction).duplicates, pushed.duplicates);
+        if pushed.appended > 0 {
+            self.notify.notify_one();
+        }
+        for p in batch.drain(..) {
+            client
+                .ack(&p)
+                .await
+                .map_err(|e| format!("cannot acknowledge: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The outbox messages one received message becomes: one per route it
+    /// matches, or a dead letter.
+    fn route(
+        &self,
+        p: &Publish,
+        routes: &[continuum_models::route::Route],
+        out: &mut Vec<Message>,
+    ) {
+        let Ok(topic) = std::str::from_utf8(&p.topic) else {
+            // A broker never sends this; nothing can route it.
+            tracing::warn!("a message with a topic that is not UTF-8 is ignored");
+            return;
+        };
+        let matching: Vec<&continuum_models::route::Route> = routes
+            .iter()
+            .filter(|r| topic::matches(&r.filter, topic))
+            .collect();
+        let props: &[(String, String)] = p
+            .properties
+            .as_ref()
+            .map_or(&[], |pr| pr.user_properties.as_slice());
+        let dead = |reason: String| {
+            for r in &matching {
+                self.dead.send(
+                    self.direction,
+                    DeadLetter {
+                        topic: r.dead_letter_topic(),
+                        original_topic: topic.to_owned(),
+                        reason: reason.clone(),
+                        payload: p.payload.to_vec(),
+                    },
+                );
+            }
+        };
+        let id = match MessageId::from_properties(props) {
+            Ok(id) => id,
+            Err(e) => return dead(format!("malformed: {e}")),
+        };
+        if p.payload.len() > self.max_payload {
+            return dead(format!(
+                "oversized: {} bytes, more than the bridge's limit of {}",
+                p.payload.len(),
+                self.max_payload
+            ));
+        }
+        if id
+            .as_ref()
+            .is_some_and(|i| i.origin.starts_with(&self.own_origin))
+        {
+            return; // our own message, looped back by a route in the other direction
+        }
+        let properties: Vec<Property> = props
+            .iter()
+            .filter(|(k, _)| k != continuum_bus::ID_PROPERTY)
+            .map(|(k, v)| Property {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect();
+        for r in matching {
+            let dest = r.destination_topic(topic);
+            let (publisher, seq) = match &id {
+                Some(i) => (format!("{}\u{1f}{topic}\u{1f}{dest}", i.origin), i.seq),
+                None => (String::new(), 0),
+            };
+            out.push(Message {
+                topic: dest,
+                payload: p.payload.to_vec(),
+                qos: 1,
+                retain: p.retain,
+                publisher,
+                seq,
+                properties: properties.clone(),
+                owner: r.owner.clone(),
+            });
+        }
+    }
+
+    /// A clean goodbye: the status says offline (a clean disconnect
+    /// suppresses the will), then the connection closes.
+    async fn goodbye(&self, client: &AsyncClient, events: &mut tokio::sync::mpsc::Receiver<Conn>) {
+        if let Some(a) = &self.announce {
+            let _ = client
+                .publish(a.topic.clone(), QoS::AtLeastOnce, true, a.offline.clone())
+                .await;
+            // Wait (briefly) for the broker to take it.
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while let Some(ev) = events.recv().await {
+                    match ev {
+                        Conn::Event(Event::Incoming(Packet::PubAck(_))) => break,
+                        Conn::Lost(_) => return,
+                        _ => {}
+                    }
+                }
+            })
+            .await;
+        }
+        let _ = client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(ev) = events.recv().await {
+                if matches!(ev, Conn::Lost(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}

@@ -1,0 +1,99 @@
+//! The bridge's routes as the engine sees them: one trait, the real bridge
+//! behind it, an in-memory fake for tests, and `NoBridge` for a gateway that
+//! runs none.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use continuum_models::route::Route;
+
+use crate::bridge::stats::LinkState;
+use crate::bridge::Bridge;
+use crate::engine::{State, Status};
+
+pub trait Routing: std::fmt::Debug + Send + Sync + 'static {
+    /// Makes `owner`'s routes exactly `routes`.
+    fn set(&self, owner: &str, routes: Vec<Route>) -> Result<(), String>;
+    /// The routes carried, by owner.
+    fn routes(&self) -> BTreeMap<String, Vec<Route>>;
+    /// Whether routes can be carried at all.
+    fn enabled(&self) -> bool {
+        true
+    }
+    /// The bridge's state for `continuum status`, if there is a bridge.
+    fn health(&self) -> Option<Status> {
+        None
+    }
+}
+
+impl Routing for Bridge {
+    fn set(&self, owner: &str, routes: Vec<Route>) -> Result<(), String> {
+        self.set_routes(owner, routes)
+    }
+
+    fn routes(&self) -> BTreeMap<String, Vec<Route>> {
+        Bridge::routes(self)
+    }
+
+    fn health(&self) -> Option<Status> {
+        let s = self.status();
+        let refused = [&s.global, &s.local]
+            .iter()
+            .any(|l| matches!(l, LinkState::Down(why) if why.contains("refused")));
+        let state = if refused {
+            State::Failed
+        } else if s.global == LinkState::Connected && s.local == LinkState::Connected {
+            State::Running
+        } else {
+            State::Pending
+        };
+        Some(Status {
+            state,
+            reason: s.summary(),
+        })
+    }
+}
+
+/// A gateway without a bridge: routing anything is an error that says so.
+#[derive(Debug, Default)]
+pub struct NoBridge;
+
+impl Routing for NoBridge {
+    fn set(&self, owner: &str, routes: Vec<Route>) -> Result<(), String> {
+        if routes.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "`{owner}` needs the bridge ({}), but this gateway agent runs none (started with --no-bridge)",
+            routes[0]
+        ))
+    }
+
+    fn routes(&self) -> BTreeMap<String, Vec<Route>> {
+        BTreeMap::new()
+    }
+
+    fn enabled(&self) -> bool {
+        false
+    }
+}
+
+/// Routes kept in memory (unit tests).
+#[derive(Debug, Default)]
+pub struct MemoryRouting(Mutex<BTreeMap<String, Vec<Route>>>);
+
+impl Routing for MemoryRouting {
+    fn set(&self, owner: &str, routes: Vec<Route>) -> Result<(), String> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if routes.is_empty() {
+            m.remove(owner);
+        } else {
+            m.insert(owner.to_owned(), routes);
+        }
+        Ok(())
+    }
+
+    fn routes(&self) -> BTreeMap<String, Vec<Route>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
