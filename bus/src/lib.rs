@@ -6,6 +6,8 @@
 pub mod args;
 pub mod broker;
 pub mod id;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod url;
 
 pub use broker::{BrokerConfig, BrokerError, EmbeddedBroker};

@@ -93,8 +93,8 @@ pub struct BridgeArgs {
     /// ones are dead-lettered.
     #[arg(long, default_value_t = 256 * 1024)]
     pub bridge_max_payload: usize,
-    /// MQTT keep-alive of the bridge's connections, in seconds (a cut link
-    /// is noticed after 1.5 times this).
+    /// MQTT keep-alive of the bridge's connections, in seconds, at least 5
+    /// (a cut link is noticed after 1.5 times this).
     #[arg(long, default_value_t = 10.0)]
     pub bus_keepalive: f64,
 }
@@ -215,6 +215,9 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
         bc.capacity = config.bridge.outbox_capacity;
         bc.max_payload = config.bridge.bridge_max_payload;
         bc.keep_alive = seconds("bus-keepalive", config.bridge.bus_keepalive)?;
+        if bc.keep_alive < Duration::from_secs(5) {
+            anyhow::bail!("--bus-keepalive must be at least 5 seconds");
+        }
         let b = Bridge::start(bc).context("the bridge")?;
         Some(Arc::new(b))
     };

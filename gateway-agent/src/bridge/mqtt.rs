@@ -24,7 +24,8 @@ pub struct ClientSpec {
 
 pub fn connect(spec: &ClientSpec, capacity: usize) -> (AsyncClient, EventLoop) {
     let mut o = MqttOptions::new(&spec.client_id, &spec.url.host, spec.url.port);
-    o.set_keep_alive(spec.keep_alive)
+    // rumqttc refuses keep-alives under 5 s.
+    o.set_keep_alive(spec.keep_alive.max(Duration::from_secs(5)))
         .set_clean_start(!spec.persistent)
         .set_manual_acks(spec.manual_acks)
         .set_connection_timeout(10)

@@ -1,0 +1,378 @@
+//! Test support with real parts (feature `testing`): a Mosquitto broker per
+//! test on a port of its own, stopped on drop; and a probe client that
+//! publishes numbered messages with ids and records what it receives. Used by
+//! the bridge's interop, loss and benchmark code.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+
+use crate::id::{Dedup, MessageId, ID_PROPERTY};
+use crate::url::BrokerUrl;
+
+/// Whether `program` is installed; in CI (`CI=true`) its absence fails the test.
+pub fn require(program: &str, package: &str) -> bool {
+    let ok = Command::new(program)
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !ok {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true but `{program}` is not installed (Debian's {package})");
+        }
+        eprintln!("skipped: `{program}` is not installed (Debian's {package})");
+    }
+    ok
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Waits for `cond` to give a value, or panics naming `what`.
+pub fn wait_for<T>(what: &str, within: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A Mosquitto broker: persistent (sessions and queued messages survive a
+/// stop and start), unbounded queues (its defaults drop QoS 1 messages under
+/// a burst), on its own port. Stopped on drop.
+#[derive(Debug)]
+pub struct Mosquitto {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    config: PathBuf,
+    /// Run through `ip netns exec <ns>` when set.
+    netns: Option<String>,
+}
+
+impl Mosquitto {
+    /// Starts one on 127.0.0.1; `extra` is appended to its configuration.
+    pub fn start(dir: &Path, name: &str, extra: &str) -> Mosquitto {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .unwrap_or_else(|_| unreachable!());
+        Mosquitto::start_at(dir, name, addr, None, extra)
+    }
+
+    /// Starts one on `addr`, inside network namespace `netns` if given.
+    pub fn start_at(
+        dir: &Path,
+        name: &str,
+        addr: SocketAddr,
+        netns: Option<&str>,
+        extra: &str,
+    ) -> Mosquitto {
+        let data = dir.join(name);
+        std::fs::create_dir_all(&data).expect("mosquitto's directory");
+        let config = data.join("mosquitto.conf");
+        let text = format!(
+            "user root\nlistener {port} {ip}\nallow_anonymous true\npersistence true\npersistence_location {data}/\n\
+             max_queued_messages 0\nmax_inflight_messages 0\nlog_dest file {data}/mosquitto.log\n{extra}\n",
+            port = addr.port(),
+            ip = addr.ip(),
+            data = data.display()
+        );
+        std::fs::write(&config, text).expect("mosquitto's configuration");
+        let mut m = Mosquitto {
+            child: None,
+            addr,
+            config,
+            netns: netns.map(str::to_owned),
+        };
+        m.resume();
+        m
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn url(&self) -> BrokerUrl {
+        format!("mqtt://{}", self.addr)
+            .parse()
+            .unwrap_or_else(|_| unreachable!())
+    }
+
+    /// Stops it the way an operator would (SIGTERM: it saves its state).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port, with the state it saved.
+    pub fn resume(&mut self) {
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "mosquitto"]);
+                c
+            }
+            None => Command::new("mosquitto"),
+        };
+        let child = cmd
+            .arg("-c")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto starts");
+        self.child = Some(child);
+        let addr = self.addr;
+        if self.netns.is_none() {
+            wait_for("mosquitto to listen", Duration::from_secs(10), || {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
+            });
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A message a probe received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub id: Option<MessageId>,
+    pub properties: Vec<(String, String)>,
+    pub retain: bool,
+}
+
+impl Received {
+    /// The number a numbered message carries (its payload's first 8 bytes).
+    pub fn number(&self) -> Option<u64> {
+        self.payload
+            .get(..8)
+            .map(|b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])))
+    }
+}
+
+/// An MQTT 5 client for tests: a persistent session that reconnects on its
+/// own (and re-sends what was not acknowledged, as MQTT requires), recording
+/// what arrives and counting the acknowledgements of what it publishes.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub client: AsyncClient,
+    received: Arc<Mutex<Vec<Received>>>,
+    acked: Arc<AtomicU64>,
+    connections: Arc<AtomicU64>,
+}
+
+impl Probe {
+    /// Connects (from a Tokio runtime); `persistent`: the broker keeps the
+    /// session while the probe is away.
+    pub fn connect(url: &BrokerUrl, client_id: &str, persistent: bool) -> Probe {
+        let mut o = MqttOptions::new(client_id, &url.host, url.port);
+        o.set_keep_alive(Duration::from_secs(5))
+            .set_clean_start(!persistent)
+            .set_connection_timeout(5);
+        if persistent {
+            o.set_session_expiry_interval(Some(u32::MAX));
+        }
+        if let Some((u, p)) = &url.credentials {
+            o.set_credentials(u, p);
+        }
+        let (client, mut eventloop) = AsyncClient::new(o, 1024);
+        let probe = Probe {
+            client,
+            received: Arc::default(),
+            acked: Arc::default(),
+            connections: Arc::default(),
+        };
+        let (received, acked, connections) = (
+            Arc::clone(&probe.received),
+            Arc::clone(&probe.acked),
+            Arc::clone(&probe.connections),
+        );
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let props = p
+                            .properties
+                            .map(|pr| pr.user_properties)
+                            .unwrap_or_default();
+                        let r = Received {
+                            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                            payload: p.payload.to_vec(),
+                            id: MessageId::from_properties(&props).ok().flatten(),
+                            properties: props,
+                            retain: p.retain,
+                        };
+                        received.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        connections.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    // The broker is away: try again (a real client's backoff, short).
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        probe
+    }
+
+    /// Waits (from a Tokio runtime) until the probe is connected.
+    pub async fn connected(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.connections.load(Ordering::Relaxed) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the probe did not connect within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn subscribe(&self, filter: &str) {
+        self.client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe request");
+    }
+
+    /// Publishes messages numbered `numbers` on `topic` at QoS 1, `size`
+    /// bytes each (the number first), with ids `<origin>:<number>` if an
+    /// origin is given.
+    pub async fn publish_numbered(
+        &self,
+        topic: &str,
+        numbers: std::ops::RangeInclusive<u64>,
+        size: usize,
+        origin: Option<&str>,
+    ) {
+        for n in numbers {
+            let mut payload = n.to_be_bytes().to_vec();
+            payload.resize(size.max(8), b'.');
+            let props = PublishProperties {
+                user_properties: origin
+                    .map(|o| vec![(ID_PROPERTY.to_owned(), format!("{o}:{n}"))])
+                    .unwrap_or_default(),
+                ..PublishProperties::default()
+            };
+            self.client
+                .publish_with_properties(topic, QoS::AtLeastOnce, false, payload, props)
+                .await
+                .expect("publish request");
+        }
+    }
+
+    /// Publications the broker has acknowledged.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Received messages on topics matching `pred`.
+    pub fn received_on(&self, topic: &str) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.topic == topic)
+            .collect()
+    }
+
+    pub fn clear(&self) {
+        self.received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+/// What a numbered stream looked like to an idempotent consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tally {
+    /// Numbers taken after de-duplication by id, in arrival order.
+    pub taken: Vec<u64>,
+    /// Redeliveries recognised by their id.
+    pub redelivered: u64,
+    /// Redeliveries whose id was recognised but whose content differed from
+    /// the original (there must be none: an id names one message).
+    pub mismatched: u64,
+}
+
+impl Tally {
+    pub fn of(received: &[Received]) -> Tally {
+        let mut dedup = Dedup::new();
+        let mut by_id = std::collections::HashMap::new();
+        let mut taken = Vec::new();
+        let mut mismatched = 0;
+        for r in received {
+            if dedup.accept(&r.topic, r.id.as_ref()) {
+                if let Some(id) = &r.id {
+                    by_id.insert(id.clone(), r.payload.clone());
+                }
+                taken.push(r.number().unwrap_or(0));
+            } else if r.id.as_ref().and_then(|i| by_id.get(i)) != Some(&r.payload) {
+                mismatched += 1;
+            }
+        }
+        Tally {
+            taken,
+            redelivered: dedup.duplicates(),
+            mismatched,
+        }
+    }
+
+    /// Panics unless 1..=n were each taken exactly once, in order.
+    pub fn assert_exactly_once_in_order(&self, n: u64, what: &str) {
+        assert_eq!(
+            self.mismatched, 0,
+            "{what}: an id named two different messages"
+        );
+        let expected: Vec<u64> = (1..=n).collect();
+        if self.taken != expected {
+            let missing = (1..=n).filter(|k| !self.taken.contains(k)).count();
+            let mut seen = std::collections::HashSet::new();
+            let dup = self.taken.iter().filter(|k| !seen.insert(**k)).count();
+            let out_of_order = self.taken.windows(2).filter(|w| w[0] >= w[1]).count();
+            panic!(
+                "{what}: {} taken, {missing} missing, {dup} taken twice, {out_of_order} out of order (first numbers: {:?})",
+                self.taken.len(),
+                &self.taken[..self.taken.len().min(20)]
+            );
+        }
+    }
+}
