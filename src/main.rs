@@ -108,7 +108,7 @@ enum Command {
     /// Run the orchestrator.
     Serve(commands::serve::Args),
     /// Run a gateway agent (the same as `continuum-gateway`).
-    Gateway(continuum_gateway::cli::Args),
+    Gateway(Box<continuum_gateway::cli::Args>),
     /// Submit a megamodel to the orchestrator as a new revision.
     Apply {
         /// The megamodel file (the templates its functions name are sent along).
@@ -254,7 +254,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve(args) => commands::serve::run(args),
-        Command::Gateway(args) => continuum_gateway::cli::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Gateway(args) => continuum_gateway::cli::run(*args).map(|()| ExitCode::SUCCESS),
         Command::Apply {
             file,
             base,

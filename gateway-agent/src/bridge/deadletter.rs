@@ -70,7 +70,7 @@ pub fn start(
                     _ = cancel.cancelled() => return,
                     ev = events.recv() => match ev {
                         Some(Conn::Connected) => break true,
-                        Some(Conn::Event(_)) => {}
+                        Some(Conn::Publish(_) | Conn::Sent(_) | Conn::Acked(..)) => {}
                         Some(Conn::Lost(_)) | None => break false,
                     }
                 }

@@ -9,11 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use continuum_models::route::Direction;
-use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PublishProperties};
+use rumqttc::v5::mqttbytes::v5::{PubAckReason, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event};
-use rumqttc::Outgoing;
-use tokio::sync::mpsc::Receiver;
+use rumqttc::v5::AsyncClient;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -72,7 +70,7 @@ impl Forwarder {
     async fn connected(
         &self,
         client: &AsyncClient,
-        events: &mut Receiver<Conn>,
+        events: &mut tokio::sync::mpsc::UnboundedReceiver<Conn>,
         cancel: &CancellationToken,
         attempt: &mut u32,
     ) -> Option<String> {
@@ -82,7 +80,7 @@ impl Forwarder {
                 _ = cancel.cancelled() => return None,
                 ev = events.recv() => match ev {
                     Some(Conn::Connected) => break,
-                    Some(Conn::Event(_)) => {}
+                    Some(Conn::Publish(_) | Conn::Sent(_) | Conn::Acked(..)) => {}
                     Some(Conn::Lost(e)) => return Some(explain(&url, &e)),
                     None => return Some(format!("{url}: connection ended")),
                 }
@@ -128,19 +126,19 @@ impl Forwarder {
             let mut next = ev;
             loop {
                 match next {
-                    Some(Conn::Event(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+                    Some(Conn::Sent(pkid)) => {
                         if let Some(f) = inflight.iter_mut().find(|f| f.pkid.is_none()) {
                             f.pkid = Some(pkid);
                         }
                     }
-                    Some(Conn::Event(Event::Incoming(Packet::PubAck(ack)))) => {
+                    Some(Conn::Acked(pkid, reason)) => {
                         if let Some(f) = inflight
                             .iter_mut()
-                            .find(|f| f.pkid == Some(ack.pkid) && !f.done)
+                            .find(|f| f.pkid == Some(pkid) && !f.done)
                         {
                             f.done = true;
                             if !matches!(
-                                ack.reason,
+                                reason,
                                 PubAckReason::Success | PubAckReason::NoMatchingSubscribers
                             ) {
                                 self.dead.send(
@@ -148,7 +146,7 @@ impl Forwarder {
                                     DeadLetter {
                                         topic: format!("/{}/dlq", f.owner),
                                         original_topic: f.topic.clone(),
-                                        reason: format!("refused by {url}: {:?}", ack.reason),
+                                        reason: format!("refused by {url}: {reason:?}"),
                                         payload: std::mem::take(&mut f.payload),
                                     },
                                 );

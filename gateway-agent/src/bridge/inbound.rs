@@ -11,9 +11,9 @@ use std::time::Duration;
 use continuum_bus::MessageId;
 use continuum_models::route::Direction;
 use continuum_models::topic;
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish};
+use rumqttc::v5::mqttbytes::v5::{Filter, Publish};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event};
+use rumqttc::v5::AsyncClient;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -59,7 +59,8 @@ impl Session {
         let mut attempt = 0u32;
         loop {
             self.stats.set_link(self.global(), LinkState::Connecting);
-            let (client, eventloop) = connect(&self.spec, BATCH * 2);
+            let (client, eventloop) =
+                connect(&self.spec, usize::from(super::mqtt::RECEIVE_MAXIMUM) * 2);
             let mut events = pump(eventloop);
             let why = self
                 .connected(&client, &mut events, &cancel, &mut attempt)
@@ -81,7 +82,7 @@ impl Session {
     async fn connected(
         &mut self,
         client: &AsyncClient,
-        events: &mut tokio::sync::mpsc::Receiver<Conn>,
+        events: &mut tokio::sync::mpsc::UnboundedReceiver<Conn>,
         cancel: &CancellationToken,
         attempt: &mut u32,
     ) -> Option<String> {
@@ -92,7 +93,7 @@ impl Session {
                 _ = cancel.cancelled() => return None,
                 ev = events.recv() => match ev {
                     Some(Conn::Connected) => break,
-                    Some(Conn::Event(_)) => {}
+                    Some(Conn::Publish(_) | Conn::Sent(_) | Conn::Acked(..)) => {}
                     Some(Conn::Lost(e)) => return Some(explain(&url, &e)),
                     None => return Some(format!("{url}: connection ended")),
                 }
@@ -132,7 +133,7 @@ impl Session {
                     // Take every message already here, then commit them together.
                     loop {
                         match next {
-                            Some(Conn::Event(Event::Incoming(Packet::Publish(p)))) => batch.push(p),
+                            Some(Conn::Publish(p)) => batch.push(*p),
                             Some(Conn::Lost(e)) => {
                                 // What was taken but not acknowledged comes again.
                                 return Some(explain(&url, &e));
@@ -291,7 +292,11 @@ impl Session {
 
     /// A clean goodbye: the status says offline (a clean disconnect
     /// suppresses the will), then the connection closes.
-    async fn goodbye(&self, client: &AsyncClient, events: &mut tokio::sync::mpsc::Receiver<Conn>) {
+    async fn goodbye(
+        &self,
+        client: &AsyncClient,
+        events: &mut tokio::sync::mpsc::UnboundedReceiver<Conn>,
+    ) {
         if let Some(a) = &self.announce {
             let _ = client
                 .publish(a.topic.clone(), QoS::AtLeastOnce, true, a.offline.clone())
@@ -300,7 +305,7 @@ impl Session {
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
                 while let Some(ev) = events.recv().await {
                     match ev {
-                        Conn::Event(Event::Incoming(Packet::PubAck(_))) => break,
+                        Conn::Acked(..) => break,
                         Conn::Lost(_) => return,
                         _ => {}
                     }

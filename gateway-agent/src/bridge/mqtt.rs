@@ -3,8 +3,11 @@
 use std::time::Duration;
 
 use continuum_bus::BrokerUrl;
-use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, LastWill};
-use rumqttc::v5::{AsyncClient, ConnectionError, EventLoop, MqttOptions};
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, LastWill, Packet, PubAckReason, Publish};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
+
+/// Messages a broker may send a session before it acknowledges them.
+pub const RECEIVE_MAXIMUM: u16 = 1024;
 
 /// How a client connects.
 #[derive(Debug, Clone)]
@@ -34,6 +37,9 @@ pub fn connect(spec: &ClientSpec, capacity: usize) -> (AsyncClient, EventLoop) {
     if spec.persistent {
         // 0xFFFFFFFF: the session never expires (MQTT 5 §3.1.2.11.2).
         o.set_session_expiry_interval(Some(u32::MAX));
+    }
+    if spec.manual_acks {
+        o.set_receive_maximum(Some(RECEIVE_MAXIMUM));
     }
     if let Some((u, p)) = &spec.url.credentials {
         o.set_credentials(u, p);
@@ -69,28 +75,40 @@ pub fn explain(url: &BrokerUrl, e: &ConnectionError) -> String {
 #[derive(Debug)]
 pub enum Conn {
     Connected,
-    Event(rumqttc::v5::Event),
+    /// A message from the broker.
+    Publish(Box<Publish>),
+    /// A publication went out with this packet id.
+    Sent(u16),
+    /// The broker acknowledged the publication with this packet id.
+    Acked(u16, PubAckReason),
     /// The connection ended; the owner reconnects with a fresh client.
     Lost(ConnectionError),
 }
 
 /// Polls `eventloop` until its connection ends, passing every event on.
 /// Ends quietly when the owner is gone.
-pub fn pump(mut eventloop: EventLoop) -> tokio::sync::mpsc::Receiver<Conn> {
-    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+///
+/// The channel is unbounded so that the event loop never waits for its
+/// owner: the owner sends acknowledgements through the event loop, and a
+/// full channel each way would deadlock them. MQTT's flow control bounds it
+/// instead: a broker sends at most `RECEIVE_MAXIMUM` unacknowledged
+/// messages, and a forwarder has at most its window in flight.
+pub fn pump(mut eventloop: EventLoop) -> tokio::sync::mpsc::UnboundedReceiver<Conn> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
             let msg = match eventloop.poll().await {
-                Ok(rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::ConnAck(
-                    _,
-                ))) => Conn::Connected,
-                Ok(ev) => Conn::Event(ev),
+                Ok(Event::Incoming(Packet::ConnAck(_))) => Conn::Connected,
+                Ok(Event::Incoming(Packet::Publish(p))) => Conn::Publish(Box::new(p)),
+                Ok(Event::Incoming(Packet::PubAck(a))) => Conn::Acked(a.pkid, a.reason),
+                Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => Conn::Sent(pkid),
+                Ok(_) => continue,
                 Err(e) => {
-                    let _ = tx.send(Conn::Lost(e)).await;
+                    let _ = tx.send(Conn::Lost(e));
                     return;
                 }
             };
-            if tx.send(msg).await.is_err() {
+            if tx.send(msg).is_err() {
                 return;
             }
         }

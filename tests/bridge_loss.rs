@@ -1,0 +1,458 @@
+//! Loss tests that count (issue #6): 10,000 numbered messages each way
+//! through a gateway agent's bridge while (a) the global broker stops and
+//! restarts, (b) the gateway's path to the global bus is cut in a network
+//! namespace and restored, (c) the agent is killed with -9 and restarted.
+//! The subscribers take each message once by its id, as every Continuum
+//! consumer does; the test fails on any number missing, taken twice or out of
+//! order, or on an id that names two different messages.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{ok, Guard, Serve};
+use continuum_bus::testing::{free_port, require, Mosquitto, Probe, Tally};
+use continuum_bus::BrokerUrl;
+
+const N: u64 = 10_000;
+const WITHIN: Duration = Duration::from_secs(120);
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{}x{}", std::process::id(), free_port())
+}
+
+async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The orchestrator, the agent (restartable) and what they need.
+struct Rig {
+    dir: tempfile::TempDir,
+    // The orchestrator runs as long as the rig.
+    _serve: Serve,
+    gateway: String,
+    agent: Option<Guard>,
+    agent_args: Vec<String>,
+}
+
+impl Rig {
+    /// Starts an orchestrator and an agent bridging `global` and `local`
+    /// (`None`: the agent's embedded broker on `embedded`), and applies a
+    /// model routing `loss/down/#` in and `loss/up/#` out.
+    fn start(global: &BrokerUrl, local: Option<&BrokerUrl>, embedded: u16) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let serve = Serve::start(&dir.path().join("orchestrator"));
+        let gateway = unique("gw");
+        let mut agent_args: Vec<String> = [
+            "gateway",
+            "--driver",
+            "process",
+            "--id",
+            &gateway,
+            "--orchestrator",
+            &serve.addr,
+            "--bus-url",
+            &global.to_string(),
+            "--bus-keepalive",
+            "5",
+            "--max-backoff",
+            "1",
+            "--mqtt-listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--mqtt5-listen",
+            &format!("127.0.0.1:{embedded}"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(l) = local {
+            agent_args.extend(["--local-bus-url".to_owned(), l.to_string()]);
+        }
+        agent_args.extend([
+            "--data-dir".to_owned(),
+            dir.path().join("agent").display().to_string(),
+        ]);
+        let model = serde_json::json!({
+            "name": "loss",
+            "subsystems": [{
+                "id": unique("s"),
+                "components": [{
+                    "id": gateway, "kind": "gateway", "equipped_with_bridge": true,
+                    "routes": [
+                        {"topic": "loss/down/#", "direction": "in"},
+                        {"topic": "loss/up/#", "direction": "out"}
+                    ]
+                }]
+            }]
+        });
+        let file = dir.path().join("model.json");
+        std::fs::write(&file, model.to_string()).unwrap();
+        ok(serve.cli(&["apply", "-f", &file.display().to_string()]));
+        let mut rig = Rig {
+            dir,
+            _serve: serve,
+            gateway,
+            agent: None,
+            agent_args,
+        };
+        rig.start_agent();
+        rig
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    fn start_agent(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_continuum"))
+            .args(&self.agent_args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the agent starts");
+        self.agent = Some(Guard(child));
+    }
+
+    fn kill_agent(&mut self) {
+        if let Some(mut g) = self.agent.take() {
+            let _ = Command::new("kill")
+                .args(["-9", &g.0.id().to_string()])
+                .status();
+            let _ = g.0.wait();
+        }
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("agent log (last lines):");
+            for l in tail.iter().rev() {
+                eprintln!("  {l}");
+            }
+        }
+    }
+}
+
+/// Publishes numbered probes until `sub` has one: the route is live.
+async fn until_routed(publisher: &Probe, topic: &str, sub: &Probe) {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        publisher.publish_numbered(topic, 0..=0, 8, None).await;
+        for _ in 0..50 {
+            if sub.received().iter().any(|r| r.topic == topic) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the route for {topic} never carried a message"
+        );
+    }
+}
+
+/// The clients of one run: a publisher and a subscriber on each side.
+struct Traffic {
+    g_pub: Probe,
+    g_sub: Probe,
+    l_pub: Probe,
+    l_sub: Probe,
+    /// Local publications acknowledged before the numbered ones.
+    l_base: u64,
+}
+
+impl Traffic {
+    async fn start(global_for_tests: &BrokerUrl, local: &BrokerUrl, gateway: &str) -> Traffic {
+        let id = unique("t");
+        let mut t = Traffic {
+            g_pub: Probe::connect(global_for_tests, &format!("{id}-gpub"), true),
+            g_sub: Probe::connect(global_for_tests, &format!("{id}-gsub"), true),
+            l_pub: Probe::connect(local, &format!("{id}-lpub"), true),
+            l_sub: Probe::connect(local, &format!("{id}-lsub"), true),
+            l_base: 0,
+        };
+        for p in [&t.g_pub, &t.g_sub, &t.l_pub, &t.l_sub] {
+            p.connected(WITHIN).await;
+        }
+        t.g_sub.subscribe("loss/up/#").await;
+        t.g_sub
+            .subscribe(&format!("continuum/gateways/{gateway}/status"))
+            .await;
+        t.l_sub.subscribe("loss/down/#").await;
+        until_routed(&t.g_pub, "loss/down/probe", &t.l_sub).await;
+        until_routed(&t.l_pub, "loss/up/probe", &t.g_sub).await;
+        eventually("the probes acknowledged", || {
+            (t.l_pub.acked() > 0).then_some(())
+        })
+        .await;
+        t.l_base = t.l_pub.acked();
+        t.publish(1..=N / 2);
+        t
+    }
+
+    /// Publishes these numbers both ways, in the background.
+    fn publish(&self, numbers: std::ops::RangeInclusive<u64>) {
+        let (g, l) = (self.g_pub.clone(), self.l_pub.clone());
+        let n = numbers.clone();
+        tokio::spawn(async move {
+            g.publish_numbered("loss/down/seq", n, 64, Some("test-down"))
+                .await
+        });
+        tokio::spawn(async move {
+            l.publish_numbered("loss/up/seq", numbers, 64, Some("test-up"))
+                .await
+        });
+    }
+
+    fn down(&self) -> Tally {
+        Tally::of(&self.l_sub.received_on("loss/down/seq"))
+    }
+
+    fn up(&self) -> Tally {
+        Tally::of(&self.g_sub.received_on("loss/up/seq"))
+    }
+
+    /// Publishes the second half, and waits until the local broker has
+    /// accepted every local message: the subsystem keeps talking while the
+    /// fault lasts.
+    async fn second_half_while_faulty(&self) {
+        self.publish(N / 2 + 1..=N);
+        let all = self.l_base + N;
+        eventually("every local message accepted", || {
+            (self.l_pub.acked() >= all).then_some(())
+        })
+        .await;
+    }
+
+    async fn check(&self, what: &str) {
+        eventually("every message through", || {
+            (self.down().taken.len() as u64 >= N && self.up().taken.len() as u64 >= N).then_some(())
+        })
+        .await;
+        let (down, up) = (self.down(), self.up());
+        down.assert_exactly_once_in_order(N, &format!("{what}: global → local"));
+        up.assert_exactly_once_in_order(N, &format!("{what}: local → global"));
+        eprintln!(
+            "{what}: {N} + {N} messages, each once and in order; redeliveries recognised by id: {} down, {} up",
+            down.redelivered, up.redelivered
+        );
+    }
+
+    fn statuses(&self, gateway: &str) -> Vec<String> {
+        self.g_sub
+            .received_on(&format!("continuum/gateways/{gateway}/status"))
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+            .collect()
+    }
+}
+
+fn mosquitto_ready() -> bool {
+    require("mosquitto", "mosquitto")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_broker_restart_loses_and_duplicates_nothing() {
+    if !mosquitto_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut global = Mosquitto::start(dir.path(), "global", "");
+    let embedded = free_port();
+    let local: BrokerUrl = format!("mqtt://127.0.0.1:{embedded}").parse().unwrap();
+    let rig = Rig::start(&global.url(), None, embedded);
+    let t = Traffic::start(&global.url(), &local, &rig.gateway).await;
+    eventually("a fifth through", || {
+        (t.down().taken.len() as u64 >= N / 5).then_some(())
+    })
+    .await;
+    global.stop();
+    // The subsystem keeps talking: messages wait in the bridge's outbox.
+    t.second_half_while_faulty().await;
+    global.resume();
+    t.check("global broker restarted").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_loses_and_duplicates_nothing() {
+    if !mosquitto_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let global = Mosquitto::start(dir.path(), "global", "");
+    let local = Mosquitto::start(dir.path(), "local", "");
+    let mut rig = Rig::start(&global.url(), Some(&local.url()), free_port());
+    let t = Traffic::start(&global.url(), &local.url(), &rig.gateway).await;
+    eventually("a fifth through", || {
+        (t.down().taken.len() as u64 >= N / 5).then_some(())
+    })
+    .await;
+    rig.kill_agent();
+    // Both brokers keep taking messages for the dead bridge's sessions.
+    t.second_half_while_faulty().await;
+    rig.start_agent();
+    t.check("agent killed with -9").await;
+}
+
+/// A network namespace holding the global broker, reached over two veth
+/// pairs: one for the gateway (the one cut), one for the test's clients.
+struct Netns {
+    name: String,
+    gateway_side: String,
+    gateway_ip: String,
+    clients_ip: String,
+}
+
+fn ip(args: &[&str]) {
+    let o = Command::new("ip").args(args).output().expect("ip runs");
+    assert!(
+        o.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+impl Netns {
+    /// `None` where namespaces cannot be made (not root): skipped, or a
+    /// failure in CI.
+    fn create() -> Option<Netns> {
+        let k = (std::process::id() % 250) as u8;
+        let tag = format!("{:x}", std::process::id() % 0xfffff);
+        let name = format!("cbr{tag}");
+        let made = Command::new("ip").args(["netns", "add", &name]).output();
+        if !made.is_ok_and(|o| o.status.success()) {
+            assert!(
+                !std::env::var("CI").is_ok_and(|v| v == "true"),
+                "CI=true but network namespaces cannot be created"
+            );
+            eprintln!("skipped: network namespaces cannot be created here (root needed)");
+            return None;
+        }
+        let ns = Netns {
+            gateway_side: format!("cga{tag}"),
+            gateway_ip: format!("10.213.{k}.2"),
+            clients_ip: format!("10.214.{k}.2"),
+            name,
+        };
+        for (root_end, ns_end, net) in [
+            (
+                ns.gateway_side.clone(),
+                format!("cgb{tag}"),
+                format!("10.213.{k}"),
+            ),
+            (
+                format!("cta{tag}"),
+                format!("ctb{tag}"),
+                format!("10.214.{k}"),
+            ),
+        ] {
+            ip(&[
+                "link", "add", &root_end, "type", "veth", "peer", "name", &ns_end,
+            ]);
+            ip(&["link", "set", &ns_end, "netns", &ns.name]);
+            ip(&["addr", "add", &format!("{net}.1/30"), "dev", &root_end]);
+            ip(&["link", "set", &root_end, "up"]);
+            ip(&[
+                "netns",
+                "exec",
+                &ns.name,
+                "ip",
+                "addr",
+                "add",
+                &format!("{net}.2/30"),
+                "dev",
+                &ns_end,
+            ]);
+            ip(&[
+                "netns", "exec", &ns.name, "ip", "link", "set", &ns_end, "up",
+            ]);
+        }
+        ip(&["netns", "exec", &ns.name, "ip", "link", "set", "lo", "up"]);
+        Some(ns)
+    }
+
+    fn cut(&self) {
+        ip(&["link", "set", &self.gateway_side, "down"]);
+    }
+
+    fn restore(&self) {
+        ip(&["link", "set", &self.gateway_side, "up"]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its veth ends, and so the pairs.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_link_loses_and_duplicates_nothing_and_the_will_says_offline() {
+    if !mosquitto_ready() {
+        return;
+    }
+    let Some(ns) = Netns::create() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _global = Mosquitto::start_at(
+        dir.path(),
+        "global",
+        SocketAddr::from(([0, 0, 0, 0], port)),
+        Some(&ns.name),
+        "",
+    );
+    let for_gateway: BrokerUrl = format!("mqtt://{}:{port}", ns.gateway_ip).parse().unwrap();
+    let for_tests: BrokerUrl = format!("mqtt://{}:{port}", ns.clients_ip).parse().unwrap();
+    let addr: SocketAddr = format!("{}:{port}", ns.clients_ip).parse().unwrap();
+    eventually("the global broker in its namespace", || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
+    })
+    .await;
+    let embedded = free_port();
+    let local: BrokerUrl = format!("mqtt://127.0.0.1:{embedded}").parse().unwrap();
+    let rig = Rig::start(&for_gateway, None, embedded);
+    let t = Traffic::start(&for_tests, &local, &rig.gateway).await;
+    eventually("a fifth through", || {
+        (t.down().taken.len() as u64 >= N / 5).then_some(())
+    })
+    .await;
+    ns.cut();
+    // The broker gives up on the silent bridge and publishes its will.
+    eventually("the will (offline)", || {
+        t.statuses(&rig.gateway)
+            .iter()
+            .any(|s| s.contains("\"online\":false"))
+            .then_some(())
+    })
+    .await;
+    t.second_half_while_faulty().await;
+    ns.restore();
+    t.check("link cut and restored").await;
+    let last = t.statuses(&rig.gateway).last().cloned().unwrap_or_default();
+    assert!(last.contains("\"online\":true"), "back online: {last}");
+}
