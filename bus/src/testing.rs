@@ -160,6 +160,12 @@ impl Drop for Mosquitto {
     }
 }
 
+pub fn unix_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
 /// A message a probe received.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -168,6 +174,8 @@ pub struct Received {
     pub id: Option<MessageId>,
     pub properties: Vec<(String, String)>,
     pub retain: bool,
+    /// When it arrived (nanoseconds since the Unix epoch).
+    pub at_unix_nanos: u128,
 }
 
 impl Received {
@@ -176,6 +184,12 @@ impl Received {
         self.payload
             .get(..8)
             .map(|b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])))
+    }
+
+    /// How long a numbered message took from its publisher, in nanoseconds.
+    pub fn latency_nanos(&self) -> Option<u64> {
+        let sent = u64::from_be_bytes(self.payload.get(8..16)?.try_into().ok()?);
+        Some((self.at_unix_nanos as u64).saturating_sub(sent))
     }
 }
 
@@ -230,6 +244,7 @@ impl Probe {
                             id: MessageId::from_properties(&props).ok().flatten(),
                             properties: props,
                             retain: p.retain,
+                            at_unix_nanos: unix_nanos(),
                         };
                         received.lock().unwrap_or_else(|e| e.into_inner()).push(r);
                     }
@@ -268,7 +283,7 @@ impl Probe {
     }
 
     /// Publishes messages numbered `numbers` on `topic` at QoS 1, `size`
-    /// bytes each (the number first), with ids `<origin>:<number>` if an
+    /// bytes each (the number, then the time it was sent), with ids `<origin>:<number>` if an
     /// origin is given.
     pub async fn publish_numbered(
         &self,
@@ -279,7 +294,9 @@ impl Probe {
     ) {
         for n in numbers {
             let mut payload = n.to_be_bytes().to_vec();
-            payload.resize(size.max(8), b'.');
+            // Then when it was sent, for latency measurements.
+            payload.extend_from_slice(&(unix_nanos() as u64).to_be_bytes());
+            payload.resize(size.max(16), b'.');
             let props = PublishProperties {
                 user_properties: origin
                     .map(|o| vec![(ID_PROPERTY.to_owned(), format!("{o}:{n}"))])
