@@ -315,6 +315,14 @@ impl Probe {
         self.acked.load(Ordering::Relaxed)
     }
 
+    /// How many messages arrived (without copying them).
+    pub fn count(&self) -> usize {
+        self.received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.received
             .lock()

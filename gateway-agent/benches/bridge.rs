@@ -39,8 +39,13 @@ async fn run(global: &Mosquitto, local: &Mosquitto, topic: &str, n: u64, tag: &s
     let probe_topic = format!("{topic}/warmup");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !sub.received().iter().any(|r| r.topic == probe_topic) {
-        assert!(Instant::now() < deadline, "{tag}: the bridge carries nothing");
-        publisher.publish_numbered(&probe_topic, 0..=0, SIZE, None).await;
+        assert!(
+            Instant::now() < deadline,
+            "{tag}: the bridge carries nothing"
+        );
+        publisher
+            .publish_numbered(&probe_topic, 0..=0, SIZE, None)
+            .await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     sub.clear();
@@ -53,7 +58,7 @@ async fn run(global: &Mosquitto, local: &Mosquitto, topic: &str, n: u64, tag: &s
     let mut last_change = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let count = sub.received().len();
+        let count = sub.count();
         if count as u64 >= n {
             break;
         }
@@ -64,7 +69,11 @@ async fn run(global: &Mosquitto, local: &Mosquitto, topic: &str, n: u64, tag: &s
             break;
         }
     }
-    let got: Vec<_> = sub.received().into_iter().filter(|r| r.topic == data).collect();
+    let got: Vec<_> = sub
+        .received()
+        .into_iter()
+        .filter(|r| r.topic == data)
+        .collect();
     let end = got.iter().map(|r| r.at_unix_nanos).max().unwrap_or(start);
     let mut lat: Vec<u64> = got.iter().filter_map(|r| r.latency_nanos()).collect();
     lat.sort_unstable();
@@ -157,8 +166,13 @@ fn main() {
         );
         let mosq_default = run(&g2, &l2, "mosq", n, "mosquitto-defaults").await;
 
-        println!("bridge: {n} messages of {SIZE} B, global → local, QoS 1, same two Mosquitto brokers");
-        println!("{:<44} {:>9} {:>11} {:>9} {:>9} {:>8}", "", "delivered", "msg/s", "p50 ms", "p99 ms", "ratio");
+        println!(
+            "bridge: {n} messages of {SIZE} B, global → local, QoS 1, same two Mosquitto brokers"
+        );
+        println!(
+            "{:<44} {:>9} {:>11} {:>9} {:>9} {:>8}",
+            "", "delivered", "msg/s", "p50 ms", "p99 ms", "ratio"
+        );
         let row = |name: &str, f: &Figures| {
             println!(
                 "{name:<44} {:>9} {:>11.0} {:>9.1} {:>9.1} {:>7.2}×",

@@ -581,4 +581,22 @@ mod tests {
         assert_eq!(snap.borrow().accepted, 0);
         assert!(a.store.get(Slot::Accepted).unwrap().is_none());
     }
+
+    #[test]
+    fn a_model_that_needs_the_bridge_is_refused_without_one() {
+        let (m, _) = continuum_models::parse::parse_deployment_model(
+            "t.json",
+            r#"{"id":"s","components":[{"id":"gw","kind":"gateway"},
+                {"id":"f","kind":"function","triggers":["a/#"],
+                 "resources":{"container":{"image":"f:1"}}}],
+                "links":[{"kind":"hosting","component":"f","host":"gw"}]}"#,
+        )
+        .unwrap();
+        let why = admit(&m, Driver::Docker, false).unwrap_err();
+        assert!(
+            why.contains("`f` needs the bridge") && why.contains("--no-bridge"),
+            "{why}"
+        );
+        assert_eq!(admit(&m, Driver::Docker, true), Ok(()));
+    }
 }

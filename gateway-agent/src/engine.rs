@@ -345,4 +345,76 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, RuntimeError::Unreachable(_)));
     }
+
+    fn with_function(triggers: &str) -> DeploymentModel {
+        model(&format!(
+            r#"{{"id":"s","components":[
+              {{"id":"gw","kind":"gateway","equipped_with_bridge":true,
+                "routes":[{{"topic":"site/#","direction":"in","local_prefix":"l/"}}]}},
+              {{"id":"f","kind":"function","triggers":[{triggers}],"outputs":["o"],
+                "resources":{{"container":{{"image":"web:1"}}}}}}],
+              "links":[{{"kind":"hosting","component":"f","host":"gw"}}]}}"#
+        ))
+    }
+
+    #[tokio::test]
+    async fn bridge_routes_follow_the_model_as_plan_steps() {
+        let rt = fake();
+        let routing = Arc::new(crate::routing::MemoryRouting::default());
+        let mut cfg = config();
+        cfg.routing = routing.clone();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let target = with_function(r#""a/#""#);
+        let r = reconcile(&rt, &cfg, 1, &target, &tx).await.unwrap();
+        assert!(r.converged(), "{r:?}");
+        // The function's routes and the gateway's static one are carried, and
+        // the current model says so.
+        let live = routing.routes();
+        let filters =
+            |owner: &str| -> Vec<String> { live[owner].iter().map(|r| r.filter.clone()).collect() };
+        assert_eq!(filters("f"), ["a/#", "/f/out/o"]);
+        assert_eq!(filters("gw"), ["site/#"]);
+        assert_eq!(r.current, target);
+        // A new trigger re-routes the function in place: one route step, and
+        // the container keeps running.
+        let before = rt.workloads()[0].id.clone();
+        let target2 = with_function(r#""a/#","b/+""#);
+        let steps = plan(&r.current, &target2);
+        let shown: Vec<String> = steps.steps.iter().map(|s| s.action.to_string()).collect();
+        assert_eq!(shown, ["route f", "update f"]);
+        let r = reconcile(&rt, &cfg, 2, &target2, &tx).await.unwrap();
+        assert!(r.converged(), "{r:?}");
+        assert_eq!(routing.routes()["f"].len(), 3);
+        assert_eq!(rt.workloads()[0].id, before);
+        // A route lost (say, a bridge store restored from a backup) shows in
+        // the current model, and the next pass carries it again.
+        routing.set("f", Vec::new()).unwrap();
+        let r = reconcile(&rt, &cfg, 2, &target2, &tx).await.unwrap();
+        assert_eq!(r.planned, 2, "update and route f");
+        assert_eq!(routing.routes()["f"].len(), 3);
+        // The function removed: its routes go with it; the gateway's stay.
+        let only_gw = model(
+            r#"{"id":"s","components":[{"id":"gw","kind":"gateway","equipped_with_bridge":true,
+                "routes":[{"topic":"site/#","direction":"in","local_prefix":"l/"}]}]}"#,
+        );
+        let plan = plan(&r.current, &only_gw);
+        assert!(
+            plan.steps
+                .iter()
+                .any(|s| s.action.to_string() == "unroute f"),
+            "{plan}"
+        );
+        let r = reconcile(&rt, &cfg, 3, &only_gw, &tx).await.unwrap();
+        assert!(r.converged(), "{r:?}");
+        assert_eq!(routing.routes().keys().collect::<Vec<_>>(), ["gw"]);
+        // Routes of an owner the target does not know are pruned.
+        routing
+            .set(
+                "ghost",
+                continuum_models::route::routes_of(&with_function("\"x\"").components[0]),
+            )
+            .unwrap();
+        reconcile(&rt, &cfg, 3, &only_gw, &tx).await.unwrap();
+        assert!(!routing.routes().contains_key("ghost"));
+    }
 }

@@ -90,8 +90,10 @@ impl Forwarder {
         let mut inflight: VecDeque<Inflight> = VecDeque::new();
         let mut last_sent = 0u64;
         loop {
-            // Fill the window.
-            if inflight.len() < self.window {
+            // Fill the window, in chunks: one read of the outbox for many
+            // messages, not one per acknowledgement.
+            let room = self.window - inflight.len().min(self.window);
+            if room > 0 && (inflight.is_empty() || room >= self.window / 4) {
                 let more = match self
                     .outbox
                     .peek_after(last_sent, self.window - inflight.len())
