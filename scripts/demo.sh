@@ -73,6 +73,20 @@ if docker info >/dev/null 2>&1; then
     run apply -f "$data/edge-hello/v1.json" -m "edge-hello, deployed for real" --wait 120 ||
         { cat "$data/gateway.log" >&2; exit 1; }
     run status
+    # The bridge: the gateway announced itself on the global bus (retained), and a
+    # message published on its local broker crosses to the global bus (route edge/#).
+    say "mosquitto_sub -p 1884 -t 'continuum/gateways/+/status' -C 1"
+    mosquitto_sub -h 127.0.0.1 -p 1884 -V mqttv5 -t 'continuum/gateways/+/status' -v -C 1 -W 10
+    say "mosquitto_pub -p 1886 -t edge/hello (local) → mosquitto_sub -p 1884 -t 'edge/#' (global)"
+    mosquitto_sub -h 127.0.0.1 -p 1884 -V mqttv5 -t 'edge/#' -v -C 1 -W 20 >"$data/crossed" &
+    sub_pid=$!
+    for _ in $(seq 1 100); do
+        [ -s "$data/crossed" ] && break
+        mosquitto_pub -h 127.0.0.1 -p 1886 -V mqttv5 -q 1 -t edge/hello -m "hello from the edge"
+        sleep 0.2
+    done
+    wait "$sub_pid" || { echo "the message did not cross the bridge" >&2; cat "$data/gateway.log" >&2; exit 1; }
+    cat "$data/crossed"
     say "docker ps --filter label=continuum.subsystem=edge"
     docker ps --filter label=continuum.subsystem=edge --format 'table {{.Names}}\t{{.Image}}\t{{.Status}}'
     run apply -f "$data/edge-hello/v2.json" -m "a new greeting: web is replaced, ticker keeps running" --wait 120 ||

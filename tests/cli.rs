@@ -248,7 +248,14 @@ fn plan_lists_steps_by_phase() {
     let o = run(&["plan", "-o", "json", &v1, &v2]);
     let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let steps = p["steps"].as_array().unwrap();
-    assert_eq!(steps.len(), 20);
+    assert_eq!(steps.len(), 21);
+    // v2 adds a trigger to the presence function: its bridge routes change.
+    assert!(
+        steps
+            .iter()
+            .any(|s| s["action"] == "route" && s["component"] == "presence"),
+        "{p}"
+    );
     assert_eq!(steps[0]["phase"], "stop");
     assert_eq!(steps.last().unwrap()["phase"], "start");
 
