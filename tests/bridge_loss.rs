@@ -41,6 +41,8 @@ async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 /// The orchestrator, the agent (restartable) and what they need.
 struct Rig {
     dir: tempfile::TempDir,
+    /// Where the agent serves its metrics.
+    metrics: u16,
     // The orchestrator runs as long as the rig.
     _serve: Serve,
     gateway: String,
@@ -56,6 +58,7 @@ impl Rig {
         let dir = tempfile::tempdir().unwrap();
         let serve = Serve::start(&dir.path().join("orchestrator"));
         let gateway = unique("gw");
+        let metrics = free_port();
         let mut agent_args: Vec<String> = [
             "gateway",
             "--driver",
@@ -74,6 +77,8 @@ impl Rig {
             &format!("127.0.0.1:{}", free_port()),
             "--mqtt5-listen",
             &format!("127.0.0.1:{embedded}"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics}"),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -103,6 +108,7 @@ impl Rig {
         ok(serve.cli(&["apply", "-f", &file.display().to_string()]));
         let mut rig = Rig {
             dir,
+            metrics,
             _serve: serve,
             gateway,
             agent: None,
@@ -110,6 +116,27 @@ impl Rig {
         };
         rig.start_agent();
         rig
+    }
+
+    /// The agent's Prometheus metrics.
+    fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut c =
+            std::net::TcpStream::connect(("127.0.0.1", self.metrics)).expect("metrics endpoint");
+        c.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        text
+    }
+
+    /// A sample's value, by its name and labels as printed.
+    fn metric(&self, sample: &str) -> u64 {
+        let text = self.metrics();
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no `{sample}` in:\n{text}"))
     }
 
     fn log(&self) -> PathBuf {
@@ -292,6 +319,26 @@ async fn a_global_broker_restart_loses_and_duplicates_nothing() {
     t.second_half_while_faulty().await;
     global.resume();
     t.check("global broker restarted").await;
+    // The counters say the same, and that nothing was dropped.
+    let gw = &rig.gateway;
+    let m = |name: &str, dir: &str| {
+        rig.metric(&format!("{name}{{gateway=\"{gw}\",direction=\"{dir}\"}}"))
+    };
+    eventually("the counters to settle", || {
+        (m("continuum_bridge_forwarded_total", "in") > N).then_some(())
+    })
+    .await;
+    assert!(m("continuum_bridge_forwarded_total", "out") > N);
+    assert_eq!(
+        m("continuum_bridge_dropped_total", "in") + m("continuum_bridge_dropped_total", "out"),
+        0
+    );
+    assert_eq!(
+        rig.metric(&format!(
+            "continuum_bridge_connected{{gateway=\"{gw}\",bus=\"global\"}}"
+        )),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
 //! The bridge's throughput and latency (issue #6): 100,000 messages of 256 B,
 //! global → local, through the Continuum bridge and, in the same run between
 //! the same two Mosquitto brokers, through Mosquitto's own bridge; the
-//! Continuum bridge with its durable outbox and with the outbox in memory.
+//! Continuum bridge with its durable outbox (fsync on every commit) and
+//! with durability off (commits not synced).
 //!
 //! `cargo bench -p continuum-gateway --bench bridge` (needs `mosquitto`).
 //! `BRIDGE_BENCH_N` changes the count.
@@ -13,6 +14,8 @@ use continuum_gateway::bridge::{Bridge, BridgeConfig};
 use continuum_models::route::{Destination, Direction, Origin, Route, StaticRoute};
 
 const SIZE: usize = 256;
+/// The steady rate of the latency runs, in messages per second.
+const PACE: u64 = 5_000;
 
 struct Figures {
     delivered: u64,
@@ -29,7 +32,14 @@ impl Figures {
 
 /// Publishes `n` messages on the global broker's `topic` and waits for them
 /// on the local broker (or until nothing arrives for 10 s).
-async fn run(global: &Mosquitto, local: &Mosquitto, topic: &str, n: u64, tag: &str) -> Figures {
+async fn run(
+    global: &Mosquitto,
+    local: &Mosquitto,
+    topic: &str,
+    n: u64,
+    rate: Option<u64>,
+    tag: &str,
+) -> Figures {
     let sub = Probe::connect(&local.url(), &format!("bench-sub-{tag}"), false);
     sub.connected(Duration::from_secs(10)).await;
     sub.subscribe(&format!("{topic}/#")).await;
@@ -53,7 +63,25 @@ async fn run(global: &Mosquitto, local: &Mosquitto, topic: &str, n: u64, tag: &s
     let start = unix_nanos();
     let p = publisher.clone();
     let d = data.clone();
-    tokio::spawn(async move { p.publish_numbered(&d, 1..=n, SIZE, None).await });
+    tokio::spawn(async move {
+        match rate {
+            None => p.publish_numbered(&d, 1..=n, SIZE, None).await,
+            Some(rate) => {
+                // Chunks of 50 on a schedule.
+                let t0 = tokio::time::Instant::now();
+                let mut k = 1;
+                while k <= n {
+                    let last = (k + 49).min(n);
+                    p.publish_numbered(&d, k..=last, SIZE, None).await;
+                    k = last + 1;
+                    tokio::time::sleep_until(
+                        t0 + Duration::from_secs_f64((k - 1) as f64 / rate as f64),
+                    )
+                    .await;
+                }
+            }
+        }
+    });
     let mut last_count = 0;
     let mut last_change = Instant::now();
     loop {
@@ -96,9 +124,15 @@ fn bridge_config(global: &str) -> String {
     )
 }
 
-fn continuum(global: &Mosquitto, local: &Mosquitto, dir: Option<&std::path::Path>) -> Bridge {
+fn continuum(
+    global: &Mosquitto,
+    local: &Mosquitto,
+    dir: &std::path::Path,
+    durable: bool,
+) -> Bridge {
     let mut c = BridgeConfig::new("bench", global.url(), local.url());
-    c.data_dir = dir.map(|d| d.to_owned());
+    c.data_dir = Some(dir.to_owned());
+    c.durable = durable;
     let b = Bridge::start(c).expect("the bridge starts");
     let route = StaticRoute {
         topic: "cont/#".into(),
@@ -140,21 +174,35 @@ fn main() {
         let global = Mosquitto::start(dir.path(), "global", "");
         let address = global.addr.to_string();
         let local = Mosquitto::start(dir.path(), "local", &bridge_config(&address));
-        let mosq = run(&global, &local, "mosq", n, "mosquitto").await;
-        let durable_dir = dir.path().join("bridge");
-        std::fs::create_dir_all(&durable_dir).expect("bridge dir");
-        let durable = {
-            let b = continuum(&global, &local, Some(&durable_dir));
-            let f = run(&global, &local, "cont", n, "durable").await;
-            b.stop().await;
-            f
+        let mosq = run(&global, &local, "mosq", n, None, "mosquitto").await;
+        let continuum_run = |durable: bool, rate: Option<u64>, n: u64| {
+            let d = dir
+                .path()
+                .join(if durable { "durable" } else { "no-fsync" });
+            std::fs::create_dir_all(&d).expect("bridge dir");
+            let (global, local) = (&global, &local);
+            async move {
+                let b = continuum(global, local, &d, durable);
+                let tag = format!("{}-{rate:?}", if durable { "durable" } else { "nofsync" });
+                let f = run(global, local, "cont", n, rate, &tag).await;
+                b.stop().await;
+                f
+            }
         };
-        let memory = {
-            let b = continuum(&global, &local, None);
-            let f = run(&global, &local, "cont", n, "memory").await;
-            b.stop().await;
-            f
-        };
+        let durable = continuum_run(true, None, n).await;
+        let memory = continuum_run(false, None, n).await;
+        // Latency when neither bridge is saturated: a steady rate.
+        let paced_n = (n / 5).max(1);
+        let paced_mosq = run(
+            &global,
+            &local,
+            "mosq",
+            paced_n,
+            Some(PACE),
+            "mosquitto-paced",
+        )
+        .await;
+        let paced_durable = continuum_run(true, Some(PACE), paced_n).await;
         // Mosquitto with its default queue limits, for the record.
         let dir2 = tempfile::tempdir().expect("a directory");
         let defaults = "max_queued_messages 1000\nmax_inflight_messages 20\n";
@@ -164,7 +212,7 @@ fn main() {
             "local",
             &format!("{defaults}{}", bridge_config(&g2.addr.to_string())),
         );
-        let mosq_default = run(&g2, &l2, "mosq", n, "mosquitto-defaults").await;
+        let mosq_default = run(&g2, &l2, "mosq", n, None, "mosquitto-defaults").await;
 
         println!(
             "bridge: {n} messages of {SIZE} B, global → local, QoS 1, same two Mosquitto brokers"
@@ -185,8 +233,26 @@ fn main() {
         };
         row("Mosquitto's bridge (baseline, unbounded queues)", &mosq);
         row("Continuum bridge, durable outbox", &durable);
-        row("Continuum bridge, outbox in memory", &memory);
+        row("Continuum bridge, outbox without fsync", &memory);
         row("Mosquitto's bridge, default queue limits", &mosq_default);
+        println!("\nlatency at a steady {PACE} msg/s ({paced_n} messages)");
+        println!(
+            "{:<44} {:>9} {:>11} {:>9} {:>9} {:>8}",
+            "", "delivered", "msg/s", "p50 ms", "p99 ms", "p99 ×"
+        );
+        for (name, f) in [
+            ("Mosquitto's bridge (baseline)", &paced_mosq),
+            ("Continuum bridge, durable outbox", &paced_durable),
+        ] {
+            println!(
+                "{name:<44} {:>9} {:>11.0} {:>9.2} {:>9.2} {:>7.2}×",
+                f.delivered,
+                f.rate(),
+                f.p50_ms,
+                f.p99_ms,
+                f.p99_ms / paced_mosq.p99_ms
+            );
+        }
         if mosq_default.delivered < n {
             println!(
                 "  Mosquitto with its default limits lost {} of {n} messages, silently",

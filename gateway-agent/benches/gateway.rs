@@ -254,6 +254,7 @@ async fn whole_path(
             outbox_capacity: 1_000,
             bridge_max_payload: 1 << 16,
             bus_keepalive: 10.0,
+            metrics_listen: None,
         },
         labels: Vec::new(),
         driver: continuum_gateway::agent::Driver::Docker,

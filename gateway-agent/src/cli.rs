@@ -93,6 +93,9 @@ pub struct BridgeArgs {
     /// ones are dead-lettered.
     #[arg(long, default_value_t = 256 * 1024)]
     pub bridge_max_payload: usize,
+    /// Serve the bridge's counters for Prometheus on this address (`GET /metrics`).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// MQTT keep-alive of the bridge's connections, in seconds, at least 5
     /// (a cut link is noticed after 1.5 times this).
     #[arg(long, default_value_t = 10.0)]
@@ -330,6 +333,24 @@ async fn serve<R: ContainerRuntime>(
             ))
         }
     };
+    let metrics_task = match (config.bridge.metrics_listen, &bridge) {
+        (Some(addr), Some(b)) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+            eprintln!("metrics on http://{}/metrics", listener.local_addr()?);
+            Some(tokio::spawn(crate::metrics::serve(
+                listener,
+                config.id.clone(),
+                Arc::clone(b),
+                shutdown.clone(),
+            )))
+        }
+        (Some(_), None) => {
+            anyhow::bail!("--metrics-listen serves the bridge's counters: drop --no-bridge")
+        }
+        (None, _) => None,
+    };
     let agent_task = tokio::spawn(agent.run(offers_rx, shutdown.clone()));
     let link_task = tokio::spawn(link::run(
         link_config,
@@ -347,6 +368,9 @@ async fn serve<R: ContainerRuntime>(
     shutdown.cancelled().await;
     let _ = agent_task.await;
     let _ = link_task.await;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     if let Some(b) = bridge {
         b.stop().await;
     }

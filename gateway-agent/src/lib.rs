@@ -11,6 +11,7 @@ pub mod engine;
 pub mod exec;
 pub mod link;
 pub mod local;
+pub mod metrics;
 pub mod observe;
 pub mod routing;
 pub mod runtime;

@@ -18,6 +18,7 @@
 pub mod deadletter;
 pub mod forward;
 pub mod inbound;
+pub mod metrics;
 pub mod mqtt;
 pub mod outbox;
 pub mod stats;
@@ -52,6 +53,8 @@ pub struct BridgeConfig {
     /// Where `bridge.redb` lives; `None`: outboxes in memory (benchmarks only:
     /// a crash loses what they hold).
     pub data_dir: Option<PathBuf>,
+    /// Commit the outboxes with fsync (the default; off only to measure its cost).
+    pub durable: bool,
     /// Messages each outbox holds at most; beyond, the oldest are dropped and counted.
     pub capacity: u64,
     /// The largest payload carried; larger ones are dead-lettered.
@@ -68,6 +71,7 @@ impl BridgeConfig {
             global,
             local,
             data_dir: None,
+            durable: true,
             capacity: 1_000_000,
             max_payload: 256 * 1024,
             keep_alive: Duration::from_secs(10),
@@ -222,10 +226,13 @@ impl Bridge {
         let db = Arc::new(db);
         let epoch = epoch(&db).map_err(store)?;
         let table = table::Table::open(Arc::clone(&db)).map_err(|e| store(e.to_string()))?;
-        let inbound = Outbox::open(Arc::clone(&db), "in", config.capacity)
-            .map_err(|e| store(e.to_string()))?;
-        let outbound = Outbox::open(Arc::clone(&db), "out", config.capacity)
-            .map_err(|e| store(e.to_string()))?;
+        let open = |name: &str| {
+            Outbox::open(Arc::clone(&db), name, config.capacity)
+                .map(|o| if config.durable { o } else { o.without_fsync() })
+                .map_err(|e| store(e.to_string()))
+        };
+        let inbound = open("in")?;
+        let outbound = open("out")?;
         let stats = Arc::new(Stats::default());
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();

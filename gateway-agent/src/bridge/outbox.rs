@@ -55,6 +55,8 @@ pub struct Outbox {
     db: Arc<Database>,
     name: String,
     capacity: u64,
+    /// Commit with fsync (the default); off only to measure what it costs.
+    durable: bool,
 }
 
 fn queue(name: &str) -> String {
@@ -89,6 +91,7 @@ impl Outbox {
             db,
             name: name.to_owned(),
             capacity: capacity.max(1),
+            durable: true,
         };
         let q = queue(name);
         let m = meta(name);
@@ -101,6 +104,22 @@ impl Outbox {
             .map_err(|e| outbox.error(e))?;
         txn.commit().map_err(|e| outbox.error(e))?;
         Ok(outbox)
+    }
+
+    /// Commits without fsync: a crash of the machine (not of the process)
+    /// may lose what the last commits held. For measuring durability's cost.
+    pub fn without_fsync(mut self) -> Outbox {
+        self.durable = false;
+        self
+    }
+
+    fn begin_write(&self) -> Result<redb::WriteTransaction, OutboxError> {
+        let mut txn = self.db.begin_write().map_err(|e| self.error(e))?;
+        if !self.durable {
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| self.error(e))?;
+        }
+        Ok(txn)
     }
 
     fn error(&self, e: impl std::fmt::Display) -> OutboxError {
@@ -125,7 +144,7 @@ impl Outbox {
 
     fn append(&self, messages: &[Message], dedup: bool) -> Result<Pushed, OutboxError> {
         let (q, m, sn) = (queue(&self.name), meta(&self.name), seen(&self.name));
-        let txn = self.db.begin_write().map_err(|e| self.error(e))?;
+        let txn = self.begin_write()?;
         let mut report = Pushed::default();
         {
             let mut seen = txn
@@ -214,7 +233,7 @@ impl Outbox {
     /// has them).
     pub fn ack(&self, upto: u64) -> Result<(), OutboxError> {
         let q = queue(&self.name);
-        let txn = self.db.begin_write().map_err(|e| self.error(e))?;
+        let txn = self.begin_write()?;
         {
             let mut queue = txn
                 .open_table(TableDefinition::<u64, &[u8]>::new(&q))
