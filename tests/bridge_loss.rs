@@ -24,18 +24,8 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{}", std::process::id(), free_port())
 }
 
-async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+async fn eventually<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    continuum_bus::testing::eventually(what, WITHIN, f).await
 }
 
 /// The orchestrator, the agent (restartable) and what they need.

@@ -56,6 +56,21 @@ pub fn wait_for<T>(what: &str, within: Duration, mut cond: impl FnMut() -> Optio
     }
 }
 
+/// Waits (from a Tokio runtime) for `cond` to give a value, or panics naming `what`.
+pub async fn eventually<T>(what: &str, within: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A Mosquitto broker: persistent (sessions and queued messages survive a
 /// stop and start), unbounded queues (its defaults drop QoS 1 messages under
 /// a burst), on its own port. Stopped on drop.

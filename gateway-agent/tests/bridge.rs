@@ -48,18 +48,8 @@ fn config(gw: &str, global: BrokerUrl, local: BrokerUrl, dir: &std::path::Path) 
     c
 }
 
-async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn eventually<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    continuum_bus::testing::eventually(what, WITHIN, f).await
 }
 
 /// Publishes a probe on `topic` until `sub` sees one: the route is live.

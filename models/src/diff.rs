@@ -71,6 +71,17 @@ pub struct FieldChange {
     pub new: Option<Value>,
 }
 
+impl FieldChange {
+    /// The component field the change is in (`resources` for `/resources/container/env/X`).
+    pub fn top_field(&self) -> &str {
+        self.path
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or("")
+    }
+}
+
 impl ModelDiff {
     pub fn is_empty(&self) -> bool {
         self.model.is_empty()
@@ -170,15 +181,9 @@ fn compare(
     };
     let kind = new.kind();
     let in_place = kind == old.kind()
-        && fields.iter().all(|f| {
-            let top = f
-                .path
-                .trim_start_matches('/')
-                .split('/')
-                .next()
-                .unwrap_or("");
-            kind.in_place_fields().contains(&top)
-        });
+        && fields
+            .iter()
+            .all(|f| kind.in_place_fields().contains(&f.top_field()));
     let action = if !in_place {
         ChangeAction::Replace {
             cause: ReplaceCause::Spec,

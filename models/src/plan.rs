@@ -297,16 +297,10 @@ pub fn plan_diff(current: &DeploymentModel, target: &DeploymentModel, d: &ModelD
         .map(|c| c.id.as_str())
         .collect();
     for c in &d.changed {
-        let reroutes = c.fields.iter().any(|f| {
-            let top = f
-                .path
-                .trim_start_matches('/')
-                .split('/')
-                .next()
-                .unwrap_or("");
-            ROUTE_FIELDS.contains(&top)
-        });
-        if reroutes {
+        if c.fields
+            .iter()
+            .any(|f| ROUTE_FIELDS.contains(&f.top_field()))
+        {
             route.push(&c.id);
         }
     }

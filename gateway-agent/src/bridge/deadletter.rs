@@ -4,7 +4,6 @@
 //! the bridge never stalls on them.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use continuum_models::route::Direction;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
@@ -12,7 +11,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::mqtt::{connect, pump, ClientSpec, Conn};
+use super::mqtt::{connect, pause, pump, welcomed, ClientSpec, Conn, Ended};
 use super::stats::{add, Stats};
 
 pub const REASON_PROPERTY: &str = "continuum-dlq-reason";
@@ -65,17 +64,11 @@ pub fn start(
         loop {
             let (client, eventloop) = connect(&spec, 64);
             let mut events = pump(eventloop);
-            let connected = loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    ev = events.recv() => match ev {
-                        Some(Conn::Connected) => break true,
-                        Some(Conn::Publish(_) | Conn::Sent(_) | Conn::Acked(..)) => {}
-                        Some(Conn::Lost(_)) | None => break false,
-                    }
-                }
-            };
-            if connected {
+            let welcome = welcomed(&mut events, &cancel, &spec.url).await;
+            if let Err(Ended::Cancelled) = welcome {
+                return;
+            }
+            if welcome.is_ok() {
                 attempt = 0;
                 loop {
                     tokio::select! {
@@ -107,11 +100,8 @@ pub fn start(
                     }
                 }
             }
-            let wait = crate::link::backoff(attempt, Duration::from_secs(10));
-            attempt = attempt.saturating_add(1);
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
+            if !pause(&mut attempt, &cancel).await {
+                return;
             }
         }
     });

@@ -5,29 +5,22 @@
 //! so consumers recognise what they already have.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::time::Duration;
 
-use continuum_models::route::Direction;
 use rumqttc::v5::mqttbytes::v5::{PubAckReason, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::AsyncClient;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::deadletter::{DeadLetter, DeadLetters};
-use super::mqtt::{connect, explain, pump, ClientSpec, Conn};
-use super::outbox::{Message, Outbox};
-use super::stats::{add, Stats};
+use super::deadletter::DeadLetter;
+use super::mqtt::{connect, explain, pause, pump, welcomed, ClientSpec, Conn, Ended};
+use super::outbox::Message;
+use super::stats::add;
+use super::Lane;
 
 #[derive(Debug)]
 pub struct Forwarder {
-    pub direction: Direction,
+    pub lane: Lane,
     pub spec: ClientSpec,
-    pub outbox: Outbox,
-    pub notify: Arc<Notify>,
-    pub stats: Arc<Stats>,
-    pub dead: DeadLetters,
     /// Names this outbox's sequence in message ids (`<gateway>/<direction>/<epoch>`).
     pub origin: String,
     /// Messages published and not yet acknowledged, at most.
@@ -53,16 +46,13 @@ impl Forwarder {
                 .connected(&client, &mut events, &cancel, &mut attempt)
                 .await
             {
-                None => return,
-                Some(why) => {
-                    tracing::warn!(direction = self.direction.as_str(), %why, "forwarder connection lost")
+                Ended::Cancelled => return,
+                Ended::Lost(why) => {
+                    tracing::warn!(direction = self.lane.direction.as_str(), %why, "forwarder connection lost")
                 }
             }
-            let wait = crate::link::backoff(attempt, Duration::from_secs(10));
-            attempt = attempt.saturating_add(1);
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
+            if !pause(&mut attempt, &cancel).await {
+                return;
             }
         }
     }
@@ -73,18 +63,10 @@ impl Forwarder {
         events: &mut tokio::sync::mpsc::UnboundedReceiver<Conn>,
         cancel: &CancellationToken,
         attempt: &mut u32,
-    ) -> Option<String> {
+    ) -> Ended {
         let url = self.spec.url.clone();
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return None,
-                ev = events.recv() => match ev {
-                    Some(Conn::Connected) => break,
-                    Some(Conn::Publish(_) | Conn::Sent(_) | Conn::Acked(..)) => {}
-                    Some(Conn::Lost(e)) => return Some(explain(&url, &e)),
-                    None => return Some(format!("{url}: connection ended")),
-                }
-            }
+        if let Err(ended) = welcomed(events, cancel, &url).await {
+            return ended;
         }
         *attempt = 0;
         let mut inflight: VecDeque<Inflight> = VecDeque::new();
@@ -95,15 +77,16 @@ impl Forwarder {
             let room = self.window - inflight.len().min(self.window);
             if room > 0 && (inflight.is_empty() || room >= self.window / 4) {
                 let more = match self
+                    .lane
                     .outbox
                     .peek_after(last_sent, self.window - inflight.len())
                 {
                     Ok(m) => m,
-                    Err(e) => return Some(e.to_string()),
+                    Err(e) => return Ended::Lost(e.to_string()),
                 };
                 for (pos, m) in more {
                     if let Err(e) = self.publish(client, pos, &m).await {
-                        return Some(e);
+                        return Ended::Lost(e);
                     }
                     last_sent = pos;
                     inflight.push_back(Inflight {
@@ -120,9 +103,9 @@ impl Forwarder {
             let ev = tokio::select! {
                 _ = cancel.cancelled() => {
                     let _ = client.disconnect().await;
-                    return None;
+                    return Ended::Cancelled;
                 }
-                _ = self.notify.notified(), if room => continue,
+                _ = self.lane.notify.notified(), if room => continue,
                 ev = events.recv() => ev,
             };
             let mut next = ev;
@@ -143,8 +126,8 @@ impl Forwarder {
                                 reason,
                                 PubAckReason::Success | PubAckReason::NoMatchingSubscribers
                             ) {
-                                self.dead.send(
-                                    self.direction,
+                                self.lane.dead.send(
+                                    self.lane.direction,
                                     DeadLetter {
                                         topic: format!("/{}/dlq", f.owner),
                                         original_topic: f.topic.clone(),
@@ -155,8 +138,8 @@ impl Forwarder {
                             }
                         }
                     }
-                    Some(Conn::Lost(e)) => return Some(explain(&url, &e)),
-                    None => return Some(format!("{url}: connection ended")),
+                    Some(Conn::Lost(e)) => return Ended::Lost(explain(&url, &e)),
+                    None => return Ended::Lost(format!("{url}: connection ended")),
                     _ => {}
                 }
                 match events.try_recv() {
@@ -172,10 +155,10 @@ impl Forwarder {
                 n += 1;
             }
             if let Some(upto) = upto {
-                if let Err(e) = self.outbox.ack(upto) {
-                    return Some(e.to_string());
+                if let Err(e) = self.lane.outbox.ack(upto) {
+                    return Ended::Lost(e.to_string());
                 }
-                add(&self.stats.of(self.direction).forwarded, n);
+                add(&self.lane.stats.of(self.lane.direction).forwarded, n);
             }
         }
     }

@@ -14,14 +14,15 @@ use continuum_models::topic;
 use rumqttc::v5::mqttbytes::v5::{Filter, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::AsyncClient;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::deadletter::{DeadLetter, DeadLetters};
-use super::mqtt::{connect, explain, pump, ClientSpec, Conn};
-use super::outbox::{Message, Outbox, Property};
-use super::stats::{add, LinkState, Stats};
+use super::deadletter::DeadLetter;
+use super::mqtt::{connect, explain, pause, pump, welcomed, ClientSpec, Conn, Ended};
+use super::outbox::{Message, Property};
+use super::stats::{add, LinkState};
 use super::table::{filters, RouteSet};
+use super::Lane;
 
 /// Announces the gateway on the global bus: a retained status, replaced by
 /// the broker with the last will when the connection is lost.
@@ -34,13 +35,9 @@ pub struct Announce {
 
 #[derive(Debug)]
 pub struct Session {
-    pub direction: Direction,
+    pub lane: Lane,
     pub spec: ClientSpec,
     pub routes: watch::Receiver<RouteSet>,
-    pub outbox: Outbox,
-    pub notify: Arc<Notify>,
-    pub stats: Arc<Stats>,
-    pub dead: DeadLetters,
     pub max_payload: usize,
     /// Origins of this gateway's own forwarders in the other direction: what
     /// they published comes back here only through a loop, and is not taken.
@@ -52,65 +49,60 @@ const BATCH: usize = 512;
 
 impl Session {
     fn global(&self) -> bool {
-        self.direction == Direction::In
+        self.lane.direction == Direction::In
     }
 
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut attempt = 0u32;
         loop {
-            self.stats.set_link(self.global(), LinkState::Connecting);
+            self.lane
+                .stats
+                .set_link(self.global(), LinkState::Connecting);
             let (client, eventloop) =
                 connect(&self.spec, usize::from(super::mqtt::RECEIVE_MAXIMUM) * 2);
             let mut events = pump(eventloop);
-            let why = self
+            match self
                 .connected(&client, &mut events, &cancel, &mut attempt)
-                .await;
-            match why {
-                None => return,
-                Some(why) => self.stats.set_link(self.global(), LinkState::Down(why)),
+                .await
+            {
+                Ended::Cancelled => return,
+                Ended::Lost(why) => self
+                    .lane
+                    .stats
+                    .set_link(self.global(), LinkState::Down(why)),
             }
-            let wait = crate::link::backoff(attempt, Duration::from_secs(10));
-            attempt = attempt.saturating_add(1);
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
+            if !pause(&mut attempt, &cancel).await {
+                return;
             }
         }
     }
 
-    /// Serves one connection. `None`: cancelled; `Some(why)`: lost.
+    /// Serves one connection until it ends.
     async fn connected(
         &mut self,
         client: &AsyncClient,
         events: &mut tokio::sync::mpsc::UnboundedReceiver<Conn>,
         cancel: &CancellationToken,
         attempt: &mut u32,
-    ) -> Option<String> {
+    ) -> Ended {
         let url = self.spec.url.clone();
-        // Wait for the broker's welcome.
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return None,
-                ev = events.recv() => match ev {
-                    Some(Conn::Connected) => break,
-                    Some(Conn::Publish(_) | Conn::Sent(_) | Conn::Acked(..)) => {}
-                    Some(Conn::Lost(e)) => return Some(explain(&url, &e)),
-                    None => return Some(format!("{url}: connection ended")),
-                }
-            }
+        if let Err(ended) = welcomed(events, cancel, &url).await {
+            return ended;
         }
         *attempt = 0;
-        self.stats.set_link(self.global(), LinkState::Connected);
+        self.lane
+            .stats
+            .set_link(self.global(), LinkState::Connected);
         let mut subscribed: BTreeSet<String> = BTreeSet::new();
         if let Err(e) = self.resubscribe(client, &mut subscribed).await {
-            return Some(e);
+            return Ended::Lost(e);
         }
         if let Some(a) = &self.announce {
             if let Err(e) = client
                 .publish(a.topic.clone(), QoS::AtLeastOnce, true, a.online.clone())
                 .await
             {
-                return Some(format!("cannot announce the gateway: {e}"));
+                return Ended::Lost(format!("cannot announce the gateway: {e}"));
             }
         }
         let mut batch: Vec<Publish> = Vec::with_capacity(BATCH);
@@ -118,14 +110,14 @@ impl Session {
             tokio::select! {
                 _ = cancel.cancelled() => {
                     self.goodbye(client, events).await;
-                    return None;
+                    return Ended::Cancelled;
                 }
                 changed = self.routes.changed() => {
                     if changed.is_err() {
-                        return None;
+                        return Ended::Cancelled;
                     }
                     if let Err(e) = self.resubscribe(client, &mut subscribed).await {
-                        return Some(e);
+                        return Ended::Lost(e);
                     }
                 }
                 ev = events.recv() => {
@@ -136,9 +128,9 @@ impl Session {
                             Some(Conn::Publish(p)) => batch.push(*p),
                             Some(Conn::Lost(e)) => {
                                 // What was taken but not acknowledged comes again.
-                                return Some(explain(&url, &e));
+                                return Ended::Lost(explain(&url, &e));
                             }
-                            None => return Some(format!("{url}: connection ended")),
+                            None => return Ended::Lost(format!("{url}: connection ended")),
                             _ => {}
                         }
                         if batch.len() >= BATCH {
@@ -151,7 +143,7 @@ impl Session {
                     }
                     if !batch.is_empty() {
                         if let Err(e) = self.take(client, &mut batch).await {
-                            return Some(e);
+                            return Ended::Lost(e);
                         }
                     }
                 }
@@ -195,13 +187,20 @@ impl Session {
             self.route(p, &routes, &mut messages);
         }
         let pushed = self
+            .lane
             .outbox
             .push_new(&messages)
             .map_err(|e| format!("cannot keep messages: {e}"))?;
-        add(&self.stats.of(self.direction).received, pushed.appended);
-        add(&self.stats.of(self.direction).duplicates, pushed.duplicates);
+        add(
+            &self.lane.stats.of(self.lane.direction).received,
+            pushed.appended,
+        );
+        add(
+            &self.lane.stats.of(self.lane.direction).duplicates,
+            pushed.duplicates,
+        );
         if pushed.appended > 0 {
-            self.notify.notify_one();
+            self.lane.notify.notify_one();
         }
         for p in batch.drain(..) {
             client
@@ -235,8 +234,8 @@ impl Session {
             .map_or(&[], |pr| pr.user_properties.as_slice());
         let dead = |reason: String| {
             for r in &matching {
-                self.dead.send(
-                    self.direction,
+                self.lane.dead.send(
+                    self.lane.direction,
                     DeadLetter {
                         topic: r.dead_letter_topic(),
                         original_topic: topic.to_owned(),

@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use self::deadletter::DeadLetters;
 use self::inbound::{Announce, Session};
 use self::mqtt::ClientSpec;
 use self::outbox::Outbox;
@@ -151,6 +152,17 @@ impl BridgeStatus {
         }
         s
     }
+}
+
+/// What a direction's session and forwarder share: its outbox, the signal
+/// that the outbox has news, the counters, and where dead letters go.
+#[derive(Debug, Clone)]
+pub struct Lane {
+    pub direction: Direction,
+    pub outbox: Outbox,
+    pub notify: Arc<Notify>,
+    pub stats: Arc<Stats>,
+    pub dead: DeadLetters,
 }
 
 /// A running bridge.
@@ -280,14 +292,17 @@ impl Bridge {
                     None,
                 ));
             }
-            let session = Session {
+            let lane = Lane {
                 direction: d,
-                spec: session_spec,
-                routes: table.watch(d),
                 outbox: outbox.clone(),
-                notify: Arc::clone(&notify),
+                notify,
                 stats: Arc::clone(&stats),
                 dead: dead.clone(),
+            };
+            let session = Session {
+                lane: lane.clone(),
+                spec: session_spec,
+                routes: table.watch(d),
                 max_payload: config.max_payload,
                 own_origin: origin(match d {
                     Direction::In => Direction::Out,
@@ -296,12 +311,8 @@ impl Bridge {
                 announce: (d == Direction::In).then(|| announce.clone()),
             };
             let forwarder = forward::Forwarder {
-                direction: d,
+                lane,
                 spec: spec(dest, &format!("{}-fwd", d.as_str()), false),
-                outbox: outbox.clone(),
-                notify,
-                stats: Arc::clone(&stats),
-                dead: dead.clone(),
                 origin: format!("{}{epoch}", origin(d)),
                 window: config.window.max(1),
             };

@@ -5,6 +5,7 @@ use std::time::Duration;
 use continuum_bus::BrokerUrl;
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, LastWill, Packet, PubAckReason, Publish};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
+use tokio_util::sync::CancellationToken;
 
 /// Messages a broker may send a session before it acknowledges them.
 pub const RECEIVE_MAXIMUM: u16 = 1024;
@@ -48,6 +49,45 @@ pub fn connect(spec: &ClientSpec, capacity: usize) -> (AsyncClient, EventLoop) {
         o.set_last_will(w.clone());
     }
     AsyncClient::new(o, capacity)
+}
+
+/// How serving one connection ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// Told to stop.
+    Cancelled,
+    /// The connection failed or was lost, and why.
+    Lost(String),
+}
+
+/// Waits for the broker's welcome (CONNACK) on a new connection.
+pub async fn welcomed(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<Conn>,
+    cancel: &CancellationToken,
+    url: &BrokerUrl,
+) -> Result<(), Ended> {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(Ended::Cancelled),
+            ev = events.recv() => match ev {
+                Some(Conn::Connected) => return Ok(()),
+                Some(Conn::Publish(_) | Conn::Sent(_) | Conn::Acked(..)) => {}
+                Some(Conn::Lost(e)) => return Err(Ended::Lost(explain(url, &e))),
+                None => return Err(Ended::Lost(format!("{url}: connection ended"))),
+            }
+        }
+    }
+}
+
+/// Waits before reconnection attempt `attempt` (backoff with jitter); false
+/// when told to stop meanwhile.
+pub async fn pause(attempt: &mut u32, cancel: &CancellationToken) -> bool {
+    let wait = crate::link::backoff(*attempt, Duration::from_secs(10));
+    *attempt = attempt.saturating_add(1);
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(wait) => true,
+    }
 }
 
 /// A connection error as a sentence a user can act on.
