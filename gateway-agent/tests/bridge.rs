@@ -405,3 +405,77 @@ async fn wrong_credentials_are_a_clear_error() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_the_local_broker_refuses_is_dead_lettered() {
+    if !require("mosquitto", "mosquitto") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let global = Mosquitto::start(dir.path(), "global", "");
+    // The local broker refuses `secret/...` to everyone.
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, "topic deny secret/#\ntopic readwrite #\n").unwrap();
+    let local = Mosquitto::start(dir.path(), "local", &format!("acl_file {}", acl.display()));
+    let gw = unique("gw");
+    let bridge = Bridge::start(config(&gw, global.url(), local.url(), dir.path())).unwrap();
+    let mut g = Component::new(
+        gw.clone(),
+        ComponentSpec::Gateway(GatewaySpec {
+            equipped_with_bridge: true,
+            routes: ["open/#", "secret/#"]
+                .iter()
+                .map(|t| StaticRoute {
+                    topic: (*t).into(),
+                    direction: Direction::In,
+                    local_prefix: String::new(),
+                    remote_prefix: String::new(),
+                })
+                .collect(),
+            ..GatewaySpec::default()
+        }),
+    );
+    g.name = gw.clone();
+    bridge.set_routes(&gw, routes_of(&g)).unwrap();
+    let g_pub = Probe::connect(&global.url(), &unique("gpub"), false);
+    let l_sub = Probe::connect(&local.url(), &unique("lsub"), false);
+    l_sub.connected(WITHIN).await;
+    l_sub.subscribe("open/#").await;
+    l_sub.subscribe(&format!("/{gw}/dlq")).await;
+    g_pub.connected(WITHIN).await;
+    until_routed(&g_pub, "open/probe", &l_sub).await;
+    g_pub
+        .publish_numbered("secret/plans", 1..=3, 16, None)
+        .await;
+    g_pub.publish_numbered("open/news", 1..=3, 16, None).await;
+    let dlq = eventually("three dead letters", || {
+        let r = l_sub.received_on(&format!("/{gw}/dlq"));
+        (r.len() >= 3).then_some(r)
+    })
+    .await;
+    assert!(
+        dlq.iter().all(|r| r
+            .properties
+            .iter()
+            .any(|(k, v)| k == "continuum-dlq-reason" && v.contains("refused"))),
+        "{dlq:?}"
+    );
+    assert_eq!(
+        Tally::of(&dlq).taken,
+        [1, 2, 3],
+        "in order, the payloads kept"
+    );
+    // What follows is not held up.
+    let open = eventually("the open messages", || {
+        let r = l_sub.received_on("open/news");
+        (r.len() >= 3).then_some(r)
+    })
+    .await;
+    Tally::of(&open).assert_exactly_once_in_order(3, "after the refusals");
+    let s = bridge.status();
+    assert_eq!(
+        (s.inbound.dead_lettered, s.inbound.dropped),
+        (3, 0),
+        "{s:?}"
+    );
+}

@@ -57,6 +57,7 @@ pub fn status(server: &str, format: Format, style: &Style) -> anyhow::Result<Exi
         .map(String::from)
         .to_vec()];
         let mut failures = Vec::new();
+        let mut bridges = Vec::new();
         for sub in &s.subsystems {
             let g = sub.gateway.as_ref();
             let failing: Vec<_> = sub
@@ -83,6 +84,12 @@ pub fn status(server: &str, format: Format, style: &Style) -> anyhow::Result<Exi
             for c in failing {
                 failures.push(format!("{}/{}: {}", sub.subsystem, c.component, c.reason));
             }
+            // The gateway's bridge says how it is (links, counts, losses).
+            for c in sub.components.iter().filter(|c| {
+                c.reason.starts_with("bridge:") && c.state != ComponentState::Failed as i32
+            }) {
+                bridges.push(format!("{}/{}: {}", sub.subsystem, c.component, c.reason));
+            }
             rows.push(vec![
                 sub.subsystem.clone(),
                 if sub.gateway_id.is_empty() {
@@ -103,6 +110,9 @@ pub fn status(server: &str, format: Format, style: &Style) -> anyhow::Result<Exi
         }
         for f in &failures {
             outln!("  {} {f}", style.red("failed"));
+        }
+        for b in &bridges {
+            outln!("  {b}");
         }
         for sub in &s.subsystems {
             if let Some(d) = sub.gateway.as_ref().and_then(|g| g.diverged.as_ref()) {

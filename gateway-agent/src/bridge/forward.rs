@@ -31,6 +31,8 @@ struct Inflight {
     pos: u64,
     pkid: Option<u16>,
     done: bool,
+    /// The broker refused it (it was dead-lettered).
+    refused: bool,
     topic: String,
     owner: String,
     payload: Vec<u8>,
@@ -93,6 +95,7 @@ impl Forwarder {
                         pos,
                         pkid: None,
                         done: false,
+                        refused: false,
                         topic: m.topic,
                         owner: m.owner,
                         payload: m.payload,
@@ -109,6 +112,10 @@ impl Forwarder {
                 ev = events.recv() => ev,
             };
             let mut next = ev;
+            // What the broker acknowledged before a connection ended is
+            // still forgotten below (some brokers close the connection right
+            // after refusing a publish).
+            let mut ended = None;
             loop {
                 match next {
                     Some(Conn::Sent(pkid)) => {
@@ -126,6 +133,7 @@ impl Forwarder {
                                 reason,
                                 PubAckReason::Success | PubAckReason::NoMatchingSubscribers
                             ) {
+                                f.refused = true;
                                 self.lane.dead.send(
                                     self.lane.direction,
                                     DeadLetter {
@@ -138,8 +146,14 @@ impl Forwarder {
                             }
                         }
                     }
-                    Some(Conn::Lost(e)) => return Ended::Lost(explain(&url, &e)),
-                    None => return Ended::Lost(format!("{url}: connection ended")),
+                    Some(Conn::Lost(e)) => {
+                        ended = Some(Ended::Lost(explain(&url, &e)));
+                        break;
+                    }
+                    None => {
+                        ended = Some(Ended::Lost(format!("{url}: connection ended")));
+                        break;
+                    }
                     _ => {}
                 }
                 match events.try_recv() {
@@ -150,15 +164,22 @@ impl Forwarder {
             // Forget what the broker has, oldest first, in one commit.
             let mut upto = None;
             let mut n = 0u64;
-            while inflight.front().is_some_and(|f| f.done) {
-                upto = inflight.pop_front().map(|f| f.pos);
-                n += 1;
+            while let Some(f) = inflight.pop_front() {
+                if !f.done {
+                    inflight.push_front(f);
+                    break;
+                }
+                upto = Some(f.pos);
+                n += u64::from(!f.refused);
             }
             if let Some(upto) = upto {
                 if let Err(e) = self.lane.outbox.ack(upto) {
                     return Ended::Lost(e.to_string());
                 }
                 add(&self.lane.stats.of(self.lane.direction).forwarded, n);
+            }
+            if let Some(ended) = ended {
+                return ended;
             }
         }
     }
