@@ -493,3 +493,53 @@ async fn a_cut_link_loses_and_duplicates_nothing_and_the_will_says_offline() {
     let last = t.statuses(&rig.gateway).last().cloned().unwrap_or_default();
     assert!(last.contains("\"online\":true"), "back online: {last}");
 }
+
+/// `continuum serve --bus-url` names an external global bus; a gateway given
+/// none learns it from the orchestrator, connects to it, and remembers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_orchestrator_names_the_global_bus() {
+    if !mosquitto_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let global = Mosquitto::start(dir.path(), "global", "");
+    let serve = Serve::start_with(
+        &dir.path().join("orchestrator"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--bus-url",
+            &global.url().to_string(),
+        ],
+    );
+    let gateway = unique("gw");
+    let watcher = Probe::connect(&global.url(), &unique("w"), false);
+    watcher.connected(WITHIN).await;
+    watcher
+        .subscribe(&format!("continuum/gateways/{gateway}/status"))
+        .await;
+    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+    let _agent = Guard(
+        Command::new(env!("CARGO_BIN_EXE_continuum"))
+            .args(["gateway", "--driver", "process", "--id", &gateway])
+            .args(["--orchestrator", &serve.addr, "--mqtt-listen"])
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg("--mqtt5-listen")
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg("--data-dir")
+            .arg(dir.path().join("agent"))
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let status = eventually("the gateway on the external bus", || {
+        watcher
+            .received()
+            .iter()
+            .rev()
+            .find(|r| r.topic.ends_with("/status"))
+            .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+    })
+    .await;
+    assert!(status.contains("\"online\":true"), "{status}");
+}

@@ -250,6 +250,7 @@ async fn whole_path(
         bridge: continuum_gateway::cli::BridgeArgs {
             bus_url: None,
             local_bus_url: None,
+            bus_credentials: None,
             no_bridge: true,
             outbox_capacity: 1_000,
             bridge_max_payload: 1 << 16,

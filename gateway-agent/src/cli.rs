@@ -76,12 +76,17 @@ pub struct Args {
 #[derive(Debug, Clone, clap::Args)]
 pub struct BridgeArgs {
     /// The global bus (`mqtt://[user:password@]host[:port]`, MQTT 5). Default:
-    /// the orchestrator's embedded bus, port 1884 on the orchestrator's host.
+    /// the one the orchestrator names when the gateway registers (its embedded
+    /// bus, or the external one it was given), remembered across restarts;
+    /// before the first registration, port 1884 on the orchestrator's host.
     #[arg(long, env = "CONTINUUM_BUS_URL", value_name = "URL")]
     pub bus_url: Option<BrokerUrl>,
     /// An external local broker (Mosquitto) instead of the embedded one.
     #[arg(long, env = "CONTINUUM_LOCAL_BUS_URL", value_name = "URL")]
     pub local_bus_url: Option<BrokerUrl>,
+    /// Credentials for a global bus the orchestrator names (`user:password`).
+    #[arg(long, env = "CONTINUUM_BUS_CREDENTIALS", value_name = "USER:PASSWORD", value_parser = parse_credentials)]
+    pub bus_credentials: Option<(String, String)>,
     /// Run no bridge (models with functions or routes are then refused).
     #[arg(long)]
     pub no_bridge: bool,
@@ -102,6 +107,28 @@ pub struct BridgeArgs {
     pub bus_keepalive: f64,
 }
 
+fn bracketed(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+/// The global bus named in the orchestrator's welcome, as this gateway reaches it.
+fn named_bus(url: &str, port: u32, orchestrator: &str) -> Option<BrokerUrl> {
+    if !url.is_empty() {
+        return url.parse().ok();
+    }
+    let port = u16::try_from(port).ok().filter(|p| *p > 0)?;
+    format!(
+        "mqtt://{}:{port}",
+        bracketed(&orchestrator_host(orchestrator))
+    )
+    .parse()
+    .ok()
+}
+
 /// The orchestrator's host, from `host:port` or a URL.
 fn orchestrator_host(orchestrator: &str) -> String {
     let rest = orchestrator
@@ -115,6 +142,13 @@ fn orchestrator_host(orchestrator: &str) -> String {
         .rsplit_once(':')
         .map_or(hostport, |(h, _)| h)
         .to_owned()
+}
+
+fn parse_credentials(s: &str) -> Result<(String, String), String> {
+    s.split_once(':')
+        .filter(|(u, _)| !u.is_empty())
+        .map(|(u, p)| (u.to_owned(), p.to_owned()))
+        .ok_or_else(|| format!("`{s}` is not user:password"))
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -209,11 +243,19 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
         };
         let global = match &config.bridge.bus_url {
             Some(url) => url.clone(),
-            None => format!("mqtt://{}:1884", orchestrator_host(&config.orchestrator))
+            None => {
+                let mut u: BrokerUrl = format!(
+                    "mqtt://{}:1884",
+                    bracketed(&orchestrator_host(&config.orchestrator))
+                )
                 .parse()
-                .map_err(|e| anyhow::anyhow!("the default global bus: {e}; give --bus-url"))?,
+                .map_err(|e| anyhow::anyhow!("the default global bus: {e}; give --bus-url"))?;
+                u.credentials = config.bridge.bus_credentials.clone();
+                u
+            }
         };
         let mut bc = BridgeConfig::new(&config.id, global, local);
+        bc.global_pinned = config.bridge.bus_url.is_some();
         bc.data_dir = Some(config.data_dir.clone());
         bc.capacity = config.bridge.outbox_capacity;
         bc.max_payload = config.bridge.bridge_max_payload;
@@ -307,6 +349,28 @@ async fn serve<R: ContainerRuntime>(
             labels: config.labels.iter().cloned().collect(),
         },
         max_backoff,
+        bus: bridge.as_ref().map(|b| {
+            let (tx, mut rx) = mpsc::unbounded_channel::<(String, u32)>();
+            let b = Arc::clone(b);
+            let orchestrator = config.orchestrator.clone();
+            tokio::spawn(async move {
+                while let Some((url, port)) = rx.recv().await {
+                    match named_bus(&url, port, &orchestrator) {
+                        Some(u) => {
+                            if let Err(e) = b.learn_global(u) {
+                                tracing::warn!(error = %e, "cannot keep the global bus's address");
+                            }
+                        }
+                        None => tracing::warn!(
+                            url,
+                            port,
+                            "the orchestrator names a global bus that is not a broker URL"
+                        ),
+                    }
+                }
+            });
+            tx
+        }),
     };
     let (connected_tx, connected) = tokio::sync::watch::channel(false);
     let local_task = match config.local_api {
@@ -378,4 +442,24 @@ async fn serve<R: ContainerRuntime>(
         let _ = task.await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bus_the_orchestrator_names_is_reached_through_its_host() {
+        assert_eq!(orchestrator_host("http://10.0.0.5:7070"), "10.0.0.5");
+        assert_eq!(orchestrator_host("edge.example:7070"), "edge.example");
+        assert_eq!(orchestrator_host("http://[::1]:7070/"), "::1");
+        let u = named_bus("", 1884, "http://10.0.0.5:7070").unwrap();
+        assert_eq!(u.to_string(), "mqtt://10.0.0.5:1884");
+        let u = named_bus("", 1884, "[::1]:7070").unwrap();
+        assert_eq!(u.to_string(), "mqtt://[::1]:1884");
+        let u = named_bus("mqtt://broker.example:1883", 0, "x:1").unwrap();
+        assert_eq!(u.to_string(), "mqtt://broker.example:1883");
+        assert!(named_bus("", 0, "x:1").is_none());
+        assert!(named_bus("http://nope", 0, "x:1").is_none());
+    }
 }

@@ -31,6 +31,9 @@ pub struct LinkConfig {
     pub capabilities: Capabilities,
     /// The longest wait between two dials.
     pub max_backoff: Duration,
+    /// Told the global bus the orchestrator names in its welcome (URL, or
+    /// the port of its embedded bus on the dialled host).
+    pub bus: Option<mpsc::UnboundedSender<(String, u32)>>,
 }
 
 fn now_ms() -> i64 {
@@ -186,6 +189,11 @@ async fn session(
         Err(s) => return Err(ended(false, s.message().to_owned())),
     };
     tracing::info!(subsystem = %welcome.subsystem, "registered with the orchestrator");
+    if let Some(bus) = &config.bus {
+        if !welcome.bus_url.is_empty() || welcome.bus_port > 0 {
+            let _ = bus.send((welcome.bus_url.clone(), welcome.bus_port));
+        }
+    }
     connected.send_replace(true);
     let interval = Duration::from_millis(welcome.heartbeat_interval_ms.max(100));
     let mut heartbeat = tokio::time::interval(interval);

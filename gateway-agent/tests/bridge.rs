@@ -479,3 +479,45 @@ async fn a_publish_the_local_broker_refuses_is_dead_lettered() {
         "{s:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_bus_learned_from_the_orchestrator_is_used_and_remembered() {
+    if !require("mosquitto", "mosquitto") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let first = Mosquitto::start(dir.path(), "first", "");
+    let second = Mosquitto::start(dir.path(), "second", "");
+    let gw = unique("gw");
+    let local = embedded_local();
+    let mut c = config(&gw, first.url(), local.clone(), dir.path());
+    c.global_pinned = false;
+    let watcher = Probe::connect(&second.url(), &unique("w"), false);
+    watcher.connected(WITHIN).await;
+    watcher
+        .subscribe(&format!("continuum/gateways/{gw}/status"))
+        .await;
+    let bridge = Bridge::start(c.clone()).unwrap();
+    eventually("connected to the first", || {
+        (bridge.status().global == LinkState::Connected).then_some(())
+    })
+    .await;
+    bridge.learn_global(second.url()).unwrap();
+    eventually("announced on the second", || {
+        (!watcher.received().is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(bridge.global(), second.url());
+    bridge.stop().await;
+    drop(bridge);
+    // Restarted with the same default, it goes where it was told last.
+    let bridge = Bridge::start(c.clone()).unwrap();
+    assert_eq!(bridge.global(), second.url());
+    bridge.stop().await;
+    drop(bridge);
+    // A bus the operator names is never overridden.
+    c.global_pinned = true;
+    let bridge = Bridge::start(c).unwrap();
+    bridge.learn_global(second.url()).unwrap();
+    assert_eq!(bridge.global(), first.url());
+}

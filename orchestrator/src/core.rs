@@ -189,6 +189,9 @@ pub struct CoreConfig {
     /// Events kept for `Watch` resume.
     pub event_retention: u64,
     pub heartbeat_interval_ms: u64,
+    /// The global bus told to gateways (see `Welcome`).
+    pub bus_url: String,
+    pub bus_port: u32,
 }
 
 /// Writes of one operation, with the events it emits.
@@ -719,6 +722,8 @@ impl Core {
             welcome: Welcome {
                 subsystem,
                 heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+                bus_url: self.config.bus_url.clone(),
+                bus_port: self.config.bus_port,
             },
             targets: rx,
         })

@@ -30,6 +30,8 @@ pub struct Config {
     pub event_retention: u64,
     /// The global bus to embed (none: an external broker is used, or none).
     pub bus: Option<continuum_bus::BrokerConfig>,
+    /// An external global bus (`mqtt://host:port`), told to gateways.
+    pub bus_url: Option<String>,
 }
 
 impl Config {
@@ -41,6 +43,7 @@ impl Config {
             max_message_bytes: 16 << 20,
             event_retention: 100_000,
             bus: None,
+            bus_url: None,
         }
     }
 }
@@ -76,6 +79,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             event_retention: config.event_retention,
             heartbeat_interval_ms: u64::try_from(config.heartbeat_interval.as_millis())
                 .unwrap_or(u64::MAX),
+            bus_url: config.bus_url.clone().unwrap_or_default(),
+            bus_port: config
+                .bus
+                .as_ref()
+                .and_then(|b| b.v5)
+                .map_or(0, |a| u32::from(a.port())),
         },
     )?;
     if let Some(bus) = &config.bus {

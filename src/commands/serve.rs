@@ -27,6 +27,10 @@ pub struct Args {
     pub event_retention: u64,
     #[command(flatten)]
     pub bus: continuum_bus::args::BusArgs,
+    /// An external global bus (`mqtt://host[:port]`) instead of the embedded
+    /// one; gateways are told where it is (they bring their own credentials).
+    #[arg(long, env = "CONTINUUM_BUS_URL", value_name = "URL")]
+    pub bus_url: Option<continuum_bus::BrokerUrl>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -37,7 +41,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.heartbeat_interval = Duration::from_secs_f64(args.heartbeat_interval);
     config.max_message_bytes = args.max_message_bytes;
     config.event_retention = args.event_retention;
-    config.bus = args.bus.config();
+    config.bus = args.bus.config().filter(|_| args.bus_url.is_none());
+    config.bus_url = args.bus_url.as_ref().map(|u| {
+        // Without credentials: each gateway has its own.
+        let mut u = u.clone();
+        u.credentials = None;
+        u.to_string()
+    });
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let running = continuum_orchestrator::start(config.clone()).await?;
@@ -46,6 +56,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             running.local_addr(),
             config.data_dir.display()
         );
+        if let Some(url) = &config.bus_url {
+            eprintln!("global bus (MQTT): {url} (external)");
+        }
         if let Some(bus) = &config.bus {
             eprintln!(
                 "global bus (MQTT) on {} (3.1.1) and {} (5)",

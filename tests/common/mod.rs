@@ -32,8 +32,15 @@ impl Serve {
     }
 
     pub fn start_on(data: &Path, listen: &str) -> Serve {
+        Serve::start_with(data, &["--no-mqtt", "--listen", listen])
+    }
+
+    /// `continuum serve --data-dir DATA` with these flags.
+    pub fn start_with(data: &Path, flags: &[&str]) -> Serve {
         let mut child = Command::new(env!("CARGO_BIN_EXE_continuum"))
-            .args(["serve", "--no-mqtt", "--listen", listen, "--data-dir"])
+            .arg("serve")
+            .args(flags)
+            .arg("--data-dir")
             .arg(data)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())

@@ -64,7 +64,7 @@ pub fn start(
         loop {
             let (client, eventloop) = connect(&spec, 64);
             let mut events = pump(eventloop);
-            let welcome = welcomed(&mut events, &cancel, &spec.url).await;
+            let welcome = welcomed(&mut events, &cancel, &spec.current_url()).await;
             if let Err(Ended::Cancelled) = welcome {
                 return;
             }

@@ -66,10 +66,12 @@ impl Forwarder {
         cancel: &CancellationToken,
         attempt: &mut u32,
     ) -> Ended {
-        let url = self.spec.url.clone();
+        let url = self.spec.current_url();
         if let Err(ended) = welcomed(events, cancel, &url).await {
             return ended;
         }
+        let moved = self.spec.moved();
+        tokio::pin!(moved);
         *attempt = 0;
         let mut inflight: VecDeque<Inflight> = VecDeque::new();
         let mut last_sent = 0u64;
@@ -107,6 +109,10 @@ impl Forwarder {
                 _ = cancel.cancelled() => {
                     let _ = client.disconnect().await;
                     return Ended::Cancelled;
+                }
+                _ = &mut moved => {
+                    let _ = client.disconnect().await;
+                    return Ended::Lost(format!("the bus moved from {url}"));
                 }
                 _ = self.lane.notify.notified(), if room => continue,
                 ev = events.recv() => ev,

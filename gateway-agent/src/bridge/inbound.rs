@@ -85,10 +85,12 @@ impl Session {
         cancel: &CancellationToken,
         attempt: &mut u32,
     ) -> Ended {
-        let url = self.spec.url.clone();
+        let url = self.spec.current_url();
         if let Err(ended) = welcomed(events, cancel, &url).await {
             return ended;
         }
+        let moved = self.spec.moved();
+        tokio::pin!(moved);
         *attempt = 0;
         self.lane
             .stats
@@ -111,6 +113,10 @@ impl Session {
                 _ = cancel.cancelled() => {
                     self.goodbye(client, events).await;
                     return Ended::Cancelled;
+                }
+                _ = &mut moved => {
+                    self.goodbye(client, events).await;
+                    return Ended::Lost(format!("the bus moved from {url} to {}", self.spec.current_url()));
                 }
                 changed = self.routes.changed() => {
                     if changed.is_err() {

@@ -34,7 +34,7 @@ use continuum_models::route::{Direction, Route};
 use redb::{Database, TableDefinition};
 use rumqttc::v5::mqttbytes::v5::LastWill;
 use rumqttc::v5::mqttbytes::QoS;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -50,6 +50,10 @@ use self::stats::{get, LinkState, Stats};
 pub struct BridgeConfig {
     pub gateway: String,
     pub global: BrokerUrl,
+    /// The global bus was named by the operator (`--bus-url`): what the
+    /// orchestrator says is ignored. Otherwise the last address learned from
+    /// it is kept, and used until it says another.
+    pub global_pinned: bool,
     pub local: BrokerUrl,
     /// Where `bridge.redb` lives; `None`: outboxes in memory (benchmarks only:
     /// a crash loses what they hold).
@@ -70,6 +74,7 @@ impl BridgeConfig {
         BridgeConfig {
             gateway: gateway.to_owned(),
             global,
+            global_pinned: true,
             local,
             data_dir: None,
             durable: true,
@@ -167,6 +172,9 @@ pub struct Lane {
 
 /// A running bridge.
 pub struct Bridge {
+    db: Arc<Database>,
+    global: watch::Sender<BrokerUrl>,
+    pinned: bool,
     table: table::Table,
     stats: Arc<Stats>,
     inbound: Outbox,
@@ -184,6 +192,30 @@ impl std::fmt::Debug for Bridge {
 }
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("bridge.meta");
+/// The global bus last learned from the orchestrator (its address only).
+const LEARNED_BUS: &str = "learned_bus";
+
+fn meta_get(db: &Database, key: &str) -> Result<Option<String>, String> {
+    use redb::ReadableDatabase;
+    let txn = db.begin_read().map_err(|e| e.to_string())?;
+    let t = match txn.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    Ok(t.get(key)
+        .map_err(|e| e.to_string())?
+        .map(|v| v.value().to_owned()))
+}
+
+fn meta_put(db: &Database, key: &str, value: &str) -> Result<(), String> {
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut t = txn.open_table(META).map_err(|e| e.to_string())?;
+        t.insert(key, value).map_err(|e| e.to_string())?;
+    }
+    txn.commit().map_err(|e| e.to_string())
+}
 
 /// This database's epoch: outbox positions restart with a new database, so
 /// ids name the database they were numbered in.
@@ -245,12 +277,26 @@ impl Bridge {
         };
         let inbound = open("in")?;
         let outbound = open("out")?;
+        let learned = if config.global_pinned {
+            None
+        } else {
+            meta_get(&db, LEARNED_BUS)
+                .map_err(store)?
+                .and_then(|u| u.parse::<BrokerUrl>().ok())
+                .map(|mut u| {
+                    u.credentials = config.global.credentials.clone();
+                    u
+                })
+        };
+        let initial = learned.unwrap_or_else(|| config.global.clone());
+        let (global_tx, global_rx) = watch::channel(initial.clone());
         let stats = Arc::new(Stats::default());
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         let gw = &config.gateway;
         let spec = |url: &BrokerUrl, role: &str, persistent: bool| ClientSpec {
             url: url.clone(),
+            follow: None,
             client_id: format!("continuum-bridge-{gw}-{role}"),
             persistent,
             manual_acks: persistent,
@@ -283,6 +329,11 @@ impl Bridge {
             };
             let notify = Arc::new(Notify::new());
             let mut session_spec = spec(source, d.as_str(), true);
+            let mut forwarder_spec = spec(dest, &format!("{}-fwd", d.as_str()), false);
+            match d {
+                Direction::In => session_spec.follow = Some(global_rx.clone()),
+                Direction::Out => forwarder_spec.follow = Some(global_rx.clone()),
+            }
             if d == Direction::In {
                 session_spec.will = Some(LastWill::new(
                     status_topic.clone(),
@@ -312,7 +363,7 @@ impl Bridge {
             };
             let forwarder = forward::Forwarder {
                 lane,
-                spec: spec(dest, &format!("{}-fwd", d.as_str()), false),
+                spec: forwarder_spec,
                 origin: format!("{}{epoch}", origin(d)),
                 window: config.window.max(1),
             };
@@ -321,8 +372,11 @@ impl Bridge {
             tasks.spawn(forwarder.run(cancel.child_token()).instrument(span));
         }
         tasks.close();
-        tracing::info!(global = %config.global, local = %config.local, "bridge started");
+        tracing::info!(global = %initial, local = %config.local, "bridge started");
         Ok(Bridge {
+            db,
+            global: global_tx,
+            pinned: config.global_pinned,
             table,
             stats,
             inbound,
@@ -330,6 +384,28 @@ impl Bridge {
             cancel,
             tasks,
         })
+    }
+
+    /// The global bus the orchestrator names: used (and remembered for the
+    /// next start) unless the operator pinned one. The connections to the old
+    /// one end and reconnect to it.
+    pub fn learn_global(&self, mut url: BrokerUrl) -> Result<(), String> {
+        // The gateway's own credentials; the address is kept without them.
+        url.credentials = self.global.borrow().credentials.clone();
+        if self.pinned || *self.global.borrow() == url {
+            return Ok(());
+        }
+        let mut bare = url.clone();
+        bare.credentials = None;
+        meta_put(&self.db, LEARNED_BUS, &bare.to_string())?;
+        tracing::info!(global = %url, "the orchestrator names the global bus");
+        self.global.send_replace(url);
+        Ok(())
+    }
+
+    /// The global bus in use.
+    pub fn global(&self) -> BrokerUrl {
+        self.global.borrow().clone()
     }
 
     /// Makes `owner`'s routes exactly `routes` (durably; subscriptions follow).

@@ -14,6 +14,9 @@ pub const RECEIVE_MAXIMUM: u16 = 1024;
 #[derive(Debug, Clone)]
 pub struct ClientSpec {
     pub url: BrokerUrl,
+    /// Where the broker is when it can move (the global bus, learned from the
+    /// orchestrator): read at every connection, and a move ends the current one.
+    pub follow: Option<tokio::sync::watch::Receiver<BrokerUrl>>,
     pub client_id: String,
     /// Keep the session (subscriptions, unacknowledged messages) across
     /// disconnections, for ever.
@@ -26,8 +29,35 @@ pub struct ClientSpec {
     pub max_packet: u32,
 }
 
+impl ClientSpec {
+    /// The broker's address now.
+    pub fn current_url(&self) -> BrokerUrl {
+        match &self.follow {
+            Some(rx) => rx.borrow().clone(),
+            None => self.url.clone(),
+        }
+    }
+
+    /// Resolves when the broker's address changes (never for a fixed one).
+    pub fn moved(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut follow = self.follow.clone();
+        async move {
+            match follow.as_mut() {
+                Some(rx) => {
+                    rx.borrow_and_update();
+                    if rx.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+}
+
 pub fn connect(spec: &ClientSpec, capacity: usize) -> (AsyncClient, EventLoop) {
-    let mut o = MqttOptions::new(&spec.client_id, &spec.url.host, spec.url.port);
+    let url = spec.current_url();
+    let mut o = MqttOptions::new(&spec.client_id, &url.host, url.port);
     // rumqttc refuses keep-alives under 5 s.
     o.set_keep_alive(spec.keep_alive.max(Duration::from_secs(5)))
         .set_clean_start(!spec.persistent)
@@ -42,7 +72,7 @@ pub fn connect(spec: &ClientSpec, capacity: usize) -> (AsyncClient, EventLoop) {
     if spec.manual_acks {
         o.set_receive_maximum(Some(RECEIVE_MAXIMUM));
     }
-    if let Some((u, p)) = &spec.url.credentials {
+    if let Some((u, p)) = &url.credentials {
         o.set_credentials(u, p);
     }
     if let Some(w) = &spec.will {
