@@ -38,14 +38,34 @@ struct Inflight {
     payload: Vec<u8>,
 }
 
+/// A message in flight each time the destination closed the connection.
+#[derive(Debug, Clone, Copy)]
+struct Suspect {
+    pos: u64,
+    strikes: u32,
+}
+
+/// Connections lost with the same message alone in flight before it is
+/// dead-lettered: some brokers close the connection instead of refusing a
+/// publish (Mosquitto does after an ACL denial), which would otherwise stall
+/// the bridge on that message for ever.
+const POISON_STRIKES: u32 = 3;
+
 impl Forwarder {
     pub async fn run(self, cancel: CancellationToken) {
         let mut attempt = 0u32;
+        let mut suspect: Option<Suspect> = None;
         loop {
+            if let Some(s) = suspect.filter(|s| s.strikes >= POISON_STRIKES) {
+                suspect = None;
+                if let Err(e) = self.set_aside(s) {
+                    tracing::error!(error = %e, "cannot set a poison message aside");
+                }
+            }
             let (client, eventloop) = connect(&self.spec, self.window * 2);
             let mut events = pump(eventloop);
             match self
-                .connected(&client, &mut events, &cancel, &mut attempt)
+                .connected(&client, &mut events, &cancel, &mut attempt, &mut suspect)
                 .await
             {
                 Ended::Cancelled => return,
@@ -59,12 +79,35 @@ impl Forwarder {
         }
     }
 
+    /// Dead-letters the message the destination keeps closing the connection on.
+    fn set_aside(&self, s: Suspect) -> Result<(), String> {
+        let head = self.lane.outbox.peek(1).map_err(|e| e.to_string())?;
+        let Some((pos, m)) = head.into_iter().next().filter(|(pos, _)| *pos == s.pos) else {
+            return Ok(());
+        };
+        self.lane.dead.send(
+            self.lane.direction,
+            DeadLetter {
+                topic: format!("/{}/dlq", m.owner),
+                original_topic: m.topic,
+                reason: format!(
+                    "refused by {}: the connection was closed each time it was sent ({} times)",
+                    self.spec.current_url(),
+                    s.strikes
+                ),
+                payload: m.payload,
+            },
+        );
+        self.lane.outbox.ack(pos).map_err(|e| e.to_string())
+    }
+
     async fn connected(
         &self,
         client: &AsyncClient,
         events: &mut tokio::sync::mpsc::UnboundedReceiver<Conn>,
         cancel: &CancellationToken,
         attempt: &mut u32,
+        suspect: &mut Option<Suspect>,
     ) -> Ended {
         let url = self.spec.current_url();
         if let Err(ended) = welcomed(events, cancel, &url).await {
@@ -75,22 +118,26 @@ impl Forwarder {
         *attempt = 0;
         let mut inflight: VecDeque<Inflight> = VecDeque::new();
         let mut last_sent = 0u64;
-        loop {
+        let ended = 'serve: loop {
+            // After a connection was lost with messages in flight, the oldest
+            // goes alone until the broker takes it: a broker that closes the
+            // connection on it shows which message it is.
+            let window = if suspect.is_some() { 1 } else { self.window };
             // Fill the window, in chunks: one read of the outbox for many
             // messages, not one per acknowledgement.
-            let room = self.window - inflight.len().min(self.window);
-            if room > 0 && (inflight.is_empty() || room >= self.window / 4) {
+            let room = window - inflight.len().min(window);
+            if room > 0 && (inflight.is_empty() || room >= window / 4) {
                 let more = match self
                     .lane
                     .outbox
-                    .peek_after(last_sent, self.window - inflight.len())
+                    .peek_after(last_sent, window - inflight.len())
                 {
                     Ok(m) => m,
-                    Err(e) => return Ended::Lost(e.to_string()),
+                    Err(e) => break Ended::Lost(e.to_string()),
                 };
                 for (pos, m) in more {
                     if let Err(e) = self.publish(client, pos, &m).await {
-                        return Ended::Lost(e);
+                        break 'serve Ended::Lost(e);
                     }
                     last_sent = pos;
                     inflight.push_back(Inflight {
@@ -104,15 +151,15 @@ impl Forwarder {
                     });
                 }
             }
-            let room = inflight.len() < self.window;
+            let room = inflight.len() < window;
             let ev = tokio::select! {
                 _ = cancel.cancelled() => {
                     let _ = client.disconnect().await;
-                    return Ended::Cancelled;
+                    break Ended::Cancelled;
                 }
                 _ = &mut moved => {
                     let _ = client.disconnect().await;
-                    return Ended::Lost(format!("the bus moved from {url}"));
+                    break Ended::Lost(format!("the bus moved from {url}"));
                 }
                 _ = self.lane.notify.notified(), if room => continue,
                 ev = events.recv() => ev,
@@ -179,15 +226,31 @@ impl Forwarder {
                 n += u64::from(!f.refused);
             }
             if let Some(upto) = upto {
+                if suspect.is_some_and(|s| s.pos <= upto) {
+                    *suspect = None;
+                }
                 if let Err(e) = self.lane.outbox.ack(upto) {
-                    return Ended::Lost(e.to_string());
+                    break Ended::Lost(e.to_string());
                 }
                 add(&self.lane.stats.of(self.lane.direction).forwarded, n);
             }
             if let Some(ended) = ended {
-                return ended;
+                break ended;
             }
+        };
+        if let (Ended::Lost(_), Some(head)) = (&ended, inflight.front()) {
+            *suspect = Some(match *suspect {
+                Some(s) if s.pos == head.pos => Suspect {
+                    pos: s.pos,
+                    strikes: s.strikes + 1,
+                },
+                _ => Suspect {
+                    pos: head.pos,
+                    strikes: 1,
+                },
+            });
         }
+        ended
     }
 
     async fn publish(&self, client: &AsyncClient, pos: u64, m: &Message) -> Result<(), String> {
