@@ -230,10 +230,14 @@ impl Outbox {
     }
 
     /// Forgets every message up to and including position `upto` (the far side
-    /// has them).
+    /// has them). Not synced to disk by itself: a crash may bring the last
+    /// acknowledged messages back, and they are sent again with the same ids,
+    /// which the far side recognises. (The next append makes it durable.)
     pub fn ack(&self, upto: u64) -> Result<(), OutboxError> {
         let q = queue(&self.name);
-        let txn = self.begin_write()?;
+        let mut txn = self.db.begin_write().map_err(|e| self.error(e))?;
+        txn.set_durability(redb::Durability::None)
+            .map_err(|e| self.error(e))?;
         {
             let mut queue = txn
                 .open_table(TableDefinition::<u64, &[u8]>::new(&q))
