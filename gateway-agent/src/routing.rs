@@ -39,7 +39,7 @@ impl Routing for Bridge {
         let s = self.status();
         let refused = [&s.global, &s.local]
             .iter()
-            .any(|l| matches!(l, LinkState::Down(why) if why.contains("refused")));
+            .any(|l| matches!(l, LinkState::Refused(_)));
         let state = if refused {
             State::Failed
         } else if s.global == LinkState::Connected && s.local == LinkState::Connected {

@@ -387,12 +387,20 @@ async fn wrong_credentials_are_a_clear_error() {
         .unwrap();
     let bridge = Bridge::start(config(&unique("gw"), wrong, embedded_local(), dir.path())).unwrap();
     let why = eventually("a refusal", || match bridge.status().global {
-        LinkState::Down(why) => Some(why),
+        LinkState::Refused(why) => Some(why),
         _ => None,
     })
     .await;
     assert!(why.contains("refused the bridge's credentials"), "{why}");
     assert!(!why.contains("wrong"), "the password is not shown: {why}");
+    // `continuum status` shows the gateway failing, with the reason.
+    let health = continuum_gateway::routing::Routing::health(&bridge).unwrap();
+    assert_eq!(health.state, continuum_gateway::engine::State::Failed);
+    assert!(
+        health.reason.contains("refused the bridge's credentials"),
+        "{}",
+        health.reason
+    );
     drop(bridge);
     let right: BrokerUrl = format!("mqtt://bridge:right@{}", global.addr)
         .parse()

@@ -69,7 +69,7 @@ impl Forwarder {
                 .await
             {
                 Ended::Cancelled => return,
-                Ended::Lost(why) => {
+                Ended::Lost(why) | Ended::Refused(why) => {
                     tracing::warn!(direction = self.lane.direction.as_str(), %why, "forwarder connection lost")
                 }
             }
@@ -238,7 +238,7 @@ impl Forwarder {
                 break ended;
             }
         };
-        if let (Ended::Lost(_), Some(head)) = (&ended, inflight.front()) {
+        if let (Ended::Lost(_) | Ended::Refused(_), Some(head)) = (&ended, inflight.front()) {
             *suspect = Some(match *suspect {
                 Some(s) if s.pos == head.pos => Suspect {
                     pos: s.pos,

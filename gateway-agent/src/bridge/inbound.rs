@@ -70,6 +70,10 @@ impl Session {
                     .lane
                     .stats
                     .set_link(self.global(), LinkState::Down(why)),
+                Ended::Refused(why) => self
+                    .lane
+                    .stats
+                    .set_link(self.global(), LinkState::Refused(why)),
             }
             if !pause(&mut attempt, &cancel).await {
                 return;

@@ -130,7 +130,9 @@ impl BridgeStatus {
         let link = |name: &str, s: &LinkState| match s {
             LinkState::Connected => format!("{name} connected"),
             LinkState::Connecting => format!("{name} connecting"),
-            LinkState::Down(why) => format!("{name} down ({why}; retrying)"),
+            LinkState::Down(why) | LinkState::Refused(why) => {
+                format!("{name} down ({why}; retrying)")
+            }
         };
         let dir = |name: &str, d: &DirectionStatus| {
             let mut s = format!("{name}: {} forwarded, {} queued", d.forwarded, d.queued);

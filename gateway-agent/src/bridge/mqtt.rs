@@ -88,6 +88,8 @@ pub enum Ended {
     Cancelled,
     /// The connection failed or was lost, and why.
     Lost(String),
+    /// The broker refused the credentials.
+    Refused(String),
 }
 
 /// Waits for the broker's welcome (CONNACK) on a new connection.
@@ -102,7 +104,14 @@ pub async fn welcomed(
             ev = events.recv() => match ev {
                 Some(Conn::Connected) => return Ok(()),
                 Some(Conn::Publish(_) | Conn::Sent(_) | Conn::Acked(..)) => {}
-                Some(Conn::Lost(e)) => return Err(Ended::Lost(explain(url, &e))),
+                Some(Conn::Lost(e)) => {
+                    let why = explain(url, &e);
+                    return Err(if refused_credentials(&e) {
+                        Ended::Refused(why)
+                    } else {
+                        Ended::Lost(why)
+                    });
+                }
                 None => return Err(Ended::Lost(format!("{url}: connection ended"))),
             }
         }
@@ -120,17 +129,21 @@ pub async fn pause(attempt: &mut u32, cancel: &CancellationToken) -> bool {
     }
 }
 
+/// Whether the broker refused the credentials.
+fn refused_credentials(e: &ConnectionError) -> bool {
+    matches!(
+        e,
+        ConnectionError::ConnectionRefused(
+            ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized
+        )
+    )
+}
+
 /// A connection error as a sentence a user can act on.
 pub fn explain(url: &BrokerUrl, e: &ConnectionError) -> String {
     match e {
-        ConnectionError::ConnectionRefused(
-            ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized,
-        ) => format!(
-            "{url} refused the bridge's credentials ({}): check the user and password in the URL",
-            match e {
-                ConnectionError::ConnectionRefused(c) => format!("{c:?}"),
-                _ => String::new(),
-            }
+        ConnectionError::ConnectionRefused(code) if refused_credentials(e) => format!(
+            "{url} refused the bridge's credentials ({code:?}): check the user and password in the URL"
         ),
         ConnectionError::ConnectionRefused(code) => {
             format!("{url} refused the connection: {code:?}")

@@ -13,6 +13,9 @@ pub enum LinkState {
     Connected,
     /// Not connected, and why (retried with backoff).
     Down(String),
+    /// The broker refused the bridge's credentials (retried with backoff:
+    /// they may be fixed on the broker's side).
+    Refused(String),
 }
 
 /// Counters of one direction.
@@ -52,7 +55,7 @@ impl Stats {
         let mut s = slot.lock().unwrap_or_else(|e| e.into_inner());
         if *s != state {
             match &state {
-                LinkState::Down(why) => {
+                LinkState::Down(why) | LinkState::Refused(why) => {
                     tracing::warn!(bus = if global { "global" } else { "local" }, %why, "bridge connection down")
                 }
                 LinkState::Connected => tracing::info!(
