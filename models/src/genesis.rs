@@ -1,7 +1,20 @@
 //! Import of GeneSIS deployment models (the format SERVERLESS4IOT builds on).
 //!
-//! The mapping follows `docs/genesis-import.md`: every component type and link is
-//! mapped or reported as not mappable; credentials are never carried over.
+//! Every component type and link is mapped or reported as not mappable, and
+//! credentials are never carried over (the mapping is described in
+//! `docs/model-format.md`). Models written for GeneSIS often hold things a
+//! Continuum model states differently; each is imported as a GeneSIS user would
+//! expect, with a warning that says what was decided:
+//!
+//! * communication links both ways between two components (publish/subscribe,
+//!   request/reply) are kept: such cycles order nothing, the components start
+//!   together;
+//! * software that no containment places anywhere is modelled, not deployed: it
+//!   is left out of the subsystems;
+//! * a device that offers an execution port to software (not firmware) runs it,
+//!   so it is imported as a host;
+//! * a device that needs a deployer but that no deployer link reaches is wired
+//!   to the gateway, whose agent then flashes it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -30,6 +43,9 @@ pub struct Summary {
     pub warnings: Vec<Note>,
     /// Left out of the model.
     pub unmapped: Vec<Note>,
+    /// Software that no containment places on a machine or device: modelled in
+    /// GeneSIS but not deployed, so left out of the subsystems (ids).
+    pub undeployed: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -139,6 +155,37 @@ fn port_names(v: &Value, key: &str) -> Vec<String> {
             .unwrap_or_default(),
         _ => Vec::new(),
     }
+}
+
+/// Whether a component is firmware for a board (an Arduino sketch, or ThingML
+/// compiled for Arduino).
+fn is_firmware(gtype: GType, c: &Value) -> bool {
+    match gtype {
+        GType::Arduino => true,
+        GType::ThingMl => str_field(c, "target_language") == Some("arduino"),
+        _ => false,
+    }
+}
+
+/// Software that a containment must place on a machine or device.
+fn is_software(gtype: GType) -> bool {
+    matches!(
+        gtype,
+        GType::Software | GType::NodeRed | GType::Arduino | GType::ThingMl
+    )
+}
+
+/// What the importer decided about a component beyond its GeneSIS type.
+#[derive(Debug, Clone, Copy, Default)]
+struct Role {
+    /// The machine that becomes the subsystem's gateway.
+    gateway: bool,
+    /// A device that hosts software, imported as a host.
+    device_as_host: bool,
+    /// A device that needs a deployer, when no gateway can be one.
+    no_deployer: bool,
+    /// Software with a Docker resource runs on it.
+    runs_containers: bool,
 }
 
 /// What we keep about one GeneSIS component while mapping.
@@ -367,6 +414,127 @@ pub fn import(file: &str, text: &str) -> Result<Import, Invalid> {
         }
     }
 
+    let entry_of: HashMap<&str, &Entry> = by_name.values().map(|e| (e.id.as_str(), e)).collect();
+    let value_of = |id: &str| &components[entry_of[id].index];
+
+    // A device whose execution port hosts software runs it: it is a host.
+    let mut device_hosts: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (hosted, host) in &hosts {
+        let (Some(h), Some(s)) = (entry_of.get(host.as_str()), entry_of.get(hosted.as_str()))
+        else {
+            continue;
+        };
+        if h.gtype == GType::Device
+            && is_software(s.gtype)
+            && !is_firmware(s.gtype, value_of(hosted))
+        {
+            device_hosts
+                .entry(host.clone())
+                .or_default()
+                .push(hosted.clone());
+        }
+    }
+    for (device, software) in &mut device_hosts {
+        software.sort();
+        cx.warn(
+            &cpath.index(entry_of[device.as_str()].index),
+            format!(
+                "device `{device}` offers an execution port to software ({}); imported as a host that runs it (a Continuum device only takes firmware)",
+                software.join(", ")
+            ),
+        );
+    }
+    let runs_software = |id: &str| {
+        entry_of
+            .get(id)
+            .is_some_and(|e| e.gtype == GType::Machine || device_hosts.contains_key(id))
+    };
+
+    // Software that no containment places on a machine or device is modelled,
+    // not deployed: it stays out of the subsystems.
+    let mut undeployed: BTreeMap<String, String> = BTreeMap::new();
+    let mut software: Vec<&Entry> = by_name.values().filter(|e| is_software(e.gtype)).collect();
+    software.sort_by_key(|e| e.index);
+    for e in &software {
+        let firmware = is_firmware(e.gtype, &components[e.index]);
+        let mut at = e.id.as_str();
+        let mut end = None;
+        for _ in 0..=hosts.len() {
+            match hosts.get(at) {
+                Some(h) => at = h,
+                None => {
+                    end = Some(at);
+                    break;
+                }
+            }
+        }
+        let why = match end {
+            Some(end) if end == e.id => {
+                Some("no containment places it on a machine or device".to_owned())
+            }
+            Some(end) => match entry_of.get(end).map(|x| x.gtype) {
+                Some(GType::Machine) | Some(GType::Device) => None,
+                _ => Some(format!(
+                    "its hosting chain ends at `{end}`, which is not a machine or device"
+                )),
+            },
+            None => Some("its containments form a loop".to_owned()),
+        };
+        let why = why.or_else(|| {
+            let host = hosts.get(e.id.as_str())?;
+            (firmware && runs_software(host)).then(|| {
+                format!("it is firmware, and `{host}` runs software, so it is imported as a host, not a device")
+            })
+        });
+        if let Some(why) = why {
+            undeployed.insert(e.id.clone(), why);
+        }
+    }
+    // What runs on undeployed software is not deployed either.
+    loop {
+        let more: Vec<(String, String)> = hosts
+            .iter()
+            .filter(|(hosted, host)| {
+                undeployed.contains_key(*host) && !undeployed.contains_key(*hosted)
+            })
+            .map(|(hosted, host)| {
+                (
+                    hosted.clone(),
+                    format!("it runs on `{host}`, which is not deployed"),
+                )
+            })
+            .collect();
+        if more.is_empty() {
+            break;
+        }
+        undeployed.extend(more);
+    }
+    for (id, why) in &undeployed {
+        let dropped = links.iter().filter(|l| l.touches(id)).count();
+        let links_note = match dropped {
+            0 => String::new(),
+            1 => "; its one link is left out too".to_owned(),
+            n => format!("; its {n} links are left out too"),
+        };
+        cx.warn(
+            &cpath.index(entry_of[id.as_str()].index),
+            format!("`{id}` is modelled but not deployed ({why}): left out of the subsystems{links_note}; add a containment to deploy it"),
+        );
+    }
+    links.retain(|l| {
+        let (a, b) = l.endpoints();
+        !undeployed.contains_key(a) && !undeployed.contains_key(b)
+    });
+    deployers.retain(|(a, b)| !undeployed.contains_key(a) && !undeployed.contains_key(b));
+    hosts.retain(|hosted, _| !undeployed.contains_key(hosted));
+    cx.summary.undeployed = undeployed.keys().cloned().collect();
+    // The summary counts what the model keeps.
+    cx.summary.containments = links
+        .iter()
+        .filter(|l| matches!(l, Link::Hosting { .. }))
+        .count();
+    cx.summary.links = links.len() - cx.summary.containments;
+
     // The machine that hosts a deployer (directly or through its software) is the gateway.
     let machine_of = |start: &str| -> Option<String> {
         let mut id = start.to_owned();
@@ -382,26 +550,24 @@ pub fn import(file: &str, text: &str) -> Result<Import, Invalid> {
     let mut physical: Vec<(String, String)> = Vec::new();
     for (from, to) in &deployers {
         if let Some(m) = machine_of(from) {
-            if by_name
-                .values()
-                .any(|e| e.id == m && e.gtype == GType::Machine)
-            {
+            if runs_software(&m) {
                 gateway_ids.insert(m.clone());
                 if let Some(dev) = machine_of(to) {
-                    if by_name
-                        .values()
-                        .any(|e| e.id == dev && e.gtype == GType::Device)
-                    {
+                    let device = entry_of.get(dev.as_str()).map(|e| e.gtype) == Some(GType::Device);
+                    if device && !device_hosts.contains_key(&dev) {
                         physical.push((m, dev));
                     }
                 }
             }
         }
     }
-    let mut entries: Vec<&Entry> = by_name.values().collect();
+    let mut entries: Vec<&Entry> = by_name
+        .values()
+        .filter(|e| !undeployed.contains_key(&e.id))
+        .collect();
     entries.sort_by_key(|e| e.index);
     if gateway_ids.is_empty() {
-        if let Some(first) = entries.iter().find(|e| e.gtype == GType::Machine) {
+        if let Some(first) = entries.iter().find(|e| runs_software(&e.id)) {
             gateway_ids.insert(first.id.clone());
             cx.warn(
                 &cpath.index(first.index),
@@ -410,6 +576,37 @@ pub fn import(file: &str, text: &str) -> Result<Import, Invalid> {
                     first.id
                 ),
             );
+        }
+    }
+    // A device that needs a deployer but that no deployer link reaches: the
+    // gateway's agent deploys it, as GeneSIS's own deployer would have.
+    let gateway = entries
+        .iter()
+        .find(|e| gateway_ids.contains(&e.id))
+        .map(|e| e.id.clone());
+    let mut no_deployer: HashSet<String> = HashSet::new();
+    for e in &entries {
+        let c = &components[e.index];
+        let needs = c
+            .get("needDeployer")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if e.gtype != GType::Device || !needs || device_hosts.contains_key(&e.id) {
+            continue;
+        }
+        if physical.iter().any(|(_, d)| *d == e.id) {
+            continue;
+        }
+        let path = cpath.index(e.index).key("needDeployer");
+        match &gateway {
+            Some(g) => {
+                cx.warn(&path, format!("device `{}` needs a deployer but no deployer link reaches it; it is wired to the gateway `{g}`, whose agent deploys it (change the physical link if the device is plugged into another host)", e.id));
+                physical.push((g.clone(), e.id.clone()));
+            }
+            None => {
+                cx.warn(&path, format!("device `{}` needs a deployer but the model has no machine to be one; imported without `need_deployer`", e.id));
+                no_deployer.insert(e.id.clone());
+            }
         }
     }
     for (m, dev) in physical {
@@ -429,8 +626,19 @@ pub fn import(file: &str, text: &str) -> Result<Import, Invalid> {
     for e in &entries {
         let path = cpath.index(e.index);
         let c = &components[e.index];
-        let gateway = gateway_ids.contains(&e.id);
-        let component = map_component(&mut cx, c, e, gateway, &path);
+        let role = Role {
+            gateway: gateway_ids.contains(&e.id),
+            device_as_host: device_hosts.contains_key(&e.id),
+            no_deployer: no_deployer.contains(&e.id),
+            runs_containers: device_hosts.get(&e.id).is_some_and(|hosted| {
+                hosted.iter().any(|h| {
+                    value_of(h)
+                        .get("docker_resource")
+                        .is_some_and(|d| !is_empty_value(d))
+                })
+            }),
+        };
+        let component = map_component(&mut cx, c, e, role, &path);
         *cx.summary
             .kinds
             .entry(component.kind().as_str().to_owned())
@@ -457,7 +665,7 @@ pub fn import(file: &str, text: &str) -> Result<Import, Invalid> {
     })
 }
 
-fn map_component(cx: &mut Ctx, c: &Value, e: &Entry, gateway: bool, path: &JsonPath) -> Component {
+fn map_component(cx: &mut Ctx, c: &Value, e: &Entry, role: Role, path: &JsonPath) -> Component {
     let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
     let mut properties = BTreeMap::new();
     if let Some(id) = c.get("id").and_then(Value::as_str) {
@@ -482,11 +690,16 @@ fn map_component(cx: &mut Ctx, c: &Value, e: &Entry, gateway: bool, path: &JsonP
             }
         }
     }
-    let spec = match e.gtype {
+    let gtype = if role.device_as_host {
+        GType::Machine
+    } else {
+        e.gtype
+    };
+    let spec = match gtype {
         GType::Machine => {
             let (access, docker) = machine_access(cx, c, path);
             let capabilities = Capabilities {
-                docker,
+                docker: docker || role.runs_containers,
                 ..Capabilities::default()
             };
             if c.get("monitoring_agent")
@@ -497,7 +710,7 @@ fn map_component(cx: &mut Ctx, c: &Value, e: &Entry, gateway: bool, path: &JsonP
                     "monitoring agent: Continuum's gateway agent reports state itself",
                 );
             }
-            if gateway {
+            if role.gateway {
                 ComponentSpec::Gateway(GatewaySpec {
                     capabilities,
                     access,
@@ -528,15 +741,15 @@ fn map_component(cx: &mut Ctx, c: &Value, e: &Entry, gateway: bool, path: &JsonP
             ComponentSpec::Device(DeviceSpec {
                 board,
                 port: str_field(c, "physical_port").map(str::to_owned),
-                need_deployer: c
-                    .get("needDeployer")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false),
+                need_deployer: !role.no_deployer
+                    && c.get("needDeployer")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
             })
         }
         GType::Software | GType::NodeRed => {
             let mut resources = internal_resources(cx, c, path);
-            if e.gtype == GType::NodeRed {
+            if gtype == GType::NodeRed {
                 for key in ["nr_flow", "path_flow", "packages"] {
                     if let Some(v) = c.get(key).filter(|v| !is_empty_value(v)) {
                         resources.config.insert(key.to_owned(), v.clone());

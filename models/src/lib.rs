@@ -6,6 +6,7 @@
 //! This crate is pure: no I/O, no async, no clocks.
 
 pub mod component;
+pub mod cycles;
 pub mod diagnostic;
 pub mod diff;
 mod fields;

@@ -11,6 +11,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::component::{Component, Kind};
+use crate::cycles::CommunicationCycles;
 use crate::route::routes_of;
 
 /// The fields a component's bridge routes come from.
@@ -154,6 +155,10 @@ pub struct Step {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Plan {
     pub steps: Vec<Step>,
+    /// Components that start with no order among them, because communication
+    /// links between them form a cycle (each group sorted).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub start_together: Vec<Vec<String>>,
 }
 
 impl Plan {
@@ -199,11 +204,16 @@ pub fn plan_diff(current: &DeploymentModel, target: &DeploymentModel, d: &ModelD
 
     // Who needs what is going down (current model), and what what is coming up needs
     // (target model); links of replaced components are re-wired.
+    // Components on a cycle of communication links stop and start together.
+    let stop_together = CommunicationCycles::find(&current.links, |id| down.contains(id));
+    let start_together = CommunicationCycles::find(&target.links, |id| up.contains(id));
     let mut needed_by: FastMap<&str, Vec<(&str, bool)>> = FastMap::default();
     let mut unbind: Vec<&Link> = d.links_removed.iter().collect();
     for l in &current.links {
         if let Some((who, what)) = l.need() {
-            if down.contains(what) {
+            if down.contains(what)
+                && (matches!(l, Link::Hosting { .. }) || !stop_together.together(who, what))
+            {
                 needed_by
                     .entry(what)
                     .or_default()
@@ -219,9 +229,10 @@ pub fn plan_diff(current: &DeploymentModel, target: &DeploymentModel, d: &ModelD
     let mut bind: Vec<&Link> = d.links_added.iter().collect();
     for l in &target.links {
         if let Some((who, what)) = l.need() {
-            if up.contains(who) {
+            let hosting = matches!(l, Link::Hosting { .. });
+            if up.contains(who) && (hosting || !start_together.together(who, what)) {
                 needs.entry(who).or_default().push(what);
-                if matches!(l, Link::Hosting { .. }) {
+                if hosting {
                     host_of.insert(who, what);
                 }
             }
@@ -380,7 +391,13 @@ pub fn plan_diff(current: &DeploymentModel, target: &DeploymentModel, d: &ModelD
             }
         }
     }
-    g.finish()
+    let mut plan = g.finish();
+    plan.start_together = start_together
+        .groups()
+        .iter()
+        .map(|g| g.iter().map(|c| (*c).to_owned()).collect())
+        .collect();
+    plan
 }
 
 /// What a step is looked up by while the plan is built.
@@ -472,7 +489,10 @@ impl<'a> Builder<'a> {
                 })
             })
             .collect();
-        Plan { steps }
+        Plan {
+            steps,
+            start_together: Vec::new(),
+        }
     }
 }
 
@@ -499,6 +519,13 @@ impl fmt::Display for Plan {
                 write!(f, "   (after {})", deps.join(", "))?;
             }
             writeln!(f)?;
+        }
+        for group in &self.start_together {
+            writeln!(
+                f,
+                "start together, in no order (communication links between them form a cycle): {}",
+                group.join(", ")
+            )?;
         }
         Ok(())
     }

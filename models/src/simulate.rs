@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::component::Component;
+use crate::cycles::CommunicationCycles;
 use crate::link::Link;
 use crate::model::DeploymentModel;
 use crate::plan::{Action, Plan, Step};
@@ -224,7 +225,9 @@ impl Simulator {
                 }
                 for l in &self.links {
                     if let Some((who, what)) = l.need() {
-                        if who == component && !self.up(what) {
+                        let cycle = matches!(l, Link::Communication(_))
+                            && target.together.together(who, what);
+                        if who == component && !cycle && !self.up(what) {
                             return fail(format!(
                                 "starts before `{what}`, which it needs ({l}), is up"
                             ));
@@ -243,6 +246,8 @@ impl Simulator {
 pub struct Target<'a> {
     components: HashMap<&'a str, &'a Component>,
     hosts: HashMap<&'a str, &'a str>,
+    /// Components that start in no order among them.
+    together: CommunicationCycles<'a>,
 }
 
 impl<'a> Target<'a> {
@@ -250,6 +255,7 @@ impl<'a> Target<'a> {
         Target {
             components: model.index(),
             hosts: model.hosts(),
+            together: CommunicationCycles::find(&model.links, |_| true),
         }
     }
 }

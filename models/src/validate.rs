@@ -3,6 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::component::{Component, ComponentSpec, GatewaySpec, Kind};
+use crate::cycles::CommunicationCycles;
 use crate::diagnostic::{JsonPath, Problem};
 use crate::link::Link;
 use crate::located::{Document, Located};
@@ -530,18 +531,27 @@ fn check_links<'a>(
     check_deployer_reach(doc, by_id, &host_of, problems);
 }
 
-/// Hosting cycles, and cycles of start-order dependencies (hosting plus
-/// communication), which would leave no component able to start first.
+/// Hosting cycles, and cycles of start-order dependencies that go through a
+/// hosting link, which would leave no component able to start first. Cycles of
+/// communication links alone are accepted: their components start together.
 fn check_cycles(
     doc: &Document<'_>,
     by_id: &HashMap<&str, &Located<Component>>,
     problems: &mut Vec<Problem>,
 ) {
+    // Components on a cycle of communication links start together: those links
+    // order nothing, so only the others can close a cycle.
+    let together = CommunicationCycles::find(doc.links.iter().map(|l| l.item), |id| {
+        by_id.contains_key(id)
+    });
     let mut needs: HashMap<&str, Vec<(&str, &JsonPath, bool)>> = HashMap::new();
     for l in &doc.links {
         if let Some((who, what)) = l.item.need() {
             if by_id.contains_key(who) && by_id.contains_key(what) && who != what {
                 let hosting = matches!(l.item, Link::Hosting { .. });
+                if !hosting && together.together(who, what) {
+                    continue;
+                }
                 needs.entry(who).or_default().push((what, &l.path, hosting));
             }
         }
@@ -583,7 +593,7 @@ fn check_cycles(
                         };
                         problems.push(
                             Problem::new(path.clone(), format!("{what}: {}", cycle.join(" -> ")))
-                                .expected("a hosting chain that ends at a gateway, host or device, and no component needing itself through communication links (mark one link `physical` if it is only wiring)"),
+                                .expected("a hosting chain that ends at a gateway, host or device, and no component that its own host needs through communication links"),
                         );
                     }
                     Colour::Black => {}

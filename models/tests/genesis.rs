@@ -272,3 +272,125 @@ fn names_become_dns_labels() {
     assert_eq!(normalise_id("日本"), "component");
     assert_eq!(normalise_id(&"a".repeat(80)).len(), 63);
 }
+
+/// Imports a fixture, checks that Continuum accepts the result, and returns it
+/// with its warnings.
+fn import_valid(name: &str) -> (continuum_models::Megamodel, Vec<String>) {
+    let out = import(name, &fixture(name)).unwrap_or_else(|e| panic!("{e}"));
+    let text = serde_json::to_string_pretty(&out.megamodel).unwrap();
+    let mm = load_megamodel("imported.json", &text).unwrap_or_else(|e| panic!("{e}"));
+    let mm = continuum_models::partition(&mm).unwrap_or_else(|e| panic!("{e:?}"));
+    let warnings = out
+        .summary
+        .warnings
+        .iter()
+        .map(|w| format!("{}: {}", w.path, w.message))
+        .collect();
+    (mm, warnings)
+}
+
+#[test]
+fn links_both_ways_start_together() {
+    let (mm, _) = import_valid("both-ways.json");
+    let sub = &mm.subsystems[0];
+    assert!(sub
+        .links
+        .contains(&Link::communication("dashboard", "broker")));
+    assert!(sub
+        .links
+        .contains(&Link::communication("broker", "dashboard")));
+    let plan = continuum_models::plan(&continuum_models::DeploymentModel::default(), sub);
+    // sensors -> broker -> dashboard -> sensors (request/reply) is a ring too.
+    assert_eq!(
+        plan.start_together,
+        [vec![
+            "broker".to_owned(),
+            "dashboard".to_owned(),
+            "sensors".to_owned()
+        ]]
+    );
+    // What is not on the cycle keeps its order: the archive needs the broker.
+    let step = |what: &str| {
+        plan.steps
+            .iter()
+            .position(|s| s.action.to_string() == what)
+            .unwrap_or_else(|| panic!("{what}\n{plan}"))
+    };
+    assert!(plan.steps[step("start archive")]
+        .after
+        .contains(&step("start broker")));
+}
+
+#[test]
+fn software_without_containment_is_modelled_not_deployed() {
+    let out = import("undeployed.json", &fixture("undeployed.json")).unwrap();
+    assert_eq!(out.summary.undeployed, ["analytics", "analytics-plugin"]);
+    let ids: Vec<&str> = out
+        .megamodel
+        .components
+        .iter()
+        .map(|c| c.id.as_str())
+        .collect();
+    assert!(!ids.contains(&"analytics") && !ids.contains(&"analytics-plugin"));
+    // The flow hosted on the deployed Node-RED stays.
+    assert!(ids.contains(&"main-flow") && ids.contains(&"flows"));
+    assert!(!out
+        .megamodel
+        .links
+        .iter()
+        .any(|l| l.touches("analytics") || l.touches("analytics-plugin")));
+    assert_eq!((out.summary.links, out.summary.containments), (0, 2));
+    let (_, warnings) = import_valid("undeployed.json");
+    assert!(
+        warnings.iter().any(|w| w.starts_with(
+            "dm.components[2]: `analytics` is modelled but not deployed (no containment"
+        ) && w.contains("left out of the subsystems")),
+        "{warnings:#?}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w
+                .starts_with("dm.components[3]: `analytics-plugin` is modelled but not deployed")),
+        "{warnings:#?}"
+    );
+}
+
+#[test]
+fn a_device_that_hosts_software_is_a_host() {
+    let (mm, warnings) = import_valid("device-host.json");
+    let all: Vec<&continuum_models::Component> = mm.all_components().map(|(_, c)| c).collect();
+    let pi = all.iter().find(|c| c.id == "raspberry-pi").unwrap();
+    match &pi.spec {
+        ComponentSpec::Host(h) => {
+            assert_eq!(h.access, Access::Local);
+            assert!(h.capabilities.docker, "it runs a Docker resource");
+        }
+        other => panic!("raspberry-pi: {other:?}"),
+    }
+    assert!(mm
+        .all_links()
+        .any(|l| *l == Link::hosting("gateway-flows", "raspberry-pi")));
+    assert!(
+        warnings.iter().any(|w| w.contains(
+            "device `raspberry-pi` offers an execution port to software (gateway-flows); imported as a host"
+        )),
+        "{warnings:#?}"
+    );
+}
+
+#[test]
+fn a_device_no_deployer_reaches_is_wired_to_the_gateway() {
+    let (mm, warnings) = import_valid("unreached-device.json");
+    assert!(mm.all_links().any(|l| matches!(l, Link::Communication(c)
+        if c.from == "edge" && c.to == "uno" && c.physical)));
+    let all: Vec<&continuum_models::Component> = mm.all_components().map(|(_, c)| c).collect();
+    match &all.iter().find(|c| c.id == "uno").unwrap().spec {
+        ComponentSpec::Device(d) => assert!(d.need_deployer),
+        other => panic!("uno: {other:?}"),
+    }
+    assert!(
+        warnings.iter().any(|w| w.starts_with("dm.components[1].needDeployer: device `uno` needs a deployer but no deployer link reaches it; it is wired to the gateway `edge`")),
+        "{warnings:#?}"
+    );
+}

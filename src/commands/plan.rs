@@ -42,6 +42,13 @@ pub fn run(old: &Path, new: &Path, format: Format, style: &Style) -> anyhow::Res
                     }
                     outln!("{line}");
                 }
+                for group in &plan.start_together {
+                    outln!(
+                        "{} {}",
+                        style.dim("start together, in no order (communication links between them form a cycle):"),
+                        group.join(", ")
+                    );
+                }
             }
         }
     }
