@@ -2,10 +2,18 @@
 //! Every message also derives `serde::Serialize`, for the CLI's `-o json`:
 //! enums as their names, embedded model documents as JSON.
 
+use prost::Message;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let file = "proto/continuum/v1/continuum.proto";
     println!("cargo:rerun-if-changed={file}");
     let descriptors = protox::compile([file], ["proto"])?;
+    // For server reflection: clients such as grpcurl discover the services.
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("continuum_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
     let with = |f: &str| format!("#[serde(serialize_with = \"crate::json::{f}\")]");
     tonic_prost_build::configure()
         .build_client(true)

@@ -387,9 +387,13 @@ async fn serve<R: ContainerRuntime>(
             };
             eprintln!("local API listening on {}", listener.local_addr()?);
             let stop = shutdown.clone();
+            let (health, health_service) = continuum_proto::serving::health();
+            health.set_serving::<ModelServiceServer<LocalApi>>().await;
             Some(tokio::spawn(
                 tonic::transport::Server::builder()
                     .add_service(ModelServiceServer::new(api))
+                    .add_service(health_service)
+                    .add_service(continuum_proto::serving::reflection())
                     .serve_with_incoming_shutdown(
                         tokio_stream::wrappers::TcpListenerStream::new(listener),
                         async move { stop.cancelled().await },

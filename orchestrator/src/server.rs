@@ -117,11 +117,21 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     let until = stop.clone();
+    // The store is open and the state loaded: both services are ready.
+    let (health, health_service) = continuum_proto::serving::health();
+    health
+        .set_serving::<ModelServiceServer<Orchestrator>>()
+        .await;
+    health
+        .set_serving::<GatewayLinkServer<Orchestrator>>()
+        .await;
     let task = tokio::spawn(
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .add_service(models)
             .add_service(link)
+            .add_service(health_service)
+            .add_service(continuum_proto::serving::reflection())
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 until.cancelled().await;
             }),

@@ -8,10 +8,9 @@ use continuum_models::DeploymentModel;
 use continuum_orchestrator::sim::{register, SimGateway};
 use continuum_proto::v1::{
     diff_request::Between, event, orchestrator_message, ComponentState, DiffRequest, Event,
-    GetRequest, HistoryRequest, ListGatewaysRequest, Live, Rejection, Revisions, RollbackRequest,
+    GetRequest, HistoryRequest, ListGatewaysRequest, Live, Revisions, RollbackRequest,
     StatusRequest, View, WatchRequest,
 };
-use prost::Message;
 use support::{apply_json, eventually, v1, v2, Harness, WITHIN};
 use tonic::Code;
 
@@ -593,7 +592,7 @@ async fn an_invalid_model_is_rejected_with_every_problem_and_nothing_is_stored()
 }"#;
     let err = client.apply(apply_json(bad)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    let rejection = Rejection::decode(err.details()).expect("problems in the details");
+    let rejection = continuum_proto::rejection::rejection(&err).expect("problems in the details");
     let paths: Vec<&str> = rejection.problems.iter().map(|p| p.path.as_str()).collect();
     assert!(rejection.problems.len() >= 3, "{rejection:?}");
     assert!(
@@ -618,7 +617,7 @@ async fn an_invalid_model_is_rejected_with_every_problem_and_nothing_is_stored()
         .apply(apply_json(missing_template))
         .await
         .unwrap_err();
-    let rejection = Rejection::decode(err.details()).unwrap();
+    let rejection = continuum_proto::rejection::rejection(&err).unwrap();
     assert!(
         rejection.problems[0]
             .message
@@ -909,4 +908,90 @@ async fn watch_from_forgotten_events_is_refused_and_the_oldest_kept_are_served()
         .unwrap()
         .into_inner();
     assert_eq!(collect(&mut w, |_| true).await[0].seq, first);
+}
+
+#[tokio::test]
+async fn health_and_reflection_answer_as_standard_clients_expect() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let h = Harness::start().await;
+    let channel = tonic::transport::Endpoint::from_shared(h.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "continuum.v1.ModelService", "continuum.v1.GatewayLink"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{service}: {e}"))
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service}");
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("{answer:?}");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for wanted in [
+        "continuum.v1.ModelService",
+        "continuum.v1.GatewayLink",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.contains(&wanted), "{wanted} missing from {names:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_follows_the_standard_rich_error_model() {
+    use tonic_types::StatusExt;
+    let h = Harness::start().await;
+    let mut client = h.client().await;
+    let bad = r#"{"name": "bad", "subsystems": [{"id": "s", "components": [
+        {"id": "gw", "kind": "gateway"}, {"id": "web", "kind": "servce"}], "links": []}]}"#;
+    let err = client.apply(apply_json(bad)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let bad_request = err
+        .get_details_bad_request()
+        .expect("a google.rpc.BadRequest");
+    assert!(
+        bad_request
+            .field_violations
+            .iter()
+            .any(|v| v.field == "subsystems[0].components[1].kind"
+                && v.description.starts_with("inline.json:")),
+        "{bad_request:?}"
+    );
+    let problems = continuum_proto::rejection::from_status(&err).expect("a Rejection too");
+    assert_eq!(
+        problems.diagnostics.len(),
+        bad_request.field_violations.len()
+    );
 }

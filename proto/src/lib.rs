@@ -4,6 +4,7 @@
 
 pub mod json;
 pub mod rejection;
+pub mod serving;
 
 /// The protobuf package of this version of the protocol.
 pub const PACKAGE: &str = "continuum.v1";
