@@ -23,6 +23,21 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
+# A Python environment with grpcio: the example Python client is tested against a
+# served orchestrator (gRPC clients in other languages must be able to use Continuum).
+py_env="${XDG_CACHE_HOME:-$HOME/.cache}/continuum/python"
+if ! "$py_env/bin/python" -c 'import grpc, grpc_tools, grpc_status' >/dev/null 2>&1; then
+  if ! python3 -m venv --help >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-venv
+  fi
+  echo "setup: creating $py_env with grpcio, grpcio-tools, grpcio-status" >&2
+  python3 -m venv "$py_env"
+  "$py_env/bin/pip" install -q --disable-pip-version-check -r "$(dirname "$0")/../examples/clients/python/requirements.txt"
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install Rust with rustup (https://rustup.rs) first" >&2
   exit 1

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{json, ok, Guard, Serve};
+use common::{free_port, json, ok, pids, unique, Guard, Reap, Serve};
 
 const CONVERGE: Duration = Duration::from_secs(90);
 
@@ -27,14 +27,6 @@ fn docker_ready() -> bool {
         eprintln!("skipped: the Docker engine is not usable");
     }
     usable
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{prefix}{}x{:x}", std::process::id(), nanos % 0xffff_ffff)
 }
 
 /// One test's world: a data directory, the model files and build contexts,
@@ -245,15 +237,6 @@ fn docker(args: &[&str]) {
     );
 }
 
-fn free_port() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("127.0.0.1:{port}")
-}
-
 fn data(w: &World) -> PathBuf {
     w.dir.path().join("orchestrator")
 }
@@ -419,26 +402,6 @@ fn a_target_the_gateway_cannot_run_is_refused_with_the_reason() {
     );
     assert!(refused.contains("not present"), "{refused}");
     assert!(w.containers().is_empty(), "nothing was started");
-}
-
-/// Ends every process whose command line holds `marker` (what a test's
-/// process-driver workloads leave if the test fails).
-struct Reap(String);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = Command::new("pkill")
-            .args(["-KILL", "-f", &self.0])
-            .output();
-    }
-}
-
-fn pids(marker: &str) -> Vec<String> {
-    let o = Command::new("pgrep").args(["-f", marker]).output().unwrap();
-    String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
 }
 
 #[test]

@@ -150,3 +150,43 @@ pub fn ok(o: Output) -> String {
 pub fn json(o: Output) -> serde_json::Value {
     serde_json::from_str(&ok(o)).expect("JSON output")
 }
+
+/// A name no other test (or run) uses: for subsystems, gateways, containers.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}{}x{:x}", std::process::id(), nanos % 0xffff_ffff)
+}
+
+/// A free port on loopback, as `127.0.0.1:PORT`.
+pub fn free_port() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// Ends every process whose command line holds `marker` (what a test's
+/// process-driver workloads leave if the test fails).
+pub struct Reap(pub String);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-f", &self.0])
+            .output();
+    }
+}
+
+/// The processes whose command line holds `marker`.
+pub fn pids(marker: &str) -> Vec<String> {
+    let o = Command::new("pgrep").args(["-f", marker]).output().unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
