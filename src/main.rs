@@ -26,7 +26,8 @@ mod style;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,9 +43,14 @@ struct Cli {
     /// Log filter (tracing syntax), for example `debug` or `continuum=trace`.
     #[arg(long, global = true, env = "CONTINUUM_LOG", default_value = "warn")]
     log: String,
-    /// The orchestrator to talk to (`host:port` or a URL).
+    /// The orchestrator to talk to (`host:port` or a URL); `continuum gateway`
+    /// dials it too.
     #[arg(long, global = true, env = "CONTINUUM_SERVER", default_value = remote::DEFAULT_SERVER)]
     server: String,
+    /// Output of the commands that report: `human`, or `json` (one JSON
+    /// document on stdout, for machines).
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Human)]
+    output: Format,
     #[command(subcommand)]
     command: Command,
 }
@@ -71,8 +77,6 @@ enum Command {
     Validate {
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Human)]
-        output: Format,
     },
     /// Show what changes from OLD to NEW (two files), or on the orchestrator:
     /// target against current (`--live`), or between revisions (`--from`).
@@ -95,16 +99,9 @@ enum Command {
         /// ...with this one (default: the head).
         #[arg(long, requires = "from")]
         to: Option<u64>,
-        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Human)]
-        output: Format,
     },
     /// Show the ordered steps that turn OLD into NEW.
-    Plan {
-        old: PathBuf,
-        new: PathBuf,
-        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Human)]
-        output: Format,
-    },
+    Plan { old: PathBuf, new: PathBuf },
     /// Run the orchestrator.
     Serve(commands::serve::Args),
     /// Run a gateway agent (the same as `continuum-gateway`).
@@ -124,8 +121,6 @@ enum Command {
         /// it (exit 1 if one fails or time runs out).
         #[arg(long, value_name = "SECONDS")]
         wait: Option<f64>,
-        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Human)]
-        output: Format,
     },
     /// Print a target (default) or current model from the orchestrator.
     Get {
@@ -141,8 +136,6 @@ enum Command {
         /// The target at this revision (default: the head).
         #[arg(long)]
         revision: Option<u64>,
-        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Human)]
-        output: Format,
     },
     /// Follow the orchestrator's events (revisions, pushes, statuses, progress).
     Watch {
@@ -152,14 +145,9 @@ enum Command {
         /// Only this subsystem's events (and revisions).
         #[arg(long)]
         subsystem: Option<String>,
-        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Human)]
-        output: Format,
     },
     /// Subsystems, their gateways, generations, live diffs and failing components.
-    Status {
-        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Human)]
-        output: Format,
-    },
+    Status,
     /// Make an earlier revision's model the target again (as a new revision).
     Rollback {
         #[arg(long)]
@@ -167,21 +155,14 @@ enum Command {
         /// Refuse unless the head is this revision.
         #[arg(long)]
         base: Option<u64>,
-        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Human)]
-        output: Format,
     },
     /// Gateways that registered with the orchestrator.
-    Gateways {
-        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Human)]
-        output: Format,
-    },
+    Gateways,
     /// Revisions, newest first.
     History {
         /// At most this many (0: all).
         #[arg(long, default_value_t = 20)]
         limit: u32,
-        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Human)]
-        output: Format,
     },
     /// Import a model from another tool's format.
     Import {
@@ -196,7 +177,7 @@ enum ImportFrom {
     Genesis {
         file: PathBuf,
         /// Where to write the Continuum megamodel (standard output when absent).
-        #[arg(short = 'o', long = "out")]
+        #[arg(long = "out", value_name = "FILE")]
         out: Option<PathBuf>,
         /// Overwrite OUT if it exists.
         #[arg(long)]
@@ -204,8 +185,45 @@ enum ImportFrom {
     },
 }
 
+/// The global flags mean one thing everywhere: `continuum gateway` dials the
+/// `--server` it is given (as `--orchestrator`), and commands that report
+/// nothing refuse `-o json` rather than ignore it.
+fn settle_globals(cli: &mut Cli, matches: &ArgMatches) -> Result<(), clap::Error> {
+    let (name, sub) = matches.subcommand().unwrap_or(("", matches));
+    let given = |id: &str| sub.value_source(id) == Some(ValueSource::CommandLine);
+    let usage =
+        |message: String| Cli::command().error(clap::error::ErrorKind::ArgumentConflict, message);
+    if given("output")
+        && cli.output == Format::Json
+        && matches!(name, "serve" | "gateway" | "import")
+    {
+        return Err(usage(format!(
+            "`continuum {name}` reports nothing as JSON; -o json applies to the commands that report"
+        )));
+    }
+    if let Command::Gateway(args) = &mut cli.command {
+        if given("server") {
+            if given("orchestrator") && args.orchestrator != cli.server {
+                return Err(usage(format!(
+                    "--server {} and --orchestrator {} name two orchestrators; give one",
+                    cli.server, args.orchestrator
+                )));
+            }
+            args.orchestrator = cli.server.clone();
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let Err(e) = settle_globals(&mut cli, &matches) {
+        e.exit();
+    }
     let color = match cli.color {
         ColorChoice::Always => true,
         ColorChoice::Never => false,
@@ -221,8 +239,9 @@ fn main() -> ExitCode {
         .init();
     let style = style::Style::new(color);
     let server = cli.server.clone();
+    let output = cli.output;
     let result = match cli.command {
-        Command::Validate { files, output } => commands::validate::run(&files, output, &style),
+        Command::Validate { files } => commands::validate::run(&files, output, &style),
         Command::Diff {
             old,
             new,
@@ -231,7 +250,6 @@ fn main() -> ExitCode {
             subsystem,
             from,
             to,
-            output,
         } => match (old, new, from) {
             (Some(old), Some(new), _) => commands::diff::run(&old, &new, text, output, &style),
             (_, _, Some(from)) => commands::diff::remote(
@@ -260,29 +278,23 @@ fn main() -> ExitCode {
             base,
             message,
             wait,
-            output,
         } => commands::apply::apply(&server, &file, base, message, wait, output, &style),
         Command::Get {
             subsystem,
             current,
             target: _,
             revision,
-            output,
         } => commands::get::run(&server, subsystem, current, revision, output),
-        Command::Watch {
-            after,
-            subsystem,
-            output,
-        } => commands::watch::run(&server, after, subsystem, output, &style),
-        Command::Status { output } => commands::status::status(&server, output, &style),
-        Command::Rollback { to, base, output } => {
+        Command::Watch { after, subsystem } => {
+            commands::watch::run(&server, after, subsystem, output, &style)
+        }
+        Command::Status => commands::status::status(&server, output, &style),
+        Command::Rollback { to, base } => {
             commands::apply::rollback(&server, to, base, output, &style)
         }
-        Command::Gateways { output } => commands::status::gateways(&server, output, &style),
-        Command::History { limit, output } => {
-            commands::status::history(&server, limit, output, &style)
-        }
-        Command::Plan { old, new, output } => commands::plan::run(&old, &new, output, &style),
+        Command::Gateways => commands::status::gateways(&server, output, &style),
+        Command::History { limit } => commands::status::history(&server, limit, output, &style),
+        Command::Plan { old, new } => commands::plan::run(&old, &new, output, &style),
         Command::Import {
             from: ImportFrom::Genesis { file, out, force },
         } => commands::import::genesis(&file, out.as_deref(), force, &style),

@@ -279,7 +279,13 @@ fn plan_lists_steps_by_phase() {
 fn import_genesis_writes_a_valid_model() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("imported.json").display().to_string();
-    let o = run(&["import", "genesis", &genesis("every-type.json"), "-o", &out]);
+    let o = run(&[
+        "import",
+        "genesis",
+        &genesis("every-type.json"),
+        "--out",
+        &out,
+    ]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let err = stderr(&o);
     assert!(
@@ -296,7 +302,13 @@ fn import_genesis_writes_a_valid_model() {
 
     // Never overwrite without --force.
     std::fs::write(&out, "keep me").unwrap();
-    let o = run(&["import", "genesis", &genesis("every-type.json"), "-o", &out]);
+    let o = run(&[
+        "import",
+        "genesis",
+        &genesis("every-type.json"),
+        "--out",
+        &out,
+    ]);
     assert_eq!(code(&o), 1);
     assert!(stderr(&o).contains("pass --force"), "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "keep me");
@@ -304,13 +316,13 @@ fn import_genesis_writes_a_valid_model() {
         "import",
         "genesis",
         &genesis("every-type.json"),
-        "-o",
+        "--out",
         &out,
         "--force",
     ]);
     assert_eq!(code(&o), 0);
 
-    // Standard output when no -o.
+    // Standard output when no --out.
     let o = run(&["import", "genesis", &genesis("every-type.json")]);
     let mm: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(mm["name"], "every-type");
@@ -324,7 +336,7 @@ fn import_rejects_what_is_not_a_genesis_model() {
         "import",
         "genesis",
         &genesis("not-a-model.json"),
-        "-o",
+        "--out",
         &out.display().to_string(),
     ]);
     assert_eq!(code(&o), 1);

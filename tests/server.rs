@@ -320,3 +320,39 @@ fn serve_embeds_the_global_bus_with_its_users() {
         "{e}"
     );
 }
+
+#[test]
+fn the_gateway_dials_the_global_server_flag_and_refuses_two_orchestrators() {
+    let (dir, data) = data_dir();
+    let s = Serve::start(&data);
+    let id = common::unique("srvflag");
+    let _agent = Guard(
+        Command::new(env!("CARGO_BIN_EXE_continuum"))
+            .args(["--server", &s.addr, "gateway", "--id", &id])
+            .args(["--no-mqtt", "--no-bridge", "--driver", "process"])
+            .arg("--data-dir")
+            .arg(dir.path().join("agent"))
+            .env_remove("CONTINUUM_SERVER")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    continuum_bus::testing::wait_for("the gateway to register", WITHIN, || {
+        let gateways = json(s.cli(&["gateways", "-o", "json"]));
+        gateways["gateways"]
+            .as_array()?
+            .iter()
+            .any(|g| g["id"] == id.as_str() && g["connected"] == true)
+            .then_some(())
+    });
+    let o = Command::new(env!("CARGO_BIN_EXE_continuum"))
+        .args(["gateway", "--id", "gw", "--server", "127.0.0.1:1"])
+        .args(["--orchestrator", "127.0.0.1:2"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("name two orchestrators"), "{}", err(&o));
+    let o = s.cli(&["serve", "-o", "json"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err(&o).contains("reports nothing as JSON"), "{}", err(&o));
+}

@@ -1,4 +1,4 @@
-//! `continuum import genesis FILE [-o OUT]`
+//! `continuum import genesis FILE [--out OUT]`
 
 use std::path::Path;
 use std::process::ExitCode;
