@@ -25,6 +25,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             with("component_state"),
         )
         .field_attribute(".continuum.v1.StepProgress.state", with("step_state"))
+        .field_attribute(
+            ".continuum.v1.SubsystemStatus.phase",
+            with("subsystem_phase"),
+        )
         .field_attribute(".continuum.v1.GetRequest.view", with("view"))
         .field_attribute(".continuum.v1.Document.json", with("embedded"))
         .field_attribute(".continuum.v1.SubsystemDiff.diff", with("embedded"))

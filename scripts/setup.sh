@@ -10,6 +10,8 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 # Mosquitto and its clients: interop tests and the baseline of the bridge benchmark.
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+# faketime: a gateway whose wall clock is behind the orchestrator's.
+command -v faketime >/dev/null 2>&1 || need_apt+=(faketime)
 # ip (network namespaces): the bridge's partition test.
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 linkage=$(LC_ALL=C ldd /bin/busybox 2>&1 || true)

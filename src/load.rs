@@ -20,8 +20,6 @@ pub enum Document {
 pub struct Loaded {
     pub prepared: Megamodel,
     pub templates: usize,
-    /// The templates' texts, keyed by the `runtime` that named them.
-    pub texts: Vec<(String, TemplateText)>,
 }
 
 fn display(path: &Path) -> String {
@@ -67,7 +65,6 @@ fn megamodel_text(path: &Path, text: &str) -> Result<Loaded, Invalid> {
     Ok(Loaded {
         templates: prepared.templates.len(),
         prepared: prepared.megamodel,
-        texts: prepared.templates,
     })
 }
 

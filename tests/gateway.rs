@@ -717,3 +717,101 @@ fn a_gateway_embeds_its_local_broker_and_runs_it_while_cut_off() {
         );
     }
 }
+
+/// libfaketime, which shifts the wall clock of a program it is preloaded into;
+/// in CI its absence is a failure.
+fn libfaketime() -> Option<String> {
+    let found = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| d.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists());
+    if found.is_none() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true but libfaketime is missing (scripts/setup.sh installs faketime)");
+        }
+        eprintln!("skipped: libfaketime is missing");
+    }
+    found.map(|p| p.display().to_string())
+}
+
+#[test]
+fn apply_wait_judges_by_generation_when_the_gateway_clock_is_behind() {
+    let Some(faketime) = libfaketime() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let subsystem = unique("skew");
+    let gateway = format!("{subsystem}-gw");
+    let marker = unique("skewmark");
+    let _reap = Reap(marker.clone());
+    let listen = free_port();
+    let s = Serve::start_on(&dir.path().join("orchestrator"), &listen);
+    // The agent's wall clock is an hour behind the orchestrator's (its
+    // monotonic clock is left alone, as NTP would).
+    let _agent = Guard(
+        Command::new(env!("CARGO_BIN_EXE_continuum"))
+            .args(["gateway", "--no-mqtt", "--no-bridge", "--driver", "process"])
+            .args(["--id", &gateway, "--orchestrator", &listen])
+            .args(["--interval", "0.5", "--max-backoff", "0.5"])
+            .arg("--data-dir")
+            .arg(dir.path().join("agent"))
+            .env("LD_PRELOAD", &faketime)
+            .env("FAKETIME", "-3600s")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let model = |name: &str, script: &str| -> String {
+        let mm = serde_json::json!({"name": "skew", "subsystems": [{
+            "id": subsystem,
+            "components": [{"id": gateway, "kind": "gateway"}, {
+                "id": "worker", "kind": "service",
+                "resources": {"container": {"image": "none",
+                    "command": ["sh", "-c", format!("{script} # {marker}")]}}
+            }],
+            "links": [{"kind": "hosting", "component": "worker", "host": gateway}]}]});
+        let path = dir.path().join(name);
+        std::fs::write(&path, mm.to_string()).unwrap();
+        path.display().to_string()
+    };
+    let good = model("good.json", "trap 'exit 0' TERM; sleep 3600 & wait");
+    let o = s.cli(&["apply", "-f", &good, "--wait", "60"]);
+    assert_eq!(o.status.code(), Some(0), "{}", common::err(&o));
+    assert!(
+        common::out(&o).contains("converged:"),
+        "{}",
+        common::out(&o)
+    );
+    let status = json(s.cli(&["status", "-o", "json"]));
+    let sub = &status["subsystems"][0];
+    assert_eq!(sub["phase"], "converged", "{status}");
+    let since = sub["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["component"] == "worker")
+        .and_then(|c| c["since_unix_ms"].as_i64())
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        now - since > 3_000_000,
+        "the gateway's clock is behind: {since} vs {now}"
+    );
+
+    // The new generation's failure is stamped an hour before the revision; it
+    // is still this revision's failure (generation 2), so the wait ends at once.
+    let bad = model("bad.json", "echo broken >&2; exit 3");
+    let o = s.cli(&["apply", "-f", &bad, "--wait", "60"]);
+    let e = common::err(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains(&format!("failed: {subsystem}/worker")), "{e}");
+    assert!(!e.contains("timed out"), "{e}");
+    let status = json(s.cli(&["status", "-o", "json"]));
+    assert_eq!(status["subsystems"][0]["phase"], "failed", "{status}");
+}

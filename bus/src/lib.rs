@@ -1,4 +1,4 @@
-//! Continuum's MQTT plumbing (DESIGN §4): the brokers it embeds (the global
+//! Continuum's MQTT plumbing: the brokers it embeds (the global
 //! bus in the orchestrator and the local broker of each gateway, both
 //! rumqttd, MQTT 3.1.1 and 5, optional username/password), broker URLs for
 //! external brokers (Mosquitto), and the message ids consumers de-duplicate by.

@@ -1,5 +1,5 @@
 //! The deploy agent: the gateway's delegate on the host wired to a leaf device
-//! (DESIGN §1). It flashes firmware over serial (`resources.flash` in the model),
+//! It will flash firmware over serial (`resources.flash` in the model),
 //! verifies it and reports. The flashers arrive with the leaf-device issue.
 
 pub use continuum_models as models;

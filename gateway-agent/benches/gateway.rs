@@ -170,13 +170,12 @@ async fn engine(
     subsystem: &str,
     component: &str,
 ) -> Vec<Duration> {
-    let config = EngineConfig {
-        subsystem: subsystem.to_owned(),
+    let config = Arc::new(EngineConfig {
         context_root: dir.to_owned(),
         step_timeout: Duration::from_secs(120),
         settle: Duration::ZERO,
         routing: Arc::new(continuum_gateway::routing::NoBridge),
-    };
+    });
     let (tx, mut rx) = mpsc::unbounded_channel();
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
     let mut out = Vec::new();
@@ -188,7 +187,7 @@ async fn engine(
             .await
             .unwrap();
         let t0 = Instant::now();
-        let r = reconcile(rt, &config, i as u64, &target, &tx)
+        let r = reconcile(rt, &config, subsystem, i as u64, &target, &tx)
             .await
             .unwrap();
         assert!(r.converged(), "{r:?}");

@@ -5,7 +5,6 @@
 //! target it accepted, across its own restarts.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,12 +12,11 @@ use continuum_models::{DeploymentModel, FailurePolicy};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::{admit, Refusal};
 use crate::engine::{reconcile, EngineConfig, PassReport, State, Status};
 use crate::exec::Progress;
-use crate::routing::Routing;
 use crate::runtime::{ContainerRuntime, RuntimeError};
 use crate::store::{Kept, LocalNote, Slot, Store};
-use continuum_models::route::routes_of;
 
 /// A target offered by the orchestrator (or the local API); `reply` says
 /// whether it was accepted, and why not.
@@ -29,7 +27,7 @@ pub struct Offer {
     pub model: Vec<u8>,
     /// Set for a model applied through the gateway's local API.
     pub local: Option<LocalNote>,
-    pub reply: oneshot::Sender<Result<(), String>>,
+    pub reply: oneshot::Sender<Result<(), Refusal>>,
 }
 
 /// What the agent knows now, for the link to report.
@@ -51,14 +49,11 @@ pub struct Snapshot {
 pub struct AgentConfig {
     /// What runs the workloads (decides what can be admitted).
     pub driver: Driver,
-    /// Where build contexts named in models are found.
-    pub context_root: std::path::PathBuf,
-    pub step_timeout: Duration,
-    pub settle: Duration,
     /// Reconcile this often even when nothing is announced (drift repair).
     pub interval: Duration,
-    /// The bridge's routes (`NoBridge` when the gateway runs none).
-    pub routing: Arc<dyn Routing>,
+    /// How every pass enacts (its routing is `NoBridge` when the gateway runs
+    /// no bridge).
+    pub engine: Arc<EngineConfig>,
 }
 
 /// Follows the engine's events for a subsystem's workloads, re-subscribing
@@ -98,86 +93,42 @@ pub enum Driver {
     Process,
 }
 
-/// Checks that this gateway can run a model; the reason when it cannot.
-pub fn admit(model: &DeploymentModel, driver: Driver, bridge: bool) -> Result<(), String> {
-    if !bridge {
-        if let Some(r) = model.components.iter().flat_map(routes_of).next() {
-            return Err(format!(
-                "`{}` needs the bridge ({r}), and this gateway agent runs none (started with --no-bridge)",
-                r.owner
-            ));
-        }
-    }
-    for c in model.components.iter().filter(|c| c.kind().has_lifecycle()) {
-        let resources = c.spec.resources();
-        if resources.is_some_and(|r| r.flash.is_some()) {
-            return Err(format!(
-                "`{}` must be flashed onto a device, and this gateway has no deploy agent",
-                c.id
-            ));
-        }
-        if resources.is_some_and(|r| r.commands.is_some() && r.container.is_none()) {
-            return Err(format!(
-                "`{}` is installed by commands, which this gateway's drivers do not run",
-                c.id
-            ));
-        }
-        let Some(c_spec) = resources.and_then(|r| r.container.as_ref()) else {
-            return Err(format!(
-                "`{}` has nothing this gateway can run (no container)",
-                c.id
-            ));
-        };
-        if driver == Driver::Process {
-            let refuse = |what: &str| {
-                Err(format!(
-                    "`{}` needs {what}, which the process driver of this gateway cannot provide",
-                    c.id
-                ))
-            };
-            if c_spec.build.is_some() {
-                return refuse("an image build");
-            }
-            if c_spec.command.is_empty() {
-                return refuse("an image's own entry point (give it a `command`)");
-            }
-            if !c_spec.mounts.is_empty() {
-                return refuse("mounts");
-            }
-            if c_spec
-                .network
-                .as_deref()
-                .is_some_and(crate::runtime::is_custom_network)
-            {
-                return refuse("a network of its own");
-            }
-        }
-        for d in &c_spec.devices {
-            if !Path::new(&d.host).exists() {
-                return Err(format!(
-                    "`{}` needs the device {}, which is not present on this gateway",
-                    c.id, d.host
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Reads an offered model.
-fn read(offer: &Offer) -> Result<DeploymentModel, String> {
+fn read(offer: &Offer) -> Result<DeploymentModel, Refusal> {
     let name = format!("target {} of `{}`", offer.generation, offer.subsystem);
-    let text = std::str::from_utf8(&offer.model).map_err(|_| format!("the {name} is not UTF-8"))?;
-    let (model, problems) =
-        continuum_models::parse::parse_deployment_model(&name, text).map_err(|e| e.to_string())?;
+    let invalid = |text: &str, problems| {
+        Refusal::Invalid(
+            continuum_models::Invalid::from_problems(&name, text, problems).to_string(),
+        )
+    };
+    let text = std::str::from_utf8(&offer.model)
+        .map_err(|_| Refusal::Invalid(format!("the {name} is not UTF-8")))?;
+    let (model, problems) = continuum_models::parse::parse_deployment_model(&name, text)
+        .map_err(|e| Refusal::Invalid(e.to_string()))?;
     if !problems.is_empty() {
-        return Err(continuum_models::Invalid::from_problems(&name, text, problems).to_string());
+        return Err(invalid(text, problems));
     }
     let problems = continuum_models::validate_deployment_model(&model);
     if !problems.is_empty() {
-        return Err(continuum_models::Invalid::from_problems(&name, text, problems).to_string());
+        return Err(invalid(text, problems));
     }
     Ok(model.canonical())
+}
+
+/// What the agent enforces of the target it accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enforcing {
+    /// The accepted target, as it is.
+    Accepted,
+    /// Generation `from` failed under the rollback policy: the last good
+    /// generation `to` runs instead, and `from` is not retried until a newer
+    /// target arrives.
+    RolledBack {
+        from: u64,
+        to: u64,
+        /// The components that failed, with why.
+        failed: BTreeMap<String, String>,
+    },
 }
 
 #[derive(Debug)]
@@ -187,9 +138,12 @@ pub struct Agent<R> {
     config: AgentConfig,
     snapshot: watch::Sender<Snapshot>,
     progress: mpsc::UnboundedSender<Progress>,
-    /// A generation that failed under the rollback policy: not retried until a
-    /// newer target arrives.
-    failed: Option<(u64, BTreeMap<String, String>)>,
+    /// The accepted target, kept in memory; every change is written to the
+    /// store first (it is read from disk only at start).
+    accepted: Option<Arc<Kept>>,
+    /// The last generation that fully ran, likewise.
+    good: Option<Arc<Kept>>,
+    enforcing: Enforcing,
 }
 
 impl<R: ContainerRuntime> Agent<R> {
@@ -200,13 +154,16 @@ impl<R: ContainerRuntime> Agent<R> {
         progress: mpsc::UnboundedSender<Progress>,
     ) -> Result<(Agent<R>, watch::Receiver<Snapshot>), crate::store::StoreError> {
         let accepted = store.get(Slot::Accepted)?;
+        let good = store.get(Slot::Good)?.map(Arc::new);
         let initial = Snapshot {
             accepted: accepted.as_ref().map_or(0, |k| k.generation),
             subsystem: accepted
                 .as_ref()
                 .map(|k| k.subsystem.clone())
                 .unwrap_or_default(),
-            local: accepted.and_then(|k| k.local.map(|n| (n, k.model))),
+            local: accepted
+                .as_ref()
+                .and_then(|k| k.local.clone().map(|n| (n, k.model.clone()))),
             ..Snapshot::default()
         };
         let (snapshot, rx) = watch::channel(initial);
@@ -217,7 +174,9 @@ impl<R: ContainerRuntime> Agent<R> {
                 config,
                 snapshot,
                 progress,
-                failed: None,
+                accepted: accepted.map(Arc::new),
+                good,
+                enforcing: Enforcing::Accepted,
             },
             rx,
         ))
@@ -267,7 +226,12 @@ impl<R: ContainerRuntime> Agent<R> {
     fn offer(&mut self, offer: Offer) {
         let result = read(&offer)
             .and_then(|model| {
-                admit(&model, self.config.driver, self.config.routing.enabled()).map(|()| model)
+                admit(
+                    &model,
+                    self.config.driver,
+                    self.config.engine.routing.enabled(),
+                )
+                .map(|()| model)
             })
             .and_then(|model| {
                 let kept = Kept {
@@ -279,7 +243,7 @@ impl<R: ContainerRuntime> Agent<R> {
                 self.store
                     .put(Slot::Accepted, &kept)
                     .map(|()| kept)
-                    .map_err(|e| format!("cannot persist the target: {e}"))
+                    .map_err(|e| Refusal::Store(e.to_string()))
             });
         let result = match result {
             Ok(kept) => {
@@ -289,12 +253,13 @@ impl<R: ContainerRuntime> Agent<R> {
                     "target accepted"
                 );
                 // A new target: a failed one is no longer held back.
-                self.failed = None;
+                self.enforcing = Enforcing::Accepted;
                 self.snapshot.send_modify(|s| {
                     s.accepted = offer.generation;
                     s.subsystem = offer.subsystem.clone();
                     s.local = kept.local.clone().map(|n| (n, kept.model.clone()));
                 });
+                self.accepted = Some(Arc::new(kept));
                 Ok(())
             }
             Err(reason) => Err(reason),
@@ -311,49 +276,50 @@ impl<R: ContainerRuntime> Agent<R> {
     /// One reconcile of the accepted target (or, after a failure under the
     /// rollback policy, of the last good one).
     async fn pass(&mut self) {
-        let accepted = match self.store.get(Slot::Accepted) {
-            Ok(Some(k)) => k,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the accepted target");
-                return;
-            }
+        let Some(accepted) = self.accepted.clone() else {
+            return;
         };
-        let good = self.store.get(Slot::Good).ok().flatten();
-        let rolled_back = self
-            .failed
-            .as_ref()
-            .filter(|(g, _)| *g == accepted.generation)
-            .cloned();
-        let enforce = match (&rolled_back, &good) {
-            (Some(_), Some(good)) => good.clone(),
-            _ => accepted.clone(),
+        let enforce = match (&self.enforcing, &self.good) {
+            (Enforcing::RolledBack { .. }, Some(good)) => Arc::clone(good),
+            _ => Arc::clone(&accepted),
         };
         let report = self.enforce(&enforce).await;
         let Some(mut report) = report else { return };
         if report.converged() {
             if enforce.generation == accepted.generation {
-                self.failed = None;
+                self.enforcing = Enforcing::Accepted;
             }
-            if good
+            if self
+                .good
                 .as_ref()
                 .is_none_or(|g| g.generation != enforce.generation)
             {
-                if let Err(e) = self.store.put(Slot::Good, &enforce) {
-                    tracing::error!(error = %e, "cannot record the last good generation");
+                match self.store.put(Slot::Good, &enforce) {
+                    Ok(()) => self.good = Some(Arc::clone(&enforce)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot record the last good generation")
+                    }
                 }
             }
         } else if enforce.generation == accepted.generation
             && enforce.model.on_failure == Some(FailurePolicy::Rollback)
             && !report.outcome.failed.is_empty()
         {
-            if let Some(good) = good.filter(|g| g.generation != accepted.generation) {
+            if let Some(good) = self
+                .good
+                .clone()
+                .filter(|g| g.generation != accepted.generation)
+            {
                 tracing::warn!(
                     failed = accepted.generation,
                     to = good.generation,
                     "rolling back to the last good generation"
                 );
-                self.failed = Some((accepted.generation, report.outcome.failed.clone()));
+                self.enforcing = Enforcing::RolledBack {
+                    from: accepted.generation,
+                    to: good.generation,
+                    failed: report.outcome.failed.clone(),
+                };
                 match self.enforce(&good).await {
                     Some(r) => report = r,
                     None => return,
@@ -361,17 +327,23 @@ impl<R: ContainerRuntime> Agent<R> {
             }
         }
         // Under a rollback, say why on the components that failed.
-        if let Some((generation, failed)) = &self.failed {
+        if let Enforcing::RolledBack {
+            from: generation,
+            failed,
+            ..
+        } = &self.enforcing
+        {
             for (component, reason) in failed {
                 report.statuses.insert(
                     component.clone(),
-                    Status {
-                        state: State::Failed,
-                        reason: format!(
+                    Status::new(
+                        State::Failed,
+                        format!(
                             "generation {generation} failed: {reason}; rolled back to generation {}",
                             report.generation
                         ),
-                    },
+                    )
+                    .at(*generation),
                 );
             }
         }
@@ -379,16 +351,10 @@ impl<R: ContainerRuntime> Agent<R> {
     }
 
     async fn enforce(&mut self, kept: &Kept) -> Option<PassReport> {
-        let config = EngineConfig {
-            subsystem: kept.subsystem.clone(),
-            context_root: self.config.context_root.clone(),
-            step_timeout: self.config.step_timeout,
-            settle: self.config.settle,
-            routing: Arc::clone(&self.config.routing),
-        };
         match reconcile(
             &self.runtime,
-            &config,
+            &self.config.engine,
+            &kept.subsystem,
             kept.generation,
             &kept.model,
             &self.progress,
@@ -412,13 +378,8 @@ impl<R: ContainerRuntime> Agent<R> {
             .iter()
             .filter(|c| c.kind().has_lifecycle())
             .map(|c| {
-                (
-                    c.id.clone(),
-                    Status {
-                        state: State::Unknown,
-                        reason: e.to_string(),
-                    },
-                )
+                let status = Status::new(State::Unknown, e.to_string()).at(kept.generation);
+                (c.id.clone(), status)
             })
             .collect();
         let current = DeploymentModel {
@@ -455,14 +416,14 @@ impl<R: ContainerRuntime> Agent<R> {
         let mut statuses = report.statuses;
         // The bridge's state shows on the gateway component.
         if let (Some(health), Some(gw)) = (
-            self.config.routing.health(),
+            self.config.engine.routing.health(),
             accepted
                 .model
                 .components
                 .iter()
                 .find(|c| c.kind() == continuum_models::Kind::Gateway),
         ) {
-            statuses.insert(gw.id.clone(), health);
+            statuses.insert(gw.id.clone(), health.at(report.generation));
         }
         self.snapshot.send_if_modified(|s| {
             let next = Snapshot {
@@ -484,6 +445,7 @@ impl<R: ContainerRuntime> Agent<R> {
 mod tests {
     use super::*;
     use crate::runtime::fake::FakeRuntime;
+    use std::path::Path;
 
     const MODEL: &str = r#"{"id":"s","components":[
         {"id":"gw","kind":"gateway"},
@@ -494,16 +456,18 @@ mod tests {
         let (progress, _rx) = mpsc::unbounded_channel();
         let config = AgentConfig {
             driver: Driver::Docker,
-            context_root: dir.to_owned(),
-            step_timeout: Duration::from_secs(5),
-            settle: Duration::ZERO,
             interval: Duration::from_secs(60),
-            routing: Arc::new(crate::routing::MemoryRouting::default()),
+            engine: Arc::new(EngineConfig {
+                context_root: dir.to_owned(),
+                step_timeout: Duration::from_secs(5),
+                settle: Duration::ZERO,
+                routing: Arc::new(crate::routing::MemoryRouting::default()),
+            }),
         };
         Agent::new(rt, Store::open(dir).unwrap(), config, progress).unwrap()
     }
 
-    fn offer(generation: u64, model: &str) -> (Offer, oneshot::Receiver<Result<(), String>>) {
+    fn offer(generation: u64, model: &str) -> (Offer, oneshot::Receiver<Result<(), Refusal>>) {
         let (reply, answer) = oneshot::channel();
         let offer = Offer {
             generation,
@@ -513,6 +477,47 @@ mod tests {
             reply,
         };
         (offer, answer)
+    }
+
+    #[tokio::test]
+    async fn a_failed_generation_rolls_back_explicitly_until_a_newer_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = Arc::new(FakeRuntime::new());
+        rt.add_image("web:1");
+        let (mut a, snap) = agent(Arc::clone(&rt), dir.path());
+        let model = |image: &str| {
+            MODEL
+                .replace(r#""id":"s","#, r#""id":"s","on_failure":"rollback","#)
+                .replace("web:1", image)
+        };
+        let (o, _) = offer(1, &model("web:1"));
+        a.offer(o);
+        a.pass().await;
+        assert_eq!(a.enforcing, Enforcing::Accepted);
+        // Generation 2 names an image the engine lacks: it fails and 1 runs again.
+        let (o, _) = offer(2, &model("web:missing"));
+        a.offer(o);
+        a.pass().await;
+        let Enforcing::RolledBack { from, to, failed } = &a.enforcing else {
+            panic!("{:?}", a.enforcing);
+        };
+        assert_eq!((*from, *to), (2, 1));
+        assert!(failed.contains_key("web"), "{failed:?}");
+        let s = snap.borrow().clone();
+        assert_eq!((s.accepted, s.observed), (2, 1));
+        assert_eq!(s.statuses["web"].state, State::Failed);
+        assert_eq!(
+            s.statuses["web"].generation, 2,
+            "the failure is generation 2's"
+        );
+        // It stays rolled back across passes, until a newer target arrives.
+        a.pass().await;
+        assert!(matches!(a.enforcing, Enforcing::RolledBack { from: 2, .. }));
+        let (o, _) = offer(3, &model("web:1"));
+        a.offer(o);
+        a.pass().await;
+        assert_eq!(a.enforcing, Enforcing::Accepted);
+        assert_eq!(snap.borrow().observed, 3);
     }
 
     #[tokio::test]
@@ -568,7 +573,11 @@ mod tests {
         let (mut a, snap) = agent(rt, dir.path());
         let (o, answer) = offer(1, r#"{"id":"s","components":[{"id":"x","kind":"nope"}]}"#);
         a.offer(o);
-        assert!(answer.await.unwrap().unwrap_err().contains("nope"));
+        let refused = answer.await.unwrap().unwrap_err();
+        assert!(
+            matches!(&refused, Refusal::Invalid(r) if r.contains("nope")),
+            "{refused}"
+        );
         let flash = r#"{"id":"s","components":[
             {"id":"gw","kind":"gateway"},{"id":"uno","kind":"device","board":"uno"},
             {"id":"fw","kind":"firmware","resources":{"flash":{"artefact":"a.hex"}}}],
@@ -576,8 +585,9 @@ mod tests {
                      {"kind":"communication","from":"gw","to":"uno","physical":true}]}"#;
         let (o, answer) = offer(2, flash);
         a.offer(o);
-        let reason = answer.await.unwrap().unwrap_err();
-        assert!(reason.contains("no deploy agent"), "{reason}");
+        let refused = answer.await.unwrap().unwrap_err();
+        assert_eq!(refused, Refusal::NoDeployAgent("fw".into()));
+        assert!(refused.to_string().contains("no deploy agent"), "{refused}");
         assert_eq!(snap.borrow().accepted, 0);
         assert!(a.store.get(Slot::Accepted).unwrap().is_none());
     }
@@ -593,6 +603,8 @@ mod tests {
         )
         .unwrap();
         let why = admit(&m, Driver::Docker, false).unwrap_err();
+        assert!(matches!(&why, Refusal::NoBridge { owner, .. } if owner == "f"));
+        let why = why.to_string();
         assert!(
             why.contains("`f` needs the bridge") && why.contains("--no-bridge"),
             "{why}"

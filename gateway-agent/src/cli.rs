@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::agent::{Agent, AgentConfig, Driver};
 use crate::bridge::{Bridge, BridgeConfig};
+use crate::engine::EngineConfig;
 use crate::link::{self, LinkConfig};
 use crate::local::LocalApi;
 use crate::routing::{NoBridge, Routing};
@@ -320,14 +321,16 @@ async fn serve<R: ContainerRuntime>(
     let (progress_tx, progress_rx) = mpsc::unbounded_channel();
     let agent_config = AgentConfig {
         driver: config.driver,
-        context_root: config.context_root.clone(),
-        step_timeout,
-        settle: Duration::from_millis(config.settle_ms),
         interval,
-        routing: match &bridge {
-            Some(b) => Arc::clone(b) as Arc<dyn Routing>,
-            None => Arc::new(NoBridge),
-        },
+        engine: Arc::new(EngineConfig {
+            context_root: config.context_root.clone(),
+            step_timeout,
+            settle: Duration::from_millis(config.settle_ms),
+            routing: match &bridge {
+                Some(b) => Arc::clone(b) as Arc<dyn Routing>,
+                None => Arc::new(NoBridge),
+            },
+        }),
     };
     let (agent, snapshot) = Agent::new(runtime, store, agent_config, progress_tx)?;
     let (offers_tx, offers_rx) = mpsc::channel(4);

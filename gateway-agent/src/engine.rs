@@ -11,7 +11,7 @@ use continuum_models::{plan, DeploymentModel};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::exec::{execute, ExecConfig, Outcome, Progress};
+use crate::exec::{execute, Outcome, Pass, Progress};
 use crate::observe::{current_model, is_workload};
 use crate::routing::Routing;
 use crate::runtime::{ContainerRuntime, RuntimeError};
@@ -27,18 +27,35 @@ pub enum State {
     Unknown,
 }
 
+/// What a component's status says: its state, why, and for the gateway
+/// component the one-line state of its bridge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
     pub state: State,
+    /// Why it is in this state (set when it failed).
     pub reason: String,
+    /// More about a component that works (the gateway's bridge: links,
+    /// counts, losses).
+    pub detail: String,
+    /// The generation this status is about: the one the pass enforced, or for
+    /// a failure that was rolled back, the generation that failed.
+    pub generation: u64,
 }
 
 impl Status {
-    fn new(state: State, reason: impl Into<String>) -> Status {
+    pub fn new(state: State, reason: impl Into<String>) -> Status {
         Status {
             state,
             reason: reason.into(),
+            detail: String::new(),
+            generation: 0,
         }
+    }
+
+    /// The same status, about `generation`.
+    pub fn at(mut self, generation: u64) -> Status {
+        self.generation = generation;
+        self
     }
 }
 
@@ -64,26 +81,32 @@ impl PassReport {
     }
 }
 
+/// How subsystems are enacted: one set of settings, shared by the agent, every
+/// pass and every step.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    pub subsystem: String,
+    /// Where build contexts named in models are found.
     pub context_root: std::path::PathBuf,
+    /// The longest a step may take.
     pub step_timeout: Duration,
+    /// How long a started workload must keep running to count as started.
     pub settle: Duration,
+    /// The bridge route steps act on.
     pub routing: Arc<dyn Routing>,
 }
 
-/// Runs one pass of `target` (at `generation`).
+/// Runs one pass of `target`, subsystem `subsystem` at `generation`.
 pub async fn reconcile<R: ContainerRuntime>(
     runtime: &Arc<R>,
-    config: &EngineConfig,
+    config: &Arc<EngineConfig>,
+    subsystem: &str,
     generation: u64,
     target: &DeploymentModel,
     progress: &mpsc::UnboundedSender<Progress>,
 ) -> Result<PassReport, RuntimeError> {
-    let span = tracing::info_span!("reconcile", subsystem = %config.subsystem, generation);
+    let span = tracing::info_span!("reconcile", subsystem = %subsystem, generation);
     async {
-        let workloads = runtime.list(LABEL_SUBSYSTEM, &config.subsystem).await?;
+        let workloads = runtime.list(LABEL_SUBSYSTEM, subsystem).await?;
         let current = current_model(target, &workloads, &config.routing.routes());
         let steps = plan(&current, target);
         let planned = steps.len();
@@ -91,17 +114,14 @@ pub async fn reconcile<R: ContainerRuntime>(
             Outcome::default()
         } else {
             tracing::info!(steps = planned, "enacting");
-            let exec = ExecConfig {
-                subsystem: config.subsystem.clone(),
+            let pass = Pass {
+                subsystem: subsystem.to_owned(),
                 generation,
-                context_root: config.context_root.clone(),
-                step_timeout: config.step_timeout,
-                settle: config.settle,
-                routing: Arc::clone(&config.routing),
+                config: Arc::clone(config),
             };
             execute(
                 Arc::clone(runtime),
-                exec,
+                pass,
                 &steps,
                 target,
                 &workloads,
@@ -119,12 +139,12 @@ pub async fn reconcile<R: ContainerRuntime>(
                 .filter_map(|c| c.spec.resources()?.container.as_ref()?.network.clone())
                 .collect();
             if let Err(e) = runtime
-                .prune_networks(LABEL_SUBSYSTEM, &config.subsystem, &keep)
+                .prune_networks(LABEL_SUBSYSTEM, subsystem, &keep)
                 .await
             {
                 tracing::warn!(error = %e, "cannot remove unused networks");
             }
-            runtime.list(LABEL_SUBSYSTEM, &config.subsystem).await?
+            runtime.list(LABEL_SUBSYSTEM, subsystem).await?
         };
         prune_routes(config.routing.as_ref(), target);
         let current = current_model(target, &after, &config.routing.routes());
@@ -145,7 +165,7 @@ pub async fn reconcile<R: ContainerRuntime>(
             } else {
                 Status::new(State::Deploying, "")
             };
-            statuses.insert(c.id.clone(), status);
+            statuses.insert(c.id.clone(), status.at(generation));
         }
         Ok(PassReport {
             generation,
@@ -200,7 +220,6 @@ mod tests {
 
     fn config() -> EngineConfig {
         EngineConfig {
-            subsystem: "s".into(),
             context_root: ".".into(),
             step_timeout: Duration::from_secs(5),
             settle: Duration::ZERO,
@@ -210,7 +229,7 @@ mod tests {
 
     async fn pass(rt: &Arc<FakeRuntime>, generation: u64, target: &DeploymentModel) -> PassReport {
         let (tx, _rx) = mpsc::unbounded_channel();
-        reconcile(rt, &config(), generation, target, &tx)
+        reconcile(rt, &Arc::new(config()), "s", generation, target, &tx)
             .await
             .unwrap()
     }
@@ -340,9 +359,16 @@ mod tests {
         let rt = fake();
         rt.set_unreachable(true);
         let (tx, _rx) = mpsc::unbounded_channel();
-        let e = reconcile(&rt, &config(), 1, &two_services("web:1"), &tx)
-            .await
-            .unwrap_err();
+        let e = reconcile(
+            &rt,
+            &Arc::new(config()),
+            "s",
+            1,
+            &two_services("web:1"),
+            &tx,
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(e, RuntimeError::Unreachable(_)));
     }
 
@@ -363,9 +389,10 @@ mod tests {
         let routing = Arc::new(crate::routing::MemoryRouting::default());
         let mut cfg = config();
         cfg.routing = routing.clone();
+        let cfg = Arc::new(cfg);
         let (tx, _rx) = mpsc::unbounded_channel();
         let target = with_function(r#""a/#""#);
-        let r = reconcile(&rt, &cfg, 1, &target, &tx).await.unwrap();
+        let r = reconcile(&rt, &cfg, "s", 1, &target, &tx).await.unwrap();
         assert!(r.converged(), "{r:?}");
         // The function's routes and the gateway's static one are carried, and
         // the current model says so.
@@ -382,14 +409,14 @@ mod tests {
         let steps = plan(&r.current, &target2);
         let shown: Vec<String> = steps.steps.iter().map(|s| s.action.to_string()).collect();
         assert_eq!(shown, ["route f", "update f"]);
-        let r = reconcile(&rt, &cfg, 2, &target2, &tx).await.unwrap();
+        let r = reconcile(&rt, &cfg, "s", 2, &target2, &tx).await.unwrap();
         assert!(r.converged(), "{r:?}");
         assert_eq!(routing.routes()["f"].len(), 3);
         assert_eq!(rt.workloads()[0].id, before);
         // A route lost (say, a bridge store restored from a backup) shows in
         // the current model, and the next pass carries it again.
         routing.set("f", Vec::new()).unwrap();
-        let r = reconcile(&rt, &cfg, 2, &target2, &tx).await.unwrap();
+        let r = reconcile(&rt, &cfg, "s", 2, &target2, &tx).await.unwrap();
         assert_eq!(r.planned, 2, "update and route f");
         assert_eq!(routing.routes()["f"].len(), 3);
         // The function removed: its routes go with it; the gateway's stay.
@@ -404,7 +431,7 @@ mod tests {
                 .any(|s| s.action.to_string() == "unroute f"),
             "{plan}"
         );
-        let r = reconcile(&rt, &cfg, 3, &only_gw, &tx).await.unwrap();
+        let r = reconcile(&rt, &cfg, "s", 3, &only_gw, &tx).await.unwrap();
         assert!(r.converged(), "{r:?}");
         assert_eq!(routing.routes().keys().collect::<Vec<_>>(), ["gw"]);
         // Routes of an owner the target does not know are pruned.
@@ -414,7 +441,7 @@ mod tests {
                 continuum_models::route::routes_of(&with_function("\"x\"").components[0]),
             )
             .unwrap();
-        reconcile(&rt, &cfg, 3, &only_gw, &tx).await.unwrap();
+        reconcile(&rt, &cfg, "s", 3, &only_gw, &tx).await.unwrap();
         assert!(!routing.routes().contains_key("ghost"));
     }
 }

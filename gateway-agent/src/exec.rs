@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::engine::EngineConfig;
 use crate::observe::is_workload;
-use crate::routing::Routing;
 use crate::runtime::{
     is_custom_network, ContainerRuntime, ImageSource, RunState, Workload, WorkloadSpec,
 };
@@ -51,18 +51,12 @@ pub struct Outcome {
     pub succeeded: usize,
 }
 
-/// Settings of execution.
+/// What one pass enacts: a subsystem at a generation, with the engine's settings.
 #[derive(Debug, Clone)]
-pub struct ExecConfig {
+pub struct Pass {
     pub subsystem: String,
     pub generation: u64,
-    /// Where build contexts named in models are found.
-    pub context_root: PathBuf,
-    pub step_timeout: Duration,
-    /// How long a started workload must keep running to count as started.
-    pub settle: Duration,
-    /// The bridge route steps act on.
-    pub routing: Arc<dyn Routing>,
+    pub config: Arc<EngineConfig>,
 }
 
 /// The workload name of a component: unique per subsystem on one engine.
@@ -193,7 +187,7 @@ pub fn workload_spec(
 
 struct Context<R> {
     runtime: Arc<R>,
-    config: ExecConfig,
+    pass: Pass,
     target: HashMap<String, Component>,
     /// The workloads seen before the plan, by component.
     workloads: HashMap<String, Vec<Workload>>,
@@ -209,7 +203,7 @@ impl<R: ContainerRuntime> Context<R> {
     async fn live_workloads(&self, component: &str) -> Result<Vec<Workload>, String> {
         let all = self
             .runtime
-            .list(LABEL_SUBSYSTEM, &self.config.subsystem)
+            .list(LABEL_SUBSYSTEM, &self.pass.subsystem)
             .await
             .map_err(|e| e.to_string())?;
         Ok(all
@@ -244,9 +238,9 @@ impl<R: ContainerRuntime> Context<R> {
             Action::Start { component } => self.start(component).await,
             Action::Route { component } => {
                 let routes = routes_of(self.target(component)?);
-                self.config.routing.set(component, routes)
+                self.pass.config.routing.set(component, routes)
             }
-            Action::Unroute { component } => self.config.routing.set(component, Vec::new()),
+            Action::Unroute { component } => self.pass.config.routing.set(component, Vec::new()),
             // Metadata only: what runs does not change; communication links
             // are the components' own business.
             Action::Update { .. } | Action::Bind { .. } | Action::Unbind { .. } => Ok(()),
@@ -264,7 +258,7 @@ impl<R: ContainerRuntime> Context<R> {
         if !is_workload(c) {
             return Ok(());
         }
-        let source = image_source(c, &self.config.context_root)?;
+        let source = image_source(c, &self.pass.config.context_root)?;
         self.runtime
             .ensure_image(&source)
             .await
@@ -286,13 +280,13 @@ impl<R: ContainerRuntime> Context<R> {
         if !keep {
             let spec = workload_spec(
                 c,
-                &self.config.subsystem,
-                self.config.generation,
+                &self.pass.subsystem,
+                self.pass.generation,
                 source.reference(),
             )?;
             if let Some(network) = spec.network.as_deref().filter(|n| is_custom_network(n)) {
                 let labels =
-                    BTreeMap::from([(LABEL_SUBSYSTEM.to_owned(), self.config.subsystem.clone())]);
+                    BTreeMap::from([(LABEL_SUBSYSTEM.to_owned(), self.pass.subsystem.clone())]);
                 self.runtime
                     .ensure_network(network, &labels)
                     .await
@@ -326,7 +320,8 @@ impl<R: ContainerRuntime> Context<R> {
 
     /// Watches a started workload for `settle`: one that exits at once failed.
     async fn settle(&self, id: &str) -> Result<(), String> {
-        let deadline = tokio::time::Instant::now() + self.config.settle;
+        let settle = self.pass.config.settle;
+        let deadline = tokio::time::Instant::now() + settle;
         let (restarts_before, _) = self.runtime.restarts(id).await.map_err(|e| e.to_string())?;
         let exited = |code: Option<i64>, logs: String| {
             let code = code.map_or("unknown".to_owned(), |c| c.to_string());
@@ -356,7 +351,7 @@ impl<R: ContainerRuntime> Context<R> {
             if tokio::time::Instant::now() >= deadline {
                 return Ok(());
             }
-            tokio::time::sleep(Duration::from_millis(50).min(self.config.settle)).await;
+            tokio::time::sleep(Duration::from_millis(50).min(settle)).await;
         }
     }
 }
@@ -364,7 +359,7 @@ impl<R: ContainerRuntime> Context<R> {
 /// Runs `plan` from `current` to `target` on `runtime`.
 pub async fn execute<R: ContainerRuntime>(
     runtime: Arc<R>,
-    config: ExecConfig,
+    pass: Pass,
     plan: &Plan,
     target: &DeploymentModel,
     workloads: &[Workload],
@@ -376,10 +371,10 @@ pub async fn execute<R: ContainerRuntime>(
             by_component.entry(c.clone()).or_default().push(w.clone());
         }
     }
-    let step_timeout = config.step_timeout;
+    let step_timeout = pass.config.step_timeout;
     let ctx = Arc::new(Context {
         runtime,
-        config,
+        pass,
         target: target
             .components
             .iter()

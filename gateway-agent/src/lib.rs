@@ -1,9 +1,10 @@
-//! The gateway agent: one local subsystem's models@run.time engine (DESIGN §1, §3).
+//! The gateway agent: one local subsystem's models@run.time engine.
 //!
 //! It observes what runs (workloads carrying Continuum labels), rebuilds the
 //! current model from them, diffs it with the target, plans with
 //! `continuum_models::plan`, and enacts the steps through a driver.
 
+pub mod admission;
 pub mod agent;
 pub mod bridge;
 pub mod cli;

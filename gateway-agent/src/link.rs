@@ -66,12 +66,15 @@ fn state(s: State) -> ComponentState {
     }
 }
 
-fn status(component: &str, s: &Status) -> ComponentStatus {
+/// A component's status as last observed.
+pub(crate) fn status(component: &str, s: &Status) -> ComponentStatus {
     ComponentStatus {
         component: component.to_owned(),
         state: state(s.state) as i32,
         reason: s.reason.clone(),
         since_unix_ms: now_ms(),
+        generation: s.generation,
+        detail: s.detail.clone(),
     }
 }
 
@@ -262,7 +265,7 @@ async fn session(
                         tokio::spawn(async move {
                             let (accepted, reason) = match answer.await {
                                 Ok(Ok(())) => (true, String::new()),
-                                Ok(Err(r)) => (false, r),
+                                Ok(Err(r)) => (false, r.to_string()),
                                 Err(_) => return,
                             };
                             let ack = Ack { generation, accepted, reason };
@@ -292,6 +295,9 @@ where
     F: Fn(gateway_message::Kind) -> Fut,
     Fut: std::future::Future<Output = Result<(), Ended>>,
 {
+    // A status carries its generation, so one seen again under a newer
+    // generation is sent again: the orchestrator tells old failures from new
+    // ones by generation.
     let changed: Vec<ComponentStatus> = snap
         .statuses
         .iter()

@@ -6,21 +6,19 @@
 
 use std::pin::Pin;
 
-use continuum_models::load::{load_prepared, TemplateText};
 use continuum_models::{DeploymentModel, Kind};
 use continuum_proto::v1::model_service_server::ModelService;
 use continuum_proto::v1::{
     ApplyRequest, ApplyResponse, ComponentState, ComponentStatus, DiffCounts, DiffRequest,
     DiffResponse, Document, Event, GetRequest, GetResponse, HistoryRequest, HistoryResponse,
     ListGatewaysRequest, ListGatewaysResponse, Revision, RollbackRequest, StatusRequest,
-    StatusResponse, SubsystemStatus, SubsystemTarget, View, WatchRequest,
+    StatusResponse, SubsystemPhase, SubsystemStatus, SubsystemTarget, View, WatchRequest,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::agent::{Offer, Snapshot};
-use crate::engine::State;
 use crate::store::LocalNote;
 
 #[derive(Debug, Clone)]
@@ -47,27 +45,11 @@ fn now_ms() -> i64 {
 impl LocalApi {
     /// This gateway's subsystem in a submitted megamodel.
     fn subsystem(&self, req: &ApplyRequest) -> Result<(String, DeploymentModel), Status> {
-        let doc = req
-            .megamodel
-            .as_ref()
-            .ok_or_else(|| Status::invalid_argument("the request holds no megamodel"))?;
-        let name = if doc.name.is_empty() {
-            "megamodel"
-        } else {
-            &doc.name
-        };
-        let text = std::str::from_utf8(&doc.json)
-            .map_err(|_| Status::invalid_argument(format!("{name} is not UTF-8 text")))?;
-        let prepared = load_prepared(name, text, |runtime| match req.templates.get(runtime) {
-            None => Err("it was not sent with the model".to_owned()),
-            Some(t) => String::from_utf8(t.json.clone())
-                .map(|text| TemplateText {
-                    name: t.name.clone(),
-                    text,
-                })
-                .map_err(|_| "it is not UTF-8 text".to_owned()),
-        })
-        .map_err(|invalid| continuum_proto::rejection::to_status(&invalid))?;
+        use continuum_proto::apply::{prepare, ApplyInputError};
+        let prepared = prepare(req).map_err(|e| match e {
+            ApplyInputError::NoMegamodel => Status::invalid_argument(e.to_string()),
+            ApplyInputError::Invalid(invalid) => continuum_proto::rejection::to_status(&invalid),
+        })?;
         prepared
             .megamodel
             .subsystems
@@ -122,7 +104,7 @@ impl ModelService for LocalApi {
         answer
             .await
             .map_err(|_| Status::unavailable("the agent is stopping"))?
-            .map_err(Status::failed_precondition)?;
+            .map_err(|r| Status::failed_precondition(r.to_string()))?;
         Ok(Response::new(ApplyResponse {
             revision: Some(Revision {
                 number: 0,
@@ -141,7 +123,9 @@ impl ModelService for LocalApi {
                 generation: base,
                 gateway_id: self.gateway_id.clone(),
                 pushed: true,
+                removed: false,
             }],
+            event_seq: 0,
         }))
     }
 
@@ -172,27 +156,25 @@ impl ModelService for LocalApi {
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         let snap = self.snapshot.borrow().clone();
-        let state = |s: State| match s {
-            State::Pending => ComponentState::Pending,
-            State::Deploying => ComponentState::Deploying,
-            State::Running => ComponentState::Running,
-            State::Failed => ComponentState::Failed,
-            State::Unknown => ComponentState::Unknown,
-        };
         let components: Vec<ComponentStatus> = snap
             .statuses
             .iter()
-            .map(|(c, s)| ComponentStatus {
-                component: c.clone(),
-                state: state(s.state) as i32,
-                reason: s.reason.clone(),
-                since_unix_ms: 0,
-            })
+            .map(|(c, s)| crate::link::status(c, s))
             .collect();
         let converged = snap.observed == snap.accepted
             && components
                 .iter()
                 .all(|c| c.state == ComponentState::Running as i32);
+        let phase = if components
+            .iter()
+            .any(|c| c.state == ComponentState::Failed as i32)
+        {
+            SubsystemPhase::Failed
+        } else if converged {
+            SubsystemPhase::Converged
+        } else {
+            SubsystemPhase::Deploying
+        };
         Ok(Response::new(StatusResponse {
             head: 0,
             subsystems: vec![SubsystemStatus {
@@ -200,6 +182,7 @@ impl ModelService for LocalApi {
                 gateway_id: self.gateway_id.clone(),
                 gateway: None,
                 target_generation: snap.accepted,
+                phase: phase as i32,
                 converged,
                 live: Some(DiffCounts::default()),
                 components,

@@ -47,9 +47,17 @@ impl Routing for Bridge {
         } else {
             State::Pending
         };
+        let summary = s.summary();
         Some(Status {
             state,
-            reason: s.summary(),
+            // A bridge that does not work says why; one that does says how.
+            reason: if state == State::Running {
+                String::new()
+            } else {
+                summary.clone()
+            },
+            detail: summary,
+            generation: 0,
         })
     }
 }

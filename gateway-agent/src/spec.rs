@@ -4,7 +4,8 @@
 
 use continuum_models::Component;
 
-/// Label keys (DESIGN §6: label everything you create).
+/// Label keys: everything the agent creates is labelled, so reality alone
+/// gives the current model.
 pub const LABEL_COMPONENT: &str = "continuum.component";
 pub const LABEL_SUBSYSTEM: &str = "continuum.subsystem";
 pub const LABEL_GENERATION: &str = "continuum.generation";

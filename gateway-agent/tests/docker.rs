@@ -93,7 +93,8 @@ fn busybox_context(dir: &Path) {
 
 struct Setup {
     rt: Arc<DockerRuntime>,
-    config: EngineConfig,
+    config: Arc<EngineConfig>,
+    subsystem: String,
     /// Component ids are prefixed with this (image tags are per component).
     p: String,
     _dir: tempfile::TempDir,
@@ -108,13 +109,13 @@ async fn setup(name: &str) -> Option<Setup> {
     busybox_context(&dir.path().join("bb"));
     Some(Setup {
         rt,
-        config: EngineConfig {
-            subsystem: subsystem.clone(),
+        config: Arc::new(EngineConfig {
             context_root: dir.path().to_owned(),
             step_timeout: Duration::from_secs(60),
             settle: Duration::from_millis(500),
             routing: Arc::new(continuum_gateway::routing::NoBridge),
-        },
+        }),
+        subsystem: subsystem.clone(),
         _cleanup: Cleanup {
             subsystem,
             image_prefix: format!("continuum/{p}-"),
@@ -149,7 +150,7 @@ impl Setup {
             .collect();
         let json = format!(
             r#"{{"id":"{}","components":[{}],"links":[{}]}}"#,
-            self.config.subsystem,
+            self.subsystem,
             components.join(","),
             links.join(",")
         );
@@ -161,14 +162,21 @@ impl Setup {
 
     async fn pass(&self, generation: u64, target: &DeploymentModel) -> PassReport {
         let (tx, _rx) = mpsc::unbounded_channel();
-        reconcile(&self.rt, &self.config, generation, target, &tx)
-            .await
-            .expect("the engine is reachable")
+        reconcile(
+            &self.rt,
+            &self.config,
+            &self.subsystem,
+            generation,
+            target,
+            &tx,
+        )
+        .await
+        .expect("the engine is reachable")
     }
 
     async fn workloads(&self) -> BTreeMap<String, Workload> {
         self.rt
-            .list(LABEL_SUBSYSTEM, &self.config.subsystem)
+            .list(LABEL_SUBSYSTEM, &self.subsystem)
             .await
             .unwrap()
             .into_iter()
@@ -210,7 +218,7 @@ async fn deploys_replaces_only_what_changed_and_heals_drift() {
     assert_eq!(w1.len(), 2);
     for w in w1.values() {
         assert_eq!(w.state, RunState::Running);
-        assert_eq!(w.labels[LABEL_SUBSYSTEM], s.config.subsystem);
+        assert_eq!(w.labels[LABEL_SUBSYSTEM], s.subsystem);
         assert!(w.labels.contains_key(LABEL_SPEC_HASH));
     }
     // Nothing to do the second time.
@@ -255,7 +263,7 @@ async fn failures_name_the_component_and_the_cause() {
     };
     // A generous settle window: on a loaded machine the crashing container may
     // take a while even to start.
-    s.config.settle = Duration::from_secs(3);
+    Arc::make_mut(&mut s.config).settle = Duration::from_secs(3);
     // A build that fails: the Dockerfile copies a file the context lacks.
     let broken = s._dir.path().join("broken");
     std::fs::create_dir_all(&broken).unwrap();
@@ -329,7 +337,7 @@ fn networks(label: &str) -> Vec<String> {
 async fn a_subsystem_network_is_created_and_removed_with_its_last_user() {
     let Some(s) = setup("net").await else { return };
     let net = format!("{}-net", s.p);
-    let label = format!("{LABEL_SUBSYSTEM}={}", s.config.subsystem);
+    let label = format!("{LABEL_SUBSYSTEM}={}", s.subsystem);
     struct RemoveNet(String);
     impl Drop for RemoveNet {
         fn drop(&mut self) {
@@ -352,7 +360,7 @@ async fn a_subsystem_network_is_created_and_removed_with_its_last_user() {
     let b = s.workloads().await[&s.id("b")].id.clone();
     let o = std::process::Command::new("docker")
         .args(["exec", &b, "busybox", "ping", "-c", "1", "-W", "5"])
-        .arg(format!("continuum-{}-{}", s.config.subsystem, s.id("a")))
+        .arg(format!("continuum-{}-{}", s.subsystem, s.id("a")))
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));

@@ -131,6 +131,50 @@ pub fn load_prepared(
     })
 }
 
+/// The template files a megamodel's functions name (each function's `runtime`,
+/// when it brings no resources of its own), each once, in order — read from
+/// the JSON alone, without validating it. A client sends these along with the
+/// model and lets the orchestrator validate; text that is not JSON names none
+/// (the orchestrator then says where it is broken).
+pub fn template_runtimes(text: &str) -> Vec<String> {
+    let Ok(root) = serde_json::from_str::<serde_json::Value>(text) else {
+        return Vec::new();
+    };
+    let components = |v: &serde_json::Value| -> Vec<serde_json::Value> {
+        v.get("components")
+            .and_then(serde_json::Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut all = components(&root);
+    for s in root
+        .get("subsystems")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        all.extend(components(s));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for c in &all {
+        let function = c.get("kind").and_then(serde_json::Value::as_str) == Some("function");
+        let own = c
+            .get("resources")
+            .and_then(serde_json::Value::as_object)
+            .is_some_and(|r| !r.is_empty());
+        if let (true, false, Some(r)) = (
+            function,
+            own,
+            c.get("runtime").and_then(serde_json::Value::as_str),
+        ) {
+            if !out.iter().any(|x| x == r) {
+                out.push(r.to_owned());
+            }
+        }
+    }
+    out
+}
+
 /// Every function that needs a template: its JSON path and its `runtime`.
 fn runtimes(mm: &Megamodel) -> Vec<(JsonPath, String)> {
     let mut out = Vec::new();

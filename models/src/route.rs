@@ -1,5 +1,5 @@
 //! Bridge routes: which messages a gateway's bridge carries between its local
-//! broker and the global bus (DESIGN §4), derived from the model.
+//! broker and the global bus, derived from the model.
 //!
 //! * Each trigger of a function is subscribed on the global bus and
 //!   republished locally on `/<function>/in/<stream>`.

@@ -291,3 +291,23 @@ fn templates_need_exactly_one_placeholder() {
         );
     }
 }
+
+#[test]
+fn the_templates_a_model_names_are_found_without_validating_it() {
+    use continuum_models::load::template_runtimes;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/smart-building");
+    let text = std::fs::read_to_string(dir.join("v1.json")).unwrap();
+    assert_eq!(
+        template_runtimes(&text),
+        ["../templates/shell-function.json"]
+    );
+    // An invalid model still names its templates; a function with resources of
+    // its own needs none; each is named once.
+    let text = r#"{"name": 3, "components": [
+        {"id": "f", "kind": "function", "runtime": "t.json", "bogus": true},
+        {"id": "g", "kind": "function", "runtime": "t.json"},
+        {"id": "h", "kind": "function", "runtime": "own.json", "resources": {"container": {"image": "x"}}}],
+      "subsystems": [{"id": "s", "components": [{"id": "k", "kind": "function", "runtime": "u.json"}]}]}"#;
+    assert_eq!(template_runtimes(text), ["t.json", "u.json"]);
+    assert!(template_runtimes("{ not json").is_empty());
+}

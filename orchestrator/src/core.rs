@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use continuum_models::load::{load_prepared, TemplateText};
 use continuum_models::parse::parse_deployment_model;
 use continuum_models::validate::is_valid_id;
 use continuum_models::{DeploymentModel, Invalid, Kind, Megamodel, ModelDiff};
@@ -13,7 +12,7 @@ use continuum_proto::v1::{
     event, Ack, Acknowledged, ApplyRequest, ApplyResponse, ComponentChanged, ComponentState,
     ComponentStatus, CurrentChanged, CurrentReport, DiffCounts, Diverged, Document, Event, Gateway,
     GatewayConnected, GatewayDisconnected, Register, Revision, RollbackRequest, StatusReport,
-    StepProgress, SubsystemTarget, Target, TargetSent, Welcome,
+    StepProgress, SubsystemPhase, SubsystemTarget, Target, TargetSent, Welcome,
 };
 use tokio::sync::watch;
 
@@ -72,31 +71,11 @@ pub struct Prepared {
 
 impl Prepared {
     pub fn from_request(req: ApplyRequest) -> Result<Prepared, Error> {
-        let doc = req
-            .megamodel
-            .ok_or_else(|| Error::BadRequest("the request holds no megamodel".into()))?;
-        let name = if doc.name.is_empty() {
-            "megamodel".to_owned()
-        } else {
-            doc.name
-        };
-        let text = String::from_utf8(doc.json)
-            .map_err(|_| Error::Invalid(Invalid::file(&name, "is not UTF-8 text")))?;
-        let templates = req.templates;
-        let prepared = load_prepared(&name, &text, |runtime| match templates.get(runtime) {
-            None => Err("it was not sent with the model".to_owned()),
-            Some(t) => String::from_utf8(t.json.clone())
-                .map(|text| TemplateText {
-                    name: if t.name.is_empty() {
-                        runtime.to_owned()
-                    } else {
-                        t.name.clone()
-                    },
-                    text,
-                })
-                .map_err(|_| "it is not UTF-8 text".to_owned()),
-        })
-        .map_err(Error::Invalid)?;
+        use continuum_proto::apply::{prepare, ApplyInputError};
+        let prepared = prepare(&req).map_err(|e| match e {
+            ApplyInputError::NoMegamodel => Error::BadRequest(e.to_string()),
+            ApplyInputError::Invalid(invalid) => Error::Invalid(invalid),
+        })?;
         let mut megamodel = prepared.megamodel;
         megamodel.canonicalize();
         Ok(Prepared {
@@ -159,6 +138,42 @@ impl Subsystem {
         self.statuses
             .values()
             .filter(|s| s.state == ComponentState::Failed as i32)
+    }
+
+    /// Components that failed while the gateway enforced the target generation
+    /// (or a later one); failures of earlier generations are history.
+    pub fn failing_now(&self) -> impl Iterator<Item = &ComponentStatus> {
+        let target = self.target.generation;
+        self.failing()
+            .filter(move |s| s.generation == 0 || s.generation >= target)
+    }
+
+    pub fn converged(&self) -> bool {
+        self.observed_generation == self.target.generation
+            && self.current_model.is_some()
+            && is_zero(&self.live)
+            && self.failing().next().is_none()
+    }
+
+    /// Where the rollout stands, given the subsystem's gateway record.
+    pub fn phase(&self, gateway: Option<&Gateway>) -> SubsystemPhase {
+        if self.target.gateway_id.is_empty() {
+            return SubsystemPhase::NoGateway;
+        }
+        let Some(g) = gateway else {
+            return SubsystemPhase::Waiting;
+        };
+        if !g.rejected.is_empty() {
+            SubsystemPhase::Refused
+        } else if self.failing_now().next().is_some() {
+            SubsystemPhase::Failed
+        } else if self.converged() {
+            SubsystemPhase::Converged
+        } else if !g.connected {
+            SubsystemPhase::Offline
+        } else {
+            SubsystemPhase::Deploying
+        }
     }
 }
 
@@ -433,6 +448,7 @@ impl Core {
                     revision: Some(head.meta.clone()),
                     unchanged: true,
                     targets: Vec::new(),
+                    event_seq: 0,
                 });
             }
         }
@@ -462,6 +478,7 @@ impl Core {
             meta: Some(meta.clone()),
             megamodel: canonical.clone(),
         });
+        let event_seq = batch.next_seq;
         batch.event(event::Kind::Revision(meta.clone()));
 
         let mut targets: Vec<(String, StoredTarget, DeploymentModel)> = Vec::new();
@@ -535,7 +552,7 @@ impl Core {
         });
         let mut affected = Vec::new();
         for (id, target, model) in targets {
-            affected.push((id.clone(), target.gateway_id.clone()));
+            affected.push((id.clone(), target.gateway_id.clone(), target.removed));
             let sub = self.subsystems.entry(id).or_insert_with(|| Subsystem {
                 target: StoredTarget::default(),
                 target_model: DeploymentModel::default(),
@@ -559,13 +576,14 @@ impl Core {
         let pushed_to: HashSet<String> = deliveries.iter().map(|(g, _)| g.id.clone()).collect();
         self.deliver(deliveries);
         let mut response = Vec::new();
-        for (subsystem, gateway_id) in affected {
+        for (subsystem, gateway_id, removed) in affected {
             let pushed = pushed_to.contains(&gateway_id);
             response.push(SubsystemTarget {
                 subsystem,
                 generation: number,
                 gateway_id,
                 pushed,
+                removed,
             });
         }
         tracing::info!(
@@ -577,6 +595,7 @@ impl Core {
             revision: Some(meta),
             unchanged: false,
             targets: response,
+            event_seq,
         })
     }
 
@@ -890,9 +909,15 @@ impl Core {
             if s.since_unix_ms == 0 {
                 s.since_unix_ms = batch.now;
             }
-            let same = statuses
-                .get(&s.component)
-                .is_some_and(|old| old.state == s.state && old.reason == s.reason);
+            if s.generation == 0 {
+                s.generation = report.generation;
+            }
+            let same = statuses.get(&s.component).is_some_and(|old| {
+                old.state == s.state
+                    && old.reason == s.reason
+                    && old.generation == s.generation
+                    && old.detail == s.detail
+            });
             if same {
                 continue;
             }

@@ -152,6 +152,8 @@ impl SimGateway {
                     state: *s as i32,
                     reason: (*r).to_owned(),
                     since_unix_ms: 0,
+                    generation: 0,
+                    detail: String::new(),
                 })
                 .collect(),
         }))

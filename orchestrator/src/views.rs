@@ -228,10 +228,8 @@ impl Core {
                     subsystem: id.clone(),
                     gateway_id: s.target.gateway_id.clone(),
                     target_generation: s.target.generation,
-                    converged: s.observed_generation == s.target.generation
-                        && s.current_model.is_some()
-                        && is_zero(&s.live)
-                        && s.failing().next().is_none(),
+                    phase: s.phase(gateway.as_ref()) as i32,
+                    converged: s.converged(),
                     live: Some(s.live),
                     components: s.statuses.values().cloned().collect(),
                     gateway,

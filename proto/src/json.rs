@@ -3,7 +3,7 @@
 
 use serde::Serializer;
 
-use crate::v1::{ComponentState, StepState, View};
+use crate::v1::{ComponentState, StepState, SubsystemPhase, View};
 
 fn name<S: Serializer>(
     s: S,
@@ -27,6 +27,13 @@ pub fn component_state<S: Serializer>(value: &i32, s: S) -> Result<S::Ok, S::Err
 pub fn step_state<S: Serializer>(value: &i32, s: S) -> Result<S::Ok, S::Error> {
     let n = StepState::try_from(*value).ok().map(|v| v.as_str_name());
     name(s, value, n, "STEP_STATE_")
+}
+
+pub fn subsystem_phase<S: Serializer>(value: &i32, s: S) -> Result<S::Ok, S::Error> {
+    let n = SubsystemPhase::try_from(*value)
+        .ok()
+        .map(|v| v.as_str_name());
+    name(s, value, n, "SUBSYSTEM_PHASE_")
 }
 
 pub fn view<S: Serializer>(value: &i32, s: S) -> Result<S::Ok, S::Error> {

@@ -2,6 +2,7 @@
 //! and the gateway link (`GatewayLink`), generated from
 //! `proto/continuum/v1/continuum.proto`.
 
+pub mod apply;
 pub mod json;
 pub mod rejection;
 pub mod serving;

@@ -3,33 +3,42 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use continuum_proto::v1::{ApplyRequest, ApplyResponse, Document, RollbackRequest};
+use std::collections::BTreeMap;
+
+use continuum_proto::v1::{
+    event, ApplyRequest, ApplyResponse, ComponentState, DiffCounts, Document, Event,
+    RollbackRequest,
+};
 
 use crate::remote::{self, explain};
 use crate::style::Style;
 use crate::Format;
+
+use super::watch;
 
 fn author() -> String {
     std::env::var("USER").unwrap_or_default()
 }
 
 /// Sends the file and the templates its functions name (read next to it). The
-/// orchestrator validates everything itself; a file that does not parse locally
-/// is still sent, so the answer is the server's.
+/// orchestrator validates everything itself, so the client does not: a file
+/// that does not parse is still sent, and the answer says where it is broken.
 fn request(file: &Path, base: Option<u64>, message: String) -> anyhow::Result<ApplyRequest> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let dir = file.parent().unwrap_or(Path::new("."));
     let mut templates = std::collections::HashMap::new();
-    if let Ok(crate::load::Document::Megamodel(loaded)) = crate::load::document(file) {
-        for (runtime, t) in loaded.texts {
-            templates.insert(
-                runtime,
-                Document {
-                    name: t.name,
-                    json: t.text.into_bytes(),
-                },
-            );
-        }
+    for runtime in continuum_models::load::template_runtimes(&text) {
+        let path = dir.join(&runtime);
+        let json = std::fs::read(&path).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read the runtime template {} that {} names: {e}",
+                path.display(),
+                file.display()
+            )
+        })?;
+        let name = path.display().to_string();
+        templates.insert(runtime, Document { name, json });
     }
     Ok(ApplyRequest {
         megamodel: Some(Document {
@@ -61,7 +70,7 @@ pub fn apply(
                 print(&r, format, style)?;
                 match wait {
                     None => Ok(ExitCode::SUCCESS),
-                    Some(seconds) => rollout(&mut client, &r, seconds, format, style).await,
+                    Some(seconds) => rollout(server, &r, seconds, format, style).await,
                 }
             }
             Err(status) => match remote::rejection(&status) {
@@ -149,79 +158,231 @@ fn print(r: &ApplyResponse, format: Format, style: &Style) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Follows the subsystems a revision changed until each has converged on its
-/// new generation, one fails or refuses it, or `seconds` pass. Subsystems
-/// without a gateway in the model are not waited for.
+/// What a rollout still waits for, and what went wrong, from the events of
+/// the orchestrator's log. Everything is judged by generation, never by time:
+/// a gateway's clock may be anything.
+#[derive(Debug)]
+struct Rollout {
+    /// Subsystem → the generation it must run.
+    waiting: BTreeMap<String, u64>,
+    failures: Vec<String>,
+}
+
+impl Rollout {
+    /// The subsystems a revision changed that have a gateway to run them
+    /// (removed subsystems are not waited for).
+    fn new(applied: &ApplyResponse) -> Rollout {
+        Rollout {
+            waiting: applied
+                .targets
+                .iter()
+                .filter(|t| !t.gateway_id.is_empty() && !t.removed)
+                .map(|t| (t.subsystem.clone(), t.generation))
+                .collect(),
+            failures: Vec::new(),
+        }
+    }
+
+    /// Takes one event; says whether the rollout is over (failed or converged).
+    fn on(&mut self, e: &Event) -> Option<Outcome> {
+        let wanted = |subsystem: &str| self.waiting.get(subsystem).copied();
+        match e.kind.as_ref()? {
+            event::Kind::Acknowledged(a)
+                if !a.accepted && wanted(&a.subsystem) == Some(a.generation) =>
+            {
+                self.failures
+                    .push(format!("{}: target refused: {}", a.subsystem, a.reason));
+            }
+            event::Kind::Component(c) => {
+                let s = c.status.as_ref()?;
+                let at = wanted(&c.subsystem)?;
+                if s.state == ComponentState::Failed as i32 && s.generation >= at {
+                    self.failures
+                        .push(format!("{}/{}: {}", c.subsystem, s.component, s.reason));
+                }
+            }
+            event::Kind::Current(c) => {
+                let at = wanted(&c.subsystem)?;
+                let settled = c.live.as_ref().is_none_or(|l| *l == DiffCounts::default());
+                if c.observed_generation >= at && settled {
+                    self.waiting.remove(&c.subsystem);
+                }
+            }
+            _ => {}
+        }
+        if !self.failures.is_empty() {
+            Some(Outcome::Failed)
+        } else if self.waiting.is_empty() {
+            Some(Outcome::Converged)
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Converged,
+    Failed,
+}
+
+/// Follows the orchestrator's events from the revision on until each changed
+/// subsystem has converged on its new generation, one fails or refuses it, or
+/// `seconds` pass.
 async fn rollout(
-    client: &mut remote::Client,
+    server: &str,
     applied: &ApplyResponse,
     seconds: f64,
     format: Format,
     style: &Style,
 ) -> anyhow::Result<ExitCode> {
-    use continuum_proto::v1::{ComponentState, StatusRequest};
     if !(seconds.is_finite() && seconds > 0.0) {
         anyhow::bail!("--wait takes a positive number of seconds");
     }
+    if applied.event_seq == 0 && applied.revision.as_ref().is_some_and(|r| r.number == 0) {
+        anyhow::bail!(
+            "--wait follows the orchestrator's events, which a gateway's local API does not keep; see `continuum status` there"
+        );
+    }
+    let mut rollout = Rollout::new(applied);
+    let converged = |style: &Style| {
+        if format == Format::Human {
+            outln!(
+                "{} every changed subsystem runs its new generation",
+                style.green("converged:")
+            );
+        }
+        ExitCode::SUCCESS
+    };
+    if rollout.waiting.is_empty() {
+        return Ok(converged(style));
+    }
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs_f64(seconds);
-    let waiting: Vec<(String, u64)> = applied
-        .targets
-        .iter()
-        .filter(|t| !t.gateway_id.is_empty())
-        .map(|t| (t.subsystem.clone(), t.generation))
-        .collect();
-    loop {
-        let status = client
-            .status(StatusRequest {})
-            .await
-            .map_err(explain)?
-            .into_inner();
-        let mut done = true;
-        let mut failures = Vec::new();
-        for (subsystem, generation) in &waiting {
-            let Some(s) = status.subsystems.iter().find(|s| &s.subsystem == subsystem) else {
-                continue; // removed from the model: nothing to converge
-            };
-            if let Some(g) = s.gateway.as_ref().filter(|g| !g.rejected.is_empty()) {
-                if g.sent_generation == *generation {
-                    failures.push(format!("{subsystem}: target refused: {}", g.rejected));
+    let after = applied.event_seq.saturating_sub(1);
+    let followed = watch::follow(server, after, "", style, |e| {
+        Ok(rollout.on(e).map(|outcome| match outcome {
+            Outcome::Converged => converged(style),
+            Outcome::Failed => {
+                for f in &rollout.failures {
+                    eprintln!("{} {f}", style.red("failed:"));
                 }
+                ExitCode::from(1)
             }
-            // A failure reported before this revision belongs to an earlier one.
-            let since = applied.revision.as_ref().map_or(0, |r| r.created_unix_ms);
-            for c in s
-                .components
-                .iter()
-                .filter(|c| c.state == ComponentState::Failed as i32 && c.since_unix_ms >= since)
-            {
-                failures.push(format!("{subsystem}/{}: {}", c.component, c.reason));
-            }
-            if !(s.converged && s.target_generation == *generation) {
-                done = false;
-            }
-        }
-        if !failures.is_empty() {
-            for f in &failures {
-                eprintln!("{} {f}", style.red("failed:"));
-            }
-            return Ok(ExitCode::from(1));
-        }
-        if done {
-            if format == Format::Human {
-                outln!(
-                    "{} every changed subsystem runs its new generation",
-                    style.green("converged:")
-                );
-            }
-            return Ok(ExitCode::SUCCESS);
-        }
-        if tokio::time::Instant::now() >= deadline {
+        }))
+    });
+    match tokio::time::timeout_at(deadline, followed).await {
+        Ok(result) => result,
+        Err(_) => {
             eprintln!(
                 "{} the rollout did not converge within {seconds} s (see `continuum status`)",
                 style.red("timed out:")
             );
-            return Ok(ExitCode::from(1));
+            Ok(ExitCode::from(1))
         }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use continuum_proto::v1::{
+        Acknowledged, ComponentChanged, ComponentStatus, CurrentChanged, SubsystemTarget,
+    };
+
+    fn applied() -> ApplyResponse {
+        let t = |s: &str, g: &str, removed| SubsystemTarget {
+            subsystem: s.into(),
+            generation: 5,
+            gateway_id: g.into(),
+            pushed: true,
+            removed,
+        };
+        ApplyResponse {
+            targets: vec![
+                t("a", "gw-a", false),
+                t("b", "", false),
+                t("c", "gw-c", true),
+            ],
+            event_seq: 10,
+            ..ApplyResponse::default()
+        }
+    }
+
+    fn event(kind: event::Kind) -> Event {
+        Event {
+            seq: 11,
+            unix_ms: 0,
+            kind: Some(kind),
+        }
+    }
+
+    fn failed(generation: u64, since_unix_ms: i64) -> Event {
+        event(event::Kind::Component(ComponentChanged {
+            subsystem: "a".into(),
+            status: Some(ComponentStatus {
+                component: "web".into(),
+                state: ComponentState::Failed as i32,
+                reason: "exited".into(),
+                since_unix_ms,
+                generation,
+                detail: String::new(),
+            }),
+        }))
+    }
+
+    fn current(observed_generation: u64, changed: u32) -> Event {
+        event(event::Kind::Current(CurrentChanged {
+            subsystem: "a".into(),
+            observed_generation,
+            live: Some(DiffCounts {
+                changed,
+                ..DiffCounts::default()
+            }),
+        }))
+    }
+
+    #[test]
+    fn only_subsystems_with_a_gateway_that_stay_are_waited_for() {
+        let r = Rollout::new(&applied());
+        assert_eq!(r.waiting.keys().collect::<Vec<_>>(), ["a"]);
+    }
+
+    #[test]
+    fn a_failure_of_an_older_generation_is_history_whatever_its_clock_says() {
+        let mut r = Rollout::new(&applied());
+        // Stamped far in the future (a gateway clock ahead), but generation 4.
+        assert_eq!(r.on(&failed(4, i64::MAX / 2)), None);
+        assert_eq!(
+            r.on(&current(4, 0)),
+            None,
+            "an older generation converges nothing"
+        );
+        assert_eq!(r.on(&current(5, 1)), None, "something left to do");
+        assert_eq!(r.on(&current(5, 0)), Some(Outcome::Converged));
+    }
+
+    #[test]
+    fn a_failure_at_the_new_generation_ends_the_wait_whatever_its_clock_says() {
+        let mut r = Rollout::new(&applied());
+        // Stamped an hour in the past (a gateway clock behind), but generation 5.
+        assert_eq!(r.on(&failed(5, 0)), Some(Outcome::Failed));
+        assert_eq!(r.failures, ["a/web: exited"]);
+    }
+
+    #[test]
+    fn a_refusal_of_the_new_generation_ends_the_wait() {
+        let mut r = Rollout::new(&applied());
+        let refused = |generation| {
+            event(event::Kind::Acknowledged(Acknowledged {
+                subsystem: "a".into(),
+                gateway_id: "gw-a".into(),
+                generation,
+                accepted: false,
+                reason: "an image build".into(),
+            }))
+        };
+        assert_eq!(r.on(&refused(4)), None);
+        assert_eq!(r.on(&refused(5)), Some(Outcome::Failed));
+        assert_eq!(r.failures, ["a: target refused: an image build"]);
     }
 }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use continuum_proto::v1::{
-    ComponentState, Gateway, HistoryRequest, ListGatewaysRequest, StatusRequest,
+    ComponentState, Gateway, HistoryRequest, ListGatewaysRequest, StatusRequest, SubsystemPhase,
 };
 
 use crate::remote::{self, ago, explain, now_ms, table};
@@ -60,35 +60,39 @@ pub fn status(server: &str, format: Format, style: &Style) -> anyhow::Result<Exi
         let mut bridges = Vec::new();
         for sub in &s.subsystems {
             let g = sub.gateway.as_ref();
+            // Failures of the target generation; older ones are history.
             let failing: Vec<_> = sub
                 .components
                 .iter()
                 .filter(|c| c.state == ComponentState::Failed as i32)
+                .filter(|c| c.generation == 0 || c.generation >= sub.target_generation)
                 .collect();
-            let state = if let Some(g) = g.filter(|g| !g.rejected.is_empty()) {
-                failures.push(format!("{}: target refused: {}", sub.subsystem, g.rejected));
-                "refused".to_owned()
-            } else if !failing.is_empty() {
-                format!("{} failing", failing.len())
-            } else if sub.converged {
-                "converged".to_owned()
-            } else if sub.gateway_id.is_empty() {
-                "no gateway in the model".to_owned()
-            } else if g.is_none() {
-                "waiting for its gateway".to_owned()
-            } else if !g.is_some_and(|g| g.connected) {
-                "gateway offline".to_owned()
-            } else {
-                "converging".to_owned()
+            let phase = SubsystemPhase::try_from(sub.phase).unwrap_or_default();
+            let state = match phase {
+                SubsystemPhase::Refused => {
+                    if let Some(g) = g {
+                        failures.push(format!("{}: target refused: {}", sub.subsystem, g.rejected));
+                    }
+                    "refused".to_owned()
+                }
+                SubsystemPhase::Failed => format!("{} failing", failing.len()),
+                SubsystemPhase::Converged => "converged".to_owned(),
+                SubsystemPhase::NoGateway => "no gateway in the model".to_owned(),
+                SubsystemPhase::Waiting => "waiting for its gateway".to_owned(),
+                SubsystemPhase::Offline => "gateway offline".to_owned(),
+                SubsystemPhase::Deploying | SubsystemPhase::Unspecified => "converging".to_owned(),
             };
             for c in failing {
                 failures.push(format!("{}/{}: {}", sub.subsystem, c.component, c.reason));
             }
-            // The gateway's bridge says how it is (links, counts, losses).
-            for c in sub.components.iter().filter(|c| {
-                c.reason.starts_with("bridge:") && c.state != ComponentState::Failed as i32
-            }) {
-                bridges.push(format!("{}/{}: {}", sub.subsystem, c.component, c.reason));
+            // What works says more about itself (a gateway's bridge: links,
+            // counts, losses).
+            for c in sub
+                .components
+                .iter()
+                .filter(|c| !c.detail.is_empty() && c.state != ComponentState::Failed as i32)
+            {
+                bridges.push(format!("{}/{}: {}", sub.subsystem, c.component, c.detail));
             }
             rows.push(vec![
                 sub.subsystem.clone(),

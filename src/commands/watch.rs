@@ -83,7 +83,9 @@ pub fn describe(e: &Event, style: &Style) -> String {
                 ComponentState::Running => style.green(&word),
                 _ => word,
             };
-            if s.reason.is_empty() {
+            if s.reason.is_empty() && !s.detail.is_empty() {
+                format!("{}/{}: {word} ({})", c.subsystem, s.component, s.detail)
+            } else if s.reason.is_empty() {
                 format!("{}/{}: {word}", c.subsystem, s.component)
             } else {
                 format!("{}/{}: {word}: {}", c.subsystem, s.component, s.reason)
@@ -191,9 +193,25 @@ pub fn run(
 ) -> anyhow::Result<ExitCode> {
     let terminal = std::io::stdout().is_terminal() && format == Format::Human;
     let subsystem = subsystem.unwrap_or_default();
-    remote::block_on(async {
+    let mut bars = Bars::default();
+    remote::block_on(follow(server, after, &subsystem, style, |e| {
+        show(e, format, terminal, &mut bars, style)?;
+        Ok(None)
+    }))
+}
+
+/// Hands every event after `after` to `on_event` until it returns an exit
+/// code, reconnecting after a lost stream and resuming after the last event
+/// handed over (so nothing is missed and nothing is seen twice).
+pub async fn follow(
+    server: &str,
+    after: u64,
+    subsystem: &str,
+    style: &Style,
+    mut on_event: impl FnMut(&Event) -> anyhow::Result<Option<ExitCode>>,
+) -> anyhow::Result<ExitCode> {
+    {
         let mut last = after;
-        let mut bars = Bars::default();
         let mut first = true;
         let mut backoff = Duration::from_millis(200);
         loop {
@@ -201,7 +219,7 @@ pub fn run(
                 let mut client = remote::connect(server).await?;
                 let request = WatchRequest {
                     after: last,
-                    subsystem: subsystem.clone(),
+                    subsystem: subsystem.to_owned(),
                 };
                 client.watch(request).await.map_err(explain)
             };
@@ -232,11 +250,13 @@ pub fn run(
                     Err(status) => break explain(status).to_string(),
                 };
                 last = e.seq;
-                show(&e, format, terminal, &mut bars, style)?;
+                if let Some(code) = on_event(&e)? {
+                    return Ok(code);
+                }
             };
             eprintln!("{}", style.dim(&format!("{why}; reconnecting")));
         }
-    })
+    }
 }
 
 fn show(

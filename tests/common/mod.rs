@@ -170,12 +170,32 @@ pub fn free_port() -> String {
     format!("127.0.0.1:{port}")
 }
 
-/// Ends every process whose command line holds `marker` (what a test's
-/// process-driver workloads leave if the test fails).
+/// Ends every process whose command line holds `marker`, with its whole
+/// process group (what a test's process-driver workloads leave, children of
+/// their shells included, if the test fails).
 pub struct Reap(pub String);
 
 impl Drop for Reap {
     fn drop(&mut self) {
+        // Field 5 of /proc/PID/stat is the process group (after the command
+        // name in parentheses, which may hold spaces).
+        let group_of = |pid: &str| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s.rsplit_once(')')?.1.to_owned();
+                    rest.split_whitespace().nth(2).map(str::to_owned)
+                })
+        };
+        let own = group_of("self");
+        for pid in pids(&self.0) {
+            let group = group_of(&pid).filter(|g| g != "0" && g != "1" && Some(g) != own.as_ref());
+            if let Some(group) = group {
+                let _ = Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{group}")])
+                    .output();
+            }
+        }
         let _ = Command::new("pkill")
             .args(["-KILL", "-f", &self.0])
             .output();

@@ -1,4 +1,4 @@
-//! The bridge between the gateway's local broker and the global bus (DESIGN §4).
+//! The bridge between the gateway's local broker and the global bus.
 //!
 //! Each direction (`in`: global → local, `out`: local → global) is a session
 //! on its source broker, a durable outbox, and a forwarder to its destination:

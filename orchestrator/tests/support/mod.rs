@@ -79,11 +79,8 @@ pub fn examples() -> PathBuf {
 /// An Apply request for a model file, with the templates its functions name.
 pub fn apply_file(path: &Path) -> ApplyRequest {
     let text = std::fs::read_to_string(path).expect("model file");
-    let value: serde_json::Value = serde_json::from_str(&text).expect("JSON");
-    let mut runtimes = Vec::new();
-    collect_runtimes(&value, &mut runtimes);
     let base = path.parent().unwrap();
-    let templates = runtimes
+    let templates = continuum_models::load::template_runtimes(&text)
         .into_iter()
         .map(|r| {
             let tpath = base.join(&r);
@@ -104,21 +101,6 @@ pub fn apply_file(path: &Path) -> ApplyRequest {
         }),
         templates,
         ..ApplyRequest::default()
-    }
-}
-
-fn collect_runtimes(v: &serde_json::Value, out: &mut Vec<String>) {
-    match v {
-        serde_json::Value::Object(o) => {
-            if let (Some(serde_json::Value::String(r)), Some("function")) =
-                (o.get("runtime"), o.get("kind").and_then(|k| k.as_str()))
-            {
-                out.push(r.clone());
-            }
-            o.values().for_each(|v| collect_runtimes(v, out));
-        }
-        serde_json::Value::Array(a) => a.iter().for_each(|v| collect_runtimes(v, out)),
-        _ => {}
     }
 }
 

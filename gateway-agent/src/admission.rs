@@ -1,0 +1,97 @@
+//! Whether this gateway can run a target, and why not: checked before a
+//! target is accepted, so a model the gateway cannot run is refused with the
+//! reason instead of failing step after step.
+
+use std::path::Path;
+
+use continuum_models::route::routes_of;
+use continuum_models::DeploymentModel;
+
+use crate::agent::Driver;
+
+/// Why a gateway refuses a target.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The target does not read as a valid subsystem model.
+    #[error("{0}")]
+    Invalid(String),
+    /// A component needs the bridge and the agent runs without one.
+    #[error("`{owner}` needs the bridge ({route}), and this gateway agent runs none (started with --no-bridge)")]
+    NoBridge { owner: String, route: String },
+    /// Firmware, and no deploy agent to flash it.
+    #[error("`{0}` must be flashed onto a device, and this gateway has no deploy agent")]
+    NoDeployAgent(String),
+    /// Installed by commands, which no driver here runs.
+    #[error("`{0}` is installed by commands, which this gateway's drivers do not run")]
+    Commands(String),
+    /// Nothing to run.
+    #[error("`{0}` has nothing this gateway can run (no container)")]
+    NothingToRun(String),
+    /// The process driver cannot give the component what it needs.
+    #[error("`{component}` needs {what}, which the process driver of this gateway cannot provide")]
+    ProcessDriver {
+        component: String,
+        what: &'static str,
+    },
+    /// A device the component maps is missing.
+    #[error("`{component}` needs the device {device}, which is not present on this gateway")]
+    MissingDevice { component: String, device: String },
+    /// The target could not be written to the agent's store.
+    #[error("cannot persist the target: {0}")]
+    Store(String),
+}
+
+/// Checks that a gateway with `driver` (and a bridge or not) can run `model`.
+pub fn admit(model: &DeploymentModel, driver: Driver, bridge: bool) -> Result<(), Refusal> {
+    if !bridge {
+        if let Some(r) = model.components.iter().flat_map(routes_of).next() {
+            return Err(Refusal::NoBridge {
+                owner: r.owner.clone(),
+                route: r.to_string(),
+            });
+        }
+    }
+    for c in model.components.iter().filter(|c| c.kind().has_lifecycle()) {
+        let id = || c.id.clone();
+        let resources = c.spec.resources();
+        if resources.is_some_and(|r| r.flash.is_some()) {
+            return Err(Refusal::NoDeployAgent(id()));
+        }
+        if resources.is_some_and(|r| r.commands.is_some() && r.container.is_none()) {
+            return Err(Refusal::Commands(id()));
+        }
+        let Some(spec) = resources.and_then(|r| r.container.as_ref()) else {
+            return Err(Refusal::NothingToRun(id()));
+        };
+        if driver == Driver::Process {
+            let lacks = if spec.build.is_some() {
+                Some("an image build")
+            } else if spec.command.is_empty() {
+                Some("an image's own entry point (give it a `command`)")
+            } else if !spec.mounts.is_empty() {
+                Some("mounts")
+            } else if spec
+                .network
+                .as_deref()
+                .is_some_and(crate::runtime::is_custom_network)
+            {
+                Some("a network of its own")
+            } else {
+                None
+            };
+            if let Some(what) = lacks {
+                return Err(Refusal::ProcessDriver {
+                    component: id(),
+                    what,
+                });
+            }
+        }
+        if let Some(d) = spec.devices.iter().find(|d| !Path::new(&d.host).exists()) {
+            return Err(Refusal::MissingDevice {
+                component: id(),
+                device: d.host.clone(),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! Reading an `ApplyRequest`: the same on the orchestrator and on a gateway's
+//! local API, so a model is judged alike wherever it is applied.
+
+use continuum_models::load::{load_prepared, Prepared, TemplateText};
+use continuum_models::Invalid;
+
+use crate::v1::ApplyRequest;
+
+/// Why an Apply request cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyInputError {
+    /// The request holds no megamodel document.
+    #[error("the request holds no megamodel")]
+    NoMegamodel,
+    /// The megamodel (or a template it names) is invalid; every problem is here.
+    #[error("the model is invalid: {0}")]
+    Invalid(Invalid),
+}
+
+/// Reads, validates, expands and partitions the request's megamodel, with the
+/// templates sent along it (keyed by the `runtime` that names them).
+pub fn prepare(req: &ApplyRequest) -> Result<Prepared, ApplyInputError> {
+    let doc = req.megamodel.as_ref().ok_or(ApplyInputError::NoMegamodel)?;
+    let name = if doc.name.is_empty() {
+        "megamodel"
+    } else {
+        doc.name.as_str()
+    };
+    let text = std::str::from_utf8(&doc.json)
+        .map_err(|_| ApplyInputError::Invalid(Invalid::file(name, "is not UTF-8 text")))?;
+    load_prepared(name, text, |runtime| match req.templates.get(runtime) {
+        None => Err("it was not sent with the model".to_owned()),
+        Some(t) => String::from_utf8(t.json.clone())
+            .map(|text| TemplateText {
+                name: if t.name.is_empty() {
+                    runtime.to_owned()
+                } else {
+                    t.name.clone()
+                },
+                text,
+            })
+            .map_err(|_| "it is not UTF-8 text".to_owned()),
+    })
+    .map_err(ApplyInputError::Invalid)
+}
