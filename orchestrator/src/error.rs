@@ -23,6 +23,12 @@ pub enum Error {
     BadRequest(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Stored data that does not read back.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// An earlier failure left the state unusable: the process must restart.
+    #[error("{0}")]
+    Broken(String),
 }
 
 fn show(revision: u64) -> String {
@@ -48,6 +54,10 @@ impl Error {
             Error::Store(e) => {
                 tracing::error!(error = %e, "store failure");
                 Status::internal(format!("the orchestrator's store failed: {e}"))
+            }
+            Error::Corrupt(_) | Error::Broken(_) => {
+                tracing::error!(error = %self, "orchestrator failure");
+                Status::internal(self.to_string())
             }
         }
     }

@@ -1,28 +1,62 @@
-//! The shared handle the gRPC services hold: the core behind a lock, run on the
-//! blocking pool (store commits wait for the disk), and the shutdown signal.
+//! The shell around the core: it reads the clock, commits each transition
+//! durably, then completes it in memory and hands its deliveries to the
+//! gateways' sessions and its new events to watchers — all under one lock, on
+//! the blocking pool (commits wait for the disk).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use continuum_proto::v1::Target;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::Status;
 
-use crate::core::Core;
+use crate::core::{now_ms, Core, Delivery, Registered, Transition};
+use crate::error::Error;
 use crate::store::Store;
+
+/// What the lock guards: the core, and the sessions its deliveries go to.
+#[derive(Debug)]
+struct Shared {
+    core: Core,
+    /// Per gateway: its session number and where its newest target goes.
+    sessions: HashMap<String, (u64, watch::Sender<Option<Target>>)>,
+}
+
+impl Shared {
+    fn deliver(&self, deliveries: Vec<Delivery>) {
+        for d in deliveries {
+            match self.sessions.get(&d.gateway_id) {
+                Some((session, tx)) if *session == d.session => {
+                    tx.send_replace(Some(d.target));
+                }
+                _ => {}
+            }
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Orchestrator {
-    core: Arc<Mutex<Core>>,
+    shared: Arc<Mutex<Shared>>,
     pub(crate) store: Arc<Store>,
     /// The newest event's sequence number.
+    events_tx: Arc<watch::Sender<u64>>,
     pub(crate) events: watch::Receiver<u64>,
     /// Cancelled when the server stops: long-lived streams end.
     pub(crate) stopping: CancellationToken,
     /// The tasks behind streams, awaited before the store closes.
     pub(crate) tasks: TaskTracker,
     pub(crate) heartbeat_interval: Duration,
+}
+
+/// A session just registered: its welcome, and where its targets arrive (only
+/// the newest matters).
+#[derive(Debug)]
+pub struct Session {
+    pub registered: Registered,
+    pub targets: watch::Receiver<Option<Target>>,
 }
 
 impl Orchestrator {
@@ -33,10 +67,14 @@ impl Orchestrator {
         tasks: TaskTracker,
         heartbeat_interval: Duration,
     ) -> Orchestrator {
-        let events = core.subscribe();
+        let (events_tx, events) = watch::channel(core.last_seq());
         Orchestrator {
-            core: Arc::new(Mutex::new(core)),
+            shared: Arc::new(Mutex::new(Shared {
+                core,
+                sessions: HashMap::new(),
+            })),
             store,
+            events_tx: Arc::new(events_tx),
             events,
             stopping,
             tasks,
@@ -44,21 +82,110 @@ impl Orchestrator {
         }
     }
 
-    /// Runs `f` on the core, off the async workers.
-    pub async fn with<T: Send + 'static>(
+    /// Runs `f` on the locked state, off the async workers.
+    async fn locked<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Core) -> T + Send + 'static,
-    ) -> Result<T, Status> {
-        let core = Arc::clone(&self.core);
+        f: impl FnOnce(&mut Shared, &Store, &watch::Sender<u64>) -> T + Send + 'static,
+    ) -> Result<T, Error> {
+        let shared = Arc::clone(&self.shared);
+        let store = Arc::clone(&self.store);
+        let events = Arc::clone(&self.events_tx);
         tokio::task::spawn_blocking(move || {
             // A panic while holding the lock may have left memory half-updated;
             // refuse to go on with it (the store is intact: restart).
-            let mut guard = core.lock().map_err(|_| {
-                Status::internal("the orchestrator's state was left inconsistent by an earlier failure; restart it")
+            let mut guard = shared.lock().map_err(|_| {
+                Error::Broken("the orchestrator's state was left inconsistent by an earlier failure; restart it".into())
             })?;
-            Ok(f(&mut guard))
+            Ok(f(&mut guard, &store, &events))
         })
         .await
-        .map_err(|e| Status::internal(format!("orchestrator task failed: {e}")))?
+        .map_err(|e| Error::Broken(format!("orchestrator task failed: {e}")))?
     }
+
+    /// Reads the state.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Core, &Store) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        self.locked(move |s, store, _| f(&s.core, store)).await?
+    }
+
+    /// Decides a transition at the current time, commits its writes, then
+    /// completes it: memory changes, targets go out, watchers wake.
+    pub async fn transact<T: Send + 'static>(
+        &self,
+        decide: impl FnOnce(&Core, &Store, i64) -> Result<Transition<T>, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        self.locked(move |s, store, events| {
+            let t = decide(&s.core, store, now_ms())?;
+            store.commit(&t.changes)?;
+            Ok(finish(s, t, events))
+        })
+        .await?
+    }
+
+    /// Registers a gateway and opens its session.
+    pub async fn register(
+        &self,
+        register: continuum_proto::v1::Register,
+    ) -> Result<Session, Error> {
+        self
+            .locked(move |s, store, events| {
+                let t = s.core.register(register, now_ms())?;
+                store.commit(&t.changes)?;
+                let (tx, targets) = watch::channel(None);
+                // The session exists before its first delivery is handed over.
+                s.sessions
+                    .insert(gateway_of_registration(&t), (t.reply.session, tx));
+                let registered = finish(s, t, events);
+                tracing::info!(subsystem = %registered.welcome.subsystem, session = registered.session, "gateway connected");
+                Ok(Session {
+                    registered,
+                    targets,
+                })
+            })
+            .await?
+    }
+
+    /// Ends a session: recorded when the store takes it; memory follows either
+    /// way (a gateway that is gone is gone).
+    pub async fn disconnect(&self, gateway: String, session: u64, reason: String) {
+        let result = self
+            .locked(move |s, store, events| {
+                let Some(t) = s.core.disconnect(&gateway, session, &reason, now_ms()) else {
+                    return;
+                };
+                if let Err(e) = store.commit(&t.changes) {
+                    tracing::error!(gateway = %gateway, error = %e, "cannot record a disconnection");
+                }
+                if s.sessions.get(&gateway).is_some_and(|(id, _)| *id == session) {
+                    s.sessions.remove(&gateway);
+                }
+                finish(s, t, events);
+                tracing::info!(gateway = %gateway, %reason, "gateway disconnected");
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot record the disconnection");
+        }
+    }
+}
+
+/// The gateway a registration is about (its reply's session is keyed by it).
+fn gateway_of_registration(t: &Transition<Registered>) -> String {
+    t.changes
+        .gateways
+        .first()
+        .map(|g| g.id.clone())
+        .unwrap_or_default()
+}
+
+/// Completes a committed transition: memory, deliveries, watchers.
+fn finish<T>(s: &mut Shared, t: Transition<T>, events: &watch::Sender<u64>) -> T {
+    let done = s.core.complete(t);
+    s.deliver(done.deliveries);
+    if let Some(last) = done.new_last_seq {
+        events.send_replace(last);
+    }
+    done.reply
 }

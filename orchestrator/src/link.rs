@@ -16,9 +16,9 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::core::{Core, Registered};
+use crate::core::{Core, Transition};
 use crate::error::Error;
-use crate::handle::Orchestrator;
+use crate::handle::{Orchestrator, Session};
 
 type OutStream = Pin<Box<dyn Stream<Item = Result<OrchestratorMessage, Status>> + Send>>;
 
@@ -26,24 +26,25 @@ fn out(kind: orchestrator_message::Kind) -> Result<OrchestratorMessage, Status> 
     Ok(OrchestratorMessage { kind: Some(kind) })
 }
 
-/// Hands one message of a registered gateway to the core.
+/// What one message of a registered gateway changes.
 fn dispatch(
-    core: &mut Core,
+    core: &Core,
     gateway: &str,
     session: u64,
     message: GatewayMessage,
-) -> Result<(), Error> {
+    now: i64,
+) -> Result<Transition<()>, Error> {
     use gateway_message::Kind;
     match message.kind {
         None => Err(Error::BadRequest("an empty message".into())),
         Some(Kind::Register(_)) => Err(Error::BadRequest(
             "this link is already registered; open a new link to register again".into(),
         )),
-        Some(Kind::Ack(a)) => core.ack(gateway, session, a),
-        Some(Kind::Current(c)) => core.report_current(gateway, session, c),
-        Some(Kind::Status(s)) => core.report_status(gateway, session, s),
-        Some(Kind::Step(s)) => core.report_step(gateway, session, s),
-        Some(Kind::Heartbeat(_)) => core.heartbeat(gateway, session),
+        Some(Kind::Ack(a)) => core.ack(gateway, session, a, now),
+        Some(Kind::Current(c)) => core.report_current(gateway, session, c, now),
+        Some(Kind::Status(s)) => core.report_status(gateway, session, s, now),
+        Some(Kind::Step(s)) => core.report_step(gateway, session, s, now),
+        Some(Kind::Heartbeat(_)) => core.heartbeat(gateway, session, now),
     }
 }
 
@@ -80,15 +81,15 @@ impl GatewayLink for Orchestrator {
             }
         };
         let gateway = register.gateway_id.clone();
-        let registered = self.with(move |core| core.register(register)).await??;
+        let session = self.register(register).await?;
         let (tx, rx) = mpsc::channel(16);
-        let welcome = registered.welcome.clone();
+        let welcome = session.registered.welcome.clone();
         tx.send(out(orchestrator_message::Kind::Welcome(welcome)))
             .await
             .map_err(|_| Status::cancelled("the link closed"))?;
-        let span = tracing::info_span!("gateway_link", gateway = %gateway, session = registered.session, ?peer);
+        let span = tracing::info_span!("gateway_link", gateway = %gateway, session = session.registered.session, ?peer);
         self.tasks
-            .spawn(run_session(self.clone(), gateway, registered, inbound, tx).instrument(span));
+            .spawn(run_session(self.clone(), gateway, session, inbound, tx).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -97,12 +98,12 @@ impl GatewayLink for Orchestrator {
 async fn run_session(
     orch: Orchestrator,
     gateway: String,
-    mut registered: Registered,
+    mut registered: Session,
     mut inbound: Streaming<GatewayMessage>,
     tx: mpsc::Sender<Result<OrchestratorMessage, Status>>,
 ) {
     let silence = orch.heartbeat_interval * 3;
-    let session = registered.session;
+    let session = registered.registered.session;
     // Reading the inbound stream in its own task keeps the select below
     // cancel-safe: a message is never half-read when a target goes out.
     let (in_tx, mut in_rx) = mpsc::channel(16);
@@ -141,16 +142,16 @@ async fn run_session(
                 Some(Ok(Some(message))) => {
                     deadline = Instant::now() + silence;
                     let g = gateway.clone();
-                    match orch.with(move |core| dispatch(core, &g, session, message)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
+                    match orch.transact(move |core, _, now| dispatch(core, &g, session, message, now)).await {
+                        Ok(()) => {}
+                        Err(e @ Error::Broken(_)) => break format!("orchestrator failure: {e}"),
+                        Err(e) => {
                             tracing::warn!(error = %e, "message from the gateway refused");
                             let error = LinkError { message: e.to_string() };
                             if tx.send(out(orchestrator_message::Kind::Error(error))).await.is_err() {
                                 break "the link closed".into();
                             }
                         }
-                        Err(status) => break format!("orchestrator failure: {}", status.message()),
                     }
                 }
             },
@@ -158,12 +159,5 @@ async fn run_session(
     };
     reader.abort();
     drop(tx);
-    let g = gateway.clone();
-    let r = reason.clone();
-    if let Err(status) = orch
-        .with(move |core| core.disconnect(&g, session, &r))
-        .await
-    {
-        tracing::error!(%status, "cannot record the disconnection");
-    }
+    orch.disconnect(gateway, session, reason).await;
 }

@@ -73,8 +73,11 @@ pub struct Running {
 /// Opens the store, loads the state and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let store = Arc::new(Store::open(&config.data_dir)?);
-    let core = Core::load(
-        Arc::clone(&store),
+    let snapshot = store.load()?;
+    let oldest = store.first_seq()?;
+    let core = Core::from_snapshot(
+        snapshot,
+        oldest,
         CoreConfig {
             event_retention: config.event_retention,
             heartbeat_interval_ms: u64::try_from(config.heartbeat_interval.as_millis())
@@ -86,7 +89,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 .and_then(|b| b.v5)
                 .map_or(0, |a| u32::from(a.port())),
         },
-    )?;
+    )
+    .map_err(|what| StoreError::Corrupt {
+        path: store.path().to_owned(),
+        what,
+    })?;
     if let Some(bus) = &config.bus {
         continuum_bus::EmbeddedBroker::start(bus.clone())?;
     }

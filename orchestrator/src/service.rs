@@ -54,8 +54,8 @@ impl ModelService for Orchestrator {
                 .await
                 .map_err(|e| Status::internal(format!("apply task failed: {e}")))??;
             Ok::<_, Status>(
-                self.with(move |core| core.apply_prepared(prepared))
-                    .await??,
+                self.transact(move |core, _, now| core.apply(prepared, now))
+                    .await?,
             )
         }
         .instrument(span)
@@ -65,13 +65,15 @@ impl ModelService for Orchestrator {
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let req = request.into_inner();
-        Ok(Response::new(self.with(move |core| core.get(&req)).await??))
+        Ok(Response::new(
+            self.read(move |core, store| core.get(&req, store)).await?,
+        ))
     }
 
     async fn diff(&self, request: Request<DiffRequest>) -> Result<Response<DiffResponse>, Status> {
         let req = request.into_inner();
         Ok(Response::new(
-            self.with(move |core| core.diff(&req)).await??,
+            self.read(move |core, store| core.diff(&req, store)).await?,
         ))
     }
 
@@ -153,7 +155,8 @@ impl ModelService for Orchestrator {
     ) -> Result<Response<ApplyResponse>, Status> {
         let req = request.into_inner();
         Ok(Response::new(
-            self.with(move |core| core.rollback(req)).await??,
+            self.transact(move |core, store, now| core.rollback(req, store, now))
+                .await?,
         ))
     }
 
@@ -161,7 +164,7 @@ impl ModelService for Orchestrator {
         &self,
         _request: Request<ListGatewaysRequest>,
     ) -> Result<Response<ListGatewaysResponse>, Status> {
-        let gateways = self.with(|core| core.gateways()).await?;
+        let gateways = self.read(|core, _| Ok(core.gateways())).await?;
         Ok(Response::new(ListGatewaysResponse { gateways }))
     }
 
@@ -169,7 +172,7 @@ impl ModelService for Orchestrator {
         &self,
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        Ok(Response::new(self.with(|core| core.status()).await?))
+        Ok(Response::new(self.read(|core, _| Ok(core.status())).await?))
     }
 
     async fn history(

@@ -59,7 +59,7 @@ pub struct Snapshot {
 }
 
 /// One atomic batch of writes.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Changes {
     pub revision: Option<StoredRevision>,
     pub targets: Vec<(String, StoredTarget)>,

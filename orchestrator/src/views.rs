@@ -8,7 +8,7 @@ use continuum_proto::v1::{
     StatusResponse, SubsystemDiff, SubsystemStatus, View,
 };
 
-use crate::core::{counts, is_zero, to_json as json, Core, Subsystem};
+use crate::core::{counts, is_zero, to_json as json, Core, Revisions, Subsystem};
 use crate::error::Error;
 
 fn document(name: String, json: Vec<u8>) -> Option<Document> {
@@ -46,28 +46,6 @@ fn subsystem_diff(subsystem: &str, d: &ModelDiff) -> SubsystemDiff {
 }
 
 impl Core {
-    fn megamodel_at(&self, revision: u64) -> Result<(u64, Megamodel, Vec<u8>), Error> {
-        let head = self.head.as_ref().ok_or(Error::Empty)?;
-        if revision == 0 || revision == head.meta.number {
-            return Ok((
-                head.meta.number,
-                head.megamodel.clone(),
-                head.canonical.clone(),
-            ));
-        }
-        let stored = self
-            .store
-            .revision(revision)?
-            .ok_or(Error::NoRevision(revision))?;
-        let mm: Megamodel = serde_json::from_slice(&stored.megamodel).map_err(|e| {
-            crate::store::StoreError::Corrupt {
-                path: self.store.path().to_owned(),
-                what: format!("revision {revision}: {e}"),
-            }
-        })?;
-        Ok((revision, mm, stored.megamodel))
-    }
-
     fn known_subsystem(&self, id: &str) -> Result<&Subsystem, Error> {
         self.subsystems
             .get(id)
@@ -75,11 +53,11 @@ impl Core {
             .ok_or_else(|| Error::NoSubsystem(id.to_owned(), self.head_number()))
     }
 
-    pub fn get(&self, req: &GetRequest) -> Result<GetResponse, Error> {
+    pub fn get(&self, req: &GetRequest, revisions: &dyn Revisions) -> Result<GetResponse, Error> {
         let view = View::try_from(req.view).unwrap_or(View::Unspecified);
         match view {
             View::Unspecified | View::Target => {
-                let (number, mm, bytes) = self.megamodel_at(req.revision)?;
+                let (number, mm, bytes) = self.megamodel_at(req.revision, revisions)?;
                 if req.subsystem.is_empty() {
                     return Ok(GetResponse {
                         model: document(format!("{}@{number}", mm.name), bytes),
@@ -150,7 +128,11 @@ impl Core {
         }
     }
 
-    pub fn diff(&self, req: &DiffRequest) -> Result<DiffResponse, Error> {
+    pub fn diff(
+        &self,
+        req: &DiffRequest,
+        revisions: &dyn Revisions,
+    ) -> Result<DiffResponse, Error> {
         match &req.between {
             None | Some(Between::Live(_)) => {
                 let only = match &req.between {
@@ -175,8 +157,8 @@ impl Core {
                 Ok(DiffResponse { subsystems })
             }
             Some(Between::Revisions(r)) => {
-                let (_, a, _) = self.megamodel_at(r.from)?;
-                let (_, b, _) = self.megamodel_at(r.to)?;
+                let (_, a, _) = self.megamodel_at(r.from, revisions)?;
+                let (_, b, _) = self.megamodel_at(r.to, revisions)?;
                 let (a, b) = (by_subsystem(&a), by_subsystem(&b));
                 let mut ids: Vec<&String> = a.keys().chain(b.keys()).collect();
                 ids.sort();
@@ -199,16 +181,10 @@ impl Core {
     }
 
     /// A gateway's record as clients see it.
-    fn gateway_view(&self, record: &Gateway) -> Gateway {
-        let mut g = record.clone();
-        g.subsystem = self.subsystem_of(&g.id).unwrap_or_default().to_owned();
-        g
-    }
-
     pub fn gateways(&self) -> Vec<Gateway> {
         self.gateways
             .values()
-            .map(|g| self.gateway_view(&g.record))
+            .map(|g| self.gateway_view(g))
             .collect()
     }
 
@@ -222,13 +198,13 @@ impl Core {
                 let gateway = self
                     .gateways
                     .get(&s.target.gateway_id)
-                    .map(|g| self.gateway_view(&g.record));
+                    .map(|g| self.gateway_view(g));
                 assigned.insert(s.target.gateway_id.clone());
                 SubsystemStatus {
                     subsystem: id.clone(),
                     gateway_id: s.target.gateway_id.clone(),
                     target_generation: s.target.generation,
-                    phase: s.phase(gateway.as_ref()) as i32,
+                    phase: s.phase(gateway.as_ref().map(|g| (g, g.connected))) as i32,
                     converged: s.converged(),
                     live: Some(s.live),
                     components: s.statuses.values().cloned().collect(),
@@ -240,7 +216,7 @@ impl Core {
             .gateways
             .values()
             .filter(|g| !assigned.contains(&g.record.id))
-            .map(|g| self.gateway_view(&g.record))
+            .map(|g| self.gateway_view(g))
             .collect();
         StatusResponse {
             head: self.head_number(),

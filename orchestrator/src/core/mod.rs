@@ -1,0 +1,325 @@
+//! The orchestrator's state and every change to it, without I/O.
+//!
+//! As a protocol state machine is kept apart from its event loop, the core
+//! never touches the disk, the network or the clock. Each operation reads the
+//! state, takes the time it needs as an argument and returns a [`Transition`]:
+//! the writes to commit, the reply, and what memory and the gateways' sessions
+//! get once those writes are durable. The shell (`handle`) commits the writes,
+//! then calls [`Core::complete`] and hands the deliveries to the sessions. A
+//! failed commit is simply dropped: nothing in memory changed.
+//!
+//! The operations are split by concern: `revisions` (apply, rollback),
+//! `gateways` (the link: register, acknowledgements, reports, disconnection),
+//! `events` (numbering and retention of the event log); `subsystem` holds one
+//! subsystem's state.
+
+mod events;
+mod gateways;
+mod revisions;
+mod subsystem;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use continuum_models::{DeploymentModel, Kind, Megamodel, ModelDiff};
+use continuum_proto::v1::{DiffCounts, Gateway, Revision, Target};
+
+pub use events::{Batch, Log};
+pub use gateways::Registered;
+pub use revisions::Prepared;
+pub use subsystem::Subsystem;
+
+use crate::error::Error;
+use crate::records::StoredRevision;
+use crate::store::{Changes, Snapshot, Store};
+
+/// Where revisions older than the head are read from: the store, or a map in
+/// tests.
+pub trait Revisions {
+    /// One revision, if it exists.
+    fn revision(&self, number: u64) -> Result<Option<StoredRevision>, Error>;
+}
+
+impl Revisions for Store {
+    fn revision(&self, number: u64) -> Result<Option<StoredRevision>, Error> {
+        Ok(Store::revision(self, number)?)
+    }
+}
+
+impl Revisions for BTreeMap<u64, StoredRevision> {
+    fn revision(&self, number: u64) -> Result<Option<StoredRevision>, Error> {
+        Ok(self.get(&number).cloned())
+    }
+}
+
+/// Milliseconds since the Unix epoch, for timestamps users read. Only the
+/// shell reads the clock; the core is given the time.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The counts of a diff, as the protocol carries them.
+pub fn counts(d: &ModelDiff) -> DiffCounts {
+    let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    DiffCounts {
+        added: n(d.added.len()),
+        removed: n(d.removed.len()),
+        changed: n(d.changed.len()),
+        links_added: n(d.links_added.len()),
+        links_removed: n(d.links_removed.len()),
+    }
+}
+
+/// Whether a diff's counts say nothing changed.
+pub fn is_zero(c: &DiffCounts) -> bool {
+    *c == DiffCounts::default()
+}
+
+/// Models and protocol records always serialize: a failure is a bug.
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("models serialize to JSON")
+}
+
+/// The subsystem's gateway component, if it has one.
+fn gateway_of(model: &DeploymentModel) -> String {
+    model
+        .components
+        .iter()
+        .find(|c| c.kind() == Kind::Gateway)
+        .map(|c| c.id.clone())
+        .unwrap_or_default()
+}
+
+/// Settings of the core.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Events kept for `Watch` resume.
+    pub event_retention: u64,
+    pub heartbeat_interval_ms: u64,
+    /// The global bus told to gateways (see `Welcome`).
+    pub bus_url: String,
+    pub bus_port: u32,
+}
+
+/// The head revision, kept in memory.
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub meta: Revision,
+    pub megamodel: Megamodel,
+    pub canonical: Vec<u8>,
+}
+
+/// A gateway the orchestrator knows: its record, and the link it holds now.
+/// Whether it is connected is whether it holds a session; the record does not
+/// say it twice.
+#[derive(Debug, Clone)]
+pub struct GatewayState {
+    pub record: Gateway,
+    pub session: Option<u64>,
+}
+
+/// A target to hand to a gateway's session once the transition is committed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub gateway_id: String,
+    pub session: u64,
+    pub target: Target,
+}
+
+/// What memory becomes once a transition's writes are durable.
+#[derive(Debug, Default)]
+struct Update {
+    log: Option<Log>,
+    head: Option<Head>,
+    subsystems: Vec<(String, Subsystem)>,
+    gateways: Vec<GatewayState>,
+    next_session: Option<u64>,
+    deliveries: Vec<Delivery>,
+}
+
+/// What an operation decided: the writes to commit durably, the reply, and
+/// (applied by [`Core::complete`] after the commit) the changes to memory and
+/// the targets to deliver.
+#[derive(Debug)]
+#[must_use = "a transition does nothing until it is committed and completed"]
+pub struct Transition<T> {
+    pub changes: Changes,
+    pub reply: T,
+    update: Update,
+}
+
+impl<T> Transition<T> {
+    /// A transition that changes nothing.
+    fn none(reply: T) -> Transition<T> {
+        Transition {
+            changes: Changes::default(),
+            reply,
+            update: Update::default(),
+        }
+    }
+
+    /// The targets this transition will deliver.
+    pub fn deliveries(&self) -> &[Delivery] {
+        &self.update.deliveries
+    }
+}
+
+/// What completing a transition gives the shell.
+#[derive(Debug)]
+pub struct Completed<T> {
+    pub reply: T,
+    pub deliveries: Vec<Delivery>,
+    /// The newest event, when the transition added events.
+    pub new_last_seq: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct Core {
+    config: CoreConfig,
+    pub(crate) head: Option<Head>,
+    pub(crate) subsystems: BTreeMap<String, Subsystem>,
+    pub(crate) gateways: BTreeMap<String, GatewayState>,
+    log: Log,
+    next_session: u64,
+}
+
+impl Core {
+    /// The state kept in a store's snapshot; `corrupt` names what cannot be read.
+    pub fn from_snapshot(
+        snapshot: Snapshot,
+        oldest_seq: u64,
+        config: CoreConfig,
+    ) -> Result<Core, String> {
+        let head = match snapshot.head {
+            None => None,
+            Some(r) => {
+                let megamodel: Megamodel = serde_json::from_slice(&r.megamodel)
+                    .map_err(|e| format!("head revision: {e}"))?;
+                Some(Head {
+                    meta: r.meta.unwrap_or_default(),
+                    megamodel,
+                    canonical: r.megamodel,
+                })
+            }
+        };
+        let mut currents: BTreeMap<String, _> = snapshot.currents.into_iter().collect();
+        let mut subsystems = BTreeMap::new();
+        for (id, target) in snapshot.targets {
+            let model: DeploymentModel = serde_json::from_slice(&target.model)
+                .map_err(|e| format!("target of `{id}`: {e}"))?;
+            let mut sub = Subsystem::new(target, model);
+            if let Some(c) = currents.remove(&id) {
+                let current = if c.model.is_empty() {
+                    None
+                } else {
+                    let model = serde_json::from_slice(&c.model)
+                        .map_err(|e| format!("current model of `{id}`: {e}"))?;
+                    Some((model, c.model))
+                };
+                let statuses = c
+                    .components
+                    .into_iter()
+                    .map(|s| (s.component.clone(), s))
+                    .collect();
+                sub = sub.with_current(c.observed_generation, current, statuses);
+            }
+            subsystems.insert(id, sub);
+        }
+        let gateways = snapshot
+            .gateways
+            .into_iter()
+            .map(|mut record| {
+                record.connected = false;
+                let state = GatewayState {
+                    record,
+                    session: None,
+                };
+                (state.record.id.clone(), state)
+            })
+            .collect();
+        let log = Log {
+            last: snapshot.last_seq,
+            oldest: oldest_seq,
+            retention: config.event_retention,
+        };
+        Ok(Core {
+            config,
+            head,
+            subsystems,
+            gateways,
+            log,
+            next_session: 1,
+        })
+    }
+
+    /// The newest event's sequence number.
+    pub fn last_seq(&self) -> u64 {
+        self.log.last
+    }
+
+    pub fn head_number(&self) -> u64 {
+        self.head.as_ref().map_or(0, |h| h.meta.number)
+    }
+
+    /// A batch for an operation happening at `now`.
+    fn batch(&self, now: i64) -> Batch {
+        Batch::new(self.log.last, now)
+    }
+
+    /// A transition that commits `batch` and then applies `update`.
+    fn transition<T>(&self, mut batch: Batch, reply: T, mut update: Update) -> Transition<T> {
+        if !batch.changes.events.is_empty() {
+            update.log = Some(self.log.after(&mut batch));
+        }
+        Transition {
+            changes: batch.changes,
+            reply,
+            update,
+        }
+    }
+
+    /// Applies a transition whose writes are durable (or that has none).
+    pub fn complete<T>(&mut self, t: Transition<T>) -> Completed<T> {
+        let Update {
+            log,
+            head,
+            subsystems,
+            gateways,
+            next_session,
+            deliveries,
+        } = t.update;
+        let new_last_seq = log.filter(|l| l.last != self.log.last).map(|l| l.last);
+        if let Some(log) = log {
+            self.log = log;
+        }
+        if let Some(head) = head {
+            self.head = Some(head);
+        }
+        for (id, sub) in subsystems {
+            self.subsystems.insert(id, sub);
+        }
+        for g in gateways {
+            self.gateways.insert(g.record.id.clone(), g);
+        }
+        if let Some(n) = next_session {
+            self.next_session = n;
+        }
+        Completed {
+            reply: t.reply,
+            deliveries,
+            new_last_seq,
+        }
+    }
+
+    /// A gateway's record as clients see it: the subsystem it runs now, and
+    /// whether it holds a link.
+    pub fn gateway_view(&self, state: &GatewayState) -> Gateway {
+        let mut g = state.record.clone();
+        g.subsystem = self.subsystem_of(&g.id).unwrap_or_default().to_owned();
+        g.connected = state.session.is_some();
+        g
+    }
+}

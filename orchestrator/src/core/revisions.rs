@@ -1,0 +1,253 @@
+//! Revisions: an applied megamodel (or a rollback) becomes a new revision,
+//! and every subsystem whose model changed gets a new target generation.
+
+use std::collections::{BTreeMap, HashSet};
+
+use continuum_models::{DeploymentModel, Megamodel};
+use continuum_proto::v1::{
+    event, ApplyRequest, ApplyResponse, Revision, RollbackRequest, SubsystemTarget,
+};
+
+use super::{counts, gateway_of, to_json, Core, Head, Revisions, Subsystem, Transition, Update};
+use crate::error::Error;
+use crate::records::{StoredRevision, StoredTarget};
+
+/// An Apply request whose megamodel is read, validated, expanded and
+/// partitioned: the costly part of an apply, done before taking the core's lock.
+#[derive(Debug)]
+pub struct Prepared {
+    megamodel: Megamodel,
+    expected_base: Option<u64>,
+    author: String,
+    message: String,
+}
+
+impl Prepared {
+    pub fn from_request(req: ApplyRequest) -> Result<Prepared, Error> {
+        use continuum_proto::apply::{prepare, ApplyInputError};
+        let prepared = prepare(&req).map_err(|e| match e {
+            ApplyInputError::NoMegamodel => Error::BadRequest(e.to_string()),
+            ApplyInputError::Invalid(invalid) => Error::Invalid(invalid),
+        })?;
+        let mut megamodel = prepared.megamodel;
+        megamodel.canonicalize();
+        Ok(Prepared {
+            megamodel,
+            expected_base: req.expected_base,
+            author: req.author,
+            message: req.message,
+        })
+    }
+}
+
+impl Core {
+    /// The megamodel of a revision (0: the head), with its number and its
+    /// canonical JSON; older revisions are read from `revisions`.
+    pub fn megamodel_at(
+        &self,
+        revision: u64,
+        revisions: &dyn Revisions,
+    ) -> Result<(u64, Megamodel, Vec<u8>), Error> {
+        let head = self.head.as_ref().ok_or(Error::Empty)?;
+        if revision == 0 || revision == head.meta.number {
+            return Ok((
+                head.meta.number,
+                head.megamodel.clone(),
+                head.canonical.clone(),
+            ));
+        }
+        let stored = revisions
+            .revision(revision)?
+            .ok_or(Error::NoRevision(revision))?;
+        let mm: Megamodel = serde_json::from_slice(&stored.megamodel)
+            .map_err(|e| Error::Corrupt(format!("revision {revision}: {e}")))?;
+        Ok((revision, mm, stored.megamodel))
+    }
+
+    /// Stores a prepared megamodel as a revision.
+    pub fn apply(&self, p: Prepared, now: i64) -> Result<Transition<ApplyResponse>, Error> {
+        self.revision(p.megamodel, p.expected_base, p.author, p.message, 0, now)
+    }
+
+    /// Restores revision `req.to`'s model as a new revision.
+    pub fn rollback(
+        &self,
+        req: RollbackRequest,
+        revisions: &dyn Revisions,
+        now: i64,
+    ) -> Result<Transition<ApplyResponse>, Error> {
+        let (_, megamodel, _) = self.megamodel_at(req.to, revisions)?;
+        self.revision(
+            megamodel,
+            req.expected_base,
+            req.author,
+            format!("rollback to revision {}", req.to),
+            req.to,
+            now,
+        )
+    }
+
+    fn revision(
+        &self,
+        mut megamodel: Megamodel,
+        expected_base: Option<u64>,
+        author: String,
+        message: String,
+        restores: u64,
+        now: i64,
+    ) -> Result<Transition<ApplyResponse>, Error> {
+        megamodel.canonicalize();
+        let canonical = to_json(&megamodel);
+        let base = self.head_number();
+        if let Some(expected) = expected_base {
+            if expected != base {
+                return Err(Error::Conflict {
+                    head: base,
+                    expected,
+                });
+            }
+        }
+        if let Some(head) = &self.head {
+            if head.canonical == canonical {
+                return Ok(Transition::none(ApplyResponse {
+                    revision: Some(head.meta.clone()),
+                    unchanged: true,
+                    targets: Vec::new(),
+                    event_seq: 0,
+                }));
+            }
+        }
+        let number = base + 1;
+        let previous = self
+            .head
+            .as_ref()
+            .map(|h| h.megamodel.flatten())
+            .unwrap_or_default();
+        let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        let mut batch = self.batch(now);
+        let meta = Revision {
+            number,
+            base,
+            created_unix_ms: now,
+            restores,
+            author,
+            message,
+            subsystems: n(megamodel.subsystems.len()),
+            components: n(megamodel.all_components().count()),
+            changes: Some(counts(&continuum_models::diff(
+                &previous,
+                &megamodel.flatten(),
+            ))),
+        };
+        batch.changes.revision = Some(StoredRevision {
+            meta: Some(meta.clone()),
+            megamodel: canonical.clone(),
+        });
+        let event_seq = batch.event(event::Kind::Revision(meta.clone()));
+
+        // The subsystems whose model changed, and those that left the model.
+        let mut targets: Vec<(String, StoredTarget, DeploymentModel)> = Vec::new();
+        let mut present = HashSet::new();
+        for s in &megamodel.subsystems {
+            let id = s.id.clone().unwrap_or_default();
+            present.insert(id.clone());
+            let bytes = to_json(s);
+            let gateway_id = gateway_of(s);
+            let unchanged = self.subsystems.get(&id).is_some_and(|old| {
+                !old.target.removed
+                    && old.target.model == bytes
+                    && old.target.gateway_id == gateway_id
+            });
+            if !unchanged {
+                let target = StoredTarget {
+                    generation: number,
+                    gateway_id,
+                    model: bytes,
+                    removed: false,
+                };
+                targets.push((id, target, s.clone()));
+            }
+        }
+        for (id, old) in &self.subsystems {
+            if present.contains(id) || old.target.removed {
+                continue;
+            }
+            let model = DeploymentModel {
+                id: Some(id.clone()),
+                ..DeploymentModel::default()
+            };
+            let target = StoredTarget {
+                generation: number,
+                gateway_id: old.target.gateway_id.clone(),
+                model: to_json(&model),
+                removed: true,
+            };
+            targets.push((id.clone(), target, model));
+        }
+        batch.changes.targets = targets
+            .iter()
+            .map(|(id, t, _)| (id.clone(), t.clone()))
+            .collect();
+
+        // Each connected gateway concerned gets its new target once committed.
+        let overlay: BTreeMap<String, StoredTarget> =
+            batch.changes.targets.iter().cloned().collect();
+        let mut update = Update::default();
+        let mut notified = HashSet::new();
+        for (_, t, _) in &targets {
+            let Some(g) = self.gateways.get(&t.gateway_id) else {
+                continue;
+            };
+            let Some(session) = g.session else { continue };
+            if !notified.insert(t.gateway_id.clone()) {
+                continue;
+            }
+            let mut state = g.clone();
+            let holds = state.record.sent_generation;
+            if let Some(target) = self.plan_delivery(&mut batch, &mut state.record, holds, &overlay)
+            {
+                batch.changes.gateways.push(state.record.clone());
+                update.deliveries.push(super::Delivery {
+                    gateway_id: state.record.id.clone(),
+                    session,
+                    target,
+                });
+                update.gateways.push(state);
+            }
+        }
+        let pushed_to: HashSet<&str> = update
+            .deliveries
+            .iter()
+            .map(|d| d.gateway_id.as_str())
+            .collect();
+        let response = targets
+            .iter()
+            .map(|(subsystem, t, _)| SubsystemTarget {
+                subsystem: subsystem.clone(),
+                generation: number,
+                gateway_id: t.gateway_id.clone(),
+                pushed: pushed_to.contains(t.gateway_id.as_str()),
+                removed: t.removed,
+            })
+            .collect();
+        for (id, target, model) in targets {
+            let sub = match self.subsystems.get(&id) {
+                Some(old) => old.clone().retarget(target, model),
+                None => Subsystem::new(target, model),
+            };
+            update.subsystems.push((id, sub));
+        }
+        update.head = Some(Head {
+            meta: meta.clone(),
+            megamodel,
+            canonical,
+        });
+        let reply = ApplyResponse {
+            revision: Some(meta),
+            unchanged: false,
+            targets: response,
+            event_seq,
+        };
+        Ok(self.transition(batch, reply, update))
+    }
+}

@@ -1,0 +1,145 @@
+//! One subsystem as the orchestrator knows it: its target, and what its
+//! gateway last reported.
+
+use std::collections::BTreeMap;
+
+use continuum_models::{DeploymentModel, ModelDiff};
+use continuum_proto::v1::{ComponentState, ComponentStatus, DiffCounts, Gateway, SubsystemPhase};
+
+use super::{counts, is_zero};
+use crate::records::{StoredCurrent, StoredTarget};
+
+/// A subsystem: its target, and what its gateway reports.
+#[derive(Debug, Clone)]
+pub struct Subsystem {
+    pub target: StoredTarget,
+    pub target_model: DeploymentModel,
+    pub observed_generation: u64,
+    /// `None` until the gateway's first report.
+    pub current_model: Option<DeploymentModel>,
+    pub current_bytes: Vec<u8>,
+    pub statuses: BTreeMap<String, ComponentStatus>,
+    /// Target against current.
+    pub live: DiffCounts,
+}
+
+impl Subsystem {
+    /// A subsystem with this target and nothing reported yet.
+    pub fn new(target: StoredTarget, target_model: DeploymentModel) -> Subsystem {
+        let mut s = Subsystem {
+            target,
+            target_model,
+            observed_generation: 0,
+            current_model: None,
+            current_bytes: Vec::new(),
+            statuses: BTreeMap::new(),
+            live: DiffCounts::default(),
+        };
+        s.refresh_live();
+        s
+    }
+
+    /// The same subsystem with what its gateway last reported.
+    pub fn with_current(
+        mut self,
+        observed_generation: u64,
+        current: Option<(DeploymentModel, Vec<u8>)>,
+        statuses: BTreeMap<String, ComponentStatus>,
+    ) -> Subsystem {
+        self.observed_generation = observed_generation;
+        if let Some((model, bytes)) = current {
+            self.current_model = Some(model);
+            self.current_bytes = bytes;
+        }
+        self.statuses = statuses;
+        self.refresh_live();
+        self
+    }
+
+    /// The same subsystem given a new target (statuses of components in
+    /// neither the new target nor what runs are forgotten).
+    pub fn retarget(mut self, target: StoredTarget, model: DeploymentModel) -> Subsystem {
+        let keep: std::collections::HashSet<&str> = model
+            .components
+            .iter()
+            .chain(self.current_model.iter().flat_map(|m| m.components.iter()))
+            .map(|c| c.id.as_str())
+            .collect();
+        let statuses = std::mem::take(&mut self.statuses)
+            .into_iter()
+            .filter(|(id, _)| keep.contains(id.as_str()))
+            .collect();
+        self.statuses = statuses;
+        self.target = target;
+        self.target_model = model;
+        self.refresh_live();
+        self
+    }
+
+    pub fn live_diff(&self) -> ModelDiff {
+        // Before the first report nothing runs; model-level fields are not
+        // something to deploy, so they are taken as they are in the target.
+        let empty = DeploymentModel {
+            id: self.target_model.id.clone(),
+            on_failure: self.target_model.on_failure,
+            ..DeploymentModel::default()
+        };
+        let current = self.current_model.as_ref().unwrap_or(&empty);
+        continuum_models::diff(current, &self.target_model)
+    }
+
+    fn refresh_live(&mut self) {
+        self.live = counts(&self.live_diff());
+    }
+
+    pub fn stored_current(&self) -> StoredCurrent {
+        StoredCurrent {
+            observed_generation: self.observed_generation,
+            model: self.current_bytes.clone(),
+            components: self.statuses.values().cloned().collect(),
+        }
+    }
+
+    pub fn failing(&self) -> impl Iterator<Item = &ComponentStatus> {
+        self.statuses
+            .values()
+            .filter(|s| s.state == ComponentState::Failed as i32)
+    }
+
+    /// Components that failed while the gateway enforced the target generation
+    /// (or a later one); failures of earlier generations are history.
+    pub fn failing_now(&self) -> impl Iterator<Item = &ComponentStatus> {
+        let target = self.target.generation;
+        self.failing()
+            .filter(move |s| s.generation == 0 || s.generation >= target)
+    }
+
+    pub fn converged(&self) -> bool {
+        self.observed_generation == self.target.generation
+            && self.current_model.is_some()
+            && is_zero(&self.live)
+            && self.failing().next().is_none()
+    }
+
+    /// Where the rollout stands, given the subsystem's gateway record and
+    /// whether that gateway holds a link now.
+    pub fn phase(&self, gateway: Option<(&Gateway, bool)>) -> SubsystemPhase {
+        if self.target.gateway_id.is_empty() {
+            return SubsystemPhase::NoGateway;
+        }
+        let Some((g, connected)) = gateway else {
+            return SubsystemPhase::Waiting;
+        };
+        if !g.rejected.is_empty() {
+            SubsystemPhase::Refused
+        } else if self.failing_now().next().is_some() {
+            SubsystemPhase::Failed
+        } else if self.converged() {
+            SubsystemPhase::Converged
+        } else if !connected {
+            SubsystemPhase::Offline
+        } else {
+            SubsystemPhase::Deploying
+        }
+    }
+}
