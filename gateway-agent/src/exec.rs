@@ -2,7 +2,7 @@
 //! are done, each with a timeout; a failed step fails its component, and every
 //! step that follows it (transitively) is skipped, never left hanging.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,14 +14,57 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::engine::EngineConfig;
+use crate::routing::RoutingError;
 use crate::observe::is_workload;
 use crate::runtime::{
-    is_custom_network, ContainerRuntime, ImageSource, RunState, Workload, WorkloadSpec,
+    is_custom_network, ContainerRuntime, ImageSource, RunState, RuntimeError, Workload,
+    WorkloadSpec,
 };
 use crate::spec::{
     fnv64, spec_hash, LABEL_COMPONENT, LABEL_DEFINITION, LABEL_GENERATION, LABEL_SPEC_HASH,
     LABEL_SUBSYSTEM,
 };
+
+/// Why a step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The container engine (or the process supervisor) refused or failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The bridge could not carry the component's routes.
+    #[error(transparent)]
+    Routing(#[from] RoutingError),
+    /// The plan names a component the target lacks (a bug in planning).
+    #[error("`{0}` is not in the target")]
+    NotInTarget(String),
+    /// A workload component without a container resource.
+    #[error("`{0}` has no container resource")]
+    NoContainer(String),
+    /// A container resource with neither an image nor a build.
+    #[error("`{0}` names neither an image nor a build")]
+    NoImage(String),
+    /// The build context cannot be read.
+    #[error("cannot read the build context {path}: {cause}")]
+    Context {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    /// Nothing to start: the workload is gone.
+    #[error("no workload of `{0}` to start")]
+    NoWorkload(String),
+    /// Started, and exited (or restarted) within the settle window.
+    #[error("exited at once with code {}{}", code.map_or("unknown".to_owned(), |c| c.to_string()), if logs.is_empty() { String::new() } else { format!(": {logs}") })]
+    ExitedAtOnce { code: Option<i64>, logs: String },
+    /// Started, and in a state that is not running.
+    #[error("did not start: {0}")]
+    DidNotStart(String),
+    /// The step took longer than the step timeout.
+    #[error("timed out after {0:?}")]
+    TimedOut(Duration),
+    /// The task running the step panicked or was cancelled.
+    #[error("step task failed: {0}")]
+    Task(String),
+}
 
 /// How a step ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,22 +151,24 @@ pub fn context_hash(dir: &Path) -> std::io::Result<String> {
 }
 
 /// Where the image of a workload component comes from.
-pub fn image_source(c: &Component, context_root: &Path) -> Result<ImageSource, String> {
+pub fn image_source(c: &Component, context_root: &Path) -> Result<ImageSource, StepError> {
     let container = c
         .spec
         .resources()
         .and_then(|r| r.container.as_ref())
-        .ok_or_else(|| format!("`{}` has no container resource", c.id))?;
+        .ok_or_else(|| StepError::NoContainer(c.id.clone()))?;
     if let Some(image) = &container.image {
         return Ok(ImageSource::Named(image.clone()));
     }
     let build = container
         .build
         .as_ref()
-        .ok_or_else(|| format!("`{}` names neither an image nor a build", c.id))?;
+        .ok_or_else(|| StepError::NoImage(c.id.clone()))?;
     let context = context_root.join(&build.context);
-    let hash = context_hash(&context)
-        .map_err(|e| format!("cannot read the build context {}: {e}", context.display()))?;
+    let hash = context_hash(&context).map_err(|cause| StepError::Context {
+        path: context.clone(),
+        cause,
+    })?;
     let mut args: Vec<u8> = Vec::new();
     for (k, v) in &build.args {
         args.extend_from_slice(format!("{k}={v}\0").as_bytes());
@@ -155,12 +200,12 @@ pub fn workload_spec(
     subsystem: &str,
     generation: u64,
     image: &str,
-) -> Result<WorkloadSpec, String> {
+) -> Result<WorkloadSpec, StepError> {
     let container = c
         .spec
         .resources()
         .and_then(|r| r.container.as_ref())
-        .ok_or_else(|| format!("`{}` has no container resource", c.id))?;
+        .ok_or_else(|| StepError::NoContainer(c.id.clone()))?;
     let labels = BTreeMap::from([
         (LABEL_COMPONENT.to_owned(), c.id.clone()),
         (LABEL_SUBSYSTEM.to_owned(), subsystem.to_owned()),
@@ -200,12 +245,11 @@ impl<R: ContainerRuntime> Context<R> {
 
     /// The runtime's current workloads of a component (steps of the same plan may
     /// have created some since the snapshot).
-    async fn live_workloads(&self, component: &str) -> Result<Vec<Workload>, String> {
+    async fn live_workloads(&self, component: &str) -> Result<Vec<Workload>, StepError> {
         let all = self
             .runtime
             .list(LABEL_SUBSYSTEM, &self.pass.subsystem)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(all
             .into_iter()
             .filter(|w| {
@@ -216,21 +260,18 @@ impl<R: ContainerRuntime> Context<R> {
             .collect())
     }
 
-    async fn run(&self, action: &Action) -> Result<(), String> {
+    async fn run(&self, action: &Action) -> Result<(), StepError> {
         match action {
             Action::Stop { component } => {
                 for w in self.workloads_of(component) {
-                    self.runtime.stop(&w.id).await.map_err(|e| e.to_string())?;
+                    self.runtime.stop(&w.id).await?;
                 }
                 Ok(())
             }
             Action::Remove { component } => {
                 for w in self.live_workloads(component).await? {
-                    self.runtime.stop(&w.id).await.map_err(|e| e.to_string())?;
-                    self.runtime
-                        .remove(&w.id)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    self.runtime.stop(&w.id).await?;
+                    self.runtime.remove(&w.id).await?;
                 }
                 Ok(())
             }
@@ -238,31 +279,30 @@ impl<R: ContainerRuntime> Context<R> {
             Action::Start { component } => self.start(component).await,
             Action::Route { component } => {
                 let routes = routes_of(self.target(component)?);
-                self.pass.config.routing.set(component, routes)
+                Ok(self.pass.config.routing.set(component, routes)?)
             }
-            Action::Unroute { component } => self.pass.config.routing.set(component, Vec::new()),
+            Action::Unroute { component } => {
+                Ok(self.pass.config.routing.set(component, Vec::new())?)
+            }
             // Metadata only: what runs does not change; communication links
             // are the components' own business.
             Action::Update { .. } | Action::Bind { .. } | Action::Unbind { .. } => Ok(()),
         }
     }
 
-    fn target(&self, component: &str) -> Result<&Component, String> {
+    fn target(&self, component: &str) -> Result<&Component, StepError> {
         self.target
             .get(component)
-            .ok_or_else(|| format!("`{component}` is not in the target"))
+            .ok_or_else(|| StepError::NotInTarget(component.to_owned()))
     }
 
-    async fn add(&self, component: &str) -> Result<(), String> {
+    async fn add(&self, component: &str) -> Result<(), StepError> {
         let c = self.target(component)?;
         if !is_workload(c) {
             return Ok(());
         }
         let source = image_source(c, &self.pass.config.context_root)?;
-        self.runtime
-            .ensure_image(&source)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.runtime.ensure_image(&source).await?;
         let hash = spec_hash(c);
         let mut keep = false;
         for w in self.live_workloads(component).await? {
@@ -271,11 +311,8 @@ impl<R: ContainerRuntime> Context<R> {
                 continue;
             }
             // A stale or duplicate workload: it would hold the name.
-            self.runtime.stop(&w.id).await.map_err(|e| e.to_string())?;
-            self.runtime
-                .remove(&w.id)
-                .await
-                .map_err(|e| e.to_string())?;
+            self.runtime.stop(&w.id).await?;
+            self.runtime.remove(&w.id).await?;
         }
         if !keep {
             let spec = workload_spec(
@@ -287,20 +324,14 @@ impl<R: ContainerRuntime> Context<R> {
             if let Some(network) = spec.network.as_deref().filter(|n| is_custom_network(n)) {
                 let labels =
                     BTreeMap::from([(LABEL_SUBSYSTEM.to_owned(), self.pass.subsystem.clone())]);
-                self.runtime
-                    .ensure_network(network, &labels)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                self.runtime.ensure_network(network, &labels).await?;
             }
-            self.runtime
-                .create(&spec)
-                .await
-                .map_err(|e| e.to_string())?;
+            self.runtime.create(&spec).await?;
         }
         Ok(())
     }
 
-    async fn start(&self, component: &str) -> Result<(), String> {
+    async fn start(&self, component: &str) -> Result<(), StepError> {
         let c = self.target(component)?;
         if !is_workload(c) {
             return Ok(());
@@ -311,32 +342,27 @@ impl<R: ContainerRuntime> Context<R> {
             .await?
             .into_iter()
             .find(|w| w.labels.get(LABEL_SPEC_HASH) == Some(&hash))
-            .ok_or_else(|| format!("no workload of `{component}` to start"))?;
+            .ok_or_else(|| StepError::NoWorkload(component.to_owned()))?;
         if w.state != RunState::Running {
-            self.runtime.start(&w.id).await.map_err(|e| e.to_string())?;
+            self.runtime.start(&w.id).await?;
         }
         self.settle(&w.id).await
     }
 
     /// Watches a started workload for `settle`: one that exits at once failed.
-    async fn settle(&self, id: &str) -> Result<(), String> {
+    async fn settle(&self, id: &str) -> Result<(), StepError> {
         let settle = self.pass.config.settle;
         let deadline = tokio::time::Instant::now() + settle;
-        let (restarts_before, _) = self.runtime.restarts(id).await.map_err(|e| e.to_string())?;
-        let exited = |code: Option<i64>, logs: String| {
-            let code = code.map_or("unknown".to_owned(), |c| c.to_string());
-            let tail = logs.trim().to_owned();
-            if tail.is_empty() {
-                format!("exited at once with code {code}")
-            } else {
-                format!("exited at once with code {code}: {tail}")
-            }
+        let (restarts_before, _) = self.runtime.restarts(id).await?;
+        let exited = |code: Option<i64>, logs: String| StepError::ExitedAtOnce {
+            code,
+            logs: logs.trim().to_owned(),
         };
         loop {
-            match self.runtime.state(id).await.map_err(|e| e.to_string())? {
+            match self.runtime.state(id).await? {
                 RunState::Running => {
                     // Restarted by its policy in between: a crash loop seen running.
-                    let (n, code) = self.runtime.restarts(id).await.map_err(|e| e.to_string())?;
+                    let (n, code) = self.runtime.restarts(id).await?;
                     if n > restarts_before {
                         let logs = self.runtime.logs(id, 5).await.unwrap_or_default();
                         return Err(exited(code, logs));
@@ -346,7 +372,7 @@ impl<R: ContainerRuntime> Context<R> {
                     let logs = self.runtime.logs(id, 5).await.unwrap_or_default();
                     return Err(exited(code, logs));
                 }
-                other => return Err(format!("did not start: {other:?}")),
+                other => return Err(StepError::DidNotStart(format!("{other:?}"))),
             }
             if tokio::time::Instant::now() >= deadline {
                 return Ok(());
@@ -384,32 +410,33 @@ pub async fn execute<R: ContainerRuntime>(
     });
     let total = plan.steps.len();
     let mut outcome = Outcome::default();
-    let mut done: HashSet<usize> = HashSet::new();
-    let mut dead: HashMap<usize, String> = HashMap::new();
-    let mut started: HashSet<usize> = HashSet::new();
-    let mut running: JoinSet<(usize, Result<(), String>)> = JoinSet::new();
+    let mut states = vec![Run::Waiting; total];
+    let mut running: JoinSet<(usize, Result<(), StepError>)> = JoinSet::new();
     let mut finished = 0;
     loop {
-        // Start every step whose predecessors are done; skip those behind a failure.
+        // Start every step whose predecessors are done; block those behind a failure.
         let mut changed = true;
         while changed {
             changed = false;
             for step in &plan.steps {
-                if started.contains(&step.id) {
+                if states[step.id] != Run::Waiting {
                     continue;
                 }
-                if let Some(cause) = step.after.iter().find_map(|a| dead.get(a)).cloned() {
-                    started.insert(step.id);
-                    dead.insert(step.id, cause.clone());
+                let cause = step.after.iter().find_map(|a| match &states[*a] {
+                    Run::Failed(cause) | Run::Blocked(cause) => Some(cause.clone()),
+                    _ => None,
+                });
+                if let Some(cause) = cause {
                     finished += 1;
                     if let Some(c) = step.action.component() {
-                        outcome.blocked.entry(c.to_owned()).or_insert(cause);
+                        outcome.blocked.entry(c.to_owned()).or_insert(cause.clone());
                     }
+                    states[step.id] = Run::Blocked(cause);
                     changed = true;
                     continue;
                 }
-                if step.after.iter().all(|a| done.contains(a)) {
-                    started.insert(step.id);
+                if step.after.iter().all(|a| states[*a] == Run::Succeeded) {
+                    states[step.id] = Run::Running;
                     spawn_step(
                         &mut running,
                         &ctx,
@@ -426,7 +453,7 @@ pub async fn execute<R: ContainerRuntime>(
             break;
         };
         let (id, result) =
-            joined.unwrap_or_else(|e| (usize::MAX, Err(format!("step task failed: {e}"))));
+            joined.unwrap_or_else(|e| (usize::MAX, Err(StepError::Task(e.to_string()))));
         let Some(step) = plan.steps.get(id) else {
             continue;
         };
@@ -434,7 +461,7 @@ pub async fn execute<R: ContainerRuntime>(
         let component = step.action.component().map(str::to_owned);
         match result {
             Ok(()) => {
-                done.insert(id);
+                states[id] = Run::Succeeded;
                 outcome.succeeded += 1;
                 let _ = progress.send(Progress {
                     step: step.action.to_string(),
@@ -444,10 +471,11 @@ pub async fn execute<R: ContainerRuntime>(
                     total,
                 });
             }
-            Err(reason) => {
+            Err(error) => {
+                let reason = error.to_string();
                 let who = component.clone().unwrap_or_else(|| step.action.to_string());
                 tracing::warn!(step = %step.action, %reason, "step failed");
-                dead.insert(id, format!("`{who}` failed: {reason}"));
+                states[id] = Run::Failed(format!("`{who}` failed: {reason}"));
                 if let Some(c) = &component {
                     outcome.failed.insert(c.clone(), reason.clone());
                 }
@@ -464,8 +492,21 @@ pub async fn execute<R: ContainerRuntime>(
     outcome
 }
 
+/// Where one step of a plan is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Run {
+    /// Waiting for the steps it follows.
+    Waiting,
+    Running,
+    Succeeded,
+    /// Failed; what the steps that follow it are told.
+    Failed(String),
+    /// Not run because a step it follows failed or was blocked, and why.
+    Blocked(String),
+}
+
 fn spawn_step<R: ContainerRuntime>(
-    running: &mut JoinSet<(usize, Result<(), String>)>,
+    running: &mut JoinSet<(usize, Result<(), StepError>)>,
     ctx: &Arc<Context<R>>,
     step: &Step,
     timeout: Duration,
@@ -488,7 +529,7 @@ fn spawn_step<R: ContainerRuntime>(
         async move {
             let result = match tokio::time::timeout(timeout, ctx.run(&action)).await {
                 Ok(r) => r,
-                Err(_) => Err(format!("timed out after {timeout:?}")),
+                Err(_) => Err(StepError::TimedOut(timeout)),
             };
             (id, result)
         }

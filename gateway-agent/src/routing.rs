@@ -11,9 +11,20 @@ use crate::bridge::stats::LinkState;
 use crate::bridge::Bridge;
 use crate::engine::{State, Status};
 
+/// Why routes cannot be set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoutingError {
+    /// A component has routes and this agent runs no bridge.
+    #[error("`{owner}` needs the bridge ({route}), but this gateway agent runs none (started with --no-bridge)")]
+    NoBridge { owner: String, route: String },
+    /// The bridge could not record the routes.
+    #[error("the bridge cannot record the routes of `{owner}`: {cause}")]
+    Store { owner: String, cause: String },
+}
+
 pub trait Routing: std::fmt::Debug + Send + Sync + 'static {
     /// Makes `owner`'s routes exactly `routes`.
-    fn set(&self, owner: &str, routes: Vec<Route>) -> Result<(), String>;
+    fn set(&self, owner: &str, routes: Vec<Route>) -> Result<(), RoutingError>;
     /// The routes carried, by owner.
     fn routes(&self) -> BTreeMap<String, Vec<Route>>;
     /// Whether routes can be carried at all.
@@ -27,8 +38,12 @@ pub trait Routing: std::fmt::Debug + Send + Sync + 'static {
 }
 
 impl Routing for Bridge {
-    fn set(&self, owner: &str, routes: Vec<Route>) -> Result<(), String> {
+    fn set(&self, owner: &str, routes: Vec<Route>) -> Result<(), RoutingError> {
         self.set_routes(owner, routes)
+            .map_err(|e| RoutingError::Store {
+                owner: owner.to_owned(),
+                cause: e.to_string(),
+            })
     }
 
     fn routes(&self) -> BTreeMap<String, Vec<Route>> {
@@ -67,14 +82,14 @@ impl Routing for Bridge {
 pub struct NoBridge;
 
 impl Routing for NoBridge {
-    fn set(&self, owner: &str, routes: Vec<Route>) -> Result<(), String> {
-        if routes.is_empty() {
-            return Ok(());
+    fn set(&self, owner: &str, routes: Vec<Route>) -> Result<(), RoutingError> {
+        match routes.first() {
+            None => Ok(()),
+            Some(r) => Err(RoutingError::NoBridge {
+                owner: owner.to_owned(),
+                route: r.to_string(),
+            }),
         }
-        Err(format!(
-            "`{owner}` needs the bridge ({}), but this gateway agent runs none (started with --no-bridge)",
-            routes[0]
-        ))
     }
 
     fn routes(&self) -> BTreeMap<String, Vec<Route>> {
@@ -91,7 +106,7 @@ impl Routing for NoBridge {
 pub struct MemoryRouting(Mutex<BTreeMap<String, Vec<Route>>>);
 
 impl Routing for MemoryRouting {
-    fn set(&self, owner: &str, routes: Vec<Route>) -> Result<(), String> {
+    fn set(&self, owner: &str, routes: Vec<Route>) -> Result<(), RoutingError> {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if routes.is_empty() {
             m.remove(owner);

@@ -197,36 +197,36 @@ const META: TableDefinition<&str, &str> = TableDefinition::new("bridge.meta");
 /// The global bus last learned from the orchestrator (its address only).
 const LEARNED_BUS: &str = "learned_bus";
 
-fn meta_get(db: &Database, key: &str) -> Result<Option<String>, String> {
+fn meta_get(db: &Database, key: &str) -> Result<Option<String>, redb::Error> {
     use redb::ReadableDatabase;
-    let txn = db.begin_read().map_err(|e| e.to_string())?;
+    let txn = db.begin_read()?;
     let t = match txn.open_table(META) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     };
     Ok(t.get(key)
-        .map_err(|e| e.to_string())?
+        ?
         .map(|v| v.value().to_owned()))
 }
 
-fn meta_put(db: &Database, key: &str, value: &str) -> Result<(), String> {
-    let txn = db.begin_write().map_err(|e| e.to_string())?;
+fn meta_put(db: &Database, key: &str, value: &str) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
     {
-        let mut t = txn.open_table(META).map_err(|e| e.to_string())?;
-        t.insert(key, value).map_err(|e| e.to_string())?;
+        let mut t = txn.open_table(META)?;
+        t.insert(key, value)?;
     }
-    txn.commit().map_err(|e| e.to_string())
+    Ok(txn.commit()?)
 }
 
 /// This database's epoch: outbox positions restart with a new database, so
 /// ids name the database they were numbered in.
-fn epoch(db: &Database) -> Result<String, String> {
-    let txn = db.begin_write().map_err(|e| e.to_string())?;
+fn epoch(db: &Database) -> Result<String, redb::Error> {
+    let txn = db.begin_write()?;
     let epoch = {
-        let mut t = txn.open_table(META).map_err(|e| e.to_string())?;
+        let mut t = txn.open_table(META)?;
         let existing = redb::ReadableTable::get(&t, "epoch")
-            .map_err(|e| e.to_string())?
+            ?
             .map(|v| v.value().to_owned());
         match existing {
             Some(e) => e,
@@ -240,12 +240,12 @@ fn epoch(db: &Database) -> Result<String, String> {
                 );
                 h.write_u32(std::process::id());
                 let e = format!("{:08x}", h.finish() as u32);
-                t.insert("epoch", e.as_str()).map_err(|e| e.to_string())?;
+                t.insert("epoch", e.as_str())?;
                 e
             }
         }
     };
-    txn.commit().map_err(|e| e.to_string())?;
+    txn.commit()?;
     Ok(epoch)
 }
 
@@ -270,7 +270,7 @@ impl Bridge {
                 .map_err(|e| store(e.to_string()))?,
         };
         let db = Arc::new(db);
-        let epoch = epoch(&db).map_err(store)?;
+        let epoch = epoch(&db).map_err(|e| store(e.to_string()))?;
         let table = table::Table::open(Arc::clone(&db)).map_err(|e| store(e.to_string()))?;
         let open = |name: &str| {
             Outbox::open(Arc::clone(&db), name, config.capacity)
@@ -283,7 +283,7 @@ impl Bridge {
             None
         } else {
             meta_get(&db, LEARNED_BUS)
-                .map_err(store)?
+                .map_err(|e| store(e.to_string()))?
                 .and_then(|u| u.parse::<BrokerUrl>().ok())
                 .map(|mut u| {
                     u.credentials = config.global.credentials.clone();
@@ -391,7 +391,7 @@ impl Bridge {
     /// The global bus the orchestrator names: used (and remembered for the
     /// next start) unless the operator pinned one. The connections to the old
     /// one end and reconnect to it.
-    pub fn learn_global(&self, mut url: BrokerUrl) -> Result<(), String> {
+    pub fn learn_global(&self, mut url: BrokerUrl) -> Result<(), redb::Error> {
         // The gateway's own credentials; the address is kept without them.
         url.credentials = self.global.borrow().credentials.clone();
         if self.pinned || *self.global.borrow() == url {
@@ -411,8 +411,8 @@ impl Bridge {
     }
 
     /// Makes `owner`'s routes exactly `routes` (durably; subscriptions follow).
-    pub fn set_routes(&self, owner: &str, routes: Vec<Route>) -> Result<(), String> {
-        self.table.set(owner, routes).map_err(|e| e.to_string())
+    pub fn set_routes(&self, owner: &str, routes: Vec<Route>) -> Result<(), table::TableError> {
+        self.table.set(owner, routes)
     }
 
     /// The routes carried, by owner.
