@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{free_port, json, ok, pids, unique, Guard, Reap, Serve};
 
@@ -154,19 +154,10 @@ impl World {
         out
     }
 
-    fn wait<T>(&self, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + CONVERGE;
-        loop {
-            if let Some(v) = check() {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}\nagent log:\n{}",
-                self.agent_log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    fn wait<T>(&self, what: &str, check: impl FnMut() -> Option<T>) -> T {
+        continuum_bus::testing::wait_for_explained(what, CONVERGE, check, || {
+            format!("\nagent log:\n{}", self.agent_log())
+        })
     }
 
     /// Waits until every listed component runs, one container each.

@@ -41,26 +41,58 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// Waits for `cond` to give a value, or panics naming `what`.
-pub fn wait_for<T>(what: &str, within: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+/// How much longer than usual tests wait before they give up: the factor in
+/// `CONTINUUM_TEST_PATIENCE` (default 1; say 3 on a slow or loaded machine).
+pub fn patience() -> f64 {
+    std::env::var("CONTINUUM_TEST_PATIENCE")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|f| f.is_finite() && *f > 0.0)
+        .unwrap_or(1.0)
+}
+
+/// A test deadline, stretched by [`patience`].
+pub fn within(d: Duration) -> Duration {
+    d.mul_f64(patience())
+}
+
+/// Waits for `cond` to give a value, or panics naming `what` (and, from
+/// `explain`, what the test knows that helps: a log, say). Every way a test
+/// waits goes through here or through [`eventually`].
+pub fn wait_for_explained<T>(
+    what: &str,
+    within: Duration,
+    mut cond: impl FnMut() -> Option<T>,
+    explain: impl FnOnce() -> String,
+) -> T {
+    let within = self::within(within);
     let deadline = Instant::now() + within;
     loop {
         if let Some(v) = cond() {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            panic!("timed out after {within:?} waiting for {what}{}", explain());
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-/// Waits (from a Tokio runtime) for `cond` to give a value, or panics naming `what`.
-pub async fn eventually<T>(what: &str, within: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+/// Waits for `cond` to give a value, or panics naming `what`.
+pub fn wait_for<T>(what: &str, within: Duration, cond: impl FnMut() -> Option<T>) -> T {
+    wait_for_explained(what, within, cond, String::new)
+}
+
+/// Waits (from a Tokio runtime) for `check` to give a value, or panics naming `what`.
+pub async fn eventually_async<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let within = self::within(within);
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        if let Some(v) = cond() {
+        if let Some(v) = check().await {
             return v;
         }
         assert!(
@@ -69,6 +101,11 @@ pub async fn eventually<T>(what: &str, within: Duration, mut cond: impl FnMut() 
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits (from a Tokio runtime) for `cond` to give a value, or panics naming `what`.
+pub async fn eventually<T>(what: &str, within: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+    eventually_async(what, within, || std::future::ready(cond())).await
 }
 
 /// A Mosquitto broker: persistent (sessions and queued messages survive a

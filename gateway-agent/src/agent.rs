@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::{admit, Refusal};
+use crate::backoff::Backoff;
 use crate::engine::{reconcile, EngineConfig, PassReport, State, Status};
 use crate::exec::Progress;
 use crate::runtime::{ContainerRuntime, RuntimeError};
@@ -64,8 +65,9 @@ async fn watch_engine<R: ContainerRuntime>(
     changes: mpsc::Sender<()>,
     shutdown: CancellationToken,
 ) {
-    let mut wait = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
+        let watched = tokio::time::Instant::now();
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
             r = runtime.watch(crate::spec::LABEL_SUBSYSTEM, &subsystem, changes.clone()) => r,
@@ -76,11 +78,13 @@ async fn watch_engine<R: ContainerRuntime>(
         if let Err(e) = result {
             tracing::debug!(error = %e, "engine events unavailable; retrying");
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
+        // A watch that lasted was a success: the next failure waits little.
+        if watched.elapsed() >= Duration::from_secs(10) {
+            backoff.reset();
         }
-        wait = (wait * 2).min(Duration::from_secs(10));
+        if !backoff.pause(shutdown.cancelled()).await {
+            return;
+        }
     }
 }
 

@@ -14,8 +14,8 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::engine::EngineConfig;
-use crate::routing::RoutingError;
 use crate::observe::is_workload;
+use crate::routing::RoutingError;
 use crate::runtime::{
     is_custom_network, ContainerRuntime, ImageSource, RunState, RuntimeError, Workload,
     WorkloadSpec,

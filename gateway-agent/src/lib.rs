@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod agent;
+pub mod backoff;
 pub mod bridge;
 pub mod cli;
 pub mod engine;

@@ -4,8 +4,8 @@
 //! the agent observes is reported up as it changes (in full after each
 //! reconnection), with heartbeats in between.
 
+use crate::backoff::Backoff;
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
 use continuum_proto::v1::gateway_link_client::GatewayLinkClient;
@@ -40,20 +40,6 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// The wait before dial number `attempt` (0-based): doubling from 100 ms up to
-/// `max`, then a random half to all of it, so gateways cut off together do not
-/// all come back at the same instant.
-pub fn backoff(attempt: u32, max: Duration) -> Duration {
-    let base = Duration::from_millis(100)
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(max);
-    // A random number from the standard library's per-process random keys.
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(attempt);
-    let unit = (h.finish() % 1000) as f64 / 1000.0;
-    base.mul_f64(0.5 + unit / 2.0)
 }
 
 fn state(s: State) -> ComponentState {
@@ -91,7 +77,7 @@ pub async fn run(
     connected: watch::Sender<bool>,
     shutdown: CancellationToken,
 ) {
-    let mut attempt: u32 = 0;
+    let mut backoff = Backoff::new(Duration::from_millis(100), config.max_backoff);
     loop {
         let result = session(
             &config,
@@ -107,14 +93,12 @@ pub async fn run(
             Ok(()) => return,
             Err(Ended { connected, why }) => {
                 if connected {
-                    attempt = 0;
+                    backoff.reset();
                 }
                 tracing::warn!(endpoint = %config.endpoint, reason = %why, "orchestrator link down");
             }
         }
-        let wait = backoff(attempt, config.max_backoff);
-        attempt = attempt.saturating_add(1);
-        let sleep = tokio::time::sleep(wait);
+        let sleep = tokio::time::sleep(backoff.next_delay());
         tokio::pin!(sleep);
         loop {
             tokio::select! {
@@ -329,25 +313,4 @@ where
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_with_jitter() {
-        let max = Duration::from_secs(30);
-        for attempt in 0..40 {
-            let b = backoff(attempt, max);
-            let base = Duration::from_millis(100)
-                .saturating_mul(1u32 << attempt.min(16))
-                .min(max);
-            assert!(
-                b >= base / 2 && b <= base,
-                "attempt {attempt}: {b:?} vs {base:?}"
-            );
-        }
-        assert!(backoff(30, max) <= max);
-    }
 }

@@ -3,7 +3,6 @@
 //! runs none.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 
 use continuum_models::route::Route;
 
@@ -102,9 +101,11 @@ impl Routing for NoBridge {
 }
 
 /// Routes kept in memory (unit tests).
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Default)]
-pub struct MemoryRouting(Mutex<BTreeMap<String, Vec<Route>>>);
+pub struct MemoryRouting(std::sync::Mutex<BTreeMap<String, Vec<Route>>>);
 
+#[cfg(any(test, feature = "testing"))]
 impl Routing for MemoryRouting {
     fn set(&self, owner: &str, routes: Vec<Route>) -> Result<(), RoutingError> {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());

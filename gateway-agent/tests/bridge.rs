@@ -54,7 +54,7 @@ async fn eventually<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
 
 /// Publishes a probe on `topic` until `sub` sees one: the route is live.
 async fn until_routed(publisher: &Probe, topic: &str, sub: &Probe) {
-    let deadline = tokio::time::Instant::now() + WITHIN;
+    let deadline = tokio::time::Instant::now() + continuum_bus::testing::within(WITHIN);
     loop {
         publisher.publish_numbered(topic, 0..=0, 8, None).await;
         for _ in 0..25 {

@@ -10,6 +10,7 @@ pub mod cycles;
 pub mod diagnostic;
 pub mod diff;
 mod fields;
+#[cfg(any(test, feature = "testing"))]
 pub mod generate;
 pub mod genesis;
 pub mod index;
@@ -23,6 +24,7 @@ pub mod plan;
 pub mod resources;
 pub mod route;
 pub mod schema;
+#[cfg(any(test, feature = "testing"))]
 pub mod simulate;
 pub mod subsystem;
 pub mod template;

@@ -10,6 +10,7 @@ mod link;
 pub mod records;
 pub mod server;
 mod service;
+#[cfg(any(test, feature = "testing"))]
 pub mod sim;
 pub mod store;
 pub mod views;

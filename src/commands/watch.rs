@@ -6,6 +6,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use continuum_gateway::backoff::Backoff;
 use continuum_proto::v1::{event, ComponentState, DiffCounts, Event, StepState, WatchRequest};
 
 use tonic::Code;
@@ -213,7 +214,7 @@ pub async fn follow(
     {
         let mut last = after;
         let mut first = true;
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             let opened = async {
                 let mut client = remote::connect(server).await?;
@@ -227,8 +228,7 @@ pub async fn follow(
                 Ok(s) => s.into_inner(),
                 Err(e) if first => return Err(e),
                 Err(_) => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(backoff.next_delay()).await;
                     continue;
                 }
             };
@@ -239,7 +239,7 @@ pub async fn follow(
                 );
             }
             first = false;
-            backoff = Duration::from_millis(200);
+            backoff.reset();
             let why = loop {
                 let e = match stream.message().await {
                     Ok(Some(e)) => e,

@@ -72,7 +72,7 @@ impl Serve {
 
     /// Waits for a line of the server's stderr that contains `needle`.
     pub fn line_with(&self, needle: &str) -> String {
-        let deadline = std::time::Instant::now() + WITHIN;
+        let deadline = std::time::Instant::now() + continuum_bus::testing::within(WITHIN);
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.lines.recv_timeout(left) {
@@ -97,7 +97,7 @@ impl Serve {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(sent.success());
-        let deadline = std::time::Instant::now() + WITHIN;
+        let deadline = std::time::Instant::now() + continuum_bus::testing::within(WITHIN);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;

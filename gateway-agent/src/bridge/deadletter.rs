@@ -60,7 +60,7 @@ pub fn start(
         max_payload,
     };
     tokio::spawn(async move {
-        let mut attempt = 0u32;
+        let mut backoff = crate::bridge::mqtt::reconnect_backoff();
         loop {
             let (client, eventloop) = connect(&spec, 64);
             let mut events = pump(eventloop);
@@ -69,7 +69,7 @@ pub fn start(
                 return;
             }
             if welcome.is_ok() {
-                attempt = 0;
+                backoff.reset();
                 loop {
                     tokio::select! {
                         _ = cancel.cancelled() => return,
@@ -100,7 +100,7 @@ pub fn start(
                     }
                 }
             }
-            if !pause(&mut attempt, &cancel).await {
+            if !pause(&mut backoff, &cancel).await {
                 return;
             }
         }

@@ -53,7 +53,7 @@ const POISON_STRIKES: u32 = 3;
 
 impl Forwarder {
     pub async fn run(self, cancel: CancellationToken) {
-        let mut attempt = 0u32;
+        let mut backoff = crate::bridge::mqtt::reconnect_backoff();
         let mut suspect: Option<Suspect> = None;
         loop {
             if let Some(s) = suspect.filter(|s| s.strikes >= POISON_STRIKES) {
@@ -65,7 +65,7 @@ impl Forwarder {
             let (client, eventloop) = connect(&self.spec, self.window * 2);
             let mut events = pump(eventloop);
             match self
-                .connected(&client, &mut events, &cancel, &mut attempt, &mut suspect)
+                .connected(&client, &mut events, &cancel, &mut backoff, &mut suspect)
                 .await
             {
                 Ended::Cancelled => return,
@@ -73,7 +73,7 @@ impl Forwarder {
                     tracing::warn!(direction = self.lane.direction.as_str(), %why, "forwarder connection lost")
                 }
             }
-            if !pause(&mut attempt, &cancel).await {
+            if !pause(&mut backoff, &cancel).await {
                 return;
             }
         }
@@ -106,7 +106,7 @@ impl Forwarder {
         client: &AsyncClient,
         events: &mut tokio::sync::mpsc::UnboundedReceiver<Conn>,
         cancel: &CancellationToken,
-        attempt: &mut u32,
+        backoff: &mut crate::backoff::Backoff,
         suspect: &mut Option<Suspect>,
     ) -> Ended {
         let url = self.spec.current_url();
@@ -115,7 +115,7 @@ impl Forwarder {
         }
         let moved = self.spec.moved();
         tokio::pin!(moved);
-        *attempt = 0;
+        backoff.reset();
         let mut inflight: VecDeque<Inflight> = VecDeque::new();
         let mut last_sent = 0u64;
         let ended = 'serve: loop {

@@ -53,7 +53,7 @@ impl Session {
     }
 
     pub async fn run(mut self, cancel: CancellationToken) {
-        let mut attempt = 0u32;
+        let mut backoff = crate::bridge::mqtt::reconnect_backoff();
         loop {
             self.lane
                 .stats
@@ -62,7 +62,7 @@ impl Session {
                 connect(&self.spec, usize::from(super::mqtt::RECEIVE_MAXIMUM) * 2);
             let mut events = pump(eventloop);
             match self
-                .connected(&client, &mut events, &cancel, &mut attempt)
+                .connected(&client, &mut events, &cancel, &mut backoff)
                 .await
             {
                 Ended::Cancelled => return,
@@ -75,7 +75,7 @@ impl Session {
                     .stats
                     .set_link(self.global(), LinkState::Refused(why)),
             }
-            if !pause(&mut attempt, &cancel).await {
+            if !pause(&mut backoff, &cancel).await {
                 return;
             }
         }
@@ -87,7 +87,7 @@ impl Session {
         client: &AsyncClient,
         events: &mut tokio::sync::mpsc::UnboundedReceiver<Conn>,
         cancel: &CancellationToken,
-        attempt: &mut u32,
+        backoff: &mut crate::backoff::Backoff,
     ) -> Ended {
         let url = self.spec.current_url();
         if let Err(ended) = welcomed(events, cancel, &url).await {
@@ -95,7 +95,7 @@ impl Session {
         }
         let moved = self.spec.moved();
         tokio::pin!(moved);
-        *attempt = 0;
+        backoff.reset();
         self.lane
             .stats
             .set_link(self.global(), LinkState::Connected);

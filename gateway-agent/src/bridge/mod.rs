@@ -205,9 +205,7 @@ fn meta_get(db: &Database, key: &str) -> Result<Option<String>, redb::Error> {
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    Ok(t.get(key)
-        ?
-        .map(|v| v.value().to_owned()))
+    Ok(t.get(key)?.map(|v| v.value().to_owned()))
 }
 
 fn meta_put(db: &Database, key: &str, value: &str) -> Result<(), redb::Error> {
@@ -225,9 +223,7 @@ fn epoch(db: &Database) -> Result<String, redb::Error> {
     let txn = db.begin_write()?;
     let epoch = {
         let mut t = txn.open_table(META)?;
-        let existing = redb::ReadableTable::get(&t, "epoch")
-            ?
-            .map(|v| v.value().to_owned());
+        let existing = redb::ReadableTable::get(&t, "epoch")?.map(|v| v.value().to_owned());
         match existing {
             Some(e) => e,
             None => {

@@ -7,6 +7,8 @@ use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, LastWill, Packet, PubAckReas
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
+
 /// Messages a broker may send a session before it acknowledges them.
 pub const RECEIVE_MAXIMUM: u16 = 1024;
 
@@ -118,15 +120,14 @@ pub async fn welcomed(
     }
 }
 
-/// Waits before reconnection attempt `attempt` (backoff with jitter); false
-/// when told to stop meanwhile.
-pub async fn pause(attempt: &mut u32, cancel: &CancellationToken) -> bool {
-    let wait = crate::link::backoff(*attempt, Duration::from_secs(10));
-    *attempt = attempt.saturating_add(1);
-    tokio::select! {
-        _ = cancel.cancelled() => false,
-        _ = tokio::time::sleep(wait) => true,
-    }
+/// The backoff between two connection attempts to a broker.
+pub fn reconnect_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(10))
+}
+
+/// Waits before the next reconnection; false when told to stop meanwhile.
+pub async fn pause(backoff: &mut Backoff, cancel: &CancellationToken) -> bool {
+    backoff.pause(cancel.cancelled()).await
 }
 
 /// Whether the broker refused the credentials.

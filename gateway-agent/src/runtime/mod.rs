@@ -3,6 +3,7 @@
 //! creates, starts, stops and removes labelled workloads and lists them back.
 
 pub mod docker;
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod process;
 

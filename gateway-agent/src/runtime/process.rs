@@ -18,6 +18,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{broadcast, watch};
 
+use crate::backoff::Backoff;
+
 use super::{
     ContainerRuntime, ImageSource, RestartPolicy, RunState, RuntimeError, Workload, WorkloadSpec,
 };
@@ -235,8 +237,9 @@ async fn supervise(
     logs: Arc<Mutex<VecDeque<String>>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     loop {
+        let started = tokio::time::Instant::now();
         let mut child = match spawn(&spec, &logs) {
             Ok(c) => c,
             Err(e) => {
@@ -265,11 +268,16 @@ async fn supervise(
         if !again {
             return;
         }
+        // A run that lasted was healthy: a crash after it restarts quickly
+        // again (as Docker's restart policy does).
+        if started.elapsed() >= Duration::from_secs(10) {
+            backoff.reset();
+        }
+        let wait = backoff.next_delay();
         tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(wait) => {}
             () = stopped(&mut stop) => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
 
@@ -494,15 +502,12 @@ mod tests {
         id: &str,
         want: impl Fn(&RunState) -> bool,
     ) -> RunState {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let s = rt.state(id).await.unwrap();
-            if want(&s) {
-                return s;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "stuck in {s:?}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        continuum_bus::testing::eventually_async(
+            "the wanted state",
+            Duration::from_secs(10),
+            || async { Some(rt.state(id).await.unwrap()).filter(|s| want(s)) },
+        )
+        .await
     }
 
     #[tokio::test]

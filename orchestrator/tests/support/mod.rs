@@ -124,19 +124,10 @@ pub fn apply_json(json: &str) -> ApplyRequest {
 }
 
 /// Polls `check` until it returns `Some`, failing after `within`.
-pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out after {within:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    continuum_bus::testing::eventually_async(what, within, check).await
 }
