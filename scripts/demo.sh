@@ -68,9 +68,9 @@ if docker info >/dev/null 2>&1; then
     # Its local broker takes the next ports: the global bus has 1883 and 1884 here.
     CONTINUUM_LOG=info "$continuum" gateway --id edge-gw --orchestrator "$CONTINUUM_SERVER" \
         --mqtt-listen 127.0.0.1:1885 --mqtt5-listen 127.0.0.1:1886 \
-        --data-dir "$data/gateway" --context-root "$data/edge-hello" --interval 2 2>"$data/gateway.log" &
+        --data-dir "$data/gateway" --context-root "$data/edge-hello" --interval 2s 2>"$data/gateway.log" &
     gateway_pid=$!
-    run apply -f "$data/edge-hello/v1.json" -m "edge-hello, deployed for real" --wait 120 ||
+    run apply -f "$data/edge-hello/v1.json" -m "edge-hello, deployed for real" --wait 2m ||
         { cat "$data/gateway.log" >&2; exit 1; }
     run status
     # The bridge: the gateway announced itself on the global bus (retained), and a
@@ -89,7 +89,7 @@ if docker info >/dev/null 2>&1; then
     cat "$data/crossed"
     say "docker ps --filter label=continuum.subsystem=edge"
     docker ps --filter label=continuum.subsystem=edge --format 'table {{.Names}}\t{{.Image}}\t{{.Status}}'
-    run apply -f "$data/edge-hello/v2.json" -m "a new greeting: web is replaced, ticker keeps running" --wait 120 ||
+    run apply -f "$data/edge-hello/v2.json" -m "a new greeting: web is replaced, ticker keeps running" --wait 2m ||
         { cat "$data/gateway.log" >&2; exit 1; }
     run status
     docker ps --filter label=continuum.subsystem=edge --format 'table {{.Names}}\t{{.Image}}\t{{.Status}}'

@@ -117,10 +117,10 @@ enum Command {
         /// A note kept in the history.
         #[arg(short = 'm', long, default_value = "")]
         message: String,
-        /// Then wait up to this many seconds for the changed subsystems to run
-        /// it (exit 1 if one fails or time runs out).
-        #[arg(long, value_name = "SECONDS")]
-        wait: Option<f64>,
+        /// Then wait up to this long for the changed subsystems to run it
+        /// (exit 1 if one fails or time runs out), e.g. `--wait 60s`.
+        #[arg(long, value_name = "DURATION", value_parser = continuum_bus::args::duration)]
+        wait: Option<std::time::Duration>,
     },
     /// Print a target (default) or current model from the orchestrator.
     Get {

@@ -65,37 +65,30 @@ pub fn explain(status: Status) -> anyhow::Error {
     anyhow::anyhow!(sentence)
 }
 
+fn timestamp(unix_ms: i64) -> Option<jiff::Timestamp> {
+    jiff::Timestamp::from_millisecond(unix_ms).ok()
+}
+
 /// `HH:MM:SS` (UTC) of a Unix time in milliseconds.
 pub fn clock(unix_ms: i64) -> String {
-    let s = unix_ms.div_euclid(1000).rem_euclid(86_400);
-    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    timestamp(unix_ms).map_or_else(
+        || "--:--:--".to_owned(),
+        |t| t.strftime("%H:%M:%S").to_string(),
+    )
 }
 
 /// `YYYY-MM-DD HH:MM:SS` (UTC) of a Unix time in milliseconds.
 pub fn date_time(unix_ms: i64) -> String {
-    // Days since the epoch to a civil date (Howard Hinnant's algorithm).
-    let days = unix_ms.div_euclid(86_400_000);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {}", clock(unix_ms))
+    timestamp(unix_ms).map_or_else(
+        || "an unknown time".to_owned(),
+        |t| t.strftime("%Y-%m-%d %H:%M:%S").to_string(),
+    )
 }
 
-/// How long ago, roughly.
+/// How long ago, to the second (`3m 20s ago`).
 pub fn ago(unix_ms: i64, now_ms: i64) -> String {
-    let s = (now_ms - unix_ms).max(0) / 1000;
-    match s {
-        0..=59 => format!("{s}s ago"),
-        60..=3599 => format!("{}m ago", s / 60),
-        3600..=86_399 => format!("{}h ago", s / 3600),
-        _ => format!("{}d ago", s / 86_400),
-    }
+    let seconds = (now_ms - unix_ms).max(0) / 1000;
+    format!("{:#} ago", jiff::SignedDuration::from_secs(seconds))
 }
 
 pub fn now_ms() -> i64 {
@@ -106,21 +99,19 @@ pub fn now_ms() -> i64 {
 
 /// Prints rows as aligned columns; the first row is the header.
 pub fn table(rows: &[Vec<String>], header: &dyn Fn(&str) -> String) {
-    let Some(first) = rows.first() else { return };
-    let widths: Vec<usize> = (0..first.len())
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    for (n, row) in rows.iter().enumerate() {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            let pad = widths[i] - cell.chars().count();
-            let cell = if n == 0 { header(cell) } else { cell.clone() };
-            line.push_str(&cell);
-            if i + 1 < row.len() {
-                line.push_str(&" ".repeat(pad + 2));
-            }
-        }
-        outln!("{}", line.trim_end());
+    let Some((first, rest)) = rows.split_first() else {
+        return;
+    };
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(first.iter().map(|h| header(h)));
+    for row in rest {
+        t.add_row(row);
+    }
+    // The preset pads each cell with one space on either side.
+    for line in t.lines() {
+        outln!("{}", line.strip_prefix(' ').unwrap_or(&line).trim_end());
     }
 }
 
@@ -165,6 +156,8 @@ mod tests {
         assert_eq!(date_time(0), "1970-01-01 00:00:00");
         assert_eq!(date_time(1_795_000_000_000), "2026-11-18 11:06:40");
         assert_eq!(date_time(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(clock(1_795_000_000_000), "11:06:40");
+        assert_eq!(ago(0, 200_000), "3m 20s ago");
     }
 
     #[test]

@@ -60,9 +60,9 @@ impl Rig {
             "--bus-url",
             &global.to_string(),
             "--bus-keepalive",
-            "5",
+            "5s",
             "--max-backoff",
-            "1",
+            "1s",
             "--mqtt-listen",
             &format!("127.0.0.1:{}", free_port()),
             "--mqtt5-listen",
@@ -150,9 +150,7 @@ impl Rig {
 
     fn kill_agent(&mut self) {
         if let Some(mut g) = self.agent.take() {
-            let _ = Command::new("kill")
-                .args(["-9", &g.0.id().to_string()])
-                .status();
+            let _ = continuum_bus::testing::signal(g.0.id(), nix::sys::signal::Signal::SIGKILL);
             let _ = g.0.wait();
         }
     }

@@ -118,7 +118,7 @@ impl World {
                 .arg(self.dir.path().join("agent"))
                 .arg("--context-root")
                 .arg(self.dir.path())
-                .args(["--interval", "0.5", "--max-backoff", "1"])
+                .args(["--interval", "500ms", "--max-backoff", "1s"])
                 .env("CONTINUUM_LOG", "info")
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -419,9 +419,9 @@ fn a_host_without_docker_runs_processes_and_a_killed_agent_leaves_no_duplicates(
                     "--orchestrator",
                     &listen,
                     "--interval",
-                    "0.5",
+                    "500ms",
                     "--max-backoff",
-                    "1",
+                    "1s",
                 ])
                 .arg("--data-dir")
                 .arg(w.dir.path().join("agent"))
@@ -454,17 +454,14 @@ fn a_host_without_docker_runs_processes_and_a_killed_agent_leaves_no_duplicates(
         path.display().to_string()
     };
     let agent = agent_args(&w);
-    ok(s.cli(&["apply", "-f", &model("v1.json", "1"), "--wait", "60"]));
+    ok(s.cli(&["apply", "-f", &model("v1.json", "1"), "--wait", "60s"]));
     let a1 = pids(&format!("{marker}-a"));
     assert_eq!(a1.len(), 1, "one `a` process: {a1:?}");
     assert_eq!(pids(&format!("{marker}-b")).len(), 1);
 
     // Killed by hand: the agent brings it back.
-    let k = Command::new("kill")
-        .args(["-KILL", &a1[0]])
-        .status()
-        .unwrap();
-    assert!(k.success());
+    let pid: u32 = a1[0].parse().unwrap();
+    continuum_bus::testing::signal(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
     w.wait("a back", || {
         let now = pids(&format!("{marker}-a"));
         (now.len() == 1 && now != a1).then_some(())
@@ -493,7 +490,7 @@ fn a_host_without_docker_runs_processes_and_a_killed_agent_leaves_no_duplicates(
         serde_json::json!({"build": {"context": "bb"}});
     let bad = w.dir.path().join("bad.json");
     std::fs::write(&bad, mm.to_string()).unwrap();
-    let o = s.cli(&["apply", "-f", bad.to_str().unwrap(), "--wait", "60"]);
+    let o = s.cli(&["apply", "-f", bad.to_str().unwrap(), "--wait", "60s"]);
     assert_eq!(o.status.code(), Some(1));
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -529,7 +526,7 @@ fn a_cut_off_gateway_accepts_a_local_model_and_the_orchestrator_wins_on_reconnec
                 &w.gateway,
             ])
             .args(["--orchestrator", &listen, "--local-api", &local])
-            .args(["--interval", "0.5", "--max-backoff", "0.5"])
+            .args(["--interval", "500ms", "--max-backoff", "500ms"])
             .arg("--data-dir")
             .arg(w.dir.path().join("agent"))
             .env("CONTINUUM_LOG", "info")
@@ -561,7 +558,7 @@ fn a_cut_off_gateway_accepts_a_local_model_and_the_orchestrator_wins_on_reconnec
         })
     };
     let v1 = model("v1.json", "orchestrated");
-    ok(s.cli(&["apply", "-f", &v1, "--wait", "60"]));
+    ok(s.cli(&["apply", "-f", &v1, "--wait", "60s"]));
     assert_eq!(value().as_deref(), Some("orchestrated"));
 
     // Connected: the local API sends users to the orchestrator.
@@ -745,7 +742,7 @@ fn apply_wait_judges_by_generation_when_the_gateway_clock_is_behind() {
         Command::new(env!("CARGO_BIN_EXE_continuum"))
             .args(["gateway", "--no-mqtt", "--no-bridge", "--driver", "process"])
             .args(["--id", &gateway, "--orchestrator", &listen])
-            .args(["--interval", "0.5", "--max-backoff", "0.5"])
+            .args(["--interval", "500ms", "--max-backoff", "500ms"])
             .arg("--data-dir")
             .arg(dir.path().join("agent"))
             .env("LD_PRELOAD", &faketime)
@@ -769,7 +766,7 @@ fn apply_wait_judges_by_generation_when_the_gateway_clock_is_behind() {
         path.display().to_string()
     };
     let good = model("good.json", "trap 'exit 0' TERM; sleep 3600 & wait");
-    let o = s.cli(&["apply", "-f", &good, "--wait", "60"]);
+    let o = s.cli(&["apply", "-f", &good, "--wait", "60s"]);
     assert_eq!(o.status.code(), Some(0), "{}", common::err(&o));
     assert!(
         common::out(&o).contains("converged:"),
@@ -798,7 +795,7 @@ fn apply_wait_judges_by_generation_when_the_gateway_clock_is_behind() {
     // The new generation's failure is stamped an hour before the revision; it
     // is still this revision's failure (generation 2), so the wait ends at once.
     let bad = model("bad.json", "echo broken >&2; exit 3");
-    let o = s.cli(&["apply", "-f", &bad, "--wait", "60"]);
+    let o = s.cli(&["apply", "-f", &bad, "--wait", "60s"]);
     let e = common::err(&o);
     assert_eq!(o.status.code(), Some(1), "{e}");
     assert!(e.contains(&format!("failed: {subsystem}/worker")), "{e}");

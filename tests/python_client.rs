@@ -103,7 +103,7 @@ fn the_python_client_applies_follows_watch_and_reads_refusals() {
         Command::new(env!("CARGO_BIN_EXE_continuum"))
             .args(["gateway", "--no-mqtt", "--no-bridge", "--driver", "process"])
             .args(["--id", &gateway, "--orchestrator", &listen])
-            .args(["--interval", "0.5", "--max-backoff", "0.5"])
+            .args(["--interval", "500ms", "--max-backoff", "500ms"])
             .arg("--data-dir")
             .arg(dir.path().join("agent"))
             .spawn()

@@ -22,6 +22,22 @@ pub struct BusArgs {
     pub no_mqtt: bool,
 }
 
+/// A duration on the command line, as every flag of Continuum takes one: a
+/// number and a unit (`10s`, `500ms`, `2m`, `1h 30m`), more than zero.
+pub fn duration(s: &str) -> Result<std::time::Duration, String> {
+    match duration_or_zero(s)? {
+        d if d.is_zero() => Err("a duration must be more than zero".to_owned()),
+        d => Ok(d),
+    }
+}
+
+/// A duration on the command line that may be zero (`0s`: none).
+pub fn duration_or_zero(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|_| {
+        format!("`{s}` is not a duration: give a number and a unit, such as 10s, 500ms or 2m")
+    })
+}
+
 fn parse_user(s: &str) -> Result<(String, String), String> {
     s.split_once(':')
         .map(|(u, p)| (u.to_owned(), p.to_owned()))
@@ -37,5 +53,22 @@ impl BusArgs {
         let mut c = BrokerConfig::new(Some(self.mqtt_listen), Some(self.mqtt5_listen));
         c.users = self.users.iter().cloned().collect();
         Some(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_take_a_unit() {
+        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert!(duration("0.5")
+            .unwrap_err()
+            .contains("give a number and a unit"));
+        assert!(duration("0s").is_err());
     }
 }

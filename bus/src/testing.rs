@@ -41,6 +41,13 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// Sends `signal` to process `pid` (tests stop their children the way an
+/// operator would).
+pub fn signal(pid: u32, signal: nix::sys::signal::Signal) -> nix::Result<()> {
+    let pid = i32::try_from(pid).map_err(|_| nix::errno::Errno::ESRCH)?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+}
+
 /// How much longer than usual tests wait before they give up: the factor in
 /// `CONTINUUM_TEST_PATIENCE` (default 1; say 3 on a slow or loaded machine).
 pub fn patience() -> f64 {
@@ -171,7 +178,7 @@ impl Mosquitto {
     /// Stops it the way an operator would (SIGTERM: it saves its state).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let _ = signal(c.id(), nix::sys::signal::Signal::SIGTERM);
             let _ = c.wait();
         }
     }

@@ -25,43 +25,45 @@ impl std::str::FromStr for BrokerUrl {
             url: s.to_owned(),
             why,
         };
-        let rest = s
-            .strip_prefix("mqtt://")
-            .or_else(|| s.strip_prefix("tcp://"))
-            .ok_or_else(|| err("the scheme must be mqtt://"))?;
-        let rest = rest.trim_end_matches('/');
-        let (credentials, hostport) = match rest.rsplit_once('@') {
-            Some((userinfo, hp)) => {
-                let (u, p) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-                if u.is_empty() {
-                    return Err(err("empty user name"));
-                }
-                (Some((u.to_owned(), p.to_owned())), hp)
-            }
-            None => (None, rest),
-        };
-        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').ok_or_else(|| err("unclosed '['"))?;
-            (h, after.strip_prefix(':'))
-        } else {
-            match hostport.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (hostport, None),
-            }
+        let url = url::Url::parse(s).map_err(|e| match e {
+            url::ParseError::InvalidPort => err("the port is not a number"),
+            url::ParseError::EmptyHost => err("no host"),
+            _ => err("it does not parse as a URL"),
+        })?;
+        if !matches!(url.scheme(), "mqtt" | "tcp") {
+            return Err(err("the scheme must be mqtt://"));
+        }
+        let host = match url.host() {
+            None => return Err(err("no host")),
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            Some(h) => h.to_string(),
         };
         if host.is_empty() {
             return Err(err("no host"));
         }
-        let port = match port {
-            Some(p) => p.parse().map_err(|_| err("the port is not a number"))?,
-            None => 1883,
+        // Userinfo is percent-encoded in a URL (`p%40ss` for `p@ss`).
+        let decode = |part: &str| {
+            percent_encoding_decode(part).ok_or_else(|| err("the credentials are not valid UTF-8"))
+        };
+        let credentials = match (url.username(), url.password()) {
+            ("", Some(_)) => return Err(err("empty user name")),
+            ("", None) => None,
+            (u, p) => Some((decode(u)?, decode(p.unwrap_or(""))?)),
         };
         Ok(BrokerUrl {
-            host: host.to_owned(),
-            port,
+            host,
+            port: url.port().unwrap_or(1883),
             credentials,
         })
     }
+}
+
+/// Percent-decodes one part of a URL's userinfo.
+fn percent_encoding_decode(part: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(part)
+        .decode_utf8()
+        .ok()
+        .map(|s| s.into_owned())
 }
 
 /// Shown without the password.
@@ -100,5 +102,11 @@ mod tests {
         assert!("http://x".parse::<BrokerUrl>().is_err());
         assert!("mqtt://x:port".parse::<BrokerUrl>().is_err());
         assert!("mqtt://".parse::<BrokerUrl>().is_err());
+        // Userinfo is percent-decoded.
+        let u: BrokerUrl = "mqtt://us%65r:p%40ss%3Aw+rd@broker.example"
+            .parse()
+            .unwrap();
+        assert_eq!(u.credentials, Some(("user".into(), "p@ss:w+rd".into())));
+        assert_eq!((u.host.as_str(), u.port), ("broker.example", 1883));
     }
 }

@@ -253,15 +253,15 @@ async fn whole_path(
             no_bridge: true,
             outbox_capacity: 1_000,
             bridge_max_payload: 1 << 16,
-            bus_keepalive: 10.0,
+            bus_keepalive: Duration::from_secs(10),
             metrics_listen: None,
         },
         labels: Vec::new(),
         driver: continuum_gateway::agent::Driver::Docker,
-        interval: 30.0,
-        step_timeout: 120.0,
-        settle_ms: 0,
-        max_backoff: 1.0,
+        interval: Duration::from_secs(30),
+        step_timeout: Duration::from_secs(120),
+        settle: Duration::ZERO,
+        max_backoff: Duration::from_secs(1),
     };
     let shutdown = CancellationToken::new();
     let agent = tokio::spawn(continuum_gateway::cli::run_until(args, shutdown.clone()));

@@ -17,6 +17,7 @@ use crate::runtime::process::ProcessRuntime;
 use crate::runtime::ContainerRuntime;
 use crate::store::Store;
 use anyhow::Context;
+use continuum_bus::args::{duration, duration_or_zero};
 use continuum_bus::BrokerUrl;
 use continuum_proto::v1::model_service_server::ModelServiceServer;
 use continuum_proto::v1::Capabilities;
@@ -59,18 +60,18 @@ pub struct Args {
     /// without Docker.
     #[arg(long, value_enum, default_value_t = Driver::Docker)]
     pub driver: Driver,
-    /// Reconcile at least this often, in seconds (drift repair).
-    #[arg(long, default_value_t = 10.0)]
-    pub interval: f64,
-    /// The longest a step may take, in seconds.
-    #[arg(long, default_value_t = 300.0)]
-    pub step_timeout: f64,
-    /// How long a started container must keep running, in milliseconds.
-    #[arg(long, default_value_t = 500)]
-    pub settle_ms: u64,
-    /// The longest wait between two dials of the orchestrator, in seconds.
-    #[arg(long, default_value_t = 30.0)]
-    pub max_backoff: f64,
+    /// Reconcile at least this often (drift repair).
+    #[arg(long, default_value = "10s", value_parser = duration, value_name = "DURATION")]
+    pub interval: Duration,
+    /// The longest a step may take.
+    #[arg(long, default_value = "5m", value_parser = duration, value_name = "DURATION")]
+    pub step_timeout: Duration,
+    /// How long a started container must keep running to count as started.
+    #[arg(long, default_value = "500ms", value_parser = duration_or_zero, value_name = "DURATION")]
+    pub settle: Duration,
+    /// The longest wait between two dials of the orchestrator.
+    #[arg(long, default_value = "30s", value_parser = duration, value_name = "DURATION")]
+    pub max_backoff: Duration,
 }
 
 /// The bridge between the local broker and the global bus.
@@ -102,10 +103,10 @@ pub struct BridgeArgs {
     /// Serve the bridge's counters for Prometheus on this address (`GET /metrics`).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
-    /// MQTT keep-alive of the bridge's connections, in seconds, at least 5
-    /// (a cut link is noticed after 1.5 times this).
-    #[arg(long, default_value_t = 10.0)]
-    pub bus_keepalive: f64,
+    /// MQTT keep-alive of the bridge's connections, at least 5s (a cut link
+    /// is noticed after 1.5 times this).
+    #[arg(long, default_value = "10s", value_parser = duration, value_name = "DURATION")]
+    pub bus_keepalive: Duration,
 }
 
 fn bracketed(host: &str) -> String {
@@ -158,14 +159,6 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("`{s}` is not key=value"))
 }
 
-fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
-    if v.is_finite() && v > 0.0 {
-        Ok(Duration::from_secs_f64(v))
-    } else {
-        anyhow::bail!("--{name} must be a positive number of seconds")
-    }
-}
-
 fn memory_bytes() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -206,9 +199,8 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
             config.id
         );
     }
-    let interval = seconds("interval", config.interval)?;
-    let step_timeout = seconds("step-timeout", config.step_timeout)?;
-    let max_backoff = seconds("max-backoff", config.max_backoff)?;
+    let (interval, step_timeout, max_backoff) =
+        (config.interval, config.step_timeout, config.max_backoff);
     // A corrupt data directory stops the agent here, naming the file: it is
     // never silently reset.
     let store = Store::open(&config.data_dir)?;
@@ -260,7 +252,7 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
         bc.data_dir = Some(config.data_dir.clone());
         bc.capacity = config.bridge.outbox_capacity;
         bc.max_payload = config.bridge.bridge_max_payload;
-        bc.keep_alive = seconds("bus-keepalive", config.bridge.bus_keepalive)?;
+        bc.keep_alive = config.bridge.bus_keepalive;
         if bc.keep_alive < Duration::from_secs(5) {
             anyhow::bail!("--bus-keepalive must be at least 5 seconds");
         }
@@ -325,7 +317,7 @@ async fn serve<R: ContainerRuntime>(
         engine: Arc::new(EngineConfig {
             context_root: config.context_root.clone(),
             step_timeout,
-            settle: Duration::from_millis(config.settle_ms),
+            settle: config.settle,
             routing: match &bridge {
                 Some(b) => Arc::clone(b) as Arc<dyn Routing>,
                 None => Arc::new(NoBridge),

@@ -21,8 +21,8 @@ use crate::runtime::{
     WorkloadSpec,
 };
 use crate::spec::{
-    fnv64, spec_hash, LABEL_COMPONENT, LABEL_DEFINITION, LABEL_GENERATION, LABEL_SPEC_HASH,
-    LABEL_SUBSYSTEM,
+    hex, sha256_hex, spec_hash, LABEL_COMPONENT, LABEL_DEFINITION, LABEL_GENERATION,
+    LABEL_SPEC_HASH, LABEL_SUBSYSTEM,
 };
 
 /// Why a step failed.
@@ -118,36 +118,24 @@ pub fn workload_name(subsystem: &str, component: &str) -> String {
     format!("continuum-{}-{}", clean(subsystem), clean(component))
 }
 
-/// A hash of a build context: every file's relative path and bytes, in order.
+/// The SHA-256 of a build context (hex): every file's relative path and
+/// bytes, in path order.
 pub fn context_hash(dir: &Path) -> std::io::Result<String> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> std::io::Result<()> {
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            let path = entry.path();
-            if entry.file_type()?.is_dir() {
-                walk(base, &path, out)?;
-            } else {
-                let rel = path
-                    .strip_prefix(base)
-                    .unwrap_or(&path)
-                    .to_string_lossy()
-                    .into_owned();
-                out.push((rel, path));
-            }
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
+        let entry = entry.map_err(std::io::Error::other)?;
+        if entry.file_type().is_dir() {
+            continue;
         }
-        Ok(())
+        let rel = entry.path().strip_prefix(dir).unwrap_or(entry.path());
+        hash.update(rel.to_string_lossy().as_bytes());
+        hash.update([0]);
+        let mut file = std::fs::File::open(entry.path())?;
+        std::io::copy(&mut file, &mut hash)?;
+        hash.update([0]);
     }
-    let mut files = Vec::new();
-    walk(dir, dir, &mut files)?;
-    files.sort();
-    let mut all = Vec::new();
-    for (rel, path) in files {
-        all.extend_from_slice(rel.as_bytes());
-        all.push(0);
-        all.extend_from_slice(&std::fs::read(path)?);
-        all.push(0);
-    }
-    Ok(format!("{:016x}", fnv64(&all)))
+    Ok(hex(&hash.finalize()))
 }
 
 /// Where the image of a workload component comes from.
@@ -169,23 +157,21 @@ pub fn image_source(c: &Component, context_root: &Path) -> Result<ImageSource, S
         path: context.clone(),
         cause,
     })?;
-    let mut args: Vec<u8> = Vec::new();
+    // The tag is the whole content hash of what the build reads: the
+    // context, the build arguments and the Dockerfile's name.
+    let mut inputs = hash.into_bytes();
     for (k, v) in &build.args {
-        args.extend_from_slice(format!("{k}={v}\0").as_bytes());
+        inputs.extend_from_slice(format!("\0{k}={v}").as_bytes());
     }
-    args.extend_from_slice(
+    inputs.push(0);
+    inputs.extend_from_slice(
         build
             .dockerfile
             .as_deref()
             .unwrap_or("Dockerfile")
             .as_bytes(),
     );
-    let tag = format!(
-        "continuum/{}:{}-{:08x}",
-        c.id,
-        &hash[..12],
-        fnv64(&args) as u32
-    );
+    let tag = format!("continuum/{}:{}", c.id, sha256_hex(&inputs));
     Ok(ImageSource::Build {
         context,
         dockerfile: build.dockerfile.clone(),

@@ -14,16 +14,22 @@ pub const LABEL_SPEC_HASH: &str = "continuum.spec-hash";
 /// reality alone.
 pub const LABEL_DEFINITION: &str = "continuum.definition";
 
-/// FNV-1a, 64 bits: stable across Rust versions and platforms (unlike std's
-/// hasher), which labels written by one agent and read by the next require. It
-/// detects change; it is not a defence against an adversary.
-pub fn fnv64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+/// SHA-256 of `bytes`, in hex: stable across versions and platforms, which
+/// labels written by one agent and read by the next require.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex(&Sha256::digest(bytes))
+}
+
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// A hash of the component's specification without the fields that change in
@@ -36,8 +42,11 @@ pub fn spec_hash(c: &Component) -> String {
         }
         o.remove("subsystem");
     }
-    // serde_json's maps are ordered by key: the text is canonical.
-    format!("{:016x}", fnv64(value.to_string().as_bytes()))
+    // serde_json's maps are ordered by key: the text is canonical. 128 bits
+    // of SHA-256 keep the label short and collisions out of reach.
+    let mut h = sha256_hex(value.to_string().as_bytes());
+    h.truncate(32);
+    h
 }
 
 #[cfg(test)]
@@ -61,12 +70,14 @@ mod tests {
         );
         assert_eq!(spec_hash(&a), spec_hash(&renamed));
         assert_ne!(spec_hash(&a), spec_hash(&changed));
-        assert_eq!(spec_hash(&a).len(), 16);
+        assert_eq!(spec_hash(&a).len(), 32);
     }
 
     #[test]
-    fn fnv_is_the_published_function() {
-        assert_eq!(fnv64(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    fn sha256_is_the_published_function() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

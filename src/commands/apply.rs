@@ -57,7 +57,7 @@ pub fn apply(
     file: &Path,
     base: Option<u64>,
     message: String,
-    wait: Option<f64>,
+    wait: Option<std::time::Duration>,
     format: Format,
     style: &Style,
 ) -> anyhow::Result<ExitCode> {
@@ -70,7 +70,7 @@ pub fn apply(
                 print(&r, format, style)?;
                 match wait {
                     None => Ok(ExitCode::SUCCESS),
-                    Some(seconds) => rollout(server, &r, seconds, format, style).await,
+                    Some(wait) => rollout(server, &r, wait, format, style).await,
                 }
             }
             Err(status) => match remote::rejection(&status) {
@@ -232,13 +232,10 @@ enum Outcome {
 async fn rollout(
     server: &str,
     applied: &ApplyResponse,
-    seconds: f64,
+    wait: std::time::Duration,
     format: Format,
     style: &Style,
 ) -> anyhow::Result<ExitCode> {
-    if !(seconds.is_finite() && seconds > 0.0) {
-        anyhow::bail!("--wait takes a positive number of seconds");
-    }
     if applied.event_seq == 0 && applied.revision.as_ref().is_some_and(|r| r.number == 0) {
         anyhow::bail!(
             "--wait follows the orchestrator's events, which a gateway's local API does not keep; see `continuum status` there"
@@ -257,7 +254,7 @@ async fn rollout(
     if rollout.waiting.is_empty() {
         return Ok(converged(style));
     }
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs_f64(seconds);
+    let deadline = tokio::time::Instant::now() + wait;
     let after = applied.event_seq.saturating_sub(1);
     let followed = watch::follow(server, after, "", style, |e| {
         Ok(rollout.on(e).map(|outcome| match outcome {
@@ -274,8 +271,9 @@ async fn rollout(
         Ok(result) => result,
         Err(_) => {
             eprintln!(
-                "{} the rollout did not converge within {seconds} s (see `continuum status`)",
-                style.red("timed out:")
+                "{} the rollout did not converge within {} (see `continuum status`)",
+                style.red("timed out:"),
+                humantime::format_duration(wait)
             );
             Ok(ExitCode::from(1))
         }

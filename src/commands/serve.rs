@@ -16,9 +16,9 @@ pub struct Args {
     /// Where the orchestrator keeps its database (created if missing).
     #[arg(long, env = "CONTINUUM_DATA_DIR", default_value = "continuum-data")]
     pub data_dir: PathBuf,
-    /// Gateways send a heartbeat this often (seconds); three missed end the link.
-    #[arg(long, default_value_t = 5.0)]
-    pub heartbeat_interval: f64,
+    /// Gateways send a heartbeat this often; three missed end the link.
+    #[arg(long, default_value = "5s", value_parser = continuum_bus::args::duration, value_name = "DURATION")]
+    pub heartbeat_interval: Duration,
     /// The largest gRPC message accepted or sent, in bytes.
     #[arg(long, default_value_t = 16 << 20)]
     pub max_message_bytes: usize,
@@ -34,11 +34,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if !(args.heartbeat_interval.is_finite() && args.heartbeat_interval > 0.0) {
-        anyhow::bail!("--heartbeat-interval must be a positive number of seconds");
-    }
     let mut config = Config::new(args.listen, args.data_dir);
-    config.heartbeat_interval = Duration::from_secs_f64(args.heartbeat_interval);
+    config.heartbeat_interval = args.heartbeat_interval;
     config.max_message_bytes = args.max_message_bytes;
     config.event_retention = args.event_retention;
     config.bus = args.bus.config().filter(|_| args.bus_url.is_none());

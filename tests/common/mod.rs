@@ -94,9 +94,8 @@ impl Serve {
 
     /// SIGTERM, then the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(sent.success());
+        continuum_bus::testing::signal(self.child.id(), nix::sys::signal::Signal::SIGTERM)
+            .expect("SIGTERM sent");
         let deadline = std::time::Instant::now() + continuum_bus::testing::within(WITHIN);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -177,23 +176,18 @@ pub struct Reap(pub String);
 
 impl Drop for Reap {
     fn drop(&mut self) {
-        // Field 5 of /proc/PID/stat is the process group (after the command
-        // name in parentheses, which may hold spaces).
-        let group_of = |pid: &str| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let rest = s.rsplit_once(')')?.1.to_owned();
-                    rest.split_whitespace().nth(2).map(str::to_owned)
-                })
-        };
-        let own = group_of("self");
+        use nix::sys::signal::{killpg, Signal};
+        use nix::unistd::{getpgid, Pid};
+        let own = getpgid(None).ok();
         for pid in pids(&self.0) {
-            let group = group_of(&pid).filter(|g| g != "0" && g != "1" && Some(g) != own.as_ref());
+            let Ok(pid) = pid.parse::<i32>() else {
+                continue;
+            };
+            let group = getpgid(Some(Pid::from_raw(pid)))
+                .ok()
+                .filter(|g| g.as_raw() > 1 && Some(*g) != own);
             if let Some(group) = group {
-                let _ = Command::new("kill")
-                    .args(["-KILL", "--", &format!("-{group}")])
-                    .output();
+                let _ = killpg(group, Signal::SIGKILL);
             }
         }
         let _ = Command::new("pkill")

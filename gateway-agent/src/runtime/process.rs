@@ -14,6 +14,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{broadcast, watch};
@@ -93,11 +94,7 @@ impl ProcessRuntime {
         for (pid, started) in left {
             if start_time(pid) == Some(started) {
                 tracing::info!(pid, "ending a process a previous agent left running");
-                let _ = std::process::Command::new("kill")
-                    .args(["-KILL", "--", &format!("-{pid}")])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
+                let _ = signal_group(pid, Signal::SIGKILL);
             }
         }
         let _ = std::fs::remove_file(&file);
@@ -193,25 +190,24 @@ fn spawn(spec: &WorkloadSpec, logs: &Arc<Mutex<VecDeque<String>>>) -> std::io::R
     Ok(child)
 }
 
-/// Asks a child to end (SIGTERM through `kill`, as `unsafe` signal calls are
-/// not allowed here), then kills it after the grace period.
+/// Sends `signal` to a workload's whole process group (its leader is the
+/// workload: each runs in a group of its own).
+fn signal_group(pid: u32, signal: Signal) -> nix::Result<()> {
+    let pid = i32::try_from(pid).map_err(|_| nix::errno::Errno::ESRCH)?;
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), signal)
+}
+
+/// Asks a child to end (SIGTERM to its group), then kills it after the grace
+/// period.
 async fn terminate(child: &mut Child) -> Option<i64> {
     if let Some(pid) = child.id() {
-        let _ = Command::new("kill")
-            .args(["-TERM", "--", &format!("-{pid}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await;
+        let _ = signal_group(pid, Signal::SIGTERM);
     }
     match tokio::time::timeout(STOP_GRACE, child.wait()).await {
         Ok(Ok(status)) => status.code().map(i64::from),
         _ => {
             if let Some(pid) = child.id() {
-                let _ = Command::new("kill")
-                    .args(["-KILL", "--", &format!("-{pid}")])
-                    .status()
-                    .await;
+                let _ = signal_group(pid, Signal::SIGKILL);
             }
             let _ = child.kill().await;
             child
