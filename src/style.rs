@@ -1,11 +1,12 @@
 //! Terminal colours, only where they help and only on a terminal.
 
-use std::io::IsTerminal;
+use anstyle::{AnsiColor, Effects, Style as Ansi};
 
-/// Whether colour is wanted when the user did not say: stdout is a terminal and
-/// NO_COLOR (https://no-color.org) is not set.
+/// Whether colour is wanted when the user did not say: anstream's detection
+/// (stdout is a terminal that takes colour; NO_COLOR, CLICOLOR and
+/// CLICOLOR_FORCE honoured).
 pub fn auto() -> bool {
-    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stdout().is_terminal()
+    anstream::AutoStream::choice(&std::io::stdout()) != anstream::ColorChoice::Never
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -18,35 +19,51 @@ impl Style {
         Style { color }
     }
 
-    fn paint(&self, code: &str, s: &str) -> String {
+    fn paint(&self, style: Ansi, s: &str) -> String {
         if self.color {
-            format!("\x1b[{code}m{s}\x1b[0m")
+            format!("{}{s}{}", style.render(), style.render_reset())
         } else {
             s.to_owned()
         }
     }
 
+    fn fg(&self, color: AnsiColor, s: &str) -> String {
+        self.paint(Ansi::new().fg_color(Some(color.into())), s)
+    }
+
     pub fn red(&self, s: &str) -> String {
-        self.paint("31", s)
+        self.fg(AnsiColor::Red, s)
     }
 
     pub fn green(&self, s: &str) -> String {
-        self.paint("32", s)
+        self.fg(AnsiColor::Green, s)
     }
 
     pub fn yellow(&self, s: &str) -> String {
-        self.paint("33", s)
+        self.fg(AnsiColor::Yellow, s)
     }
 
     pub fn cyan(&self, s: &str) -> String {
-        self.paint("36", s)
+        self.fg(AnsiColor::Cyan, s)
     }
 
     pub fn bold(&self, s: &str) -> String {
-        self.paint("1", s)
+        self.paint(Ansi::new().effects(Effects::BOLD), s)
     }
 
     pub fn dim(&self, s: &str) -> String {
-        self.paint("2", s)
+        self.paint(Ansi::new().effects(Effects::DIMMED), s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_when_asked() {
+        assert_eq!(Style::new(false).red("x"), "x");
+        assert_eq!(Style::new(true).red("x"), "\x1b[31mx\x1b[0m");
+        assert_eq!(Style::new(true).bold("x"), "\x1b[1mx\x1b[0m");
     }
 }

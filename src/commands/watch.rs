@@ -2,12 +2,13 @@
 //! per subsystem while a rollout runs (on a terminal).
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use continuum_gateway::backoff::Backoff;
 use continuum_proto::v1::{event, ComponentState, DiffCounts, Event, StepState, WatchRequest};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use tonic::Code;
 
@@ -131,54 +132,54 @@ pub fn describe(e: &Event, style: &Style) -> String {
     }
 }
 
-/// Progress of the rollouts under way, drawn under the event lines.
-#[derive(Default)]
+/// Progress of the rollouts under way, one bar per subsystem under the event
+/// lines (indicatif keeps the lines above the bars).
 struct Bars {
-    rollouts: BTreeMap<String, (u64, u32, u32)>,
-    drawn: usize,
+    multi: MultiProgress,
+    rollouts: BTreeMap<String, ProgressBar>,
+}
+
+impl Default for Bars {
+    fn default() -> Bars {
+        Bars {
+            // Event lines belong on stdout (a terminal here), bars with them.
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stdout()),
+            rollouts: BTreeMap::new(),
+        }
+    }
 }
 
 impl Bars {
     fn update(&mut self, e: &Event) {
         match &e.kind {
             Some(event::Kind::Step(s)) => {
-                self.rollouts
-                    .insert(s.subsystem.clone(), (s.generation, s.done, s.total));
+                let multi = &self.multi;
+                let bar = self.rollouts.entry(s.subsystem.clone()).or_insert_with(|| {
+                    let style = ProgressStyle::with_template(
+                        "  {prefix:<16} {msg:<14} [{bar:30}] {pos}/{len}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("#-");
+                    multi.add(
+                        ProgressBar::new(0)
+                            .with_style(style)
+                            .with_prefix(s.subsystem.clone()),
+                    )
+                });
+                bar.set_length(u64::from(s.total));
+                bar.set_position(u64::from(s.done.min(s.total)));
+                bar.set_message(format!("generation {}", s.generation));
             }
             Some(event::Kind::Current(c))
                 if c.live.unwrap_or_default() == DiffCounts::default() =>
             {
-                self.rollouts.remove(&c.subsystem);
+                if let Some(bar) = self.rollouts.remove(&c.subsystem) {
+                    bar.finish_and_clear();
+                    self.multi.remove(&bar);
+                }
             }
             _ => {}
         }
-    }
-
-    fn clear(&mut self, out: &mut impl Write) -> std::io::Result<()> {
-        for _ in 0..self.drawn {
-            write!(out, "\x1b[1A\x1b[2K")?;
-        }
-        self.drawn = 0;
-        Ok(())
-    }
-
-    fn draw(&mut self, out: &mut impl Write) -> std::io::Result<()> {
-        const WIDTH: u32 = 30;
-        for (sub, (generation, done, total)) in &self.rollouts {
-            let filled = if *total == 0 {
-                WIDTH
-            } else {
-                WIDTH * done.min(total) / total
-            };
-            writeln!(
-                out,
-                "  {sub:<16} generation {generation:<4} [{}{}] {done}/{total}",
-                "#".repeat(filled as usize),
-                "-".repeat((WIDTH - filled) as usize)
-            )?;
-            self.drawn += 1;
-        }
-        Ok(())
     }
 }
 
@@ -269,18 +270,14 @@ fn show(
     match format {
         Format::Json => outln!("{}", serde_json::to_string(e)?),
         Format::Human if terminal => {
-            let mut out = std::io::stdout().lock();
-            bars.clear(&mut out)?;
-            writeln!(
-                out,
+            let line = format!(
                 "{} {} {}",
                 style.dim(&clock(e.unix_ms)),
                 style.dim(&format!("#{}", e.seq)),
                 describe(e, style)
-            )?;
+            );
+            bars.multi.println(line)?;
             bars.update(e);
-            bars.draw(&mut out)?;
-            out.flush()?;
         }
         Format::Human => outln!("{} #{} {}", clock(e.unix_ms), e.seq, describe(e, style)),
     }
