@@ -22,6 +22,8 @@ pub struct BrokerConfig {
 }
 
 impl BrokerConfig {
+    /// A broker on these addresses (MQTT 3.1.1, MQTT 5), anonymous, with
+    /// 1 MiB payloads and 1,000 messages in flight per connection.
     pub fn new(v4: Option<SocketAddr>, v5: Option<SocketAddr>) -> BrokerConfig {
         BrokerConfig {
             v4,
@@ -33,14 +35,19 @@ impl BrokerConfig {
     }
 }
 
+/// Why an embedded broker did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
+    /// Neither an MQTT 3.1.1 nor an MQTT 5 address was given.
     #[error("the broker serves nothing: give it an MQTT 3.1.1 or 5 address")]
     NoListener,
+    /// The broker's listener did not come up in time.
     #[error("the broker did not start listening on {0} within {1:?}")]
     NotListening(SocketAddr, Duration),
+    /// The address is taken or not ours.
     #[error("the broker cannot listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
+    /// The broker's thread could not be spawned.
     #[error("cannot start the broker's thread: {0}")]
     Thread(std::io::Error),
 }
@@ -49,6 +56,7 @@ pub enum BrokerError {
 /// (rumqttd has no shutdown); dropping the handle does not stop it.
 #[derive(Debug)]
 pub struct EmbeddedBroker {
+    /// What it was started with.
     pub config: BrokerConfig,
 }
 

@@ -18,15 +18,19 @@ pub const ID_PROPERTY: &str = "continuum-id";
 /// A message's id: who numbered it, and its number.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct MessageId {
+    /// Who numbered it (`<gateway>/<direction>/<epoch>` for a bridge).
     pub origin: String,
+    /// Its number at that origin.
     pub seq: u64,
 }
 
+/// A `continuum-id` property that does not read as an id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed message id `{0}` (expected <origin>:<number>)")]
 pub struct MalformedId(pub String);
 
 impl MessageId {
+    /// Reads `<origin>:<number>`.
     pub fn parse(s: &str) -> Result<MessageId, MalformedId> {
         let (origin, seq) = s.rsplit_once(':').ok_or_else(|| MalformedId(s.into()))?;
         let seq = seq.parse().map_err(|_| MalformedId(s.into()))?;
@@ -64,6 +68,7 @@ pub struct Dedup {
 }
 
 impl Dedup {
+    /// A consumer that has seen nothing yet.
     pub fn new() -> Dedup {
         Dedup::default()
     }

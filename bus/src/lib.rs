@@ -3,6 +3,8 @@
 //! rumqttd, MQTT 3.1.1 and 5, optional username/password), broker URLs for
 //! external brokers (Mosquitto), and the message ids consumers de-duplicate by.
 
+#![warn(missing_docs)]
+
 pub mod args;
 pub mod broker;
 pub mod id;

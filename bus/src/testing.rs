@@ -34,6 +34,7 @@ pub fn require(program: &str, package: &str) -> bool {
     ok
 }
 
+/// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -121,6 +122,7 @@ pub async fn eventually<T>(what: &str, within: Duration, mut cond: impl FnMut() 
 #[derive(Debug)]
 pub struct Mosquitto {
     child: Option<Child>,
+    /// Where it listens.
     pub addr: SocketAddr,
     config: PathBuf,
     /// Run through `ip netns exec <ns>` when set.
@@ -165,10 +167,12 @@ impl Mosquitto {
         m
     }
 
+    /// Its port.
     pub fn port(&self) -> u16 {
         self.addr.port()
     }
 
+    /// Its URL, anonymous.
     pub fn url(&self) -> BrokerUrl {
         format!("mqtt://{}", self.addr)
             .parse()
@@ -219,6 +223,7 @@ impl Drop for Mosquitto {
     }
 }
 
+/// Nanoseconds since the Unix epoch (unique names, timings).
 pub fn unix_nanos() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -228,10 +233,15 @@ pub fn unix_nanos() -> u128 {
 /// A message a probe received.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// The topic it arrived on.
     pub topic: String,
+    /// Its payload.
     pub payload: Vec<u8>,
+    /// Its `continuum-id`, if it carried one.
     pub id: Option<MessageId>,
+    /// Its other user properties.
     pub properties: Vec<(String, String)>,
+    /// Whether the broker flagged it retained.
     pub retain: bool,
     /// When it arrived (nanoseconds since the Unix epoch).
     pub at_unix_nanos: u128,
@@ -257,6 +267,7 @@ impl Received {
 /// what arrives and counting the acknowledgements of what it publishes.
 #[derive(Debug, Clone)]
 pub struct Probe {
+    /// The MQTT client, for what the helpers do not cover.
     pub client: AsyncClient,
     received: Arc<Mutex<Vec<Received>>>,
     acked: Arc<AtomicU64>,
@@ -334,6 +345,7 @@ impl Probe {
         }
     }
 
+    /// Subscribes (QoS 1) and waits for the broker's acknowledgement.
     pub async fn subscribe(&self, filter: &str) {
         self.client
             .subscribe(filter, QoS::AtLeastOnce)
@@ -382,6 +394,7 @@ impl Probe {
             .len()
     }
 
+    /// Everything received so far, in order.
     pub fn received(&self) -> Vec<Received> {
         self.received
             .lock()
@@ -397,6 +410,7 @@ impl Probe {
             .collect()
     }
 
+    /// Forgets what was received.
     pub fn clear(&self) {
         self.received
             .lock()
@@ -418,6 +432,7 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// Counts numbered messages: each number once, in order, duplicates.
     pub fn of(received: &[Received]) -> Tally {
         let mut dedup = Dedup::new();
         let mut by_id = std::collections::HashMap::new();

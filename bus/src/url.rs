@@ -5,11 +5,15 @@ use std::fmt;
 /// A broker's address and the credentials to use there.
 #[derive(Clone, PartialEq, Eq)]
 pub struct BrokerUrl {
+    /// A host name or address (an IPv6 address without brackets).
     pub host: String,
+    /// 1883 unless the URL says.
     pub port: u16,
+    /// User name and password, percent-decoded.
     pub credentials: Option<(String, String)>,
 }
 
+/// A text that is not a broker URL, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{url}` is not a broker URL: {why} (expected mqtt://[user:password@]host[:port])")]
 pub struct UrlError {

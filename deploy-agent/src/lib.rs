@@ -2,4 +2,6 @@
 //! It will flash firmware over serial (`resources.flash` in the model),
 //! verifies it and reports. The flashers arrive with the leaf-device issue.
 
+#![warn(missing_docs)]
+
 pub use continuum_models as models;

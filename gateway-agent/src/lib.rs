@@ -4,6 +4,7 @@
 //! current model from them, diffs it with the target, plans with
 //! `continuum_models::plan`, and enacts the steps through a driver.
 
+
 pub mod admission;
 pub mod agent;
 pub mod backoff;

@@ -5,6 +5,7 @@
 //!
 //! This crate is pure: no I/O, no async, no clocks.
 
+
 pub mod component;
 pub mod cycles;
 pub mod diagnostic;
