@@ -119,6 +119,61 @@ fn read(offer: &Offer) -> Result<DeploymentModel, Refusal> {
     Ok(model.canonical())
 }
 
+/// How soon the next pass may run. After a pass in which something failed,
+/// engine events and the periodic tick wait a growing delay: a component that
+/// crashes as soon as it starts is not recreated in a tight loop (each attempt
+/// costs a container and an event at the orchestrator). A new target, or a
+/// pass that fails nothing, lifts the wait.
+#[derive(Debug)]
+struct Pacing {
+    retry: Backoff,
+    /// No pass before this, unless a new target arrives.
+    hold: Option<tokio::time::Instant>,
+    /// A pass was asked for during the hold: it runs when the hold ends.
+    deferred: bool,
+}
+
+impl Pacing {
+    fn new() -> Pacing {
+        Pacing {
+            retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+            hold: None,
+            deferred: false,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.retry.reset();
+        self.hold = None;
+        self.deferred = false;
+    }
+
+    /// Whether a pass may run now; if not, one runs when the hold ends.
+    fn may_pass(&mut self) -> bool {
+        match self.hold {
+            Some(h) if h > tokio::time::Instant::now() => {
+                self.deferred = true;
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// When a deferred pass is due.
+    fn resume_at(&self) -> Option<tokio::time::Instant> {
+        self.hold.filter(|_| self.deferred)
+    }
+
+    fn after(&mut self, failed: bool) {
+        self.deferred = false;
+        if failed {
+            self.hold = Some(tokio::time::Instant::now() + self.retry.next_delay());
+        } else {
+            self.reset();
+        }
+    }
+}
+
 /// What the agent enforces of the target it accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enforcing {
@@ -193,6 +248,7 @@ impl<R: ContainerRuntime> Agent<R> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (changes_tx, mut changes) = mpsc::channel::<()>(1);
         let mut watching: Option<(String, tokio::task::JoinHandle<()>)> = None;
+        let mut pacing = Pacing::new();
         loop {
             let subsystem = self.snapshot.borrow().subsystem.clone();
             if !subsystem.is_empty() && watching.as_ref().is_none_or(|(s, _)| *s != subsystem) {
@@ -207,19 +263,35 @@ impl<R: ContainerRuntime> Agent<R> {
                 ));
                 watching = Some((subsystem, task));
             }
+            let resume = pacing.resume_at();
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 offer = offers.recv() => {
                     let Some(offer) = offer else { break };
                     self.offer(offer);
-                    self.pass().await;
+                    // A new target is tried at once, whatever failed before.
+                    pacing.reset();
+                    let failed = self.pass().await;
+                    pacing.after(failed);
                     tick.reset();
                 }
                 Some(()) = changes.recv() => {
                     tracing::debug!("the engine reported a change");
-                    self.pass().await;
+                    if pacing.may_pass() {
+                        let failed = self.pass().await;
+                        pacing.after(failed);
+                    }
                 }
-                _ = tick.tick() => self.pass().await,
+                _ = tick.tick() => {
+                    if pacing.may_pass() {
+                        let failed = self.pass().await;
+                        pacing.after(failed);
+                    }
+                }
+                () = tokio::time::sleep_until(resume.unwrap_or_else(tokio::time::Instant::now)), if resume.is_some() => {
+                    let failed = self.pass().await;
+                    pacing.after(failed);
+                }
             }
         }
         if let Some((_, task)) = watching {
@@ -278,17 +350,20 @@ impl<R: ContainerRuntime> Agent<R> {
     }
 
     /// One reconcile of the accepted target (or, after a failure under the
-    /// rollback policy, of the last good one).
-    async fn pass(&mut self) {
+    /// rollback policy, of the last good one). True when something failed (a
+    /// step, or the engine itself).
+    async fn pass(&mut self) -> bool {
         let Some(accepted) = self.accepted.clone() else {
-            return;
+            return false;
         };
         let enforce = match (&self.enforcing, &self.good) {
             (Enforcing::RolledBack { .. }, Some(good)) => Arc::clone(good),
             _ => Arc::clone(&accepted),
         };
         let report = self.enforce(&enforce).await;
-        let Some(mut report) = report else { return };
+        let Some(mut report) = report else {
+            return true;
+        };
         if report.converged() {
             if enforce.generation == accepted.generation {
                 self.enforcing = Enforcing::Accepted;
@@ -326,7 +401,7 @@ impl<R: ContainerRuntime> Agent<R> {
                 };
                 match self.enforce(&good).await {
                     Some(r) => report = r,
-                    None => return,
+                    None => return true,
                 }
             }
         }
@@ -351,7 +426,9 @@ impl<R: ContainerRuntime> Agent<R> {
                 );
             }
         }
+        let failed = !report.outcome.failed.is_empty();
         self.publish(&accepted, report);
+        failed
     }
 
     async fn enforce(&mut self, kept: &Kept) -> Option<PassReport> {
@@ -522,6 +599,27 @@ mod tests {
         a.pass().await;
         assert_eq!(a.enforcing, Enforcing::Accepted);
         assert_eq!(snap.borrow().observed, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_failed_pass_engine_events_wait_a_growing_delay() {
+        let mut p = Pacing::new();
+        assert!(p.may_pass());
+        p.after(true);
+        // An engine event during the hold defers the pass to the hold's end.
+        assert!(!p.may_pass());
+        let first = p.resume_at().expect("a deferred pass is due");
+        tokio::time::advance(first - tokio::time::Instant::now()).await;
+        assert!(p.may_pass());
+        p.after(true);
+        let second = p.hold.unwrap() - tokio::time::Instant::now();
+        assert!(second >= Duration::from_secs(1), "{second:?}");
+        // A pass that fails nothing, or a new target, lifts the hold.
+        p.after(false);
+        assert!(p.may_pass() && p.resume_at().is_none());
+        p.after(true);
+        p.reset();
+        assert!(p.may_pass());
     }
 
     #[tokio::test]

@@ -4,7 +4,6 @@
 //! current model from them, diffs it with the target, plans with
 //! `continuum_models::plan`, and enacts the steps through a driver.
 
-
 pub mod admission;
 pub mod agent;
 pub mod backoff;

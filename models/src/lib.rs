@@ -5,7 +5,6 @@
 //!
 //! This crate is pure: no I/O, no async, no clocks.
 
-
 pub mod component;
 pub mod cycles;
 pub mod diagnostic;

@@ -3,7 +3,6 @@
 //! over `GatewayLink`, and keeps the global current model from what the gateways
 //! report.
 
-
 pub mod core;
 pub mod error;
 mod handle;

@@ -11,8 +11,10 @@ Exit codes: 0 applied (and converged with --wait), 1 refused or failed, 2 timed 
 """
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -33,6 +35,7 @@ def load_stubs():
     import importlib.resources
 
     out = Path(tempfile.mkdtemp(prefix="continuum-py-"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
     include = str(importlib.resources.files("grpc_tools") / "_proto")
     code = protoc.main([
         "grpc_tools.protoc",
