@@ -5,22 +5,36 @@ use tonic::Status;
 
 use crate::store::StoreError;
 
+/// What can go wrong in an orchestrator operation.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The model is invalid; every problem is inside.
     #[error("the model is invalid: {0}")]
     Invalid(Invalid),
     #[error("conflict: the head is {}, not {} as expected; get the latest revision and apply again", show(*.head), show(*.expected))]
-    Conflict { head: u64, expected: u64 },
+    /// The head is not the revision the client expected.
+    Conflict {
+        /// The head now.
+        head: u64,
+        /// The head the client based its change on.
+        expected: u64,
+    },
+    /// The revision asked for does not exist.
     #[error("there is no revision {0}")]
     NoRevision(u64),
+    /// The subsystem asked for is not in that revision.
     #[error("there is no subsystem `{0}` in revision {1}")]
     NoSubsystem(String, u64),
+    /// Nothing has been applied yet.
     #[error("there is no revision yet; apply a model first")]
     Empty,
+    /// The gateway id already holds a link.
     #[error("gateway `{0}` is already connected; a gateway id can hold one link at a time")]
     AlreadyConnected(String),
+    /// The request makes no sense (the message says why).
     #[error("{0}")]
     BadRequest(String),
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Stored data that does not read back.

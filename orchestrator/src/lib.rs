@@ -3,6 +3,8 @@
 //! over `GatewayLink`, and keeps the global current model from what the gateways
 //! report.
 
+#![warn(missing_docs)]
+
 pub mod core;
 pub mod error;
 mod handle;

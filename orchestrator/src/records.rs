@@ -6,6 +6,7 @@ use continuum_proto::v1::{ComponentStatus, Revision};
 /// One immutable revision of the target megamodel.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct StoredRevision {
+    /// Its metadata (number, base, author, counts).
     #[prost(message, optional, tag = "1")]
     pub meta: Option<Revision>,
     /// The megamodel as deployed (templates expanded, partitioned), canonical JSON.
@@ -34,12 +35,14 @@ pub struct StoredTarget {
 /// What a subsystem's gateway last reported.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct StoredCurrent {
+    /// The generation the gateway last reported running.
     #[prost(uint64, tag = "1")]
     pub observed_generation: u64,
     /// The current deployment model as the gateway observed it, canonical JSON
     /// (empty until the first report).
     #[prost(bytes = "vec", tag = "2")]
     pub model: Vec<u8>,
+    /// The last status of each component.
     #[prost(message, repeated, tag = "3")]
     pub components: Vec<ComponentStatus>,
 }

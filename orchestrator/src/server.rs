@@ -20,7 +20,9 @@ use crate::store::{Store, StoreError};
 /// Settings of `continuum serve`.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Where clients and gateways reach it (gRPC).
     pub listen: SocketAddr,
+    /// Where its database lives.
     pub data_dir: PathBuf,
     /// How often gateways must send a heartbeat.
     pub heartbeat_interval: Duration,
@@ -35,6 +37,7 @@ pub struct Config {
 }
 
 impl Config {
+    /// The settings of `continuum serve` with these addresses and defaults otherwise.
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Config {
         Config {
             listen,
@@ -48,15 +51,21 @@ impl Config {
     }
 }
 
+/// Why the orchestrator did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The store cannot be opened or read.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The embedded global bus did not start.
     #[error("the global bus: {0}")]
     Bus(#[from] continuum_bus::BrokerError),
+    /// The gRPC address cannot be listened on.
     #[error("cannot listen on {addr}: {cause}")]
     Listen {
+        /// The address.
         addr: SocketAddr,
+        /// Why.
         cause: std::io::Error,
     },
 }
@@ -153,6 +162,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 }
 
 impl Running {
+    /// Where it listens (the port chosen, when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }

@@ -30,29 +30,61 @@ const FORMAT: u64 = 1;
 /// The database file inside a data directory.
 pub const FILE_NAME: &str = "orchestrator.redb";
 
+/// What can go wrong with the store; every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the store {path}: {cause}")]
-    Open { path: PathBuf, cause: redb::Error },
-    #[error("cannot create the data directory {path}: {cause}")]
-    Dir {
+    /// The file cannot be opened as a store.
+    Open {
+        /// The file.
         path: PathBuf,
+        /// Why.
+        cause: redb::Error,
+    },
+    #[error("cannot create the data directory {path}: {cause}")]
+    /// The data directory cannot be created.
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
         cause: std::io::Error,
     },
     #[error("the store {path} has format {found}, this version reads format {FORMAT}")]
-    Format { path: PathBuf, found: u64 },
+    /// The store was written by an incompatible version.
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// The format it has.
+        found: u64,
+    },
     #[error("the store {path} is corrupt: {what}")]
-    Corrupt { path: PathBuf, what: String },
+    /// A record does not read back.
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Which record, and why.
+        what: String,
+    },
     #[error("store {path}: {cause}")]
-    Io { path: PathBuf, cause: redb::Error },
+    /// A read or write failed.
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        cause: redb::Error,
+    },
 }
 
 /// Everything the orchestrator needs in memory at start.
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    /// The head revision, if any.
     pub head: Option<StoredRevision>,
+    /// Every subsystem's target.
     pub targets: Vec<(String, StoredTarget)>,
+    /// Every gateway that registered.
     pub gateways: Vec<Gateway>,
+    /// What each subsystem's gateway last reported.
     pub currents: Vec<(String, StoredCurrent)>,
     /// The newest event's sequence number (0: none yet).
     pub last_seq: u64,
@@ -61,9 +93,13 @@ pub struct Snapshot {
 /// One atomic batch of writes.
 #[derive(Debug, Default, Clone)]
 pub struct Changes {
+    /// A new revision (it becomes the head).
     pub revision: Option<StoredRevision>,
+    /// Subsystem targets to write.
     pub targets: Vec<(String, StoredTarget)>,
+    /// Gateway records to write.
     pub gateways: Vec<Gateway>,
+    /// Gateways' reports to write.
     pub currents: Vec<(String, StoredCurrent)>,
     /// Events with their sequence numbers already assigned.
     pub events: Vec<Event>,
@@ -74,6 +110,7 @@ pub struct Changes {
 }
 
 impl Changes {
+    /// Whether the batch writes nothing.
     pub fn is_empty(&self) -> bool {
         self.revision.is_none()
             && self.targets.is_empty()
@@ -85,6 +122,7 @@ impl Changes {
     }
 }
 
+/// The orchestrator's redb database.
 #[derive(Debug)]
 pub struct Store {
     db: Database,
@@ -108,6 +146,7 @@ impl Store {
         Ok(store)
     }
 
+    /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -53,6 +53,7 @@ impl Core {
             .ok_or_else(|| Error::NoSubsystem(id.to_owned(), self.head_number()))
     }
 
+    /// A target (at a revision) or current model, global or of one subsystem.
     pub fn get(&self, req: &GetRequest, revisions: &dyn Revisions) -> Result<GetResponse, Error> {
         let view = View::try_from(req.view).unwrap_or(View::Unspecified);
         match view {
@@ -128,6 +129,7 @@ impl Core {
         }
     }
 
+    /// Target against current (live), or between two revisions.
     pub fn diff(
         &self,
         req: &DiffRequest,
@@ -188,6 +190,7 @@ impl Core {
             .collect()
     }
 
+    /// Every subsystem with its gateway, generations, phase, live diff and statuses.
     pub fn status(&self) -> StatusResponse {
         let mut assigned = std::collections::HashSet::new();
         let subsystems = self

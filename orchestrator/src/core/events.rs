@@ -8,6 +8,7 @@ use crate::store::Changes;
 /// The writes of one operation, with the events it emits.
 #[derive(Debug)]
 pub struct Batch {
+    /// The writes and events gathered so far.
     pub changes: Changes,
     next_seq: u64,
     /// The time of the operation (milliseconds since the Unix epoch).

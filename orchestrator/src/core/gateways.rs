@@ -21,7 +21,9 @@ static NO_OVERLAY: BTreeMap<String, StoredTarget> = BTreeMap::new();
 /// A gateway accepted on the link.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Registered {
+    /// The number of this link; reports must come on it.
     pub session: u64,
+    /// What the gateway is told first: its subsystem, the heartbeat, the bus.
     pub welcome: Welcome,
 }
 

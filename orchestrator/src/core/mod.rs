@@ -98,17 +98,22 @@ fn gateway_of(model: &DeploymentModel) -> String {
 pub struct CoreConfig {
     /// Events kept for `Watch` resume.
     pub event_retention: u64,
+    /// How often gateways must send a heartbeat, in milliseconds.
     pub heartbeat_interval_ms: u64,
     /// The global bus told to gateways (see `Welcome`).
     pub bus_url: String,
+    /// The port of the embedded global bus told to gateways (0: none).
     pub bus_port: u32,
 }
 
 /// The head revision, kept in memory.
 #[derive(Debug, Clone)]
 pub struct Head {
+    /// The revision's metadata.
     pub meta: Revision,
+    /// The megamodel as deployed (expanded, partitioned).
     pub megamodel: Megamodel,
+    /// Its canonical JSON, to tell an identical apply at once.
     pub canonical: Vec<u8>,
 }
 
@@ -117,15 +122,20 @@ pub struct Head {
 /// say it twice.
 #[derive(Debug, Clone)]
 pub struct GatewayState {
+    /// What is stored about it (its `connected` is derived, never stored).
     pub record: Gateway,
+    /// The link it holds now, if any.
     pub session: Option<u64>,
 }
 
 /// A target to hand to a gateway's session once the transition is committed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
+    /// The gateway the target goes to.
     pub gateway_id: String,
+    /// The session it must arrive on (a newer session gets its own).
     pub session: u64,
+    /// The target.
     pub target: Target,
 }
 
@@ -146,7 +156,9 @@ struct Update {
 #[derive(Debug)]
 #[must_use = "a transition does nothing until it is committed and completed"]
 pub struct Transition<T> {
+    /// The writes to commit durably before anything else happens.
     pub changes: Changes,
+    /// What the caller is answered once committed.
     pub reply: T,
     update: Update,
 }
@@ -170,12 +182,15 @@ impl<T> Transition<T> {
 /// What completing a transition gives the shell.
 #[derive(Debug)]
 pub struct Completed<T> {
+    /// What the caller is answered.
     pub reply: T,
+    /// The targets to hand to the gateways' sessions.
     pub deliveries: Vec<Delivery>,
     /// The newest event, when the transition added events.
     pub new_last_seq: Option<u64>,
 }
 
+/// The orchestrator's state: the head revision, the subsystems, the gateways and the event log's bounds.
 #[derive(Debug)]
 pub struct Core {
     config: CoreConfig,
@@ -260,6 +275,7 @@ impl Core {
         self.log.last
     }
 
+    /// The head revision's number (0: none yet).
     pub fn head_number(&self) -> u64 {
         self.head.as_ref().map_or(0, |h| h.meta.number)
     }

@@ -23,6 +23,7 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// Reads, validates, expands and partitions the request's megamodel.
     pub fn from_request(req: ApplyRequest) -> Result<Prepared, Error> {
         use continuum_proto::apply::{prepare, ApplyInputError};
         let prepared = prepare(&req).map_err(|e| match e {

@@ -12,12 +12,17 @@ use crate::records::{StoredCurrent, StoredTarget};
 /// A subsystem: its target, and what its gateway reports.
 #[derive(Debug, Clone)]
 pub struct Subsystem {
+    /// The target its gateway must run.
     pub target: StoredTarget,
+    /// The target's model.
     pub target_model: DeploymentModel,
+    /// The generation its gateway last reported running.
     pub observed_generation: u64,
     /// `None` until the gateway's first report.
     pub current_model: Option<DeploymentModel>,
+    /// The current model's canonical JSON (empty before the first report).
     pub current_bytes: Vec<u8>,
+    /// The last status of each component, by id.
     pub statuses: BTreeMap<String, ComponentStatus>,
     /// Target against current.
     pub live: DiffCounts,
@@ -76,6 +81,7 @@ impl Subsystem {
         self
     }
 
+    /// The target against what runs (everything, before the first report).
     pub fn live_diff(&self) -> ModelDiff {
         // Before the first report nothing runs; model-level fields are not
         // something to deploy, so they are taken as they are in the target.
@@ -92,6 +98,7 @@ impl Subsystem {
         self.live = counts(&self.live_diff());
     }
 
+    /// What the store keeps of the gateway's reports.
     pub fn stored_current(&self) -> StoredCurrent {
         StoredCurrent {
             observed_generation: self.observed_generation,
@@ -100,6 +107,7 @@ impl Subsystem {
         }
     }
 
+    /// Components whose last status is failed, whatever the generation.
     pub fn failing(&self) -> impl Iterator<Item = &ComponentStatus> {
         self.statuses
             .values()
@@ -114,6 +122,7 @@ impl Subsystem {
             .filter(move |s| s.generation == 0 || s.generation >= target)
     }
 
+    /// Whether the gateway runs the target generation with nothing left to change and nothing failing.
     pub fn converged(&self) -> bool {
         self.observed_generation == self.target.generation
             && self.current_model.is_some()
