@@ -17,7 +17,12 @@ pub enum Refusal {
     Invalid(String),
     /// A component needs the bridge and the agent runs without one.
     #[error("`{owner}` needs the bridge ({route}), and this gateway agent runs none (started with --no-bridge)")]
-    NoBridge { owner: String, route: String },
+    NoBridge {
+        /// The component.
+        owner: String,
+        /// One of its routes.
+        route: String,
+    },
     /// Firmware, and no deploy agent to flash it.
     #[error("`{0}` must be flashed onto a device, and this gateway has no deploy agent")]
     NoDeployAgent(String),
@@ -30,12 +35,19 @@ pub enum Refusal {
     /// The process driver cannot give the component what it needs.
     #[error("`{component}` needs {what}, which the process driver of this gateway cannot provide")]
     ProcessDriver {
+        /// The component.
         component: String,
+        /// What it needs.
         what: &'static str,
     },
     /// A device the component maps is missing.
     #[error("`{component}` needs the device {device}, which is not present on this gateway")]
-    MissingDevice { component: String, device: String },
+    MissingDevice {
+        /// The component.
+        component: String,
+        /// The device's path on the host.
+        device: String,
+    },
     /// The target could not be written to the agent's store.
     #[error("cannot persist the target: {0}")]
     Store(String),

@@ -23,11 +23,15 @@ use crate::store::{Kept, LocalNote, Slot, Store};
 /// whether it was accepted, and why not.
 #[derive(Debug)]
 pub struct Offer {
+    /// The generation offered.
     pub generation: u64,
+    /// The subsystem it is the model of.
     pub subsystem: String,
+    /// The model, canonical JSON.
     pub model: Vec<u8>,
     /// Set for a model applied through the gateway's local API.
     pub local: Option<LocalNote>,
+    /// Where the agent answers: accepted, or refused and why.
     pub reply: oneshot::Sender<Result<(), Refusal>>,
 }
 
@@ -38,14 +42,17 @@ pub struct Snapshot {
     pub accepted: u64,
     /// The generation whose model the last pass enforced.
     pub observed: u64,
+    /// The subsystem the accepted target is the model of.
     pub subsystem: String,
     /// The current model after the last pass (`None` before the first).
     pub current: Option<DeploymentModel>,
+    /// The last status of each component.
     pub statuses: BTreeMap<String, Status>,
     /// Set while the agent enforces a model applied locally.
     pub local: Option<(LocalNote, DeploymentModel)>,
 }
 
+/// How an agent runs.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     /// What runs the workloads (decides what can be admitted).
@@ -183,13 +190,16 @@ pub enum Enforcing {
     /// generation `to` runs instead, and `from` is not retried until a newer
     /// target arrives.
     RolledBack {
+        /// The generation that failed.
         from: u64,
+        /// The generation that runs instead.
         to: u64,
         /// The components that failed, with why.
         failed: BTreeMap<String, String>,
     },
 }
 
+/// The agent: accepts targets and keeps reality equal to the one it enforces.
 #[derive(Debug)]
 pub struct Agent<R> {
     runtime: Arc<R>,
@@ -206,6 +216,7 @@ pub struct Agent<R> {
 }
 
 impl<R: ContainerRuntime> Agent<R> {
+    /// An agent over `runtime`, with the targets kept in `store`.
     pub fn new(
         runtime: Arc<R>,
         store: Store,

@@ -16,6 +16,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// Delays from `min`, doubling, up to `max`.
     pub fn new(min: Duration, max: Duration) -> Backoff {
         let builder = ExponentialBuilder::default()
             .with_min_delay(min)

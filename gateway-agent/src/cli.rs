@@ -24,6 +24,7 @@ use continuum_proto::v1::Capabilities;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// The settings of `continuum gateway`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// This gateway's id: the id of its gateway component in the megamodel.
@@ -46,8 +47,10 @@ pub struct Args {
     /// for changes while the orchestrator is cut off) on this address.
     #[arg(long, value_name = "ADDR")]
     pub local_api: Option<std::net::SocketAddr>,
+    /// The embedded local broker.
     #[command(flatten)]
     pub broker: continuum_bus::args::BusArgs,
+    /// The bridge to the global bus.
     #[command(flatten)]
     pub bridge: BridgeArgs,
     /// Where this gateway is (reported to the orchestrator).

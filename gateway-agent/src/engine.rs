@@ -20,10 +20,15 @@ use crate::spec::LABEL_SUBSYSTEM;
 /// A component's state, as the orchestrator shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum State {
+    /// Not deployed yet.
     Pending,
+    /// Being deployed.
     Deploying,
+    /// Runs as the target says.
     Running,
+    /// A step of it failed (the reason says why).
     Failed,
+    /// Nothing tells (the engine cannot be reached, or no driver runs it).
     Unknown,
 }
 
@@ -31,6 +36,7 @@ pub enum State {
 /// component the one-line state of its bridge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
+    /// Where it is.
     pub state: State,
     /// Why it is in this state (set when it failed).
     pub reason: String,
@@ -43,6 +49,7 @@ pub struct Status {
 }
 
 impl Status {
+    /// A status in `state`, for `reason`.
     pub fn new(state: State, reason: impl Into<String>) -> Status {
         Status {
             state,
@@ -62,11 +69,13 @@ impl Status {
 /// What one pass found and did.
 #[derive(Debug, Clone)]
 pub struct PassReport {
+    /// The generation the pass enforced.
     pub generation: u64,
     /// The current model after the pass.
     pub current: DeploymentModel,
     /// Steps planned (0: nothing to do: already converged).
     pub planned: usize,
+    /// What the plan's execution left.
     pub outcome: Outcome,
     /// Every component with a lifecycle in the target or in what runs.
     pub statuses: BTreeMap<String, Status>,

@@ -46,7 +46,9 @@ pub enum StepError {
     /// The build context cannot be read.
     #[error("cannot read the build context {path}: {cause}")]
     Context {
+        /// The directory.
         path: PathBuf,
+        /// Why.
         cause: std::io::Error,
     },
     /// Nothing to start: the workload is gone.
@@ -54,7 +56,12 @@ pub enum StepError {
     NoWorkload(String),
     /// Started, and exited (or restarted) within the settle window.
     #[error("exited at once with code {}{}", code.map_or("unknown".to_owned(), |c| c.to_string()), if logs.is_empty() { String::new() } else { format!(": {logs}") })]
-    ExitedAtOnce { code: Option<i64>, logs: String },
+    ExitedAtOnce {
+        /// Its exit code, when known.
+        code: Option<i64>,
+        /// The last lines it wrote.
+        logs: String,
+    },
     /// Started, and in a state that is not running.
     #[error("did not start: {0}")]
     DidNotStart(String),
@@ -69,18 +76,26 @@ pub enum StepError {
 /// How a step ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StepState {
+    /// Running.
     Started,
+    /// Done.
     Succeeded,
+    /// Failed, and why.
     Failed(String),
 }
 
 /// Reported as steps run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Progress {
+    /// The step, as a sentence.
     pub step: String,
+    /// The component it acts on.
     pub component: Option<String>,
+    /// Where it is.
     pub state: StepState,
+    /// Steps finished so far in the plan.
     pub done: usize,
+    /// Steps in the plan.
     pub total: usize,
 }
 
@@ -91,14 +106,18 @@ pub struct Outcome {
     pub failed: BTreeMap<String, String>,
     /// Components whose steps did not run because a step they follow failed.
     pub blocked: BTreeMap<String, String>,
+    /// Steps that succeeded.
     pub succeeded: usize,
 }
 
 /// What one pass enacts: a subsystem at a generation, with the engine's settings.
 #[derive(Debug, Clone)]
 pub struct Pass {
+    /// The subsystem.
     pub subsystem: String,
+    /// The generation enforced.
     pub generation: u64,
+    /// The engine's settings.
     pub config: Arc<EngineConfig>,
 }
 

@@ -4,6 +4,8 @@
 //! current model from them, diffs it with the target, plans with
 //! `continuum_models::plan`, and enacts the steps through a driver.
 
+#![warn(missing_docs)]
+
 pub mod admission;
 pub mod agent;
 pub mod backoff;
@@ -11,10 +13,10 @@ pub mod bridge;
 pub mod cli;
 pub mod engine;
 pub mod exec;
-pub mod link;
-pub mod local;
-pub mod metrics;
-pub mod observe;
+mod link;
+mod local;
+mod metrics;
+mod observe;
 pub mod routing;
 pub mod runtime;
 pub mod spec;

@@ -15,12 +15,23 @@ use crate::engine::{State, Status};
 pub enum RoutingError {
     /// A component has routes and this agent runs no bridge.
     #[error("`{owner}` needs the bridge ({route}), but this gateway agent runs none (started with --no-bridge)")]
-    NoBridge { owner: String, route: String },
+    NoBridge {
+        /// The component.
+        owner: String,
+        /// One of its routes.
+        route: String,
+    },
     /// The bridge could not record the routes.
     #[error("the bridge cannot record the routes of `{owner}`: {cause}")]
-    Store { owner: String, cause: String },
+    Store {
+        /// The component.
+        owner: String,
+        /// Why.
+        cause: String,
+    },
 }
 
+/// The bridge's routes as the engine drives them.
 pub trait Routing: std::fmt::Debug + Send + Sync + 'static {
     /// Makes `owner`'s routes exactly `routes`.
     fn set(&self, owner: &str, routes: Vec<Route>) -> Result<(), RoutingError>;

@@ -7,8 +7,11 @@ use continuum_models::Component;
 /// Label keys: everything the agent creates is labelled, so reality alone
 /// gives the current model.
 pub const LABEL_COMPONENT: &str = "continuum.component";
+/// The subsystem a workload belongs to.
 pub const LABEL_SUBSYSTEM: &str = "continuum.subsystem";
+/// The generation that created it.
 pub const LABEL_GENERATION: &str = "continuum.generation";
+/// The hash of the specification it runs (see [`spec_hash`]).
 pub const LABEL_SPEC_HASH: &str = "continuum.spec-hash";
 /// The component's JSON, so a restarted agent rebuilds its current model from
 /// reality alone.

@@ -36,7 +36,9 @@ impl Slot {
 pub struct Kept {
     /// The orchestrator's generation (for a local model: the one it replaced).
     pub generation: u64,
+    /// The subsystem it is the model of.
     pub subsystem: String,
+    /// The model.
     pub model: DeploymentModel,
     /// Set when the model was applied locally, while the orchestrator was cut off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -46,26 +48,52 @@ pub struct Kept {
 /// Who applied a local model, when and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalNote {
+    /// When it was applied (Unix milliseconds, the gateway's clock).
     pub since_unix_ms: i64,
+    /// Who applied it.
     pub author: String,
+    /// Why.
     pub message: String,
 }
 
+/// What can go wrong with the agent's store; every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot create the data directory {path}: {cause}")]
+    /// The data directory cannot be created.
     Dir {
+        /// The directory.
         path: PathBuf,
+        /// Why.
         cause: std::io::Error,
     },
     #[error("cannot open the agent's store {path}: {cause}")]
-    Open { path: PathBuf, cause: redb::Error },
+    /// The file cannot be opened as a store.
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        cause: redb::Error,
+    },
     #[error("the agent's store {path} is corrupt: {what}")]
-    Corrupt { path: PathBuf, what: String },
+    /// A record does not read back.
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Which record, and why.
+        what: String,
+    },
     #[error("the agent's store {path}: {cause}")]
-    Io { path: PathBuf, cause: redb::Error },
+    /// A read or write failed.
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        cause: redb::Error,
+    },
 }
 
+/// The agent's redb database: the accepted and last good targets.
 #[derive(Debug)]
 pub struct Store {
     db: Database,
@@ -73,6 +101,7 @@ pub struct Store {
 }
 
 impl Store {
+    /// Opens (or creates) the store of a data directory.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|cause| StoreError::Dir {
             path: dir.to_owned(),
@@ -100,6 +129,7 @@ impl Store {
         }
     }
 
+    /// The target kept in `slot`.
     pub fn get(&self, slot: Slot) -> Result<Option<Kept>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.io(e))?;
         let t = txn.open_table(TARGETS).map_err(|e| self.io(e))?;

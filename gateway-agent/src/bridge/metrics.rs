@@ -150,6 +150,7 @@ pub fn encode(registry: &Registry) -> String {
 }
 
 /// Renders `status` as Prometheus metrics for gateway `gateway`.
+#[cfg(test)]
 pub fn render(gateway: &str, status: &BridgeStatus) -> String {
     let status = status.clone();
     encode(&registry(BridgeCollector::new(gateway, move || {

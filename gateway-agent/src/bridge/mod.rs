@@ -15,14 +15,14 @@
 //! is the model's business ([`continuum_models::route`]): the routes are set
 //! by plan steps and persisted here.
 
-pub mod deadletter;
-pub mod forward;
-pub mod inbound;
-pub mod metrics;
-pub mod mqtt;
-pub mod outbox;
+pub(crate) mod deadletter;
+pub(crate) mod forward;
+pub(crate) mod inbound;
+pub(crate) mod metrics;
+pub(crate) mod mqtt;
+pub(crate) mod outbox;
 pub mod stats;
-pub mod table;
+pub(crate) mod table;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -48,12 +48,15 @@ use self::stats::{get, LinkState, Stats};
 /// The bridge's settings.
 #[derive(Debug, Clone)]
 pub struct BridgeConfig {
+    /// The gateway's id (it names the bridge's sessions and message ids).
     pub gateway: String,
+    /// The global bus.
     pub global: BrokerUrl,
     /// The global bus was named by the operator (`--bus-url`): what the
     /// orchestrator says is ignored. Otherwise the last address learned from
     /// it is kept, and used until it says another.
     pub global_pinned: bool,
+    /// The local broker.
     pub local: BrokerUrl,
     /// Where `bridge.redb` lives; `None`: outboxes in memory (benchmarks only:
     /// a crash loses what they hold).
@@ -64,12 +67,14 @@ pub struct BridgeConfig {
     pub capacity: u64,
     /// The largest payload carried; larger ones are dead-lettered.
     pub max_payload: usize,
+    /// MQTT keep-alive of every connection.
     pub keep_alive: Duration,
     /// Messages in flight to a destination at most.
     pub window: usize,
 }
 
 impl BridgeConfig {
+    /// A bridge between these brokers, with the default limits, in memory until given a data directory.
     pub fn new(gateway: &str, global: BrokerUrl, local: BrokerUrl) -> BridgeConfig {
         BridgeConfig {
             gateway: gateway.to_owned(),
@@ -86,31 +91,49 @@ impl BridgeConfig {
     }
 }
 
+/// Why the bridge did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
     #[error("bridge store {path}: {cause}")]
-    Store { path: String, cause: String },
+    /// Its store cannot be opened or read.
+    Store {
+        /// The file (or "in memory").
+        path: String,
+        /// Why.
+        cause: String,
+    },
 }
 
 /// What the bridge says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BridgeStatus {
+    /// The connection to the global bus.
     pub global: LinkState,
+    /// The connection to the local broker.
     pub local: LinkState,
     /// Per direction (in, out): taken, forwarded, duplicates recognised,
     /// dead-lettered, waiting in the outbox, dropped because it was full.
     pub inbound: DirectionStatus,
+    /// Local broker to global bus.
     pub outbound: DirectionStatus,
+    /// Dead letters that could not be published either.
     pub dead_letters_lost: u64,
 }
 
+/// One direction's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DirectionStatus {
+    /// Messages taken into the outbox from the source broker.
     pub received: u64,
+    /// Messages acknowledged by the destination.
     pub forwarded: u64,
+    /// Redeliveries recognised by their id and not taken again.
     pub duplicates: u64,
+    /// Messages sent to a dead-letter topic.
     pub dead_lettered: u64,
+    /// Messages waiting in the outbox.
     pub queued: u64,
+    /// Messages dropped because the outbox was full.
     pub dropped: u64,
 }
 
@@ -165,10 +188,15 @@ impl BridgeStatus {
 /// that the outbox has news, the counters, and where dead letters go.
 #[derive(Debug, Clone)]
 pub struct Lane {
+    /// Which way it carries messages.
     pub direction: Direction,
+    /// Where messages wait for the destination.
     pub outbox: Outbox,
+    /// Woken when the outbox has news.
     pub notify: Arc<Notify>,
+    /// The counters.
     pub stats: Arc<Stats>,
+    /// Where undeliverable messages go.
     pub dead: DeadLetters,
 }
 
@@ -416,6 +444,7 @@ impl Bridge {
         self.table.all()
     }
 
+    /// How the bridge is doing: links and counters.
     pub fn status(&self) -> BridgeStatus {
         let dir = |d: Direction, o: &Outbox| {
             let c = self.stats.of(d);

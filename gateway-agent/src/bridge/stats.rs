@@ -8,8 +8,10 @@ use continuum_models::route::Direction;
 /// A broker connection's state.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum LinkState {
+    /// Connecting, or reconnecting.
     #[default]
     Connecting,
+    /// Connected.
     Connected,
     /// Not connected, and why (retried with backoff).
     Down(String),
@@ -34,15 +36,20 @@ pub struct Counters {
 /// The bridge's live statistics.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Global bus to local broker.
     pub inbound: Counters,
+    /// Local broker to global bus.
     pub outbound: Counters,
     /// Dead letters that could not be published either (counted, logged).
     pub dead_letter_lost: AtomicU64,
+    /// The connection to the global bus.
     pub global: Mutex<LinkState>,
+    /// The connection to the local broker.
     pub local: Mutex<LinkState>,
 }
 
 impl Stats {
+    /// The counters of one direction.
     pub fn of(&self, d: Direction) -> &Counters {
         match d {
             Direction::In => &self.inbound,
@@ -50,6 +57,7 @@ impl Stats {
         }
     }
 
+    /// Records the state of one connection (`global`: the global bus's).
     pub fn set_link(&self, global: bool, state: LinkState) {
         let slot = if global { &self.global } else { &self.local };
         let mut s = slot.lock().unwrap_or_else(|e| e.into_inner());
@@ -68,16 +76,19 @@ impl Stats {
         }
     }
 
+    /// The state of one connection.
     pub fn link(&self, global: bool) -> LinkState {
         let slot = if global { &self.global } else { &self.local };
         slot.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
+/// Adds to a counter.
 pub fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
+/// Reads a counter.
 pub fn get(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }

@@ -15,7 +15,9 @@ pub use continuum_models::resources::{DeviceMapping, Mount, PortBinding, Restart
 /// What a workload is doing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunState {
+    /// Created, not started.
     Created,
+    /// Running.
     Running,
     /// Ended, with its exit code when known.
     Exited(Option<i64>),
@@ -28,19 +30,26 @@ pub enum RunState {
 pub struct Workload {
     /// The driver's id (a container id, a process key).
     pub id: String,
+    /// Its name on the engine.
     pub name: String,
+    /// Its labels (what Continuum put there).
     pub labels: BTreeMap<String, String>,
+    /// Whether it runs.
     pub state: RunState,
 }
 
 /// Where an image comes from: already on the engine, or built from a context.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageSource {
+    /// An image the engine has.
     Named(String),
+    /// An image to build (once: the tag is its content's hash).
     Build {
         /// The directory to send as the build context.
         context: std::path::PathBuf,
+        /// The Dockerfile, if not `Dockerfile`.
         dockerfile: Option<String>,
+        /// Build arguments.
         args: BTreeMap<String, String>,
         /// The tag to give the result (content-addressed by the caller).
         tag: String,
@@ -60,29 +69,49 @@ impl ImageSource {
 /// Everything needed to create a workload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkloadSpec {
+    /// Its name on the engine.
     pub name: String,
+    /// The image it runs.
     pub image: String,
+    /// Its command (the image's entry point when empty).
     pub command: Vec<String>,
+    /// Its environment.
     pub env: BTreeMap<String, String>,
+    /// Ports published on the host.
     pub ports: Vec<PortBinding>,
+    /// Host devices mapped in.
     pub devices: Vec<DeviceMapping>,
+    /// Mounts.
     pub mounts: Vec<Mount>,
+    /// What happens when it exits.
     pub restart: RestartPolicy,
+    /// The network it joins.
     pub network: Option<String>,
+    /// Its labels.
     pub labels: BTreeMap<String, String>,
 }
 
+/// What a driver reports when an operation fails.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuntimeError {
     /// The engine cannot be reached at all.
     #[error("the container engine is unreachable: {0}")]
     Unreachable(String),
     #[error("image `{image}` cannot be built: {reason}")]
-    Build { image: String, reason: String },
+    /// The image cannot be built.
+    Build {
+        /// The image.
+        image: String,
+        /// Why, from the build's output.
+        reason: String,
+    },
+    /// The image is not there and cannot be pulled.
     #[error("image `{0}` is not on this gateway (no registry is used; build it or load it first)")]
     NoImage(String),
+    /// No such workload.
     #[error("no workload `{0}`")]
     NotFound(String),
+    /// Anything else the engine said.
     #[error("{0}")]
     Failed(String),
 }
@@ -106,9 +135,13 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         &self,
         spec: &WorkloadSpec,
     ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+    /// Starts a created or stopped workload.
     fn start(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Stops a workload (a stopped one stays stopped).
     fn stop(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Removes a workload (a missing one is gone already).
     fn remove(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Whether a workload runs.
     fn state(&self, id: &str) -> impl Future<Output = Result<RunState, RuntimeError>> + Send;
     /// Makes sure a network exists, creating it with `labels` if it does not.
     fn ensure_network(

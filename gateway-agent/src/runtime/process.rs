@@ -80,6 +80,7 @@ fn start_time(pid: u32) -> Option<u64> {
 }
 
 impl ProcessRuntime {
+    /// A driver with no state file (what it starts ends with it).
     pub fn new() -> ProcessRuntime {
         ProcessRuntime::default()
     }
