@@ -19,7 +19,9 @@ use tonic::{Status, Streaming};
 /// A gateway on the link.
 #[derive(Debug)]
 pub struct SimGateway {
+    /// Its id.
     pub id: String,
+    /// What the orchestrator welcomed it with.
     pub welcome: Welcome,
     tx: mpsc::Sender<GatewayMessage>,
     inbound: Streaming<OrchestratorMessage>,
@@ -75,6 +77,7 @@ impl SimGateway {
         })
     }
 
+    /// Sends one message on the link.
     pub async fn send(&self, kind: gateway_message::Kind) -> Result<(), Status> {
         self.tx
             .send(GatewayMessage { kind: Some(kind) })
@@ -109,6 +112,7 @@ impl SimGateway {
         }
     }
 
+    /// Acknowledges (accepts) a generation.
     pub async fn ack(&self, generation: u64) -> Result<(), Status> {
         self.send(gateway_message::Kind::Ack(Ack {
             generation,
@@ -118,11 +122,13 @@ impl SimGateway {
         .await
     }
 
+    /// Says it is alive.
     pub async fn heartbeat(&self) -> Result<(), Status> {
         self.send(gateway_message::Kind::Heartbeat(Heartbeat { unix_ms: 0 }))
             .await
     }
 
+    /// Reports a current model at a generation.
     pub async fn report_current(
         &self,
         generation: u64,
@@ -138,6 +144,7 @@ impl SimGateway {
         .await
     }
 
+    /// Reports component states at a generation.
     pub async fn report_states(
         &self,
         generation: u64,
