@@ -30,6 +30,7 @@ pub struct FakeRuntime {
 }
 
 impl FakeRuntime {
+    /// An engine with no images and no workloads.
     pub fn new() -> FakeRuntime {
         FakeRuntime::default()
     }
@@ -38,18 +39,22 @@ impl FakeRuntime {
         f(&mut self.state.lock().expect("fake runtime lock"))
     }
 
+    /// Makes an image present.
     pub fn add_image(&self, name: &str) {
         self.with(|s| s.images.insert(name.to_owned()));
     }
 
+    /// Makes builds tagged `tag` fail with `reason`.
     pub fn break_build(&self, tag: &str, reason: &str) {
         self.with(|s| s.broken.insert(tag.to_owned(), reason.to_owned()));
     }
 
+    /// Makes workloads of `image` exit as soon as they start.
     pub fn crash_on_start(&self, image: &str) {
         self.with(|s| s.crashing.insert(image.to_owned()));
     }
 
+    /// Makes every call fail as an unreachable engine does (or not).
     pub fn set_unreachable(&self, down: bool) {
         self.with(|s| s.unreachable = down);
     }
@@ -68,6 +73,7 @@ impl FakeRuntime {
         self.with(|s| s.workloads.remove(id));
     }
 
+    /// Every workload, as the engine holds them.
     pub fn workloads(&self) -> Vec<Workload> {
         self.with(|s| {
             s.workloads
@@ -82,10 +88,12 @@ impl FakeRuntime {
         })
     }
 
+    /// The networks that exist.
     pub fn networks(&self) -> Vec<String> {
         self.with(|s| s.networks.keys().cloned().collect())
     }
 
+    /// Every call made, in order, as `operation target`.
     pub fn calls(&self) -> Vec<String> {
         self.with(|s| s.calls.clone())
     }
