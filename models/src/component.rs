@@ -28,13 +28,21 @@ pub struct Component {
 /// The kind of a component and the fields that only that kind has.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ComponentSpec {
+    /// The subsystem's gateway.
     Gateway(GatewaySpec),
+    /// A machine behind the gateway.
     Host(HostSpec),
+    /// A leaf device.
     Device(DeviceSpec),
+    /// A managed service.
     Service(ServiceSpec),
+    /// A serverless function.
     Function(FunctionSpec),
+    /// A device proxy.
     Proxy(ProxySpec),
+    /// Firmware for a device.
     Firmware(FirmwareSpec),
+    /// Something managed elsewhere.
     External(ExternalSpec),
 }
 
@@ -54,18 +62,27 @@ pub enum ComponentSpec {
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
+    /// A gateway: runs the subsystem's agent.
     Gateway,
+    /// A machine that runs software.
     Host,
+    /// A leaf device (a board).
     Device,
+    /// A managed service.
     #[default]
     Service,
+    /// A serverless function.
     Function,
+    /// A proxy between a device and the local broker.
     Proxy,
+    /// Firmware flashed onto a device.
     Firmware,
+    /// Something managed elsewhere, known by its endpoint.
     External,
 }
 
 impl Kind {
+    /// Every kind.
     pub const ALL: [Kind; 8] = [
         Kind::Gateway,
         Kind::Host,
@@ -77,6 +94,7 @@ impl Kind {
         Kind::External,
     ];
 
+    /// Its name in model files.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Gateway => "gateway",
@@ -145,6 +163,7 @@ impl std::fmt::Display for Kind {
 }
 
 impl ComponentSpec {
+    /// The kind of component this is.
     pub fn kind(&self) -> Kind {
         match self {
             ComponentSpec::Gateway(_) => Kind::Gateway,
@@ -169,6 +188,7 @@ impl ComponentSpec {
         }
     }
 
+    /// The lifecycle resources, to change them.
     pub fn resources_mut(&mut self) -> Option<&mut Resources> {
         match self {
             ComponentSpec::Service(s) => Some(&mut s.resources),
@@ -181,6 +201,7 @@ impl ComponentSpec {
 }
 
 impl Component {
+    /// The kind this specification is of.
     pub fn kind(&self) -> Kind {
         self.spec.kind()
     }
@@ -198,6 +219,7 @@ impl Component {
         }
     }
 
+    /// The function specification, if this is a function.
     pub fn as_function(&self) -> Option<&FunctionSpec> {
         match &self.spec {
             ComponentSpec::Function(f) => Some(f),
@@ -209,10 +231,13 @@ impl Component {
 /// What a machine offers, as reported or declared.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Capabilities {
+    /// The CPU architecture (`x86_64`, `armv7`...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arch: Option<String>,
+    /// How many CPUs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<u32>,
+    /// Memory, in MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u64>,
     /// Whether a container engine is available.
@@ -231,12 +256,18 @@ pub enum Access {
     #[default]
     Local,
     /// A Docker engine endpoint (`unix:///var/run/docker.sock`, `tcp://host:2376`).
-    Docker { endpoint: String },
+    Docker {
+        /// The engine's endpoint.
+        endpoint: String,
+    },
     /// A machine reached over SSH.
     Ssh {
+        /// Its address.
         address: String,
+        /// Its SSH port (22).
         #[serde(default = "default_ssh_port")]
         port: u16,
+        /// The user to log in as.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         user: Option<String>,
     },
@@ -247,6 +278,7 @@ fn default_ssh_port() -> u16 {
 }
 
 impl Access {
+    /// Whether this is the agent's own machine.
     pub fn is_local(&self) -> bool {
         matches!(self, Access::Local)
     }
@@ -255,7 +287,9 @@ impl Access {
 /// A SERVERLESS4IOT gateway: the machine running a subsystem's gateway agent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GatewaySpec {
+    /// What it offers.
     pub capabilities: Capabilities,
+    /// How the agent reaches it.
     pub access: Access,
     /// Can spawn deploy agents for leaf devices.
     pub equipped_with_deployer: bool,
@@ -268,7 +302,9 @@ pub struct GatewaySpec {
 /// A machine behind a gateway.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostSpec {
+    /// What it offers.
     pub capabilities: Capabilities,
+    /// How the agent reaches it.
     pub access: Access,
 }
 
@@ -286,6 +322,7 @@ pub struct DeviceSpec {
 /// Internal software managed by Continuum through its resources.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceSpec {
+    /// How it is run.
     pub resources: Resources,
 }
 
@@ -315,19 +352,24 @@ pub struct FunctionSpec {
 pub struct ProxySpec {
     /// The device it talks to.
     pub device: String,
+    /// The serial speed.
     pub baud: Option<u32>,
+    /// The topics its readings are published under.
     pub topic_prefix: Option<String>,
+    /// How it is run.
     pub resources: Resources,
 }
 
 /// An artefact flashed onto a device.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FirmwareSpec {
+    /// How it is flashed.
     pub resources: Resources,
 }
 
 /// Software managed elsewhere: only its endpoint is known.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExternalSpec {
+    /// Where it is reached (a URL).
     pub endpoint: Option<String>,
 }

@@ -7,7 +7,9 @@ use crate::locate::{locate, Position};
 /// One step of a path into a JSON document.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Segment {
+    /// A member of an object.
     Key(String),
+    /// An element of an array.
     Index(usize),
 }
 
@@ -17,28 +19,33 @@ pub enum Segment {
 pub struct JsonPath(pub Vec<Segment>);
 
 impl JsonPath {
+    /// The document itself.
     pub fn root() -> Self {
         JsonPath(Vec::new())
     }
 
+    /// This path, then a member.
     pub fn key(&self, key: impl Into<String>) -> Self {
         let mut p = self.clone();
         p.0.push(Segment::Key(key.into()));
         p
     }
 
+    /// This path, then an element.
     pub fn index(&self, index: usize) -> Self {
         let mut p = self.clone();
         p.0.push(Segment::Index(index));
         p
     }
 
+    /// The path one level up.
     pub fn parent(&self) -> Self {
         let mut p = self.clone();
         p.0.pop();
         p
     }
 
+    /// The last member name on the path.
     pub fn last_key(&self) -> Option<&str> {
         match self.0.last() {
             Some(Segment::Key(k)) => Some(k),
@@ -46,6 +53,7 @@ impl JsonPath {
         }
     }
 
+    /// Whether this is the document itself.
     pub fn is_root(&self) -> bool {
         self.0.is_empty()
     }
@@ -67,13 +75,16 @@ impl fmt::Display for JsonPath {
 /// A problem in a model, located by JSON path only (the pure checks do not see text).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// Where in the document.
     pub path: JsonPath,
+    /// What is wrong.
     pub message: String,
     /// What would have been valid here.
     pub expected: Option<String>,
 }
 
 impl Problem {
+    /// A problem at `path`.
     pub fn new(path: JsonPath, message: impl Into<String>) -> Self {
         Problem {
             path,
@@ -82,6 +93,7 @@ impl Problem {
         }
     }
 
+    /// Says what was expected.
     pub fn expected(mut self, expected: impl Into<String>) -> Self {
         self.expected = Some(expected.into());
         self
@@ -91,6 +103,7 @@ impl Problem {
 /// A problem located in a file: file, line and column, JSON path, message, expectation.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Diagnostic {
+    /// The file.
     pub file: String,
     /// 1-based line; 0 when the position is unknown.
     pub line: usize,
@@ -98,7 +111,9 @@ pub struct Diagnostic {
     pub column: usize,
     /// The JSON path, as displayed (`subsystems[0].components[2].id`).
     pub path: String,
+    /// What is wrong.
     pub message: String,
+    /// What was expected, when that helps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expected: Option<String>,
 }
@@ -139,6 +154,7 @@ impl fmt::Display for Diagnostic {
 /// A model that cannot be used, with every problem found in it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct Invalid {
+    /// Every problem found, in document order.
     pub diagnostics: Vec<Diagnostic>,
 }
 
@@ -157,6 +173,7 @@ impl Invalid {
         }
     }
 
+    /// Locates problems in the text they were found in.
     pub fn from_problems(file: &str, text: &str, problems: Vec<Problem>) -> Self {
         let mut diagnostics: Vec<Diagnostic> = problems
             .into_iter()

@@ -17,23 +17,31 @@ pub struct ModelDiff {
     /// Model-level fields (`id`, `on_failure`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub model: Vec<FieldChange>,
+    /// Components in the target only.
     pub added: Vec<Component>,
+    /// Components in the current model only.
     pub removed: Vec<Component>,
+    /// Components in both that differ.
     pub changed: Vec<ComponentChange>,
+    /// Links in the target only.
     pub links_added: Vec<Link>,
+    /// Links in the current model only.
     pub links_removed: Vec<Link>,
 }
 
 /// A component present on both sides that must be updated or redeployed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ComponentChange {
+    /// The component.
     pub id: String,
+    /// Its kind in the target.
     pub kind: Kind,
     /// The kind in the current model, when it changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_kind: Option<Kind>,
     /// Field-level changes; empty when the component only follows its host.
     pub fields: Vec<FieldChange>,
+    /// What is done about it.
     pub action: ChangeAction,
 }
 
@@ -44,9 +52,13 @@ pub enum ChangeAction {
     /// Only metadata changed: updated in place, nothing restarted.
     Update,
     /// Removed and added again, for the cause given.
-    Replace { cause: ReplaceCause },
+    Replace {
+        /// Why.
+        cause: ReplaceCause,
+    },
 }
 
+/// Why a component is replaced rather than updated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "type")]
 pub enum ReplaceCause {
@@ -54,19 +66,27 @@ pub enum ReplaceCause {
     Spec,
     /// It moved to another host (or was placed, or unplaced).
     Moved {
+        /// The host before.
         from: Option<String>,
+        /// The host after.
         to: Option<String>,
     },
     /// Its host is replaced, so it is redeployed with it.
-    Host { host: String },
+    Host {
+        /// The host replaced.
+        host: String,
+    },
 }
 
 /// One changed field, addressed by a JSON pointer into the component's JSON form.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FieldChange {
+    /// The JSON path of the field (`resources.container.image`).
     pub path: String,
+    /// The value before (absent: not set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old: Option<Value>,
+    /// The value after (absent: not set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new: Option<Value>,
 }
@@ -83,6 +103,7 @@ impl FieldChange {
 }
 
 impl ModelDiff {
+    /// Whether nothing changes.
     pub fn is_empty(&self) -> bool {
         self.model.is_empty()
             && self.added.is_empty()
@@ -101,6 +122,7 @@ impl ModelDiff {
 }
 
 impl ComponentChange {
+    /// Whether the change redeploys the component.
     pub fn is_replace(&self) -> bool {
         matches!(self.action, ChangeAction::Replace { .. })
     }
@@ -486,16 +508,23 @@ fn unescape_pointer(seg: &str) -> String {
 /// Why a diff does not apply to a model.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApplyError {
+    /// A component to remove or change is missing.
     #[error("component `{0}` to remove or change is not in the model")]
     MissingComponent(String),
+    /// A component to add is there already.
     #[error("component `{0}` to add is already in the model")]
     AlreadyPresent(String),
+    /// A link to remove is missing.
     #[error("link ({0}) to remove is not in the model")]
     MissingLink(String),
+    /// A field change does not apply.
     #[error("component `{id}`: cannot apply change at `{path}`: {reason}")]
     Patch {
+        /// The component.
         id: String,
+        /// The field.
         path: String,
+        /// Why.
         reason: String,
     },
 }

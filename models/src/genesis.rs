@@ -29,15 +29,20 @@ use crate::resources::*;
 /// The result of an import: the model and what the user must know about it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Import {
+    /// The imported megamodel.
     pub megamodel: Megamodel,
+    /// What the user must know about it.
     pub summary: Summary,
 }
 
+/// What an import mapped, warned about and left out.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Summary {
     /// Components mapped, per Continuum kind.
     pub kinds: BTreeMap<String, usize>,
+    /// Communication links mapped.
     pub links: usize,
+    /// Containments (hosting links) mapped.
     pub containments: usize,
     /// Mapped, but with something the user must act on (credentials dropped...).
     pub warnings: Vec<Note>,
@@ -48,9 +53,12 @@ pub struct Summary {
     pub undeployed: Vec<String>,
 }
 
+/// Something the user must know, and where in the GeneSIS file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Note {
+    /// The JSON path in the GeneSIS file.
     pub path: String,
+    /// What was decided or left out.
     pub message: String,
 }
 

@@ -5,6 +5,8 @@
 //!
 //! This crate is pure: no I/O, no async, no clocks.
 
+#![warn(missing_docs)]
+
 pub mod component;
 pub mod cycles;
 pub mod diagnostic;
@@ -13,24 +15,24 @@ mod fields;
 #[cfg(any(test, feature = "testing"))]
 pub mod generate;
 pub mod genesis;
-pub mod index;
+pub(crate) mod index;
 pub mod link;
 pub mod load;
-pub mod locate;
-pub mod located;
+pub(crate) mod locate;
+pub(crate) mod located;
 pub mod model;
 pub mod parse;
 pub mod plan;
 pub mod resources;
 pub mod route;
-pub mod schema;
+pub(crate) mod schema;
 #[cfg(any(test, feature = "testing"))]
 pub mod simulate;
 pub mod subsystem;
 pub mod template;
 pub mod topic;
 pub mod validate;
-pub mod wire;
+pub(crate) mod wire;
 
 pub use component::{Component, ComponentSpec, Kind};
 pub use diagnostic::{Diagnostic, Invalid, JsonPath, Problem};

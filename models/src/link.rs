@@ -4,7 +4,12 @@
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Link {
     /// `component` runs on `host`.
-    Hosting { component: String, host: String },
+    Hosting {
+        /// What runs.
+        component: String,
+        /// Where it runs.
+        host: String,
+    },
     /// `from` talks to `to`.
     Communication(Communication),
 }
@@ -13,7 +18,9 @@ pub enum Link {
 /// before it, unless the link is physical (wiring only) or a deployer link.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Communication {
+    /// The component that talks.
     pub from: String,
+    /// The component it talks to.
     pub to: String,
     /// `from` deploys `to` (a deploy agent flashing a device): `to` is started after `from`.
     pub is_deployer: bool,
@@ -24,6 +31,7 @@ pub struct Communication {
 }
 
 impl Link {
+    /// `component` runs on `host`.
     pub fn hosting(component: impl Into<String>, host: impl Into<String>) -> Self {
         Link::Hosting {
             component: component.into(),
@@ -31,6 +39,7 @@ impl Link {
         }
     }
 
+    /// `from` talks to `to`.
     pub fn communication(from: impl Into<String>, to: impl Into<String>) -> Self {
         Link::Communication(Communication {
             from: from.into(),
@@ -47,6 +56,7 @@ impl Link {
         }
     }
 
+    /// Whether the link joins `id`.
     pub fn touches(&self, id: &str) -> bool {
         let (a, b) = self.endpoints();
         a == id || b == id

@@ -59,6 +59,7 @@ pub fn prepare(
 pub struct TemplateText {
     /// The name to report problems under (a file name).
     pub name: String,
+    /// The template's text.
     pub text: String,
 }
 

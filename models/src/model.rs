@@ -30,15 +30,19 @@ pub struct DeploymentModel {
     /// The subsystem id (`None` for a flattened megamodel).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// What a failed generation leads to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure: Option<FailurePolicy>,
+    /// Its components.
     #[serde(default)]
     pub components: Vec<Component>,
+    /// Its links.
     #[serde(default)]
     pub links: Vec<Link>,
 }
 
 impl DeploymentModel {
+    /// A component by id.
     pub fn component(&self, id: &str) -> Option<&Component> {
         self.components.iter().find(|c| c.id == id)
     }
@@ -69,6 +73,7 @@ impl DeploymentModel {
         self.links.sort();
     }
 
+    /// The model in canonical order.
     pub fn canonical(mut self) -> Self {
         self.canonicalize();
         self
@@ -80,11 +85,15 @@ impl DeploymentModel {
 /// single-file form): [`crate::partition`] assigns them to subsystems.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Megamodel {
+    /// Its name.
     pub name: String,
+    /// What it is for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// What a failed generation leads to, unless a subsystem says otherwise.
     #[serde(default, skip_serializing_if = "FailurePolicy::is_default")]
     pub on_failure: FailurePolicy,
+    /// Its subsystems.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subsystems: Vec<DeploymentModel>,
     /// Components not (yet) inside a subsystem: explicit `subsystem`, derived from the
@@ -97,6 +106,7 @@ pub struct Megamodel {
 }
 
 impl Megamodel {
+    /// A subsystem by id.
     pub fn subsystem(&self, id: &str) -> Option<&DeploymentModel> {
         self.subsystems.iter().find(|s| s.id.as_deref() == Some(id))
     }
@@ -110,6 +120,7 @@ impl Megamodel {
             .chain(self.components.iter().map(|c| (c.subsystem.as_deref(), c)))
     }
 
+    /// Every link, of every subsystem and of the top level.
     pub fn all_links(&self) -> impl Iterator<Item = &Link> {
         self.subsystems
             .iter()
@@ -155,10 +166,13 @@ impl Megamodel {
 pub struct Template {
     /// The template's name.
     pub template: String,
+    /// What it is for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Its components (one of them the placeholder a function refines).
     #[serde(default)]
     pub components: Vec<Component>,
+    /// Its links.
     #[serde(default)]
     pub links: Vec<Link>,
 }

@@ -21,19 +21,28 @@ use crate::index::{FastMap, FastSet};
 use crate::link::Link;
 use crate::model::DeploymentModel;
 
+/// The order steps run in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
+    /// Stop what goes or changes.
     Stop,
+    /// Remove links and routes.
     Unbind,
+    /// Remove what goes.
     Remove,
+    /// Create what comes.
     Add,
+    /// Add links and routes.
     Bind,
+    /// Update metadata in place.
     Update,
+    /// Start what comes.
     Start,
 }
 
 impl Phase {
+    /// Every phase, in order.
     pub const ALL: [Phase; 7] = [
         Phase::Stop,
         Phase::Unbind,
@@ -44,6 +53,7 @@ impl Phase {
         Phase::Start,
     ];
 
+    /// Its name.
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Stop => "stop",
@@ -64,40 +74,53 @@ impl Phase {
 pub enum Action {
     /// Stop a running component (its spec is in the current model).
     Stop {
+        /// The component.
         component: String,
     },
+    /// Remove a communication link between two components.
     Unbind {
+        /// The link.
         link: Link,
     },
     /// Remove every bridge route of a component.
     Unroute {
+        /// The component.
         component: String,
     },
     /// Delete a component and what was created for it.
     Remove {
+        /// The component.
         component: String,
     },
     /// Create (build, pull, flash-prepare) a component from the target.
     Add {
+        /// The component.
         component: String,
     },
+    /// Add a communication link between two components.
     Bind {
+        /// The link.
         link: Link,
     },
     /// Make the bridge carry exactly the routes the target gives a component.
     Route {
+        /// The component.
         component: String,
     },
     /// Update metadata in place, without restarting.
     Update {
+        /// The component.
         component: String,
     },
+    /// Start a component (once what it needs is up).
     Start {
+        /// The component.
         component: String,
     },
 }
 
 impl Action {
+    /// The phase the step belongs to.
     pub fn phase(&self) -> Phase {
         match self {
             Action::Stop { .. } => Phase::Stop,
@@ -144,16 +167,21 @@ impl fmt::Display for Action {
 /// A step of a plan; `id` is its index in [`Plan::steps`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Step {
+    /// Its index in the plan.
     pub id: usize,
+    /// Its phase.
     pub phase: Phase,
+    /// What it does.
     #[serde(flatten)]
     pub action: Action,
     /// Steps that must finish first.
     pub after: Vec<usize>,
 }
 
+/// The steps from a current model to a target.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Plan {
+    /// The steps, in an order their dependencies allow.
     pub steps: Vec<Step>,
     /// Components that start with no order among them, because communication
     /// links between them form a cycle (each group sorted).
@@ -162,10 +190,12 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()
     }
 
+    /// How many steps.
     pub fn len(&self) -> usize {
         self.steps.len()
     }

@@ -10,10 +10,13 @@ use crate::wire::is_false;
 /// (a container plus a configuration document, say).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resources {
+    /// Run as a container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<ContainerSpec>,
+    /// Installed and run by commands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commands: Option<Commands>,
+    /// Flashed onto a device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flash: Option<FlashSpec>,
     /// Named configuration documents handed to the component (a Node-RED flow...).
@@ -22,6 +25,7 @@ pub struct Resources {
 }
 
 impl Resources {
+    /// Whether no resource is given.
     pub fn is_empty(&self) -> bool {
         self == &Resources::default()
     }
@@ -30,20 +34,28 @@ impl Resources {
 /// A container: from an image already on the engine, or built from a context.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerSpec {
+    /// The image to run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Or the image to build.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<BuildSpec>,
+    /// The command (the image's entry point when empty).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
+    /// Environment variables.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Ports to publish.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortBinding>,
+    /// Host devices to map in.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<DeviceMapping>,
+    /// Mounts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<Mount>,
+    /// What happens when it exits.
     #[serde(default, skip_serializing_if = "RestartPolicy::is_default")]
     pub restart: RestartPolicy,
     /// Docker network mode or name (`host`, `none`, a network of the subsystem).
@@ -56,27 +68,35 @@ pub struct ContainerSpec {
 pub struct BuildSpec {
     /// Directory holding the build context (relative to the model file).
     pub context: String,
+    /// The Dockerfile, when not `Dockerfile`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dockerfile: Option<String>,
+    /// Build arguments.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub args: BTreeMap<String, String>,
 }
 
+/// A published port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortBinding {
+    /// The port inside the container.
     pub container: u16,
     /// Host port; `None` publishes on an ephemeral port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<u16>,
+    /// TCP or UDP.
     #[serde(default, skip_serializing_if = "Protocol::is_tcp")]
     pub protocol: Protocol,
 }
 
+/// A transport protocol.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
+    /// TCP.
     #[default]
     Tcp,
+    /// UDP.
     Udp,
 }
 
@@ -86,8 +106,10 @@ impl Protocol {
     }
 }
 
+/// A host device mapped into a container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceMapping {
+    /// Its path on the host.
     pub host: String,
     /// Path in the container; the host path when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -97,20 +119,29 @@ pub struct DeviceMapping {
     pub permissions: Option<String>,
 }
 
+/// A directory or volume mounted into a container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mount {
+    /// What is mounted (a host path or a volume).
     pub source: String,
+    /// Where, inside the container.
     pub target: String,
+    /// Whether it is read-only.
     #[serde(default, skip_serializing_if = "is_false")]
     pub read_only: bool,
 }
 
+/// What happens when a container exits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
+    /// Nothing.
     No,
+    /// It is started again.
     Always,
+    /// It is started again if it failed.
     OnFailure,
+    /// It is started again unless it was stopped.
     #[default]
     UnlessStopped,
 }
@@ -124,14 +155,19 @@ impl RestartPolicy {
 /// Shell commands for software installed directly on a host (GeneSIS's ssh resource).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Commands {
+    /// Fetches what is installed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub download: Option<String>,
+    /// Installs it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install: Option<String>,
+    /// Configures it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub configure: Option<String>,
+    /// Starts it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<String>,
+    /// Stops it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<String>,
 }
@@ -139,10 +175,12 @@ pub struct Commands {
 /// Flashing an artefact onto a device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlashSpec {
+    /// The flasher.
     #[serde(default)]
     pub tool: FlashTool,
     /// The firmware image (Intel HEX for AVR boards), relative to the model file.
     pub artefact: String,
+    /// The serial speed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baud: Option<u32>,
     /// Read the flash back and compare after writing.
@@ -158,12 +196,15 @@ fn is_true(b: &bool) -> bool {
     *b
 }
 
+/// How firmware is flashed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FlashTool {
     /// Continuum's own STK500v1 implementation (Arduino bootloaders).
     #[default]
     Stk500v1,
+    /// With avrdude.
     Avrdude,
+    /// With esptool.
     Esptool,
 }

@@ -17,11 +17,14 @@ use crate::component::{Component, ComponentSpec, FunctionSpec};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
+    /// Global bus to local broker.
     In,
+    /// Local broker to global bus.
     Out,
 }
 
 impl Direction {
+    /// Its name.
     pub fn as_str(self) -> &'static str {
         match self {
             Direction::In => "in",
@@ -38,9 +41,12 @@ impl Direction {
 pub struct StaticRoute {
     /// A topic filter, relative to the prefixes (`sensors/#`).
     pub topic: String,
+    /// Which way it carries messages.
     pub direction: Direction,
+    /// The prefix on the local broker.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub local_prefix: String,
+    /// The prefix on the global bus.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub remote_prefix: String,
 }
@@ -52,7 +58,12 @@ pub enum Destination {
     /// Always this topic.
     Topic(String),
     /// The matched topic with `strip` replaced by `prepend`.
-    Rewrite { strip: String, prepend: String },
+    Rewrite {
+        /// The prefix removed.
+        strip: String,
+        /// The prefix put instead.
+        prepend: String,
+    },
 }
 
 /// What in the model a route comes from.
@@ -72,10 +83,13 @@ pub enum Origin {
 pub struct Route {
     /// The component it belongs to (a function or a gateway).
     pub owner: String,
+    /// Which way it carries messages.
     pub direction: Direction,
     /// The filter subscribed on the source side.
     pub filter: String,
+    /// Where a message goes.
     pub destination: Destination,
+    /// Who the route belongs to, and why.
     pub origin: Origin,
 }
 

@@ -14,7 +14,9 @@ use crate::route::{routes_of, Route};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("step `{step}`: {rule}")]
 pub struct Violation {
+    /// The step.
     pub step: String,
+    /// The rule it broke.
     pub rule: String,
 }
 
@@ -58,6 +60,7 @@ impl Simulator {
         &self.routes
     }
 
+    /// The model the simulated subsystem is in now.
     pub fn model(&self) -> DeploymentModel {
         DeploymentModel {
             id: None,
@@ -68,6 +71,7 @@ impl Simulator {
         .canonical()
     }
 
+    /// What runs.
     pub fn running(&self) -> &HashSet<String> {
         &self.running
     }
@@ -112,6 +116,7 @@ impl Simulator {
         Ok(())
     }
 
+    /// Executes one step, checking it against the rules.
     pub fn execute(&mut self, step: &Step, target: &Target<'_>) -> Result<(), Violation> {
         let fail = |rule: String| Err(violation(step, rule));
         match &step.action {
@@ -251,6 +256,7 @@ pub struct Target<'a> {
 }
 
 impl<'a> Target<'a> {
+    /// The target, indexed.
     pub fn new(model: &'a DeploymentModel) -> Self {
         Target {
             components: model.index(),

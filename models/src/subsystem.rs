@@ -23,6 +23,7 @@ pub struct Assignment {
     pub subsystems: Vec<String>,
     /// The subsystem of each component; `None` for unplaced functions and externals.
     pub of: HashMap<String, Option<String>>,
+    /// Every problem found.
     pub problems: Vec<Problem>,
 }
 

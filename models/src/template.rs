@@ -16,9 +16,13 @@ use crate::resources::Resources;
 
 /// Environment variables every function runtime receives.
 pub const ENV_FUNCTION: &str = "CONTINUUM_FUNCTION";
+/// Environment variable naming a function's trigger topics.
 pub const ENV_TRIGGERS: &str = "CONTINUUM_TRIGGERS";
+/// Environment variable naming a function's inputs.
 pub const ENV_INPUTS: &str = "CONTINUUM_INPUTS";
+/// Environment variable naming a function's outputs.
 pub const ENV_OUTPUTS: &str = "CONTINUUM_OUTPUTS";
+/// Environment variable holding a function's context (JSON).
 pub const ENV_CONTEXT: &str = "CONTINUUM_CONTEXT";
 
 /// Expands every function that names a `runtime` and has no resources yet.

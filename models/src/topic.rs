@@ -3,16 +3,22 @@
 /// Why a topic filter is invalid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TopicError {
+    /// Empty.
     #[error("a topic filter cannot be empty")]
     Empty,
+    /// Longer than MQTT allows.
     #[error("a topic filter is at most 65535 bytes long")]
     TooLong,
+    /// Holds a NUL character.
     #[error("a topic filter cannot contain the NUL character")]
     Nul,
+    /// '#' not alone in the last level.
     #[error("'#' must be alone in the last level (as in `a/b/#`)")]
     MisplacedHash,
+    /// '+' not alone in its level.
     #[error("'+' must be alone in its level (as in `a/+/c`)")]
     MisplacedPlus,
+    /// A wildcard in a topic name.
     #[error("a topic name cannot contain the wildcards '+' or '#'")]
     Wildcard,
 }
