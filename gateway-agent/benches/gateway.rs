@@ -332,7 +332,7 @@ async fn memory(dir: &Path, subsystem: &str, component: &str) {
         .arg(dir)
         .args([
             "--interval",
-            "0.005",
+            "5ms",
             "--log",
             "continuum_gateway::agent=debug",
         ])
