@@ -325,7 +325,14 @@ async fn memory(dir: &Path, subsystem: &str, component: &str) {
         .unwrap();
     let log = dir.join("agent-mem.log");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_continuum-gateway"))
-        .args(["--no-mqtt", "--id", &gateway, "--orchestrator", &endpoint])
+        .args([
+            "--no-mqtt",
+            "--no-bridge",
+            "--id",
+            &gateway,
+            "--orchestrator",
+            &endpoint,
+        ])
         .arg("--data-dir")
         .arg(dir.join("agent-mem"))
         .arg("--context-root")
