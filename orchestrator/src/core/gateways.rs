@@ -175,10 +175,10 @@ impl Core {
             record,
             session: Some(session),
         });
-        if let Some(sub) = self.subsystems.get(&subsystem) {
-            let mut sub = sub.clone();
-            sub.observed_generation = reg.observed_generation;
-            update.subsystems.push((subsystem.clone(), sub));
+        if self.subsystems.contains_key(&subsystem) {
+            update
+                .observed
+                .push((subsystem.clone(), reg.observed_generation));
         }
         let reply = Registered {
             session,
@@ -299,10 +299,7 @@ impl Core {
         state.record.observed_generation = report.observed_generation;
         state.record.last_seen_unix_ms = now;
         let sub = &self.subsystems[&subsystem];
-        let statuses = sub.statuses.clone();
-        let next =
-            sub.clone()
-                .with_current(report.observed_generation, Some((model, bytes)), statuses);
+        let next = sub.reported(report.observed_generation, model, bytes);
         let mut batch = self.batch(now);
         batch.changes.gateways.push(state.record.clone());
         batch
@@ -333,7 +330,8 @@ impl Core {
         let g = self.live(gateway_id, session)?;
         self.check_sent(g, report.generation, "a status report")?;
         let subsystem = self.subsystem_for_report(gateway_id)?;
-        let mut next = self.subsystems[&subsystem].clone();
+        let sub = &self.subsystems[&subsystem];
+        let mut statuses = sub.statuses.clone();
         let mut batch = self.batch(now);
         for mut s in report.components {
             if s.component.is_empty() {
@@ -359,7 +357,7 @@ impl Core {
             if s.generation == 0 {
                 s.generation = report.generation;
             }
-            let same = next.statuses.get(&s.component).is_some_and(|old| {
+            let same = statuses.get(&s.component).is_some_and(|old| {
                 old.state == s.state
                     && old.reason == s.reason
                     && old.generation == s.generation
@@ -372,17 +370,19 @@ impl Core {
                 subsystem: subsystem.clone(),
                 status: Some(s.clone()),
             }));
-            next.statuses.insert(s.component.clone(), s);
+            statuses.insert(s.component.clone(), s);
         }
         if batch.changes.events.is_empty() {
             return Ok(Transition::none(()));
         }
-        batch
-            .changes
-            .currents
-            .push((subsystem.clone(), next.stored_current()));
+        let current = crate::records::StoredCurrent {
+            observed_generation: sub.observed_generation,
+            model: sub.current_bytes.clone(),
+            components: statuses.values().cloned().collect(),
+        };
+        batch.changes.currents.push((subsystem.clone(), current));
         let update = Update {
-            subsystems: vec![(subsystem, next)],
+            statuses: vec![(subsystem, statuses)],
             ..Update::default()
         };
         Ok(self.transition(batch, (), update))

@@ -23,7 +23,7 @@ mod tests;
 use std::collections::BTreeMap;
 
 use continuum_models::{DeploymentModel, Kind, Megamodel, ModelDiff};
-use continuum_proto::v1::{DiffCounts, Gateway, Revision, Target};
+use continuum_proto::v1::{ComponentStatus, DiffCounts, Gateway, Revision, Target};
 
 pub use events::{Batch, Log};
 pub use gateways::Registered;
@@ -145,6 +145,10 @@ struct Update {
     log: Option<Log>,
     head: Option<Head>,
     subsystems: Vec<(String, Subsystem)>,
+    /// New component statuses of a subsystem (the rest of it unchanged).
+    statuses: Vec<(String, BTreeMap<String, ComponentStatus>)>,
+    /// The generation a subsystem's gateway said it runs when it registered.
+    observed: Vec<(String, u64)>,
     gateways: Vec<GatewayState>,
     next_session: Option<u64>,
     deliveries: Vec<Delivery>,
@@ -303,6 +307,8 @@ impl Core {
             log,
             head,
             subsystems,
+            statuses,
+            observed,
             gateways,
             next_session,
             deliveries,
@@ -316,6 +322,16 @@ impl Core {
         }
         for (id, sub) in subsystems {
             self.subsystems.insert(id, sub);
+        }
+        for (id, s) in statuses {
+            if let Some(sub) = self.subsystems.get_mut(&id) {
+                sub.statuses = s;
+            }
+        }
+        for (id, generation) in observed {
+            if let Some(sub) = self.subsystems.get_mut(&id) {
+                sub.observed_generation = generation;
+            }
         }
         for g in gateways {
             self.gateways.insert(g.record.id.clone(), g);

@@ -31,17 +31,50 @@ pub struct Subsystem {
 impl Subsystem {
     /// A subsystem with this target and nothing reported yet.
     pub fn new(target: StoredTarget, target_model: DeploymentModel) -> Subsystem {
+        Subsystem::assemble(target, target_model, 0, None, BTreeMap::new())
+    }
+
+    /// The one place a subsystem's state is put together; the live diff is
+    /// computed once, from what it holds.
+    fn assemble(
+        target: StoredTarget,
+        target_model: DeploymentModel,
+        observed_generation: u64,
+        current: Option<(DeploymentModel, Vec<u8>)>,
+        statuses: BTreeMap<String, ComponentStatus>,
+    ) -> Subsystem {
+        let (current_model, current_bytes) = match current {
+            Some((m, b)) => (Some(m), b),
+            None => (None, Vec::new()),
+        };
         let mut s = Subsystem {
             target,
             target_model,
-            observed_generation: 0,
-            current_model: None,
-            current_bytes: Vec::new(),
-            statuses: BTreeMap::new(),
+            observed_generation,
+            current_model,
+            current_bytes,
+            statuses,
             live: DiffCounts::default(),
         };
         s.refresh_live();
         s
+    }
+
+    /// This subsystem as its gateway now reports it: running `model` at
+    /// `observed_generation`.
+    pub fn reported(
+        &self,
+        observed_generation: u64,
+        model: DeploymentModel,
+        bytes: Vec<u8>,
+    ) -> Subsystem {
+        Subsystem::assemble(
+            self.target.clone(),
+            self.target_model.clone(),
+            observed_generation,
+            Some((model, bytes)),
+            self.statuses.clone(),
+        )
     }
 
     /// The same subsystem with what its gateway last reported.
