@@ -739,12 +739,7 @@ fn apply_wait_judges_by_generation_when_the_gateway_clock_is_behind() {
     // The agent's wall clock is an hour behind the orchestrator's (its
     // monotonic clock is left alone, as NTP would).
     let _agent = Guard(
-        Command::new(env!("CARGO_BIN_EXE_continuum"))
-            .args(["gateway", "--no-mqtt", "--no-bridge", "--driver", "process"])
-            .args(["--id", &gateway, "--orchestrator", &listen])
-            .args(["--interval", "500ms", "--max-backoff", "500ms"])
-            .arg("--data-dir")
-            .arg(dir.path().join("agent"))
+        common::process_gateway(&gateway, &listen, &dir.path().join("agent"))
             .env("LD_PRELOAD", &faketime)
             .env("FAKETIME", "-3600s")
             .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")

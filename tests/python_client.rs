@@ -100,12 +100,7 @@ fn the_python_client_applies_follows_watch_and_reads_refusals() {
     let listen = free_port();
     let s2 = Serve::start_on(&dir.path().join("orchestrator2"), &listen);
     let _agent = Guard(
-        Command::new(env!("CARGO_BIN_EXE_continuum"))
-            .args(["gateway", "--no-mqtt", "--no-bridge", "--driver", "process"])
-            .args(["--id", &gateway, "--orchestrator", &listen])
-            .args(["--interval", "500ms", "--max-backoff", "500ms"])
-            .arg("--data-dir")
-            .arg(dir.path().join("agent"))
+        common::process_gateway(&gateway, &listen, &dir.path().join("agent"))
             .spawn()
             .unwrap(),
     );

@@ -272,3 +272,23 @@ fn violation(step: &Step, rule: impl Into<String>) -> Violation {
         rule: rule.into(),
     }
 }
+
+/// A random order of a plan's steps that respects every `after` (the order a
+/// concurrent executor might pick). Panics if the plan's dependencies form a
+/// cycle: a plan never may.
+pub fn random_order(plan: &Plan, seed: u64) -> Vec<usize> {
+    let mut rng = crate::generate::Rng::new(seed);
+    let n = plan.steps.len();
+    let mut done = vec![false; n];
+    let mut order = Vec::with_capacity(n);
+    while order.len() < n {
+        let ready: Vec<usize> = (0..n)
+            .filter(|&i| !done[i] && plan.steps[i].after.iter().all(|d| done[*d]))
+            .collect();
+        assert!(!ready.is_empty(), "plan has a dependency cycle");
+        let pick = ready[rng.below(ready.len())];
+        done[pick] = true;
+        order.push(pick);
+    }
+    order
+}

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use continuum_models::generate::Rng;
-use continuum_models::simulate::Simulator;
+use continuum_models::simulate::{random_order, Simulator};
 use continuum_models::{
     load_megamodel, plan, validate_deployment_model, DeploymentModel, Megamodel,
 };
@@ -43,23 +43,6 @@ fn ring(seed: u64, n: usize, version: u64) -> DeploymentModel {
     let text = serde_json::to_string(&doc).unwrap();
     let mm: Megamodel = load_megamodel("ring.json", &text).unwrap_or_else(|e| panic!("{e}"));
     mm.subsystems.into_iter().next().unwrap().canonical()
-}
-
-fn random_order(p: &continuum_models::Plan, seed: u64) -> Vec<usize> {
-    let mut rng = Rng::new(seed);
-    let n = p.steps.len();
-    let mut done = vec![false; n];
-    let mut order = Vec::with_capacity(n);
-    while order.len() < n {
-        let ready: Vec<usize> = (0..n)
-            .filter(|&i| !done[i] && p.steps[i].after.iter().all(|d| done[*d]))
-            .collect();
-        assert!(!ready.is_empty(), "plan has a dependency cycle");
-        let pick = ready[rng.below(ready.len())];
-        done[pick] = true;
-        order.push(pick);
-    }
-    order
 }
 
 proptest! {

@@ -2,10 +2,10 @@
 
 use std::collections::HashSet;
 
-use continuum_models::generate::{generate, mutate, Rng};
+use continuum_models::generate::{generate, mutate};
 use continuum_models::parse::parse_deployment_model;
-use continuum_models::simulate::Simulator;
-use continuum_models::{diff, plan, validate_deployment_model, DeploymentModel, Plan};
+use continuum_models::simulate::{random_order, Simulator};
+use continuum_models::{diff, plan, validate_deployment_model, DeploymentModel};
 use proptest::prelude::*;
 
 fn models() -> impl Strategy<Value = (DeploymentModel, DeploymentModel, u64)> {
@@ -14,24 +14,6 @@ fn models() -> impl Strategy<Value = (DeploymentModel, DeploymentModel, u64)> {
         let b = mutate(&a, seed.wrapping_add(1), rate);
         (a, b, order)
     })
-}
-
-/// A random order of the steps that respects every `after`.
-fn random_order(plan: &Plan, seed: u64) -> Vec<usize> {
-    let mut rng = Rng::new(seed);
-    let n = plan.steps.len();
-    let mut done = vec![false; n];
-    let mut order = Vec::with_capacity(n);
-    while order.len() < n {
-        let ready: Vec<usize> = (0..n)
-            .filter(|&i| !done[i] && plan.steps[i].after.iter().all(|d| done[*d]))
-            .collect();
-        assert!(!ready.is_empty(), "plan has a dependency cycle");
-        let pick = ready[rng.below(ready.len())];
-        done[pick] = true;
-        order.push(pick);
-    }
-    order
 }
 
 proptest! {

@@ -204,3 +204,16 @@ pub fn pids(marker: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// `continuum gateway` with the process driver, no broker and no bridge,
+/// dialling `orchestrator` and reconciling every 500 ms (not yet spawned, so a
+/// test can adjust its environment).
+pub fn process_gateway(id: &str, orchestrator: &str, data_dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_continuum"));
+    c.args(["gateway", "--no-mqtt", "--no-bridge", "--driver", "process"])
+        .args(["--id", id, "--orchestrator", orchestrator])
+        .args(["--interval", "500ms", "--max-backoff", "500ms"])
+        .arg("--data-dir")
+        .arg(data_dir);
+    c
+}
