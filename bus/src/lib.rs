@@ -8,6 +8,7 @@
 pub mod args;
 pub mod broker;
 pub mod id;
+pub mod letters;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod url;

@@ -162,7 +162,8 @@ record!(ContainerSpec {
 record!(BuildSpec {
     context,
     dockerfile,
-    args
+    args,
+    include
 });
 record!(Commands {
     download,

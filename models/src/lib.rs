@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod artefact;
 pub mod component;
 pub mod cycles;
 pub mod diagnostic;

@@ -74,6 +74,11 @@ pub struct BuildSpec {
     /// Build arguments.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub args: BTreeMap<String, String>,
+    /// More directories put into the context: the directory inside the
+    /// context → the directory to put there (relative to the model file). A
+    /// function template puts the function's src at `function` this way.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub include: BTreeMap<String, String>,
 }
 
 /// A published port.

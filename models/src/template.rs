@@ -99,14 +99,14 @@ fn expand_list(
             );
             continue;
         };
-        match refine(c, t, nested_in, hosted.contains(&c.id)) {
+        match refine(c, t, &runtime, nested_in, hosted.contains(&c.id)) {
             Ok((extra, extra_links)) => {
                 added_components.extend(extra);
                 added_links.extend(extra_links);
             }
             Err(msgs) => problems.extend(msgs.into_iter().map(|m| {
                 Problem::new(path.key("runtime"), format!("expanding template `{}`: {m}", t.template))
-                    .expected("a template whose `{{...}}` variables are function.id, function.name, function.src, function.subsystem, function.triggers, function.inputs, function.outputs or context.<key>")
+                    .expected("a template with one placeholder whose `{{...}}` variables are template.dir, function.id, function.name, function.src, function.subsystem, function.triggers, function.inputs, function.outputs or context.<key>")
             })),
         }
     }
@@ -119,6 +119,7 @@ fn expand_list(
 fn refine(
     function: &mut Component,
     t: &Template,
+    runtime: &str,
     nested_in: Option<&str>,
     already_hosted: bool,
 ) -> Result<(Vec<Component>, Vec<Link>), Vec<String>> {
@@ -131,6 +132,7 @@ fn refine(
         .or_else(|| function.subsystem.clone())
         .unwrap_or_default();
     let mut vars: BTreeMap<String, String> = BTreeMap::from([
+        ("template.dir".to_owned(), crate::artefact::parent(runtime)),
         ("function.id".to_owned(), function.id.clone()),
         ("function.name".to_owned(), function.name.clone()),
         (

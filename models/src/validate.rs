@@ -125,6 +125,16 @@ pub fn validate_template(t: &Template) -> Vec<Problem> {
                     .expected("a placeholder of kind service or function"),
                 );
             }
+            let container = p.item.spec.resources().and_then(|r| r.container.as_ref());
+            if !container.is_some_and(|c| c.image.is_some() || c.build.is_some()) {
+                problems.push(
+                    Problem::new(
+                        p.path.key("resources"),
+                        "the placeholder has no container `image` or `build`: nothing would run the function",
+                    )
+                    .expected("`resources.container.build` (a build context beside the template) or `resources.container.image`"),
+                );
+            }
         }
         [_, rest @ ..] => {
             for p in rest {

@@ -70,15 +70,11 @@ fn smart_building_is_partitioned_and_expanded() {
         .container
         .as_ref()
         .expect("expanded");
-    assert_eq!(
-        container.build.as_ref().unwrap().context,
-        "./presence-function"
-    );
-    assert_eq!(
-        container.build.as_ref().unwrap().args["FUNCTION"],
-        "presence"
-    );
-    assert_eq!(container.env["SUBSYSTEM"], "building-a");
+    let build = container.build.as_ref().unwrap();
+    // The template's context is found beside the template; the function's
+    // source is put into it.
+    assert_eq!(build.context, "../templates/shell-function");
+    assert_eq!(build.include["function"], "./presence-function");
     assert_eq!(container.env[ENV_FUNCTION], "presence");
     assert_eq!(container.env[ENV_TRIGGERS], "/presence/presenceIndicators");
     assert_eq!(container.env[ENV_CONTEXT], r#"{"location":"building-a"}"#);
@@ -273,7 +269,7 @@ fn templates_need_exactly_one_placeholder() {
         ),
         (
             json!([
-                {"id": "a", "kind": "service", "placeholder": true},
+                {"id": "a", "kind": "service", "placeholder": true, "resources": {"container": {"image": "x"}}},
                 {"id": "b", "kind": "service", "placeholder": true}
             ]),
             "a second placeholder",
@@ -281,6 +277,10 @@ fn templates_need_exactly_one_placeholder() {
         (
             json!([{"id": "a", "kind": "host", "placeholder": true}]),
             "a host cannot be a placeholder",
+        ),
+        (
+            json!([{"id": "a", "kind": "service", "placeholder": true, "resources": {"container": {"env": {"A": "b"}}}}]),
+            "nothing would run the function",
         ),
     ] {
         let t = json!({"template": "t", "components": components});

@@ -14,8 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::mqtt::{connect, pause, pump, welcomed, ClientSpec, Conn, Ended};
 use super::stats::{add, Stats};
 
-pub const REASON_PROPERTY: &str = "continuum-dlq-reason";
-pub const TOPIC_PROPERTY: &str = "continuum-dlq-topic";
+pub use continuum_bus::letters::{REASON_PROPERTY, TOPIC_PROPERTY};
 
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
