@@ -92,6 +92,9 @@ enum Outcome {
 
 #[derive(Debug)]
 enum Stage {
+    /// Not started yet: the host runs only the first `window` messages of its
+    /// queue, so a crash makes at most that many run again.
+    Waiting,
     /// The handler runs (or waits for a turn).
     Running,
     /// Done; to publish when every message before it is.
@@ -120,7 +123,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), HostError> {
     let mut ledger = Ledger::open(&config.state_dir)?;
-    let receive_maximum = 1024u16;
+    // What the host holds unacknowledged bounds what a crash makes run again.
+    let receive_maximum = (config.concurrency * 4).clamp(16, 1024) as u16;
     let mut o = MqttOptions::new(
         format!("continuum-fn-{}", config.function),
         &config.broker.host,
@@ -159,6 +163,7 @@ pub async fn run(
         unsent: VecDeque::new(),
         sent: HashMap::new(),
         conn: 0,
+        window: usize::from(receive_maximum),
         done_tx,
     };
     host.turns.add_permits(host.config.concurrency.max(1));
@@ -205,6 +210,8 @@ struct Host {
     sent: HashMap<u16, Option<u64>>,
     /// The current connection's number.
     conn: u64,
+    /// Messages at the front of the queue that may run.
+    window: usize,
     done_tx: mpsc::UnboundedSender<(u64, Outcome)>,
 }
 
@@ -275,13 +282,12 @@ impl Host {
             .as_ref()
             .map(|pr| pr.user_properties.clone())
             .unwrap_or_default();
-        let seq = self.first + self.queue.len() as u64;
         let mut entry = Entry {
             publish: None,
             conn: self.conn,
             topic: topic.clone(),
             id: None,
-            stage: Some(Stage::Running),
+            stage: Some(Stage::Waiting),
             properties: props
                 .iter()
                 .filter(|(k, _)| k != ID_PROPERTY)
@@ -309,11 +315,21 @@ impl Host {
                     self.in_flight.insert((topic.clone(), id.clone()));
                 }
                 entry.id = id;
-                self.spawn(seq, &entry);
             }
         }
         entry.publish = Some(p);
         self.queue.push_back(entry);
+    }
+
+    /// Starts the handler on the waiting messages among the first `window`.
+    fn start_waiting(&mut self) {
+        let window = self.window.min(self.queue.len());
+        for i in 0..window {
+            if matches!(self.queue[i].stage, Some(Stage::Waiting)) {
+                self.queue[i].stage = Some(Stage::Running);
+                self.spawn(self.first + i as u64, &self.queue[i]);
+            }
+        }
     }
 
     fn spawn(&self, seq: u64, entry: &Entry) {
@@ -339,6 +355,7 @@ impl Host {
     /// Publishes what is ready in order, then finishes the front messages whose
     /// publications the broker acknowledged.
     async fn advance(&mut self, ledger: &mut Ledger) -> Result<(), HostError> {
+        self.start_waiting();
         while let Some(i) = self
             .next_to_send
             .checked_sub(self.first)
@@ -349,7 +366,7 @@ impl Host {
             let entry = &mut self.queue[i];
             let publications = match &entry.stage {
                 None | Some(Stage::Sent(_)) => Vec::new(),
-                Some(Stage::Running) => break,
+                Some(Stage::Waiting | Stage::Running) => break,
                 Some(Stage::Ready(outcome)) => publications(&self.config, entry, outcome),
             };
             if entry.stage.is_some() {
@@ -371,14 +388,26 @@ impl Host {
             }
             self.next_to_send += 1;
         }
+        // Everything finished at the front is recorded with one flush, then acknowledged.
+        let mut finished = Vec::new();
         while let Some(front) = self.queue.front() {
             if !matches!(front.stage, None | Some(Stage::Sent(0))) {
                 break;
             }
-            let e = self.queue.pop_front().expect("a front entry");
+            finished.push(self.queue.pop_front().expect("a front entry"));
             self.first += 1;
+        }
+        if finished.is_empty() {
+            return Ok(());
+        }
+        let handled: Vec<(&str, &MessageId)> = finished
+            .iter()
+            .filter(|e| e.stage.is_some())
+            .filter_map(|e| e.id.as_ref().map(|id| (e.topic.as_str(), id)))
+            .collect();
+        ledger.record(&handled)?;
+        for e in finished {
             if let (Some(id), Some(_)) = (&e.id, &e.stage) {
-                ledger.record(&e.topic, id)?;
                 self.in_flight.remove(&(e.topic.clone(), id.clone()));
             }
             if let Some(p) = e.publish.filter(|_| e.conn == self.conn) {
@@ -388,6 +417,8 @@ impl Host {
             }
         }
         self.next_to_send = self.next_to_send.max(self.first);
+        // Room was made at the front: what waited behind may run now.
+        self.start_waiting();
         Ok(())
     }
 }

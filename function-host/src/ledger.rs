@@ -116,27 +116,38 @@ impl Ledger {
             .is_some_and(|&seq| id.seq <= seq)
     }
 
-    /// Records the message with `id` on `topic` as handled, durably.
-    pub fn record(&mut self, topic: &str, id: &MessageId) -> Result<(), LedgerError> {
+    /// Records the messages `handled` (topic, id) as handled, durably, with
+    /// one flush.
+    pub fn record(&mut self, handled: &[(&str, &MessageId)]) -> Result<(), LedgerError> {
+        if handled.is_empty() {
+            return Ok(());
+        }
         let io = |source| LedgerError::Io {
             path: self.path.clone(),
             source,
         };
-        let mut text = serde_json::to_string(&Line {
-            origin: id.origin.clone(),
-            topic: topic.to_owned(),
-            seq: id.seq,
-        })
-        .expect("ledger lines serialize");
-        text.push('\n');
+        let mut text = String::new();
+        for (topic, id) in handled {
+            text.push_str(
+                &serde_json::to_string(&Line {
+                    origin: id.origin.clone(),
+                    topic: (*topic).to_owned(),
+                    seq: id.seq,
+                })
+                .expect("ledger lines serialize"),
+            );
+            text.push('\n');
+        }
         self.file.write_all(text.as_bytes()).map_err(io)?;
         self.file.sync_data().map_err(io)?;
-        let seq = self
-            .last
-            .entry((id.origin.clone(), topic.to_owned()))
-            .or_insert(0);
-        *seq = id.seq.max(*seq);
-        self.appended += 1;
+        for (topic, id) in handled {
+            let seq = self
+                .last
+                .entry((id.origin.clone(), (*topic).to_owned()))
+                .or_insert(0);
+            *seq = id.seq.max(*seq);
+        }
+        self.appended += handled.len();
         if self.appended >= self.compact_after {
             self.file = rewrite(&self.path, &self.last).map_err(io)?;
             self.appended = 0;
@@ -189,8 +200,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut l = Ledger::open(dir.path()).unwrap();
         assert!(!l.handled("/f/in/a", &id("o", 1)));
-        l.record("/f/in/a", &id("o", 1)).unwrap();
-        l.record("/f/in/a", &id("o", 3)).unwrap();
+        l.record(&[("/f/in/a", &id("o", 1))]).unwrap();
+        l.record(&[("/f/in/a", &id("o", 3))]).unwrap();
         assert!(l.handled("/f/in/a", &id("o", 2)));
         assert!(!l.handled("/f/in/b", &id("o", 2)));
         assert!(!l.handled("/f/in/a", &id("p", 2)));
@@ -228,7 +239,7 @@ mod tests {
         let mut l = Ledger::open(dir.path()).unwrap();
         l.compact_after = 50;
         for s in 1..=55 {
-            l.record("t", &id("o", s)).unwrap();
+            l.record(&[("t", &id("o", s))]).unwrap();
         }
         let lines = std::fs::read_to_string(dir.path().join("handled.jsonl"))
             .unwrap()

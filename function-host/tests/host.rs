@@ -16,9 +16,16 @@ use rumqttc::v5::mqttbytes::QoS;
 const HOST: &str = env!("CARGO_BIN_EXE_continuum-function-host");
 
 fn broker() -> BrokerUrl {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    EmbeddedBroker::start(BrokerConfig::new(None, Some(addr))).expect("broker");
-    format!("mqtt://{addr}").parse().unwrap()
+    // Another test may take the free port first: try a few.
+    let mut last = None;
+    for _ in 0..5 {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        match EmbeddedBroker::start(BrokerConfig::new(None, Some(addr))) {
+            Ok(_) => return format!("mqtt://{addr}").parse().unwrap(),
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("no embedded broker: {last:?}");
 }
 
 /// A host process, killed when dropped.
@@ -335,11 +342,19 @@ async fn a_host_killed_mid_stream_loses_nothing_and_reruns_at_most_what_was_runn
         let n: u64 = String::from_utf8_lossy(&r.payload).trim().parse().unwrap();
         assert_eq!(r.id.as_ref().map(|i| i.seq), Some(n));
     }
-    let ran = std::fs::read_to_string(&runs).unwrap().lines().count() as u64;
+    let ran_ids = std::fs::read_to_string(&runs).unwrap();
+    let ran = ran_ids.lines().count() as u64;
+    let mut again: Vec<&str> = ran_ids.lines().collect();
+    again.sort_unstable();
+    let again: Vec<&str> = again
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect();
     // Runs that finished but were not yet recorded when the host was killed
-    // run again: at most the concurrency limit plus the replies in flight.
+    // run again: at most what it holds unacknowledged (16 at concurrency 4).
     assert!(
-        (total..=total + 8 + 16).contains(&ran),
-        "{ran} runs for {total} messages"
+        (total..=total + 16).contains(&ran),
+        "{ran} runs for {total} messages; again: {again:?}"
     );
 }
