@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+#[cfg(feature = "broker")]
 use crate::BrokerConfig;
 
 /// The embedded MQTT broker's flags.
@@ -44,6 +45,7 @@ fn parse_user(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("`{s}` is not name:password"))
 }
 
+#[cfg(feature = "broker")]
 impl BusArgs {
     /// The broker to embed, if any.
     pub fn config(&self) -> Option<BrokerConfig> {

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod args;
+#[cfg(feature = "broker")]
 pub mod broker;
 pub mod id;
 pub mod letters;
@@ -13,6 +14,7 @@ pub mod letters;
 pub mod testing;
 pub mod url;
 
+#[cfg(feature = "broker")]
 pub use broker::{BrokerConfig, BrokerError, EmbeddedBroker};
 pub use id::{Dedup, MessageId, ID_PROPERTY};
 pub use url::BrokerUrl;

@@ -70,6 +70,25 @@ fn percent_encoding_decode(part: &str) -> Option<String> {
         .map(|s| s.into_owned())
 }
 
+impl BrokerUrl {
+    /// The URL with its password, percent-encoded, for a program that must
+    /// connect (never for a log).
+    pub fn to_string_with_credentials(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let enc = |s: &str| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        match &self.credentials {
+            Some((u, p)) => format!("mqtt://{}:{}@{host}:{}", enc(u), enc(p), self.port),
+            None => format!("mqtt://{host}:{}", self.port),
+        }
+    }
+}
+
 /// Shown without the password.
 impl fmt::Display for BrokerUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -94,6 +113,14 @@ impl fmt::Debug for BrokerUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_survive_a_round_trip_when_asked_for() {
+        let u: BrokerUrl = "mqtt://us%40r:p%3Aw@10.0.0.1:1884".parse().unwrap();
+        let back: BrokerUrl = u.to_string_with_credentials().parse().unwrap();
+        assert_eq!(back, u);
+        assert_eq!(u.credentials, Some(("us@r".into(), "p:w".into())));
+    }
 
     #[test]
     fn parses_and_hides_the_password() {

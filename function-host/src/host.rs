@@ -58,6 +58,10 @@ pub enum HostError {
     Ledger(#[from] LedgerError),
 }
 
+/// The user property of a reply or dead letter naming the id of the message
+/// it answers.
+pub const CAUSE_PROPERTY: &str = "continuum-cause";
+
 /// The topic of the host's status (retained): `running`, or `offline` once it
 /// is gone (its will).
 pub fn status_topic(function: &str) -> String {
@@ -429,9 +433,18 @@ impl Host {
 type Publication = (String, Vec<u8>, Vec<(String, String)>);
 
 fn publications(config: &Config, entry: &Entry, outcome: &Outcome) -> Vec<Publication> {
-    let mut props = Vec::with_capacity(entry.properties.len() + 4);
+    let mut props = Vec::with_capacity(entry.properties.len() + 5);
     if let Some(id) = &entry.id {
-        props.push((ID_PROPERTY.to_owned(), id.to_string()));
+        // The reply's id follows from its message's, so a reply published
+        // again after a crash is recognised downstream; it has an origin of
+        // its own, since the message's may be the bridge's, which drops what
+        // looks like its own messages coming back.
+        let reply = MessageId {
+            origin: format!("fn/{}/{}", config.function, id.origin),
+            seq: id.seq,
+        };
+        props.push((ID_PROPERTY.to_owned(), reply.to_string()));
+        props.push((CAUSE_PROPERTY.to_owned(), id.to_string()));
     }
     props.extend(entry.properties.iter().cloned());
     match outcome {

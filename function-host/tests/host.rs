@@ -157,7 +157,11 @@ async fn replies_come_in_order_with_their_ids_and_properties_while_runs_overlap(
         );
         assert_eq!(
             r.id.as_ref().map(ToString::to_string),
-            Some(format!("src:{n}"))
+            Some(format!("fn/f/src:{n}"))
+        );
+        assert_eq!(
+            prop(r, "continuum-cause"),
+            Some(format!("src:{n}").as_str())
         );
         assert_eq!(prop(r, "corr"), Some(format!("c{n}").as_str()));
     }
@@ -209,9 +213,10 @@ async fn a_failing_handler_is_retried_then_dead_lettered_and_a_hanging_one_is_ki
     assert_eq!(prop(&letters[0], "continuum-dlq-topic"), Some("/g/in/x"));
     let reason = prop(&letters[0], "continuum-dlq-reason").unwrap();
     assert!(reason.contains("status 4: cannot parse 'bad'"), "{reason}");
+    assert_eq!(prop(&letters[0], "continuum-cause"), Some("src:1"));
     assert_eq!(
         letters[0].id.as_ref().map(ToString::to_string).as_deref(),
-        Some("src:1")
+        Some("fn/g/src:1")
     );
     let reason = prop(&letters[1], "continuum-dlq-reason").unwrap();
     assert!(reason.contains("timeout"), "{reason}");

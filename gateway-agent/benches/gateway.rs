@@ -142,10 +142,18 @@ fn context(dir: &Path) {
 async fn direct(rt: &DockerRuntime, dir: &Path, subsystem: &str, component: &str) -> Vec<Duration> {
     let mut out = Vec::new();
     let mut previous: Option<String> = None;
+    let config = EngineConfig {
+        context_root: dir.to_owned(),
+        build_args: Default::default(),
+        workload_env: Default::default(),
+        step_timeout: Duration::from_secs(120),
+        settle: Duration::ZERO,
+        routing: Arc::new(continuum_gateway::routing::NoBridge),
+    };
     for i in 0..=UPDATES {
         let model = subsystem_model(&megamodel(subsystem, "gw", component, i));
         let c = model.component(component).unwrap().clone();
-        let source = image_source(&c, dir).unwrap();
+        let source = image_source(&c, &config).unwrap();
         rt.ensure_image(&source).await.unwrap();
         let spec = workload_spec(&c, subsystem, i as u64, source.reference()).unwrap();
         let t0 = Instant::now();
@@ -172,6 +180,8 @@ async fn engine(
 ) -> Vec<Duration> {
     let config = Arc::new(EngineConfig {
         context_root: dir.to_owned(),
+        build_args: Default::default(),
+        workload_env: Default::default(),
         step_timeout: Duration::from_secs(120),
         settle: Duration::ZERO,
         routing: Arc::new(continuum_gateway::routing::NoBridge),
@@ -183,7 +193,7 @@ async fn engine(
         let target = subsystem_model(&megamodel(subsystem, "gw", component, i));
         // The image is built (once) outside the measured part.
         let c = target.component(component).unwrap();
-        rt.ensure_image(&image_source(c, dir).unwrap())
+        rt.ensure_image(&image_source(c, &config).unwrap())
             .await
             .unwrap();
         let t0 = Instant::now();
@@ -238,6 +248,8 @@ async fn whole_path(
         orchestrator: endpoint.clone(),
         data_dir: dir.join("agent"),
         context_root: dir.to_owned(),
+        function_host: None,
+        busybox: "/bin/busybox".into(),
         location: String::new(),
         local_api: None,
         broker: continuum_bus::args::BusArgs {

@@ -551,6 +551,8 @@ mod tests {
             interval: Duration::from_secs(60),
             engine: Arc::new(EngineConfig {
                 context_root: dir.to_owned(),
+                build_args: Default::default(),
+                workload_env: Default::default(),
                 step_timeout: Duration::from_secs(5),
                 settle: Duration::ZERO,
                 routing: Arc::new(crate::routing::MemoryRouting::default()),

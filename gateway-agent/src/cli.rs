@@ -2,6 +2,7 @@
 //! that wires the store, the driver, the agent loop and the link together.
 //! Used by `continuum-gateway` and by `continuum gateway`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +44,13 @@ pub struct Args {
     /// Where the build contexts that models name are found.
     #[arg(long, default_value = ".")]
     pub context_root: PathBuf,
+    /// The function host (a static executable) that function images are built
+    /// with. Default: `continuum-function-host` beside the agent, else on PATH.
+    #[arg(long, env = "CONTINUUM_FUNCTION_HOST", value_name = "PATH")]
+    pub function_host: Option<PathBuf>,
+    /// Debian's static busybox, the shell of function images.
+    #[arg(long, default_value = "/bin/busybox", value_name = "PATH")]
+    pub busybox: PathBuf,
     /// Serve the local API (`continuum apply --server` pointed at the gateway,
     /// for changes while the orchestrator is cut off) on this address.
     #[arg(long, value_name = "ADDR")]
@@ -220,19 +228,23 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
             broker.v5.map(|a| a.to_string()).unwrap_or_default()
         );
     }
+    // Where the local broker is, for the bridge and for the workloads.
+    let local = match (&config.bridge.local_bus_url, config.broker.config()) {
+        (Some(url), _) => Some(url.clone()),
+        (None, Some(b)) => b.v5.or(b.v4).map(|a| BrokerUrl {
+            host: a.ip().to_string(),
+            port: a.port(),
+            credentials: b.users.iter().next().map(|(u, p)| (u.clone(), p.clone())),
+        }),
+        (None, None) => None,
+    };
     let bridge = if config.bridge.no_bridge {
         None
     } else {
         let local = match (&config.bridge.local_bus_url, config.broker.config()) {
-            (Some(url), _) => url.clone(),
-            (None, Some(b)) => match b.v5 {
-                Some(a) => BrokerUrl {
-                    host: a.ip().to_string(),
-                    port: a.port(),
-                    credentials: b.users.iter().next().map(|(u, p)| (u.clone(), p.clone())),
-                },
-                None => anyhow::bail!("the bridge speaks MQTT 5: give the embedded broker an --mqtt5-listen address"),
-            },
+            (Some(_), _) => local.clone().expect("an external local broker"),
+            (None, Some(b)) if b.v5.is_none() => anyhow::bail!("the bridge speaks MQTT 5: give the embedded broker an --mqtt5-listen address"),
+            (None, Some(_)) => local.clone().expect("an embedded local broker"),
             (None, None) => anyhow::bail!(
                 "the bridge needs a local broker: drop --no-mqtt, give --local-bus-url, or run with --no-bridge"
             ),
@@ -262,12 +274,20 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
         let b = Bridge::start(bc).context("the bridge")?;
         Some(Arc::new(b))
     };
-    let settings = Settings {
+    let mut settings = Settings {
         bridge,
         interval,
         step_timeout,
         max_backoff,
+        build_args: BTreeMap::new(),
+        workload_env: BTreeMap::new(),
     };
+    if let Some(url) = &local {
+        settings.workload_env.insert(
+            "CONTINUUM_BROKER".to_owned(),
+            url.to_string_with_credentials(),
+        );
+    }
     match config.driver {
         Driver::Docker => {
             let docker = Arc::new(DockerRuntime::lazy());
@@ -275,10 +295,22 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
             if !up {
                 tracing::warn!("the Docker engine is not reachable now; the agent keeps trying");
             }
+            match function_image(&docker, &config).await {
+                Ok(tag) => {
+                    settings
+                        .build_args
+                        .insert(crate::function_image::BUILD_ARG.to_owned(), tag);
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "functions cannot be built on this gateway until the function host image exists"
+                ),
+            }
             serve(docker, up, store, config, settings, shutdown).await
         }
         Driver::Process => {
-            let processes = ProcessRuntime::with_state_file(config.data_dir.join("processes.json"));
+            let processes = ProcessRuntime::with_state_file(config.data_dir.join("processes.json"))
+                .with_images_dir(config.data_dir.join("contexts"));
             serve(
                 Arc::new(processes),
                 false,
@@ -297,6 +329,21 @@ struct Settings {
     interval: Duration,
     step_timeout: Duration,
     max_backoff: Duration,
+    build_args: BTreeMap<String, String>,
+    workload_env: BTreeMap<String, String>,
+}
+
+/// Makes (once) the image functions are built FROM, and returns its name.
+async fn function_image(docker: &DockerRuntime, config: &Args) -> anyhow::Result<String> {
+    let binary = crate::function_image::find_binary(config.function_host.as_deref())
+        .ok_or(crate::function_image::FunctionImageError::NotFound)?;
+    let busybox = config.busybox.clone();
+    let (tag, rootfs) =
+        tokio::task::spawn_blocking(move || crate::function_image::rootfs(&binary, Some(&busybox)))
+            .await??;
+    docker.import(&tag, rootfs).await?;
+    tracing::info!(image = %tag, "function host image ready");
+    Ok(tag)
 }
 
 async fn serve<R: ContainerRuntime>(
@@ -312,6 +359,8 @@ async fn serve<R: ContainerRuntime>(
         interval,
         step_timeout,
         max_backoff,
+        build_args,
+        workload_env,
     } = settings;
     let (progress_tx, progress_rx) = mpsc::unbounded_channel();
     let agent_config = AgentConfig {
@@ -319,6 +368,8 @@ async fn serve<R: ContainerRuntime>(
         interval,
         engine: Arc::new(EngineConfig {
             context_root: config.context_root.clone(),
+            build_args,
+            workload_env,
             step_timeout,
             settle: config.settle,
             routing: match &bridge {

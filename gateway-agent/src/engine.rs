@@ -96,6 +96,12 @@ impl PassReport {
 pub struct EngineConfig {
     /// Where build contexts named in models are found.
     pub context_root: std::path::PathBuf,
+    /// Build arguments every build gets unless the model sets them (the
+    /// function host's image, `FUNCTION_HOST_IMAGE`).
+    pub build_args: BTreeMap<String, String>,
+    /// Environment every workload gets unless the model sets it (where the
+    /// local broker is, `CONTINUUM_BROKER`).
+    pub workload_env: BTreeMap<String, String>,
     /// The longest a step may take.
     pub step_timeout: Duration,
     /// How long a started workload must keep running to count as started.
@@ -230,6 +236,8 @@ mod tests {
     fn config() -> EngineConfig {
         EngineConfig {
             context_root: ".".into(),
+            build_args: Default::default(),
+            workload_env: Default::default(),
             step_timeout: Duration::from_secs(5),
             settle: Duration::ZERO,
             routing: Arc::new(crate::routing::MemoryRouting::default()),

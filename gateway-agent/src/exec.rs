@@ -17,8 +17,8 @@ use crate::engine::EngineConfig;
 use crate::observe::is_workload;
 use crate::routing::RoutingError;
 use crate::runtime::{
-    is_custom_network, ContainerRuntime, ImageSource, RunState, RuntimeError, Workload,
-    WorkloadSpec,
+    is_custom_network, ContainerRuntime, ContextPart, ImageSource, RunState, RuntimeError,
+    Workload, WorkloadSpec,
 };
 use crate::spec::{
     hex, sha256_hex, spec_hash, LABEL_COMPONENT, LABEL_DEFINITION, LABEL_GENERATION,
@@ -157,8 +157,10 @@ pub fn context_hash(dir: &Path) -> std::io::Result<String> {
     Ok(hex(&hash.finalize()))
 }
 
-/// Where the image of a workload component comes from.
-pub fn image_source(c: &Component, context_root: &Path) -> Result<ImageSource, StepError> {
+/// Where the image of a workload component comes from. Build contexts (and
+/// the directories included in them) are found under `config.context_root`;
+/// the engine's build arguments are given unless the model sets them.
+pub fn image_source(c: &Component, config: &EngineConfig) -> Result<ImageSource, StepError> {
     let container = c
         .spec
         .resources()
@@ -171,15 +173,32 @@ pub fn image_source(c: &Component, context_root: &Path) -> Result<ImageSource, S
         .build
         .as_ref()
         .ok_or_else(|| StepError::NoImage(c.id.clone()))?;
-    let context = context_root.join(&build.context);
-    let hash = context_hash(&context).map_err(|cause| StepError::Context {
-        path: context.clone(),
-        cause,
-    })?;
-    // The tag is the whole content hash of what the build reads: the
-    // context, the build arguments and the Dockerfile's name.
-    let mut inputs = hash.into_bytes();
-    for (k, v) in &build.args {
+    let local = |reference: &str| {
+        let (path, _digest) = continuum_models::artefact::split(reference);
+        config.context_root.join(path)
+    };
+    let mut context = vec![ContextPart {
+        at: String::new(),
+        dir: local(&build.context),
+    }];
+    context.extend(build.include.iter().map(|(at, dir)| ContextPart {
+        at: at.clone(),
+        dir: local(dir),
+    }));
+    let mut args = config.build_args.clone();
+    args.extend(build.args.clone());
+    // The tag is the whole content hash of what the build reads: every part
+    // of the context and where it goes, the build arguments and the
+    // Dockerfile's name.
+    let mut inputs = Vec::new();
+    for part in &context {
+        let hash = context_hash(&part.dir).map_err(|cause| StepError::Context {
+            path: part.dir.clone(),
+            cause,
+        })?;
+        inputs.extend_from_slice(format!("{}\0{hash}\0", part.at).as_bytes());
+    }
+    for (k, v) in &args {
         inputs.extend_from_slice(format!("\0{k}={v}").as_bytes());
     }
     inputs.push(0);
@@ -194,7 +213,7 @@ pub fn image_source(c: &Component, context_root: &Path) -> Result<ImageSource, S
     Ok(ImageSource::Build {
         context,
         dockerfile: build.dockerfile.clone(),
-        args: build.args.clone(),
+        args,
         tag,
     })
 }
@@ -306,7 +325,7 @@ impl<R: ContainerRuntime> Context<R> {
         if !is_workload(c) {
             return Ok(());
         }
-        let source = image_source(c, &self.pass.config.context_root)?;
+        let source = image_source(c, &self.pass.config)?;
         self.runtime.ensure_image(&source).await?;
         let hash = spec_hash(c);
         let mut keep = false;
@@ -320,12 +339,17 @@ impl<R: ContainerRuntime> Context<R> {
             self.runtime.remove(&w.id).await?;
         }
         if !keep {
-            let spec = workload_spec(
+            let mut spec = workload_spec(
                 c,
                 &self.pass.subsystem,
                 self.pass.generation,
                 source.reference(),
             )?;
+            // What the gateway tells every workload (where its local broker
+            // is), unless the model says otherwise.
+            for (k, v) in &self.pass.config.workload_env {
+                spec.env.entry(k.clone()).or_insert_with(|| v.clone());
+            }
             if let Some(network) = spec.network.as_deref().filter(|n| is_custom_network(n)) {
                 let labels =
                     BTreeMap::from([(LABEL_SUBSYSTEM.to_owned(), self.pass.subsystem.clone())]);

@@ -13,6 +13,7 @@ pub mod bridge;
 pub mod cli;
 pub mod engine;
 pub mod exec;
+pub mod function_image;
 mod link;
 mod local;
 mod metrics;

@@ -111,6 +111,8 @@ async fn setup(name: &str) -> Option<Setup> {
         rt,
         config: Arc::new(EngineConfig {
             context_root: dir.path().to_owned(),
+            build_args: Default::default(),
+            workload_env: Default::default(),
             step_timeout: Duration::from_secs(60),
             settle: Duration::from_millis(500),
             routing: Arc::new(continuum_gateway::routing::NoBridge),

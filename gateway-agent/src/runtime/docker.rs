@@ -63,6 +63,30 @@ impl DockerRuntime {
         DockerRuntime::default()
     }
 
+    /// Makes `tag` an image of the root filesystem `rootfs` (a tar archive),
+    /// as `docker import` does, unless the engine has it already.
+    pub async fn import(&self, tag: &str, rootfs: Vec<u8>) -> Result<(), RuntimeError> {
+        let docker = self.client().await?;
+        if docker.inspect_image(tag).await.is_ok() {
+            return Ok(());
+        }
+        let (repo, version) = tag.rsplit_once(':').unwrap_or((tag, "latest"));
+        let options = bollard::query_parameters::CreateImageOptionsBuilder::default()
+            .from_src("-")
+            .repo(repo)
+            .tag(version)
+            .build();
+        let mut stream =
+            docker.create_image(Some(options), Some(bollard::body_full(rootfs.into())), None);
+        while let Some(item) = stream.next().await {
+            item.map_err(|e| RuntimeError::Build {
+                image: tag.to_owned(),
+                reason: error(e).to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
     /// A client speaking an API version the engine accepts.
     async fn client(&self) -> Result<Docker, RuntimeError> {
         let mut slot = self.docker.lock().await;
@@ -80,7 +104,7 @@ impl DockerRuntime {
 
     async fn build(
         &self,
-        context: &std::path::Path,
+        context: &[super::ContextPart],
         dockerfile: Option<&str>,
         args: &std::collections::BTreeMap<String, String>,
         tag: &str,
@@ -89,16 +113,11 @@ impl DockerRuntime {
             image: tag.to_owned(),
             reason,
         };
-        let dir = context.to_owned();
-        let archive = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-            let mut tar = tar::Builder::new(Vec::new());
-            tar.follow_symlinks(false);
-            tar.append_dir_all(".", &dir)?;
-            tar.into_inner()
-        })
-        .await
-        .map_err(|e| build_error(e.to_string()))?
-        .map_err(|e| build_error(format!("cannot pack {}: {e}", context.display())))?;
+        let parts = context.to_vec();
+        let archive = tokio::task::spawn_blocking(move || super::context::pack(&parts))
+            .await
+            .map_err(|e| build_error(e.to_string()))?
+            .map_err(|e| build_error(format!("cannot pack the build context: {e}")))?;
         let buildargs: HashMap<String, String> =
             args.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let options = BuildImageOptionsBuilder::default()
@@ -204,7 +223,11 @@ impl ContainerRuntime for DockerRuntime {
                 args,
                 tag,
             } => {
-                tracing::info!(image = %tag, context = %context.display(), "building image");
+                let dirs: Vec<String> = context
+                    .iter()
+                    .map(|p| p.dir.display().to_string())
+                    .collect();
+                tracing::info!(image = %tag, context = ?dirs, "building image");
                 self.build(context, dockerfile.as_deref(), args, tag).await
             }
         }

@@ -2,6 +2,7 @@
 //! and an in-memory fake for unit tests). A driver knows nothing of models: it
 //! creates, starts, stops and removes labelled workloads and lists them back.
 
+pub mod context;
 pub mod docker;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
@@ -45,8 +46,9 @@ pub enum ImageSource {
     Named(String),
     /// An image to build (once: the tag is its content's hash).
     Build {
-        /// The directory to send as the build context.
-        context: std::path::PathBuf,
+        /// What the build context is made of, in order (a later part wins
+        /// where two put the same file).
+        context: Vec<ContextPart>,
         /// The Dockerfile, if not `Dockerfile`.
         dockerfile: Option<String>,
         /// Build arguments.
@@ -54,6 +56,15 @@ pub enum ImageSource {
         /// The tag to give the result (content-addressed by the caller).
         tag: String,
     },
+}
+
+/// One part of a build context: a directory put at a place in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextPart {
+    /// Where in the context (`""`: its top).
+    pub at: String,
+    /// The directory whose content goes there.
+    pub dir: std::path::PathBuf,
 }
 
 impl ImageSource {

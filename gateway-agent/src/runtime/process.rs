@@ -58,6 +58,9 @@ pub struct ProcessRuntime {
     changes: broadcast::Sender<()>,
     /// Where the live process groups are recorded (none: not recorded).
     state_file: Option<Arc<std::path::PathBuf>>,
+    /// Where build contexts are laid out: a workload whose image was "built"
+    /// runs in its context's directory.
+    images_dir: Arc<std::path::PathBuf>,
 }
 
 impl Default for ProcessRuntime {
@@ -66,6 +69,9 @@ impl Default for ProcessRuntime {
             registry: Arc::default(),
             changes: broadcast::channel(16).0,
             state_file: None,
+            images_dir: Arc::new(
+                std::env::temp_dir().join(format!("continuum-contexts-{}", std::process::id())),
+            ),
         }
     }
 }
@@ -103,6 +109,27 @@ impl ProcessRuntime {
             state_file: Some(Arc::new(file)),
             ..ProcessRuntime::default()
         }
+    }
+
+    /// Lays build contexts out under `dir` (they outlive the agent there).
+    pub fn with_images_dir(mut self, dir: std::path::PathBuf) -> ProcessRuntime {
+        self.images_dir = Arc::new(dir);
+        self
+    }
+
+    /// The directory image `tag`'s context is laid out in.
+    fn image_dir(&self, tag: &str) -> std::path::PathBuf {
+        let name: String = tag
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.images_dir.join(name)
     }
 
     /// Writes the live process groups (atomically) to the state file.
@@ -147,15 +174,37 @@ impl ProcessRuntime {
     }
 }
 
-fn spawn(spec: &WorkloadSpec, logs: &Arc<Mutex<VecDeque<String>>>) -> std::io::Result<Child> {
+/// PATH for workloads: the agent's own directory first, so the programs that
+/// ship with it (the function host) are found as in their images.
+fn workload_path() -> std::ffi::OsString {
+    let mut dirs: Vec<std::path::PathBuf> = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(std::path::Path::to_path_buf))
+        .into_iter()
+        .collect();
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    std::env::join_paths(dirs).unwrap_or_default()
+}
+
+fn spawn(
+    spec: &WorkloadSpec,
+    workdir: Option<&std::path::Path>,
+    logs: &Arc<Mutex<VecDeque<String>>>,
+) -> std::io::Result<Child> {
     let (program, args) = spec
         .command
         .split_first()
         .ok_or_else(|| std::io::Error::other("the workload has no command to run"))?;
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    if let Some(dir) = workdir {
+        command.current_dir(dir);
+    }
+    let mut child = command
         .args(args)
         .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("PATH", workload_path())
         .envs(&spec.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -237,7 +286,8 @@ async fn supervise(
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     loop {
         let started = tokio::time::Instant::now();
-        let mut child = match spawn(&spec, &logs) {
+        let workdir = Some(rt.image_dir(&spec.image)).filter(|d| d.is_dir());
+        let mut child = match spawn(&spec, workdir.as_deref(), &logs) {
             Ok(c) => c,
             Err(e) => {
                 logs.lock()
@@ -297,11 +347,22 @@ impl ContainerRuntime for ProcessRuntime {
     async fn ensure_image(&self, source: &ImageSource) -> Result<(), RuntimeError> {
         match source {
             ImageSource::Named(_) => Ok(()),
-            ImageSource::Build { tag, .. } => Err(RuntimeError::Build {
-                image: tag.clone(),
-                reason: "this gateway runs processes, not containers: it cannot build images"
-                    .into(),
-            }),
+            // No image here: the context is laid out in a directory, which
+            // the workload's command runs in.
+            ImageSource::Build { context, tag, .. } => {
+                let dest = self.image_dir(tag);
+                if dest.is_dir() {
+                    return Ok(());
+                }
+                let parts = context.clone();
+                tokio::task::spawn_blocking(move || super::context::materialize(&parts, &dest))
+                    .await
+                    .map_err(|e| RuntimeError::Failed(e.to_string()))?
+                    .map_err(|e| RuntimeError::Build {
+                        image: tag.clone(),
+                        reason: format!("cannot lay out the build context: {e}"),
+                    })
+            }
         }
     }
 
