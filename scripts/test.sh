@@ -8,5 +8,8 @@ echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== the static function host (function images are FROM scratch)" >&2
+CONTINUUM_FUNCTION_HOST="$(scripts/build-function-host.sh)"
+export CONTINUUM_FUNCTION_HOST
 echo "== cargo test" >&2
 cargo test --workspace --locked

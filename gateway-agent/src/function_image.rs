@@ -159,7 +159,10 @@ mod tests {
         assert!(is_dynamic(b"#!/bin/sh\n"));
         // Debian's busybox-static (scripts/setup.sh installs it).
         if let Ok(bb) = std::fs::read("/bin/busybox") {
-            assert!(!is_dynamic(&bb), "/bin/busybox should be Debian's static busybox");
+            assert!(
+                !is_dynamic(&bb),
+                "/bin/busybox should be Debian's static busybox"
+            );
         }
     }
 

@@ -1,0 +1,394 @@
+//! Functions end to end on the real Docker engine: an orchestrator with its
+//! embedded global bus, a gateway agent with its local broker and bridge, both
+//! as processes; a function built from the shell template into an image FROM
+//! scratch, driven by messages on the global bus. Each test has its own
+//! subsystem, gateway and function names, and removes its containers and
+//! images even when it fails.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{free_port, ok, unique, Guard, Serve};
+use continuum_bus::testing::{eventually, within, Probe, Received};
+use continuum_bus::BrokerUrl;
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
+use rumqttc::v5::mqttbytes::QoS;
+
+const CONVERGE: Duration = Duration::from_secs(120);
+
+/// The static function host, from `CONTINUUM_FUNCTION_HOST` (scripts/test.sh
+/// builds it); in CI its absence is a failure.
+fn function_host() -> Option<PathBuf> {
+    let found = std::env::var_os("CONTINUUM_FUNCTION_HOST")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file());
+    if found.is_none() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true but CONTINUUM_FUNCTION_HOST names no file (scripts/build-function-host.sh)");
+        }
+        eprintln!("skipped: CONTINUUM_FUNCTION_HOST is not set (scripts/build-function-host.sh builds it)");
+    }
+    found
+}
+
+fn docker_ready() -> bool {
+    let usable = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !usable {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true but the Docker engine is not usable");
+        }
+        eprintln!("skipped: the Docker engine is not usable");
+    }
+    usable
+}
+
+/// One test's world: processes, names, files, and the Docker objects to
+/// remove at the end.
+struct World {
+    dir: tempfile::TempDir,
+    subsystem: String,
+    gateway: String,
+    serve: Option<Serve>,
+    agent: Option<Guard>,
+    global: BrokerUrl,
+    local: BrokerUrl,
+    functions: Vec<String>,
+}
+
+fn url(addr: &str) -> BrokerUrl {
+    format!("mqtt://{addr}").parse().unwrap()
+}
+
+impl World {
+    fn start(host: &Path) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let (global_v4, global_v5) = (free_port(), free_port());
+        let serve = Serve::start_with(
+            &dir.path().join("orchestrator"),
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--mqtt-listen",
+                &global_v4,
+                "--mqtt5-listen",
+                &global_v5,
+            ],
+        );
+        let gateway = unique("gw");
+        let (local_v4, local_v5) = (free_port(), free_port());
+        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+        let agent = Guard(
+            Command::new(env!("CARGO_BIN_EXE_continuum"))
+                .args(["gateway", "--id", &gateway, "--orchestrator", &serve.addr])
+                .args(["--mqtt-listen", &local_v4, "--mqtt5-listen", &local_v5])
+                .arg("--data-dir")
+                .arg(dir.path().join("agent"))
+                .args(["--context-root", "/"])
+                .arg("--function-host")
+                .arg(host)
+                .args(["--interval", "1s", "--max-backoff", "2s"])
+                .env("CONTINUUM_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("starts continuum gateway"),
+        );
+        World {
+            dir,
+            subsystem: unique("s"),
+            gateway,
+            serve: Some(serve),
+            agent: Some(agent),
+            global: url(&global_v5),
+            local: url(&local_v5),
+            functions: Vec::new(),
+        }
+    }
+
+    /// Writes a function's source: a shell handler that prefixes what it
+    /// reads with `tag`, and fails on messages starting with `fail`.
+    fn source(&self, name: &str, tag: &str) -> PathBuf {
+        let src = self.dir.path().join(name);
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(
+            src.join("handler"),
+            format!(
+                "m=$(cat)\ncase \"$m\" in fail*) echo \"refused: $m\" >&2; exit 2;; esac\nprintf '%s:%s' '{tag}' \"$m\"\n"
+            ),
+        )
+        .unwrap();
+        src
+    }
+
+    /// A megamodel of one subsystem: the gateway and the `functions` (id,
+    /// trigger, source) on it.
+    fn model(&mut self, name: &str, functions: &[(&str, &str, &Path)]) -> String {
+        let template = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/templates/shell-function.json"
+        );
+        let mut components = vec![serde_json::json!({
+            "id": self.gateway, "kind": "gateway", "equipped_with_bridge": true
+        })];
+        let mut links = Vec::new();
+        for (id, trigger, src) in functions {
+            if !self.functions.iter().any(|f| f == id) {
+                self.functions.push((*id).to_owned());
+            }
+            components.push(serde_json::json!({
+                "id": id, "kind": "function",
+                "triggers": [trigger], "outputs": ["result"],
+                "runtime": template, "src": src.display().to_string()
+            }));
+            links.push(
+                serde_json::json!({"kind": "hosting", "component": id, "host": self.gateway}),
+            );
+        }
+        let mm = serde_json::json!({
+            "name": "functions",
+            "subsystems": [{"id": self.subsystem, "components": components, "links": links}]
+        });
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, serde_json::to_string_pretty(&mm).unwrap()).unwrap();
+        path.display().to_string()
+    }
+
+    fn serve(&self) -> &Serve {
+        self.serve.as_ref().expect("the orchestrator")
+    }
+
+    /// `continuum apply --wait`, which must converge.
+    fn apply(&self, model: &str) {
+        let out = ok(self.serve().cli(&["apply", "-f", model, "--wait", "120s"]));
+        assert!(out.contains("converged"), "{out}\n{}", self.agent_log());
+    }
+
+    fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// The container of `function`: its id, or none.
+    fn container(&self, function: &str) -> Option<String> {
+        let o = Command::new("docker")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("label=continuum.subsystem={}", self.subsystem))
+            .arg("--filter")
+            .arg(format!("label=continuum.component={function}"))
+            .output()
+            .unwrap();
+        let id = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+        (!id.is_empty()).then_some(id)
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // The agent first, or it would recreate what is removed.
+        drop(self.agent.take());
+        drop(self.serve.take());
+        let o = Command::new("docker")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("label=continuum.subsystem={}", self.subsystem))
+            .output();
+        if let Ok(o) = o {
+            let ids = String::from_utf8_lossy(&o.stdout).to_string();
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .arg("rm")
+                    .arg("-f")
+                    .args(&ids)
+                    .output();
+            }
+        }
+        for f in &self.functions {
+            let o = Command::new("docker")
+                .args(["images", "-q", &format!("continuum/{f}")])
+                .output();
+            if let Ok(o) = o {
+                let ids = String::from_utf8_lossy(&o.stdout).to_string();
+                let ids: Vec<&str> = ids.split_whitespace().collect();
+                if !ids.is_empty() {
+                    let _ = Command::new("docker")
+                        .arg("rmi")
+                        .arg("-f")
+                        .args(&ids)
+                        .output();
+                }
+            }
+        }
+        // The function host image is shared by the tests running now: removed
+        // only when nothing is built from it any more.
+        let _ = Command::new("sh")
+            .args([
+                "-c",
+                "docker images -q continuum/function-host | xargs -r docker rmi >/dev/null 2>&1",
+            ])
+            .output();
+    }
+}
+
+async fn publish(p: &Probe, topic: &str, payload: &str, corr: &str) {
+    let props = PublishProperties {
+        user_properties: vec![("corr".to_owned(), corr.to_owned())],
+        ..PublishProperties::default()
+    };
+    p.client
+        .publish_with_properties(topic, QoS::AtLeastOnce, false, payload.to_owned(), props)
+        .await
+        .unwrap();
+}
+
+fn prop<'a>(r: &'a Received, key: &str) -> Option<&'a str> {
+    r.properties
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Publishes `payload` on `trigger` (with correlation `corr`) until a reply
+/// carrying `corr` reaches `topic` on `watch`: the bridge's subscription may
+/// be a moment behind the convergence report.
+async fn reply(
+    client: &Probe,
+    watch: &Probe,
+    trigger: &str,
+    topic: &str,
+    payload: &str,
+    corr: &str,
+) -> Received {
+    let mut sent = 0;
+    eventually(
+        &format!("a reply on {topic} to `{payload}`"),
+        within(CONVERGE),
+        || {
+            if sent % 20 == 0 {
+                let (c, t, p, k) = (
+                    client.clone(),
+                    trigger.to_owned(),
+                    payload.to_owned(),
+                    corr.to_owned(),
+                );
+                tokio::spawn(async move { publish(&c, &t, &p, &k).await });
+            }
+            sent += 1;
+            watch
+                .received_on(topic)
+                .into_iter()
+                .find(|r| prop(r, "corr") == Some(corr))
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_runs_in_its_container_between_global_topics_and_a_change_redeploys_it_alone() {
+    let (Some(host), true) = (function_host(), docker_ready()) else {
+        return;
+    };
+    let mut w = World::start(&host);
+    let (a, b) = (unique("fa"), unique("fb"));
+    let (ta, tb) = (format!("/sensors/{a}/x"), format!("/sensors/{b}/x"));
+    let (src_a, src_b) = (w.source("a1", "a1"), w.source("b1", "b1"));
+    let v1 = w.model("v1.json", &[(&a, &ta, &src_a), (&b, &tb, &src_b)]);
+    w.apply(&v1);
+
+    let watch = Probe::connect(&w.global, &unique("watch"), false);
+    watch.connected(within(Duration::from_secs(10))).await;
+    watch.subscribe("/+/out/#").await;
+    let local = Probe::connect(&w.local, &unique("local"), false);
+    local.connected(within(Duration::from_secs(10))).await;
+    local.subscribe("/+/dlq").await;
+    let client = Probe::connect(&w.global, &unique("client"), false);
+    client.connected(within(Duration::from_secs(10))).await;
+
+    // A message on the trigger runs the function in its container; the reply
+    // reaches the global bus with the message's properties and an id.
+    let r = reply(
+        &client,
+        &watch,
+        &ta,
+        &format!("/{a}/out/result"),
+        "hello",
+        "c1",
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&r.payload), "a1:hello");
+    assert!(r.id.is_some(), "the reply carries an id: {r:?}");
+    assert!(prop(&r, "continuum-cause").is_some(), "{r:?}");
+
+    // A handler that fails is retried, then its message is dead-lettered.
+    publish(&client, &ta, "fail now", "c2").await;
+    let letter = eventually("a dead letter", within(CONVERGE), || {
+        local
+            .received_on(&format!("/{a}/dlq"))
+            .into_iter()
+            .find(|r| prop(r, "corr") == Some("c2"))
+    })
+    .await;
+    assert_eq!(String::from_utf8_lossy(&letter.payload), "fail now");
+    assert_eq!(prop(&letter, "continuum-dlq-attempts"), Some("3"));
+    let reason = prop(&letter, "continuum-dlq-reason").unwrap();
+    assert!(reason.contains("refused: fail now"), "{reason}");
+
+    // A new source for `a` only: `a` is rebuilt and recreated, `b` untouched.
+    let (before_a, before_b) = (w.container(&a).unwrap(), w.container(&b).unwrap());
+    let src_a2 = w.source("a2", "a2");
+    let v2 = w.model("v2.json", &[(&a, &ta, &src_a2), (&b, &tb, &src_b)]);
+    w.apply(&v2);
+    assert_ne!(
+        w.container(&a).unwrap(),
+        before_a,
+        "a changed source redeploys"
+    );
+    assert_eq!(
+        w.container(&b).unwrap(),
+        before_b,
+        "the other function is left alone"
+    );
+    let r = reply(
+        &client,
+        &watch,
+        &ta,
+        &format!("/{a}/out/result"),
+        "again",
+        "c3",
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&r.payload), "a2:again");
+
+    // Removing `b` removes its container and its subscription.
+    let v3 = w.model("v3.json", &[(&a, &ta, &src_a2)]);
+    w.apply(&v3);
+    assert_eq!(
+        w.container(&b),
+        None,
+        "no container left for a removed function"
+    );
+    let status = ok(w.serve().cli(&["get", "--current"]));
+    assert!(
+        !status.contains(&tb),
+        "the removed function's trigger is still routed: {status}"
+    );
+    publish(&client, &tb, "anyone?", "c4").await;
+    // The other function still answers, so the bridge is alive; `b` did not.
+    reply(
+        &client,
+        &watch,
+        &ta,
+        &format!("/{a}/out/result"),
+        "still",
+        "c5",
+    )
+    .await;
+    assert!(watch
+        .received_on(&format!("/{b}/out/result"))
+        .iter()
+        .all(|r| prop(r, "corr") != Some("c4")));
+}
