@@ -18,6 +18,7 @@ macro_rules! outln {
     }};
 }
 
+mod artefacts;
 mod commands;
 mod load;
 mod remote;

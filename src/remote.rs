@@ -25,6 +25,13 @@ pub fn url(server: &str) -> String {
 }
 
 pub async fn connect(server: &str) -> anyhow::Result<Client> {
+    Ok(ModelServiceClient::new(channel(server).await?)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// A channel to the orchestrator at `server`, for any of its services.
+pub async fn channel(server: &str) -> anyhow::Result<Channel> {
     let url = url(server);
     let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
         .map_err(|e| anyhow::anyhow!("`{server}` is not a server address: {e}"))?
@@ -35,9 +42,7 @@ pub async fn connect(server: &str) -> anyhow::Result<Client> {
             "cannot reach the orchestrator at {url}: {cause}\n  is `continuum serve` running there? (set --server or CONTINUUM_SERVER)"
         )
     })?;
-    Ok(ModelServiceClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    Ok(channel)
 }
 
 /// The problems of a rejected model, when the status carries them.

@@ -83,13 +83,17 @@ impl World {
         let gateway = unique("gw");
         let (local_v4, local_v5) = (free_port(), free_port());
         let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+        let agent_dir = dir.path().join("agent-cwd");
+        std::fs::create_dir_all(&agent_dir).unwrap();
         let agent = Guard(
             Command::new(env!("CARGO_BIN_EXE_continuum"))
                 .args(["gateway", "--id", &gateway, "--orchestrator", &serve.addr])
                 .args(["--mqtt-listen", &local_v4, "--mqtt5-listen", &local_v5])
                 .arg("--data-dir")
                 .arg(dir.path().join("agent"))
-                .args(["--context-root", "/"])
+                // No --context-root: build contexts and sources come as blobs,
+                // and the agent runs in a directory of its own.
+                .current_dir(&agent_dir)
                 .arg("--function-host")
                 .arg(host)
                 .args(["--interval", "1s", "--max-backoff", "2s"])
@@ -298,6 +302,12 @@ async fn a_function_runs_in_its_container_between_global_topics_and_a_change_red
     let (src_a, src_b) = (w.source("a1", "a1"), w.source("b1", "b1"));
     let v1 = w.model("v1.json", &[(&a, &ta, &src_a), (&b, &tb, &src_b)]);
     w.apply(&v1);
+    // The sources and the template's context travelled as blobs: the target
+    // is pinned to them, and the agent (in a directory of its own, without
+    // --context-root) fetched them.
+    let target = ok(w.serve().cli(&["get"]));
+    assert!(target.contains("@sha256:"), "{target}");
+    assert!(w.agent_log().contains("blob fetched"), "{}", w.agent_log());
 
     let watch = Probe::connect(&w.global, &unique("watch"), false);
     watch.connected(within(Duration::from_secs(10))).await;

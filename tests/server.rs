@@ -61,9 +61,15 @@ fn apply_then_inspect_history_models_diffs_and_rollback() {
     ]));
     assert_eq!(got["revision"], 1);
     let firmware = &got["model"]["json"]["components"][0];
+    // The firmware image travelled as a blob: the reference is pinned to it.
+    let image = std::fs::read(example("smart-building/firmware/arduino-flow-v1.hex")).unwrap();
+    let digest: String = <sha2::Sha256 as sha2::Digest>::digest(&image)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     assert_eq!(
         firmware["resources"]["flash"]["artefact"],
-        "firmware/arduino-flow-v1.hex"
+        format!("firmware/arduino-flow-v1.hex@sha256:{digest}")
     );
 
     let diff = ok(s.cli(&["diff", "--from", "1", "--to", "2"]));
@@ -128,6 +134,52 @@ fn an_invalid_model_is_reported_with_paths_and_nothing_is_stored() {
     assert!(!e.contains("Status {"), "no debug dump: {e}");
     let history = ok(s.cli(&["history"]));
     assert!(history.contains("no revision yet"), "{history}");
+}
+
+#[test]
+fn a_source_that_is_missing_or_leads_outside_itself_is_refused_at_apply_with_its_path() {
+    let (dir, data) = data_dir();
+    let s = Serve::start(&data);
+    let template = example("templates/shell-function.json");
+    let model = dir.path().join("m.json");
+    std::fs::write(
+        &model,
+        serde_json::json!({"name": "m", "subsystems": [{"id": "s", "components": [
+            {"id": "gw", "kind": "gateway", "equipped_with_bridge": true},
+            {"id": "f", "kind": "function", "triggers": ["/t"], "runtime": template, "src": "./src"}
+        ], "links": [{"kind": "hosting", "component": "f", "host": "gw"}]}]})
+        .to_string(),
+    )
+    .unwrap();
+    let apply = || s.cli(&["apply", "-f", model.to_str().unwrap()]);
+    // Missing.
+    let o = apply();
+    assert_eq!(o.status.code(), Some(1));
+    let e = err(&o);
+    assert!(
+        e.contains("component `f` names src `./src`") && e.contains("No such file"),
+        "{e}"
+    );
+    // A link leading outside the source.
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("handler"), "cat\n").unwrap();
+    std::os::unix::fs::symlink("../m.json", src.join("peek")).unwrap();
+    let o = apply();
+    assert_eq!(o.status.code(), Some(1));
+    let e = err(&o);
+    assert!(
+        e.contains(&format!("{}", src.join("peek").display())) && e.contains("outside"),
+        "{e}"
+    );
+    let history = ok(s.cli(&["history"]));
+    assert!(history.contains("no revision yet"), "{history}");
+    // Without it, the source travels and the model is pinned to it.
+    std::fs::remove_file(src.join("peek")).unwrap();
+    let out = ok(apply());
+    assert!(out.contains("applied revision 1"), "{out}");
+    let target = ok(s.cli(&["get"]));
+    assert!(target.contains("./src@sha256:"), "{target}");
 }
 
 #[test]

@@ -145,6 +145,7 @@ async fn direct(rt: &DockerRuntime, dir: &Path, subsystem: &str, component: &str
     let config = EngineConfig {
         context_root: dir.to_owned(),
         build_args: Default::default(),
+        blobs: None,
         workload_env: Default::default(),
         step_timeout: Duration::from_secs(120),
         settle: Duration::ZERO,
@@ -181,6 +182,7 @@ async fn engine(
     let config = Arc::new(EngineConfig {
         context_root: dir.to_owned(),
         build_args: Default::default(),
+        blobs: None,
         workload_env: Default::default(),
         step_timeout: Duration::from_secs(120),
         settle: Duration::ZERO,
@@ -247,7 +249,7 @@ async fn whole_path(
         id: gateway.clone(),
         orchestrator: endpoint.clone(),
         data_dir: dir.join("agent"),
-        context_root: dir.to_owned(),
+        context_root: Some(dir.to_owned()),
         function_host: None,
         busybox: "/bin/busybox".into(),
         location: String::new(),

@@ -443,6 +443,11 @@ impl<R: ContainerRuntime> Agent<R> {
     }
 
     async fn enforce(&mut self, kept: &Kept) -> Option<PassReport> {
+        // Artefacts first: a step that needs one that cannot be had fails
+        // with the reason, the others go on.
+        if let Some(blobs) = &self.config.engine.blobs {
+            blobs.ensure(&kept.model).await;
+        }
         match reconcile(
             &self.runtime,
             &self.config.engine,
@@ -552,6 +557,7 @@ mod tests {
             engine: Arc::new(EngineConfig {
                 context_root: dir.to_owned(),
                 build_args: Default::default(),
+                blobs: None,
                 workload_env: Default::default(),
                 step_timeout: Duration::from_secs(5),
                 settle: Duration::ZERO,

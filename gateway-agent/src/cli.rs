@@ -41,9 +41,11 @@ pub struct Args {
         default_value = "continuum-gateway-data"
     )]
     pub data_dir: PathBuf,
-    /// Where the build contexts that models name are found.
-    #[arg(long, default_value = ".")]
-    pub context_root: PathBuf,
+    /// Read the build contexts and sources models name from this directory
+    /// instead of fetching the blobs they are pinned to from the
+    /// orchestrator (a local override, for development).
+    #[arg(long, value_name = "DIR")]
+    pub context_root: Option<PathBuf>,
     /// The function host (a static executable) that function images are built
     /// with. Default: `continuum-function-host` beside the agent, else on PATH.
     #[arg(long, env = "CONTINUUM_FUNCTION_HOST", value_name = "PATH")]
@@ -363,11 +365,24 @@ async fn serve<R: ContainerRuntime>(
         workload_env,
     } = settings;
     let (progress_tx, progress_rx) = mpsc::unbounded_channel();
+    let endpoint = if config.orchestrator.contains("://") {
+        config.orchestrator.clone()
+    } else {
+        format!("http://{}", config.orchestrator)
+    };
+    let blobs = match &config.context_root {
+        Some(_) => None,
+        None => Some(Arc::new(crate::blobs::BlobCache::new(
+            config.data_dir.join("blobs"),
+            endpoint.clone(),
+        ))),
+    };
     let agent_config = AgentConfig {
         driver: config.driver,
         interval,
         engine: Arc::new(EngineConfig {
-            context_root: config.context_root.clone(),
+            context_root: config.context_root.clone().unwrap_or_else(|| ".".into()),
+            blobs,
             build_args,
             workload_env,
             step_timeout,
@@ -380,11 +395,6 @@ async fn serve<R: ContainerRuntime>(
     };
     let (agent, snapshot) = Agent::new(runtime, store, agent_config, progress_tx)?;
     let (offers_tx, offers_rx) = mpsc::channel(4);
-    let endpoint = if config.orchestrator.contains("://") {
-        config.orchestrator.clone()
-    } else {
-        format!("http://{}", config.orchestrator)
-    };
     let link_config = LinkConfig {
         endpoint,
         gateway_id: config.id.clone(),

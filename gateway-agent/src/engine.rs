@@ -94,8 +94,11 @@ impl PassReport {
 /// pass and every step.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Where build contexts named in models are found.
+    /// Where build contexts named in models are found, when they are not
+    /// pinned to blobs (or `blobs` is none: the gateway reads its own disk).
     pub context_root: std::path::PathBuf,
+    /// The blobs pinned artefacts are fetched into.
+    pub blobs: Option<Arc<crate::blobs::BlobCache>>,
     /// Build arguments every build gets unless the model sets them (the
     /// function host's image, `FUNCTION_HOST_IMAGE`).
     pub build_args: BTreeMap<String, String>,
@@ -237,6 +240,7 @@ mod tests {
         EngineConfig {
             context_root: ".".into(),
             build_args: Default::default(),
+            blobs: None,
             workload_env: Default::default(),
             step_timeout: Duration::from_secs(5),
             settle: Duration::ZERO,

@@ -43,6 +43,9 @@ pub enum StepError {
     /// A container resource with neither an image nor a build.
     #[error("`{0}` names neither an image nor a build")]
     NoImage(String),
+    /// An artefact the component is pinned to is not in the gateway's cache.
+    #[error(transparent)]
+    Artefact(#[from] crate::blobs::BlobError),
     /// The build context cannot be read.
     #[error("cannot read the build context {path}: {cause}")]
     Context {
@@ -173,18 +176,27 @@ pub fn image_source(c: &Component, config: &EngineConfig) -> Result<ImageSource,
         .build
         .as_ref()
         .ok_or_else(|| StepError::NoImage(c.id.clone()))?;
-    let local = |reference: &str| {
-        let (path, _digest) = continuum_models::artefact::split(reference);
-        config.context_root.join(path)
+    // A pinned reference is the blob it is pinned to (fetched before the
+    // pass), unless the gateway reads contexts from its own disk.
+    let local = |reference: &str| -> Result<PathBuf, StepError> {
+        let (path, digest) = continuum_models::artefact::split(reference);
+        match (&config.blobs, digest) {
+            (Some(cache), Some(_)) => {
+                Ok(cache.resolve(reference, continuum_models::artefact::Kind::Directory)?)
+            }
+            _ => Ok(config.context_root.join(path)),
+        }
     };
     let mut context = vec![ContextPart {
         at: String::new(),
-        dir: local(&build.context),
+        dir: local(&build.context)?,
     }];
-    context.extend(build.include.iter().map(|(at, dir)| ContextPart {
-        at: at.clone(),
-        dir: local(dir),
-    }));
+    for (at, dir) in &build.include {
+        context.push(ContextPart {
+            at: at.clone(),
+            dir: local(dir)?,
+        });
+    }
     let mut args = config.build_args.clone();
     args.extend(build.args.clone());
     // The tag is the whole content hash of what the build reads: every part

@@ -9,6 +9,7 @@
 pub mod admission;
 pub mod agent;
 pub mod backoff;
+pub mod blobs;
 pub mod bridge;
 pub mod cli;
 pub mod engine;

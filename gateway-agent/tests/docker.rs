@@ -112,6 +112,7 @@ async fn setup(name: &str) -> Option<Setup> {
         config: Arc::new(EngineConfig {
             context_root: dir.path().to_owned(),
             build_args: Default::default(),
+            blobs: None,
             workload_env: Default::default(),
             step_timeout: Duration::from_secs(60),
             settle: Duration::from_millis(500),

@@ -49,6 +49,8 @@ pub struct Orchestrator {
     /// The tasks behind streams, awaited before the store closes.
     pub(crate) tasks: TaskTracker,
     pub(crate) heartbeat_interval: Duration,
+    /// The blobs artefacts are pinned to (none: references are not checked).
+    pub(crate) blobs: Option<Arc<crate::blobs::BlobStore>>,
 }
 
 /// A session just registered: its welcome, and where its targets arrive (only
@@ -79,7 +81,14 @@ impl Orchestrator {
             stopping,
             tasks,
             heartbeat_interval,
+            blobs: None,
         }
+    }
+
+    /// Checks at apply that every pinned artefact is in `blobs`.
+    pub fn with_blobs(mut self, blobs: Arc<crate::blobs::BlobStore>) -> Orchestrator {
+        self.blobs = Some(blobs);
+        self
     }
 
     /// Runs `f` on the locked state, off the async workers.

@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+pub mod blobs;
 pub mod core;
 pub mod error;
 mod handle;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use continuum_proto::v1::blob_service_server::BlobServiceServer;
 use continuum_proto::v1::gateway_link_server::GatewayLinkServer;
 use continuum_proto::v1::model_service_server::ModelServiceServer;
 use tokio::net::TcpListener;
@@ -13,6 +14,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::blobs::{BlobStore, Blobs};
 use crate::core::{Core, CoreConfig};
 use crate::handle::Orchestrator;
 use crate::store::{Store, StoreError};
@@ -60,6 +62,14 @@ pub enum StartError {
     /// The embedded global bus did not start.
     #[error("the global bus: {0}")]
     Bus(#[from] continuum_bus::BrokerError),
+    /// The blob store cannot be opened.
+    #[error("the blob store in {dir}: {cause}")]
+    Blobs {
+        /// Its directory.
+        dir: PathBuf,
+        /// Why.
+        cause: std::io::Error,
+    },
     /// The gRPC address cannot be listened on.
     #[error("cannot listen on {addr}: {cause}")]
     Listen {
@@ -77,6 +87,31 @@ pub struct Running {
     stop: CancellationToken,
     tasks: TaskTracker,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+/// How long a blob no revision names is kept (an upload is followed by its apply).
+const BLOB_GRACE: Duration = Duration::from_secs(3600);
+
+/// Removes the blobs no stored revision names (kept: every revision's).
+fn collect_blobs(store: &Store, blobs: &BlobStore, head: u64) {
+    let mut keep = std::collections::HashSet::new();
+    for n in 1..=head {
+        let Ok(Some(r)) = store.revision(n) else {
+            continue;
+        };
+        if let Ok(mm) = serde_json::from_slice::<continuum_models::Megamodel>(&r.megamodel) {
+            keep.extend(
+                continuum_models::artefact::of_megamodel(&mm)
+                    .into_iter()
+                    .filter_map(|r| r.digest),
+            );
+        }
+    }
+    match blobs.collect(&keep, BLOB_GRACE) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "blobs no revision names were removed"),
+        Err(e) => tracing::warn!(error = %e, "cannot collect unused blobs"),
+    }
 }
 
 /// Opens the store, loads the state and starts serving.
@@ -103,6 +138,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         path: store.path().to_owned(),
         what,
     })?;
+    let blobs = Arc::new(
+        BlobStore::open(&config.data_dir).map_err(|cause| StartError::Blobs {
+            dir: config.data_dir.join("blobs"),
+            cause,
+        })?,
+    );
+    collect_blobs(&store, &blobs, core.head_number());
     if let Some(bus) = &config.bus {
         continuum_bus::EmbeddedBroker::start(bus.clone())?;
     }
@@ -124,7 +166,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stop.clone(),
         tasks.clone(),
         config.heartbeat_interval,
-    );
+    )
+    .with_blobs(Arc::clone(&blobs));
+    let blob_service = BlobServiceServer::new(Blobs::new(blobs));
     let limit = config.max_message_bytes;
     let models = ModelServiceServer::new(orch.clone())
         .max_decoding_message_size(limit)
@@ -141,11 +185,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     health
         .set_serving::<GatewayLinkServer<Orchestrator>>()
         .await;
+    health.set_serving::<BlobServiceServer<Blobs>>().await;
     let task = tokio::spawn(
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .add_service(models)
             .add_service(link)
+            .add_service(blob_service)
             .add_service(health_service)
             .add_service(continuum_proto::serving::reflection())
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {

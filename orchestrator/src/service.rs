@@ -53,6 +53,9 @@ impl ModelService for Orchestrator {
             let prepared = tokio::task::spawn_blocking(move || Prepared::from_request(req))
                 .await
                 .map_err(|e| Status::internal(format!("apply task failed: {e}")))??;
+            if let Some(blobs) = &self.blobs {
+                prepared.check_artefacts(|d| blobs.has(d))?;
+            }
             Ok::<_, Status>(
                 self.transact(move |core, _, now| core.apply(prepared, now))
                     .await?,

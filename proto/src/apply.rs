@@ -18,8 +18,25 @@ pub enum ApplyInputError {
 }
 
 /// Reads, validates, expands and partitions the request's megamodel, with the
-/// templates sent along it (keyed by the `runtime` that names them).
+/// templates sent along it (keyed by the `runtime` that names them), and pins
+/// every artefact reference the request has a digest for.
 pub fn prepare(req: &ApplyRequest) -> Result<Prepared, ApplyInputError> {
+    let mut prepared = prepare_unpinned(req)?;
+    let mut digests = std::collections::BTreeMap::new();
+    for (path, hex) in &req.artefacts {
+        if !continuum_models::artefact::is_hex_digest(hex) {
+            return Err(ApplyInputError::Invalid(Invalid::file(
+                "artefacts",
+                format!("the digest of `{path}` is not a SHA-256 in lowercase hex: `{hex}`"),
+            )));
+        }
+        digests.insert(continuum_models::artefact::normalize(path), hex.clone());
+    }
+    continuum_models::artefact::pin_all(&mut prepared.megamodel, &digests);
+    Ok(prepared)
+}
+
+fn prepare_unpinned(req: &ApplyRequest) -> Result<Prepared, ApplyInputError> {
     let doc = req.megamodel.as_ref().ok_or(ApplyInputError::NoMegamodel)?;
     let name = if doc.name.is_empty() {
         "megamodel"

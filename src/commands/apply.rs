@@ -49,6 +49,7 @@ fn request(file: &Path, base: Option<u64>, message: String) -> anyhow::Result<Ap
         expected_base: base,
         author: author(),
         message,
+        artefacts: Default::default(),
     })
 }
 
@@ -61,8 +62,17 @@ pub fn apply(
     format: Format,
     style: &Style,
 ) -> anyhow::Result<ExitCode> {
-    let req = request(file, base, message)?;
+    let mut req = request(file, base, message)?;
+    // Build contexts, function sources and firmware travel as blobs: packed
+    // here (a source that cannot be read is refused now, with its path), and
+    // sent only if the orchestrator lacks them.
+    let packed = crate::artefacts::pack_all(file, &req)?;
     remote::block_on(async {
+        let (artefacts, blobs, bytes) = crate::artefacts::upload(server, &packed).await?;
+        if blobs > 0 && format != Format::Json {
+            eprintln!("uploaded {blobs} artefact(s), {bytes} bytes");
+        }
+        req.artefacts = artefacts.into_iter().collect();
         let mut client = remote::connect(server).await?;
         match client.apply(req).await {
             Ok(r) => {

@@ -41,6 +41,34 @@ impl Prepared {
     }
 }
 
+impl Prepared {
+    /// Refuses the model unless every artefact it is pinned to is held (`has`).
+    pub fn check_artefacts(&self, has: impl Fn(&str) -> bool) -> Result<(), Error> {
+        let missing: Vec<String> = continuum_models::artefact::of_megamodel(&self.megamodel)
+            .into_iter()
+            .filter_map(|r| {
+                let d = r.digest?;
+                (!has(&d)).then(|| {
+                    format!(
+                        "component `{}`: {} `{}` (sha256:{d}) was not uploaded",
+                        r.component, r.field, r.path
+                    )
+                })
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Invalid(continuum_models::Invalid::file(
+            "artefacts",
+            format!(
+                "{}; upload them with BlobService.Upload before applying (`continuum apply` does)",
+                missing.join("; ")
+            ),
+        )))
+    }
+}
+
 impl Core {
     /// The megamodel of a revision (0: the head), with its number and its
     /// canonical JSON; older revisions are read from `revisions`.

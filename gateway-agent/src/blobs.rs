@@ -1,0 +1,247 @@
+//! The gateway's cache of blobs: the artefacts its targets are pinned to
+//! (`path@sha256:<hex>`), fetched from the orchestrator over the link's
+//! endpoint before a pass plans, so a gateway needs no file of the machine the
+//! model was applied from.
+//!
+//! A transfer is written to `partial/<hex>` and resumed from its end after a
+//! cut; the whole is hashed before it becomes `sha256/<hex>`, and a blob whose
+//! bytes do not match its digest is thrown away and refused. A directory's
+//! archive is unpacked once into `trees/<hex>/` (entries that would land
+//! outside it are refused), which build steps use as a context part.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use continuum_models::artefact::{split, visit_mut, Kind};
+use continuum_models::DeploymentModel;
+use continuum_proto::v1::blob_service_client::BlobServiceClient;
+use continuum_proto::v1::FetchBlobRequest;
+use sha2::{Digest, Sha256};
+use tokio_stream::StreamExt;
+
+use crate::spec::hex;
+
+/// Why a blob is not available.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlobError {
+    /// The orchestrator cannot be reached or refused.
+    #[error("cannot fetch blob {digest} from {endpoint}: {why}")]
+    Fetch {
+        /// The blob.
+        digest: String,
+        /// Where from.
+        endpoint: String,
+        /// Why.
+        why: String,
+    },
+    /// Its bytes do not hash to its digest.
+    #[error("blob {digest} is corrupt: its bytes hash to {actual}; it was thrown away")]
+    Corrupt {
+        /// The blob.
+        digest: String,
+        /// What the bytes hash to.
+        actual: String,
+    },
+    /// The disk refused.
+    #[error("blob {digest}: {why}")]
+    Io {
+        /// The blob.
+        digest: String,
+        /// Why.
+        why: String,
+    },
+}
+
+/// The cache.
+#[derive(Debug)]
+pub struct BlobCache {
+    root: PathBuf,
+    endpoint: String,
+    /// Why each blob that could not be had is missing, until it is had.
+    failures: Mutex<BTreeMap<String, BlobError>>,
+}
+
+impl BlobCache {
+    /// A cache under `root`, fetching from the orchestrator at `endpoint`.
+    pub fn new(root: PathBuf, endpoint: String) -> BlobCache {
+        BlobCache {
+            root,
+            endpoint,
+            failures: Mutex::default(),
+        }
+    }
+
+    /// Where blob `hex` is kept.
+    pub fn file(&self, hex: &str) -> PathBuf {
+        self.root.join("sha256").join(hex)
+    }
+
+    /// Where directory blob `hex` is unpacked.
+    pub fn tree(&self, hex: &str) -> PathBuf {
+        self.root.join("trees").join(hex)
+    }
+
+    /// The local copy of what `reference` is pinned to, of kind `kind`; or
+    /// why there is none.
+    pub fn resolve(&self, reference: &str, kind: Kind) -> Result<PathBuf, BlobError> {
+        let (_, Some(hex)) = split(reference) else {
+            return Err(BlobError::Io {
+                digest: String::new(),
+                why: format!("`{reference}` is not pinned to a blob"),
+            });
+        };
+        let path = match kind {
+            Kind::Directory => self.tree(hex),
+            Kind::File => self.file(hex),
+        };
+        if path.exists() {
+            return Ok(path);
+        }
+        let failures = self.failures.lock().expect("failures lock");
+        Err(failures.get(hex).cloned().unwrap_or_else(|| BlobError::Io {
+            digest: hex.to_owned(),
+            why: "not fetched yet".into(),
+        }))
+    }
+
+    /// Fetches (and unpacks) every blob `model` is pinned to that the cache
+    /// lacks. What fails is remembered for [`BlobCache::resolve`] to say, and
+    /// tried again at the next call.
+    pub async fn ensure(&self, model: &DeploymentModel) {
+        let mut wanted: BTreeMap<String, Kind> = BTreeMap::new();
+        for c in &model.components {
+            let mut c = c.clone();
+            visit_mut(&mut c, |kind, _, reference| {
+                if let (_, Some(hex)) = split(reference) {
+                    wanted.insert(hex.to_owned(), kind);
+                }
+            });
+        }
+        for (hex, kind) in wanted {
+            let result = self.ensure_one(&hex, kind).await;
+            let mut failures = self.failures.lock().expect("failures lock");
+            match result {
+                Ok(()) => {
+                    failures.remove(&hex);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "artefact not available");
+                    failures.insert(hex, e);
+                }
+            }
+        }
+    }
+
+    async fn ensure_one(&self, digest: &str, kind: Kind) -> Result<(), BlobError> {
+        if !self.file(digest).is_file() {
+            self.fetch(digest).await?;
+        }
+        if kind == Kind::Directory && !self.tree(digest).is_dir() {
+            let (file, tree) = (self.file(digest), self.tree(digest));
+            let d = digest.to_owned();
+            tokio::task::spawn_blocking(move || unpack(&file, &tree))
+                .await
+                .map_err(|e| BlobError::Io {
+                    digest: d.clone(),
+                    why: e.to_string(),
+                })?
+                .map_err(|e| BlobError::Io {
+                    digest: d,
+                    why: format!("cannot unpack: {e}"),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Fetches blob `digest`, resuming a transfer a cut left partial.
+    pub async fn fetch(&self, digest: &str) -> Result<(), BlobError> {
+        let fail = |why: String| BlobError::Fetch {
+            digest: digest.to_owned(),
+            endpoint: self.endpoint.clone(),
+            why,
+        };
+        let io = |e: std::io::Error| BlobError::Io {
+            digest: digest.to_owned(),
+            why: e.to_string(),
+        };
+        for dir in ["partial", "sha256", "trees"] {
+            std::fs::create_dir_all(self.root.join(dir)).map_err(io)?;
+        }
+        let partial = self.root.join("partial").join(digest);
+        let offset = std::fs::metadata(&partial).map_or(0, |m| m.len());
+        let channel = tonic::transport::Endpoint::from_shared(self.endpoint.clone())
+            .map_err(|e| fail(e.to_string()))?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let mut client = BlobServiceClient::new(channel);
+        let mut stream = client
+            .fetch(FetchBlobRequest {
+                digest: digest.to_owned(),
+                offset,
+            })
+            .await
+            .map_err(|s| fail(s.message().to_owned()))?
+            .into_inner();
+        let mut out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&partial)
+            .map_err(io)?;
+        let mut size = None;
+        let mut received = offset;
+        while let Some(chunk) = stream.next().await {
+            // What arrived before a cut stays in `partial` for the next try.
+            let chunk = chunk.map_err(|s| fail(s.message().to_owned()))?;
+            size = Some(chunk.size);
+            out.write_all(&chunk.data).map_err(io)?;
+            received += chunk.data.len() as u64;
+        }
+        out.sync_all().map_err(io)?;
+        drop(out);
+        if size.is_some_and(|s| received < s) {
+            return Err(fail(format!("the transfer ended at {received} bytes")));
+        }
+        let whole = std::fs::read(&partial).map_err(io)?;
+        let actual = hex(&Sha256::digest(&whole));
+        if actual != digest {
+            let _ = std::fs::remove_file(&partial);
+            return Err(BlobError::Corrupt {
+                digest: digest.to_owned(),
+                actual,
+            });
+        }
+        std::fs::rename(&partial, self.file(digest)).map_err(io)?;
+        tracing::info!(
+            digest,
+            bytes = received,
+            resumed_at = offset,
+            "blob fetched"
+        );
+        Ok(())
+    }
+}
+
+/// Unpacks archive `file` into `tree` (atomically: a crash leaves none).
+fn unpack(file: &Path, tree: &Path) -> std::io::Result<()> {
+    let tmp = tree.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let mut archive = tar::Archive::new(std::fs::File::open(file)?);
+    archive.set_preserve_permissions(true);
+    archive.set_overwrite(true);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        // `unpack_in` refuses entries that would land outside `tmp`.
+        if !entry.unpack_in(&tmp)? {
+            return Err(std::io::Error::other(format!(
+                "the entry `{}` leads outside the directory",
+                entry.path()?.display()
+            )));
+        }
+    }
+    std::fs::rename(&tmp, tree)
+}
