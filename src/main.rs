@@ -42,7 +42,13 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
     color: ColorChoice,
     /// Log filter (tracing syntax), for example `debug` or `continuum=trace`.
-    #[arg(long, global = true, env = "CONTINUUM_LOG", default_value = "warn")]
+    /// The embedded brokers' own connection errors are left out unless asked for.
+    #[arg(
+        long,
+        global = true,
+        env = "CONTINUUM_LOG",
+        default_value = "warn,rumqttd=off"
+    )]
     log: String,
     /// The orchestrator to talk to (`host:port` or a URL); `continuum gateway`
     /// dials it too.
@@ -105,6 +111,10 @@ enum Command {
     Plan { old: PathBuf, new: PathBuf },
     /// Run the orchestrator.
     Serve(commands::serve::Args),
+    /// Run the whole system on this machine: the orchestrator, a gateway agent
+    /// per subsystem, a simulated sensor; apply the model and show it working
+    /// (Ctrl-C stops everything and removes its containers)
+    Up(commands::up::Args),
     /// Run a gateway agent (the same as `continuum-gateway`).
     Gateway(Box<continuum_gateway::cli::Args>),
     /// Submit a megamodel to the orchestrator as a new revision.
@@ -273,6 +283,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve(args) => commands::serve::run(args),
+        Command::Up(args) => commands::up::run(args, &style),
         Command::Gateway(args) => continuum_gateway::cli::run(*args).map(|()| ExitCode::SUCCESS),
         Command::Apply {
             file,

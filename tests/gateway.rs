@@ -483,7 +483,8 @@ fn a_host_without_docker_runs_processes_and_a_killed_agent_leaves_no_duplicates(
         w.agent_log()
     );
 
-    // A build cannot run here: refused with the reason.
+    // An image's own entry point cannot run here (a build's context can, but
+    // only with a command): refused with the reason.
     let mut mm: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(model("v2.json", "2")).unwrap()).unwrap();
     mm["subsystems"][0]["components"][1]["resources"]["container"] =
@@ -494,7 +495,7 @@ fn a_host_without_docker_runs_processes_and_a_killed_agent_leaves_no_duplicates(
     assert_eq!(o.status.code(), Some(1));
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(
-        e.contains("target refused") && e.contains("an image build"),
+        e.contains("target refused") && e.contains("give it a `command`"),
         "{e}"
     );
 }

@@ -76,9 +76,8 @@ pub fn admit(model: &DeploymentModel, driver: Driver, bridge: bool) -> Result<()
             return Err(Refusal::NothingToRun(id()));
         };
         if driver == Driver::Process {
-            let lacks = if spec.build.is_some() {
-                Some("an image build")
-            } else if spec.command.is_empty() {
+            // A build context is laid out in a directory the command runs in.
+            let lacks = if spec.command.is_empty() {
                 Some("an image's own entry point (give it a `command`)")
             } else if !spec.mounts.is_empty() {
                 Some("mounts")

@@ -311,8 +311,12 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
             serve(docker, up, store, config, settings, shutdown).await
         }
         Driver::Process => {
+            // The function host runs as the process of a function here.
+            let host_dir = crate::function_image::find_binary(config.function_host.as_deref())
+                .and_then(|p| p.parent().map(std::path::Path::to_path_buf));
             let processes = ProcessRuntime::with_state_file(config.data_dir.join("processes.json"))
-                .with_images_dir(config.data_dir.join("contexts"));
+                .with_images_dir(config.data_dir.join("contexts"))
+                .with_path_dirs(host_dir.into_iter().collect());
             serve(
                 Arc::new(processes),
                 false,

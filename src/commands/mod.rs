@@ -7,6 +7,7 @@ pub mod import;
 pub mod plan;
 pub mod serve;
 pub mod status;
+pub mod up;
 pub mod validate;
 pub mod watch;
 

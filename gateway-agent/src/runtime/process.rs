@@ -61,6 +61,8 @@ pub struct ProcessRuntime {
     /// Where build contexts are laid out: a workload whose image was "built"
     /// runs in its context's directory.
     images_dir: Arc<std::path::PathBuf>,
+    /// Directories put first on workloads' PATH (the function host's).
+    path_dirs: Arc<Vec<std::path::PathBuf>>,
 }
 
 impl Default for ProcessRuntime {
@@ -72,6 +74,7 @@ impl Default for ProcessRuntime {
             images_dir: Arc::new(
                 std::env::temp_dir().join(format!("continuum-contexts-{}", std::process::id())),
             ),
+            path_dirs: Arc::default(),
         }
     }
 }
@@ -114,6 +117,12 @@ impl ProcessRuntime {
     /// Lays build contexts out under `dir` (they outlive the agent there).
     pub fn with_images_dir(mut self, dir: std::path::PathBuf) -> ProcessRuntime {
         self.images_dir = Arc::new(dir);
+        self
+    }
+
+    /// Puts `dirs` first on the PATH workloads run with.
+    pub fn with_path_dirs(mut self, dirs: Vec<std::path::PathBuf>) -> ProcessRuntime {
+        self.path_dirs = Arc::new(dirs);
         self
     }
 
@@ -174,14 +183,16 @@ impl ProcessRuntime {
     }
 }
 
-/// PATH for workloads: the agent's own directory first, so the programs that
-/// ship with it (the function host) are found as in their images.
-fn workload_path() -> std::ffi::OsString {
-    let mut dirs: Vec<std::path::PathBuf> = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(std::path::Path::to_path_buf))
-        .into_iter()
-        .collect();
+/// PATH for workloads: the given directories and the agent's own first, so
+/// the programs that ship with it (the function host) are found as in their
+/// images.
+fn workload_path(first: &[std::path::PathBuf]) -> std::ffi::OsString {
+    let mut dirs: Vec<std::path::PathBuf> = first.to_vec();
+    dirs.extend(
+        std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(std::path::Path::to_path_buf)),
+    );
     if let Some(path) = std::env::var_os("PATH") {
         dirs.extend(std::env::split_paths(&path));
     }
@@ -191,6 +202,7 @@ fn workload_path() -> std::ffi::OsString {
 fn spawn(
     spec: &WorkloadSpec,
     workdir: Option<&std::path::Path>,
+    path_dirs: &[std::path::PathBuf],
     logs: &Arc<Mutex<VecDeque<String>>>,
 ) -> std::io::Result<Child> {
     let (program, args) = spec
@@ -204,7 +216,7 @@ fn spawn(
     let mut child = command
         .args(args)
         .env_clear()
-        .env("PATH", workload_path())
+        .env("PATH", workload_path(path_dirs))
         .envs(&spec.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -287,7 +299,7 @@ async fn supervise(
     loop {
         let started = tokio::time::Instant::now();
         let workdir = Some(rt.image_dir(&spec.image)).filter(|d| d.is_dir());
-        let mut child = match spawn(&spec, workdir.as_deref(), &logs) {
+        let mut child = match spawn(&spec, workdir.as_deref(), &rt.path_dirs, &logs) {
             Ok(c) => c,
             Err(e) => {
                 logs.lock()

@@ -1,0 +1,185 @@
+//! `continuum up` driven as a user would: started, its output read until the
+//! presence function's replies cross the global bus, stopped with Ctrl-C
+//! (SIGINT), and nothing it started left behind.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{pids, Guard};
+
+fn function_host() -> Option<PathBuf> {
+    let found = std::env::var_os("CONTINUUM_FUNCTION_HOST")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file());
+    if found.is_none() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true but CONTINUUM_FUNCTION_HOST names no file (scripts/build-function-host.sh)");
+        }
+        eprintln!("skipped: CONTINUUM_FUNCTION_HOST is not set (scripts/build-function-host.sh builds it)");
+    }
+    found
+}
+
+fn docker_ready() -> bool {
+    let usable = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !usable {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true but the Docker engine is not usable");
+        }
+        eprintln!("skipped: the Docker engine is not usable");
+    }
+    usable
+}
+
+/// Runs `continuum up` with `driver` until the function answers, then
+/// interrupts it; returns everything it printed.
+fn up_until_the_function_answers(host: &std::path::Path, driver: &str) -> String {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Guard(
+        Command::new(env!("CARGO_BIN_EXE_continuum"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["up", "--listen", "127.0.0.1:0", "--mqtt-port", "0"])
+            .args(["--sensor-interval", "300ms", "--color", "never"])
+            .args(["--driver", driver])
+            .arg("--data-dir")
+            .arg(data.path())
+            .arg("--function-host")
+            .arg(host)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("continuum up starts"),
+    );
+    let (tx, rx) = mpsc::channel();
+    for out in [
+        Box::new(child.0.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.0.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + continuum_bus::testing::within(Duration::from_secs(120));
+    // Until the rollout converged and the function answered.
+    let (mut replied, mut converged) = (false, false);
+    let answered = loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                replied |= line.contains("bus /presence/out/occupancy")
+                    && line.contains("\"location\":\"building-a\"");
+                converged |= line.contains("running; Ctrl-C stops everything");
+                seen.push(line);
+                if replied && converged {
+                    break true;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+            Err(_) => break false,
+        }
+    };
+    let agents = format!("{}/gateway-", data.path().display());
+    let gateways_while_up = pids(&agents);
+    // Ctrl-C.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let stop_deadline = Instant::now() + continuum_bus::testing::within(Duration::from_secs(60));
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < stop_deadline,
+            "continuum up did not stop:\n{}",
+            seen.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+        seen.push(line);
+    }
+    let out = seen.join("\n");
+    assert!(answered, "no reply of the function:\n{out}");
+    assert!(status.success(), "{status:?}\n{out}");
+    assert_eq!(
+        gateways_while_up.len(),
+        2,
+        "two gateway agents ran: {gateways_while_up:?}"
+    );
+    assert!(
+        pids(&agents).is_empty(),
+        "a gateway agent outlived continuum up:\n{out}"
+    );
+    let left = running_in(data.path());
+    assert!(
+        left.is_empty(),
+        "processes left running in its data directory: {left:?}"
+    );
+    out
+}
+
+/// The processes whose working directory is under `dir` (a workload the
+/// process driver started runs in its build context there).
+fn running_in(dir: &std::path::Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir)))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn up_runs_the_smart_building_with_containers_and_ctrl_c_leaves_nothing() {
+    let (Some(host), true) = (function_host(), docker_ready()) else {
+        return;
+    };
+    let out = up_until_the_function_answers(&host, "docker");
+    // Readings crossed from the sensor gateway, and the rollout was shown.
+    assert!(out.contains("bus /presence/presenceIndicators"), "{out}");
+    assert!(out.contains("removed 1 container(s)"), "{out}");
+    let left = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            "label=continuum.subsystem=building-a",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
+        "containers left"
+    );
+}
+
+#[test]
+fn up_runs_the_smart_building_as_processes_without_docker() {
+    let Some(host) = function_host() else {
+        return;
+    };
+    let out = up_until_the_function_answers(&host, "process");
+    assert!(out.contains("removed 0 container(s)"), "{out}");
+}
