@@ -23,6 +23,8 @@ pub struct Packed {
     pub digest: String,
     /// The archive (a directory) or the file's content.
     pub bytes: Vec<u8>,
+    /// What it is, for messages: `src ./presence-function of presence`.
+    pub what: String,
 }
 
 /// Why a source cannot be packed.
@@ -185,6 +187,7 @@ pub fn pack_all(model_file: &Path, req: &ApplyRequest) -> anyhow::Result<Vec<Pac
             path: key,
             digest: sha256_hex(&bytes),
             bytes,
+            what: format!("{} `{}` of `{}`", r.field, r.path, r.component),
         });
     }
     Ok(out)

@@ -308,6 +308,12 @@ async fn a_function_runs_in_its_container_between_global_topics_and_a_change_red
     let target = ok(w.serve().cli(&["get"]));
     assert!(target.contains("@sha256:"), "{target}");
     assert!(w.agent_log().contains("blob fetched"), "{}", w.agent_log());
+    // Its lifecycle shows in the status: the source it runs and its triggers.
+    let status = ok(w.serve().cli(&["status", "-o", "json"]));
+    assert!(
+        status.contains(&format!("triggers {ta} → /{a}/in/x")) && status.contains("source sha256:"),
+        "{status}"
+    );
 
     let watch = Probe::connect(&w.global, &unique("watch"), false);
     watch.connected(within(Duration::from_secs(10))).await;

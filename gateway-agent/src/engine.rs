@@ -179,7 +179,9 @@ pub async fn reconcile<R: ContainerRuntime>(
             } else if !is_workload(c) {
                 Status::new(State::Unknown, "no driver on this gateway runs it")
             } else if current.components.iter().any(|k| k == c) {
-                Status::new(State::Running, "")
+                Status::new(State::Running, crate::lifecycle::running(c))
+            } else if c.as_function().is_some() {
+                Status::new(State::Deploying, "function under deployment")
             } else {
                 Status::new(State::Deploying, "")
             };

@@ -505,7 +505,7 @@ pub async fn execute<R: ContainerRuntime>(
                 states[id] = Run::Succeeded;
                 outcome.succeeded += 1;
                 let _ = progress.send(Progress {
-                    step: step.action.to_string(),
+                    step: crate::lifecycle::step(&step.action, &ctx.target),
                     component,
                     state: StepState::Succeeded,
                     done: finished,
@@ -521,7 +521,7 @@ pub async fn execute<R: ContainerRuntime>(
                     outcome.failed.insert(c.clone(), reason.clone());
                 }
                 let _ = progress.send(Progress {
-                    step: step.action.to_string(),
+                    step: crate::lifecycle::step(&step.action, &ctx.target),
                     component,
                     state: StepState::Failed(reason),
                     done: finished,
@@ -556,7 +556,7 @@ fn spawn_step<R: ContainerRuntime>(
     total: usize,
 ) {
     let _ = progress.send(Progress {
-        step: step.action.to_string(),
+        step: crate::lifecycle::step(&step.action, &ctx.target),
         component: step.action.component().map(str::to_owned),
         state: StepState::Started,
         done: finished,

@@ -69,8 +69,22 @@ pub fn apply(
     let packed = crate::artefacts::pack_all(file, &req)?;
     remote::block_on(async {
         let (artefacts, blobs, bytes) = crate::artefacts::upload(server, &packed).await?;
-        if blobs > 0 && format != Format::Json {
-            eprintln!("uploaded {blobs} artefact(s), {bytes} bytes");
+        if format != Format::Json {
+            for p in &packed {
+                eprintln!(
+                    "packaged {} as sha256:{} ({} bytes)",
+                    p.what,
+                    &p.digest[..12],
+                    p.bytes.len()
+                );
+            }
+            match packed.len() - blobs {
+                _ if packed.is_empty() => {}
+                0 => eprintln!("uploaded {blobs} artefact(s), {bytes} bytes"),
+                held => eprintln!(
+                    "uploaded {blobs} artefact(s), {bytes} bytes; the orchestrator held {held} already"
+                ),
+            }
         }
         req.artefacts = artefacts.into_iter().collect();
         let mut client = remote::connect(server).await?;
