@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use continuum_models::diagnostic::Invalid;
-use continuum_models::load::{load_deployment_model, load_prepared, load_template, TemplateText};
+use continuum_models::load::{
+    load_deployment_model, load_expanded, load_prepared, load_template, TemplateText,
+};
 use continuum_models::{DeploymentModel, Megamodel, Template};
 
 /// A model file of any of the three kinds.
@@ -51,9 +53,10 @@ pub fn document(path: &Path) -> Result<Document, Invalid> {
     }
 }
 
-fn megamodel_text(path: &Path, text: &str) -> Result<Loaded, Invalid> {
+/// Reads the templates a model names from beside the model file.
+fn beside(path: &Path) -> impl FnMut(&str) -> Result<TemplateText, String> + '_ {
     let base = path.parent().unwrap_or(Path::new("."));
-    let prepared = load_prepared(&display(path), text, |runtime| {
+    move |runtime| {
         let tpath: PathBuf = base.join(runtime);
         std::fs::read_to_string(&tpath)
             .map(|text| TemplateText {
@@ -61,7 +64,17 @@ fn megamodel_text(path: &Path, text: &str) -> Result<Loaded, Invalid> {
                 text,
             })
             .map_err(|e| format!("{}: {e}", tpath.display()))
-    })?;
+    }
+}
+
+/// A megamodel file with its templates expanded, validated, not yet placed.
+pub fn expanded(path: &Path) -> Result<Megamodel, Invalid> {
+    let text = read(path)?;
+    Ok(load_expanded(&display(path), &text, beside(path))?.megamodel)
+}
+
+fn megamodel_text(path: &Path, text: &str) -> Result<Loaded, Invalid> {
+    let prepared = load_prepared(&display(path), text, beside(path))?;
     Ok(Loaded {
         templates: prepared.templates.len(),
         prepared: prepared.megamodel,

@@ -107,6 +107,15 @@ enum Command {
         #[arg(long, requires = "from")]
         to: Option<u64>,
     },
+    /// Where placement puts a function of a megamodel, and why: every gateway,
+    /// its score, and why the others are excluded
+    Explain {
+        /// The function's id.
+        function: String,
+        /// The megamodel file.
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+    },
     /// Show the ordered steps that turn OLD into NEW.
     Plan { old: PathBuf, new: PathBuf },
     /// Run the orchestrator.
@@ -307,6 +316,9 @@ fn main() -> ExitCode {
         Command::Gateways => commands::status::gateways(&server, output, &style),
         Command::History { limit } => commands::status::history(&server, limit, output, &style),
         Command::Plan { old, new } => commands::plan::run(&old, &new, output, &style),
+        Command::Explain { function, file } => {
+            commands::explain::run(&function, &file, output, &style)
+        }
         Command::Import {
             from: ImportFrom::Genesis { file, out, force },
         } => commands::import::genesis(&file, out.as_deref(), force, &style),

@@ -408,3 +408,103 @@ async fn a_function_runs_in_its_container_between_global_topics_and_a_change_red
         .iter()
         .all(|r| prop(r, "corr") != Some("c4")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_puts_a_function_on_the_only_matching_gateway_of_three() {
+    let Some(host) = function_host() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (global_v4, global_v5) = (free_port(), free_port());
+    let serve = Serve::start_with(
+        &dir.path().join("orchestrator"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            &global_v4,
+            "--mqtt5-listen",
+            &global_v5,
+        ],
+    );
+    let tag = unique("p");
+    let gw = |n: &str| format!("{tag}-{n}");
+    let mut agents = Vec::new();
+    for n in ["a", "b", "c"] {
+        let log = std::fs::File::create(dir.path().join(format!("agent-{n}.log"))).unwrap();
+        let (v4, v5) = (free_port(), free_port());
+        agents.push(Guard(
+            Command::new(env!("CARGO_BIN_EXE_continuum"))
+                .args(["gateway", "--id", &gw(n), "--orchestrator", &serve.addr])
+                .args([
+                    "--driver",
+                    "process",
+                    "--mqtt-listen",
+                    &v4,
+                    "--mqtt5-listen",
+                    &v5,
+                ])
+                .arg("--data-dir")
+                .arg(dir.path().join(format!("agent-{n}")))
+                .arg("--function-host")
+                .arg(&host)
+                .args(["--interval", "1s", "--max-backoff", "2s"])
+                .env("CONTINUUM_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        ));
+    }
+    let _reap = common::Reap(dir.path().display().to_string());
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("handler"), "printf 'lab:%s' \"$(cat)\"\n").unwrap();
+    let f = unique("fp");
+    let trigger = format!("/{f}/trigger");
+    let template = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/templates/shell-function.json"
+    );
+    let gateway = |n: &str, location: &str, bridge: bool| {
+        serde_json::json!({"id": gw(n), "components": [{"id": gw(n), "kind": "gateway",
+            "equipped_with_bridge": bridge, "capabilities": {"cpus": 4, "labels": {"location": location}}}]})
+    };
+    let model = dir.path().join("m.json");
+    std::fs::write(
+        &model,
+        serde_json::json!({"name": "placed",
+            "subsystems": [gateway("a", "hall", true), gateway("b", "lab", true), gateway("c", "lab", false)],
+            "components": [{"id": f, "kind": "function", "triggers": [trigger], "outputs": ["r"],
+                "runtime": template, "src": src.display().to_string(), "context": {"location": "lab"}}]})
+        .to_string(),
+    )
+    .unwrap();
+    let explained = ok(serve.cli(&["explain", &f, "-f", model.to_str().unwrap()]));
+    assert!(
+        explained.contains(&format!("goes to gateway `{}`", gw("b"))),
+        "{explained}"
+    );
+    let out = ok(serve.cli(&["apply", "-f", model.to_str().unwrap(), "--wait", "120s"]));
+    assert!(out.contains("converged"), "{out}");
+    // It runs where it was placed, and answers there.
+    let target = ok(serve.cli(&["get", "--subsystem", &gw("b")]));
+    assert!(target.contains(&format!("\"{f}\"")), "{target}");
+    let global = url(&global_v5);
+    let watch = Probe::connect(&global, &unique("watch"), false);
+    watch.connected(within(Duration::from_secs(10))).await;
+    watch.subscribe("/+/out/#").await;
+    let client = Probe::connect(&global, &unique("client"), false);
+    client.connected(within(Duration::from_secs(10))).await;
+    let r = reply(
+        &client,
+        &watch,
+        &trigger,
+        &format!("/{f}/out/r"),
+        "hi",
+        "c1",
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&r.payload), "lab:hi");
+    drop(agents);
+}

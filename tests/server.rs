@@ -183,6 +183,49 @@ fn a_source_that_is_missing_or_leads_outside_itself_is_refused_at_apply_with_its
 }
 
 #[test]
+fn a_function_no_gateway_can_run_is_refused_at_apply_and_explain_says_why() {
+    let (dir, data) = data_dir();
+    let s = Serve::start(&data);
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("handler"), "cat\n").unwrap();
+    let model = dir.path().join("m.json");
+    std::fs::write(
+        &model,
+        serde_json::json!({"name": "m",
+            "subsystems": [
+                {"id": "a", "components": [{"id": "gw-a", "kind": "gateway", "equipped_with_bridge": true,
+                    "capabilities": {"labels": {"location": "hall"}}}]},
+                {"id": "b", "components": [{"id": "gw-b", "kind": "gateway",
+                    "capabilities": {"labels": {"location": "lab"}}}]}
+            ],
+            "components": [{"id": "f", "kind": "function", "triggers": ["/t"],
+                "runtime": example("templates/shell-function.json"), "src": "./src",
+                "context": {"location": "lab"}}]})
+        .to_string(),
+    )
+    .unwrap();
+    let o = s.cli(&["apply", "-f", model.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = err(&o);
+    assert!(e.contains("no gateway can run function `f`"), "{e}");
+    assert!(
+        e.contains("gw-a: its location is hall, the function's context wants lab"),
+        "{e}"
+    );
+    assert!(e.contains("gw-b: it has no bridge"), "{e}");
+    let history = ok(s.cli(&["history"]));
+    assert!(history.contains("no revision yet"), "{history}");
+    let o = s.cli(&["explain", "f", "-f", model.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        out.contains("no gateway can run function `f`") && out.contains("excluded"),
+        "{out}"
+    );
+}
+
+#[test]
 fn a_killed_orchestrator_keeps_every_accepted_revision() {
     let (_dir, data) = data_dir();
     let s = Serve::start(&data);

@@ -43,6 +43,8 @@ fn docker_ready() -> bool {
 /// interrupts it; returns everything it printed.
 fn up_until_the_function_answers(host: &std::path::Path, driver: &str) -> String {
     let data = tempfile::tempdir().unwrap();
+    // If the test fails half-way, the agents go too (the guard kills `up` alone).
+    let _reap = common::Reap(format!("{}/gateway-", data.path().display()));
     let mut child = Guard(
         Command::new(env!("CARGO_BIN_EXE_continuum"))
             .current_dir(env!("CARGO_MANIFEST_DIR"))

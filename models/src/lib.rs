@@ -23,6 +23,7 @@ pub(crate) mod locate;
 pub(crate) mod located;
 pub mod model;
 pub mod parse;
+pub mod placement;
 pub mod plan;
 pub mod resources;
 pub mod route;

@@ -45,12 +45,24 @@ pub fn prepare(
     mm: &Megamodel,
     templates: &HashMap<String, Template>,
 ) -> Result<Megamodel, Vec<Problem>> {
+    let mut expanded = expand_valid(mm, templates)?;
+    crate::placement::place(&mut expanded)?;
+    crate::subsystem::partition(&expanded)
+}
+
+/// Expands the templates and validates the result: the megamodel as
+/// placement sees it.
+pub fn expand_valid(
+    mm: &Megamodel,
+    templates: &HashMap<String, Template>,
+) -> Result<Megamodel, Vec<Problem>> {
     let expanded = crate::template::expand(mm, templates)?;
     let problems = validate_megamodel(&expanded);
-    if !problems.is_empty() {
-        return Err(problems);
+    if problems.is_empty() {
+        Ok(expanded)
+    } else {
+        Err(problems)
     }
-    crate::subsystem::partition(&expanded)
 }
 
 /// A template's text, found by whoever reads the megamodel: from disk next to the
@@ -79,7 +91,26 @@ pub struct Prepared {
 pub fn load_prepared(
     file: &str,
     text: &str,
+    resolve: impl FnMut(&str) -> Result<TemplateText, String>,
+) -> Result<Prepared, Invalid> {
+    load_with(file, text, resolve, prepare)
+}
+
+/// Reads, validates and expands a megamodel, without placing or partitioning
+/// it (what `continuum explain` judges placement on).
+pub fn load_expanded(
+    file: &str,
+    text: &str,
+    resolve: impl FnMut(&str) -> Result<TemplateText, String>,
+) -> Result<Prepared, Invalid> {
+    load_with(file, text, resolve, expand_valid)
+}
+
+fn load_with(
+    file: &str,
+    text: &str,
     mut resolve: impl FnMut(&str) -> Result<TemplateText, String>,
+    then: impl FnOnce(&Megamodel, &HashMap<String, Template>) -> Result<Megamodel, Vec<Problem>>,
 ) -> Result<Prepared, Invalid> {
     let (mm, mut problems) = parse_megamodel(file, text)?;
     problems.extend(validate_megamodel(&mm));
@@ -125,7 +156,7 @@ pub fn load_prepared(
     if !problems.is_empty() {
         return Err(fail(problems, template_errors));
     }
-    let megamodel = prepare(&mm, &templates).map_err(|p| fail(p, Vec::new()))?;
+    let megamodel = then(&mm, &templates).map_err(|p| fail(p, Vec::new()))?;
     Ok(Prepared {
         megamodel,
         templates: texts,

@@ -93,6 +93,10 @@ pub struct Megamodel {
     /// What a failed generation leads to, unless a subsystem says otherwise.
     #[serde(default, skip_serializing_if = "FailurePolicy::is_default")]
     pub on_failure: FailurePolicy,
+    /// How functions waiting for placement are placed (the weights of CPU
+    /// and memory).
+    #[serde(default, skip_serializing_if = "crate::placement::Weights::is_default")]
+    pub placement: crate::placement::Weights,
     /// Its subsystems.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subsystems: Vec<DeploymentModel>,

@@ -20,6 +20,8 @@ struct RawMegamodel {
     #[serde(default)]
     on_failure: FailurePolicy,
     #[serde(default)]
+    placement: crate::placement::Weights,
+    #[serde(default)]
     subsystems: Vec<RawDeploymentModel>,
     #[serde(default)]
     components: Vec<RawComponent>,
@@ -74,6 +76,7 @@ pub fn parse_megamodel(file: &str, text: &str) -> Result<(Megamodel, Vec<Problem
             name: raw.name,
             description: raw.description,
             on_failure: raw.on_failure,
+            placement: raw.placement,
             subsystems,
             components,
             links,

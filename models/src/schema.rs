@@ -35,6 +35,7 @@ const MEGAMODEL_FIELDS: &[&str] = &[
     "name",
     "description",
     "on_failure",
+    "placement",
     "subsystems",
     "components",
     "links",

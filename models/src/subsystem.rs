@@ -100,7 +100,13 @@ pub(crate) fn assign(mm: &Megamodel, doc: &Document<'_>) -> Assignment {
             [s] => {
                 out.of.insert(id.to_owned(), Some(s.clone()));
             }
-            [] if matches!(kind, Kind::Function | Kind::External) => {
+            // Functions (and what their templates add beside them) wait for
+            // placement; externals need no subsystem.
+            [] if matches!(kind, Kind::Function | Kind::External)
+                || c.item
+                    .properties
+                    .contains_key(crate::placement::FUNCTION_PROPERTY) =>
+            {
                 out.of.insert(id.to_owned(), None);
             }
             [] => {
@@ -274,6 +280,7 @@ pub fn partition(mm: &Megamodel) -> Result<Megamodel, Vec<Problem>> {
         name: mm.name.clone(),
         description: mm.description.clone(),
         on_failure: mm.on_failure,
+        placement: mm.placement,
         subsystems: models,
         components: top_components,
         links: top_links,

@@ -6,7 +6,7 @@
 //! datastreams and context are handed to the runtime through the environment. Other
 //! template components are added next to the function, renamed `<function>-<id>`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use crate::component::{Component, ComponentSpec};
 use crate::diagnostic::{JsonPath, Problem};
@@ -33,10 +33,10 @@ pub fn expand(
 ) -> Result<Megamodel, Vec<Problem>> {
     let mut out = mm.clone();
     let mut problems = Vec::new();
-    let hosted: HashSet<String> = mm
+    let hosted: HashMap<String, String> = mm
         .all_links()
         .filter_map(|l| match l {
-            Link::Hosting { component, .. } => Some(component.clone()),
+            Link::Hosting { component, host } => Some((component.clone(), host.clone())),
             Link::Communication(_) => None,
         })
         .collect();
@@ -75,7 +75,7 @@ fn expand_list(
     base: &JsonPath,
     nested_in: Option<&str>,
     templates: &HashMap<String, Template>,
-    hosted: &HashSet<String>,
+    hosted: &HashMap<String, String>,
     problems: &mut Vec<Problem>,
 ) {
     let mut added_components = Vec::new();
@@ -99,7 +99,7 @@ fn expand_list(
             );
             continue;
         };
-        match refine(c, t, &runtime, nested_in, hosted.contains(&c.id)) {
+        match refine(c, t, &runtime, nested_in, hosted.get(&c.id).map(String::as_str)) {
             Ok((extra, extra_links)) => {
                 added_components.extend(extra);
                 added_links.extend(extra_links);
@@ -121,8 +121,9 @@ fn refine(
     t: &Template,
     runtime: &str,
     nested_in: Option<&str>,
-    already_hosted: bool,
+    host: Option<&str>,
 ) -> Result<(Vec<Component>, Vec<Link>), Vec<String>> {
+    let already_hosted = host.is_some();
     let Some(placeholder) = t.components.iter().find(|c| c.placeholder) else {
         return Err(vec!["the template has no placeholder".to_owned()]);
     };
@@ -187,6 +188,11 @@ fn refine(
         let mut c = c.clone();
         c.id = rename(&c.id);
         c.name = substitute(&c.name, &vars, &mut errors);
+        // It follows the function wherever the function is placed.
+        c.properties.insert(
+            crate::placement::FUNCTION_PROPERTY.to_owned(),
+            function.id.clone(),
+        );
         if nested_in.is_none() {
             c.subsystem = function.subsystem.clone();
         }
@@ -214,6 +220,21 @@ fn refine(
             }),
         };
         links.push(link);
+    }
+    // What the template hosts nowhere runs beside the function: on its host
+    // when it has one (else placement puts it there).
+    if let Some(host) = host {
+        for c in &extra {
+            let hosted_in_template = links
+                .iter()
+                .any(|l| matches!(l, Link::Hosting { component, .. } if *component == c.id));
+            if c.kind().needs_host() && !hosted_in_template {
+                links.push(Link::Hosting {
+                    component: c.id.clone(),
+                    host: host.to_owned(),
+                });
+            }
+        }
     }
     if !errors.is_empty() {
         errors.sort();

@@ -209,7 +209,7 @@ fn check_graph(doc: &Document<'_>, placeholders: Placeholders, problems: &mut Ve
         }
         check_component(c, problems);
     }
-    check_links(doc, &by_id, problems);
+    check_links(doc, &by_id, placeholders, problems);
 }
 
 fn check_component(c: &Located<Component>, problems: &mut Vec<Problem>) {
@@ -413,6 +413,7 @@ fn check_container(c: &ContainerSpec, path: &JsonPath, problems: &mut Vec<Proble
 fn check_links<'a>(
     doc: &Document<'a>,
     by_id: &HashMap<&'a str, &Located<'a, Component>>,
+    placeholders: Placeholders,
     problems: &mut Vec<Problem>,
 ) {
     let mut seen: HashMap<&Link, &JsonPath> = HashMap::new();
@@ -497,11 +498,18 @@ fn check_links<'a>(
             }
         }
     }
-    // Software hosted nowhere (functions may wait for placement).
+    // Software hosted nowhere (functions, and what their templates add beside
+    // them, may wait for placement; in a template, beside the function is
+    // where it runs).
     for c in &doc.components {
         if c.item.kind().needs_host()
             && !host_of.contains_key(c.item.id.as_str())
             && !c.item.placeholder
+            && placeholders == Placeholders::Forbidden
+            && !c
+                .item
+                .properties
+                .contains_key(crate::placement::FUNCTION_PROPERTY)
         {
             let expected = if c.item.kind() == Kind::Firmware {
                 format!("a hosting link {{\"kind\": \"hosting\", \"component\": \"{}\", \"host\": \"<a device>\"}}", c.item.id)

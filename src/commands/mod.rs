@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod diff;
+pub mod explain;
 pub mod get;
 pub mod import;
 pub mod plan;

@@ -1,0 +1,307 @@
+//! Placement: a function with no hosting link, in no subsystem, is put on the
+//! gateway best fit to run it — the weighted multi-cluster placement of
+//! serverless functions across the continuum.
+//!
+//! A gateway is a *candidate* when it has a bridge (a function's triggers come
+//! over it), when its labels agree with the function's `context` on every key
+//! some gateway labels (a context key no gateway labels, such as a threshold,
+//! is the function's own business), and when it offers every `requires` entry
+//! (`docker`, `arch=<arch>`, `<label>=<value>`, or a label's name). Candidates
+//! are scored by the CPU and memory they offer per workload they run (their
+//! declared `cpus` and `memory_mb`, shared by the components their subsystem
+//! already runs and the functions placed there before), weighted by the
+//! megamodel's `placement` weights; the best wins, the first subsystem on a
+//! tie. Pure: the same model places the same way offline (`continuum explain`)
+//! and on the orchestrator.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::component::{Capabilities, Component, ComponentSpec, Kind};
+use crate::diagnostic::Problem;
+use crate::link::Link;
+use crate::located::Document;
+use crate::model::Megamodel;
+
+/// The property template expansion puts on the components a template adds
+/// next to a function: the function's id (they follow it where it is placed).
+pub const FUNCTION_PROPERTY: &str = "continuum.function";
+
+/// How much free CPU and free memory weigh in a candidate's score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Weights {
+    /// The weight of CPUs per workload.
+    #[serde(default = "one")]
+    pub cpu: u32,
+    /// The weight of GiB of memory per workload.
+    #[serde(default = "one")]
+    pub memory: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Weights { cpu: 1, memory: 1 }
+    }
+}
+
+impl Weights {
+    /// Whether these are the defaults (then not written).
+    pub fn is_default(&self) -> bool {
+        *self == Weights::default()
+    }
+}
+
+/// A gateway judged for a function.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Judged {
+    /// The gateway's id.
+    pub gateway: String,
+    /// Its subsystem.
+    pub subsystem: String,
+    /// Its score when it is a candidate.
+    pub score: Option<f64>,
+    /// Why it is not a candidate (empty for a candidate).
+    pub excluded: Vec<String>,
+    /// Workloads it runs already, which share its CPU and memory.
+    pub workloads: usize,
+}
+
+/// A gateway and what it offers.
+#[derive(Debug, Clone)]
+struct Gateway {
+    id: String,
+    subsystem: String,
+    bridge: bool,
+    capabilities: Capabilities,
+    workloads: usize,
+}
+
+fn gateways(mm: &Megamodel, of: &HashMap<String, Option<String>>) -> Vec<Gateway> {
+    let all: Vec<&Component> = mm
+        .subsystems
+        .iter()
+        .flat_map(|s| s.components.iter())
+        .chain(mm.components.iter())
+        .collect();
+    let mut out: Vec<Gateway> = Vec::new();
+    for c in &all {
+        let ComponentSpec::Gateway(g) = &c.spec else {
+            continue;
+        };
+        let Some(Some(subsystem)) = of.get(&c.id) else {
+            continue;
+        };
+        let workloads = all
+            .iter()
+            .filter(|o| o.kind().has_lifecycle() && o.kind() != Kind::Gateway)
+            .filter(|o| of.get(&o.id).and_then(Option::as_ref) == Some(subsystem))
+            .count();
+        out.push(Gateway {
+            id: c.id.clone(),
+            subsystem: subsystem.clone(),
+            bridge: g.equipped_with_bridge,
+            capabilities: g.capabilities.clone(),
+            workloads,
+        });
+    }
+    out
+}
+
+fn judge(function: &Component, g: &Gateway, labelled: &[&str], weights: Weights) -> Judged {
+    let mut excluded = Vec::new();
+    if !g.bridge {
+        excluded.push("it has no bridge to carry the function's triggers".to_owned());
+    }
+    let f = function.as_function().cloned().unwrap_or_default();
+    for (key, wanted) in &f.context {
+        if !labelled.contains(&key.as_str()) {
+            continue;
+        }
+        match g.capabilities.labels.get(key) {
+            Some(v) if v == wanted => {}
+            Some(v) => excluded.push(format!(
+                "its {key} is {v}, the function's context wants {wanted}"
+            )),
+            None => excluded.push(format!(
+                "it has no {key} label; the function's context wants {wanted}"
+            )),
+        }
+    }
+    for r in &f.requires {
+        let ok = match r.split_once('=') {
+            Some(("arch", arch)) => g.capabilities.arch.as_deref() == Some(arch),
+            Some((k, v)) => g.capabilities.labels.get(k).map(String::as_str) == Some(v),
+            None if r == "docker" => g.capabilities.docker,
+            None => g.capabilities.labels.contains_key(r),
+        };
+        if !ok {
+            excluded.push(format!("it does not offer `{r}`"));
+        }
+    }
+    let score = excluded.is_empty().then(|| {
+        let share = 1.0 + g.workloads as f64;
+        let cpus = f64::from(g.capabilities.cpus.unwrap_or(1));
+        let memory_gib = g.capabilities.memory_mb.unwrap_or(1024) as f64 / 1024.0;
+        (f64::from(weights.cpu) * cpus + f64::from(weights.memory) * memory_gib) / share
+    });
+    Judged {
+        gateway: g.id.clone(),
+        subsystem: g.subsystem.clone(),
+        score,
+        excluded,
+        workloads: g.workloads,
+    }
+}
+
+/// Every gateway judged for `function` in `mm` (templates expanded), best
+/// first, then those excluded.
+pub fn rank(mm: &Megamodel, function: &Component) -> Vec<Judged> {
+    let doc = Document::of_megamodel(mm);
+    let assignment = crate::subsystem::assign(mm, &doc);
+    let gws = gateways(mm, &assignment.of);
+    rank_among(function, &gws, mm.placement)
+}
+
+fn rank_among(function: &Component, gws: &[Gateway], weights: Weights) -> Vec<Judged> {
+    let mut labelled: Vec<&str> = gws
+        .iter()
+        .flat_map(|g| g.capabilities.labels.keys().map(String::as_str))
+        .collect();
+    labelled.sort_unstable();
+    labelled.dedup();
+    let mut judged: Vec<Judged> = gws
+        .iter()
+        .map(|g| judge(function, g, &labelled, weights))
+        .collect();
+    // Best score first; a stable sort keeps the model's order on a tie.
+    judged.sort_by(|a, b| match (a.score, b.score) {
+        (Some(x), Some(y)) => y.total_cmp(&x),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => std::cmp::Ordering::Equal,
+    });
+    judged
+}
+
+/// The top-level functions no subsystem reaches, in model order, with where
+/// they are in the model.
+fn waiting(
+    doc: &Document<'_>,
+    of: &HashMap<String, Option<String>>,
+) -> Vec<(String, crate::diagnostic::JsonPath)> {
+    doc.components
+        .iter()
+        .filter(|c| c.item.kind() == Kind::Function && c.nested_in.is_none())
+        .filter(|c| of.get(&c.item.id).is_some_and(Option::is_none))
+        .map(|c| (c.item.id.clone(), c.path.clone()))
+        .collect()
+}
+
+/// How function `id` of `mm` (templates expanded) is placed: every gateway
+/// judged as `place` judges them, after the functions placed before it; none
+/// when no such function waits for placement (a hosting link or a subsystem
+/// places it).
+pub fn explain(mm: &Megamodel, id: &str) -> Option<Vec<Judged>> {
+    let doc = Document::of_megamodel(mm);
+    let assignment = crate::subsystem::assign(mm, &doc);
+    let mut gws = gateways(mm, &assignment.of);
+    for (w, _) in &waiting(&doc, &assignment.of) {
+        let function = mm.components.iter().find(|c| &c.id == w)?;
+        let judged = rank_among(function, &gws, mm.placement);
+        if w == id {
+            return Some(judged);
+        }
+        if let Some(best) = judged.first().filter(|j| j.score.is_some()) {
+            if let Some(g) = gws.iter_mut().find(|g| g.id == best.gateway) {
+                g.workloads += 1;
+            }
+        }
+    }
+    None
+}
+
+/// Places every function waiting for placement: it (and what its template
+/// added next to it) joins the chosen gateway's subsystem, hosted on the
+/// gateway. Returns (function, gateway) for each; a function no gateway can
+/// run is a problem naming every gateway and why.
+pub fn place(mm: &mut Megamodel) -> Result<Vec<(String, String)>, Vec<Problem>> {
+    // Only top-level functions can wait for placement.
+    if !mm.components.iter().any(|c| c.kind() == Kind::Function) {
+        return Ok(Vec::new());
+    }
+    let doc = Document::of_megamodel(mm);
+    let assignment = crate::subsystem::assign(mm, &doc);
+    let waiting = waiting(&doc, &assignment.of);
+    if waiting.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut gws = gateways(mm, &assignment.of);
+    drop(doc);
+    let mut placed = Vec::new();
+    let mut problems = Vec::new();
+    for (id, path) in &waiting {
+        let Some(function) = mm.components.iter().find(|c| &c.id == id).cloned() else {
+            continue;
+        };
+        let judged = rank_among(&function, &gws, mm.placement);
+        let Some(best) = judged.first().filter(|j| j.score.is_some()).cloned() else {
+            let why: Vec<String> = judged
+                .iter()
+                .map(|j| format!("{}: {}", j.gateway, j.excluded.join("; ")))
+                .collect();
+            problems.push(
+                Problem::new(
+                    path.clone(),
+                    if judged.is_empty() {
+                        format!("no gateway to place function `{id}` on: the model has none")
+                    } else {
+                        format!("no gateway can run function `{id}`: {}", why.join(" | "))
+                    },
+                )
+                .expected("a gateway with a bridge whose labels match the function's context and that offers what it requires, or a hosting link"),
+            );
+            continue;
+        };
+        let mut unhosted = vec![id.clone()];
+        for c in mm.components.iter_mut() {
+            let follower =
+                c.properties.get(FUNCTION_PROPERTY).map(String::as_str) == Some(id.as_str());
+            if c.id == *id || follower {
+                c.subsystem = Some(best.subsystem.clone());
+            }
+            if follower && c.kind().needs_host() {
+                unhosted.push(c.id.clone());
+            }
+        }
+        // The function, and what its template left unhosted beside it.
+        let hosted: Vec<String> = mm
+            .links
+            .iter()
+            .filter_map(|l| match l {
+                Link::Hosting { component, .. } => Some(component.clone()),
+                Link::Communication(_) => None,
+            })
+            .collect();
+        for component in unhosted.into_iter().filter(|c| !hosted.contains(c)) {
+            mm.links.push(Link::Hosting {
+                component,
+                host: best.gateway.clone(),
+            });
+        }
+        if let Some(g) = gws.iter_mut().find(|g| g.id == best.gateway) {
+            g.workloads += 1;
+        }
+        placed.push((id.clone(), best.gateway));
+    }
+    if problems.is_empty() {
+        Ok(placed)
+    } else {
+        Err(problems)
+    }
+}
