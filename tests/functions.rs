@@ -414,49 +414,10 @@ async fn placement_puts_a_function_on_the_only_matching_gateway_of_three() {
     let Some(host) = function_host() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (global_v4, global_v5) = (free_port(), free_port());
-    let serve = Serve::start_with(
-        &dir.path().join("orchestrator"),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--mqtt-listen",
-            &global_v4,
-            "--mqtt5-listen",
-            &global_v5,
-        ],
-    );
     let tag = unique("p");
     let gw = |n: &str| format!("{tag}-{n}");
-    let mut agents = Vec::new();
-    for n in ["a", "b", "c"] {
-        let log = std::fs::File::create(dir.path().join(format!("agent-{n}.log"))).unwrap();
-        let (v4, v5) = (free_port(), free_port());
-        agents.push(Guard(
-            Command::new(env!("CARGO_BIN_EXE_continuum"))
-                .args(["gateway", "--id", &gw(n), "--orchestrator", &serve.addr])
-                .args([
-                    "--driver",
-                    "process",
-                    "--mqtt-listen",
-                    &v4,
-                    "--mqtt5-listen",
-                    &v5,
-                ])
-                .arg("--data-dir")
-                .arg(dir.path().join(format!("agent-{n}")))
-                .arg("--function-host")
-                .arg(&host)
-                .args(["--interval", "1s", "--max-backoff", "2s"])
-                .env("CONTINUUM_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        ));
-    }
-    let _reap = common::Reap(dir.path().display().to_string());
+    let w = ProcessWorld::start(&host, &[gw("a"), gw("b"), gw("c")]);
+    let (dir, serve) = (&w.dir, &w.serve);
     let src = dir.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("handler"), "printf 'lab:%s' \"$(cat)\"\n").unwrap();
@@ -490,11 +451,10 @@ async fn placement_puts_a_function_on_the_only_matching_gateway_of_three() {
     // It runs where it was placed, and answers there.
     let target = ok(serve.cli(&["get", "--subsystem", &gw("b")]));
     assert!(target.contains(&format!("\"{f}\"")), "{target}");
-    let global = url(&global_v5);
-    let watch = Probe::connect(&global, &unique("watch"), false);
+    let watch = Probe::connect(&w.global, &unique("watch"), false);
     watch.connected(within(Duration::from_secs(10))).await;
     watch.subscribe("/+/out/#").await;
-    let client = Probe::connect(&global, &unique("client"), false);
+    let client = Probe::connect(&w.global, &unique("client"), false);
     client.connected(within(Duration::from_secs(10))).await;
     let r = reply(
         &client,
@@ -506,5 +466,203 @@ async fn placement_puts_a_function_on_the_only_matching_gateway_of_three() {
     )
     .await;
     assert_eq!(String::from_utf8_lossy(&r.payload), "lab:hi");
-    drop(agents);
+}
+
+/// The orchestrator with its global bus and one process-driver gateway per
+/// id, each with its own data directory.
+struct ProcessWorld {
+    dir: tempfile::TempDir,
+    serve: Serve,
+    global: BrokerUrl,
+    _agents: Vec<Guard>,
+    _reap: common::Reap,
+}
+
+impl ProcessWorld {
+    fn start(host: &Path, gateways: &[String]) -> ProcessWorld {
+        let dir = tempfile::tempdir().unwrap();
+        let (global_v4, global_v5) = (free_port(), free_port());
+        let serve = Serve::start_with(
+            &dir.path().join("orchestrator"),
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--mqtt-listen",
+                &global_v4,
+                "--mqtt5-listen",
+                &global_v5,
+            ],
+        );
+        let agents = gateways
+            .iter()
+            .map(|id| {
+                let log = std::fs::File::create(dir.path().join(format!("{id}.log"))).unwrap();
+                let (v4, v5) = (free_port(), free_port());
+                Guard(
+                    Command::new(env!("CARGO_BIN_EXE_continuum"))
+                        .args(["gateway", "--id", id, "--orchestrator", &serve.addr])
+                        .args([
+                            "--driver",
+                            "process",
+                            "--mqtt-listen",
+                            &v4,
+                            "--mqtt5-listen",
+                            &v5,
+                        ])
+                        .arg("--data-dir")
+                        .arg(dir.path().join(id))
+                        .arg("--function-host")
+                        .arg(host)
+                        .args(["--interval", "1s", "--max-backoff", "2s"])
+                        .env("CONTINUUM_LOG", "info")
+                        .stdout(Stdio::null())
+                        .stderr(log)
+                        .spawn()
+                        .unwrap(),
+                )
+            })
+            .collect();
+        let reap = common::Reap(dir.path().display().to_string());
+        ProcessWorld {
+            global: url(&global_v5),
+            serve,
+            _agents: agents,
+            _reap: reap,
+            dir,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_function_runs_under_the_process_driver_with_the_hosts_python() {
+    let Some(host) = function_host() else {
+        return;
+    };
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("skipped: no python3 on this host");
+        return;
+    }
+    let gw = unique("py");
+    let w = ProcessWorld::start(&host, std::slice::from_ref(&gw));
+    let src = w.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        src.join("handler.py"),
+        "import os, sys\nprint(os.environ['CONTINUUM_STREAM'] + ':' + sys.stdin.read().upper(), end='')\n",
+    )
+    .unwrap();
+    let f = unique("fy");
+    let trigger = format!("/{f}/readings");
+    let model = w.dir.path().join("m.json");
+    std::fs::write(
+        &model,
+        serde_json::json!({"name": "py", "subsystems": [{"id": gw, "components": [
+            {"id": gw, "kind": "gateway", "equipped_with_bridge": true},
+            {"id": f, "kind": "function", "triggers": [trigger], "outputs": ["r"],
+             "runtime": concat!(env!("CARGO_MANIFEST_DIR"), "/examples/templates/python-function.json"),
+             "src": src.display().to_string()}
+        ], "links": [{"kind": "hosting", "component": f, "host": gw}]}]})
+        .to_string(),
+    )
+    .unwrap();
+    let out = ok(w
+        .serve
+        .cli(&["apply", "-f", model.to_str().unwrap(), "--wait", "120s"]));
+    assert!(out.contains("converged"), "{out}");
+    let watch = Probe::connect(&w.global, &unique("watch"), false);
+    watch.connected(within(Duration::from_secs(10))).await;
+    watch.subscribe("/+/out/#").await;
+    let client = Probe::connect(&w.global, &unique("client"), false);
+    client.connected(within(Duration::from_secs(10))).await;
+    let r = reply(
+        &client,
+        &watch,
+        &trigger,
+        &format!("/{f}/out/r"),
+        "hello",
+        "c1",
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&r.payload), "readings:HELLO");
+}
+
+#[test]
+fn the_python_template_builds_on_docker_where_a_python_image_is_present() {
+    // Its form is checked everywhere: the context beside the template, a
+    // Dockerfile built FROM the function host's image and the Python image.
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/templates");
+    let dockerfile = std::fs::read_to_string(format!("{root}/python-function/Dockerfile")).unwrap();
+    for needed in [
+        "ARG FUNCTION_HOST_IMAGE",
+        "ARG PYTHON_IMAGE",
+        "COPY --from=host",
+        "COPY function/",
+    ] {
+        assert!(
+            dockerfile.contains(needed),
+            "the Dockerfile lacks `{needed}`"
+        );
+    }
+    let t: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/python-function.json")).unwrap(),
+    )
+    .unwrap();
+    let image = t["components"][0]["resources"]["container"]["build"]["args"]["PYTHON_IMAGE"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Run only where the engine has that image (nothing can be pulled here).
+    let present = Command::new("docker")
+        .args(["image", "inspect", &image])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !present {
+        eprintln!("skipped: the Docker engine has no `{image}` image to build the Python form on");
+        return;
+    }
+    let Some(host) = function_host() else {
+        return;
+    };
+    let tag = unique("continuum/pytest:t");
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(ctx.join("function")).unwrap();
+    std::fs::copy(
+        format!("{root}/python-function/Dockerfile"),
+        ctx.join("Dockerfile"),
+    )
+    .unwrap();
+    std::fs::write(ctx.join("function/handler.py"), "print(input())\n").unwrap();
+    let base = unique("continuum/pybase:t");
+    std::fs::create_dir_all(dir.path().join("base/bin")).unwrap();
+    std::fs::copy(&host, dir.path().join("base/bin/continuum-function-host")).unwrap();
+    let imported = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "tar -C {} -c . | docker import - {base}",
+            dir.path().join("base").display()
+        ))
+        .status()
+        .unwrap();
+    assert!(imported.success());
+    let built = Command::new("docker")
+        .args([
+            "build",
+            "-q",
+            "-t",
+            &tag,
+            "--build-arg",
+            &format!("FUNCTION_HOST_IMAGE={base}"),
+        ])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    let _ = Command::new("docker")
+        .args(["rmi", "-f", &tag, &base])
+        .output();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
 }
