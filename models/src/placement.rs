@@ -28,6 +28,10 @@ use crate::model::Megamodel;
 /// next to a function: the function's id (they follow it where it is placed).
 pub const FUNCTION_PROPERTY: &str = "continuum.function";
 
+/// The property placement puts on a function it placed: the gateway it chose
+/// (a function placed by hand has none, and is never moved).
+pub const PLACED_PROPERTY: &str = "continuum.placed-on";
+
 /// How much free CPU and free memory weigh in a candidate's score.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -231,6 +235,14 @@ pub fn explain(mm: &Megamodel, id: &str) -> Option<Vec<Judged>> {
 /// gateway. Returns (function, gateway) for each; a function no gateway can
 /// run is a problem naming every gateway and why.
 pub fn place(mm: &mut Megamodel) -> Result<Vec<(String, String)>, Vec<Problem>> {
+    place_excluding(mm, &[])
+}
+
+/// As [`place`], never choosing a gateway of `exclude`.
+fn place_excluding(
+    mm: &mut Megamodel,
+    exclude: &[&str],
+) -> Result<Vec<(String, String)>, Vec<Problem>> {
     // Only top-level functions can wait for placement.
     if !mm.components.iter().any(|c| c.kind() == Kind::Function) {
         return Ok(Vec::new());
@@ -242,6 +254,7 @@ pub fn place(mm: &mut Megamodel) -> Result<Vec<(String, String)>, Vec<Problem>> 
         return Ok(Vec::new());
     }
     let mut gws = gateways(mm, &assignment.of);
+    gws.retain(|g| !exclude.contains(&g.id.as_str()));
     drop(doc);
     let mut placed = Vec::new();
     let mut problems = Vec::new();
@@ -275,6 +288,10 @@ pub fn place(mm: &mut Megamodel) -> Result<Vec<(String, String)>, Vec<Problem>> 
             if c.id == *id || follower {
                 c.subsystem = Some(best.subsystem.clone());
             }
+            if c.id == *id {
+                c.properties
+                    .insert(PLACED_PROPERTY.to_owned(), best.gateway.clone());
+            }
             if follower && c.kind().needs_host() {
                 unhosted.push(c.id.clone());
             }
@@ -304,4 +321,73 @@ pub fn place(mm: &mut Megamodel) -> Result<Vec<(String, String)>, Vec<Problem>> 
     } else {
         Err(problems)
     }
+}
+
+/// Moves the functions placement put on the gateways `away` (and what their
+/// templates added beside them) to the best other gateway, in `mm` as stored
+/// (partitioned). None when no function was placed there; an error when one
+/// has nowhere else to go.
+pub fn move_off(
+    mm: &Megamodel,
+    away: &[&str],
+) -> Result<Option<(Megamodel, Vec<(String, String)>)>, Vec<Problem>> {
+    let placed_there = |c: &Component| {
+        c.kind() == Kind::Function
+            && c.properties
+                .get(PLACED_PROPERTY)
+                .is_some_and(|g| away.contains(&g.as_str()))
+    };
+    let moving: Vec<String> = mm
+        .subsystems
+        .iter()
+        .flat_map(|s| s.components.iter())
+        .filter(|c| placed_there(c))
+        .map(|c| c.id.clone())
+        .collect();
+    if moving.is_empty() {
+        return Ok(None);
+    }
+    let follows = |c: &Component| {
+        moving.contains(&c.id)
+            || c.properties
+                .get(FUNCTION_PROPERTY)
+                .is_some_and(|f| moving.contains(f))
+    };
+    let ids = moving_ids(mm, &follows);
+    let touches = |l: &Link| match l {
+        Link::Hosting { component, .. } => ids.contains(component),
+        Link::Communication(c) => ids.contains(&c.from) || ids.contains(&c.to),
+    };
+    let mut flat = mm.clone();
+    for s in &mut flat.subsystems {
+        let (out, keep): (Vec<Component>, Vec<Component>) = std::mem::take(&mut s.components)
+            .into_iter()
+            .partition(|c| follows(c));
+        s.components = keep;
+        for mut c in out {
+            c.subsystem = None;
+            c.properties.remove(PLACED_PROPERTY);
+            flat.components.push(c);
+        }
+        let (out, keep): (Vec<Link>, Vec<Link>) = std::mem::take(&mut s.links)
+            .into_iter()
+            .partition(|l| touches(l));
+        s.links = keep;
+        flat.links.extend(out);
+    }
+    // Their hosting goes: placement gives a new one.
+    flat.links
+        .retain(|l| !matches!(l, Link::Hosting { component, .. } if ids.contains(component)));
+    let moved = place_excluding(&mut flat, away)?;
+    let partitioned = crate::subsystem::partition(&flat)?;
+    Ok(Some((partitioned, moved)))
+}
+
+fn moving_ids(mm: &Megamodel, follows: &impl Fn(&Component) -> bool) -> Vec<String> {
+    mm.subsystems
+        .iter()
+        .flat_map(|s| s.components.iter())
+        .filter(|c| follows(c))
+        .map(|c| c.id.clone())
+        .collect()
 }

@@ -145,3 +145,32 @@ fn what_a_template_adds_follows_its_function() {
     let s = placed.subsystem("s-gw-b").unwrap();
     assert!(s.component("f").is_some() && s.component("f-db").is_some());
 }
+
+#[test]
+fn functions_placed_on_a_gateway_that_went_away_move_to_the_next_best() {
+    let mut lab2 = gateway("gw-c", "b", 2);
+    lab2["capabilities"]["memory_mb"] = json!(512);
+    let mm = model(
+        vec![gateway("gw-a", "a", 8), gateway("gw-b", "b", 8), lab2],
+        vec![function("f", "b")],
+    );
+    let placed = prepare(&mm, &HashMap::new()).unwrap();
+    assert_eq!(host_of(&placed, "f").as_deref(), Some("gw-b"));
+    // Nothing was placed on gw-a.
+    assert!(continuum_models::placement::move_off(&placed, &["gw-a"])
+        .unwrap()
+        .is_none());
+    let (moved, moves) = continuum_models::placement::move_off(&placed, &["gw-b"])
+        .unwrap()
+        .expect("f moves");
+    assert_eq!(moves, [("f".to_owned(), "gw-c".to_owned())]);
+    assert_eq!(host_of(&moved, "f").as_deref(), Some("gw-c"));
+    assert!(moved.subsystem("s-gw-c").unwrap().component("f").is_some());
+    assert!(moved.subsystem("s-gw-b").unwrap().component("f").is_none());
+    // With nowhere else to go, it is an error, and nothing moves.
+    let e = continuum_models::placement::move_off(&moved, &["gw-b", "gw-c"]).unwrap_err();
+    assert!(
+        e[0].message.contains("no gateway can run function `f`"),
+        "{e:?}"
+    );
+}

@@ -36,6 +36,9 @@ pub struct Config {
     pub bus: Option<continuum_bus::BrokerConfig>,
     /// An external global bus (`mqtt://host:port`), told to gateways.
     pub bus_url: Option<String>,
+    /// How long a gateway may hold no link before the functions placement put
+    /// on it are moved to other gateways (zero: never).
+    pub placement_grace: Duration,
 }
 
 impl Config {
@@ -49,6 +52,7 @@ impl Config {
             event_retention: 100_000,
             bus: None,
             bus_url: None,
+            placement_grace: Duration::from_secs(300),
         }
     }
 }
@@ -87,6 +91,36 @@ pub struct Running {
     stop: CancellationToken,
     tasks: TaskTracker,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+/// Moves the functions placed on gateways that stay away past `grace`,
+/// checking a few times per grace period.
+async fn move_from_away(orch: Orchestrator, grace: Duration, stop: CancellationToken) {
+    let every = (grace / 4).clamp(Duration::from_millis(200), Duration::from_secs(30));
+    let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+    let mut tick = tokio::time::interval(every);
+    let mut last_stuck = String::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match orch
+            .transact(move |core, _, now| core.move_from_away(now, grace_ms))
+            .await
+        {
+            Ok(crate::core::Moved::Nothing) => {}
+            Ok(crate::core::Moved::Moved(message)) => tracing::info!(%message, "functions moved"),
+            Ok(crate::core::Moved::Stuck(why)) if why != last_stuck => {
+                tracing::warn!(%why, "functions on a gateway that went away cannot move");
+                last_stuck = why;
+            }
+            Ok(crate::core::Moved::Stuck(_)) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot move functions off gateways that went away")
+            }
+        }
+    }
 }
 
 /// How long a blob no revision names is kept (an upload is followed by its apply).
@@ -169,6 +203,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     )
     .with_blobs(Arc::clone(&blobs));
     let blob_service = BlobServiceServer::new(Blobs::new(blobs));
+    if !config.placement_grace.is_zero() {
+        tasks.spawn(move_from_away(
+            orch.clone(),
+            config.placement_grace,
+            stop.clone(),
+        ));
+    }
     let limit = config.max_message_bytes;
     let models = ModelServiceServer::new(orch.clone())
         .max_decoding_message_size(limit)

@@ -25,6 +25,10 @@ pub struct Args {
     /// How many events are kept for `watch --after` to resume from.
     #[arg(long, default_value_t = 100_000)]
     pub event_retention: u64,
+    /// How long a gateway may hold no link before the functions placement put
+    /// on it move to other gateways (0s: never).
+    #[arg(long, default_value = "5m", value_parser = continuum_bus::args::duration_or_zero, value_name = "DURATION")]
+    pub placement_grace: Duration,
     #[command(flatten)]
     pub bus: continuum_bus::args::BusArgs,
     /// An external global bus (`mqtt://host[:port]`) instead of the embedded
@@ -38,6 +42,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.heartbeat_interval = args.heartbeat_interval;
     config.max_message_bytes = args.max_message_bytes;
     config.event_retention = args.event_retention;
+    config.placement_grace = args.placement_grace;
     config.bus = args.bus.config().filter(|_| args.bus_url.is_none());
     config.bus_url = args.bus_url.as_ref().map(|u| {
         // Without credentials: each gateway has its own.

@@ -27,7 +27,7 @@ use continuum_proto::v1::{ComponentStatus, DiffCounts, Gateway, Revision, Target
 
 pub use events::{Batch, Log};
 pub use gateways::Registered;
-pub use revisions::Prepared;
+pub use revisions::{Moved, Prepared};
 pub use subsystem::Subsystem;
 
 use crate::error::Error;
@@ -168,6 +168,15 @@ pub struct Transition<T> {
 }
 
 impl<T> Transition<T> {
+    /// The same transition with its reply turned into another.
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Transition<U> {
+        Transition {
+            changes: self.changes,
+            reply: f(self.reply),
+            update: self.update,
+        }
+    }
+
     /// A transition that changes nothing.
     fn none(reply: T) -> Transition<T> {
         Transition {

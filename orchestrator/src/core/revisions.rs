@@ -69,7 +69,58 @@ impl Prepared {
     }
 }
 
+/// What moving the functions off gateways that went away came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Moved {
+    /// No gateway away long enough holds a placed function.
+    Nothing,
+    /// A revision moved them; its message.
+    Moved(String),
+    /// They have nowhere else to go; why.
+    Stuck(String),
+}
+
 impl Core {
+    /// Moves the functions placement put on gateways that have held no link
+    /// for longer than `grace_ms` at `now` to the best other gateways, as one
+    /// revision whose message says so (authored by `continuum`).
+    pub fn move_from_away(&self, now: i64, grace_ms: i64) -> Result<Transition<Moved>, Error> {
+        let Some(head) = &self.head else {
+            return Ok(Transition::none(Moved::Nothing));
+        };
+        let away: Vec<&str> = self
+            .gateways
+            .iter()
+            .filter(|(_, g)| g.session.is_none() && now - g.record.last_seen_unix_ms > grace_ms)
+            .map(|(id, _)| id.as_str())
+            .collect();
+        if away.is_empty() {
+            return Ok(Transition::none(Moved::Nothing));
+        }
+        match continuum_models::placement::move_off(&head.megamodel, &away) {
+            Ok(None) => Ok(Transition::none(Moved::Nothing)),
+            Err(problems) => {
+                let why: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
+                Ok(Transition::none(Moved::Stuck(why.join("; "))))
+            }
+            Ok(Some((megamodel, moves))) => {
+                let moved: Vec<String> = moves
+                    .iter()
+                    .map(|(f, g)| format!("function {f} to {g}"))
+                    .collect();
+                let message = format!(
+                    "placement: {} away for more than {}s; moved {}",
+                    away.join(", "),
+                    grace_ms / 1000,
+                    moved.join(", ")
+                );
+                let t =
+                    self.revision(megamodel, None, "continuum".into(), message.clone(), 0, now)?;
+                Ok(t.map(|_| Moved::Moved(message)))
+            }
+        }
+    }
+
     /// The megamodel of a revision (0: the head), with its number and its
     /// canonical JSON; older revisions are read from `revisions`.
     pub fn megamodel_at(

@@ -263,3 +263,72 @@ fn the_event_log_is_trimmed_to_its_retention_by_the_transitions() {
     assert_eq!(forgotten, [4, 7, 10]);
     assert_eq!((c.log.oldest, c.log.last), (10, 30));
 }
+
+#[test]
+fn functions_placed_on_a_gateway_away_past_the_grace_period_move_in_a_revision() {
+    let mut c = core();
+    let mut log = Vec::new();
+    let gateway = |id: &str| {
+        format!(
+            r#"{{"id": "{id}", "components": [{{"id": "{id}", "kind": "gateway", "equipped_with_bridge": true,
+                "capabilities": {{"labels": {{"location": "lab"}}}}}}]}}"#
+        )
+    };
+    let json = format!(
+        r#"{{"name": "m", "subsystems": [{}, {}], "components": [
+            {{"id": "f", "kind": "function", "triggers": ["/t"], "context": {{"location": "lab"}},
+              "resources": {{"container": {{"image": "f:1"}}}}}}]}}"#,
+        gateway("gw-a"),
+        gateway("gw-b")
+    );
+    let prepared = Prepared::from_request(ApplyRequest {
+        megamodel: Some(Document {
+            name: "m.json".into(),
+            json: json.into_bytes(),
+        }),
+        ..ApplyRequest::default()
+    })
+    .unwrap();
+    let t = c.apply(prepared, 1).unwrap();
+    run(&mut c, t, &mut log);
+    let placed_on = |c: &Core| {
+        let head = &c.head.as_ref().unwrap().megamodel;
+        head.subsystems
+            .iter()
+            .find(|s| s.component("f").is_some())
+            .and_then(|s| s.id.clone())
+    };
+    assert_eq!(placed_on(&c).as_deref(), Some("gw-a"));
+    let t = c.register(register("gw-a"), 2).unwrap();
+    let session = run(&mut c, t, &mut log).reply.session;
+    // Connected: nothing moves, however long.
+    let t = c.move_from_away(1_000_000, 1_000).unwrap();
+    assert_eq!(t.reply, Moved::Nothing);
+    let t = c.disconnect("gw-a", session, "gone", 10_000).unwrap();
+    run(&mut c, t, &mut log);
+    // Away, but not for longer than the grace period.
+    assert_eq!(
+        c.move_from_away(10_500, 1_000).unwrap().reply,
+        Moved::Nothing
+    );
+    // Past it: one revision, by `continuum`, saying what moved where.
+    let t = c.move_from_away(11_500, 1_000).unwrap();
+    assert_eq!(kinds(&t.changes), ["revision"]);
+    let done = run(&mut c, t, &mut log);
+    let Moved::Moved(message) = done.reply else {
+        panic!("{:?}", done.reply)
+    };
+    assert!(
+        message.contains("gw-a away") && message.contains("function f to gw-b"),
+        "{message}"
+    );
+    assert_eq!(placed_on(&c).as_deref(), Some("gw-b"));
+    let head = c.head.as_ref().unwrap();
+    assert_eq!(head.meta.author, "continuum");
+    assert_eq!(head.meta.message, message);
+    // Done once: nothing is left on gw-a.
+    assert_eq!(
+        c.move_from_away(20_000, 1_000).unwrap().reply,
+        Moved::Nothing
+    );
+}
