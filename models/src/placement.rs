@@ -323,14 +323,14 @@ fn place_excluding(
     }
 }
 
+/// The megamodel after a move, and each function moved with its new gateway.
+pub type Moves = (Megamodel, Vec<(String, String)>);
+
 /// Moves the functions placement put on the gateways `away` (and what their
 /// templates added beside them) to the best other gateway, in `mm` as stored
 /// (partitioned). None when no function was placed there; an error when one
 /// has nowhere else to go.
-pub fn move_off(
-    mm: &Megamodel,
-    away: &[&str],
-) -> Result<Option<(Megamodel, Vec<(String, String)>)>, Vec<Problem>> {
+pub fn move_off(mm: &Megamodel, away: &[&str]) -> Result<Option<Moves>, Vec<Problem>> {
     let placed_there = |c: &Component| {
         c.kind() == Kind::Function
             && c.properties
