@@ -280,7 +280,12 @@ async fn failures_name_the_component_and_the_cause() {
         s.id("bad")
     );
     let exits = s.service("exits", "echo giving up >&2; exit 3", "");
-    let port = 20_000 + (std::process::id() % 20_000) as u16;
+    // A port free on every address now (Docker binds 0.0.0.0).
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let ports = format!(r#","ports":[{{"container":80,"host":{port}}}]"#);
     let first = s.service("first", "sleep 3600", &ports);
     let second = s.service("second", "sleep 3600", &ports);
