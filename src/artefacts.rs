@@ -259,8 +259,15 @@ mod tests {
         // Written in the other order, at another time.
         std::fs::create_dir_all(b.path().join("sub")).unwrap();
         std::fs::write(b.path().join("sub/data"), "x").unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(10));
         std::fs::write(b.path().join("handler"), "#!/bin/sh\ncat\n").unwrap();
+        // Another modification time: archives carry none.
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        std::fs::File::options()
+            .write(true)
+            .open(b.path().join("handler"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
         assert_eq!(pack_dir(a.path()).unwrap(), pack_dir(b.path()).unwrap());
         std::fs::write(b.path().join("sub/data"), "y").unwrap();
         assert_ne!(pack_dir(a.path()).unwrap(), pack_dir(b.path()).unwrap());

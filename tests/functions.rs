@@ -11,42 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, ok, unique, Guard, Serve};
+use common::{docker_ready, free_port, function_host, ok, unique, Guard, Serve};
 use continuum_bus::testing::{eventually, within, Probe, Received};
 use continuum_bus::BrokerUrl;
-use rumqttc::v5::mqttbytes::v5::PublishProperties;
-use rumqttc::v5::mqttbytes::QoS;
 
 const CONVERGE: Duration = Duration::from_secs(120);
-
-/// The static function host, from `CONTINUUM_FUNCTION_HOST` (scripts/test.sh
-/// builds it); in CI its absence is a failure.
-fn function_host() -> Option<PathBuf> {
-    let found = std::env::var_os("CONTINUUM_FUNCTION_HOST")
-        .map(PathBuf::from)
-        .filter(|p| p.is_file());
-    if found.is_none() {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("CI=true but CONTINUUM_FUNCTION_HOST names no file (scripts/build-function-host.sh)");
-        }
-        eprintln!("skipped: CONTINUUM_FUNCTION_HOST is not set (scripts/build-function-host.sh builds it)");
-    }
-    found
-}
-
-fn docker_ready() -> bool {
-    let usable = Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !usable {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("CI=true but the Docker engine is not usable");
-        }
-        eprintln!("skipped: the Docker engine is not usable");
-    }
-    usable
-}
 
 /// One test's world: processes, names, files, and the Docker objects to
 /// remove at the end.
@@ -65,52 +34,71 @@ fn url(addr: &str) -> BrokerUrl {
     format!("mqtt://{addr}").parse().unwrap()
 }
 
+/// `continuum serve` with its embedded global bus; the bus's MQTT 5 address.
+fn orchestrator(dir: &Path) -> (Serve, BrokerUrl) {
+    let (v4, v5) = (free_port(), free_port());
+    let serve = Serve::start_with(
+        &dir.join("orchestrator"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            &v4,
+            "--mqtt5-listen",
+            &v5,
+        ],
+    );
+    (serve, url(&v5))
+}
+
+/// A `continuum gateway` process `id` with `driver`, its own data directory
+/// and working directory under `dir`, its log in `dir/<id>.log`, and no
+/// --context-root (build contexts and sources come as blobs); its local
+/// broker's MQTT 5 address.
+fn agent(dir: &Path, serve: &Serve, id: &str, driver: &str, host: &Path) -> (Guard, BrokerUrl) {
+    let (v4, v5) = (free_port(), free_port());
+    let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
+    let cwd = dir.join(format!("{id}-cwd"));
+    std::fs::create_dir_all(&cwd).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_continuum"))
+        .args([
+            "gateway",
+            "--id",
+            id,
+            "--orchestrator",
+            &serve.addr,
+            "--driver",
+            driver,
+        ])
+        .args(["--mqtt-listen", &v4, "--mqtt5-listen", &v5])
+        .arg("--data-dir")
+        .arg(dir.join(id))
+        .current_dir(&cwd)
+        .arg("--function-host")
+        .arg(host)
+        .args(["--interval", "1s", "--max-backoff", "2s"])
+        .env("CONTINUUM_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("starts continuum gateway");
+    (Guard(child), url(&v5))
+}
+
 impl World {
     fn start(host: &Path) -> World {
         let dir = tempfile::tempdir().unwrap();
-        let (global_v4, global_v5) = (free_port(), free_port());
-        let serve = Serve::start_with(
-            &dir.path().join("orchestrator"),
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--mqtt-listen",
-                &global_v4,
-                "--mqtt5-listen",
-                &global_v5,
-            ],
-        );
+        let (serve, global) = orchestrator(dir.path());
         let gateway = unique("gw");
-        let (local_v4, local_v5) = (free_port(), free_port());
-        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-        let agent_dir = dir.path().join("agent-cwd");
-        std::fs::create_dir_all(&agent_dir).unwrap();
-        let agent = Guard(
-            Command::new(env!("CARGO_BIN_EXE_continuum"))
-                .args(["gateway", "--id", &gateway, "--orchestrator", &serve.addr])
-                .args(["--mqtt-listen", &local_v4, "--mqtt5-listen", &local_v5])
-                .arg("--data-dir")
-                .arg(dir.path().join("agent"))
-                // No --context-root: build contexts and sources come as blobs,
-                // and the agent runs in a directory of its own.
-                .current_dir(&agent_dir)
-                .arg("--function-host")
-                .arg(host)
-                .args(["--interval", "1s", "--max-backoff", "2s"])
-                .env("CONTINUUM_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("starts continuum gateway"),
-        );
+        let (agent, local) = agent(dir.path(), &serve, &gateway, "docker", host);
         World {
             dir,
             subsystem: unique("s"),
             gateway,
             serve: Some(serve),
             agent: Some(agent),
-            global: url(&global_v5),
-            local: url(&local_v5),
+            global,
+            local,
             functions: Vec::new(),
         }
     }
@@ -174,7 +162,8 @@ impl World {
     }
 
     fn agent_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join(format!("{}.log", self.gateway)))
+            .unwrap_or_default()
     }
 
     /// The container of `function`: its id, or none.
@@ -239,21 +228,7 @@ impl Drop for World {
 }
 
 async fn publish(p: &Probe, topic: &str, payload: &str, corr: &str) {
-    let props = PublishProperties {
-        user_properties: vec![("corr".to_owned(), corr.to_owned())],
-        ..PublishProperties::default()
-    };
-    p.client
-        .publish_with_properties(topic, QoS::AtLeastOnce, false, payload.to_owned(), props)
-        .await
-        .unwrap();
-}
-
-fn prop<'a>(r: &'a Received, key: &str) -> Option<&'a str> {
-    r.properties
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
+    p.publish_with(topic, payload, &[("corr", corr)]).await;
 }
 
 /// Publishes `payload` on `trigger` (with correlation `corr`) until a reply
@@ -285,7 +260,7 @@ async fn reply(
             watch
                 .received_on(topic)
                 .into_iter()
-                .find(|r| prop(r, "corr") == Some(corr))
+                .find(|r| r.property("corr") == Some(corr))
         },
     )
     .await
@@ -337,7 +312,7 @@ async fn a_function_runs_in_its_container_between_global_topics_and_a_change_red
     .await;
     assert_eq!(String::from_utf8_lossy(&r.payload), "a1:hello");
     assert!(r.id.is_some(), "the reply carries an id: {r:?}");
-    assert!(prop(&r, "continuum-cause").is_some(), "{r:?}");
+    assert!(r.property("continuum-cause").is_some(), "{r:?}");
 
     // A handler that fails is retried, then its message is dead-lettered.
     publish(&client, &ta, "fail now", "c2").await;
@@ -345,12 +320,12 @@ async fn a_function_runs_in_its_container_between_global_topics_and_a_change_red
         local
             .received_on(&format!("/{a}/dlq"))
             .into_iter()
-            .find(|r| prop(r, "corr") == Some("c2"))
+            .find(|r| r.property("corr") == Some("c2"))
     })
     .await;
     assert_eq!(String::from_utf8_lossy(&letter.payload), "fail now");
-    assert_eq!(prop(&letter, "continuum-dlq-attempts"), Some("3"));
-    let reason = prop(&letter, "continuum-dlq-reason").unwrap();
+    assert_eq!(letter.property("continuum-dlq-attempts"), Some("3"));
+    let reason = letter.property("continuum-dlq-reason").unwrap();
     assert!(reason.contains("refused: fail now"), "{reason}");
 
     // A new source for `a` only: `a` is rebuilt and recreated, `b` untouched.
@@ -406,7 +381,7 @@ async fn a_function_runs_in_its_container_between_global_topics_and_a_change_red
     assert!(watch
         .received_on(&format!("/{b}/out/result"))
         .iter()
-        .all(|r| prop(r, "corr") != Some("c4")));
+        .all(|r| r.property("corr") != Some("c4")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -481,50 +456,14 @@ struct ProcessWorld {
 impl ProcessWorld {
     fn start(host: &Path, gateways: &[String]) -> ProcessWorld {
         let dir = tempfile::tempdir().unwrap();
-        let (global_v4, global_v5) = (free_port(), free_port());
-        let serve = Serve::start_with(
-            &dir.path().join("orchestrator"),
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--mqtt-listen",
-                &global_v4,
-                "--mqtt5-listen",
-                &global_v5,
-            ],
-        );
+        let (serve, global) = orchestrator(dir.path());
         let agents = gateways
             .iter()
-            .map(|id| {
-                let log = std::fs::File::create(dir.path().join(format!("{id}.log"))).unwrap();
-                let (v4, v5) = (free_port(), free_port());
-                Guard(
-                    Command::new(env!("CARGO_BIN_EXE_continuum"))
-                        .args(["gateway", "--id", id, "--orchestrator", &serve.addr])
-                        .args([
-                            "--driver",
-                            "process",
-                            "--mqtt-listen",
-                            &v4,
-                            "--mqtt5-listen",
-                            &v5,
-                        ])
-                        .arg("--data-dir")
-                        .arg(dir.path().join(id))
-                        .arg("--function-host")
-                        .arg(host)
-                        .args(["--interval", "1s", "--max-backoff", "2s"])
-                        .env("CONTINUUM_LOG", "info")
-                        .stdout(Stdio::null())
-                        .stderr(log)
-                        .spawn()
-                        .unwrap(),
-                )
-            })
+            .map(|id| agent(dir.path(), &serve, id, "process", host).0)
             .collect();
         let reap = common::Reap(dir.path().display().to_string());
         ProcessWorld {
-            global: url(&global_v5),
+            global,
             serve,
             _agents: agents,
             _reap: reap,

@@ -10,24 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, json, ok, pids, unique, Guard, Reap, Serve};
+use common::{docker_ready, free_port, json, ok, pids, unique, Guard, Reap, Serve};
 
 const CONVERGE: Duration = Duration::from_secs(90);
-
-/// Whether Docker can be used; in CI its absence is a failure.
-fn docker_ready() -> bool {
-    let usable = Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !usable {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("CI=true but the Docker engine is not usable");
-        }
-        eprintln!("skipped: the Docker engine is not usable");
-    }
-    usable
-}
 
 /// One test's world: a data directory, the model files and build contexts,
 /// names, and the Docker objects to remove at the end.

@@ -5,39 +5,11 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{pids, Guard};
-
-fn function_host() -> Option<PathBuf> {
-    let found = std::env::var_os("CONTINUUM_FUNCTION_HOST")
-        .map(PathBuf::from)
-        .filter(|p| p.is_file());
-    if found.is_none() {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("CI=true but CONTINUUM_FUNCTION_HOST names no file (scripts/build-function-host.sh)");
-        }
-        eprintln!("skipped: CONTINUUM_FUNCTION_HOST is not set (scripts/build-function-host.sh builds it)");
-    }
-    found
-}
-
-fn docker_ready() -> bool {
-    let usable = Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !usable {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("CI=true but the Docker engine is not usable");
-        }
-        eprintln!("skipped: the Docker engine is not usable");
-    }
-    usable
-}
+use common::{docker_ready, function_host, pids, Guard};
 
 /// Runs `continuum up` with `driver` until the function answers, then
 /// interrupts it; returns everything it printed.

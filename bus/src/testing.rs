@@ -248,6 +248,14 @@ pub struct Received {
 }
 
 impl Received {
+    /// The value of user property `key`, if it has one (`continuum-id` aside).
+    pub fn property(&self, key: &str) -> Option<&str> {
+        self.properties
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The number a numbered message carries (its payload's first 8 bytes).
     pub fn number(&self) -> Option<u64> {
         self.payload
@@ -379,6 +387,21 @@ impl Probe {
                 .await
                 .expect("publish request");
         }
+    }
+
+    /// Publishes `payload` on `topic` at QoS 1 with these user properties.
+    pub async fn publish_with(&self, topic: &str, payload: &str, properties: &[(&str, &str)]) {
+        let props = PublishProperties {
+            user_properties: properties
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..PublishProperties::default()
+        };
+        self.client
+            .publish_with_properties(topic, QoS::AtLeastOnce, false, payload.to_owned(), props)
+            .await
+            .expect("publish request");
     }
 
     /// Publications the broker has acknowledged.

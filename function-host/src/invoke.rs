@@ -102,10 +102,12 @@ pub fn stream_of(topic: &str) -> &str {
 
 /// Runs the handler once on `call`; its reply, or why it failed.
 pub async fn invoke(handler: &Handler, call: Call<'_>) -> Result<Vec<u8>, Failure> {
-    let (program, args) = handler
-        .command
-        .split_first()
-        .expect("a handler has a program");
+    let Some((program, args)) = handler.command.split_first() else {
+        return Err(Failure::Spawn {
+            program: String::new(),
+            why: "no handler command was given".into(),
+        });
+    };
     let mut child = Command::new(program)
         .args(args)
         .env(ENV_TOPIC, call.topic)
@@ -251,6 +253,13 @@ mod tests {
         };
         let e = invoke(&h, call(b"")).await.unwrap_err();
         assert!(e.to_string().contains("/nonexistent/handler"), "{e}");
+        let none = Handler {
+            command: Vec::new(),
+            timeout: long,
+            max_output: 64,
+        };
+        let e = invoke(&none, call(b"")).await.unwrap_err();
+        assert!(e.to_string().contains("no handler command"), "{e}");
     }
 
     #[tokio::test]

@@ -8,10 +8,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use continuum_bus::testing::{eventually, free_port, within, Probe, Received};
+use continuum_bus::testing::{eventually, free_port, within, Probe};
 use continuum_bus::{BrokerConfig, BrokerUrl, EmbeddedBroker, ID_PROPERTY};
-use rumqttc::v5::mqttbytes::v5::PublishProperties;
-use rumqttc::v5::mqttbytes::QoS;
 
 const HOST: &str = env!("CARGO_BIN_EXE_continuum-function-host");
 
@@ -73,29 +71,9 @@ async fn running(status: &Probe, function: &str, pid: u32) {
 }
 
 async fn publish(p: &Probe, topic: &str, payload: &str, id: Option<&str>, extra: &[(&str, &str)]) {
-    let mut user_properties: Vec<(String, String)> = id
-        .map(|i| vec![(ID_PROPERTY.to_owned(), i.to_owned())])
-        .unwrap_or_default();
-    user_properties.extend(
-        extra
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-    );
-    let props = PublishProperties {
-        user_properties,
-        ..PublishProperties::default()
-    };
-    p.client
-        .publish_with_properties(topic, QoS::AtLeastOnce, false, payload.to_owned(), props)
-        .await
-        .unwrap();
-}
-
-fn prop<'a>(r: &'a Received, key: &str) -> Option<&'a str> {
-    r.properties
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
+    let mut properties: Vec<(&str, &str)> = id.map(|i| vec![(ID_PROPERTY, i)]).unwrap_or_default();
+    properties.extend_from_slice(extra);
+    p.publish_with(topic, payload, &properties).await;
 }
 
 async fn probe(url: &BrokerUrl, name: &str, filters: &[&str]) -> Probe {
@@ -160,10 +138,10 @@ async fn replies_come_in_order_with_their_ids_and_properties_while_runs_overlap(
             Some(format!("fn/f/src:{n}"))
         );
         assert_eq!(
-            prop(r, "continuum-cause"),
+            r.property("continuum-cause"),
             Some(format!("src:{n}").as_str())
         );
-        assert_eq!(prop(r, "corr"), Some(format!("c{n}").as_str()));
+        assert_eq!(r.property("corr"), Some(format!("c{n}").as_str()));
     }
 }
 
@@ -209,17 +187,33 @@ async fn a_failing_handler_is_retried_then_dead_lettered_and_a_hanging_one_is_ki
     )
     .await;
     assert_eq!(String::from_utf8_lossy(&letters[0].payload), "bad");
-    assert_eq!(prop(&letters[0], "continuum-dlq-attempts"), Some("3"));
-    assert_eq!(prop(&letters[0], "continuum-dlq-topic"), Some("/g/in/x"));
-    let reason = prop(&letters[0], "continuum-dlq-reason").unwrap();
+    assert_eq!(letters[0].property("continuum-dlq-attempts"), Some("3"));
+    assert_eq!(letters[0].property("continuum-dlq-topic"), Some("/g/in/x"));
+    let reason = letters[0].property("continuum-dlq-reason").unwrap();
     assert!(reason.contains("status 4: cannot parse 'bad'"), "{reason}");
-    assert_eq!(prop(&letters[0], "continuum-cause"), Some("src:1"));
+    assert_eq!(letters[0].property("continuum-cause"), Some("src:1"));
     assert_eq!(
         letters[0].id.as_ref().map(ToString::to_string).as_deref(),
         Some("fn/g/src:1")
     );
-    let reason = prop(&letters[1], "continuum-dlq-reason").unwrap();
+    let reason = letters[1].property("continuum-dlq-reason").unwrap();
     assert!(reason.contains("timeout"), "{reason}");
+    // A message whose id does not read: dead-lettered with why, never run.
+    publish(&client, "/g/in/x", "odd", Some("no-number"), &[]).await;
+    let letter = eventually(
+        "a dead letter for the malformed id",
+        within(Duration::from_secs(30)),
+        || {
+            watch
+                .received_on("/g/dlq")
+                .into_iter()
+                .find(|r| r.payload == b"odd")
+        },
+    )
+    .await;
+    let reason = letter.property("continuum-dlq-reason").unwrap();
+    assert!(reason.contains("malformed message id"), "{reason}");
+    assert_eq!(letter.property("continuum-dlq-attempts"), Some("0"));
     let text = scrape(metrics);
     for line in [
         "continuum_function_invocations_total{function=\"g\",outcome=\"error\"} 3",

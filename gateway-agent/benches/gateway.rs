@@ -139,10 +139,9 @@ fn context(dir: &Path) {
     .unwrap();
 }
 
-async fn direct(rt: &DockerRuntime, dir: &Path, subsystem: &str, component: &str) -> Vec<Duration> {
-    let mut out = Vec::new();
-    let mut previous: Option<String> = None;
-    let config = EngineConfig {
+/// The engine's settings for contexts under `dir`: no bridge, no blobs.
+fn engine_config(dir: &Path) -> EngineConfig {
+    EngineConfig {
         context_root: dir.to_owned(),
         build_args: Default::default(),
         blobs: None,
@@ -150,7 +149,13 @@ async fn direct(rt: &DockerRuntime, dir: &Path, subsystem: &str, component: &str
         step_timeout: Duration::from_secs(120),
         settle: Duration::ZERO,
         routing: Arc::new(continuum_gateway::routing::NoBridge),
-    };
+    }
+}
+
+async fn direct(rt: &DockerRuntime, dir: &Path, subsystem: &str, component: &str) -> Vec<Duration> {
+    let mut out = Vec::new();
+    let mut previous: Option<String> = None;
+    let config = engine_config(dir);
     for i in 0..=UPDATES {
         let model = subsystem_model(&megamodel(subsystem, "gw", component, i));
         let c = model.component(component).unwrap().clone();
@@ -179,15 +184,7 @@ async fn engine(
     subsystem: &str,
     component: &str,
 ) -> Vec<Duration> {
-    let config = Arc::new(EngineConfig {
-        context_root: dir.to_owned(),
-        build_args: Default::default(),
-        blobs: None,
-        workload_env: Default::default(),
-        step_timeout: Duration::from_secs(120),
-        settle: Duration::ZERO,
-        routing: Arc::new(continuum_gateway::routing::NoBridge),
-    });
+    let config = Arc::new(engine_config(dir));
     let (tx, mut rx) = mpsc::unbounded_channel();
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
     let mut out = Vec::new();

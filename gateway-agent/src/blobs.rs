@@ -99,7 +99,7 @@ impl BlobCache {
         if path.exists() {
             return Ok(path);
         }
-        let failures = self.failures.lock().expect("failures lock");
+        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         Err(failures.get(hex).cloned().unwrap_or_else(|| BlobError::Io {
             digest: hex.to_owned(),
             why: "not fetched yet".into(),
@@ -121,7 +121,7 @@ impl BlobCache {
         }
         for (hex, kind) in wanted {
             let result = self.ensure_one(&hex, kind).await;
-            let mut failures = self.failures.lock().expect("failures lock");
+            let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
             match result {
                 Ok(()) => {
                     failures.remove(&hex);
@@ -205,8 +205,10 @@ impl BlobCache {
         if size.is_some_and(|s| received < s) {
             return Err(fail(format!("the transfer ended at {received} bytes")));
         }
-        let whole = std::fs::read(&partial).map_err(io)?;
-        let actual = hex(&Sha256::digest(&whole));
+        // Hashed as it is read: a large blob is never held in memory.
+        let mut hash = Sha256::new();
+        std::io::copy(&mut std::fs::File::open(&partial).map_err(io)?, &mut hash).map_err(io)?;
+        let actual = hex(&hash.finalize());
         if actual != digest {
             let _ = std::fs::remove_file(&partial);
             return Err(BlobError::Corrupt {

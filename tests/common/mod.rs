@@ -217,3 +217,33 @@ pub fn process_gateway(id: &str, orchestrator: &str, data_dir: &Path) -> Command
         .arg(data_dir);
     c
 }
+
+/// Whether Docker can be used; in CI (`CI=true`) its absence is a failure.
+pub fn docker_ready() -> bool {
+    let usable = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !usable {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true but the Docker engine is not usable");
+        }
+        eprintln!("skipped: the Docker engine is not usable");
+    }
+    usable
+}
+
+/// The static function host, from `CONTINUUM_FUNCTION_HOST` (scripts/test.sh
+/// builds it); in CI its absence is a failure.
+pub fn function_host() -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("CONTINUUM_FUNCTION_HOST")
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.is_file());
+    if found.is_none() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true but CONTINUUM_FUNCTION_HOST names no file (scripts/build-function-host.sh)");
+        }
+        eprintln!("skipped: CONTINUUM_FUNCTION_HOST is not set (scripts/build-function-host.sh builds it)");
+    }
+    found
+}
