@@ -104,14 +104,15 @@ impl World {
     }
 
     /// Writes a function's source: a shell handler that prefixes what it
-    /// reads with `tag`, and fails on messages starting with `fail`.
+    /// reads with `tag`, fails on messages starting with `fail` and hangs on
+    /// those starting with `hang`.
     fn source(&self, name: &str, tag: &str) -> PathBuf {
         let src = self.dir.path().join(name);
         std::fs::create_dir_all(&src).unwrap();
         std::fs::write(
             src.join("handler"),
             format!(
-                "m=$(cat)\ncase \"$m\" in fail*) echo \"refused: $m\" >&2; exit 2;; esac\nprintf '%s:%s' '{tag}' \"$m\"\n"
+                "m=$(cat)\ncase \"$m\" in fail*) echo \"refused: $m\" >&2; exit 2;; hang*) sleep 300;; esac\nprintf '%s:%s' '{tag}' \"$m\"\n"
             ),
         )
         .unwrap();
@@ -119,11 +120,21 @@ impl World {
     }
 
     /// A megamodel of one subsystem: the gateway and the `functions` (id,
-    /// trigger, source) on it.
+    /// trigger, source) on it, run by the shell template.
     fn model(&mut self, name: &str, functions: &[(&str, &str, &Path)]) -> String {
-        let template = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/templates/shell-function.json"
+        self.model_with(name, "shell-function", functions)
+    }
+
+    /// The same with the runtime template `template` of examples/templates.
+    fn model_with(
+        &mut self,
+        name: &str,
+        template: &str,
+        functions: &[(&str, &str, &Path)],
+    ) -> String {
+        let template = format!(
+            "{}/examples/templates/{template}.json",
+            env!("CARGO_MANIFEST_DIR")
         );
         let mut components = vec![serde_json::json!({
             "id": self.gateway, "kind": "gateway", "equipped_with_bridge": true
@@ -136,7 +147,8 @@ impl World {
             components.push(serde_json::json!({
                 "id": id, "kind": "function",
                 "triggers": [trigger], "outputs": ["result"],
-                "runtime": template, "src": src.display().to_string()
+                "runtime": template, "src": src.display().to_string(),
+                "invocation": {"timeout": "2s", "retries": 1, "retry_backoff": "100ms"}
             }));
             links.push(
                 serde_json::json!({"kind": "hosting", "component": id, "host": self.gateway}),
@@ -324,9 +336,28 @@ async fn a_function_runs_in_its_container_between_global_topics_and_a_change_red
     })
     .await;
     assert_eq!(String::from_utf8_lossy(&letter.payload), "fail now");
-    assert_eq!(letter.property("continuum-dlq-attempts"), Some("3"));
+    // The model's invocation settings: one retry.
+    assert_eq!(letter.property("continuum-dlq-attempts"), Some("2"));
     let reason = letter.property("continuum-dlq-reason").unwrap();
     assert!(reason.contains("refused: fail now"), "{reason}");
+
+    // A handler that hangs is killed at the function's timeout (2 s), tried
+    // once more, then dead-lettered; the function goes on answering.
+    publish(&client, &ta, "hang on", "c2h").await;
+    let letter = eventually(
+        "a dead letter for the hanging run",
+        within(CONVERGE),
+        || {
+            local
+                .received_on(&format!("/{a}/dlq"))
+                .into_iter()
+                .find(|r| r.property("corr") == Some("c2h"))
+        },
+    )
+    .await;
+    let reason = letter.property("continuum-dlq-reason").unwrap();
+    assert!(reason.contains("longer than its timeout of 2s"), "{reason}");
+    assert_eq!(letter.property("continuum-dlq-attempts"), Some("2"));
 
     // A new source for `a` only: `a` is rebuilt and recreated, `b` untouched.
     let (before_a, before_b) = (w.container(&a).unwrap(), w.container(&b).unwrap());
@@ -382,6 +413,67 @@ async fn a_function_runs_in_its_container_between_global_topics_and_a_change_red
         .received_on(&format!("/{b}/out/result"))
         .iter()
         .all(|r| r.property("corr") != Some("c4")));
+}
+
+/// A handler in C, built static: upper-cases what it reads.
+const UPPER_C: &str = r#"
+#include <ctype.h>
+#include <stdio.h>
+int main(void) {
+    int c;
+    while ((c = getchar()) != EOF) putchar(toupper(c));
+    return 0;
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_executable_runs_as_a_function_in_an_image_from_scratch() {
+    let (Some(host), true) = (function_host(), docker_ready()) else {
+        return;
+    };
+    let mut w = World::start(&host);
+    let src = w.dir.path().join("upper");
+    std::fs::create_dir_all(&src).unwrap();
+    let c = w.dir.path().join("upper.c");
+    std::fs::write(&c, UPPER_C).unwrap();
+    // The machine's C compiler (Rust links with it) and its static libc.
+    let built = Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(src.join("handler"))
+        .arg(&c)
+        .output()
+        .expect("runs cc");
+    assert!(
+        built.status.success(),
+        "cc -static: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let f = unique("fbin");
+    let trigger = format!("/sensors/{f}/x");
+    let model = w.model_with("bin.json", "binary-function", &[(&f, &trigger, &src)]);
+    w.apply(&model);
+    let watch = Probe::connect(&w.global, &unique("watch"), false);
+    watch.connected(within(Duration::from_secs(10))).await;
+    watch.subscribe("/+/out/#").await;
+    let client = Probe::connect(&w.global, &unique("client"), false);
+    client.connected(within(Duration::from_secs(10))).await;
+    let r = reply(
+        &client,
+        &watch,
+        &trigger,
+        &format!("/{f}/out/result"),
+        "quiet please",
+        "b1",
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&r.payload), "QUIET PLEASE");
+    // Nothing but the host and the function's src is in its image: no shell.
+    let container = w.container(&f).expect("its container");
+    let shell = Command::new("docker")
+        .args(["exec", &container, "/bin/sh", "-c", "true"])
+        .output()
+        .unwrap();
+    assert!(!shell.status.success(), "the image has a shell");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -343,6 +343,8 @@ pub struct FunctionSpec {
     pub context: BTreeMap<String, String>,
     /// Capabilities a host must offer to run this function (`docker`, `arch=arm64`...).
     pub requires: Vec<String>,
+    /// How its handler is run (timeout, concurrency, retries).
+    pub invocation: crate::invocation::Invocation,
     /// Filled in by template expansion (or written by hand).
     pub resources: Resources,
 }

@@ -142,6 +142,12 @@ record!(Capabilities {
     docker,
     labels
 });
+record!(crate::invocation::Invocation {
+    timeout,
+    concurrency,
+    retries,
+    retry_backoff
+});
 record!(Resources {
     container,
     commands,
@@ -241,6 +247,7 @@ pub(crate) fn component_diff(a: &Component, b: &Component) -> Option<Vec<FieldCh
                     src,
                     context,
                     requires,
+                    invocation,
                     resources
                 }
             )

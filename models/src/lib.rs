@@ -17,6 +17,7 @@ mod fields;
 pub mod generate;
 pub mod genesis;
 pub(crate) mod index;
+pub mod invocation;
 pub mod link;
 pub mod load;
 pub(crate) mod locate;

@@ -138,7 +138,9 @@ pub fn input_stream(f: &FunctionSpec, i: usize) -> String {
     f.triggers
         .get(i)
         .and_then(|t| {
-            t.rsplit('/')
+            crate::topic::shared(t)
+                .map_or(t.as_str(), |(_, f)| f)
+                .rsplit('/')
                 .find(|l| !l.is_empty() && *l != "+" && *l != "#")
         })
         .map_or_else(|| format!("trigger{i}"), str::to_owned)

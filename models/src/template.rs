@@ -181,6 +181,9 @@ fn refine(
             ENV_CONTEXT.to_owned(),
             serde_json::to_string(&fspec.context).unwrap_or_default(),
         );
+        for (k, v) in fspec.invocation.env() {
+            container.env.insert(k.to_owned(), v);
+        }
     }
 
     let mut extra = Vec::new();

@@ -216,6 +216,7 @@ fn check_component(c: &Located<Component>, problems: &mut Vec<Problem>) {
     let path = &c.path;
     match &c.item.spec {
         ComponentSpec::Function(f) => {
+            f.invocation.check(&path.key("invocation"), problems);
             for (i, t) in f.triggers.iter().enumerate() {
                 if let Err(e) = topic::check_filter(t) {
                     problems.push(

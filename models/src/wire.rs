@@ -72,6 +72,8 @@ pub struct RawComponent {
     pub context: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requires: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invocation: Option<crate::invocation::Invocation>,
     // proxy
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
@@ -104,6 +106,7 @@ const KIND_FIELDS: &[(&str, &[Kind])] = &[
     ("src", &[Kind::Function]),
     ("context", &[Kind::Function]),
     ("requires", &[Kind::Function]),
+    ("invocation", &[Kind::Function]),
     ("device", &[Kind::Proxy]),
     ("baud", &[Kind::Proxy]),
     ("topic_prefix", &[Kind::Proxy]),
@@ -159,6 +162,7 @@ impl RawComponent {
             ("src", self.src.is_some()),
             ("context", self.context.is_some()),
             ("requires", self.requires.is_some()),
+            ("invocation", self.invocation.is_some()),
             ("device", self.device.is_some()),
             ("baud", self.baud.is_some()),
             ("topic_prefix", self.topic_prefix.is_some()),
@@ -231,6 +235,7 @@ impl RawComponent {
                 src: self.src,
                 context: self.context.unwrap_or_default(),
                 requires: self.requires.unwrap_or_default(),
+                invocation: self.invocation.unwrap_or_default(),
                 resources: self.resources.unwrap_or_default(),
             }),
             Kind::Proxy => ComponentSpec::Proxy(ProxySpec {
@@ -300,6 +305,7 @@ impl From<&Component> for RawComponent {
                 raw.src = f.src.clone();
                 raw.context = none_if_empty(f.context.clone());
                 raw.requires = none_if_empty(f.requires.clone());
+                raw.invocation = none_if_empty(f.invocation.clone());
                 raw.resources = none_if_empty(f.resources.clone());
             }
             ComponentSpec::Proxy(p) => {

@@ -221,6 +221,49 @@ fn template_components_are_renamed_and_wired() {
 }
 
 #[test]
+fn invocation_settings_reach_the_runtimes_environment() {
+    let mm = with_function(
+        json!({"id": "fn", "kind": "function", "runtime": "t", "context": {"location": "b1"},
+               "invocation": {"timeout": "2s", "concurrency": 2, "retries": 0}}),
+        true,
+    );
+    let templates = HashMap::from([("t".to_owned(), sidecar_template())]);
+    let p = expand(&mm, &templates).unwrap();
+    let f = p.subsystem("a").unwrap().component("fn").unwrap();
+    let env = &f
+        .as_function()
+        .unwrap()
+        .resources
+        .container
+        .as_ref()
+        .unwrap()
+        .env;
+    assert_eq!(env["CONTINUUM_TIMEOUT"], "2s");
+    assert_eq!(env["CONTINUUM_CONCURRENCY"], "2");
+    assert_eq!(env["CONTINUUM_RETRIES"], "0");
+    assert!(!env.contains_key("CONTINUUM_RETRY_BACKOFF"));
+
+    let doc = json!({"name": "m", "subsystems": [{"id": "a", "components": [
+        {"id": "gw", "kind": "gateway"},
+        {"id": "fn", "kind": "function", "invocation": {"timeout": "forever", "concurrency": 0}}]}]});
+    let err = load_megamodel("m.json", &doc.to_string()).unwrap_err();
+    let text = err.to_string();
+    for wanted in [
+        "subsystems[0].components[1].invocation.timeout",
+        "subsystems[0].components[1].invocation.concurrency",
+    ] {
+        assert!(text.contains(wanted), "{wanted} in {text}");
+    }
+    let doc = json!({"name": "m", "subsystems": [{"id": "a", "components": [
+        {"id": "gw", "kind": "gateway"},
+        {"id": "fn", "kind": "function", "invocation": {"timeuot": "1s"}}]}]});
+    let text = load_megamodel("m.json", &doc.to_string())
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("timeuot"), "{text}");
+}
+
+#[test]
 fn a_hosted_function_keeps_its_host() {
     let mm = with_function(
         json!({"id": "fn", "kind": "function", "runtime": "t", "context": {"location": "b1"}}),
