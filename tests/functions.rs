@@ -7,11 +7,14 @@
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{docker_ready, free_port, function_host, ok, unique, Guard, Serve};
+use common::{
+    docker_ready, function_gateway as agent, function_host, ok, orchestrator, unique, Guard, Serve,
+};
 use continuum_bus::testing::{eventually, within, Probe, Received};
 use continuum_bus::BrokerUrl;
 
@@ -28,61 +31,6 @@ struct World {
     global: BrokerUrl,
     local: BrokerUrl,
     functions: Vec<String>,
-}
-
-fn url(addr: &str) -> BrokerUrl {
-    format!("mqtt://{addr}").parse().unwrap()
-}
-
-/// `continuum serve` with its embedded global bus; the bus's MQTT 5 address.
-fn orchestrator(dir: &Path) -> (Serve, BrokerUrl) {
-    let (v4, v5) = (free_port(), free_port());
-    let serve = Serve::start_with(
-        &dir.join("orchestrator"),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--mqtt-listen",
-            &v4,
-            "--mqtt5-listen",
-            &v5,
-        ],
-    );
-    (serve, url(&v5))
-}
-
-/// A `continuum gateway` process `id` with `driver`, its own data directory
-/// and working directory under `dir`, its log in `dir/<id>.log`, and no
-/// --context-root (build contexts and sources come as blobs); its local
-/// broker's MQTT 5 address.
-fn agent(dir: &Path, serve: &Serve, id: &str, driver: &str, host: &Path) -> (Guard, BrokerUrl) {
-    let (v4, v5) = (free_port(), free_port());
-    let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
-    let cwd = dir.join(format!("{id}-cwd"));
-    std::fs::create_dir_all(&cwd).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_continuum"))
-        .args([
-            "gateway",
-            "--id",
-            id,
-            "--orchestrator",
-            &serve.addr,
-            "--driver",
-            driver,
-        ])
-        .args(["--mqtt-listen", &v4, "--mqtt5-listen", &v5])
-        .arg("--data-dir")
-        .arg(dir.join(id))
-        .current_dir(&cwd)
-        .arg("--function-host")
-        .arg(host)
-        .args(["--interval", "1s", "--max-backoff", "2s"])
-        .env("CONTINUUM_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("starts continuum gateway");
-    (Guard(child), url(&v5))
 }
 
 impl World {
@@ -197,45 +145,7 @@ impl Drop for World {
         // The agent first, or it would recreate what is removed.
         drop(self.agent.take());
         drop(self.serve.take());
-        let o = Command::new("docker")
-            .args(["ps", "-aq", "--filter"])
-            .arg(format!("label=continuum.subsystem={}", self.subsystem))
-            .output();
-        if let Ok(o) = o {
-            let ids = String::from_utf8_lossy(&o.stdout).to_string();
-            let ids: Vec<&str> = ids.split_whitespace().collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .arg("rm")
-                    .arg("-f")
-                    .args(&ids)
-                    .output();
-            }
-        }
-        for f in &self.functions {
-            let o = Command::new("docker")
-                .args(["images", "-q", &format!("continuum/{f}")])
-                .output();
-            if let Ok(o) = o {
-                let ids = String::from_utf8_lossy(&o.stdout).to_string();
-                let ids: Vec<&str> = ids.split_whitespace().collect();
-                if !ids.is_empty() {
-                    let _ = Command::new("docker")
-                        .arg("rmi")
-                        .arg("-f")
-                        .args(&ids)
-                        .output();
-                }
-            }
-        }
-        // The function host image is shared by the tests running now: removed
-        // only when nothing is built from it any more.
-        let _ = Command::new("sh")
-            .args([
-                "-c",
-                "docker images -q continuum/function-host | xargs -r docker rmi >/dev/null 2>&1",
-            ])
-            .output();
+        common::remove_docker_objects(&self.subsystem, &self.functions);
     }
 }
 
@@ -533,6 +443,118 @@ async fn placement_puts_a_function_on_the_only_matching_gateway_of_three() {
     )
     .await;
     assert_eq!(String::from_utf8_lossy(&r.payload), "lab:hi");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_placed_by_load_split_one_workload_through_a_shared_trigger() {
+    let Some(host) = function_host() else {
+        return;
+    };
+    let tag = unique("sh");
+    let gw = |n: usize| format!("{tag}-g{n}");
+    let w = ProcessWorld::start(&host, &[gw(1), gw(2), gw(3)]);
+    let (dir, serve) = (&w.dir, &w.serve);
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        src.join("handler"),
+        "printf '%s:%s' \"$CONTINUUM_FUNCTION\" \"$(cat)\"\n",
+    )
+    .unwrap();
+    let template = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/templates/shell-function.json"
+    );
+    let jobs = format!("{tag}/jobs");
+    let trigger = format!("$share/{tag}/{jobs}/+");
+    let f = |n: usize| format!("{tag}-w{n}");
+    let functions: Vec<serde_json::Value> = (1..=3)
+        .map(|n| {
+            serde_json::json!({"id": f(n), "kind": "function", "triggers": [trigger], "inputs": ["job"],
+                "outputs": ["done"], "runtime": template, "src": src.display().to_string()})
+        })
+        .collect();
+    let gateways: Vec<serde_json::Value> = (1..=3)
+        .map(|n| {
+            serde_json::json!({"id": gw(n), "components": [{"id": gw(n), "kind": "gateway",
+                "equipped_with_bridge": true, "capabilities": {"cpus": 2}}]})
+        })
+        .collect();
+    let model = dir.path().join("m.json");
+    std::fs::write(
+        &model,
+        serde_json::json!({"name": "shared", "subsystems": gateways, "components": functions})
+            .to_string(),
+    )
+    .unwrap();
+    let out = ok(serve.cli(&["apply", "-f", model.to_str().unwrap(), "--wait", "120s"]));
+    assert!(out.contains("converged"), "{out}");
+    // Placement by load: one function on each gateway.
+    for n in 1..=3 {
+        let target = ok(serve.cli(&["get", "--subsystem", &gw(n)]));
+        let here: Vec<usize> = (1..=3)
+            .filter(|k| target.contains(&format!("\"{}\"", f(*k))))
+            .collect();
+        assert_eq!(here.len(), 1, "gateway {n} holds {here:?}: {target}");
+    }
+    let watch = Probe::connect(&w.global, &unique("watch"), false);
+    watch.connected(within(Duration::from_secs(10))).await;
+    watch.subscribe("/+/out/done").await;
+    let client = Probe::connect(&w.global, &unique("client"), false);
+    client.connected(within(Duration::from_secs(10))).await;
+    // Until every replica answers, a bridge may not have subscribed yet.
+    let replied = |w: &Probe| -> BTreeSet<String> {
+        w.received()
+            .iter()
+            .map(|r| r.topic.clone())
+            .collect::<BTreeSet<_>>()
+    };
+    let mut k = 0;
+    eventually("every replica answering", within(CONVERGE), || {
+        k += 1;
+        let c = client.clone();
+        let topic = format!("{jobs}/warm");
+        tokio::spawn(async move { c.publish_with(&topic, "warm", &[]).await });
+        (replied(&watch).len() == 3).then_some(())
+    })
+    .await;
+    watch.clear();
+    // Then a workload: every job is handled once in all, by all three.
+    const JOBS: usize = 60;
+    for n in 0..JOBS {
+        client
+            .publish_with(&format!("{jobs}/{n}"), &format!("job{n}"), &[])
+            .await;
+    }
+    // (A warm-up message may still be answered now: they are left out.)
+    let answers = || -> Vec<(String, String)> {
+        watch
+            .received()
+            .iter()
+            .filter_map(|r| {
+                let text = String::from_utf8_lossy(&r.payload).into_owned();
+                let (who, job) = text.split_once(':')?;
+                job.starts_with("job")
+                    .then(|| (who.to_owned(), job.to_owned()))
+            })
+            .collect()
+    };
+    let got = eventually("every job answered", within(CONVERGE), || {
+        let got = answers();
+        (got.len() >= JOBS).then_some(got)
+    })
+    .await;
+    let mut by_job: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (who, job) in got {
+        by_job.entry(job).or_default().push(who);
+    }
+    assert_eq!(by_job.len(), JOBS, "{by_job:?}");
+    assert!(
+        by_job.values().all(|who| who.len() == 1),
+        "a job was handled twice: {by_job:?}"
+    );
+    let workers: BTreeSet<&String> = by_job.values().flatten().collect();
+    assert_eq!(workers.len(), 3, "not every replica worked: {by_job:?}");
 }
 
 /// The orchestrator with its global bus and one process-driver gateway per

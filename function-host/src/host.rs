@@ -129,36 +129,42 @@ pub async fn run(
     let mut ledger = Ledger::open(&config.state_dir)?;
     // What the host holds unacknowledged bounds what a crash makes run again.
     let receive_maximum = (config.concurrency * 4).clamp(16, 1024) as u16;
-    let mut o = MqttOptions::new(
-        format!("continuum-fn-{}", config.function),
-        &config.broker.host,
-        config.broker.port,
-    );
-    o.set_keep_alive(Duration::from_secs(5))
-        .set_clean_start(false)
-        // The broker keeps the subscription and what arrives while the host is
-        // away (a restart, an upgrade): 0xFFFFFFFF never expires.
-        .set_session_expiry_interval(Some(u32::MAX))
-        .set_manual_acks(true)
-        .set_receive_maximum(Some(receive_maximum))
-        .set_connection_timeout(10)
-        .set_last_will(LastWill::new(
-            status_topic(&config.function),
-            r#"{"state":"offline"}"#,
-            QoS::AtLeastOnce,
-            true,
-            None,
-        ));
-    if let Some((u, p)) = &config.broker.credentials {
-        o.set_credentials(u, p);
-    }
+    // Two sessions: one receives the inputs and acknowledges them, the other
+    // publishes replies and the status. A broker that stops acknowledging a
+    // session's publications while that session holds its most unacknowledged
+    // deliveries (rumqttd 0.20 does, at 100) would otherwise deadlock the
+    // host, which acknowledges an input only once its reply is acknowledged.
+    let mut o = options(&config, "", receive_maximum);
+    o.set_last_will(LastWill::new(
+        status_topic(&config.function),
+        r#"{"state":"offline"}"#,
+        QoS::AtLeastOnce,
+        true,
+        None,
+    ));
     let (client, eventloop) = AsyncClient::new(o, 1024);
-    let mut events = pump(eventloop, config.broker.clone(), shutdown.clone());
+    let (out, out_eventloop) = AsyncClient::new(options(&config, "-out", receive_maximum), 1024);
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    pump(
+        eventloop,
+        Session::Inputs,
+        config.broker.clone(),
+        events_tx.clone(),
+        shutdown.clone(),
+    );
+    pump(
+        out_eventloop,
+        Session::Outputs,
+        config.broker.clone(),
+        events_tx,
+        shutdown.clone(),
+    );
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u64, Outcome)>();
     let mut host = Host {
         config: Arc::new(config),
         metrics,
         client,
+        out,
         turns: Arc::new(Semaphore::new(0)),
         queue: VecDeque::new(),
         first: 0,
@@ -183,7 +189,7 @@ pub async fn run(
         host.advance(&mut ledger).await?;
     }
     let _ = host
-        .client
+        .out
         .publish(
             status_topic(&host.config.function),
             QoS::AtLeastOnce,
@@ -191,14 +197,39 @@ pub async fn run(
             r#"{"state":"offline"}"#,
         )
         .await;
+    let _ = host.out.disconnect().await;
     let _ = host.client.disconnect().await;
     Ok(())
+}
+
+/// The options of one of the host's two sessions (`suffix` tells them apart).
+fn options(config: &Config, suffix: &str, receive_maximum: u16) -> MqttOptions {
+    let mut o = MqttOptions::new(
+        format!("continuum-fn-{}{suffix}", config.function),
+        &config.broker.host,
+        config.broker.port,
+    );
+    o.set_keep_alive(Duration::from_secs(15))
+        .set_clean_start(false)
+        // The broker keeps the subscription and what arrives while the host is
+        // away (a restart, an upgrade): 0xFFFFFFFF never expires.
+        .set_session_expiry_interval(Some(u32::MAX))
+        .set_manual_acks(true)
+        .set_receive_maximum(Some(receive_maximum))
+        .set_connection_timeout(10);
+    if let Some((u, p)) = &config.broker.credentials {
+        o.set_credentials(u, p);
+    }
+    o
 }
 
 struct Host {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
+    /// The inputs' session: subscribes and acknowledges.
     client: AsyncClient,
+    /// The outputs' session: publishes.
+    out: AsyncClient,
     turns: Arc<Semaphore>,
     /// Messages in arrival order; `first` is the number of the front one.
     queue: VecDeque<Entry>,
@@ -240,7 +271,7 @@ impl Host {
                 tracing::info!(function = %self.config.function, "subscribed; running");
                 self.unsent.push_back(None);
                 let _ = self
-                    .client
+                    .out
                     .publish(
                         status_topic(&self.config.function),
                         QoS::AtLeastOnce,
@@ -383,7 +414,7 @@ impl Host {
                     ..PublishProperties::default()
                 };
                 if let Err(e) = self
-                    .client
+                    .out
                     .publish_with_properties(topic, QoS::AtLeastOnce, false, payload, props)
                     .await
                 {
@@ -517,14 +548,23 @@ async fn handle(
     }
 }
 
-/// Polls the event loop for ever (it reconnects by itself on the next poll),
-/// passing on what the host needs, and pausing between failed attempts.
+/// Which of the host's two sessions an event loop drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Session {
+    Inputs,
+    Outputs,
+}
+
+/// Polls an event loop for ever (it reconnects by itself on the next poll),
+/// passing on what the host needs of that session, and pausing between
+/// failed attempts.
 fn pump(
     mut eventloop: EventLoop,
+    session: Session,
     broker: BrokerUrl,
+    tx: mpsc::UnboundedSender<Ev>,
     shutdown: CancellationToken,
-) -> mpsc::UnboundedReceiver<Ev> {
-    let (tx, rx) = mpsc::unbounded_channel();
+) {
     tokio::spawn(async move {
         let mut pause = Duration::from_millis(100);
         loop {
@@ -532,18 +572,28 @@ fn pump(
                 _ = shutdown.cancelled() => return,
                 ev = eventloop.poll() => ev,
             };
-            let ev = match ev {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+            let ev = match (session, ev) {
+                (_, Ok(Event::Incoming(Packet::ConnAck(_)))) => {
                     pause = Duration::from_millis(100);
+                    if session == Session::Outputs {
+                        continue;
+                    }
                     Ev::Connected
                 }
-                Ok(Event::Incoming(Packet::SubAck(_))) => Ev::Subscribed,
-                Ok(Event::Incoming(Packet::Publish(p))) => Ev::Publish(Box::new(p)),
-                Ok(Event::Incoming(Packet::PubAck(a))) => Ev::Acked(a.pkid),
-                Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => Ev::Sent(pkid),
-                Ok(_) => continue,
-                Err(e) => {
-                    if tx.send(Ev::Lost(format!("{broker}: {e}"))).is_err() {
+                (Session::Inputs, Ok(Event::Incoming(Packet::SubAck(_)))) => Ev::Subscribed,
+                (Session::Inputs, Ok(Event::Incoming(Packet::Publish(p)))) => {
+                    Ev::Publish(Box::new(p))
+                }
+                (Session::Outputs, Ok(Event::Incoming(Packet::PubAck(a)))) => Ev::Acked(a.pkid),
+                (Session::Outputs, Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid)))) => {
+                    Ev::Sent(pkid)
+                }
+                (_, Ok(_)) => continue,
+                (_, Err(e)) => {
+                    if tx
+                        .send(Ev::Lost(format!("{broker} ({session:?}): {e}")))
+                        .is_err()
+                    {
                         return;
                     }
                     tokio::select! {
@@ -559,5 +609,4 @@ fn pump(
             }
         }
     });
-    rx
 }

@@ -9,6 +9,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use continuum_bus::BrokerUrl;
+
 pub const WITHIN: Duration = Duration::from_secs(20);
 
 pub fn example(p: &str) -> String {
@@ -246,4 +248,110 @@ pub fn function_host() -> Option<std::path::PathBuf> {
         eprintln!("skipped: CONTINUUM_FUNCTION_HOST is not set (scripts/build-function-host.sh builds it)");
     }
     found
+}
+
+pub fn broker_url(addr: &str) -> BrokerUrl {
+    format!("mqtt://{addr}").parse().unwrap()
+}
+
+/// `continuum serve` with its embedded global bus; the bus's MQTT 5 address.
+pub fn orchestrator(dir: &Path) -> (Serve, BrokerUrl) {
+    let (v4, v5) = (free_port(), free_port());
+    let serve = Serve::start_with(
+        &dir.join("orchestrator"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            &v4,
+            "--mqtt5-listen",
+            &v5,
+        ],
+    );
+    (serve, broker_url(&v5))
+}
+
+/// A `continuum gateway` process `id` with `driver`, its own data directory
+/// and working directory under `dir`, its log in `dir/<id>.log`, and no
+/// --context-root (build contexts and sources come as blobs); its local
+/// broker's MQTT 5 address.
+pub fn function_gateway(
+    dir: &Path,
+    serve: &Serve,
+    id: &str,
+    driver: &str,
+    host: &Path,
+) -> (Guard, BrokerUrl) {
+    let (v4, v5) = (free_port(), free_port());
+    let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
+    let cwd = dir.join(format!("{id}-cwd"));
+    std::fs::create_dir_all(&cwd).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_continuum"))
+        .args([
+            "gateway",
+            "--id",
+            id,
+            "--orchestrator",
+            &serve.addr,
+            "--driver",
+            driver,
+        ])
+        .args(["--mqtt-listen", &v4, "--mqtt5-listen", &v5])
+        .arg("--data-dir")
+        .arg(dir.join(id))
+        .current_dir(&cwd)
+        .arg("--function-host")
+        .arg(host)
+        .args(["--interval", "1s", "--max-backoff", "2s"])
+        .env("CONTINUUM_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("starts continuum gateway");
+    (Guard(child), broker_url(&v5))
+}
+
+/// Removes the containers of `subsystem` and the images of `functions` (and
+/// the function host image once nothing is built from it): what a function
+/// test leaves on the Docker engine, even when it fails.
+pub fn remove_docker_objects(subsystem: &str, functions: &[String]) {
+    let o = Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label=continuum.subsystem={}", subsystem))
+        .output();
+    if let Ok(o) = o {
+        let ids = String::from_utf8_lossy(&o.stdout).to_string();
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .arg("rm")
+                .arg("-f")
+                .args(&ids)
+                .output();
+        }
+    }
+    for f in functions {
+        let o = Command::new("docker")
+            .args(["images", "-q", &format!("continuum/{f}")])
+            .output();
+        if let Ok(o) = o {
+            let ids = String::from_utf8_lossy(&o.stdout).to_string();
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .arg("rmi")
+                    .arg("-f")
+                    .args(&ids)
+                    .output();
+            }
+        }
+    }
+    // The function host image is shared by the tests running now: removed
+    // only when nothing is built from it any more.
+    let _ = Command::new("sh")
+        .args([
+            "-c",
+            "docker images -q continuum/function-host | xargs -r docker rmi >/dev/null 2>&1",
+        ])
+        .output();
 }
