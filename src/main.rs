@@ -115,6 +115,10 @@ enum Command {
         /// The megamodel file.
         #[arg(long, short = 'f')]
         file: PathBuf,
+        /// Score by the capacity the model declares, without asking the
+        /// orchestrator for the load its gateways measured.
+        #[arg(long)]
+        offline: bool,
     },
     /// Show the ordered steps that turn OLD into NEW.
     Plan { old: PathBuf, new: PathBuf },
@@ -316,9 +320,17 @@ fn main() -> ExitCode {
         Command::Gateways => commands::status::gateways(&server, output, &style),
         Command::History { limit } => commands::status::history(&server, limit, output, &style),
         Command::Plan { old, new } => commands::plan::run(&old, &new, output, &style),
-        Command::Explain { function, file } => {
-            commands::explain::run(&function, &file, output, &style)
-        }
+        Command::Explain {
+            function,
+            file,
+            offline,
+        } => commands::explain::run(
+            &function,
+            &file,
+            (!offline).then_some(server.as_str()),
+            output,
+            &style,
+        ),
         Command::Import {
             from: ImportFrom::Genesis { file, out, force },
         } => commands::import::genesis(&file, out.as_deref(), force, &style),

@@ -557,6 +557,88 @@ async fn functions_placed_by_load_split_one_workload_through_a_shared_trigger() 
     assert_eq!(workers.len(), 3, "not every replica worked: {by_job:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placed_function_moves_off_a_gateway_gone_past_the_grace_period() {
+    let Some(host) = function_host() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let _reap = common::Reap(dir.path().display().to_string());
+    let (serve, global) = common::orchestrator_with(dir.path(), &["--placement-grace", "2s"]);
+    let tag = unique("mv");
+    let (a, b) = (format!("{tag}-a"), format!("{tag}-b"));
+    // Only `a` runs at first: its host's measured load (a machine with free
+    // CPU and GiBs of memory) beats what `b` declares.
+    let mut gw_a = Some(agent(dir.path(), &serve, &a, "process", &host).0);
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("handler"), "printf 'moved:%s' \"$(cat)\"\n").unwrap();
+    let f = format!("{tag}-f");
+    let trigger = format!("/{f}/go");
+    let gateway = |id: &str, cpus: u32| {
+        serde_json::json!({"id": id, "components": [{"id": id, "kind": "gateway",
+            "equipped_with_bridge": true, "capabilities": {"cpus": cpus, "memory_mb": 512}}]})
+    };
+    let model = dir.path().join("m.json");
+    std::fs::write(
+        &model,
+        serde_json::json!({"name": "moving", "subsystems": [gateway(&a, 2), gateway(&b, 2)],
+            "components": [{"id": f, "kind": "function", "triggers": [trigger], "outputs": ["r"],
+                "runtime": concat!(env!("CARGO_MANIFEST_DIR"), "/examples/templates/shell-function.json"),
+                "src": src.display().to_string()}]})
+        .to_string(),
+    )
+    .unwrap();
+    // The orchestrator knows `a`'s load once it has heartbeated.
+    let explained = eventually("a's measured load", within(CONVERGE), || {
+        let out = ok(serve.cli(&["explain", &f, "-f", model.to_str().unwrap()]));
+        out.contains(" CPU ").then_some(out)
+    })
+    .await;
+    assert!(
+        explained.contains(&format!("goes to gateway `{a}`")) && explained.contains("declared"),
+        "{explained}"
+    );
+    // (`b` is not there yet: no waiting for every subsystem to converge.)
+    let out = ok(serve.cli(&["apply", "-f", model.to_str().unwrap()]));
+    assert!(out.contains("applied revision"), "{out}");
+    let on = |g: &str| ok(serve.cli(&["get", "--subsystem", g])).contains(&format!("\"{f}\""));
+    assert!(on(&a) && !on(&b), "placed on {a} first");
+    let _gw_b = agent(dir.path(), &serve, &b, "process", &host).0;
+
+    // `a` goes away: past the grace period its function is moved to `b`, in a
+    // revision by continuum that says so, and answers there.
+    drop(gw_a.take());
+    eventually("the function moved to b", within(CONVERGE), || {
+        on(&b).then_some(())
+    })
+    .await;
+    assert!(!on(&a), "still placed on the gateway that went away");
+    let history = ok(serve.cli(&["history"]));
+    assert!(
+        history.contains("continuum")
+            && history.contains(&format!(
+                "{a} away for more than 2s; moved function {f} to {b}"
+            )),
+        "{history}"
+    );
+    let watch = Probe::connect(&global, &unique("watch"), false);
+    watch.connected(within(Duration::from_secs(10))).await;
+    watch.subscribe("/+/out/#").await;
+    let client = Probe::connect(&global, &unique("client"), false);
+    client.connected(within(Duration::from_secs(10))).await;
+    let r = reply(
+        &client,
+        &watch,
+        &trigger,
+        &format!("/{f}/out/r"),
+        "hi",
+        "m1",
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&r.payload), "moved:hi");
+}
+
 /// The orchestrator with its global bus and one process-driver gateway per
 /// id, each with its own data directory.
 struct ProcessWorld {

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod engine;
 pub mod exec;
 pub mod function_image;
+mod host_load;
 mod lifecycle;
 mod link;
 mod local;

@@ -200,7 +200,11 @@ async fn session(
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             _ = heartbeat.tick() => {
-                send(gateway_message::Kind::Heartbeat(Heartbeat { unix_ms: now_ms() })).await?;
+                send(gateway_message::Kind::Heartbeat(Heartbeat {
+                    unix_ms: now_ms(),
+                    load: crate::host_load::measure(),
+                }))
+                .await?;
             }
             changed = snapshot.changed() => {
                 if changed.is_err() {

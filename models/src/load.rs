@@ -44,9 +44,10 @@ pub fn load_template(file: &str, text: &str) -> Result<Template, Invalid> {
 pub fn prepare(
     mm: &Megamodel,
     templates: &HashMap<String, Template>,
+    observed: &crate::placement::Observed,
 ) -> Result<Megamodel, Vec<Problem>> {
     let mut expanded = expand_valid(mm, templates)?;
-    crate::placement::place(&mut expanded)?;
+    crate::placement::place(&mut expanded, observed)?;
     crate::subsystem::partition(&expanded)
 }
 
@@ -93,7 +94,20 @@ pub fn load_prepared(
     text: &str,
     resolve: impl FnMut(&str) -> Result<TemplateText, String>,
 ) -> Result<Prepared, Invalid> {
-    load_with(file, text, resolve, prepare)
+    load_prepared_with(file, text, resolve, &crate::placement::Observed::default())
+}
+
+/// As [`load_prepared`], placing functions with what is `observed` of the
+/// gateways (the orchestrator's view).
+pub fn load_prepared_with(
+    file: &str,
+    text: &str,
+    resolve: impl FnMut(&str) -> Result<TemplateText, String>,
+    observed: &crate::placement::Observed,
+) -> Result<Prepared, Invalid> {
+    load_with(file, text, resolve, |mm, templates| {
+        prepare(mm, templates, observed)
+    })
 }
 
 /// Reads, validates and expands a megamodel, without placing or partitioning

@@ -7,12 +7,16 @@
 //! some gateway labels (a context key no gateway labels, such as a threshold,
 //! is the function's own business), and when it offers every `requires` entry
 //! (`docker`, `arch=<arch>`, `<label>=<value>`, or a label's name). Candidates
-//! are scored by the CPU and memory they offer per workload they run (their
-//! declared `cpus` and `memory_mb`, shared by the components their subsystem
-//! already runs and the functions placed there before), weighted by the
-//! megamodel's `placement` weights; the best wins, the first subsystem on a
-//! tie. Pure: the same model places the same way offline (`continuum explain`)
-//! and on the orchestrator.
+//! are scored by the CPU and memory they have free, weighted by the
+//! megamodel's `placement` weights: what their host last measured (CPUs less
+//! the load average, available memory) when the orchestrator knows it, else
+//! their declared `cpus` and `memory_mb` shared by the components their
+//! subsystem runs; either way shared by the functions this placement puts
+//! there. The best wins, the first subsystem on a tie. A function placed
+//! before stays where it is while that gateway is still a candidate, so a
+//! shift of load does not move what runs. Pure: given the same observations,
+//! the same model places the same way offline (`continuum explain`) and on
+//! the orchestrator.
 
 use std::collections::HashMap;
 
@@ -61,6 +65,34 @@ impl Weights {
     }
 }
 
+/// What a gateway's host last measured of itself.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Measured {
+    /// CPUs.
+    pub cpus: u32,
+    /// The one-minute load average.
+    pub load: f64,
+    /// Memory still available, in MiB.
+    pub memory_available_mb: u64,
+}
+
+impl Measured {
+    /// CPUs not busy.
+    pub fn free_cpus(&self) -> f64 {
+        (f64::from(self.cpus) - self.load).max(0.0)
+    }
+}
+
+/// What placement knows beyond the model.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// The load each gateway (by id) last measured.
+    pub load: HashMap<String, Measured>,
+    /// Where each function (by id) was placed before: it stays there while
+    /// that gateway is a candidate.
+    pub placed: HashMap<String, String>,
+}
+
 /// A gateway judged for a function.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Judged {
@@ -74,6 +106,8 @@ pub struct Judged {
     pub excluded: Vec<String>,
     /// Workloads it runs already, which share its CPU and memory.
     pub workloads: usize,
+    /// What its host measured, when known (the score then uses it).
+    pub measured: Option<Measured>,
 }
 
 /// A gateway and what it offers.
@@ -84,9 +118,23 @@ struct Gateway {
     bridge: bool,
     capabilities: Capabilities,
     workloads: usize,
+    measured: Option<Measured>,
+    /// Functions this placement put there.
+    added: usize,
 }
 
-fn gateways(mm: &Megamodel, of: &HashMap<String, Option<String>>) -> Vec<Gateway> {
+impl Gateway {
+    fn add(&mut self) {
+        self.workloads += 1;
+        self.added += 1;
+    }
+}
+
+fn gateways(
+    mm: &Megamodel,
+    of: &HashMap<String, Option<String>>,
+    observed: &Observed,
+) -> Vec<Gateway> {
     let all: Vec<&Component> = mm
         .subsystems
         .iter()
@@ -112,6 +160,8 @@ fn gateways(mm: &Megamodel, of: &HashMap<String, Option<String>>) -> Vec<Gateway
             bridge: g.equipped_with_bridge,
             capabilities: g.capabilities.clone(),
             workloads,
+            measured: observed.load.get(&c.id).copied(),
+            added: 0,
         });
     }
     out
@@ -149,9 +199,19 @@ fn judge(function: &Component, g: &Gateway, labelled: &[&str], weights: Weights)
         }
     }
     let score = excluded.is_empty().then(|| {
-        let share = 1.0 + g.workloads as f64;
-        let cpus = f64::from(g.capabilities.cpus.unwrap_or(1));
-        let memory_gib = g.capabilities.memory_mb.unwrap_or(1024) as f64 / 1024.0;
+        // What runs there already shows in a measured load.
+        let (cpus, memory_gib, share) = match g.measured {
+            Some(m) => (
+                m.free_cpus(),
+                m.memory_available_mb as f64 / 1024.0,
+                1.0 + g.added as f64,
+            ),
+            None => (
+                f64::from(g.capabilities.cpus.unwrap_or(1)),
+                g.capabilities.memory_mb.unwrap_or(1024) as f64 / 1024.0,
+                1.0 + g.workloads as f64,
+            ),
+        };
         (f64::from(weights.cpu) * cpus + f64::from(weights.memory) * memory_gib) / share
     });
     Judged {
@@ -160,6 +220,7 @@ fn judge(function: &Component, g: &Gateway, labelled: &[&str], weights: Weights)
         score,
         excluded,
         workloads: g.workloads,
+        measured: g.measured,
     }
 }
 
@@ -168,7 +229,7 @@ fn judge(function: &Component, g: &Gateway, labelled: &[&str], weights: Weights)
 pub fn rank(mm: &Megamodel, function: &Component) -> Vec<Judged> {
     let doc = Document::of_megamodel(mm);
     let assignment = crate::subsystem::assign(mm, &doc);
-    let gws = gateways(mm, &assignment.of);
+    let gws = gateways(mm, &assignment.of, &Observed::default());
     rank_among(function, &gws, mm.placement)
 }
 
@@ -211,37 +272,49 @@ fn waiting(
 /// judged as `place` judges them, after the functions placed before it; none
 /// when no such function waits for placement (a hosting link or a subsystem
 /// places it).
-pub fn explain(mm: &Megamodel, id: &str) -> Option<Vec<Judged>> {
+pub fn explain(mm: &Megamodel, id: &str, observed: &Observed) -> Option<Vec<Judged>> {
     let doc = Document::of_megamodel(mm);
     let assignment = crate::subsystem::assign(mm, &doc);
-    let mut gws = gateways(mm, &assignment.of);
+    let mut gws = gateways(mm, &assignment.of, observed);
     for (w, _) in &waiting(&doc, &assignment.of) {
         let function = mm.components.iter().find(|c| &c.id == w)?;
         let judged = rank_among(function, &gws, mm.placement);
         if w == id {
             return Some(judged);
         }
-        if let Some(best) = judged.first().filter(|j| j.score.is_some()) {
-            if let Some(g) = gws.iter_mut().find(|g| g.id == best.gateway) {
-                g.workloads += 1;
+        if let Some(chosen) = choose(&judged, observed.placed.get(w)) {
+            if let Some(g) = gws.iter_mut().find(|g| g.id == chosen.gateway) {
+                g.add();
             }
         }
     }
     None
 }
 
+/// The gateway a function goes to: where it was placed before while that
+/// gateway is a candidate, else the best candidate.
+fn choose<'j>(judged: &'j [Judged], before: Option<&String>) -> Option<&'j Judged> {
+    before
+        .and_then(|b| judged.iter().find(|j| &j.gateway == b && j.score.is_some()))
+        .or_else(|| judged.first().filter(|j| j.score.is_some()))
+}
+
 /// Places every function waiting for placement: it (and what its template
 /// added next to it) joins the chosen gateway's subsystem, hosted on the
 /// gateway. Returns (function, gateway) for each; a function no gateway can
 /// run is a problem naming every gateway and why.
-pub fn place(mm: &mut Megamodel) -> Result<Vec<(String, String)>, Vec<Problem>> {
-    place_excluding(mm, &[])
+pub fn place(
+    mm: &mut Megamodel,
+    observed: &Observed,
+) -> Result<Vec<(String, String)>, Vec<Problem>> {
+    place_excluding(mm, &[], observed)
 }
 
 /// As [`place`], never choosing a gateway of `exclude`.
 fn place_excluding(
     mm: &mut Megamodel,
     exclude: &[&str],
+    observed: &Observed,
 ) -> Result<Vec<(String, String)>, Vec<Problem>> {
     // Only top-level functions can wait for placement.
     if !mm.components.iter().any(|c| c.kind() == Kind::Function) {
@@ -253,7 +326,7 @@ fn place_excluding(
     if waiting.is_empty() {
         return Ok(Vec::new());
     }
-    let mut gws = gateways(mm, &assignment.of);
+    let mut gws = gateways(mm, &assignment.of, observed);
     gws.retain(|g| !exclude.contains(&g.id.as_str()));
     drop(doc);
     let mut placed = Vec::new();
@@ -263,7 +336,7 @@ fn place_excluding(
             continue;
         };
         let judged = rank_among(&function, &gws, mm.placement);
-        let Some(best) = judged.first().filter(|j| j.score.is_some()).cloned() else {
+        let Some(best) = choose(&judged, observed.placed.get(id)).cloned() else {
             let why: Vec<String> = judged
                 .iter()
                 .map(|j| format!("{}: {}", j.gateway, j.excluded.join("; ")))
@@ -312,7 +385,7 @@ fn place_excluding(
             });
         }
         if let Some(g) = gws.iter_mut().find(|g| g.id == best.gateway) {
-            g.workloads += 1;
+            g.add();
         }
         placed.push((id.clone(), best.gateway));
     }
@@ -330,7 +403,11 @@ pub type Moves = (Megamodel, Vec<(String, String)>);
 /// templates added beside them) to the best other gateway, in `mm` as stored
 /// (partitioned). None when no function was placed there; an error when one
 /// has nowhere else to go.
-pub fn move_off(mm: &Megamodel, away: &[&str]) -> Result<Option<Moves>, Vec<Problem>> {
+pub fn move_off(
+    mm: &Megamodel,
+    away: &[&str],
+    observed: &Observed,
+) -> Result<Option<Moves>, Vec<Problem>> {
     let placed_there = |c: &Component| {
         c.kind() == Kind::Function
             && c.properties
@@ -378,7 +455,7 @@ pub fn move_off(mm: &Megamodel, away: &[&str]) -> Result<Option<Moves>, Vec<Prob
     // Their hosting goes: placement gives a new one.
     flat.links
         .retain(|l| !matches!(l, Link::Hosting { component, .. } if ids.contains(component)));
-    let moved = place_excluding(&mut flat, away)?;
+    let moved = place_excluding(&mut flat, away, observed)?;
     let partitioned = crate::subsystem::partition(&flat)?;
     Ok(Some((partitioned, moved)))
 }

@@ -39,7 +39,7 @@ fn ids(mm: &Megamodel, subsystem: &str) -> Vec<String> {
 #[test]
 fn smart_building_is_partitioned_and_expanded() {
     let mm = load_megamodel("v1.json", &example("smart-building/v1.json")).expect("v1 is valid");
-    let p = prepare(&mm, &shell_template()).expect("prepares");
+    let p = prepare(&mm, &shell_template(), &Default::default()).expect("prepares");
     assert_eq!(ids(&p, "building-a"), ["presence", "smart-gw"]);
     assert_eq!(
         ids(&p, "sensors"),

@@ -51,7 +51,7 @@ fn a_function_goes_to_the_only_gateway_its_context_matches_and_explain_says_why_
         ],
         vec![function("f", "b")],
     );
-    let placed = prepare(&mm, &HashMap::new()).expect("placed");
+    let placed = prepare(&mm, &HashMap::new(), &Default::default()).expect("placed");
     assert_eq!(host_of(&placed, "f").as_deref(), Some("gw-b"));
     assert!(placed.subsystem("s-gw-b").unwrap().component("f").is_some());
     let judged = rank(&mm, mm.components.iter().find(|c| c.id == "f").unwrap());
@@ -73,7 +73,7 @@ fn functions_spread_over_equal_gateways_and_the_bigger_one_takes_more() {
         vec![gateway("gw-a", "x", 2), gateway("gw-b", "x", 2)],
         vec![function("f1", "x"), function("f2", "x")],
     );
-    let placed = prepare(&mm, &HashMap::new()).unwrap();
+    let placed = prepare(&mm, &HashMap::new(), &Default::default()).unwrap();
     let hosts = [
         host_of(&placed, "f1").unwrap(),
         host_of(&placed, "f2").unwrap(),
@@ -91,7 +91,7 @@ fn functions_spread_over_equal_gateways_and_the_bigger_one_takes_more() {
         ],
     );
     mm.placement.cpu = 0;
-    let placed = prepare(&mm, &HashMap::new()).unwrap();
+    let placed = prepare(&mm, &HashMap::new(), &Default::default()).unwrap();
     let on_b = ["f1", "f2", "f3"]
         .iter()
         .filter(|f| host_of(&placed, f).as_deref() == Some("gw-b"))
@@ -112,7 +112,7 @@ fn no_gateway_for_a_function_is_a_problem_naming_each_and_why() {
         vec![gateway("gw-a", "a", 4), gateway("gw-b", "b", 4), no_bridge],
         vec![f],
     );
-    let problems = prepare(&mm, &HashMap::new()).unwrap_err();
+    let problems = prepare(&mm, &HashMap::new(), &Default::default()).unwrap_err();
     assert_eq!(problems.len(), 1);
     let m = &problems[0].message;
     assert!(m.contains("no gateway can run function `f`"), "{m}");
@@ -141,7 +141,12 @@ fn what_a_template_adds_follows_its_function() {
         vec![gateway("gw-a", "a", 4), gateway("gw-b", "b", 4)],
         vec![f],
     );
-    let placed = prepare(&mm, &HashMap::from([("t".to_owned(), t)])).unwrap();
+    let placed = prepare(
+        &mm,
+        &HashMap::from([("t".to_owned(), t)]),
+        &Default::default(),
+    )
+    .unwrap();
     let s = placed.subsystem("s-gw-b").unwrap();
     assert!(s.component("f").is_some() && s.component("f-db").is_some());
 }
@@ -154,23 +159,76 @@ fn functions_placed_on_a_gateway_that_went_away_move_to_the_next_best() {
         vec![gateway("gw-a", "a", 8), gateway("gw-b", "b", 8), lab2],
         vec![function("f", "b")],
     );
-    let placed = prepare(&mm, &HashMap::new()).unwrap();
+    let placed = prepare(&mm, &HashMap::new(), &Default::default()).unwrap();
     assert_eq!(host_of(&placed, "f").as_deref(), Some("gw-b"));
     // Nothing was placed on gw-a.
-    assert!(continuum_models::placement::move_off(&placed, &["gw-a"])
-        .unwrap()
-        .is_none());
-    let (moved, moves) = continuum_models::placement::move_off(&placed, &["gw-b"])
-        .unwrap()
-        .expect("f moves");
+    assert!(
+        continuum_models::placement::move_off(&placed, &["gw-a"], &Default::default())
+            .unwrap()
+            .is_none()
+    );
+    let (moved, moves) =
+        continuum_models::placement::move_off(&placed, &["gw-b"], &Default::default())
+            .unwrap()
+            .expect("f moves");
     assert_eq!(moves, [("f".to_owned(), "gw-c".to_owned())]);
     assert_eq!(host_of(&moved, "f").as_deref(), Some("gw-c"));
     assert!(moved.subsystem("s-gw-c").unwrap().component("f").is_some());
     assert!(moved.subsystem("s-gw-b").unwrap().component("f").is_none());
     // With nowhere else to go, it is an error, and nothing moves.
-    let e = continuum_models::placement::move_off(&moved, &["gw-b", "gw-c"]).unwrap_err();
+    let e = continuum_models::placement::move_off(&moved, &["gw-b", "gw-c"], &Default::default())
+        .unwrap_err();
     assert!(
         e[0].message.contains("no gateway can run function `f`"),
         "{e:?}"
     );
+}
+
+#[test]
+fn measured_load_outweighs_declared_capacity_and_a_placed_function_stays_put() {
+    use continuum_models::placement::{explain, Measured, Observed};
+    let mm = model(
+        vec![gateway("gw-a", "x", 8), gateway("gw-b", "x", 2)],
+        vec![function("f", "x"), function("g", "x")],
+    );
+    // Declared: gw-a offers more, both functions go there first.
+    let declared = prepare(&mm, &HashMap::new(), &Default::default()).unwrap();
+    assert_eq!(host_of(&declared, "f").as_deref(), Some("gw-a"));
+    // Measured: gw-a's host is nearly saturated, gw-b's idle.
+    let mut observed = Observed::default();
+    observed.load.insert(
+        "gw-a".into(),
+        Measured {
+            cpus: 8,
+            load: 7.9,
+            memory_available_mb: 256,
+        },
+    );
+    observed.load.insert(
+        "gw-b".into(),
+        Measured {
+            cpus: 2,
+            load: 0.1,
+            memory_available_mb: 4096,
+        },
+    );
+    let measured = prepare(&mm, &HashMap::new(), &observed).unwrap();
+    assert_eq!(host_of(&measured, "f").as_deref(), Some("gw-b"));
+    let judged = explain(&mm, "f", &observed).unwrap();
+    assert_eq!(judged[0].gateway, "gw-b");
+    assert_eq!(judged[0].measured.map(|m| m.cpus), Some(2));
+    // `g` is judged after `f` went to gw-b, which it now shares: (1.9 + 4) / 2
+    // still beats gw-a's 0.1 + 0.25.
+    assert_eq!(host_of(&measured, "g").as_deref(), Some("gw-b"));
+    // Placed before on gw-a, `f` stays there while gw-a is a candidate.
+    observed.placed.insert("f".into(), "gw-a".into());
+    let sticky = prepare(&mm, &HashMap::new(), &observed).unwrap();
+    assert_eq!(host_of(&sticky, "f").as_deref(), Some("gw-a"));
+    // Unless gw-a no longer fits it.
+    let moved_away = model(
+        vec![gateway("gw-a", "y", 8), gateway("gw-b", "x", 2)],
+        vec![function("f", "x")],
+    );
+    let placed = prepare(&moved_away, &HashMap::new(), &observed).unwrap();
+    assert_eq!(host_of(&placed, "f").as_deref(), Some("gw-b"));
 }

@@ -50,9 +50,11 @@ impl ModelService for Orchestrator {
         let response = async {
             // Reading and validating the model needs no lock: other requests
             // and gateway reports go on meanwhile.
-            let prepared = tokio::task::spawn_blocking(move || Prepared::from_request(req))
-                .await
-                .map_err(|e| Status::internal(format!("apply task failed: {e}")))??;
+            let observed = self.read(|core, _| Ok(core.observed())).await?;
+            let prepared =
+                tokio::task::spawn_blocking(move || Prepared::from_request(req, &observed))
+                    .await
+                    .map_err(|e| Status::internal(format!("apply task failed: {e}")))??;
             if let Some(blobs) = &self.blobs {
                 prepared.check_artefacts(|d| blobs.has(d))?;
             }

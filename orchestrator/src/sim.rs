@@ -124,8 +124,11 @@ impl SimGateway {
 
     /// Says it is alive.
     pub async fn heartbeat(&self) -> Result<(), Status> {
-        self.send(gateway_message::Kind::Heartbeat(Heartbeat { unix_ms: 0 }))
-            .await
+        self.send(gateway_message::Kind::Heartbeat(Heartbeat {
+            unix_ms: 0,
+            load: None,
+        }))
+        .await
     }
 
     /// Reports a current model at a generation.

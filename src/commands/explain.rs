@@ -1,15 +1,57 @@
 //! `continuum explain FUNCTION -f MODEL`: where placement puts a function and
-//! why — every gateway, its score, and why the others are excluded.
+//! why — every gateway, its score, and why the others are excluded. Scores
+//! use the load the orchestrator's connected gateways last measured, as an
+//! apply would; without an orchestrator (or with `--offline`), the capacity
+//! the model declares.
 
 use std::path::Path;
 use std::process::ExitCode;
 
+use continuum_models::placement::{Measured, Observed};
+use continuum_proto::v1::StatusRequest;
+
 use crate::style::Style;
 use crate::Format;
+
+/// The load each connected gateway of the orchestrator at `server` last
+/// measured, or why it cannot be had.
+fn measured(server: &str) -> anyhow::Result<Observed> {
+    crate::remote::block_on(async {
+        let mut client = crate::remote::connect(server).await?;
+        let s = client
+            .status(StatusRequest {})
+            .await
+            .map_err(crate::remote::explain)?
+            .into_inner();
+        let load = s
+            .subsystems
+            .into_iter()
+            .filter_map(|sub| sub.gateway)
+            .chain(s.unassigned)
+            .filter(|g| g.connected)
+            .filter_map(|g| {
+                let l = g.load?;
+                Some((
+                    g.id,
+                    Measured {
+                        cpus: l.cpus,
+                        load: l.load1,
+                        memory_available_mb: l.memory_available_bytes / (1024 * 1024),
+                    },
+                ))
+            })
+            .collect();
+        Ok(Observed {
+            load,
+            ..Observed::default()
+        })
+    })
+}
 
 pub fn run(
     function: &str,
     model: &Path,
+    server: Option<&str>,
     format: Format,
     style: &Style,
 ) -> anyhow::Result<ExitCode> {
@@ -29,7 +71,18 @@ pub fn run(
             f.kind()
         );
     }
-    let judged = continuum_models::placement::explain(&mm, function);
+    let observed = match server.map(measured) {
+        None => Observed::default(),
+        Some(Ok(o)) => o,
+        Some(Err(e)) => {
+            eprintln!(
+                "{} {e:#}\n  scoring by the capacity the model declares",
+                style.dim("note:")
+            );
+            Observed::default()
+        }
+    };
+    let judged = continuum_models::placement::explain(&mm, function, &observed);
     if format == Format::Json {
         super::print_json(&serde_json::json!({
             "function": function,
@@ -59,11 +112,12 @@ pub fn run(
         ),
     }
     outln!(
-        "  {:<20} {:<20} {:>8} {:>9}  {}",
+        "  {:<20} {:<20} {:>8} {:>9} {:>16}  {}",
         "GATEWAY",
         "SUBSYSTEM",
         "SCORE",
         "WORKLOADS",
+        "MEASURED",
         "WHY"
     );
     for (i, j) in judged.iter().enumerate() {
@@ -75,12 +129,23 @@ pub fn run(
                 style.dim(&format!("excluded: {}", j.excluded.join("; "))),
             ),
         };
+        let measured = j.measured.map_or_else(
+            || "declared".to_owned(),
+            |m| {
+                format!(
+                    "{:.1} CPU {:.1} GiB",
+                    m.free_cpus(),
+                    m.memory_available_mb as f64 / 1024.0
+                )
+            },
+        );
         outln!(
-            "  {:<20} {:<20} {:>8} {:>9}  {}",
+            "  {:<20} {:<20} {:>8} {:>9} {:>16}  {}",
             j.gateway,
             j.subsystem,
             score,
             j.workloads,
+            measured,
             why
         );
     }

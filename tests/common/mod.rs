@@ -256,18 +256,22 @@ pub fn broker_url(addr: &str) -> BrokerUrl {
 
 /// `continuum serve` with its embedded global bus; the bus's MQTT 5 address.
 pub fn orchestrator(dir: &Path) -> (Serve, BrokerUrl) {
+    orchestrator_with(dir, &[])
+}
+
+/// The same with more flags.
+pub fn orchestrator_with(dir: &Path, flags: &[&str]) -> (Serve, BrokerUrl) {
     let (v4, v5) = (free_port(), free_port());
-    let serve = Serve::start_with(
-        &dir.join("orchestrator"),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--mqtt-listen",
-            &v4,
-            "--mqtt5-listen",
-            &v5,
-        ],
-    );
+    let mut all = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--mqtt-listen",
+        &v4,
+        "--mqtt5-listen",
+        &v5,
+    ];
+    all.extend_from_slice(flags);
+    let serve = Serve::start_with(&dir.join("orchestrator"), &all);
     (serve, broker_url(&v5))
 }
 

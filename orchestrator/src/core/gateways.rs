@@ -8,8 +8,8 @@ use continuum_models::validate::is_valid_id;
 use continuum_models::{DeploymentModel, Invalid};
 use continuum_proto::v1::{
     event, Ack, Acknowledged, ComponentChanged, ComponentState, CurrentChanged, CurrentReport,
-    Diverged, Document, Gateway, GatewayConnected, GatewayDisconnected, Register, StatusReport,
-    StepProgress, Target, TargetSent, Welcome,
+    Diverged, Document, Gateway, GatewayConnected, GatewayDisconnected, HostLoad, Register,
+    StatusReport, StepProgress, Target, TargetSent, Welcome,
 };
 
 use super::{counts, to_json, Batch, Core, Delivery, GatewayState, Transition, Update};
@@ -409,10 +409,14 @@ impl Core {
         &self,
         gateway_id: &str,
         session: u64,
+        load: Option<HostLoad>,
         now: i64,
     ) -> Result<Transition<()>, Error> {
         let mut state = self.live(gateway_id, session)?.clone();
         state.record.last_seen_unix_ms = now;
+        if load.is_some() {
+            state.record.load = load;
+        }
         let update = Update {
             gateways: vec![state],
             ..Update::default()

@@ -1,6 +1,7 @@
 //! Revisions: an applied megamodel (or a rollback) becomes a new revision,
 //! and every subsystem whose model changed gets a new target generation.
 
+use continuum_models::placement::{Measured, Observed};
 use std::collections::{BTreeMap, HashSet};
 
 use continuum_models::{DeploymentModel, Megamodel};
@@ -23,10 +24,11 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Reads, validates, expands and partitions the request's megamodel.
-    pub fn from_request(req: ApplyRequest) -> Result<Prepared, Error> {
-        use continuum_proto::apply::{prepare, ApplyInputError};
-        let prepared = prepare(&req).map_err(|e| match e {
+    /// Reads, validates, expands and partitions the request's megamodel,
+    /// placing its functions with what is `observed` of the gateways.
+    pub fn from_request(req: ApplyRequest, observed: &Observed) -> Result<Prepared, Error> {
+        use continuum_proto::apply::{prepare_with, ApplyInputError};
+        let prepared = prepare_with(&req, observed).map_err(|e| match e {
             ApplyInputError::NoMegamodel => Error::BadRequest(e.to_string()),
             ApplyInputError::Invalid(invalid) => Error::Invalid(invalid),
         })?;
@@ -81,6 +83,40 @@ pub enum Moved {
 }
 
 impl Core {
+    /// What placement needs beyond a model: the load each connected gateway
+    /// last measured, and where the head placed its functions.
+    pub fn observed(&self) -> Observed {
+        let load = self
+            .gateways
+            .iter()
+            .filter(|(_, g)| g.session.is_some())
+            .filter_map(|(id, g)| {
+                let l = g.record.load.as_ref()?;
+                Some((
+                    id.clone(),
+                    Measured {
+                        cpus: l.cpus,
+                        load: l.load1,
+                        memory_available_mb: l.memory_available_bytes / (1024 * 1024),
+                    },
+                ))
+            })
+            .collect();
+        let placed = self
+            .head
+            .iter()
+            .flat_map(|h| h.megamodel.subsystems.iter())
+            .flat_map(|s| s.components.iter())
+            .filter_map(|c| {
+                let g = c
+                    .properties
+                    .get(continuum_models::placement::PLACED_PROPERTY)?;
+                Some((c.id.clone(), g.clone()))
+            })
+            .collect();
+        Observed { load, placed }
+    }
+
     /// Moves the functions placement put on gateways that have held no link
     /// for longer than `grace_ms` at `now` to the best other gateways, as one
     /// revision whose message says so (authored by `continuum`).
@@ -97,7 +133,7 @@ impl Core {
         if away.is_empty() {
             return Ok(Transition::none(Moved::Nothing));
         }
-        match continuum_models::placement::move_off(&head.megamodel, &away) {
+        match continuum_models::placement::move_off(&head.megamodel, &away, &self.observed()) {
             Ok(None) => Ok(Transition::none(Moved::Nothing)),
             Err(problems) => {
                 let why: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();

@@ -33,13 +33,16 @@ fn model(image: &str) -> Prepared {
             {{"id": "web", "kind": "service", "resources": {{"container": {{"image": "{image}"}}}}}}],
           "links": [{{"kind": "hosting", "component": "web", "host": "gw"}}]}}]}}"#
     );
-    Prepared::from_request(ApplyRequest {
-        megamodel: Some(Document {
-            name: "m.json".into(),
-            json: json.into_bytes(),
-        }),
-        ..ApplyRequest::default()
-    })
+    Prepared::from_request(
+        ApplyRequest {
+            megamodel: Some(Document {
+                name: "m.json".into(),
+                json: json.into_bytes(),
+            }),
+            ..ApplyRequest::default()
+        },
+        &Default::default(),
+    )
     .unwrap()
 }
 
@@ -281,13 +284,16 @@ fn functions_placed_on_a_gateway_away_past_the_grace_period_move_in_a_revision()
         gateway("gw-a"),
         gateway("gw-b")
     );
-    let prepared = Prepared::from_request(ApplyRequest {
-        megamodel: Some(Document {
-            name: "m.json".into(),
-            json: json.into_bytes(),
-        }),
-        ..ApplyRequest::default()
-    })
+    let prepared = Prepared::from_request(
+        ApplyRequest {
+            megamodel: Some(Document {
+                name: "m.json".into(),
+                json: json.into_bytes(),
+            }),
+            ..ApplyRequest::default()
+        },
+        &Default::default(),
+    )
     .unwrap();
     let t = c.apply(prepared, 1).unwrap();
     run(&mut c, t, &mut log);
