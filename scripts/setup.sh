@@ -14,6 +14,16 @@ command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v faketime >/dev/null 2>&1 || need_apt+=(faketime)
 # ip (network namespaces): the bridge's partition test.
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+# Leaf devices: avr-gcc builds the example's firmware, avrdude is the reference
+# flasher, simavr (and its library) runs the simulated Arduino Uno, the Arduino
+# core brings its bootloader, socat makes bare pty pairs.
+command -v avr-gcc >/dev/null 2>&1 || need_apt+=(gcc-avr binutils-avr)
+[ -f /usr/lib/avr/include/avr/io.h ] || need_apt+=(avr-libc)
+command -v avrdude >/dev/null 2>&1 || need_apt+=(avrdude)
+[ -f /usr/include/simavr/sim_avr.h ] || need_apt+=(libsimavr-dev libelf-dev)
+command -v simavr >/dev/null 2>&1 || need_apt+=(simavr)
+[ -f /usr/share/arduino/hardware/arduino/avr/bootloaders/atmega/ATmegaBOOT_168_atmega328.hex ] || need_apt+=(arduino-core-avr)
+command -v socat >/dev/null 2>&1 || need_apt+=(socat)
 linkage=$(LC_ALL=C ldd /bin/busybox 2>&1 || true)
 case "$linkage" in *"not a dynamic"*) ;; *) need_apt+=(busybox-static) ;; esac
 

@@ -11,5 +11,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== the static function host (function images are FROM scratch)" >&2
 CONTINUUM_FUNCTION_HOST="$(scripts/build-function-host.sh)"
 export CONTINUUM_FUNCTION_HOST
+echo "== the simulated Arduino Uno (libsimavr)" >&2
+CONTINUUM_SIM_BOARD="$(scripts/build-sim-board.sh)"
+export CONTINUUM_SIM_BOARD
 echo "== cargo test" >&2
 cargo test --workspace --locked

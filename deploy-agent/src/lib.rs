@@ -1,7 +1,11 @@
-//! The deploy agent: the gateway's delegate on the host wired to a leaf device
-//! It will flash firmware over serial (`resources.flash` in the model),
-//! verifies it and reports. The flashers arrive with the leaf-device issue.
+//! The deploy agent: it runs on the host a leaf device is wired to and flashes
+//! firmware onto the device (natively over STK500v1, the protocol of Arduino
+//! bootloaders, or with a tool such as avrdude), verifies it, confirms that it
+//! runs or rolls it back, and carries the device's serial lines to MQTT.
 
-#![warn(missing_docs)]
-
-pub use continuum_models as models;
+pub mod board;
+pub mod flash;
+pub mod image;
+pub mod serial;
+pub mod state;
+pub mod stk500;
