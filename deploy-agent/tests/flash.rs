@@ -1,0 +1,394 @@
+//! `continuum-agent flash` against the simulated Arduino Uno (an ATmega328P
+//! under simavr with the Arduino bootloader, on a pty), with the real avrdude
+//! as the reference: what the agent writes avrdude verifies, a firmware
+//! already there is skipped, one that never says it runs is rolled back, and
+//! every bad input or fault fails at its stage with the device unchanged.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_continuum-agent");
+const FIRMWARE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../examples/smart-building/firmware"
+);
+/// The example firmware's health line (its readings).
+const HEALTH: &str = r#"^\{"pir":"#;
+/// A firmware that runs and never prints: `rjmp .-2` at address 0.
+const QUIET: &str = ":02000000FFCF30\n:00000001FF\n";
+
+/// The simulated board, from `CONTINUUM_SIM_BOARD` (scripts/build-sim-board.sh);
+/// in CI its absence is a failure.
+fn sim_board() -> Option<PathBuf> {
+    let found = std::env::var_os("CONTINUUM_SIM_BOARD")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file());
+    if found.is_none() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true but CONTINUUM_SIM_BOARD names no file (scripts/build-sim-board.sh)");
+        }
+        eprintln!("skipped: CONTINUUM_SIM_BOARD is not set (scripts/build-sim-board.sh builds it)");
+    }
+    found
+}
+
+/// A simulated board on `dir/<name>`, stopped (and its link removed) when dropped.
+struct Board {
+    child: Child,
+    port: PathBuf,
+}
+
+impl Board {
+    fn start(sim: &Path, dir: &Path, name: &str, extra: &[&str]) -> Board {
+        let port = dir.join(name);
+        let mut child = Command::new(sim)
+            .arg("--link")
+            .arg(&port)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starts the simulated board");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("PTY "), "the board says {line:?}");
+        Board { child, port }
+    }
+
+    fn port(&self) -> &str {
+        self.port.to_str().unwrap()
+    }
+}
+
+impl Drop for Board {
+    fn drop(&mut self) {
+        let _ = nix_kill(self.child.id());
+        let _ = self.child.wait();
+    }
+}
+
+fn nix_kill(pid: u32) -> std::io::Result<()> {
+    Command::new("kill").arg(pid.to_string()).status().map(drop)
+}
+
+/// Runs the agent; its exit code and its last JSON line.
+fn agent(state: &Path, args: &[&str]) -> (i32, serde_json::Value) {
+    let out = Command::new(AGENT)
+        .arg("flash")
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .output()
+        .expect("runs continuum-agent");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(
+            || serde_json::json!({"stderr": String::from_utf8_lossy(&out.stderr).to_string()}),
+        );
+    (out.status.code().unwrap_or(-1), last)
+}
+
+fn firmware(name: &str) -> String {
+    format!("{FIRMWARE}/{name}")
+}
+
+/// avrdude's verdict on the board's flash against `hex`.
+fn avrdude_verifies(port: &str, hex: &str) -> bool {
+    let out = Command::new("avrdude")
+        .args(["-c", "arduino", "-p", "m328p", "-b", "115200", "-P", port])
+        .arg(format!("-Uflash:v:{hex}:i"))
+        .output()
+        .expect("runs avrdude");
+    out.status.success()
+}
+
+fn flash_with_health(state: &Path, board: &Board, image: &str) -> (i32, serde_json::Value) {
+    agent(
+        state,
+        &[
+            "--port",
+            board.port(),
+            "--board",
+            "uno",
+            "--image",
+            image,
+            "--health",
+            HEALTH,
+            "--confirm-within",
+            "5s",
+        ],
+    )
+}
+
+#[test]
+fn flashes_verifies_confirms_skips_and_avrdude_reads_back_the_same() {
+    let Some(sim) = sim_board() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let board = Board::start(&sim, dir.path(), "uno", &[]);
+    let state = dir.path().join("state");
+    let v1 = firmware("arduino-flow-v1.hex");
+    let (code, r) = flash_with_health(&state, &board, &v1);
+    assert_eq!((code, r["result"].as_str()), (0, Some("done")), "{r}");
+    assert!(
+        r["health"].as_str().unwrap().starts_with(r#"{"pir":"#),
+        "{r}"
+    );
+    assert!(
+        avrdude_verifies(board.port(), &v1),
+        "avrdude reads back what the agent wrote"
+    );
+
+    // The same firmware again: nothing is written.
+    let (code, r) = flash_with_health(&state, &board, &v1);
+    assert_eq!((code, r["result"].as_str()), (0, Some("unchanged")), "{r}");
+
+    // A new firmware is written, runs, and avrdude agrees.
+    let v2 = firmware("arduino-flow-v2.hex");
+    let (code, r) = flash_with_health(&state, &board, &v2);
+    assert_eq!((code, r["result"].as_str()), (0, Some("done")), "{r}");
+    assert!(avrdude_verifies(board.port(), &v2));
+    assert!(!avrdude_verifies(board.port(), &v1));
+
+    // --force writes even an unchanged one.
+    let (code, r) = agent(
+        &state,
+        &[
+            "--port",
+            board.port(),
+            "--board",
+            "uno",
+            "--image",
+            &v2,
+            "--force",
+        ],
+    );
+    assert_eq!((code, r["result"].as_str()), (0, Some("done")), "{r}");
+
+    // And what avrdude writes, the agent's verification accepts.
+    let out = Command::new("avrdude")
+        .args([
+            "-c",
+            "arduino",
+            "-p",
+            "m328p",
+            "-b",
+            "115200",
+            "-P",
+            board.port(),
+        ])
+        .arg(format!("-Uflash:w:{v1}:i"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let (code, r) = flash_with_health(&state, &board, &v1);
+    assert_eq!((code, r["result"].as_str()), (0, Some("done")), "{r}");
+}
+
+#[test]
+fn a_firmware_that_never_says_it_runs_is_rolled_back_to_the_confirmed_one() {
+    let Some(sim) = sim_board() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let board = Board::start(&sim, dir.path(), "uno", &[]);
+    let state = dir.path().join("state");
+    let v1 = firmware("arduino-flow-v1.hex");
+    let (code, r) = flash_with_health(&state, &board, &v1);
+    assert_eq!((code, r["result"].as_str()), (0, Some("done")), "{r}");
+    let quiet = dir.path().join("quiet.hex");
+    std::fs::write(&quiet, QUIET).unwrap();
+    let (code, r) = flash_with_health(&state, &board, quiet.to_str().unwrap());
+    assert_eq!(
+        (code, r["result"].as_str()),
+        (2, Some("rolled_back")),
+        "{r}"
+    );
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("did not confirm within 5s"),
+        "{r}"
+    );
+    assert!(avrdude_verifies(board.port(), &v1), "v1 is back");
+    // The confirmed firmware is still v1: flashing it again is a no-op.
+    let (code, r) = flash_with_health(&state, &board, &v1);
+    assert_eq!((code, r["result"].as_str()), (0, Some("unchanged")), "{r}");
+}
+
+#[test]
+fn bad_input_is_refused_before_the_device_is_touched() {
+    let Some(sim) = sim_board() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let board = Board::start(&sim, dir.path(), "uno", &[]);
+    let state = dir.path().join("state");
+    let v1 = firmware("arduino-flow-v1.hex");
+    assert_eq!(flash_with_health(&state, &board, &v1).0, 0);
+
+    // A record whose checksum does not add up.
+    let text = std::fs::read_to_string(&v1).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let third = lines[2].clone();
+    let last = &third[third.len() - 2..];
+    let flipped = format!("{:02X}", u8::from_str_radix(last, 16).unwrap() ^ 1);
+    lines[2] = format!("{}{flipped}", &third[..third.len() - 2]);
+    let corrupt = dir.path().join("corrupt.hex");
+    std::fs::write(&corrupt, lines.join("\n")).unwrap();
+    let out = Command::new(AGENT)
+        .args(["flash", "--board", "uno", "--port", board.port()])
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--image")
+        .arg(&corrupt)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("corrupt.hex") && err.contains("line 3: bad checksum"),
+        "{err}"
+    );
+
+    // An image larger than the board's flash.
+    let big = dir.path().join("big.hex");
+    let image = continuum_deploy_agent::image::Image {
+        data: vec![0x11; 33_000],
+    };
+    std::fs::write(&big, image.to_hex()).unwrap();
+    let (code, r) = agent(
+        &state,
+        &[
+            "--port",
+            board.port(),
+            "--board",
+            "uno",
+            "--image",
+            big.to_str().unwrap(),
+        ],
+    );
+    assert_eq!((code, r["stage"].as_str()), (1, Some("connecting")), "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("beyond the 32256 bytes"),
+        "{r}"
+    );
+
+    // No such port; a board without a native protocol.
+    let (code, r) = agent(
+        &state,
+        &[
+            "--port",
+            "/dev/no-such-port",
+            "--board",
+            "uno",
+            "--image",
+            &v1,
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        r["reason"].as_str().unwrap().contains("does not exist"),
+        "{r}"
+    );
+    let (code, r) = agent(
+        &state,
+        &["--port", board.port(), "--board", "mega", "--image", &v1],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        r["reason"].as_str().unwrap().contains("no native protocol"),
+        "{r}"
+    );
+
+    // A port someone else holds.
+    {
+        let _held = continuum_deploy_agent::serial::Port::open(&board.port, 115_200).unwrap();
+        let (code, r) = agent(
+            &state,
+            &[
+                "--port",
+                board.port(),
+                "--board",
+                "uno",
+                "--image",
+                &v1,
+                "--force",
+            ],
+        );
+        assert_eq!(code, 1);
+        assert!(r["reason"].as_str().unwrap().contains("busy"), "{r}");
+    }
+    assert!(
+        avrdude_verifies(board.port(), &v1),
+        "the device kept its firmware"
+    );
+}
+
+#[test]
+fn a_wrong_signature_a_verify_mismatch_and_silence_fail_at_their_stage() {
+    let Some(sim) = sim_board() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let v1 = firmware("arduino-flow-v1.hex");
+
+    // An ATmega328P where the model says an ATmega168 board.
+    let board = Board::start(&sim, dir.path(), "uno", &[]);
+    let (code, r) = agent(
+        &state,
+        &[
+            "--port",
+            board.port(),
+            "--board",
+            "diecimila",
+            "--baud",
+            "115200",
+            "--image",
+            &v1,
+        ],
+    );
+    assert_eq!((code, r["stage"].as_str()), (1, Some("identifying")), "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("wrong signature: the device answers 1e 95 0f"),
+        "{r}"
+    );
+    drop(board);
+
+    // A flash cell stuck at 0xFF.
+    let worn = Board::start(&sim, dir.path(), "worn", &["--stuck", "0x10"]);
+    let (code, r) = agent(
+        &state,
+        &["--port", worn.port(), "--board", "uno", "--image", &v1],
+    );
+    assert_eq!((code, r["stage"].as_str()), (1, Some("verifying")), "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("verify mismatch at address 0x0010"),
+        "{r}"
+    );
+    drop(worn);
+
+    // A port with no bootloader behind it.
+    use serialport::SerialPort;
+    let (_master, slave) = serialport::TTYPort::pair().unwrap();
+    let name = slave.name().unwrap();
+    drop(slave);
+    let (code, r) = agent(
+        &state,
+        &[
+            "--port", &name, "--board", "uno", "--image", &v1, "--tries", "2",
+        ],
+    );
+    assert_eq!((code, r["stage"].as_str()), (1, Some("syncing")), "{r}");
+    assert!(r["reason"].as_str().unwrap().contains("no answer"), "{r}");
+}
