@@ -1,0 +1,181 @@
+//! Flashing figures on the simulated Arduino Uno (an ATmega328P under simavr,
+//! paced to real time, with the Arduino bootloader at 115200 baud):
+//!
+//! * write + verify of a near-full image (30 KiB, all the flash this
+//!   bootloader leaves) by `continuum-agent`, and by avrdude on the same board
+//!   in the same run, alternating, several times each: the ratio of medians;
+//! * 8 boards flashed at once by 8 agents against one board alone.
+//!
+//! `cargo bench -p continuum-deploy-agent --bench flash` (needs avrdude and
+//! libsimavr; the board is built by scripts/build-sim-board.sh).
+//! `FLASH_BENCH_RUNS` changes the number of runs (default 3).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use continuum_deploy_agent::image::Image;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_continuum-agent");
+
+struct Board(Child);
+
+impl Drop for Board {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+fn board(sim: &Path, port: &Path) -> Board {
+    let mut child = Command::new(sim)
+        .arg("--link")
+        .arg(port)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts the simulated board");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("PTY "), "{line}");
+    Board(child)
+}
+
+fn sim_board() -> PathBuf {
+    if let Some(p) = std::env::var_os("CONTINUUM_SIM_BOARD").map(PathBuf::from) {
+        if p.is_file() {
+            return p;
+        }
+    }
+    let out = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/build-sim-board.sh"
+    ))
+    .output()
+    .expect("runs scripts/build-sim-board.sh");
+    assert!(out.status.success(), "the simulated board did not build");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+fn agent(port: &Path, image: &Path, state: &Path) -> Duration {
+    let t = Instant::now();
+    let out = Command::new(AGENT)
+        .args(["flash", "--board", "uno", "--force"])
+        .arg("--port")
+        .arg(port)
+        .arg("--image")
+        .arg(image)
+        .arg("--state-dir")
+        .arg(state)
+        .output()
+        .expect("runs continuum-agent");
+    let took = t.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(r#""result":"done""#),
+        "{text}"
+    );
+    took
+}
+
+fn avrdude(port: &Path, image: &Path) -> Duration {
+    let t = Instant::now();
+    let out = Command::new("avrdude")
+        .args(["-c", "arduino", "-p", "m328p", "-b", "115200", "-P"])
+        .arg(port)
+        .arg(format!("-Uflash:w:{}:i", image.display()))
+        .output()
+        .expect("runs avrdude");
+    let took = t.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    took
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() {
+    let sim = sim_board();
+    let runs: usize = std::env::var("FLASH_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let dir = tempfile::tempdir().unwrap();
+    // 30 KiB of code-like bytes (no page left erased).
+    let image = Image {
+        data: (0..30 * 1024u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect(),
+    };
+    let hex = dir.path().join("30k.hex");
+    std::fs::write(&hex, image.to_hex()).unwrap();
+
+    let port = dir.path().join("uno");
+    let _board = board(&sim, &port);
+    let state = dir.path().join("state");
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        ours.push(agent(&port, &hex, &state));
+        theirs.push(avrdude(&port, &hex));
+    }
+    let (a, b) = (median(ours.clone()), median(theirs.clone()));
+    println!("write + verify of a 30 KiB image on the simulated Uno ({runs} runs each, alternating)");
+    println!(
+        "  continuum-agent  median {:.2} s  (runs: {})",
+        a.as_secs_f64(),
+        list(&ours)
+    );
+    println!(
+        "  avrdude 7.1      median {:.2} s  (runs: {})",
+        b.as_secs_f64(),
+        list(&theirs)
+    );
+    println!(
+        "  ratio {:.2}× avrdude's time (target ≤ 1.0×)",
+        a.as_secs_f64() / b.as_secs_f64()
+    );
+
+    // Eight boards at once.
+    let boards: Vec<(PathBuf, Board)> = (0..8)
+        .map(|i| {
+            let p = dir.path().join(format!("uno{i}"));
+            let b = board(&sim, &p);
+            (p, b)
+        })
+        .collect();
+    let one = agent(&boards[0].0, &hex, &dir.path().join("s-one"));
+    let t = Instant::now();
+    let handles: Vec<_> = boards
+        .iter()
+        .enumerate()
+        .map(|(i, (p, _))| {
+            let (p, hex, st) = (p.clone(), hex.clone(), dir.path().join(format!("s{i}")));
+            std::thread::spawn(move || agent(&p, &hex, &st))
+        })
+        .collect();
+    let each: Vec<Duration> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let all = t.elapsed();
+    println!(
+        "8 boards flashed at once: {:.2} s in all (slowest {:.2} s) against {:.2} s for one: {:.2}×",
+        all.as_secs_f64(),
+        each.iter().max().unwrap().as_secs_f64(),
+        one.as_secs_f64(),
+        all.as_secs_f64() / one.as_secs_f64()
+    );
+}
+
+fn list(v: &[Duration]) -> String {
+    v.iter()
+        .map(|d| format!("{:.2}", d.as_secs_f64()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
