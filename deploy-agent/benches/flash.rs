@@ -128,7 +128,9 @@ fn main() {
         theirs.push(avrdude(&port, &hex));
     }
     let (a, b) = (median(ours.clone()), median(theirs.clone()));
-    println!("write + verify of a 30 KiB image on the simulated Uno ({runs} runs each, alternating)");
+    println!(
+        "write + verify of a 30 KiB image on the simulated Uno ({runs} runs each, alternating)"
+    );
     println!(
         "  continuum-agent  median {:.2} s  (runs: {})",
         a.as_secs_f64(),

@@ -17,6 +17,8 @@ pub struct Board {
     pub name: &'static str,
     /// The MCU's signature bytes.
     pub signature: [u8; 3],
+    /// The MCU as avrdude names it (`-p`).
+    pub mcu: &'static str,
     /// Flash a program may use (the bootloader keeps the rest).
     pub flash_bytes: u32,
     /// The flash page, the unit of a write.
@@ -33,6 +35,7 @@ const M328P: [u8; 3] = [0x1e, 0x95, 0x0f];
 pub const BOARDS: &[Board] = &[
     Board {
         name: "uno",
+        mcu: "m328p",
         signature: M328P,
         flash_bytes: 32_256,
         page_bytes: 128,
@@ -41,6 +44,7 @@ pub const BOARDS: &[Board] = &[
     },
     Board {
         name: "nano",
+        mcu: "m328p",
         signature: M328P,
         flash_bytes: 32_256,
         page_bytes: 128,
@@ -50,6 +54,7 @@ pub const BOARDS: &[Board] = &[
     // The older Arduino bootloader (ATmegaBOOT, 2 KiB).
     Board {
         name: "duemilanove",
+        mcu: "m328p",
         signature: M328P,
         flash_bytes: 30_720,
         page_bytes: 128,
@@ -58,6 +63,7 @@ pub const BOARDS: &[Board] = &[
     },
     Board {
         name: "atmega328p",
+        mcu: "m328p",
         signature: M328P,
         flash_bytes: 30_720,
         page_bytes: 128,
@@ -66,6 +72,7 @@ pub const BOARDS: &[Board] = &[
     },
     Board {
         name: "diecimila",
+        mcu: "m168",
         signature: [0x1e, 0x94, 0x06],
         flash_bytes: 14_336,
         page_bytes: 128,
@@ -74,6 +81,7 @@ pub const BOARDS: &[Board] = &[
     },
     Board {
         name: "mega",
+        mcu: "m2560",
         signature: [0x1e, 0x98, 0x01],
         flash_bytes: 253_952,
         page_bytes: 256,
@@ -82,6 +90,7 @@ pub const BOARDS: &[Board] = &[
     },
     Board {
         name: "esp32",
+        mcu: "esp32",
         signature: [0, 0, 0],
         flash_bytes: 4 << 20,
         page_bytes: 4096,

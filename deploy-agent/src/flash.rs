@@ -236,7 +236,11 @@ fn write(
 }
 
 /// Reads the program's lines until one matches `health`, within `within`.
-fn confirm(link: &mut dyn Link, health: &regex::Regex, within: Duration) -> Result<String, String> {
+pub fn confirm(
+    link: &mut dyn Link,
+    health: &regex::Regex,
+    within: Duration,
+) -> Result<String, String> {
     let deadline = Instant::now() + within;
     let mut pending: Vec<u8> = Vec::new();
     let mut last = None;

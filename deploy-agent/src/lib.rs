@@ -7,5 +7,7 @@ pub mod board;
 pub mod flash;
 pub mod image;
 pub mod serial;
+pub mod sign;
 pub mod state;
 pub mod stk500;
+pub mod tool;

@@ -78,6 +78,18 @@ struct FlashArgs {
     /// Flash even when the device already runs this firmware.
     #[arg(long)]
     force: bool,
+    /// The ed25519 signature of the image's SHA-256 (hex).
+    #[arg(long)]
+    signature: Option<String>,
+    /// The public key firmware must be signed with (hex); unsigned or badly
+    /// signed images are then refused before anything is written.
+    #[arg(long, env = "CONTINUUM_TRUSTED_KEY")]
+    trusted_key: Option<String>,
+    /// Flash with a tool instead of natively: `avrdude`, `esptool`,
+    /// `arduino-cli`, or a command line with {port}, {board}, {mcu}, {baud}
+    /// and {artefact} placeholders.
+    #[arg(long)]
+    tool: Option<String>,
 }
 
 fn emit(value: serde_json::Value) {
@@ -106,8 +118,36 @@ fn run_flash(a: FlashArgs) -> anyhow::Result<ExitCode> {
     let bytes =
         std::fs::read(&a.image).with_context(|| format!("reading {}", a.image.display()))?;
     let image = Image::read(&bytes).with_context(|| format!("{}", a.image.display()))?;
-    let hash = hex(&sha2::Sha256::digest(&bytes));
-    if let Err(o) = check(b, &image) {
+    let digest: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+    let hash = hex(&digest);
+    if let Some(k) = &a.trusted_key {
+        let refused = continuum_deploy_agent::sign::key(k).and_then(|key| {
+            continuum_deploy_agent::sign::check(&digest, a.signature.as_deref(), &key)
+        });
+        if let Err(e) = refused {
+            let o = Outcome::Failed {
+                stage: Stage::Connecting,
+                reason: e.to_string(),
+            };
+            return Ok(result(&o, &hash));
+        }
+    }
+    let template = match a.tool.as_deref() {
+        None => None,
+        Some(t) => Some(
+            continuum_deploy_agent::tool::builtin(t)
+                .unwrap_or(t)
+                .to_owned(),
+        ),
+    };
+    let checked = match &template {
+        None => check(b, &image),
+        Some(_) => image.fits(b.flash_bytes).map_err(|e| Outcome::Failed {
+            stage: Stage::Connecting,
+            reason: e.to_string(),
+        }),
+    };
+    if let Err(o) = checked {
         return Ok(result(&o, &hash));
     }
     let health = a
@@ -122,7 +162,7 @@ fn run_flash(a: FlashArgs) -> anyhow::Result<ExitCode> {
         .device
         .clone()
         .unwrap_or_else(|| a.port.display().to_string());
-    let mut known = state.device(&device)?;
+    let known = state.device(&device)?;
     let expected = show_signature(&b.signature);
     let confirmed_here = health.is_none() || known.confirmed.as_deref() == Some(hash.as_str());
     if !a.force
@@ -138,8 +178,30 @@ fn run_flash(a: FlashArgs) -> anyhow::Result<ExitCode> {
         .as_deref()
         .filter(|h| *h != hash)
         .and_then(|h| state.image(h).map(|i| (h.to_owned(), i)));
+    let baud = a.baud.unwrap_or(b.baud);
+    if let Some(template) = &template {
+        let outcome = with_tool(
+            template,
+            &a,
+            b,
+            baud,
+            &a.image,
+            health.as_ref(),
+            fallback.as_ref().map(|(_, i)| i),
+        );
+        return finish(
+            &state,
+            &device,
+            known,
+            outcome,
+            &hash,
+            &image,
+            expected,
+            fallback.map(|(h, _)| h),
+        );
+    }
     emit(serde_json::json!({"stage": Stage::Connecting, "percent": 0}));
-    let mut port = match Port::open(&a.port, a.baud.unwrap_or(b.baud)) {
+    let mut port = match Port::open(&a.port, baud) {
         Ok(p) => p,
         Err(e) => {
             let o = Outcome::Failed {
@@ -168,17 +230,41 @@ fn run_flash(a: FlashArgs) -> anyhow::Result<ExitCode> {
         }
     });
     drop(port);
+    finish(
+        &state,
+        &device,
+        known,
+        outcome,
+        &hash,
+        &image,
+        expected,
+        fallback.map(|(h, _)| h),
+    )
+}
+
+/// Records how the flash ended and reports it.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    state: &State,
+    device: &str,
+    mut known: continuum_deploy_agent::state::Device,
+    outcome: Outcome,
+    hash: &str,
+    image: &Image,
+    signature: String,
+    fallback: Option<String>,
+) -> anyhow::Result<ExitCode> {
     match &outcome {
         Outcome::Done { .. } => {
-            known.signature = Some(expected);
-            known.flashed = Some(hash.clone());
-            known.confirmed = Some(hash.clone());
-            state.keep(&hash, &image)?;
+            known.signature = Some(signature);
+            known.flashed = Some(hash.to_owned());
+            known.confirmed = Some(hash.to_owned());
+            state.keep(hash, image)?;
             known.last = Some("done".into());
         }
         Outcome::RolledBack { reason } => {
-            known.signature = Some(expected);
-            known.flashed = fallback.as_ref().map(|(h, _)| h.clone());
+            known.signature = Some(signature);
+            known.flashed = fallback;
             known.last = Some(format!("rolled back: {reason}"));
         }
         Outcome::Failed { stage, reason } => {
@@ -189,8 +275,76 @@ fn run_flash(a: FlashArgs) -> anyhow::Result<ExitCode> {
             known.last = Some(format!("failed while {stage}: {reason}"));
         }
     }
-    state.save(&device, &known)?;
-    Ok(result(&outcome, &hash))
+    state.save(device, &known)?;
+    Ok(result(&outcome, hash))
+}
+
+/// Flashes with a tool: it writes (and verifies, as tools do); the agent
+/// then confirms on the port and rolls back with the same tool.
+fn with_tool(
+    template: &str,
+    a: &FlashArgs,
+    b: &continuum_deploy_agent::board::Board,
+    baud: u32,
+    artefact: &std::path::Path,
+    health: Option<&regex::Regex>,
+    fallback: Option<&Image>,
+) -> Outcome {
+    use continuum_deploy_agent::tool::{render, run};
+    let write = |artefact: &std::path::Path| -> Result<(), String> {
+        let words = render(template, &a.port, b, baud, artefact).map_err(|e| e.to_string())?;
+        run(&words).map(drop).map_err(|e| e.to_string())
+    };
+    emit(serde_json::json!({"stage": Stage::Writing, "percent": 5}));
+    if let Err(reason) = write(artefact) {
+        return Outcome::Failed {
+            stage: Stage::Writing,
+            reason,
+        };
+    }
+    let Some(health) = health else {
+        emit(serde_json::json!({"stage": Stage::Confirming, "percent": 100}));
+        return Outcome::Done { health: None };
+    };
+    emit(serde_json::json!({"stage": Stage::Confirming, "percent": 95}));
+    let confirm = || -> Result<String, String> {
+        let mut port = Port::open(&a.port, baud).map_err(|e| e.to_string())?;
+        port.reset().map_err(|e| e.to_string())?;
+        continuum_deploy_agent::flash::confirm(&mut port, health, a.confirm_within)
+    };
+    match confirm() {
+        Ok(line) => Outcome::Done { health: Some(line) },
+        Err(why) => {
+            let Some(previous) = fallback else {
+                return Outcome::Failed {
+                    stage: Stage::Confirming,
+                    reason: format!("{why}; no confirmed firmware to roll back to"),
+                };
+            };
+            let back = tempfile_hex(previous)
+                .and_then(|f| write(f.path()).map(|()| f))
+                .and_then(|_| confirm());
+            match back {
+                Ok(_) => Outcome::RolledBack { reason: why },
+                Err(e) => Outcome::Failed {
+                    stage: Stage::Confirming,
+                    reason: format!("{why}; rolling back failed too: {e}"),
+                },
+            }
+        }
+    }
+}
+
+/// `image` as an Intel HEX file that lives as long as the handle.
+fn tempfile_hex(image: &Image) -> Result<tempfile::NamedTempFile, String> {
+    use std::io::Write;
+    let mut f = tempfile::Builder::new()
+        .suffix(".hex")
+        .tempfile()
+        .map_err(|e| e.to_string())?;
+    f.write_all(image.to_hex().as_bytes())
+        .map_err(|e| e.to_string())?;
+    Ok(f)
 }
 
 fn hex(bytes: &[u8]) -> String {

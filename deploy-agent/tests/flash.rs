@@ -392,3 +392,131 @@ fn a_wrong_signature_a_verify_mismatch_and_silence_fail_at_their_stage() {
     assert_eq!((code, r["stage"].as_str()), (1, Some("syncing")), "{r}");
     assert!(r["reason"].as_str().unwrap().contains("no answer"), "{r}");
 }
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn with_a_trusted_key_only_firmware_signed_by_it_is_written() {
+    use ed25519_dalek::{Signer, SigningKey};
+    use sha2::Digest;
+    let Some(sim) = sim_board() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let board = Board::start(&sim, dir.path(), "uno", &[]);
+    let state = dir.path().join("state");
+    let (v1, v2) = (
+        firmware("arduino-flow-v1.hex"),
+        firmware("arduino-flow-v2.hex"),
+    );
+    let signer = SigningKey::from_bytes(&[42u8; 32]);
+    let trusted = hex(signer.verifying_key().as_bytes());
+    let sign = |path: &str, key: &SigningKey| {
+        let digest = sha2::Sha256::digest(std::fs::read(path).unwrap());
+        hex(&key.sign(&digest).to_bytes())
+    };
+    let flash = |image: &str, signature: Option<&str>| {
+        let mut args = vec![
+            "--port",
+            board.port(),
+            "--board",
+            "uno",
+            "--image",
+            image,
+            "--trusted-key",
+            &trusted,
+        ];
+        if let Some(s) = signature {
+            args.extend(["--signature", s]);
+        }
+        agent(&state, &args)
+    };
+    let (code, r) = flash(&v1, Some(&sign(&v1, &signer)));
+    assert_eq!((code, r["result"].as_str()), (0, Some("done")), "{r}");
+
+    // Unsigned, signed by another key, or the signature of another image:
+    // refused before the port is opened; v1 stays.
+    let (code, r) = flash(&v2, None);
+    assert_eq!(code, 1);
+    assert!(r["reason"].as_str().unwrap().contains("unsigned"), "{r}");
+    let stranger = SigningKey::from_bytes(&[7u8; 32]);
+    for bad in [sign(&v2, &stranger), sign(&v1, &signer)] {
+        let (code, r) = flash(&v2, Some(&bad));
+        assert_eq!(code, 1);
+        assert!(
+            r["reason"].as_str().unwrap().contains("does not verify"),
+            "{r}"
+        );
+    }
+    assert!(avrdude_verifies(board.port(), &v1));
+    let (code, r) = flash(&v2, Some(&sign(&v2, &signer)));
+    assert_eq!((code, r["result"].as_str()), (0, Some("done")), "{r}");
+    assert!(avrdude_verifies(board.port(), &v2));
+}
+
+#[test]
+fn a_tool_template_flashes_and_its_failure_is_reported_with_its_output() {
+    let Some(sim) = sim_board() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let board = Board::start(&sim, dir.path(), "uno", &[]);
+    let state = dir.path().join("state");
+    let v2 = firmware("arduino-flow-v2.hex");
+    // avrdude's own template, then the health line read by the agent.
+    let (code, r) = agent(
+        &state,
+        &[
+            "--port",
+            board.port(),
+            "--board",
+            "uno",
+            "--image",
+            &v2,
+            "--tool",
+            "avrdude",
+            "--health",
+            HEALTH,
+            "--confirm-within",
+            "5s",
+        ],
+    );
+    assert_eq!((code, r["result"].as_str()), (0, Some("done")), "{r}");
+    assert!(avrdude_verifies(board.port(), &v2));
+    let (code, r) = agent(
+        &state,
+        &[
+            "--port",
+            board.port(),
+            "--board",
+            "uno",
+            "--image",
+            &v2,
+            "--force",
+            "--tool",
+            "sh -c exit{baud}",
+        ],
+    );
+    assert_eq!((code, r["stage"].as_str()), (1, Some("writing")), "{r}");
+    assert!(r["reason"].as_str().unwrap().contains("`sh` failed"), "{r}");
+    let (code, r) = agent(
+        &state,
+        &[
+            "--port",
+            board.port(),
+            "--board",
+            "uno",
+            "--image",
+            &v2,
+            "--force",
+            "--tool",
+            "flash {device}",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("unknown placeholder"),
+        "{r}"
+    );
+}
