@@ -132,14 +132,11 @@ fn run_flash(a: FlashArgs) -> anyhow::Result<ExitCode> {
             return Ok(result(&o, &hash));
         }
     }
-    let template = match a.tool.as_deref() {
-        None => None,
-        Some(t) => Some(
-            continuum_deploy_agent::tool::builtin(t)
-                .unwrap_or(t)
-                .to_owned(),
-        ),
-    };
+    let template = a.tool.as_deref().map(|t| {
+        continuum_deploy_agent::tool::builtin(t)
+            .unwrap_or(t)
+            .to_owned()
+    });
     let checked = match &template {
         None => check(b, &image),
         Some(_) => image.fits(b.flash_bytes).map_err(|e| Outcome::Failed {
