@@ -64,6 +64,8 @@ pub enum Outcome {
     /// The new firmware never confirmed; the previous confirmed one was
     /// written back (and confirmed).
     RolledBack { reason: String },
+    /// The device already runs this firmware: nothing was written.
+    Unchanged,
 }
 
 /// What a flash reports as it goes.

@@ -6,6 +6,7 @@
 pub mod board;
 pub mod flash;
 pub mod image;
+pub mod job;
 pub mod serial;
 pub mod sign;
 pub mod state;
