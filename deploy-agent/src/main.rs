@@ -33,6 +33,74 @@ struct Cli {
 enum Command {
     /// Flash a firmware image onto the board on a serial port.
     Flash(FlashArgs),
+    /// Serve a gateway: take flash orders and run device proxies over its
+    /// local MQTT broker.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// The agent's id (its topics are continuum/agents/<id>/...).
+    #[arg(long, env = "CONTINUUM_AGENT_ID")]
+    id: String,
+    /// The gateway's local broker.
+    #[arg(
+        long,
+        env = "CONTINUUM_BROKER",
+        default_value = "mqtt://127.0.0.1:1883"
+    )]
+    broker: continuum_bus::BrokerUrl,
+    /// Where the agent remembers what each device runs.
+    #[arg(
+        long,
+        env = "CONTINUUM_AGENT_STATE",
+        default_value = "continuum-agent-state"
+    )]
+    state_dir: PathBuf,
+    /// The public key firmware must be signed with (hex).
+    #[arg(long, env = "CONTINUUM_TRUSTED_KEY")]
+    trusted_key: Option<String>,
+    /// Devices flashed at once.
+    #[arg(long, default_value_t = 4)]
+    max_flashes: usize,
+}
+
+fn run_serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CONTINUUM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttc=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let stop = shutdown.clone();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing a SIGTERM handler")?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            stop.cancel();
+        });
+        let config = continuum_deploy_agent::service::Config {
+            id: a.id,
+            broker: a.broker,
+            state_dir: a.state_dir,
+            trusted_key: a.trusted_key,
+            max_flashes: a.max_flashes,
+        };
+        continuum_deploy_agent::service::serve(config, shutdown)
+            .await
+            .context("the agent's service")
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(clap::Args, Debug)]
@@ -144,6 +212,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Flash(a) => run_flash(a),
+        Command::Serve(a) => run_serve(a),
     };
     match r {
         Ok(code) => code,
