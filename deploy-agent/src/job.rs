@@ -182,6 +182,14 @@ pub fn run(
     {
         return Ok(report(Outcome::Unchanged));
     }
+    if !req.force && known.rejected.as_deref() == Some(firmware.as_str()) {
+        return Ok(report(Outcome::RolledBack {
+            reason: format!(
+                "not written again: this firmware was rolled back on this device before ({})",
+                known.last.as_deref().unwrap_or("it did not confirm")
+            ),
+        }));
+    }
     let fallback = known
         .confirmed
         .as_deref()
@@ -353,12 +361,14 @@ fn record(
             known.signature = Some(signature);
             known.flashed = Some(firmware.to_owned());
             known.confirmed = Some(firmware.to_owned());
+            known.rejected = None;
             state.keep(firmware, image)?;
             known.last = Some("done".into());
         }
         Outcome::RolledBack { reason } => {
             known.signature = Some(signature);
             known.flashed = fallback;
+            known.rejected = Some(firmware.to_owned());
             known.last = Some(format!("rolled back: {reason}"));
         }
         Outcome::Failed { stage, reason } => {

@@ -20,6 +20,10 @@ pub struct Device {
     /// The SHA-256 of the last firmware that showed it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confirmed: Option<String>,
+    /// A firmware that did not confirm on this device, and was rolled back:
+    /// it is not written again unless forced (flash wears out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
     /// How the last flash ended, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last: Option<String>,

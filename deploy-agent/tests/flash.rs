@@ -215,7 +215,18 @@ fn a_firmware_that_never_says_it_runs_is_rolled_back_to_the_confirmed_one() {
         "{r}"
     );
     assert!(avrdude_verifies(board.port(), &v1), "v1 is back");
-    // The confirmed firmware is still v1: flashing it again is a no-op.
+    // The rejected firmware is not written again (flash wears out)...
+    let (code, r) = flash_with_health(&state, &board, quiet.to_str().unwrap());
+    assert_eq!(
+        (code, r["result"].as_str()),
+        (2, Some("rolled_back")),
+        "{r}"
+    );
+    assert!(
+        r["reason"].as_str().unwrap().contains("not written again"),
+        "{r}"
+    );
+    // ...and the confirmed firmware is still v1: flashing it again is a no-op.
     let (code, r) = flash_with_health(&state, &board, &v1);
     assert_eq!((code, r["result"].as_str()), (0, Some("unchanged")), "{r}");
 }

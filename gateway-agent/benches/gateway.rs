@@ -149,6 +149,7 @@ fn engine_config(dir: &Path) -> EngineConfig {
         step_timeout: Duration::from_secs(120),
         settle: Duration::ZERO,
         routing: Arc::new(continuum_gateway::routing::NoBridge),
+        deployer: None,
     }
 }
 
@@ -247,6 +248,7 @@ async fn whole_path(
         orchestrator: endpoint.clone(),
         data_dir: dir.join("agent"),
         context_root: Some(dir.to_owned()),
+        deploy_agent: None,
         function_host: None,
         busybox: "/bin/busybox".into(),
         location: String::new(),

@@ -26,6 +26,9 @@ pub enum Refusal {
     /// Firmware, and no deploy agent to flash it.
     #[error("`{0}` must be flashed onto a device, and this gateway has no deploy agent")]
     NoDeployAgent(String),
+    /// Firmware that no device hosts.
+    #[error("`{0}` is firmware, and no device of the model hosts it")]
+    NoDevice(String),
     /// Installed by commands, which no driver here runs.
     #[error("`{0}` is installed by commands, which this gateway's drivers do not run")]
     Commands(String),
@@ -54,7 +57,12 @@ pub enum Refusal {
 }
 
 /// Checks that a gateway with `driver` (and a bridge or not) can run `model`.
-pub fn admit(model: &DeploymentModel, driver: Driver, bridge: bool) -> Result<(), Refusal> {
+pub fn admit(
+    model: &DeploymentModel,
+    driver: Driver,
+    bridge: bool,
+    deployer: bool,
+) -> Result<(), Refusal> {
     if !bridge {
         if let Some(r) = model.components.iter().flat_map(routes_of).next() {
             return Err(Refusal::NoBridge {
@@ -67,7 +75,13 @@ pub fn admit(model: &DeploymentModel, driver: Driver, bridge: bool) -> Result<()
         let id = || c.id.clone();
         let resources = c.spec.resources();
         if resources.is_some_and(|r| r.flash.is_some()) {
-            return Err(Refusal::NoDeployAgent(id()));
+            if !deployer {
+                return Err(Refusal::NoDeployAgent(id()));
+            }
+            if crate::firmware::device_of(model, &c.id).is_none() {
+                return Err(Refusal::NoDevice(id()));
+            }
+            continue;
         }
         if resources.is_some_and(|r| r.commands.is_some() && r.container.is_none()) {
             return Err(Refusal::Commands(id()));

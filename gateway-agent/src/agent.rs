@@ -317,6 +317,7 @@ impl<R: ContainerRuntime> Agent<R> {
                     &model,
                     self.config.driver,
                     self.config.engine.routing.enabled(),
+                    self.config.engine.deployer.is_some(),
                 )
                 .map(|()| model)
             })
@@ -562,6 +563,7 @@ mod tests {
                 step_timeout: Duration::from_secs(5),
                 settle: Duration::ZERO,
                 routing: Arc::new(crate::routing::MemoryRouting::default()),
+                deployer: None,
             }),
         };
         Agent::new(rt, Store::open(dir).unwrap(), config, progress).unwrap()
@@ -723,13 +725,13 @@ mod tests {
                 "links":[{"kind":"hosting","component":"f","host":"gw"}]}"#,
         )
         .unwrap();
-        let why = admit(&m, Driver::Docker, false).unwrap_err();
+        let why = admit(&m, Driver::Docker, false, false).unwrap_err();
         assert!(matches!(&why, Refusal::NoBridge { owner, .. } if owner == "f"));
         let why = why.to_string();
         assert!(
             why.contains("`f` needs the bridge") && why.contains("--no-bridge"),
             "{why}"
         );
-        assert_eq!(admit(&m, Driver::Docker, true), Ok(()));
+        assert_eq!(admit(&m, Driver::Docker, true, false), Ok(()));
     }
 }

@@ -50,6 +50,10 @@ pub struct Args {
     /// with. Default: `continuum-function-host` beside the agent, else on PATH.
     #[arg(long, env = "CONTINUUM_FUNCTION_HOST", value_name = "PATH")]
     pub function_host: Option<PathBuf>,
+    /// The deploy agent (`continuum-agent`) run beside the gateway to flash
+    /// the devices wired to this host. Default: beside the agent, else on PATH.
+    #[arg(long, env = "CONTINUUM_DEPLOY_AGENT", value_name = "PATH")]
+    pub deploy_agent: Option<PathBuf>,
     /// Debian's static busybox, the shell of function images.
     #[arg(long, default_value = "/bin/busybox", value_name = "PATH")]
     pub busybox: PathBuf,
@@ -283,7 +287,22 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
         max_backoff,
         build_args: BTreeMap::new(),
         workload_env: BTreeMap::new(),
+        deployer: None,
     };
+    if let (Some(url), Some(program)) = (
+        &local,
+        crate::function_image::find_program("continuum-agent", config.deploy_agent.as_deref()),
+    ) {
+        settings.deployer = Some(crate::devices::Deployer::start(
+            crate::devices::DeployerConfig {
+                program,
+                id: config.id.clone(),
+                broker: url.clone(),
+                state_dir: config.data_dir.join("deploy-agent"),
+            },
+            shutdown.clone(),
+        ));
+    }
     if let Some(url) = &local {
         settings.workload_env.insert(
             "CONTINUUM_BROKER".to_owned(),
@@ -337,6 +356,7 @@ struct Settings {
     max_backoff: Duration,
     build_args: BTreeMap<String, String>,
     workload_env: BTreeMap<String, String>,
+    deployer: Option<Arc<crate::devices::Deployer>>,
 }
 
 /// Makes (once) the image functions are built FROM, and returns its name.
@@ -367,6 +387,7 @@ async fn serve<R: ContainerRuntime>(
         max_backoff,
         build_args,
         workload_env,
+        deployer,
     } = settings;
     let (progress_tx, progress_rx) = mpsc::unbounded_channel();
     let endpoint = if config.orchestrator.contains("://") {
@@ -395,6 +416,7 @@ async fn serve<R: ContainerRuntime>(
                 Some(b) => Arc::clone(b) as Arc<dyn Routing>,
                 None => Arc::new(NoBridge),
             },
+            deployer,
         }),
     };
     let (agent, snapshot) = Agent::new(runtime, store, agent_config, progress_tx)?;

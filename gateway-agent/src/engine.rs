@@ -111,6 +111,8 @@ pub struct EngineConfig {
     pub settle: Duration,
     /// The bridge route steps act on.
     pub routing: Arc<dyn Routing>,
+    /// The deploy agent that flashes devices, when the gateway has one.
+    pub deployer: Option<Arc<crate::devices::Deployer>>,
 }
 
 /// Runs one pass of `target`, subsystem `subsystem` at `generation`.
@@ -125,7 +127,8 @@ pub async fn reconcile<R: ContainerRuntime>(
     let span = tracing::info_span!("reconcile", subsystem = %subsystem, generation);
     async {
         let workloads = runtime.list(LABEL_SUBSYSTEM, subsystem).await?;
-        let current = current_model(target, &workloads, &config.routing.routes());
+        let devices = devices_of(config);
+        let current = current_model(target, &workloads, &config.routing.routes(), &devices);
         let steps = plan(&current, target);
         let planned = steps.len();
         let outcome = if steps.is_empty() {
@@ -165,7 +168,8 @@ pub async fn reconcile<R: ContainerRuntime>(
             runtime.list(LABEL_SUBSYSTEM, subsystem).await?
         };
         prune_routes(config.routing.as_ref(), target);
-        let current = current_model(target, &after, &config.routing.routes());
+        let devices = devices_of(config);
+        let current = current_model(target, &after, &config.routing.routes(), &devices);
         let mut statuses = BTreeMap::new();
         for c in target
             .components
@@ -176,6 +180,8 @@ pub async fn reconcile<R: ContainerRuntime>(
                 Status::new(State::Failed, reason.clone())
             } else if let Some(reason) = outcome.blocked.get(&c.id) {
                 Status::new(State::Pending, format!("not deployed: {reason}"))
+            } else if let Some(s) = crate::firmware::status(target, c, &devices) {
+                s
             } else if !is_workload(c) {
                 Status::new(State::Unknown, "no driver on this gateway runs it")
             } else if current.components.iter().any(|k| k == c) {
@@ -197,6 +203,17 @@ pub async fn reconcile<R: ContainerRuntime>(
     }
     .instrument(span)
     .await
+}
+
+/// What the deploy agent last said of each device.
+fn devices_of(
+    config: &EngineConfig,
+) -> BTreeMap<String, continuum_deploy_agent::service::DeviceReport> {
+    config
+        .deployer
+        .as_ref()
+        .map(|d| d.reports())
+        .unwrap_or_default()
 }
 
 /// Routes of components the target no longer has go (the plan removes those
@@ -247,6 +264,7 @@ mod tests {
             step_timeout: Duration::from_secs(5),
             settle: Duration::ZERO,
             routing: Arc::new(crate::routing::MemoryRouting::default()),
+            deployer: None,
         }
     }
 

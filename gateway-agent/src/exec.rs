@@ -68,6 +68,9 @@ pub enum StepError {
     /// Started, and in a state that is not running.
     #[error("did not start: {0}")]
     DidNotStart(String),
+    /// A firmware could not be flashed (which, and why).
+    #[error("flashing `{0}`: {1}")]
+    Flash(String, String),
     /// The step took longer than the step timeout.
     #[error("timed out after {0:?}")]
     TimedOut(Duration),
@@ -270,6 +273,8 @@ struct Context<R> {
     runtime: Arc<R>,
     pass: Pass,
     target: HashMap<String, Component>,
+    /// The whole target (firmware finds its device through its links).
+    model: DeploymentModel,
     /// The workloads seen before the plan, by component.
     workloads: HashMap<String, Vec<Workload>>,
 }
@@ -334,6 +339,9 @@ impl<R: ContainerRuntime> Context<R> {
 
     async fn add(&self, component: &str) -> Result<(), StepError> {
         let c = self.target(component)?;
+        if crate::firmware::is_firmware(c) {
+            return self.flash(c).await;
+        }
         if !is_workload(c) {
             return Ok(());
         }
@@ -370,6 +378,59 @@ impl<R: ContainerRuntime> Context<R> {
             self.runtime.create(&spec).await?;
         }
         Ok(())
+    }
+
+    /// Flashes firmware `c` onto its device through the deploy agent.
+    async fn flash(&self, c: &Component) -> Result<(), StepError> {
+        let deployer = self.pass.config.deployer.as_ref().ok_or_else(|| {
+            StepError::Flash(c.id.clone(), "this gateway has no deploy agent".into())
+        })?;
+        let device = crate::firmware::device_of(&self.model, &c.id).ok_or_else(|| {
+            StepError::Flash(
+                c.id.clone(),
+                "no device hosts it (a hosting link to a device)".into(),
+            )
+        })?;
+        let reference = c
+            .spec
+            .resources()
+            .and_then(|r| r.flash.as_ref())
+            .map(|f| f.artefact.clone())
+            .unwrap_or_default();
+        let (path, digest) = continuum_models::artefact::split(&reference);
+        let file = match (&self.pass.config.blobs, digest) {
+            (Some(cache), Some(_)) => {
+                cache.resolve(&reference, continuum_models::artefact::Kind::File)?
+            }
+            _ => self.pass.config.context_root.join(path),
+        };
+        let artefact = std::fs::read(&file).map_err(|cause| StepError::Context {
+            path: file.clone(),
+            cause,
+        })?;
+        let (request, within) = crate::firmware::request(c, device, artefact)
+            .ok_or_else(|| StepError::Flash(c.id.clone(), "no flash resource".into()))?;
+        // Sync, write, verify and the confirmation window, with room to spare.
+        let report = deployer
+            .flash(request, within + Duration::from_secs(120))
+            .await
+            .map_err(|e| StepError::Flash(c.id.clone(), e))?;
+        match report.state.as_str() {
+            "running" | "unchanged" => Ok(()),
+            other => Err(StepError::Flash(
+                c.id.clone(),
+                format!(
+                    "{} on `{}`{}: {}",
+                    other.replace('_', " "),
+                    device.id,
+                    report
+                        .stage
+                        .as_deref()
+                        .map_or(String::new(), |s| format!(" while {s}")),
+                    report.reason.unwrap_or_default()
+                ),
+            )),
+        }
     }
 
     async fn start(&self, component: &str) -> Result<(), StepError> {
@@ -447,6 +508,7 @@ pub async fn execute<R: ContainerRuntime>(
             .iter()
             .map(|c| (c.id.clone(), c.clone()))
             .collect(),
+        model: target.clone(),
         workloads: by_component,
     });
     let total = plan.steps.len();

@@ -35,18 +35,24 @@ pub enum FunctionImageError {
 /// The function host to put in images: `explicit`, else the one beside the
 /// running agent, else the first on PATH.
 pub fn find_binary(explicit: Option<&Path>) -> Option<PathBuf> {
+    find_program(BINARY, explicit)
+}
+
+/// The program `name`: `explicit` if given, else beside the agent's own
+/// executable, else on `PATH`.
+pub fn find_program(name: &str, explicit: Option<&Path>) -> Option<PathBuf> {
     if let Some(p) = explicit {
         return Some(p.to_owned());
     }
     let beside = std::env::current_exe()
         .ok()
-        .and_then(|exe| exe.parent().map(|d| d.join(BINARY)));
+        .and_then(|exe| exe.parent().map(|d| d.join(name)));
     if let Some(p) = beside.filter(|p| p.is_file()) {
         return Some(p);
     }
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
-            .map(|d| d.join(BINARY))
+            .map(|d| d.join(name))
             .find(|p| p.is_file())
     })
 }

@@ -33,6 +33,7 @@ pub fn current_model(
     target: &DeploymentModel,
     workloads: &[Workload],
     routes: &BTreeMap<String, Vec<Route>>,
+    devices: &BTreeMap<String, continuum_deploy_agent::service::DeviceReport>,
 ) -> DeploymentModel {
     let wanted: BTreeMap<&str, &Component> = target
         .components
@@ -62,6 +63,16 @@ pub fn current_model(
             .and_then(|d| serde_json::from_str::<Component>(d).ok())
         {
             components.push(def);
+        }
+    }
+    // Firmware is what its device runs, as the deploy agent last said.
+    for c in target
+        .components
+        .iter()
+        .filter(|c| crate::firmware::is_firmware(c))
+    {
+        if crate::firmware::runs(target, c, devices) {
+            components.push(c.clone());
         }
     }
     // Routes are what the bridge carries, not what is wanted.

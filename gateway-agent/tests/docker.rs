@@ -117,6 +117,7 @@ async fn setup(name: &str) -> Option<Setup> {
             step_timeout: Duration::from_secs(60),
             settle: Duration::from_millis(500),
             routing: Arc::new(continuum_gateway::routing::NoBridge),
+            deployer: None,
         }),
         subsystem: subsystem.clone(),
         _cleanup: Cleanup {

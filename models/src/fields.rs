@@ -182,7 +182,10 @@ record!(FlashSpec {
     tool,
     artefact,
     baud,
-    verify
+    verify,
+    health,
+    confirm_within,
+    signature
 });
 
 /// The changes from `a` to `b`, as JSON pointers into the flat component form.

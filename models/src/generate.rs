@@ -103,6 +103,7 @@ fn new_component(rng: &mut Rng, id: String, kind: Kind) -> Component {
                     artefact: format!("{id}-{}.hex", rng.below(3)),
                     baud: None,
                     verify: true,
+                    ..FlashSpec::default()
                 }),
                 ..Resources::default()
             },

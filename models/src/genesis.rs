@@ -778,6 +778,7 @@ fn map_component(cx: &mut Ctx, c: &Value, e: &Entry, role: Role, path: &JsonPath
                     artefact: sketch,
                     baud: None,
                     verify: true,
+                    ..FlashSpec::default()
                 }),
                 ..Resources::default()
             };
@@ -798,6 +799,7 @@ fn map_component(cx: &mut Ctx, c: &Value, e: &Entry, role: Role, path: &JsonPath
                             artefact: file,
                             baud: None,
                             verify: true,
+                            ..FlashSpec::default()
                         }),
                         ..Resources::default()
                     },

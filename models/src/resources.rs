@@ -191,10 +191,36 @@ pub struct FlashSpec {
     /// Read the flash back and compare after writing.
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub verify: bool,
+    /// A line the running firmware prints on its serial port (a regular
+    /// expression): without it within `confirm_within`, the firmware is
+    /// rolled back to the last one that confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    /// How long the firmware has to print its health line (`10s` if unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_within: Option<String>,
+    /// The ed25519 signature of the artefact's SHA-256, in hex (checked when
+    /// the gateway trusts a key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 fn default_true() -> bool {
     true
+}
+
+impl Default for FlashSpec {
+    fn default() -> Self {
+        FlashSpec {
+            tool: FlashTool::default(),
+            artefact: String::new(),
+            baud: None,
+            verify: true,
+            health: None,
+            confirm_within: None,
+            signature: None,
+        }
+    }
 }
 
 fn is_true(b: &bool) -> bool {

@@ -1,0 +1,200 @@
+//! Leaf devices, reached through a deploy agent: the gateway runs
+//! `continuum-agent serve` beside itself (a child process, for devices wired
+//! to the gateway's own host), sends it flash orders over the local broker
+//! and reads back what each device runs, which makes the current model's
+//! firmware components.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use continuum_bus::BrokerUrl;
+use continuum_deploy_agent::job::Request;
+use continuum_deploy_agent::service::{topics, DeviceReport, Order};
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// How the gateway reaches its deploy agent.
+#[derive(Debug, Clone)]
+pub struct DeployerConfig {
+    /// The agent's executable.
+    pub program: PathBuf,
+    /// Its id (the gateway's).
+    pub id: String,
+    /// The local broker.
+    pub broker: BrokerUrl,
+    /// Where the agent keeps its records.
+    pub state_dir: PathBuf,
+}
+
+/// The deploy agent beside the gateway, and what it says of each device.
+#[derive(Debug)]
+pub struct Deployer {
+    id: String,
+    client: AsyncClient,
+    reports: watch::Receiver<BTreeMap<String, DeviceReport>>,
+    /// Whether the agent says it is online (it takes orders only then).
+    online: watch::Receiver<bool>,
+    /// The agent process starts with the first order.
+    agent: std::sync::Once,
+    config: DeployerConfig,
+    shutdown: CancellationToken,
+}
+
+impl Deployer {
+    /// Follows the agent's reports until `shutdown`; the agent itself is
+    /// started (and restarted if it exits) once there is something to flash.
+    pub fn start(config: DeployerConfig, shutdown: CancellationToken) -> Arc<Deployer> {
+        let mut o = MqttOptions::new(
+            format!("continuum-gateway-deployer-{}", config.id),
+            &config.broker.host,
+            config.broker.port,
+        );
+        o.set_keep_alive(Duration::from_secs(15))
+            .set_clean_start(true)
+            .set_max_packet_size(Some(4 << 20));
+        if let Some((u, p)) = &config.broker.credentials {
+            o.set_credentials(u, p);
+        }
+        let (client, mut eventloop) = AsyncClient::new(o, 256);
+        let (tx, reports) = watch::channel(BTreeMap::new());
+        let (online_tx, online) = watch::channel(false);
+        let filter = topics::devices(&config.id);
+        let status = topics::status(&config.id);
+        let sub = client.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let ev = tokio::select! {
+                    () = stop.cancelled() => return,
+                    ev = eventloop.poll() => ev,
+                };
+                match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = sub.subscribe(filter.clone(), QoS::AtLeastOnce).await;
+                        let _ = sub.subscribe(status.clone(), QoS::AtLeastOnce).await;
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) if p.topic == status.as_bytes() => {
+                        let up = serde_json::from_slice::<serde_json::Value>(&p.payload)
+                            .is_ok_and(|v| v["state"] == "online");
+                        online_tx.send_replace(up);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if let Ok(r) = serde_json::from_slice::<DeviceReport>(&p.payload) {
+                            tx.send_modify(|m| {
+                                m.insert(r.device.clone(), r);
+                            });
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+                }
+            }
+        });
+        Arc::new(Deployer {
+            id: config.id.clone(),
+            client,
+            reports,
+            online,
+            agent: std::sync::Once::new(),
+            config,
+            shutdown,
+        })
+    }
+
+    /// What the agent last said of each device, by device id.
+    pub fn reports(&self) -> BTreeMap<String, DeviceReport> {
+        self.reports.borrow().clone()
+    }
+
+    /// Sends a flash order and waits (at most `within`) for its result.
+    pub async fn flash(&self, request: Request, within: Duration) -> Result<DeviceReport, String> {
+        self.agent.call_once(|| {
+            tokio::spawn(supervise(self.config.clone(), self.shutdown.clone()));
+        });
+        let mut online = self.online.clone();
+        tokio::time::timeout(Duration::from_secs(30), online.wait_for(|up| *up))
+            .await
+            .map_err(|_| "the deploy agent did not come online within 30s".to_owned())?
+            .map_err(|_| "the gateway is stopping".to_owned())?;
+        let order = Order {
+            request: format!(
+                "{}-{}",
+                request.device,
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            ),
+            flash: request,
+        };
+        let device = order.flash.device.clone();
+        let body = serde_json::to_vec(&order).map_err(|e| e.to_string())?;
+        let mut reports = self.reports.clone();
+        self.client
+            .publish(topics::flash(&self.id), QoS::AtLeastOnce, false, body)
+            .await
+            .map_err(|e| format!("cannot send the flash order: {e}"))?;
+        let done = tokio::time::timeout(
+            within,
+            reports.wait_for(|m| {
+                m.get(&device)
+                    .is_some_and(|r| r.request == order.request && r.state != "flashing")
+            }),
+        )
+        .await;
+        match done {
+            Ok(Ok(m)) => Ok(m.get(&device).cloned().unwrap_or_default()),
+            Ok(Err(_)) => Err("the gateway is stopping".into()),
+            Err(_) => Err(format!(
+                "the deploy agent did not finish flashing `{device}` within {within:?} (is it running?)"
+            )),
+        }
+    }
+}
+
+/// Runs the agent, and runs it again when it exits, until `shutdown`.
+async fn supervise(config: DeployerConfig, shutdown: CancellationToken) {
+    loop {
+        let child = tokio::process::Command::new(&config.program)
+            .args(["serve", "--id", &config.id])
+            .arg("--broker")
+            .arg(config.broker.to_string_with_credentials())
+            .arg("--state-dir")
+            .arg(&config.state_dir)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(program = %config.program.display(), error = %e, "cannot start the deploy agent");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                }
+            }
+        };
+        tracing::info!(program = %config.program.display(), pid = child.id(), "deploy agent started");
+        tokio::select! {
+            () = shutdown.cancelled() => {
+                if let Some(pid) = child.id() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+                return;
+            }
+            status = child.wait() => {
+                tracing::warn!(?status, "the deploy agent exited; starting it again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}

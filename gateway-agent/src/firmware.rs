@@ -1,0 +1,154 @@
+//! Firmware components: flashed onto their device by the deploy agent,
+//! present in the current model when the agent says the device runs them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use continuum_deploy_agent::job::Request;
+use continuum_deploy_agent::service::DeviceReport;
+use continuum_models::{Component, ComponentSpec, DeploymentModel, Link};
+
+use crate::engine::{State, Status};
+
+/// Whether `c` is flashed rather than run.
+pub fn is_firmware(c: &Component) -> bool {
+    c.spec.resources().is_some_and(|r| r.flash.is_some())
+}
+
+/// The device `firmware` is hosted on, in `model`.
+pub fn device_of<'m>(model: &'m DeploymentModel, firmware: &str) -> Option<&'m Component> {
+    let host = model.links.iter().find_map(|l| match l {
+        Link::Hosting { component, host } if component == firmware => Some(host),
+        _ => None,
+    })?;
+    model
+        .components
+        .iter()
+        .find(|c| &c.id == host && matches!(c.spec, ComponentSpec::Device(_)))
+}
+
+/// The SHA-256 a firmware component is pinned to.
+pub fn pinned_digest(c: &Component) -> Option<String> {
+    let flash = c.spec.resources()?.flash.as_ref()?;
+    continuum_models::artefact::split(&flash.artefact)
+        .1
+        .map(str::to_owned)
+}
+
+/// Whether the device runs what `c` says, by the agent's last report.
+pub fn runs(
+    model: &DeploymentModel,
+    c: &Component,
+    devices: &BTreeMap<String, DeviceReport>,
+) -> bool {
+    let Some(device) = device_of(model, &c.id) else {
+        return false;
+    };
+    let Some(r) = devices.get(&device.id) else {
+        return false;
+    };
+    let confirmed = matches!(r.state.as_str(), "running" | "unchanged");
+    confirmed && pinned_digest(c).is_none_or(|d| r.firmware.as_deref() == Some(d.as_str()))
+}
+
+/// The status of firmware component `c`, from the agent's reports (none for
+/// other components).
+pub fn status(
+    model: &DeploymentModel,
+    c: &Component,
+    devices: &BTreeMap<String, DeviceReport>,
+) -> Option<Status> {
+    if !is_firmware(c) {
+        return None;
+    }
+    let device = device_of(model, &c.id)?;
+    let short = |h: &Option<String>| {
+        h.as_deref()
+            .map_or(String::new(), |h| h[..h.len().min(12)].to_owned())
+    };
+    Some(match devices.get(&device.id) {
+        None => Status::new(
+            State::Pending,
+            format!("not flashed onto `{}` yet", device.id),
+        ),
+        Some(r) if r.state == "flashing" => Status::new(
+            State::Deploying,
+            format!(
+                "flashing `{}`: {} {}%",
+                device.id,
+                r.stage.as_deref().unwrap_or(""),
+                r.percent
+            ),
+        ),
+        Some(r) if runs(model, c, devices) => Status::new(
+            State::Running,
+            format!(
+                "on `{}`, firmware sha256:{}{}",
+                device.id,
+                short(&r.firmware),
+                r.health
+                    .as_deref()
+                    .map_or(String::new(), |h| format!(", says {h}"))
+            ),
+        ),
+        Some(r) if r.state == "failed" || r.state == "rolled_back" => Status::new(
+            State::Failed,
+            format!(
+                "{} on `{}`{}: {}",
+                r.state.replace('_', " "),
+                device.id,
+                r.stage
+                    .as_deref()
+                    .map_or(String::new(), |s| format!(" while {s}")),
+                r.reason.as_deref().unwrap_or("")
+            ),
+        ),
+        Some(r) => Status::new(
+            State::Deploying,
+            format!("`{}` runs sha256:{}", device.id, short(&r.firmware)),
+        ),
+    })
+}
+
+/// The flash order for firmware `c` onto `device`, with the artefact's bytes.
+pub fn request(
+    c: &Component,
+    device: &Component,
+    artefact: Vec<u8>,
+) -> Option<(Request, Duration)> {
+    let flash = c.spec.resources()?.flash.as_ref()?;
+    let ComponentSpec::Device(d) = &device.spec else {
+        return None;
+    };
+    let within = flash
+        .confirm_within
+        .as_deref()
+        .and_then(|s| humantime::parse_duration(s).ok())
+        .unwrap_or(Duration::from_secs(10));
+    let tool = match flash.tool {
+        continuum_models::resources::FlashTool::Stk500v1 => None,
+        continuum_models::resources::FlashTool::Avrdude => Some("avrdude".to_owned()),
+        continuum_models::resources::FlashTool::Esptool => Some("esptool".to_owned()),
+    };
+    Some((
+        Request {
+            device: device.id.clone(),
+            port: d
+                .port
+                .clone()
+                .unwrap_or_else(|| "/dev/ttyACM0".into())
+                .into(),
+            board: d.board.clone(),
+            artefact,
+            baud: flash.baud,
+            verify: flash.verify,
+            health: flash.health.clone(),
+            confirm_within_ms: u64::try_from(within.as_millis()).unwrap_or(u64::MAX),
+            tries: 10,
+            force: false,
+            signature: flash.signature.clone(),
+            tool,
+        },
+        within,
+    ))
+}

@@ -1,0 +1,189 @@
+//! Leaf devices end to end: the orchestrator and a gateway agent as processes,
+//! the simulated Arduino Uno wired to the gateway's host. The gateway starts
+//! its deploy agent, which flashes the firmware the model names (uploaded
+//! and fetched as a blob), confirms it by its health line, and the current
+//! model and `continuum status` say what the device runs; a new firmware is
+//! flashed, one that never confirms is rolled back and reported failed.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{free_port, ok, orchestrator, unique, Guard, Serve};
+use continuum_bus::testing::{eventually, within};
+
+const FIRMWARE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/examples/smart-building/firmware"
+);
+
+fn sim_board() -> Option<PathBuf> {
+    let found = std::env::var_os("CONTINUUM_SIM_BOARD")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file());
+    if found.is_none() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true but CONTINUUM_SIM_BOARD names no file (scripts/build-sim-board.sh)");
+        }
+        eprintln!("skipped: CONTINUUM_SIM_BOARD is not set (scripts/build-sim-board.sh builds it)");
+    }
+    found
+}
+
+/// The simulated board on `port`, stopped when dropped.
+struct Board(Child);
+
+impl Drop for Board {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+fn board(sim: &Path, port: &Path) -> Board {
+    let mut child = Command::new(sim)
+        .arg("--link")
+        .arg(port)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts the simulated board");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("PTY "), "{line}");
+    Board(child)
+}
+
+/// A process-driver gateway with its local broker (the deploy agent beside
+/// the `continuum` executable is found by itself).
+fn gateway(dir: &Path, serve: &Serve, id: &str) -> Guard {
+    let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_continuum"))
+        .args([
+            "gateway",
+            "--id",
+            id,
+            "--orchestrator",
+            &serve.addr,
+            "--driver",
+            "process",
+        ])
+        .args([
+            "--mqtt-listen",
+            &free_port(),
+            "--mqtt5-listen",
+            &free_port(),
+        ])
+        .arg("--data-dir")
+        .arg(dir.join(id))
+        .args(["--interval", "1s", "--max-backoff", "2s"])
+        .env("CONTINUUM_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("starts continuum gateway");
+    Guard(child)
+}
+
+fn model(dir: &Path, name: &str, gw: &str, port: &Path, firmware: &Path) -> String {
+    let mm = serde_json::json!({"name": "devices", "subsystems": [{"id": gw, "components": [
+        {"id": gw, "kind": "gateway", "equipped_with_deployer": true},
+        {"id": "uno", "kind": "device", "board": "uno", "port": port, "need_deployer": true},
+        {"id": "flow", "kind": "firmware", "resources": {"flash": {
+            "artefact": firmware, "health": "^\\{\"pir\":", "confirm_within": "5s"}}}
+    ], "links": [
+        {"kind": "communication", "from": gw, "to": "uno", "physical": true},
+        {"kind": "hosting", "component": "flow", "host": "uno"}
+    ]}]});
+    let path = dir.join(name);
+    std::fs::write(&path, serde_json::to_string_pretty(&mm).unwrap()).unwrap();
+    path.display().to_string()
+}
+
+fn avrdude_verifies(port: &Path, hex: &str) -> bool {
+    Command::new("avrdude")
+        .args(["-c", "arduino", "-p", "m328p", "-b", "115200", "-P"])
+        .arg(port)
+        .arg(format!("-Uflash:v:{hex}:i"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The firmware component's status line in `continuum status -o json`.
+fn flow_status(serve: &Serve) -> String {
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(serve.cli(&["status", "-o", "json"]))).unwrap_or_default();
+    status["subsystems"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["components"].as_array().cloned().unwrap_or_default())
+        .find(|c| c["component"] == "flow")
+        .map(|c| c.to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_flashes_through_its_deploy_agent_and_rolls_back_what_does_not_confirm() {
+    let Some(sim) = sim_board() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let _reap = common::Reap(dir.path().display().to_string());
+    let port = dir.path().join("uno");
+    let _uno = board(&sim, &port);
+    let (serve, _) = orchestrator(dir.path());
+    let gw = unique("dev");
+    let _gateway = gateway(dir.path(), &serve, &gw);
+    let v1 = format!("{FIRMWARE}/arduino-flow-v1.hex");
+    let m1 = model(dir.path(), "v1.json", &gw, &port, Path::new(&v1));
+    let out = serve.cli(&["apply", "-f", &m1, "--wait", "120s"]);
+    if !out.status.success() {
+        let log = std::fs::read_to_string(dir.path().join(format!("{gw}.log"))).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        panic!(
+            "{}\n{}\n--- gateway log ---\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            ok(serve.cli(&["status"])),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    let status = flow_status(&serve);
+    assert!(
+        status.contains("on `uno`, firmware sha256:"),
+        "{status} in {}",
+        ok(serve.cli(&["status", "-o", "json"]))
+    );
+    assert!(
+        status.contains(r#"says {\"pir\""#) || status.contains("says {"),
+        "{status}"
+    );
+    assert!(avrdude_verifies(&port, &v1), "the device runs v1");
+
+    // A new firmware is flashed.
+    let v2 = format!("{FIRMWARE}/arduino-flow-v2.hex");
+    let m2 = model(dir.path(), "v2.json", &gw, &port, Path::new(&v2));
+    let out = ok(serve.cli(&["apply", "-f", &m2, "--wait", "120s"]));
+    assert!(out.contains("converged"), "{out}");
+    assert!(avrdude_verifies(&port, &v2), "the device runs v2");
+
+    // One that never prints its health line is rolled back to v2, and failed.
+    let quiet = dir.path().join("quiet.hex");
+    std::fs::write(&quiet, ":02000000FFCF30\n:00000001FF\n").unwrap();
+    let m3 = model(dir.path(), "quiet.json", &gw, &port, &quiet);
+    ok(serve.cli(&["apply", "-f", &m3]));
+    let status = eventually(
+        "the quiet firmware rolled back",
+        within(Duration::from_secs(120)),
+        || {
+            let s = flow_status(&serve);
+            s.contains("rolled back").then_some(s)
+        },
+    )
+    .await;
+    assert!(status.contains("did not confirm within 5s"), "{status}");
+    assert!(avrdude_verifies(&port, &v2), "v2 is back on the device");
+}
