@@ -61,7 +61,8 @@ fn board(sim: &Path, port: &Path) -> Board {
 
 /// A process-driver gateway with its local broker (the deploy agent beside
 /// the `continuum` executable is found by itself).
-fn gateway(dir: &Path, serve: &Serve, id: &str) -> Guard {
+fn gateway(dir: &Path, serve: &Serve, id: &str) -> (Guard, String) {
+    let local = free_port();
     let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_continuum"))
         .args([
@@ -77,7 +78,7 @@ fn gateway(dir: &Path, serve: &Serve, id: &str) -> Guard {
             "--mqtt-listen",
             &free_port(),
             "--mqtt5-listen",
-            &free_port(),
+            &local,
         ])
         .arg("--data-dir")
         .arg(dir.join(id))
@@ -87,7 +88,7 @@ fn gateway(dir: &Path, serve: &Serve, id: &str) -> Guard {
         .stderr(log)
         .spawn()
         .expect("starts continuum gateway");
-    Guard(child)
+    (Guard(child), format!("mqtt://{local}"))
 }
 
 fn model(dir: &Path, name: &str, gw: &str, port: &Path, firmware: &Path) -> String {
@@ -95,27 +96,46 @@ fn model(dir: &Path, name: &str, gw: &str, port: &Path, firmware: &Path) -> Stri
         {"id": gw, "kind": "gateway", "equipped_with_deployer": true},
         {"id": "uno", "kind": "device", "board": "uno", "port": port, "need_deployer": true},
         {"id": "flow", "kind": "firmware", "resources": {"flash": {
-            "artefact": firmware, "health": "^\\{\"pir\":", "confirm_within": "5s"}}}
+            "artefact": firmware, "health": "^\\{\"pir\":", "confirm_within": "5s"}}},
+        {"id": "uno-proxy", "kind": "proxy", "device": "uno", "topic_prefix": "/sensors/uno"}
     ], "links": [
         {"kind": "communication", "from": gw, "to": "uno", "physical": true},
-        {"kind": "hosting", "component": "flow", "host": "uno"}
+        {"kind": "hosting", "component": "flow", "host": "uno"},
+        {"kind": "hosting", "component": "uno-proxy", "host": gw}
     ]}]});
     let path = dir.join(name);
     std::fs::write(&path, serde_json::to_string_pretty(&mm).unwrap()).unwrap();
     path.display().to_string()
 }
 
-fn avrdude_verifies(port: &Path, hex: &str) -> bool {
-    Command::new("avrdude")
-        .args(["-c", "arduino", "-p", "m328p", "-b", "115200", "-P"])
-        .arg(port)
-        .arg(format!("-Uflash:v:{hex}:i"))
-        .output()
-        .is_ok_and(|o| o.status.success())
+/// The first 12 hex digits of a file's SHA-256, as statuses show it.
+fn short_digest(path: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(std::fs::read(path).unwrap());
+    d.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The deploy agent's record of the device (in the gateway's data directory).
+fn agent_report(dir: &Path, gw: &str) -> serde_json::Value {
+    let record = dir.join(gw).join("deploy-agent/devices/uno.json");
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let last = v["last"].as_str().unwrap_or_default().to_owned();
+    v["state"] = if last.starts_with("rolled back") {
+        "rolled_back".into()
+    } else {
+        last.into()
+    };
+    v
 }
 
 /// The firmware component's status line in `continuum status -o json`.
 fn flow_status(serve: &Serve) -> String {
+    component_status(serve, "flow")
+}
+
+/// A component's status in `continuum status -o json`.
+fn component_status(serve: &Serve, id: &str) -> String {
     let status: serde_json::Value =
         serde_json::from_str(&ok(serve.cli(&["status", "-o", "json"]))).unwrap_or_default();
     status["subsystems"]
@@ -123,7 +143,7 @@ fn flow_status(serve: &Serve) -> String {
         .into_iter()
         .flatten()
         .flat_map(|s| s["components"].as_array().cloned().unwrap_or_default())
-        .find(|c| c["component"] == "flow")
+        .find(|c| c["component"] == id)
         .map(|c| c.to_string())
         .unwrap_or_default()
 }
@@ -137,7 +157,8 @@ async fn the_gateway_flashes_through_its_deploy_agent_and_rolls_back_what_does_n
     let _uno = board(&sim, &port);
     let (serve, _) = orchestrator(dir.path());
     let gw = unique("dev");
-    let _gateway = gateway(dir.path(), &serve, &gw);
+    let (_gateway, local) = gateway(dir.path(), &serve, &gw);
+    let local: continuum_bus::BrokerUrl = local.parse().unwrap();
     let v1 = format!("{FIRMWARE}/arduino-flow-v1.hex");
     let m1 = model(dir.path(), "v1.json", &gw, &port, Path::new(&v1));
     let out = serve.cli(&["apply", "-f", &m1, "--wait", "120s"]);
@@ -161,14 +182,36 @@ async fn the_gateway_flashes_through_its_deploy_agent_and_rolls_back_what_does_n
         status.contains(r#"says {\"pir\""#) || status.contains("says {"),
         "{status}"
     );
-    assert!(avrdude_verifies(&port, &v1), "the device runs v1");
+    // Its readings come through the proxy the agent runs, on the local broker.
+    let probe = continuum_bus::testing::Probe::connect(&local, &unique("probe"), false);
+    probe.connected(within(Duration::from_secs(10))).await;
+    probe.subscribe("/sensors/uno").await;
+    eventually(
+        "readings through the proxy",
+        within(Duration::from_secs(30)),
+        || {
+            probe
+                .received_on("/sensors/uno")
+                .iter()
+                .any(|r| r.payload.starts_with(br#"{"pir":"#))
+                .then_some(())
+        },
+    )
+    .await;
+    let proxy = component_status(&serve, "uno-proxy");
+    assert!(proxy.contains("lines on /sensors/uno"), "{proxy}");
+    drop(probe);
 
     // A new firmware is flashed.
     let v2 = format!("{FIRMWARE}/arduino-flow-v2.hex");
     let m2 = model(dir.path(), "v2.json", &gw, &port, Path::new(&v2));
     let out = ok(serve.cli(&["apply", "-f", &m2, "--wait", "120s"]));
     assert!(out.contains("converged"), "{out}");
-    assert!(avrdude_verifies(&port, &v2), "the device runs v2");
+    let status = flow_status(&serve);
+    assert!(
+        status.contains(&format!("sha256:{}", short_digest(&v2))),
+        "{status}"
+    );
 
     // One that never prints its health line is rolled back to v2, and failed.
     let quiet = dir.path().join("quiet.hex");
@@ -185,5 +228,13 @@ async fn the_gateway_flashes_through_its_deploy_agent_and_rolls_back_what_does_n
     )
     .await;
     assert!(status.contains("did not confirm within 5s"), "{status}");
-    assert!(avrdude_verifies(&port, &v2), "v2 is back on the device");
+    // The device runs v2 again, as the agent's record says.
+    let report = agent_report(dir.path(), &gw);
+    assert_eq!(report["state"], "rolled_back", "{report}");
+    assert!(
+        report["flashed"]
+            .as_str()
+            .is_some_and(|h| h.starts_with(&short_digest(&v2))),
+        "{report}"
+    );
 }

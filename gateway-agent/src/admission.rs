@@ -83,6 +83,9 @@ pub fn admit(
             }
             continue;
         }
+        if deployer && crate::proxies::is_agent_proxy(c) {
+            continue;
+        }
         if resources.is_some_and(|r| r.commands.is_some() && r.container.is_none()) {
             return Err(Refusal::Commands(id()));
         }

@@ -32,12 +32,35 @@ pub struct DeployerConfig {
     pub state_dir: PathBuf,
 }
 
+/// What the deploy agent last said: each device's state (by device id) and
+/// whether its port is open to a proxy (by device key).
+#[derive(Debug, Clone, Default)]
+pub struct DeviceView {
+    /// Flash states, by device id.
+    pub reports: BTreeMap<String, DeviceReport>,
+    /// Proxy ports open or not, by device key.
+    pub ports: BTreeMap<String, bool>,
+}
+
+impl DeviceView {
+    /// Whether `device`'s port is open to its proxy, if the agent said.
+    pub fn port_open(&self, device: &str) -> Option<bool> {
+        self.ports
+            .get(&continuum_deploy_agent::state::key(device))
+            .copied()
+    }
+}
+
 /// The deploy agent beside the gateway, and what it says of each device.
 #[derive(Debug)]
 pub struct Deployer {
     id: String,
     client: AsyncClient,
     reports: watch::Receiver<BTreeMap<String, DeviceReport>>,
+    /// Proxy ports open or not, by device key.
+    ports: watch::Receiver<BTreeMap<String, bool>>,
+    /// The proxies last handed to the agent.
+    proxies: tokio::sync::Mutex<Option<String>>,
     /// Whether the agent says it is online (it takes orders only then).
     online: watch::Receiver<bool>,
     /// The agent process starts with the first order.
@@ -64,6 +87,8 @@ impl Deployer {
         let (client, mut eventloop) = AsyncClient::new(o, 256);
         let (tx, reports) = watch::channel(BTreeMap::new());
         let (online_tx, online) = watch::channel(false);
+        let (ports_tx, ports) = watch::channel(BTreeMap::new());
+        let ports_filter = format!("{}/port", topics::devices(&config.id));
         let filter = topics::devices(&config.id);
         let status = topics::status(&config.id);
         let sub = client.clone();
@@ -78,11 +103,21 @@ impl Deployer {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         let _ = sub.subscribe(filter.clone(), QoS::AtLeastOnce).await;
                         let _ = sub.subscribe(status.clone(), QoS::AtLeastOnce).await;
+                        let _ = sub.subscribe(ports_filter.clone(), QoS::AtLeastOnce).await;
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) if p.topic == status.as_bytes() => {
                         let up = serde_json::from_slice::<serde_json::Value>(&p.payload)
                             .is_ok_and(|v| v["state"] == "online");
                         online_tx.send_replace(up);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) if p.topic.ends_with(b"/port") => {
+                        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                        let key = topic.rsplit('/').nth(1).unwrap_or_default().to_owned();
+                        let open = serde_json::from_slice::<serde_json::Value>(&p.payload)
+                            .is_ok_and(|v| v["open"] == true);
+                        ports_tx.send_modify(|m| {
+                            m.insert(key, open);
+                        });
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         if let Ok(r) = serde_json::from_slice::<DeviceReport>(&p.payload) {
@@ -100,6 +135,8 @@ impl Deployer {
             id: config.id.clone(),
             client,
             reports,
+            ports,
+            proxies: tokio::sync::Mutex::new(None),
             online,
             agent: std::sync::Once::new(),
             config,
@@ -107,16 +144,49 @@ impl Deployer {
         })
     }
 
-    /// What the agent last said of each device, by device id.
-    pub fn reports(&self) -> BTreeMap<String, DeviceReport> {
-        self.reports.borrow().clone()
+    /// What the agent last said of each device.
+    pub fn view(&self) -> DeviceView {
+        DeviceView {
+            reports: self.reports.borrow().clone(),
+            ports: self.ports.borrow().clone(),
+        }
+    }
+
+    fn ensure_agent(&self) {
+        self.agent.call_once(|| {
+            tokio::spawn(supervise(self.config.clone(), self.shutdown.clone()));
+        });
+    }
+
+    /// Hands the agent the proxies to run (retained, so a restarted agent
+    /// finds them); nothing is sent when they did not change.
+    pub async fn set_proxies(&self, specs: &[continuum_deploy_agent::proxy::ProxySpec]) {
+        let body = serde_json::to_string(specs).unwrap_or_default();
+        let mut last = self.proxies.lock().await;
+        if last.as_deref() == Some(body.as_str()) || (last.is_none() && specs.is_empty()) {
+            return;
+        }
+        if !specs.is_empty() {
+            self.ensure_agent();
+        }
+        match self
+            .client
+            .publish(
+                topics::proxies(&self.id),
+                QoS::AtLeastOnce,
+                true,
+                body.clone(),
+            )
+            .await
+        {
+            Ok(()) => *last = Some(body),
+            Err(e) => tracing::warn!(error = %e, "cannot hand the proxies to the deploy agent"),
+        }
     }
 
     /// Sends a flash order and waits (at most `within`) for its result.
     pub async fn flash(&self, request: Request, within: Duration) -> Result<DeviceReport, String> {
-        self.agent.call_once(|| {
-            tokio::spawn(supervise(self.config.clone(), self.shutdown.clone()));
-        });
+        self.ensure_agent();
         let mut online = self.online.clone();
         tokio::time::timeout(Duration::from_secs(30), online.wait_for(|up| *up))
             .await

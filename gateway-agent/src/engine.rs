@@ -127,6 +127,9 @@ pub async fn reconcile<R: ContainerRuntime>(
     let span = tracing::info_span!("reconcile", subsystem = %subsystem, generation);
     async {
         let workloads = runtime.list(LABEL_SUBSYSTEM, subsystem).await?;
+        if let Some(d) = &config.deployer {
+            d.set_proxies(&crate::proxies::specs(target)).await;
+        }
         let devices = devices_of(config);
         let current = current_model(target, &workloads, &config.routing.routes(), &devices);
         let steps = plan(&current, target);
@@ -180,7 +183,9 @@ pub async fn reconcile<R: ContainerRuntime>(
                 Status::new(State::Failed, reason.clone())
             } else if let Some(reason) = outcome.blocked.get(&c.id) {
                 Status::new(State::Pending, format!("not deployed: {reason}"))
-            } else if let Some(s) = crate::firmware::status(target, c, &devices) {
+            } else if let Some(s) = crate::firmware::status(target, c, &devices.reports) {
+                s
+            } else if let Some(s) = crate::proxies::status(c, &devices) {
                 s
             } else if !is_workload(c) {
                 Status::new(State::Unknown, "no driver on this gateway runs it")
@@ -206,13 +211,11 @@ pub async fn reconcile<R: ContainerRuntime>(
 }
 
 /// What the deploy agent last said of each device.
-fn devices_of(
-    config: &EngineConfig,
-) -> BTreeMap<String, continuum_deploy_agent::service::DeviceReport> {
+fn devices_of(config: &EngineConfig) -> crate::devices::DeviceView {
     config
         .deployer
         .as_ref()
-        .map(|d| d.reports())
+        .map(|d| d.view())
         .unwrap_or_default()
 }
 

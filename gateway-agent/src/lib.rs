@@ -23,6 +23,7 @@ mod link;
 mod local;
 mod metrics;
 mod observe;
+mod proxies;
 pub mod routing;
 pub mod runtime;
 pub mod spec;

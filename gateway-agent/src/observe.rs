@@ -33,7 +33,7 @@ pub fn current_model(
     target: &DeploymentModel,
     workloads: &[Workload],
     routes: &BTreeMap<String, Vec<Route>>,
-    devices: &BTreeMap<String, continuum_deploy_agent::service::DeviceReport>,
+    devices: &crate::devices::DeviceView,
 ) -> DeploymentModel {
     let wanted: BTreeMap<&str, &Component> = target
         .components
@@ -65,13 +65,10 @@ pub fn current_model(
             components.push(def);
         }
     }
-    // Firmware is what its device runs, as the deploy agent last said.
-    for c in target
-        .components
-        .iter()
-        .filter(|c| crate::firmware::is_firmware(c))
-    {
-        if crate::firmware::runs(target, c, devices) {
+    // Firmware is what its device runs, and a device proxy runs while its
+    // port is open, as the deploy agent last said.
+    for c in &target.components {
+        if crate::firmware::runs(target, c, &devices.reports) || crate::proxies::runs(c, devices) {
             components.push(c.clone());
         }
     }
