@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 . scripts/env.sh
-cargo build --release --locked --quiet --bin continuum
+cargo build --release --locked --quiet -p continuum -p continuum-deploy-agent --bins
 host="$(scripts/build-function-host.sh)"
-exec "$CARGO_TARGET_DIR/release/continuum" up --function-host "$host" "$@"
+board="$(scripts/build-sim-board.sh)"
+exec "$CARGO_TARGET_DIR/release/continuum" up --function-host "$host" --board "$board" "$@"

@@ -74,12 +74,7 @@ fn gateway(dir: &Path, serve: &Serve, id: &str) -> (Guard, String) {
             "--driver",
             "process",
         ])
-        .args([
-            "--mqtt-listen",
-            &free_port(),
-            "--mqtt5-listen",
-            &local,
-        ])
+        .args(["--mqtt-listen", &free_port(), "--mqtt5-listen", &local])
         .arg("--data-dir")
         .arg(dir.join(id))
         .args(["--interval", "1s", "--max-backoff", "2s"])

@@ -64,7 +64,9 @@ fn up_until_the_function_answers(host: &std::path::Path, driver: &str) -> String
         }
     };
     let agents = format!("{}/gateway-", data.path().display());
-    let gateways_while_up = pids(&agents);
+    let gateways_while_up = pids(&format!("gateway --id .*{agents}"));
+    // The sensor gateway's deploy agent flashed the simulated Uno.
+    let deployers_while_up = pids(&format!("continuum-agent serve .*{agents}"));
     // Ctrl-C.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.0.id() as i32),
@@ -94,9 +96,26 @@ fn up_until_the_function_answers(host: &std::path::Path, driver: &str) -> String
         2,
         "two gateway agents ran: {gateways_while_up:?}"
     );
+    assert_eq!(
+        deployers_while_up.len(),
+        1,
+        "one deploy agent ran: {deployers_while_up:?}"
+    );
+    assert!(
+        out.contains("a simulated Arduino Uno for device `uno`"),
+        "{out}"
+    );
     assert!(
         pids(&agents).is_empty(),
         "a gateway agent outlived continuum up:\n{out}"
+    );
+    assert!(
+        pids(&format!(
+            "continuum-sim-uno --link {}",
+            data.path().display()
+        ))
+        .is_empty(),
+        "the simulated board outlived continuum up:\n{out}"
     );
     let left = running_in(data.path());
     assert!(

@@ -150,6 +150,7 @@ fn engine_config(dir: &Path) -> EngineConfig {
         settle: Duration::ZERO,
         routing: Arc::new(continuum_gateway::routing::NoBridge),
         deployer: None,
+        device_ports: Default::default(),
     }
 }
 
@@ -249,6 +250,7 @@ async fn whole_path(
         data_dir: dir.join("agent"),
         context_root: Some(dir.to_owned()),
         deploy_agent: None,
+        device_ports: Vec::new(),
         function_host: None,
         busybox: "/bin/busybox".into(),
         location: String::new(),

@@ -564,6 +564,7 @@ mod tests {
                 settle: Duration::ZERO,
                 routing: Arc::new(crate::routing::MemoryRouting::default()),
                 deployer: None,
+                device_ports: Default::default(),
             }),
         };
         Agent::new(rt, Store::open(dir).unwrap(), config, progress).unwrap()

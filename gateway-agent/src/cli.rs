@@ -54,6 +54,11 @@ pub struct Args {
     /// the devices wired to this host. Default: beside the agent, else on PATH.
     #[arg(long, env = "CONTINUUM_DEPLOY_AGENT", value_name = "PATH")]
     pub deploy_agent: Option<PathBuf>,
+    /// Where a device of the model is wired on this host, when it is not the
+    /// port the model names (`DEVICE=PATH`, repeatable): udev names differ
+    /// from host to host.
+    #[arg(long = "device-port", value_name = "DEVICE=PATH", value_parser = device_port)]
+    pub device_ports: Vec<(String, PathBuf)>,
     /// Debian's static busybox, the shell of function images.
     #[arg(long, default_value = "/bin/busybox", value_name = "PATH")]
     pub busybox: PathBuf,
@@ -359,6 +364,13 @@ struct Settings {
     deployer: Option<Arc<crate::devices::Deployer>>,
 }
 
+fn device_port(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((d, p)) if !d.is_empty() && !p.is_empty() => Ok((d.to_owned(), p.into())),
+        _ => Err(format!("`{s}` is not DEVICE=PATH")),
+    }
+}
+
 /// Makes (once) the image functions are built FROM, and returns its name.
 async fn function_image(docker: &DockerRuntime, config: &Args) -> anyhow::Result<String> {
     let binary = crate::function_image::find_binary(config.function_host.as_deref())
@@ -417,6 +429,7 @@ async fn serve<R: ContainerRuntime>(
                 None => Arc::new(NoBridge),
             },
             deployer,
+            device_ports: config.device_ports.iter().cloned().collect(),
         }),
     };
     let (agent, snapshot) = Agent::new(runtime, store, agent_config, progress_tx)?;

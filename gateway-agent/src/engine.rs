@@ -113,6 +113,8 @@ pub struct EngineConfig {
     pub routing: Arc<dyn Routing>,
     /// The deploy agent that flashes devices, when the gateway has one.
     pub deployer: Option<Arc<crate::devices::Deployer>>,
+    /// Device ports on this host that differ from the model's, by device id.
+    pub device_ports: BTreeMap<String, std::path::PathBuf>,
 }
 
 /// Runs one pass of `target`, subsystem `subsystem` at `generation`.
@@ -128,7 +130,8 @@ pub async fn reconcile<R: ContainerRuntime>(
     async {
         let workloads = runtime.list(LABEL_SUBSYSTEM, subsystem).await?;
         if let Some(d) = &config.deployer {
-            d.set_proxies(&crate::proxies::specs(target)).await;
+            d.set_proxies(&crate::proxies::specs(target, &config.device_ports))
+                .await;
         }
         let devices = devices_of(config);
         let current = current_model(target, &workloads, &config.routing.routes(), &devices);
@@ -268,6 +271,7 @@ mod tests {
             settle: Duration::ZERO,
             routing: Arc::new(crate::routing::MemoryRouting::default()),
             deployer: None,
+            device_ports: BTreeMap::new(),
         }
     }
 

@@ -408,8 +408,9 @@ impl<R: ContainerRuntime> Context<R> {
             path: file.clone(),
             cause,
         })?;
-        let (request, within) = crate::firmware::request(c, device, artefact)
-            .ok_or_else(|| StepError::Flash(c.id.clone(), "no flash resource".into()))?;
+        let (request, within) =
+            crate::firmware::request(c, device, artefact, &self.pass.config.device_ports)
+                .ok_or_else(|| StepError::Flash(c.id.clone(), "no flash resource".into()))?;
         // Sync, write, verify and the confirmation window, with room to spare.
         let report = deployer
             .flash(request, within + Duration::from_secs(120))

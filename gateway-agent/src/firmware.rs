@@ -110,11 +110,27 @@ pub fn status(
     })
 }
 
+/// Where `device` is wired on this host: the gateway's own mapping, else the
+/// model's port.
+pub fn port_of(
+    device: &Component,
+    d: &continuum_models::component::DeviceSpec,
+    ports: &BTreeMap<String, std::path::PathBuf>,
+) -> std::path::PathBuf {
+    ports.get(&device.id).cloned().unwrap_or_else(|| {
+        d.port
+            .clone()
+            .unwrap_or_else(|| "/dev/ttyACM0".into())
+            .into()
+    })
+}
+
 /// The flash order for firmware `c` onto `device`, with the artefact's bytes.
 pub fn request(
     c: &Component,
     device: &Component,
     artefact: Vec<u8>,
+    ports: &BTreeMap<String, std::path::PathBuf>,
 ) -> Option<(Request, Duration)> {
     let flash = c.spec.resources()?.flash.as_ref()?;
     let ComponentSpec::Device(d) = &device.spec else {
@@ -133,11 +149,7 @@ pub fn request(
     Some((
         Request {
             device: device.id.clone(),
-            port: d
-                .port
-                .clone()
-                .unwrap_or_else(|| "/dev/ttyACM0".into())
-                .into(),
+            port: port_of(device, d, ports),
             board: d.board.clone(),
             artefact,
             baud: flash.baud,

@@ -26,7 +26,10 @@ pub fn topic(c: &Component) -> Option<String> {
 }
 
 /// What the agent must run for `model`'s proxies.
-pub fn specs(model: &DeploymentModel) -> Vec<ProxySpec> {
+pub fn specs(
+    model: &DeploymentModel,
+    ports: &std::collections::BTreeMap<String, std::path::PathBuf>,
+) -> Vec<ProxySpec> {
     model
         .components
         .iter()
@@ -41,11 +44,7 @@ pub fn specs(model: &DeploymentModel) -> Vec<ProxySpec> {
             };
             Some(ProxySpec {
                 device: device.id.clone(),
-                port: d
-                    .port
-                    .clone()
-                    .unwrap_or_else(|| "/dev/ttyACM0".into())
-                    .into(),
+                port: crate::firmware::port_of(device, d, ports),
                 baud: p.baud.unwrap_or(115_200),
                 topic: topic(c)?,
             })

@@ -118,6 +118,7 @@ async fn setup(name: &str) -> Option<Setup> {
             settle: Duration::from_millis(500),
             routing: Arc::new(continuum_gateway::routing::NoBridge),
             deployer: None,
+            device_ports: Default::default(),
         }),
         subsystem: subsystem.clone(),
         _cleanup: Cleanup {

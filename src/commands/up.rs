@@ -64,6 +64,69 @@ pub struct Args {
     /// Time between two readings of the simulated sensor.
     #[arg(long, default_value = "1s", value_parser = continuum_bus::args::duration, value_name = "DURATION")]
     pub sensor_interval: Duration,
+    /// The simulated Arduino Uno (scripts/build-sim-board.sh builds it): a
+    /// device of the model that needs a deploy agent is one of these, on a
+    /// pseudo-terminal, and the simulated sensor is not needed. Default:
+    /// `continuum-sim-uno` beside this program, else on PATH.
+    #[arg(long, env = "CONTINUUM_SIM_BOARD", value_name = "PATH")]
+    pub board: Option<PathBuf>,
+}
+
+/// A simulated board, stopped (its flash saved) when dropped.
+struct Board {
+    child: Child,
+}
+
+impl Drop for Board {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the simulated board `program` with its port at `link`.
+fn start_board(program: &std::path::Path, link: &std::path::Path) -> anyhow::Result<Board> {
+    use std::io::BufRead;
+    let mut child = Command::new(program)
+        .arg("--link")
+        .arg(link)
+        .arg("--flash")
+        .arg(link.with_extension("flash"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start the simulated board {}", program.display()))?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        std::io::BufReader::new(out).read_line(&mut line)?;
+    }
+    let board = Board { child };
+    anyhow::ensure!(
+        line.starts_with("PTY "),
+        "the simulated board did not start: {line:?}"
+    );
+    Ok(board)
+}
+
+/// The program `name` beside this one, else on PATH.
+fn beside_or_on_path(name: &str) -> Option<PathBuf> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join(name)))
+        .filter(|p| p.is_file());
+    beside.or_else(|| {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+    })
 }
 
 /// A port for a broker: the next of `base`, or one the system picks.
@@ -162,6 +225,28 @@ pub fn run(args: Args, style: &Style) -> anyhow::Result<ExitCode> {
             Some((id, gw.id.clone()))
         })
         .collect();
+    // Devices flashed through a deploy agent: simulated boards.
+    let devices: Vec<String> = mm
+        .subsystems
+        .iter()
+        .flat_map(|s| s.components.iter())
+        .filter(
+            |c| matches!(&c.spec, continuum_models::ComponentSpec::Device(d) if d.need_deployer),
+        )
+        .map(|c| c.id.clone())
+        .collect();
+    let board_program = if devices.is_empty() {
+        None
+    } else {
+        Some(
+            args.board
+                .clone()
+                .or_else(|| beside_or_on_path("continuum-sim-uno"))
+                .context(
+                    "the model flashes an Arduino: build the simulated one with scripts/build-sim-board.sh and give it with --board",
+                )?,
+        )
+    };
     let (sensor_subsystem, sensor_topic) = args
         .sensor
         .split_once(':')
@@ -215,6 +300,22 @@ pub fn run(args: Args, style: &Style) -> anyhow::Result<ExitCode> {
         data.display()
     );
 
+    // The simulated boards, each on its pseudo-terminal.
+    let mut boards = Vec::new();
+    let mut device_ports = Vec::new();
+    if let Some(program) = &board_program {
+        for d in &devices {
+            let link = data.join(d);
+            boards.push(start_board(program, &link)?);
+            println!(
+                "{} a simulated Arduino Uno for device `{d}` on {} (the firmware the model names is flashed onto it)",
+                style.bold("up:"),
+                link.display()
+            );
+            device_ports.push(format!("{d}={}", link.display()));
+        }
+    }
+
     // One gateway agent per subsystem, each a process with its own data.
     let exe = std::env::current_exe()?;
     let mut agents: Vec<Agent> = Vec::new();
@@ -251,6 +352,9 @@ pub fn run(args: Args, style: &Style) -> anyhow::Result<ExitCode> {
             if let Some(h) = &args.function_host {
                 cmd.arg("--function-host").arg(h);
             }
+            for p in &device_ports {
+                cmd.args(["--device-port", p]);
+            }
             let child = cmd.spawn().context("cannot start a gateway agent")?;
             println!(
                 "{} gateway agent `{id}` for subsystem `{subsystem}`, local broker on 127.0.0.1:{v4} and :{v5} (log: {})",
@@ -279,6 +383,7 @@ pub fn run(args: Args, style: &Style) -> anyhow::Result<ExitCode> {
             .find(|a| a.subsystem == sensor_subsystem)
             .map(|a| a.broker.clone());
         match sensor {
+            _ if !boards.is_empty() => {}
             Some(url) => {
                 println!(
                     "{} a simulated presence sensor publishes on `{sensor_topic}` of `{sensor_subsystem}`'s local broker every {}",
@@ -342,6 +447,7 @@ pub fn run(args: Args, style: &Style) -> anyhow::Result<ExitCode> {
     } else {
         0
     };
+    drop(boards);
     let _ = runtime.block_on(running.stop());
     runtime.shutdown_timeout(Duration::from_secs(2));
     println!(
