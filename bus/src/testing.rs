@@ -187,29 +187,57 @@ impl Mosquitto {
         }
     }
 
-    /// Starts it again on the same port, with the state it saved.
+    /// Starts it again on the same port, with the state it saved. The port
+    /// was free for a moment: another program (a test looking for a free
+    /// port) may hold it briefly, so a Mosquitto that could not bind is
+    /// started again until it listens.
     pub fn resume(&mut self) {
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, "mosquitto"]);
-                c
+        let deadline = Instant::now() + within(Duration::from_secs(10));
+        loop {
+            let mut cmd = match &self.netns {
+                Some(ns) => {
+                    let mut c = Command::new("ip");
+                    c.args(["netns", "exec", ns, "mosquitto"]);
+                    c
+                }
+                None => Command::new("mosquitto"),
+            };
+            let mut child = cmd
+                .arg("-c")
+                .arg(&self.config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("mosquitto starts");
+            if self.netns.is_some() {
+                self.child = Some(child);
+                return;
             }
-            None => Command::new("mosquitto"),
-        };
-        let child = cmd
-            .arg("-c")
-            .arg(&self.config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto starts");
-        self.child = Some(child);
-        let addr = self.addr;
-        if self.netns.is_none() {
-            wait_for("mosquitto to listen", Duration::from_secs(10), || {
-                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
-            });
+            let addr = self.addr;
+            let up = loop {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break false;
+                }
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    // Ours listens, unless it exits now for want of the port.
+                    std::thread::sleep(Duration::from_millis(50));
+                    break !matches!(child.try_wait(), Ok(Some(_)));
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "mosquitto did not listen on {addr} again"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            if up {
+                self.child = Some(child);
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto could not take {addr} back"
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }

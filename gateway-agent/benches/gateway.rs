@@ -250,6 +250,7 @@ async fn whole_path(
         data_dir: dir.join("agent"),
         context_root: Some(dir.to_owned()),
         deploy_agent: None,
+        trusted_key: None,
         device_ports: Vec::new(),
         function_host: None,
         busybox: "/bin/busybox".into(),

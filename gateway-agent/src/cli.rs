@@ -54,6 +54,10 @@ pub struct Args {
     /// the devices wired to this host. Default: beside the agent, else on PATH.
     #[arg(long, env = "CONTINUUM_DEPLOY_AGENT", value_name = "PATH")]
     pub deploy_agent: Option<PathBuf>,
+    /// The public key (ed25519, hex) firmware must be signed with: the
+    /// deploy agent refuses unsigned or badly signed firmware before writing.
+    #[arg(long, env = "CONTINUUM_TRUSTED_KEY", value_name = "HEX")]
+    pub trusted_key: Option<String>,
     /// Where a device of the model is wired on this host, when it is not the
     /// port the model names (`DEVICE=PATH`, repeatable): udev names differ
     /// from host to host.
@@ -304,6 +308,7 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
                 id: config.id.clone(),
                 broker: url.clone(),
                 state_dir: config.data_dir.join("deploy-agent"),
+                trusted_key: config.trusted_key.clone(),
             },
             shutdown.clone(),
         ));

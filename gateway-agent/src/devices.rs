@@ -30,6 +30,8 @@ pub struct DeployerConfig {
     pub broker: BrokerUrl,
     /// Where the agent keeps its records.
     pub state_dir: PathBuf,
+    /// The key firmware must be signed with, if any.
+    pub trusted_key: Option<String>,
 }
 
 /// What the deploy agent last said: each device's state (by device id) and
@@ -232,10 +234,17 @@ async fn supervise(config: DeployerConfig, shutdown: CancellationToken) {
     loop {
         let child = tokio::process::Command::new(&config.program)
             .args(["serve", "--id", &config.id])
-            .arg("--broker")
-            .arg(config.broker.to_string_with_credentials())
+            // In its environment, not its arguments: a password in the
+            // broker's URL would show in the process list.
+            .env("CONTINUUM_BROKER", config.broker.to_string_with_credentials())
             .arg("--state-dir")
             .arg(&config.state_dir)
+            .args(
+                config
+                    .trusted_key
+                    .iter()
+                    .flat_map(|k| ["--trusted-key", k.as_str()]),
+            )
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn();
