@@ -236,7 +236,10 @@ async fn supervise(config: DeployerConfig, shutdown: CancellationToken) {
             .args(["serve", "--id", &config.id])
             // In its environment, not its arguments: a password in the
             // broker's URL would show in the process list.
-            .env("CONTINUUM_BROKER", config.broker.to_string_with_credentials())
+            .env(
+                "CONTINUUM_BROKER",
+                config.broker.to_string_with_credentials(),
+            )
             .arg("--state-dir")
             .arg(&config.state_dir)
             .args(
