@@ -489,6 +489,14 @@ async fn functions_placed_by_load_split_one_workload_through_a_shared_trigger() 
     .unwrap();
     let out = ok(serve.cli(&["apply", "-f", model.to_str().unwrap(), "--wait", "120s"]));
     assert!(out.contains("converged"), "{out}");
+    // The orchestrator knows every gateway's measured load once each has
+    // heartbeated, and explain scores by it.
+    let f1 = f(1);
+    eventually("measured loads", within(CONVERGE), || {
+        let out = ok(serve.cli(&["explain", &f1, "-f", model.to_str().unwrap()]));
+        out.contains(" CPU ").then_some(())
+    })
+    .await;
     // Placement by load: one function on each gateway.
     for n in 1..=3 {
         let target = ok(serve.cli(&["get", "--subsystem", &gw(n)]));
@@ -567,8 +575,7 @@ async fn a_placed_function_moves_off_a_gateway_gone_past_the_grace_period() {
     let (serve, global) = common::orchestrator_with(dir.path(), &["--placement-grace", "2s"]);
     let tag = unique("mv");
     let (a, b) = (format!("{tag}-a"), format!("{tag}-b"));
-    // Only `a` runs at first: its host's measured load (a machine with free
-    // CPU and GiBs of memory) beats what `b` declares.
+    // Only `a` runs at first.
     let mut gw_a = Some(agent(dir.path(), &serve, &a, "process", &host).0);
     let src = dir.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
@@ -589,12 +596,9 @@ async fn a_placed_function_moves_off_a_gateway_gone_past_the_grace_period() {
         .to_string(),
     )
     .unwrap();
-    // The orchestrator knows `a`'s load once it has heartbeated.
-    let explained = eventually("a's measured load", within(CONVERGE), || {
-        let out = ok(serve.cli(&["explain", &f, "-f", model.to_str().unwrap()]));
-        out.contains(" CPU ").then_some(out)
-    })
-    .await;
+    // `b` has no measured load yet: both are scored by what they declare,
+    // equally, and the first in the model wins.
+    let explained = ok(serve.cli(&["explain", &f, "-f", model.to_str().unwrap()]));
     assert!(
         explained.contains(&format!("goes to gateway `{a}`")) && explained.contains("declared"),
         "{explained}"

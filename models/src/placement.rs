@@ -8,11 +8,11 @@
 //! is the function's own business), and when it offers every `requires` entry
 //! (`docker`, `arch=<arch>`, `<label>=<value>`, or a label's name). Candidates
 //! are scored by the CPU and memory they have free, weighted by the
-//! megamodel's `placement` weights: what their host last measured (CPUs less
-//! the load average, available memory) when the orchestrator knows it, else
-//! their declared `cpus` and `memory_mb` shared by the components their
-//! subsystem runs; either way shared by the functions this placement puts
-//! there. The best wins, the first subsystem on a tie. A function placed
+//! megamodel's `placement` weights: what their hosts last measured (CPUs less
+//! the load average, available memory) when the orchestrator knows it for
+//! every gateway, else their declared `cpus` and `memory_mb` shared by the
+//! components their subsystem runs (the two are not on one scale); either way
+//! shared by the functions this placement puts there. The best wins, the first subsystem on a tie. A function placed
 //! before stays where it is while that gateway is still a candidate, so a
 //! shift of load does not move what runs. Pure: given the same observations,
 //! the same model places the same way offline (`continuum explain`) and on
@@ -163,6 +163,13 @@ fn gateways(
             measured: observed.load.get(&c.id).copied(),
             added: 0,
         });
+    }
+    // A measurement and a declaration are not on one scale: measured loads
+    // score only when every gateway has one.
+    if out.iter().any(|g| g.measured.is_none()) {
+        for g in &mut out {
+            g.measured = None;
+        }
     }
     out
 }

@@ -214,6 +214,12 @@ fn measured_load_outweighs_declared_capacity_and_a_placed_function_stays_put() {
     );
     let measured = prepare(&mm, &HashMap::new(), &observed).unwrap();
     assert_eq!(host_of(&measured, "f").as_deref(), Some("gw-b"));
+    // With a gateway unmeasured, nobody is scored by measurement (the scales
+    // differ): declared capacity decides, as at first.
+    let mut partial = observed.clone();
+    partial.load.remove("gw-a");
+    let placed = prepare(&mm, &HashMap::new(), &partial).unwrap();
+    assert_eq!(host_of(&placed, "f").as_deref(), Some("gw-a"));
     let judged = explain(&mm, "f", &observed).unwrap();
     assert_eq!(judged[0].gateway, "gw-b");
     assert_eq!(judged[0].measured.map(|m| m.cpus), Some(2));
