@@ -105,6 +105,12 @@ fn up_until_the_function_answers(host: &std::path::Path, driver: &str) -> String
         out.contains("a simulated Arduino Uno for device `uno`"),
         "{out}"
     );
+    // The flash showed its progress as it went.
+    assert!(
+        out.contains("flash firmware arduino-flow onto uno: writing")
+            && out.contains("flash firmware arduino-flow (sha256:"),
+        "{out}"
+    );
     assert!(
         pids(&agents).is_empty(),
         "a gateway agent outlived continuum up:\n{out}"

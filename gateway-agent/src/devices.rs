@@ -186,8 +186,14 @@ impl Deployer {
         }
     }
 
-    /// Sends a flash order and waits (at most `within`) for its result.
-    pub async fn flash(&self, request: Request, within: Duration) -> Result<DeviceReport, String> {
+    /// Sends a flash order and waits (at most `within`) for its result,
+    /// telling `progress` each stage and percent the agent reports.
+    pub async fn flash(
+        &self,
+        request: Request,
+        within: Duration,
+        progress: &(dyn Fn(&str, u8) + Send + Sync),
+    ) -> Result<DeviceReport, String> {
         self.ensure_agent();
         let mut online = self.online.clone();
         tokio::time::timeout(Duration::from_secs(30), online.wait_for(|up| *up))
@@ -211,20 +217,34 @@ impl Deployer {
             .publish(topics::flash(&self.id), QoS::AtLeastOnce, false, body)
             .await
             .map_err(|e| format!("cannot send the flash order: {e}"))?;
-        let done = tokio::time::timeout(
-            within,
-            reports.wait_for(|m| {
-                m.get(&device)
-                    .is_some_and(|r| r.request == order.request && r.state != "flashing")
-            }),
-        )
-        .await;
-        match done {
-            Ok(Ok(m)) => Ok(m.get(&device).cloned().unwrap_or_default()),
-            Ok(Err(_)) => Err("the gateway is stopping".into()),
-            Err(_) => Err(format!(
-                "the deploy agent did not finish flashing `{device}` within {within:?} (is it running?)"
-            )),
+        let deadline = tokio::time::Instant::now() + within;
+        let mut said: Option<(String, u8)> = None;
+        loop {
+            let current = reports
+                .borrow_and_update()
+                .get(&device)
+                .filter(|r| r.request == order.request)
+                .cloned();
+            match current {
+                Some(r) if r.state != "flashing" => return Ok(r),
+                Some(r) => {
+                    let now = (r.stage.clone().unwrap_or_default(), r.percent);
+                    if said.as_ref() != Some(&now) {
+                        progress(&now.0, now.1);
+                        said = Some(now);
+                    }
+                }
+                None => {}
+            }
+            match tokio::time::timeout_at(deadline, reports.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err("the gateway is stopping".into()),
+                Err(_) => {
+                    return Err(format!(
+                        "the deploy agent did not finish flashing `{device}` within {within:?} (is it running?)"
+                    ))
+                }
+            }
         }
     }
 }

@@ -269,6 +269,26 @@ pub fn workload_spec(
     })
 }
 
+/// Tells how a long step is going, as more `Started` progress of it.
+struct Reporter {
+    tx: mpsc::UnboundedSender<Progress>,
+    component: Option<String>,
+    done: usize,
+    total: usize,
+}
+
+impl Reporter {
+    fn say(&self, step: String) {
+        let _ = self.tx.send(Progress {
+            step,
+            component: self.component.clone(),
+            state: StepState::Started,
+            done: self.done,
+            total: self.total,
+        });
+    }
+}
+
 struct Context<R> {
     runtime: Arc<R>,
     pass: Pass,
@@ -301,7 +321,7 @@ impl<R: ContainerRuntime> Context<R> {
             .collect())
     }
 
-    async fn run(&self, action: &Action) -> Result<(), StepError> {
+    async fn run(&self, action: &Action, reporter: &Reporter) -> Result<(), StepError> {
         match action {
             Action::Stop { component } => {
                 for w in self.workloads_of(component) {
@@ -316,7 +336,7 @@ impl<R: ContainerRuntime> Context<R> {
                 }
                 Ok(())
             }
-            Action::Add { component } => self.add(component).await,
+            Action::Add { component } => self.add(component, reporter).await,
             Action::Start { component } => self.start(component).await,
             Action::Route { component } => {
                 let routes = routes_of(self.target(component)?);
@@ -337,10 +357,10 @@ impl<R: ContainerRuntime> Context<R> {
             .ok_or_else(|| StepError::NotInTarget(component.to_owned()))
     }
 
-    async fn add(&self, component: &str) -> Result<(), StepError> {
+    async fn add(&self, component: &str, reporter: &Reporter) -> Result<(), StepError> {
         let c = self.target(component)?;
         if crate::firmware::is_firmware(c) {
-            return self.flash(c).await;
+            return self.flash(c, reporter).await;
         }
         if !is_workload(c) {
             return Ok(());
@@ -381,7 +401,7 @@ impl<R: ContainerRuntime> Context<R> {
     }
 
     /// Flashes firmware `c` onto its device through the deploy agent.
-    async fn flash(&self, c: &Component) -> Result<(), StepError> {
+    async fn flash(&self, c: &Component, reporter: &Reporter) -> Result<(), StepError> {
         let deployer = self.pass.config.deployer.as_ref().ok_or_else(|| {
             StepError::Flash(c.id.clone(), "this gateway has no deploy agent".into())
         })?;
@@ -412,8 +432,18 @@ impl<R: ContainerRuntime> Context<R> {
             crate::firmware::request(c, device, artefact, &self.pass.config.device_ports)
                 .ok_or_else(|| StepError::Flash(c.id.clone(), "no flash resource".into()))?;
         // Sync, write, verify and the confirmation window, with room to spare.
+        let id = c.id.clone();
+        let onto = device.id.clone();
         let report = deployer
-            .flash(request, within + Duration::from_secs(120))
+            .flash(
+                request,
+                within + Duration::from_secs(120),
+                &|stage: &str, percent: u8| {
+                    reporter.say(format!(
+                        "flash firmware {id} onto {onto}: {stage} {percent}%"
+                    ));
+                },
+            )
             .await
             .map_err(|e| StepError::Flash(c.id.clone(), e))?;
         match report.state.as_str() {
@@ -628,10 +658,17 @@ fn spawn_step<R: ContainerRuntime>(
     let ctx = Arc::clone(ctx);
     let action = step.action.clone();
     let id = step.id;
+    let reporter_tx = progress.clone();
     let span = tracing::info_span!("step", step = %action);
     running.spawn(
         async move {
-            let result = match tokio::time::timeout(timeout, ctx.run(&action)).await {
+            let reporter = Reporter {
+                tx: reporter_tx,
+                component: action.component().map(str::to_owned),
+                done: finished,
+                total,
+            };
+            let result = match tokio::time::timeout(timeout, ctx.run(&action, &reporter)).await {
                 Ok(r) => r,
                 Err(_) => Err(StepError::TimedOut(timeout)),
             };

@@ -39,6 +39,24 @@ fn triggers(c: &Component) -> String {
 /// The step `action` as a sentence: in lifecycle terms for a function of
 /// `target`, else the plan's own words.
 pub fn step(action: &Action, target: &HashMap<String, Component>) -> String {
+    if let Some(fw) = action
+        .component()
+        .and_then(|id| target.get(id))
+        .filter(|c| crate::firmware::is_firmware(c))
+    {
+        let id = &fw.id;
+        let digest = crate::firmware::pinned_digest(fw).map_or(String::new(), |d| {
+            format!(" (sha256:{})", &d[..SHORT.min(d.len())])
+        });
+        return match action {
+            Action::Add { .. } => format!("flash firmware {id}{digest} onto its device"),
+            Action::Start { .. } => format!("firmware {id} runs on its device"),
+            Action::Stop { .. } | Action::Remove { .. } => {
+                format!("let go of firmware {id} (a device keeps what it runs)")
+            }
+            other => other.to_string(),
+        };
+    }
     let Some(f) = action
         .component()
         .and_then(|id| target.get(id))
