@@ -32,6 +32,10 @@ pub enum ImageError {
     TooBig { end: u32, limit: u32 },
 }
 
+/// The largest image read (the biggest board known has 4 MiB of flash): an
+/// address record cannot make the reader allocate gigabytes.
+pub const MAX_IMAGE: u32 = 16 << 20;
+
 /// A firmware image: bytes from address 0, unwritten gaps as 0xFF (erased flash).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
@@ -113,6 +117,12 @@ impl Image {
         let Some((&last, _)) = bytes.last_key_value() else {
             return Err(ImageError::Empty);
         };
+        if last >= MAX_IMAGE {
+            return Err(ImageError::TooBig {
+                end: last,
+                limit: MAX_IMAGE,
+            });
+        }
         let mut data = vec![0xff; last as usize + 1];
         for (a, b) in bytes {
             data[a as usize] = b;
@@ -213,6 +223,12 @@ mod tests {
         assert_eq!(img.data, [0xaa, 0xbb, 0xff, 0xff, 0xcc, 0xdd]);
         let extended = ":020000040001F9\n:01000000AA55\n:00000001FF\n";
         assert_eq!(Image::from_hex(extended).unwrap().data.len(), 0x10001);
+        // An address far beyond any board is refused, not allocated.
+        let far = ":02000004FFFFFC\n:01000000AA55\n:00000001FF\n";
+        assert!(matches!(
+            Image::from_hex(far),
+            Err(ImageError::TooBig { .. })
+        ));
     }
 
     #[test]

@@ -76,8 +76,10 @@ mod hex_bytes {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = String::deserialize(d)?;
-        if s.len() % 2 != 0 {
-            return Err(serde::de::Error::custom("odd number of hex digits"));
+        if !s.is_ascii() || s.len() % 2 != 0 {
+            return Err(serde::de::Error::custom(
+                "the artefact is not hexadecimal (an even number of digits)",
+            ));
         }
         (0..s.len())
             .step_by(2)

@@ -64,7 +64,7 @@ pub fn status(
     let device = device_of(model, &c.id)?;
     let short = |h: &Option<String>| {
         h.as_deref()
-            .map_or(String::new(), |h| h[..h.len().min(12)].to_owned())
+            .map_or(String::new(), |h| h.chars().take(12).collect())
     };
     Some(match devices.get(&device.id) {
         None => Status::new(
