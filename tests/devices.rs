@@ -7,57 +7,18 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{free_port, ok, orchestrator, unique, Guard, Serve};
 use continuum_bus::testing::{eventually, within};
+use continuum_deploy_agent::sim::{from_env as sim_board, SimBoard};
 
 const FIRMWARE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/examples/smart-building/firmware"
 );
-
-fn sim_board() -> Option<PathBuf> {
-    let found = std::env::var_os("CONTINUUM_SIM_BOARD")
-        .map(PathBuf::from)
-        .filter(|p| p.is_file());
-    if found.is_none() {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("CI=true but CONTINUUM_SIM_BOARD names no file (scripts/build-sim-board.sh)");
-        }
-        eprintln!("skipped: CONTINUUM_SIM_BOARD is not set (scripts/build-sim-board.sh builds it)");
-    }
-    found
-}
-
-/// The simulated board on `port`, stopped when dropped.
-struct Board(Child);
-
-impl Drop for Board {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-        let _ = self.0.wait();
-    }
-}
-
-fn board(sim: &Path, port: &Path) -> Board {
-    let mut child = Command::new(sim)
-        .arg("--link")
-        .arg(port)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starts the simulated board");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("PTY "), "{line}");
-    Board(child)
-}
 
 /// A process-driver gateway with its local broker (the deploy agent beside
 /// the `continuum` executable is found by itself).
@@ -149,7 +110,7 @@ async fn the_gateway_flashes_through_its_deploy_agent_and_rolls_back_what_does_n
     let dir = tempfile::tempdir().unwrap();
     let _reap = common::Reap(dir.path().display().to_string());
     let port = dir.path().join("uno");
-    let _uno = board(&sim, &port);
+    let _uno = SimBoard::start(&sim, &port, &[]).expect("starts the simulated board");
     let (serve, _) = orchestrator(dir.path());
     let gw = unique("dev");
     let (_gateway, local) = gateway(dir.path(), &serve, &gw);

@@ -10,39 +10,18 @@
 //! libsimavr; the board is built by scripts/build-sim-board.sh).
 //! `FLASH_BENCH_RUNS` changes the number of runs (default 3).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use continuum_deploy_agent::image::Image;
+use continuum_deploy_agent::sim::SimBoard;
+
+fn board(sim: &Path, port: &Path) -> SimBoard {
+    SimBoard::start(sim, port, &[]).expect("starts the simulated board")
+}
 
 const AGENT: &str = env!("CARGO_BIN_EXE_continuum-agent");
-
-struct Board(Child);
-
-impl Drop for Board {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-        let _ = self.0.wait();
-    }
-}
-
-fn board(sim: &Path, port: &Path) -> Board {
-    let mut child = Command::new(sim)
-        .arg("--link")
-        .arg(port)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starts the simulated board");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("PTY "), "{line}");
-    Board(child)
-}
 
 fn sim_board() -> PathBuf {
     if let Some(p) = std::env::var_os("CONTINUUM_SIM_BOARD").map(PathBuf::from) {
@@ -147,7 +126,7 @@ fn main() {
     );
 
     // Eight boards at once.
-    let boards: Vec<(PathBuf, Board)> = (0..8)
+    let boards: Vec<(PathBuf, SimBoard)> = (0..8)
         .map(|i| {
             let p = dir.path().join(format!("uno{i}"));
             let b = board(&sim, &p);

@@ -11,6 +11,7 @@ pub mod proxy;
 pub mod serial;
 pub mod service;
 pub mod sign;
+pub mod sim;
 pub mod state;
 pub mod stk500;
 pub mod tool;

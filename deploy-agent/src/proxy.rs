@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -43,8 +43,22 @@ pub struct Leases {
 pub struct Lease {
     /// Held by whoever has the port open.
     held: Mutex<()>,
-    /// A flash waits for the port.
+    /// A flash wants (or has) the port.
     wanted: AtomicBool,
+    /// Flashes wanting the port, and the proxy waiting for them to be done.
+    waiting: Mutex<usize>,
+    done: Condvar,
+}
+
+impl Lease {
+    /// Waits (at most `at_most`) while a flash wants the port.
+    fn wait_while_wanted(&self, at_most: Duration) {
+        let n = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self
+            .done
+            .wait_timeout_while(n, at_most, |n| *n > 0)
+            .unwrap_or_else(|e| e.into_inner());
+    }
 }
 
 impl Leases {
@@ -57,12 +71,19 @@ impl Leases {
     /// Runs `f` with `port` taken from its proxy (if any).
     pub fn exclusively<T>(&self, port: &Path, f: impl FnOnce() -> T) -> T {
         let lease = self.of(port);
+        *lease.waiting.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         lease.wanted.store(true, Ordering::SeqCst);
         let out = {
             let _held = lease.held.lock().unwrap_or_else(|e| e.into_inner());
             f()
         };
-        lease.wanted.store(false, Ordering::SeqCst);
+        let mut n = lease.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        *n -= 1;
+        if *n == 0 {
+            lease.wanted.store(false, Ordering::SeqCst);
+        }
+        drop(n);
+        lease.done.notify_all();
         out
     }
 }
@@ -103,7 +124,8 @@ fn run(
     let mut reported: Option<bool> = None;
     while !stop.load(Ordering::SeqCst) {
         if lease.wanted.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(50));
+            // Woken when the flash gives the port back (or to look at `stop`).
+            lease.wait_while_wanted(Duration::from_millis(500));
             continue;
         }
         let held = lease.held.lock().unwrap_or_else(|e| e.into_inner());

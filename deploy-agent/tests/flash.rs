@@ -4,9 +4,10 @@
 //! already there is skipped, one that never says it runs is rolled back, and
 //! every bad input or fault fails at its stage with the device unchanged.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
+
+use continuum_deploy_agent::sim::{from_env as sim_board, SimBoard};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_continuum-agent");
 const FIRMWARE: &str = concat!(
@@ -18,60 +19,9 @@ const HEALTH: &str = r#"^\{"pir":"#;
 /// A firmware that runs and never prints: `rjmp .-2` at address 0.
 const QUIET: &str = ":02000000FFCF30\n:00000001FF\n";
 
-/// The simulated board, from `CONTINUUM_SIM_BOARD` (scripts/build-sim-board.sh);
-/// in CI its absence is a failure.
-fn sim_board() -> Option<PathBuf> {
-    let found = std::env::var_os("CONTINUUM_SIM_BOARD")
-        .map(PathBuf::from)
-        .filter(|p| p.is_file());
-    if found.is_none() {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("CI=true but CONTINUUM_SIM_BOARD names no file (scripts/build-sim-board.sh)");
-        }
-        eprintln!("skipped: CONTINUUM_SIM_BOARD is not set (scripts/build-sim-board.sh builds it)");
-    }
-    found
-}
-
-/// A simulated board on `dir/<name>`, stopped (and its link removed) when dropped.
-struct Board {
-    child: Child,
-    port: PathBuf,
-}
-
-impl Board {
-    fn start(sim: &Path, dir: &Path, name: &str, extra: &[&str]) -> Board {
-        let port = dir.join(name);
-        let mut child = Command::new(sim)
-            .arg("--link")
-            .arg(&port)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starts the simulated board");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.starts_with("PTY "), "the board says {line:?}");
-        Board { child, port }
-    }
-
-    fn port(&self) -> &str {
-        self.port.to_str().unwrap()
-    }
-}
-
-impl Drop for Board {
-    fn drop(&mut self) {
-        let _ = nix_kill(self.child.id());
-        let _ = self.child.wait();
-    }
-}
-
-fn nix_kill(pid: u32) -> std::io::Result<()> {
-    Command::new("kill").arg(pid.to_string()).status().map(drop)
+/// A simulated board on `dir/<name>`.
+fn start_board(sim: &Path, dir: &Path, name: &str, extra: &[&str]) -> SimBoard {
+    SimBoard::start(sim, &dir.join(name), extra).expect("starts the simulated board")
 }
 
 /// Runs the agent; its exit code and its last JSON line.
@@ -108,12 +58,12 @@ fn avrdude_verifies(port: &str, hex: &str) -> bool {
     out.status.success()
 }
 
-fn flash_with_health(state: &Path, board: &Board, image: &str) -> (i32, serde_json::Value) {
+fn flash_with_health(state: &Path, board: &SimBoard, image: &str) -> (i32, serde_json::Value) {
     agent(
         state,
         &[
             "--port",
-            board.port(),
+            board.port_str(),
             "--board",
             "uno",
             "--image",
@@ -130,7 +80,7 @@ fn flash_with_health(state: &Path, board: &Board, image: &str) -> (i32, serde_js
 fn flashes_verifies_confirms_skips_and_avrdude_reads_back_the_same() {
     let Some(sim) = sim_board() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let board = Board::start(&sim, dir.path(), "uno", &[]);
+    let board = start_board(&sim, dir.path(), "uno", &[]);
     let state = dir.path().join("state");
     let v1 = firmware("arduino-flow-v1.hex");
     let (code, r) = flash_with_health(&state, &board, &v1);
@@ -140,7 +90,7 @@ fn flashes_verifies_confirms_skips_and_avrdude_reads_back_the_same() {
         "{r}"
     );
     assert!(
-        avrdude_verifies(board.port(), &v1),
+        avrdude_verifies(board.port_str(), &v1),
         "avrdude reads back what the agent wrote"
     );
 
@@ -152,15 +102,15 @@ fn flashes_verifies_confirms_skips_and_avrdude_reads_back_the_same() {
     let v2 = firmware("arduino-flow-v2.hex");
     let (code, r) = flash_with_health(&state, &board, &v2);
     assert_eq!((code, r["result"].as_str()), (0, Some("done")), "{r}");
-    assert!(avrdude_verifies(board.port(), &v2));
-    assert!(!avrdude_verifies(board.port(), &v1));
+    assert!(avrdude_verifies(board.port_str(), &v2));
+    assert!(!avrdude_verifies(board.port_str(), &v1));
 
     // --force writes even an unchanged one.
     let (code, r) = agent(
         &state,
         &[
             "--port",
-            board.port(),
+            board.port_str(),
             "--board",
             "uno",
             "--image",
@@ -180,7 +130,7 @@ fn flashes_verifies_confirms_skips_and_avrdude_reads_back_the_same() {
             "-b",
             "115200",
             "-P",
-            board.port(),
+            board.port_str(),
         ])
         .arg(format!("-Uflash:w:{v1}:i"))
         .output()
@@ -194,7 +144,7 @@ fn flashes_verifies_confirms_skips_and_avrdude_reads_back_the_same() {
 fn a_firmware_that_never_says_it_runs_is_rolled_back_to_the_confirmed_one() {
     let Some(sim) = sim_board() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let board = Board::start(&sim, dir.path(), "uno", &[]);
+    let board = start_board(&sim, dir.path(), "uno", &[]);
     let state = dir.path().join("state");
     let v1 = firmware("arduino-flow-v1.hex");
     let (code, r) = flash_with_health(&state, &board, &v1);
@@ -214,7 +164,7 @@ fn a_firmware_that_never_says_it_runs_is_rolled_back_to_the_confirmed_one() {
             .contains("did not confirm within 5s"),
         "{r}"
     );
-    assert!(avrdude_verifies(board.port(), &v1), "v1 is back");
+    assert!(avrdude_verifies(board.port_str(), &v1), "v1 is back");
     // The rejected firmware is not written again (flash wears out)...
     let (code, r) = flash_with_health(&state, &board, quiet.to_str().unwrap());
     assert_eq!(
@@ -235,7 +185,7 @@ fn a_firmware_that_never_says_it_runs_is_rolled_back_to_the_confirmed_one() {
 fn bad_input_is_refused_before_the_device_is_touched() {
     let Some(sim) = sim_board() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let board = Board::start(&sim, dir.path(), "uno", &[]);
+    let board = start_board(&sim, dir.path(), "uno", &[]);
     let state = dir.path().join("state");
     let v1 = firmware("arduino-flow-v1.hex");
     assert_eq!(flash_with_health(&state, &board, &v1).0, 0);
@@ -250,7 +200,7 @@ fn bad_input_is_refused_before_the_device_is_touched() {
     let corrupt = dir.path().join("corrupt.hex");
     std::fs::write(&corrupt, lines.join("\n")).unwrap();
     let out = Command::new(AGENT)
-        .args(["flash", "--board", "uno", "--port", board.port()])
+        .args(["flash", "--board", "uno", "--port", board.port_str()])
         .arg("--state-dir")
         .arg(&state)
         .arg("--image")
@@ -274,7 +224,7 @@ fn bad_input_is_refused_before_the_device_is_touched() {
         &state,
         &[
             "--port",
-            board.port(),
+            board.port_str(),
             "--board",
             "uno",
             "--image",
@@ -309,7 +259,14 @@ fn bad_input_is_refused_before_the_device_is_touched() {
     );
     let (code, r) = agent(
         &state,
-        &["--port", board.port(), "--board", "mega", "--image", &v1],
+        &[
+            "--port",
+            board.port_str(),
+            "--board",
+            "mega",
+            "--image",
+            &v1,
+        ],
     );
     assert_eq!(code, 1);
     assert!(
@@ -319,12 +276,12 @@ fn bad_input_is_refused_before_the_device_is_touched() {
 
     // A port someone else holds.
     {
-        let _held = continuum_deploy_agent::serial::Port::open(&board.port, 115_200).unwrap();
+        let _held = continuum_deploy_agent::serial::Port::open(board.port(), 115_200).unwrap();
         let (code, r) = agent(
             &state,
             &[
                 "--port",
-                board.port(),
+                board.port_str(),
                 "--board",
                 "uno",
                 "--image",
@@ -336,7 +293,7 @@ fn bad_input_is_refused_before_the_device_is_touched() {
         assert!(r["reason"].as_str().unwrap().contains("busy"), "{r}");
     }
     assert!(
-        avrdude_verifies(board.port(), &v1),
+        avrdude_verifies(board.port_str(), &v1),
         "the device kept its firmware"
     );
 }
@@ -349,12 +306,12 @@ fn a_wrong_signature_a_verify_mismatch_and_silence_fail_at_their_stage() {
     let v1 = firmware("arduino-flow-v1.hex");
 
     // An ATmega328P where the model says an ATmega168 board.
-    let board = Board::start(&sim, dir.path(), "uno", &[]);
+    let board = start_board(&sim, dir.path(), "uno", &[]);
     let (code, r) = agent(
         &state,
         &[
             "--port",
-            board.port(),
+            board.port_str(),
             "--board",
             "diecimila",
             "--baud",
@@ -374,10 +331,10 @@ fn a_wrong_signature_a_verify_mismatch_and_silence_fail_at_their_stage() {
     drop(board);
 
     // A flash cell stuck at 0xFF.
-    let worn = Board::start(&sim, dir.path(), "worn", &["--stuck", "0x10"]);
+    let worn = start_board(&sim, dir.path(), "worn", &["--stuck", "0x10"]);
     let (code, r) = agent(
         &state,
-        &["--port", worn.port(), "--board", "uno", "--image", &v1],
+        &["--port", worn.port_str(), "--board", "uno", "--image", &v1],
     );
     assert_eq!((code, r["stage"].as_str()), (1, Some("verifying")), "{r}");
     assert!(
@@ -414,7 +371,7 @@ fn with_a_trusted_key_only_firmware_signed_by_it_is_written() {
     use sha2::Digest;
     let Some(sim) = sim_board() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let board = Board::start(&sim, dir.path(), "uno", &[]);
+    let board = start_board(&sim, dir.path(), "uno", &[]);
     let state = dir.path().join("state");
     let (v1, v2) = (
         firmware("arduino-flow-v1.hex"),
@@ -429,7 +386,7 @@ fn with_a_trusted_key_only_firmware_signed_by_it_is_written() {
     let flash = |image: &str, signature: Option<&str>| {
         let mut args = vec![
             "--port",
-            board.port(),
+            board.port_str(),
             "--board",
             "uno",
             "--image",
@@ -459,17 +416,17 @@ fn with_a_trusted_key_only_firmware_signed_by_it_is_written() {
             "{r}"
         );
     }
-    assert!(avrdude_verifies(board.port(), &v1));
+    assert!(avrdude_verifies(board.port_str(), &v1));
     let (code, r) = flash(&v2, Some(&sign(&v2, &signer)));
     assert_eq!((code, r["result"].as_str()), (0, Some("done")), "{r}");
-    assert!(avrdude_verifies(board.port(), &v2));
+    assert!(avrdude_verifies(board.port_str(), &v2));
 }
 
 #[test]
 fn a_tool_template_flashes_and_its_failure_is_reported_with_its_output() {
     let Some(sim) = sim_board() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let board = Board::start(&sim, dir.path(), "uno", &[]);
+    let board = start_board(&sim, dir.path(), "uno", &[]);
     let state = dir.path().join("state");
     let v2 = firmware("arduino-flow-v2.hex");
     // avrdude's own template, then the health line read by the agent.
@@ -477,7 +434,7 @@ fn a_tool_template_flashes_and_its_failure_is_reported_with_its_output() {
         &state,
         &[
             "--port",
-            board.port(),
+            board.port_str(),
             "--board",
             "uno",
             "--image",
@@ -491,12 +448,12 @@ fn a_tool_template_flashes_and_its_failure_is_reported_with_its_output() {
         ],
     );
     assert_eq!((code, r["result"].as_str()), (0, Some("done")), "{r}");
-    assert!(avrdude_verifies(board.port(), &v2));
+    assert!(avrdude_verifies(board.port_str(), &v2));
     let (code, r) = agent(
         &state,
         &[
             "--port",
-            board.port(),
+            board.port_str(),
             "--board",
             "uno",
             "--image",
@@ -512,7 +469,7 @@ fn a_tool_template_flashes_and_its_failure_is_reported_with_its_output() {
         &state,
         &[
             "--port",
-            board.port(),
+            board.port_str(),
             "--board",
             "uno",
             "--image",

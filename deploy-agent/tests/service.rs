@@ -4,33 +4,20 @@
 //! flashed and then publishes its readings, and it survives the device going
 //! away and coming back.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use continuum_bus::testing::{eventually, free_port, within, Probe};
 use continuum_bus::{BrokerConfig, BrokerUrl, EmbeddedBroker};
+use continuum_deploy_agent::sim::{from_env as sim_board, SimBoard};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_continuum-agent");
 const V1: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../examples/smart-building/firmware/arduino-flow-v1.hex"
 );
-
-fn sim_board() -> Option<PathBuf> {
-    let found = std::env::var_os("CONTINUUM_SIM_BOARD")
-        .map(PathBuf::from)
-        .filter(|p| p.is_file());
-    if found.is_none() {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("CI=true but CONTINUUM_SIM_BOARD names no file (scripts/build-sim-board.sh)");
-        }
-        eprintln!("skipped: CONTINUUM_SIM_BOARD is not set (scripts/build-sim-board.sh builds it)");
-    }
-    found
-}
 
 /// A child process, stopped with SIGTERM (then waited for) when dropped.
 struct Proc(Child);
@@ -43,22 +30,9 @@ impl Drop for Proc {
 }
 
 /// The simulated board on `port`, its flash kept in `flash`.
-fn board(sim: &Path, port: &Path, flash: &Path) -> Proc {
-    let mut child = Command::new(sim)
-        .arg("--link")
-        .arg(port)
-        .arg("--flash")
-        .arg(flash)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starts the simulated board");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("PTY "), "{line}");
-    Proc(child)
+fn board(sim: &Path, port: &Path, flash: &Path) -> SimBoard {
+    SimBoard::start(sim, port, &["--flash", flash.to_str().unwrap()])
+        .expect("starts the simulated board")
 }
 
 fn broker() -> BrokerUrl {

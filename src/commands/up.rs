@@ -72,48 +72,6 @@ pub struct Args {
     pub board: Option<PathBuf>,
 }
 
-/// A simulated board, stopped (its flash saved) when dropped.
-struct Board {
-    child: Child,
-}
-
-impl Drop for Board {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the simulated board `program` with its port at `link`.
-fn start_board(program: &std::path::Path, link: &std::path::Path) -> anyhow::Result<Board> {
-    use std::io::BufRead;
-    let mut child = Command::new(program)
-        .arg("--link")
-        .arg(link)
-        .arg("--flash")
-        .arg(link.with_extension("flash"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("cannot start the simulated board {}", program.display()))?;
-    let mut line = String::new();
-    if let Some(out) = child.stdout.take() {
-        std::io::BufReader::new(out).read_line(&mut line)?;
-    }
-    let board = Board { child };
-    anyhow::ensure!(
-        line.starts_with("PTY "),
-        "the simulated board did not start: {line:?}"
-    );
-    Ok(board)
-}
-
 /// The program `name` beside this one, else on PATH.
 fn beside_or_on_path(name: &str) -> Option<PathBuf> {
     let beside = std::env::current_exe()
@@ -241,7 +199,7 @@ pub fn run(args: Args, style: &Style) -> anyhow::Result<ExitCode> {
         Some(
             args.board
                 .clone()
-                .or_else(|| beside_or_on_path("continuum-sim-uno"))
+                .or_else(|| beside_or_on_path(continuum_deploy_agent::sim::PROGRAM))
                 .context(
                     "the model flashes an Arduino: build the simulated one with scripts/build-sim-board.sh and give it with --board",
                 )?,
@@ -306,7 +264,12 @@ pub fn run(args: Args, style: &Style) -> anyhow::Result<ExitCode> {
     if let Some(program) = &board_program {
         for d in &devices {
             let link = data.join(d);
-            boards.push(start_board(program, &link)?);
+            let flash = link.with_extension("flash");
+            let flash = flash.to_string_lossy();
+            boards.push(
+                continuum_deploy_agent::sim::SimBoard::start(program, &link, &["--flash", &flash])
+                    .with_context(|| format!("the simulated board {}", program.display()))?,
+            );
             println!(
                 "{} a simulated Arduino Uno for device `{d}` on {} (the firmware the model names is flashed onto it)",
                 style.bold("up:"),
