@@ -24,6 +24,10 @@ command -v avrdude >/dev/null 2>&1 || need_apt+=(avrdude)
 command -v simavr >/dev/null 2>&1 || need_apt+=(simavr)
 [ -f /usr/share/arduino/hardware/arduino/avr/bootloaders/atmega/ATmegaBOOT_168_atmega328.hex ] || need_apt+=(arduino-core-avr)
 command -v socat >/dev/null 2>&1 || need_apt+=(socat)
+# OpenSSH: gateways copy deploy agents to hosts without Docker over SSH (the
+# tests run a real sshd on loopback).
+command -v ssh >/dev/null 2>&1 || need_apt+=(openssh-client)
+[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 linkage=$(LC_ALL=C ldd /bin/busybox 2>&1 || true)
 case "$linkage" in *"not a dynamic"*) ;; *) need_apt+=(busybox-static) ;; esac
 

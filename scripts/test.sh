@@ -11,6 +11,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== the static function host (function images are FROM scratch)" >&2
 CONTINUUM_FUNCTION_HOST="$(scripts/build-function-host.sh)"
 export CONTINUUM_FUNCTION_HOST
+echo "== the deploy agent, static (it runs in containers FROM scratch)" >&2
+CONTINUUM_STATIC_AGENT="$(scripts/build-static.sh continuum-deploy-agent)"
+export CONTINUUM_STATIC_AGENT
+echo "== the example's firmware (avr-gcc)" >&2
+examples/smart-building/firmware/build.sh
 echo "== the simulated Arduino Uno (libsimavr)" >&2
 CONTINUUM_SIM_BOARD="$(scripts/build-sim-board.sh)"
 export CONTINUUM_SIM_BOARD

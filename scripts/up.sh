@@ -9,5 +9,6 @@ scripts/setup.sh
 . scripts/env.sh
 cargo build --release --locked --quiet -p continuum -p continuum-deploy-agent --bins
 host="$(scripts/build-function-host.sh)"
+examples/smart-building/firmware/build.sh
 board="$(scripts/build-sim-board.sh)"
 exec "$CARGO_TARGET_DIR/release/continuum" up --function-host "$host" --board "$board" "$@"

@@ -63,6 +63,11 @@ struct ServeArgs {
     /// Devices flashed at once.
     #[arg(long, default_value_t = 4)]
     max_flashes: usize,
+    /// Stop when standard input closes: a gateway that starts the agent as
+    /// its child passes a pipe, so the agent never outlives it (not even a
+    /// gateway killed outright).
+    #[arg(long)]
+    exit_with_stdin: bool,
 }
 
 fn run_serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -89,12 +94,31 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
             }
             stop.cancel();
         });
+        if a.exit_with_stdin {
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut stdin = tokio::io::stdin();
+                let mut buf = [0u8; 64];
+                let end = loop {
+                    match stdin.read(&mut buf).await {
+                        Ok(0) => break "closed".to_owned(),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => break e.to_string(),
+                    }
+                };
+                tracing::info!(end, "standard input ended: the gateway is gone; stopping");
+                stop.cancel();
+            });
+        }
         let config = continuum_deploy_agent::service::Config {
             id: a.id,
             broker: a.broker,
             state_dir: a.state_dir,
             trusted_key: a.trusted_key,
             max_flashes: a.max_flashes,
+            build: continuum_deploy_agent::service::own_build(),
         };
         continuum_deploy_agent::service::serve(config, shutdown)
             .await

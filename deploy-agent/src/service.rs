@@ -138,6 +138,42 @@ pub struct Config {
     pub trusted_key: Option<String>,
     /// Flashes at once.
     pub max_flashes: usize,
+    /// What the agent's executable hashes to ([`own_build`]): the gateway
+    /// upgrades an agent whose build is not the one it deploys.
+    pub build: String,
+}
+
+/// The SHA-256 of the running executable, in hex (empty if it cannot be read).
+pub fn own_build() -> String {
+    std::env::current_exe()
+        .and_then(std::fs::read)
+        .map(|bytes| build_of(&bytes))
+        .unwrap_or_default()
+}
+
+/// The build id of an agent executable's bytes.
+pub fn build_of(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Why the service cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Another agent serves from the same state directory.
+    #[error("another deploy agent runs on {0} (it holds agent.lock): two agents would fight over the same devices")]
+    Taken(PathBuf),
+    /// The state directory cannot be used.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// A running proxy.
@@ -154,8 +190,20 @@ impl Drop for Running {
 }
 
 /// Serves until `shutdown`.
-pub async fn serve(config: Config, shutdown: CancellationToken) -> std::io::Result<()> {
-    let state = Arc::new(State::open(&config.state_dir)?);
+pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let io = |path: PathBuf| move |source| ServeError::Io { path, source };
+    let state = Arc::new(State::open(&config.state_dir).map_err(io(config.state_dir.clone()))?);
+    // Held for as long as the agent serves: a second agent on these devices
+    // (an orphan of a gateway that crashed, a copy started by hand) stops here.
+    let lock_path = config.state_dir.join("agent.lock");
+    let lock = std::fs::File::create(&lock_path).map_err(io(lock_path.clone()))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(ServeError::Taken(config.state_dir.clone()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(lock_path)(e)),
+    }
     let mut o = MqttOptions::new(
         format!("continuum-agent-{}", config.id),
         &config.broker.host,
@@ -205,6 +253,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> std::io::Resu
                     let status = serde_json::json!({
                         "state": "online",
                         "version": env!("CARGO_PKG_VERSION"),
+                        "build": config.build,
                         "pid": std::process::id(),
                     });
                     let _ = client.publish(topics::status(&id), QoS::AtLeastOnce, true, status.to_string()).await;
@@ -253,6 +302,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> std::io::Resu
         )
         .await;
     let _ = client.disconnect().await;
+    drop(lock);
     Ok(())
 }
 

@@ -149,7 +149,7 @@ fn engine_config(dir: &Path) -> EngineConfig {
         step_timeout: Duration::from_secs(120),
         settle: Duration::ZERO,
         routing: Arc::new(continuum_gateway::routing::NoBridge),
-        deployer: None,
+        deployers: None,
         device_ports: Default::default(),
     }
 }
@@ -250,6 +250,10 @@ async fn whole_path(
         data_dir: dir.join("agent"),
         context_root: Some(dir.to_owned()),
         deploy_agent: None,
+        agent_broker: None,
+        max_flashes: 4,
+        ssh_config: None,
+        remote_agent_dir: ".continuum/agents".into(),
         trusted_key: None,
         device_ports: Vec::new(),
         function_host: None,

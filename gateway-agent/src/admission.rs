@@ -29,6 +29,9 @@ pub enum Refusal {
     /// Firmware that no device hosts.
     #[error("`{0}` is firmware, and no device of the model hosts it")]
     NoDevice(String),
+    /// Firmware on a device that no machine of the model is wired to.
+    #[error("`{0}` cannot be flashed: {1}")]
+    Unwired(String, String),
     /// Installed by commands, which no driver here runs.
     #[error("`{0}` is installed by commands, which this gateway's drivers do not run")]
     Commands(String),
@@ -78,8 +81,11 @@ pub fn admit(
             if !deployer {
                 return Err(Refusal::NoDeployAgent(id()));
             }
-            if crate::firmware::device_of(model, &c.id).is_none() {
+            let Some(device) = crate::firmware::device_of(model, &c.id) else {
                 return Err(Refusal::NoDevice(id()));
+            };
+            if let Err(why) = crate::firmware::wired_to(model, &device.id) {
+                return Err(Refusal::Unwired(id(), why));
             }
             continue;
         }

@@ -317,7 +317,7 @@ impl<R: ContainerRuntime> Agent<R> {
                     &model,
                     self.config.driver,
                     self.config.engine.routing.enabled(),
-                    self.config.engine.deployer.is_some(),
+                    self.config.engine.deployers.is_some(),
                 )
                 .map(|()| model)
             })
@@ -563,7 +563,7 @@ mod tests {
                 step_timeout: Duration::from_secs(5),
                 settle: Duration::ZERO,
                 routing: Arc::new(crate::routing::MemoryRouting::default()),
-                deployer: None,
+                deployers: None,
                 device_ports: Default::default(),
             }),
         };

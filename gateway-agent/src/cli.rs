@@ -50,10 +50,28 @@ pub struct Args {
     /// with. Default: `continuum-function-host` beside the agent, else on PATH.
     #[arg(long, env = "CONTINUUM_FUNCTION_HOST", value_name = "PATH")]
     pub function_host: Option<PathBuf>,
-    /// The deploy agent (`continuum-agent`) run beside the gateway to flash
-    /// the devices wired to this host. Default: beside the agent, else on PATH.
+    /// The deploy agent (`continuum-agent`) the gateway runs for the devices
+    /// of its subsystem: beside itself for devices wired to its own machine,
+    /// in a container or copied over SSH for those wired to another host
+    /// (build it static for containers: scripts/build-static.sh
+    /// continuum-deploy-agent). Default: beside the agent, else on PATH.
     #[arg(long, env = "CONTINUUM_DEPLOY_AGENT", value_name = "PATH")]
     pub deploy_agent: Option<PathBuf>,
+    /// The local broker as deploy agents on other hosts reach it
+    /// (`mqtt://address:port`). Default: the address it listens on.
+    #[arg(long, value_name = "URL")]
+    pub agent_broker: Option<BrokerUrl>,
+    /// Devices flashed at once across this gateway's deploy agents.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub max_flashes: usize,
+    /// The OpenSSH client configuration used to reach hosts over SSH
+    /// (default: the user's own).
+    #[arg(long, value_name = "FILE")]
+    pub ssh_config: Option<PathBuf>,
+    /// Where deploy agents copied over SSH live on their host (relative to
+    /// the login's home unless absolute).
+    #[arg(long, default_value = ".continuum/agents", value_name = "DIR")]
+    pub remote_agent_dir: String,
     /// The public key (ed25519, hex) firmware must be signed with: the
     /// deploy agent refuses unsigned or badly signed firmware before writing.
     #[arg(long, env = "CONTINUUM_TRUSTED_KEY", value_name = "HEX")]
@@ -296,19 +314,23 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
         max_backoff,
         build_args: BTreeMap::new(),
         workload_env: BTreeMap::new(),
-        deployer: None,
+        deployers: None,
     };
     if let (Some(url), Some(program)) = (
         &local,
         crate::function_image::find_program("continuum-agent", config.deploy_agent.as_deref()),
     ) {
-        settings.deployer = Some(crate::devices::Deployer::start(
-            crate::devices::DeployerConfig {
+        settings.deployers = Some(crate::deployers::Deployers::new(
+            crate::deployers::DeployersConfig {
                 program,
-                id: config.id.clone(),
+                gateway: config.id.clone(),
                 broker: url.clone(),
+                agent_broker: config.agent_broker.clone(),
                 state_dir: config.data_dir.join("deploy-agent"),
                 trusted_key: config.trusted_key.clone(),
+                max_flashes: config.max_flashes,
+                ssh_config: config.ssh_config.clone(),
+                remote_dir: config.remote_agent_dir.clone(),
             },
             shutdown.clone(),
         ));
@@ -366,7 +388,7 @@ struct Settings {
     max_backoff: Duration,
     build_args: BTreeMap<String, String>,
     workload_env: BTreeMap<String, String>,
-    deployer: Option<Arc<crate::devices::Deployer>>,
+    deployers: Option<Arc<crate::deployers::Deployers>>,
 }
 
 fn device_port(s: &str) -> Result<(String, PathBuf), String> {
@@ -404,7 +426,7 @@ async fn serve<R: ContainerRuntime>(
         max_backoff,
         build_args,
         workload_env,
-        deployer,
+        deployers,
     } = settings;
     let (progress_tx, progress_rx) = mpsc::unbounded_channel();
     let endpoint = if config.orchestrator.contains("://") {
@@ -433,7 +455,7 @@ async fn serve<R: ContainerRuntime>(
                 Some(b) => Arc::clone(b) as Arc<dyn Routing>,
                 None => Arc::new(NoBridge),
             },
-            deployer,
+            deployers,
             device_ports: config.device_ports.iter().cloned().collect(),
         }),
     };

@@ -1,12 +1,10 @@
-//! Leaf devices, reached through a deploy agent: the gateway runs
-//! `continuum-agent serve` beside itself (a child process, for devices wired
-//! to the gateway's own host), sends it flash orders over the local broker
-//! and reads back what each device runs, which makes the current model's
-//! firmware components.
+//! The gateway's side of one deploy agent: it sends the agent flash orders
+//! and proxies over the local broker and reads back what each device runs
+//! (which makes the current model's firmware components) and what the agent
+//! says of itself (online, which build). Where the agent runs and how it is
+//! started is [`crate::deployers`]'s business.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,21 +16,6 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-
-/// How the gateway reaches its deploy agent.
-#[derive(Debug, Clone)]
-pub struct DeployerConfig {
-    /// The agent's executable.
-    pub program: PathBuf,
-    /// Its id (the gateway's).
-    pub id: String,
-    /// The local broker.
-    pub broker: BrokerUrl,
-    /// Where the agent keeps its records.
-    pub state_dir: PathBuf,
-    /// The key firmware must be signed with, if any.
-    pub trusted_key: Option<String>,
-}
 
 /// What the deploy agent last said: each device's state (by device id) and
 /// whether its port is open to a proxy (by device key).
@@ -53,9 +36,18 @@ impl DeviceView {
     }
 }
 
-/// The deploy agent beside the gateway, and what it says of each device.
+/// What an agent says of itself (its retained status).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentStatus {
+    /// It takes orders.
+    pub online: bool,
+    /// The SHA-256 of its executable.
+    pub build: Option<String>,
+}
+
+/// One deploy agent, seen from the gateway.
 #[derive(Debug)]
-pub struct Deployer {
+pub struct AgentLink {
     id: String,
     client: AsyncClient,
     reports: watch::Receiver<BTreeMap<String, DeviceReport>>,
@@ -63,42 +55,50 @@ pub struct Deployer {
     ports: watch::Receiver<BTreeMap<String, bool>>,
     /// The proxies last handed to the agent.
     proxies: tokio::sync::Mutex<Option<String>>,
-    /// Whether the agent says it is online (it takes orders only then).
-    online: watch::Receiver<bool>,
-    /// The agent process starts with the first order.
-    agent: std::sync::Once,
-    config: DeployerConfig,
-    shutdown: CancellationToken,
+    status: watch::Receiver<AgentStatus>,
+    /// Ends the link's connection.
+    stop: CancellationToken,
 }
 
-impl Deployer {
-    /// Follows the agent's reports until `shutdown`; the agent itself is
-    /// started (and restarted if it exits) once there is something to flash.
-    pub fn start(config: DeployerConfig, shutdown: CancellationToken) -> Arc<Deployer> {
+impl AgentLink {
+    /// Follows agent `id`'s reports on `broker` until `stop`.
+    pub fn connect(id: &str, broker: &BrokerUrl, stop: CancellationToken) -> Arc<AgentLink> {
         let mut o = MqttOptions::new(
-            format!("continuum-gateway-deployer-{}", config.id),
-            &config.broker.host,
-            config.broker.port,
+            format!("continuum-gateway-deployer-{id}"),
+            &broker.host,
+            broker.port,
         );
         o.set_keep_alive(Duration::from_secs(15))
             .set_clean_start(true)
             .set_max_packet_size(Some(4 << 20));
-        if let Some((u, p)) = &config.broker.credentials {
+        if let Some((u, p)) = &broker.credentials {
             o.set_credentials(u, p);
         }
         let (client, mut eventloop) = AsyncClient::new(o, 256);
         let (tx, reports) = watch::channel(BTreeMap::new());
-        let (online_tx, online) = watch::channel(false);
+        let (status_tx, status_rx) = watch::channel(AgentStatus::default());
         let (ports_tx, ports) = watch::channel(BTreeMap::new());
-        let ports_filter = format!("{}/port", topics::devices(&config.id));
-        let filter = topics::devices(&config.id);
-        let status = topics::status(&config.id);
+        let ports_filter = format!("{}/port", topics::devices(id));
+        let filter = topics::devices(id);
+        let status = topics::status(id);
         let sub = client.clone();
-        let stop = shutdown.clone();
+        let ended = stop.clone();
         tokio::spawn(async move {
             loop {
                 let ev = tokio::select! {
-                    () = stop.cancelled() => return,
+                    () = ended.cancelled() => {
+                        // What was queued (a forget's clearing) goes out first.
+                        let _ = sub.disconnect().await;
+                        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                            while let Ok(ev) = eventloop.poll().await {
+                                if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                                    break;
+                                }
+                            }
+                        })
+                        .await;
+                        return;
+                    }
                     ev = eventloop.poll() => ev,
                 };
                 match ev {
@@ -108,9 +108,12 @@ impl Deployer {
                         let _ = sub.subscribe(ports_filter.clone(), QoS::AtLeastOnce).await;
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) if p.topic == status.as_bytes() => {
-                        let up = serde_json::from_slice::<serde_json::Value>(&p.payload)
-                            .is_ok_and(|v| v["state"] == "online");
-                        online_tx.send_replace(up);
+                        let v = serde_json::from_slice::<serde_json::Value>(&p.payload)
+                            .unwrap_or_default();
+                        status_tx.send_replace(AgentStatus {
+                            online: v["state"] == "online",
+                            build: v["build"].as_str().map(str::to_owned),
+                        });
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) if p.topic.ends_with(b"/port") => {
                         let topic = String::from_utf8_lossy(&p.topic).into_owned();
@@ -133,17 +136,42 @@ impl Deployer {
                 }
             }
         });
-        Arc::new(Deployer {
-            id: config.id.clone(),
+        Arc::new(AgentLink {
+            id: id.to_owned(),
             client,
             reports,
             ports,
             proxies: tokio::sync::Mutex::new(None),
-            online,
-            agent: std::sync::Once::new(),
-            config,
-            shutdown,
+            status: status_rx,
+            stop,
         })
+    }
+
+    /// The agent's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// What the agent says of itself, as it changes.
+    pub fn status(&self) -> watch::Receiver<AgentStatus> {
+        self.status.clone()
+    }
+
+    /// Ends the link.
+    pub fn close(&self) {
+        self.stop.cancel();
+    }
+
+    /// Forgets the agent: its retained proxies and status are cleared (a
+    /// later agent with this id starts from nothing) and the link ends.
+    pub async fn forget(&self) {
+        for topic in [topics::proxies(&self.id), topics::status(&self.id)] {
+            let _ = self
+                .client
+                .publish(topic, QoS::AtLeastOnce, true, Vec::<u8>::new())
+                .await;
+        }
+        self.stop.cancel();
     }
 
     /// What the agent last said of each device.
@@ -154,12 +182,6 @@ impl Deployer {
         }
     }
 
-    fn ensure_agent(&self) {
-        self.agent.call_once(|| {
-            tokio::spawn(supervise(self.config.clone(), self.shutdown.clone()));
-        });
-    }
-
     /// Hands the agent the proxies to run (retained, so a restarted agent
     /// finds them); nothing is sent when they did not change.
     pub async fn set_proxies(&self, specs: &[continuum_deploy_agent::proxy::ProxySpec]) {
@@ -167,9 +189,6 @@ impl Deployer {
         let mut last = self.proxies.lock().await;
         if last.as_deref() == Some(body.as_str()) || (last.is_none() && specs.is_empty()) {
             return;
-        }
-        if !specs.is_empty() {
-            self.ensure_agent();
         }
         match self
             .client
@@ -194,9 +213,8 @@ impl Deployer {
         within: Duration,
         progress: &(dyn Fn(&str, u8) + Send + Sync),
     ) -> Result<DeviceReport, String> {
-        self.ensure_agent();
-        let mut online = self.online.clone();
-        tokio::time::timeout(Duration::from_secs(30), online.wait_for(|up| *up))
+        let mut status = self.status.clone();
+        tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.online))
             .await
             .map_err(|_| "the deploy agent did not come online within 30s".to_owned())?
             .map_err(|_| "the gateway is stopping".to_owned())?;
@@ -244,58 +262,6 @@ impl Deployer {
                         "the deploy agent did not finish flashing `{device}` within {within:?} (is it running?)"
                     ))
                 }
-            }
-        }
-    }
-}
-
-/// Runs the agent, and runs it again when it exits, until `shutdown`.
-async fn supervise(config: DeployerConfig, shutdown: CancellationToken) {
-    loop {
-        let child = tokio::process::Command::new(&config.program)
-            .args(["serve", "--id", &config.id])
-            // In its environment, not its arguments: a password in the
-            // broker's URL would show in the process list.
-            .env(
-                "CONTINUUM_BROKER",
-                config.broker.to_string_with_credentials(),
-            )
-            .arg("--state-dir")
-            .arg(&config.state_dir)
-            .args(
-                config
-                    .trusted_key
-                    .iter()
-                    .flat_map(|k| ["--trusted-key", k.as_str()]),
-            )
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn();
-        let mut child = match child {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(program = %config.program.display(), error = %e, "cannot start the deploy agent");
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(5)) => continue,
-                }
-            }
-        };
-        tracing::info!(program = %config.program.display(), pid = child.id(), "deploy agent started");
-        tokio::select! {
-            () = shutdown.cancelled() => {
-                if let Some(pid) = child.id() {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGTERM,
-                    );
-                }
-                let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-                return;
-            }
-            status = child.wait() => {
-                tracing::warn!(?status, "the deploy agent exited; starting it again");
-                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }

@@ -111,8 +111,8 @@ pub struct EngineConfig {
     pub settle: Duration,
     /// The bridge route steps act on.
     pub routing: Arc<dyn Routing>,
-    /// The deploy agent that flashes devices, when the gateway has one.
-    pub deployer: Option<Arc<crate::devices::Deployer>>,
+    /// The deploy agents that flash devices, when the gateway has them.
+    pub deployers: Option<Arc<crate::deployers::Deployers>>,
     /// Device ports on this host that differ from the model's, by device id.
     pub device_ports: BTreeMap<String, std::path::PathBuf>,
 }
@@ -129,9 +129,8 @@ pub async fn reconcile<R: ContainerRuntime>(
     let span = tracing::info_span!("reconcile", subsystem = %subsystem, generation);
     async {
         let workloads = runtime.list(LABEL_SUBSYSTEM, subsystem).await?;
-        if let Some(d) = &config.deployer {
-            d.set_proxies(&crate::proxies::specs(target, &config.device_ports))
-                .await;
+        if let Some(d) = &config.deployers {
+            d.sync(target, &config.device_ports).await;
         }
         let devices = devices_of(config);
         let current = current_model(target, &workloads, &config.routing.routes(), &devices);
@@ -216,7 +215,7 @@ pub async fn reconcile<R: ContainerRuntime>(
 /// What the deploy agent last said of each device.
 fn devices_of(config: &EngineConfig) -> crate::devices::DeviceView {
     config
-        .deployer
+        .deployers
         .as_ref()
         .map(|d| d.view())
         .unwrap_or_default()
@@ -270,7 +269,7 @@ mod tests {
             step_timeout: Duration::from_secs(5),
             settle: Duration::ZERO,
             routing: Arc::new(crate::routing::MemoryRouting::default()),
-            deployer: None,
+            deployers: None,
             device_ports: BTreeMap::new(),
         }
     }

@@ -402,7 +402,7 @@ impl<R: ContainerRuntime> Context<R> {
 
     /// Flashes firmware `c` onto its device through the deploy agent.
     async fn flash(&self, c: &Component, reporter: &Reporter) -> Result<(), StepError> {
-        let deployer = self.pass.config.deployer.as_ref().ok_or_else(|| {
+        let deployers = self.pass.config.deployers.as_ref().ok_or_else(|| {
             StepError::Flash(c.id.clone(), "this gateway has no deploy agent".into())
         })?;
         let device = crate::firmware::device_of(&self.model, &c.id).ok_or_else(|| {
@@ -434,8 +434,9 @@ impl<R: ContainerRuntime> Context<R> {
         // Sync, write, verify and the confirmation window, with room to spare.
         let id = c.id.clone();
         let onto = device.id.clone();
-        let report = deployer
+        let report = deployers
             .flash(
+                &self.model,
                 request,
                 within + Duration::from_secs(120),
                 &|stage: &str, percent: u8| {

@@ -164,3 +164,138 @@ pub fn request(
         within,
     ))
 }
+
+/// The machine `device` is wired to, in `model`: the one a deployer link
+/// comes from (following what hosts its source), else the single gateway or
+/// host physically linked to it. Links to the firmware on the device count
+/// as links to the device.
+pub fn wired_to<'m>(model: &'m DeploymentModel, device: &str) -> Result<&'m Component, String> {
+    let by_id = |id: &str| model.components.iter().find(|c| c.id == id);
+    let is_machine =
+        |c: &Component| matches!(c.spec, ComponentSpec::Gateway(_) | ComponentSpec::Host(_));
+    let host_of = |id: &str| {
+        model.links.iter().find_map(|l| match l {
+            Link::Hosting { component, host } if component == id => Some(host.as_str()),
+            _ => None,
+        })
+    };
+    // Whether `id` is the device or runs on it.
+    let at_device = |id: &str| id == device || host_of(id) == Some(device);
+    // The machine `id` runs on, following the hosting chain.
+    let machine_of = |mut id: &'m str| {
+        for _ in 0..=model.components.len() {
+            match by_id(id) {
+                Some(c) if is_machine(c) => return Some(c),
+                _ => id = host_of(id)?,
+            }
+        }
+        None
+    };
+    let mut physical: Vec<&Component> = Vec::new();
+    for l in &model.links {
+        let Link::Communication(c) = l else { continue };
+        if c.is_deployer && at_device(&c.to) {
+            if let Some(m) = machine_of(&c.from) {
+                return Ok(m);
+            }
+        }
+        if c.physical {
+            for (a, b) in [(&c.from, &c.to), (&c.to, &c.from)] {
+                if let Some(m) = by_id(a).filter(|m| is_machine(m)) {
+                    if at_device(b) && !physical.iter().any(|p| p.id == m.id) {
+                        physical.push(m);
+                    }
+                }
+            }
+        }
+    }
+    match physical.as_slice() {
+        [one] => Ok(one),
+        [] => Err(format!(
+            "`{device}` is wired to no gateway or host: add a communication link with `\"physical\": true` (or an `is_deployer` link from the software that deploys it)"
+        )),
+        several => Err(format!(
+            "`{device}` is physically linked to {}: say which one deploys it with an `is_deployer` link",
+            several
+                .iter()
+                .map(|m| format!("`{}`", m.id))
+                .collect::<Vec<_>>()
+                .join(" and ")
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(links: serde_json::Value) -> DeploymentModel {
+        model_with(links, true)
+    }
+
+    fn model_with(links: serde_json::Value, need_deployer: bool) -> DeploymentModel {
+        let doc = serde_json::json!({
+            "id": "s",
+            "components": [
+                {"id": "gw", "kind": "gateway", "equipped_with_deployer": true},
+                {"id": "pi", "kind": "host", "access": {"ssh": {"address": "10.0.0.2"}}},
+                {"id": "box", "kind": "host", "access": {"docker": {"endpoint": "tcp://10.0.0.3:2375"}}},
+                {"id": "uno", "kind": "device", "board": "uno", "need_deployer": need_deployer},
+                {"id": "flow", "kind": "firmware", "resources": {"flash": {"artefact": "a.hex"}}},
+                {"id": "flasher", "kind": "service", "resources": {"container": {"image": "f:1"}}}
+            ],
+            "links": links
+        });
+        continuum_models::load::load_deployment_model("t.json", &doc.to_string()).expect("valid")
+    }
+
+    #[test]
+    fn a_single_physical_link_says_where_the_device_is_wired() {
+        let m = model(serde_json::json!([
+            {"kind": "hosting", "component": "flow", "host": "uno"},
+            {"kind": "hosting", "component": "flasher", "host": "gw"},
+            {"kind": "communication", "from": "uno", "to": "pi", "physical": true}
+        ]));
+        assert_eq!(wired_to(&m, "uno").unwrap().id, "pi");
+    }
+
+    #[test]
+    fn a_deployer_link_wins_and_follows_what_hosts_its_source() {
+        let m = model(serde_json::json!([
+            {"kind": "hosting", "component": "flow", "host": "uno"},
+            {"kind": "hosting", "component": "flasher", "host": "box"},
+            {"kind": "communication", "from": "pi", "to": "uno", "physical": true},
+            {"kind": "communication", "from": "gw", "to": "uno", "physical": true},
+            {"kind": "communication", "from": "flasher", "to": "flow", "is_deployer": true}
+        ]));
+        assert_eq!(wired_to(&m, "uno").unwrap().id, "box");
+    }
+
+    #[test]
+    fn several_physical_links_and_none_are_explained() {
+        let m = model(serde_json::json!([
+            {"kind": "hosting", "component": "flow", "host": "uno"},
+            {"kind": "hosting", "component": "flasher", "host": "gw"},
+            {"kind": "communication", "from": "pi", "to": "uno", "physical": true},
+            {"kind": "communication", "from": "gw", "to": "flow", "physical": true}
+        ]));
+        let e = wired_to(&m, "uno").unwrap_err();
+        assert!(
+            e.contains("`pi` and `gw`") && e.contains("is_deployer"),
+            "{e}"
+        );
+        // (Validation refuses a device that needs a deployer and is wired
+        // to nothing; one that does not say so still gets a clear refusal.)
+        let m = model_with(
+            serde_json::json!([
+                {"kind": "hosting", "component": "flow", "host": "uno"},
+                {"kind": "hosting", "component": "flasher", "host": "gw"},
+                {"kind": "communication", "from": "gw", "to": "pi", "physical": true}
+            ]),
+            false,
+        );
+        assert!(wired_to(&m, "uno")
+            .unwrap_err()
+            .contains("wired to no gateway or host"));
+    }
+}

@@ -84,6 +84,17 @@ pub fn rootfs(
     binary: &Path,
     busybox: Option<&Path>,
 ) -> Result<(String, Vec<u8>), FunctionImageError> {
+    static_image(binary, BINARY, "continuum/function-host", busybox)
+}
+
+/// A root filesystem FROM scratch holding the static executable `binary` as
+/// `/bin/<name>` (and busybox's tools when given), tagged `<repo>:<hash>`.
+pub fn static_image(
+    binary: &Path,
+    name: &str,
+    repo: &str,
+    busybox: Option<&Path>,
+) -> Result<(String, Vec<u8>), FunctionImageError> {
     let read = |p: &Path| {
         std::fs::read(p).map_err(|source| FunctionImageError::Io {
             path: p.to_owned(),
@@ -114,7 +125,7 @@ pub fn rootfs(
         h.set_mtime(0);
         tar.append_data(&mut h, name, data)
     };
-    file(&format!("bin/{BINARY}"), &host).map_err(io)?;
+    file(&format!("bin/{name}"), &host).map_err(io)?;
     if let Some(bb) = busybox.filter(|p| p.is_file()) {
         let bytes = read(bb)?;
         if !is_dynamic(&bytes) {
@@ -131,7 +142,7 @@ pub fn rootfs(
         }
     }
     let bytes = tar.into_inner().map_err(io)?;
-    let tag = format!("continuum/function-host:{}", &sha256_hex(&bytes)[..16]);
+    let tag = format!("{repo}:{}", &sha256_hex(&bytes)[..16]);
     Ok((tag, bytes))
 }
 

@@ -12,6 +12,7 @@ pub mod backoff;
 pub mod blobs;
 pub mod bridge;
 pub mod cli;
+pub mod deployers;
 pub mod devices;
 pub mod engine;
 pub mod exec;

@@ -117,7 +117,7 @@ async fn setup(name: &str) -> Option<Setup> {
             step_timeout: Duration::from_secs(60),
             settle: Duration::from_millis(500),
             routing: Arc::new(continuum_gateway::routing::NoBridge),
-            deployer: None,
+            deployers: None,
             device_ports: Default::default(),
         }),
         subsystem: subsystem.clone(),

@@ -357,6 +357,51 @@ fn check_resources(r: &Resources, path: &JsonPath, problems: &mut Vec<Problem>) 
                     .expected("a baud rate such as 115200"),
             );
         }
+        if let Some(h) = &f.health {
+            if let Err(e) = regex::Regex::new(h) {
+                let first = e
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned();
+                problems.push(
+                    Problem::new(path.key("flash").key("health"), format!("`{h}` is not a regular expression ({first})"))
+                        .expected("a regular expression the firmware's health line matches, such as `^\\{\"pir\":`"),
+                );
+            }
+        }
+        if let Some(w) = &f.confirm_within {
+            match humantime::parse_duration(w.trim()) {
+                Ok(d) if !d.is_zero() && d <= std::time::Duration::from_secs(600) => {}
+                Ok(_) => problems.push(
+                    Problem::new(
+                        path.key("flash").key("confirm_within"),
+                        format!("`{w}` is out of range"),
+                    )
+                    .expected("a duration above zero and at most 10m"),
+                ),
+                Err(e) => problems.push(
+                    Problem::new(
+                        path.key("flash").key("confirm_within"),
+                        format!("`{w}` is not a duration ({e})"),
+                    )
+                    .expected("a duration such as `10s`"),
+                ),
+            }
+        }
+        if let Some(sig) = &f.signature {
+            if sig.len() != 128 || !sig.bytes().all(|b| b.is_ascii_hexdigit()) {
+                problems.push(
+                    Problem::new(
+                        path.key("flash").key("signature"),
+                        "not an ed25519 signature",
+                    )
+                    .expected("128 hex digits: the ed25519 signature of the firmware's SHA-256"),
+                );
+            }
+        }
     }
 }
 

@@ -552,3 +552,46 @@ fn bridge_routes() {
     });
     assert_eq!(problems(doc), vec![]);
 }
+
+#[test]
+fn flash_health_confirmation_and_signature() {
+    let mut doc = base();
+    components(&mut doc)[4]["resources"]["flash"] = json!({
+        "artefact": "a.hex",
+        "health": "^{\"pir\":(",
+        "confirm_within": "soon",
+        "signature": "abc"
+    });
+    let p = problems(doc);
+    let at = "subsystems[0].components[4].resources.flash";
+    assert!(
+        has(&p, &format!("{at}.health"), "is not a regular expression"),
+        "{p:?}"
+    );
+    assert!(
+        has(&p, &format!("{at}.confirm_within"), "is not a duration"),
+        "{p:?}"
+    );
+    assert!(
+        has(&p, &format!("{at}.signature"), "not an ed25519 signature"),
+        "{p:?}"
+    );
+
+    let mut doc = base();
+    components(&mut doc)[4]["resources"]["flash"] =
+        json!({"artefact": "a.hex", "confirm_within": "0s"});
+    let p = problems(doc);
+    assert!(
+        has(&p, &format!("{at}.confirm_within"), "out of range"),
+        "{p:?}"
+    );
+
+    let mut doc = base();
+    components(&mut doc)[4]["resources"]["flash"] = json!({
+        "artefact": "a.hex",
+        "health": "^\\{\"pir\":",
+        "confirm_within": "5s",
+        "signature": "ab".repeat(64)
+    });
+    assert_eq!(problems(doc), Vec::<(String, String, String)>::new());
+}

@@ -29,6 +29,9 @@ const STOP_GRACE_SECONDS: i32 = 5;
 /// unreachable engine as such.
 #[derive(Debug, Default)]
 pub struct DockerRuntime {
+    /// The engine's endpoint (`unix://…`, `tcp://…`); the local defaults
+    /// (`DOCKER_HOST` or the default socket) when none.
+    endpoint: Option<String>,
     docker: tokio::sync::Mutex<Option<Docker>>,
     /// Network creation is check-then-create, and engines accept two networks
     /// of one name: concurrent steps take turns.
@@ -63,6 +66,14 @@ impl DockerRuntime {
         DockerRuntime::default()
     }
 
+    /// A driver for the engine at `endpoint`, connecting when first used.
+    pub fn at(endpoint: &str) -> DockerRuntime {
+        DockerRuntime {
+            endpoint: Some(endpoint.to_owned()),
+            ..DockerRuntime::default()
+        }
+    }
+
     /// Makes `tag` an image of the root filesystem `rootfs` (a tar archive),
     /// as `docker import` does, unless the engine has it already.
     pub async fn import(&self, tag: &str, rootfs: Vec<u8>) -> Result<(), RuntimeError> {
@@ -88,12 +99,27 @@ impl DockerRuntime {
     }
 
     /// A client speaking an API version the engine accepts.
-    async fn client(&self) -> Result<Docker, RuntimeError> {
+    pub async fn client(&self) -> Result<Docker, RuntimeError> {
         let mut slot = self.docker.lock().await;
         if let Some(d) = slot.as_ref() {
             return Ok(d.clone());
         }
-        let docker = Docker::connect_with_local_defaults()
+        const TIMEOUT_SECONDS: u64 = 120;
+        let connected = match self.endpoint.as_deref() {
+            None => Docker::connect_with_local_defaults(),
+            Some(e) if e.starts_with("unix://") => {
+                Docker::connect_with_unix(e, TIMEOUT_SECONDS, bollard::API_DEFAULT_VERSION)
+            }
+            Some(e) if e.starts_with("tcp://") || e.starts_with("http://") => {
+                Docker::connect_with_http(e, TIMEOUT_SECONDS, bollard::API_DEFAULT_VERSION)
+            }
+            Some(e) => {
+                return Err(RuntimeError::Unreachable(format!(
+                    "`{e}` is not a Docker endpoint (unix:///path or tcp://host:port)"
+                )))
+            }
+        };
+        let docker = connected
             .map_err(|e| RuntimeError::Unreachable(e.to_string()))?
             .negotiate_version()
             .await
