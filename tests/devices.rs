@@ -8,10 +8,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, ok, orchestrator, unique, Guard, Serve};
+use common::devices::{apply_converged, component_status, gateway, short_digest};
+use common::{ok, orchestrator, unique, Serve};
 use continuum_bus::testing::{eventually, within};
 use continuum_deploy_agent::sim::{from_env as sim_board, SimBoard};
 
@@ -19,33 +19,6 @@ const FIRMWARE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/examples/smart-building/firmware"
 );
-
-/// A process-driver gateway with its local broker (the deploy agent beside
-/// the `continuum` executable is found by itself).
-fn gateway(dir: &Path, serve: &Serve, id: &str) -> (Guard, String) {
-    let local = free_port();
-    let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_continuum"))
-        .args([
-            "gateway",
-            "--id",
-            id,
-            "--orchestrator",
-            &serve.addr,
-            "--driver",
-            "process",
-        ])
-        .args(["--mqtt-listen", &free_port(), "--mqtt5-listen", &local])
-        .arg("--data-dir")
-        .arg(dir.join(id))
-        .args(["--interval", "1s", "--max-backoff", "2s"])
-        .env("CONTINUUM_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("starts continuum gateway");
-    (Guard(child), format!("mqtt://{local}"))
-}
 
 fn model(dir: &Path, name: &str, gw: &str, port: &Path, firmware: &Path) -> String {
     let mm = serde_json::json!({"name": "devices", "subsystems": [{"id": gw, "components": [
@@ -62,13 +35,6 @@ fn model(dir: &Path, name: &str, gw: &str, port: &Path, firmware: &Path) -> Stri
     let path = dir.join(name);
     std::fs::write(&path, serde_json::to_string_pretty(&mm).unwrap()).unwrap();
     path.display().to_string()
-}
-
-/// The first 12 hex digits of a file's SHA-256, as statuses show it.
-fn short_digest(path: &str) -> String {
-    use sha2::Digest;
-    let d = sha2::Sha256::digest(std::fs::read(path).unwrap());
-    d.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
 /// The deploy agent's record of the device (in the gateway's data directory).
@@ -90,20 +56,6 @@ fn flow_status(serve: &Serve) -> String {
     component_status(serve, "flow")
 }
 
-/// A component's status in `continuum status -o json`.
-fn component_status(serve: &Serve, id: &str) -> String {
-    let status: serde_json::Value =
-        serde_json::from_str(&ok(serve.cli(&["status", "-o", "json"]))).unwrap_or_default();
-    status["subsystems"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|s| s["components"].as_array().cloned().unwrap_or_default())
-        .find(|c| c["component"] == id)
-        .map(|c| c.to_string())
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_flashes_through_its_deploy_agent_and_rolls_back_what_does_not_confirm() {
     let Some(sim) = sim_board() else { return };
@@ -113,21 +65,11 @@ async fn the_gateway_flashes_through_its_deploy_agent_and_rolls_back_what_does_n
     let _uno = SimBoard::start(&sim, &port, &[]).expect("starts the simulated board");
     let (serve, _) = orchestrator(dir.path());
     let gw = unique("dev");
-    let (_gateway, local) = gateway(dir.path(), &serve, &gw);
+    let (_gateway, local) = gateway(dir.path(), &serve, &gw, &[]);
     let local: continuum_bus::BrokerUrl = local.parse().unwrap();
     let v1 = format!("{FIRMWARE}/arduino-flow-v1.hex");
     let m1 = model(dir.path(), "v1.json", &gw, &port, Path::new(&v1));
-    let out = serve.cli(&["apply", "-f", &m1, "--wait", "120s"]);
-    if !out.status.success() {
-        let log = std::fs::read_to_string(dir.path().join(format!("{gw}.log"))).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        panic!(
-            "{}\n{}\n--- gateway log ---\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            ok(serve.cli(&["status"])),
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        );
-    }
+    apply_converged(&serve, dir.path(), &gw, &m1);
     let status = flow_status(&serve);
     assert!(
         status.contains("on `uno`, firmware sha256:"),
@@ -165,7 +107,7 @@ async fn the_gateway_flashes_through_its_deploy_agent_and_rolls_back_what_does_n
     assert!(out.contains("converged"), "{out}");
     let status = flow_status(&serve);
     assert!(
-        status.contains(&format!("sha256:{}", short_digest(&v2))),
+        status.contains(&format!("sha256:{}", short_digest(Path::new(&v2)))),
         "{status}"
     );
 
@@ -190,7 +132,7 @@ async fn the_gateway_flashes_through_its_deploy_agent_and_rolls_back_what_does_n
     assert!(
         report["flashed"]
             .as_str()
-            .is_some_and(|h| h.starts_with(&short_digest(&v2))),
+            .is_some_and(|h| h.starts_with(&short_digest(Path::new(&v2)))),
         "{report}"
     );
 }

@@ -359,3 +359,11 @@ pub fn remove_docker_objects(subsystem: &str, functions: &[String]) {
         ])
         .output();
 }
+pub mod devices;
+
+/// Waits until something accepts connections on `addr`.
+pub fn wait_for_port(addr: &str) {
+    continuum_bus::testing::wait_for("a listener on the port", WITHIN, || {
+        std::net::TcpStream::connect(addr).ok().map(|_| ())
+    });
+}

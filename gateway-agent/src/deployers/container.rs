@@ -73,24 +73,9 @@ pub async fn start(launch: &Launch, endpoint: &str, build: &str) -> Result<Conta
         remove(&docker, &name).await?;
     }
     let program = launch.program.clone();
-    let image = tokio::task::spawn_blocking(move || {
-        crate::function_image::static_image(
-            &program,
-            "continuum-agent",
-            "continuum/deploy-agent",
-            None,
-        )
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| match e {
-        crate::function_image::FunctionImageError::Dynamic(p) => format!(
-            "{} is linked dynamically and cannot run in a container FROM scratch: give --deploy-agent a static build (scripts/build-static.sh continuum-deploy-agent)",
-            p.display()
-        ),
-        other => other.to_string(),
-    })?;
-    let (tag, rootfs) = image;
+    let (tag, rootfs) = tokio::task::spawn_blocking(move || image(&program))
+        .await
+        .map_err(|e| e.to_string())??;
     runtime
         .import(&tag, rootfs)
         .await
@@ -149,6 +134,19 @@ pub async fn start(launch: &Launch, endpoint: &str, build: &str) -> Result<Conta
     }
     tracing::info!(container = %name, image = %tag, "deploy agent started as a container");
     Ok(Container { docker, name })
+}
+
+/// The image of the agent executable `program` (FROM scratch): its tag and
+/// root filesystem.
+pub fn image(program: &Path) -> Result<(String, Vec<u8>), String> {
+    crate::function_image::static_image(program, "continuum-agent", "continuum/deploy-agent", None)
+        .map_err(|e| match e {
+            crate::function_image::FunctionImageError::Dynamic(p) => format!(
+                "{} is linked dynamically and cannot run in a container FROM scratch: give --deploy-agent a static build (scripts/build-static.sh continuum-deploy-agent)",
+                p.display()
+            ),
+            other => other.to_string(),
+        })
 }
 
 /// The pseudo-terminal `port` leads to, if it is one (simulated boards are

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::devices::{AgentLink, DeviceView};
 
+pub use container::{image as container_image, name as container_name};
 pub use launch::Placement;
 
 /// How the gateway runs its deploy agents.

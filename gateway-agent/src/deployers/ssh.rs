@@ -114,7 +114,7 @@ fi
 [ "$(cat build 2>/dev/null)" = {build} ] || exit {NEEDS_COPY}
 CONTINUUM_BROKER={broker}
 export CONTINUUM_BROKER
-nohup ./continuum-agent{args} >agent.log 2>&1 </dev/null &
+nohup "$(pwd)/continuum-agent"{args} >agent.log 2>&1 </dev/null &
 echo $! >pid
 echo started
 "#,
