@@ -100,3 +100,35 @@ kill -TERM "$serve_pid"
 wait "$serve_pid"
 serve_pid=
 say "orchestrator stopped; its data directory keeps every revision"
+
+# Leaf devices: `continuum up` (process driver) flashes firmware v1 onto the simulated
+# Uno through the sensor gateway's deploy agent; firmware v2 is then applied and
+# reflashed (watch its stage and percent), and applying it again flashes nothing.
+cargo build --release --locked -q -p continuum-deploy-agent --bins
+examples/smart-building/firmware/build.sh
+host="$(scripts/build-function-host.sh)"
+board="$(scripts/build-sim-board.sh)"
+v2="$ex/.up-firmware-v2.json"
+sed 's/arduino-flow-v1\.hex/arduino-flow-v2.hex/' $ex/up.json >"$v2"
+say "continuum up --driver process &"
+"$continuum" up --driver process --listen 127.0.0.1:0 --mqtt-port 0 --color never \
+    --function-host "$host" --board "$board" --data-dir "$data/up" >"$data/up.log" 2>&1 &
+up_pid=$!
+gateway_pid="$gateway_pid $up_pid"
+for _ in $(seq 600); do
+    grep -q 'running; Ctrl-C' "$data/up.log" && break
+    kill -0 "$up_pid" 2>/dev/null || { cat "$data/up.log"; rm -f "$v2"; exit 1; }
+    sleep 0.2
+done
+grep -E 'up:|flash' "$data/up.log" | head -n 20
+CONTINUUM_SERVER=$(sed -n 's/.*orchestrator on \([^ ,]*\).*/\1/p' "$data/up.log" | head -n1)
+export CONTINUUM_SERVER
+run status
+run apply -f "$v2" -m "firmware v2: the door contact debounced" --wait 2m || { rm -f "$v2"; exit 1; }
+run status
+run apply -f "$v2" -m "firmware v2 again" --wait 2m || { rm -f "$v2"; exit 1; }
+rm -f "$v2"
+kill -INT "$up_pid"
+wait "$up_pid" || true
+say "continuum up stopped"
+
