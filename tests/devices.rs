@@ -136,3 +136,79 @@ async fn the_gateway_flashes_through_its_deploy_agent_and_rolls_back_what_does_n
         "{report}"
     );
 }
+
+/// Waits until the firmware's status says it failed with every `expected`
+/// piece of reason, checking it never says running meanwhile.
+async fn failed_with(serve: &Serve, expected: &[&str]) -> String {
+    let last = std::cell::RefCell::new(String::new());
+    let found = tokio::time::timeout(within(Duration::from_secs(120)), async {
+        loop {
+            let s = flow_status(serve);
+            assert!(!s.contains("\"running\""), "running after all: {s}");
+            if s.contains("\"failed\"") && expected.iter().all(|e| s.contains(e)) {
+                return s;
+            }
+            *last.borrow_mut() = s;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("no failure saying {expected:?}; last: {}", last.borrow()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_image_a_verify_mismatch_and_a_mute_board_fail_with_stage_and_reason() {
+    let Some(sim) = sim_board() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let _reap = common::Reap(dir.path().display().to_string());
+    // A board whose flash cell 0x10 always reads 0xFF.
+    let worn = dir.path().join("worn");
+    let _board = SimBoard::start(&sim, &worn, &["--stuck", "0x10"]).expect("starts the board");
+    let (serve, _) = orchestrator(dir.path());
+    let gw = unique("bad");
+    let (_gateway, _) = gateway(dir.path(), &serve, &gw, &[]);
+
+    // An image with a bad checksum: refused before the port is opened.
+    let corrupt = dir.path().join("corrupt.hex");
+    let mut text = std::fs::read_to_string(format!("{FIRMWARE}/arduino-flow-v1.hex")).unwrap();
+    let at = text.find(['\r', '\n']).unwrap() - 2;
+    text.replace_range(at..at + 2, "00");
+    std::fs::write(&corrupt, text).unwrap();
+    let m = model(dir.path(), "corrupt.json", &gw, &worn, &corrupt);
+    ok(serve.cli(&["apply", "-f", &m]));
+    failed_with(
+        &serve,
+        &["the image is refused, nothing was written", "checksum"],
+    )
+    .await;
+
+    // A good image onto the worn cell: the read-back names the address.
+    let v1 = format!("{FIRMWARE}/arduino-flow-v1.hex");
+    let m = model(dir.path(), "worn.json", &gw, &worn, Path::new(&v1));
+    ok(serve.cli(&["apply", "-f", &m]));
+    failed_with(
+        &serve,
+        &["while verifying", "verify mismatch at address 0x0010"],
+    )
+    .await;
+
+    // A port with nothing behind it (a bare pty pair): no answer.
+    let mute = dir.path().join("mute");
+    let _pair = common::Guard(
+        std::process::Command::new("socat")
+            .arg(format!("pty,raw,echo=0,link={}", mute.display()))
+            .arg(format!(
+                "pty,raw,echo=0,link={}",
+                dir.path().join("mute-other").display()
+            ))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("socat (scripts/setup.sh installs it)"),
+    );
+    continuum_bus::testing::wait_for("the pty pair", within(Duration::from_secs(10)), || {
+        mute.exists().then_some(())
+    });
+    let m = model(dir.path(), "mute.json", &gw, &mute, Path::new(&v1));
+    ok(serve.cli(&["apply", "-f", &m]));
+    failed_with(&serve, &["while syncing", "no answer"]).await;
+}

@@ -113,7 +113,7 @@ pub enum JobError {
     #[error("board `{0}` is unknown; known boards: {1}")]
     Board(String, String),
     /// The artefact does not read.
-    #[error(transparent)]
+    #[error("the image is refused, nothing was written: {0}")]
     Image(#[from] ImageError),
     /// The health pattern is no regular expression.
     #[error("the health pattern is not a regular expression: {0}")]
