@@ -127,20 +127,27 @@ pub struct Pass {
     pub config: Arc<EngineConfig>,
 }
 
-/// The workload name of a component: unique per subsystem on one engine.
+/// The workload name of a component: `continuum-<subsystem>_<component>`,
+/// one name per (subsystem, component) pair on one engine. Ids are DNS labels
+/// (`a-z`, `0-9`, `-`), so `_` cannot occur in them and the name is
+/// unambiguous (`a` + `b-c` and `a-b` + `c` differ); any other character is
+/// escaped as `.` and its hex code, keeping the mapping one to one.
 pub fn workload_name(subsystem: &str, component: &str) -> String {
-    let clean = |s: &str| -> String {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '-'
+    let escape = |s: &str| -> String {
+        let mut out = String::with_capacity(s.len());
+        for c in s.chars() {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' {
+                out.push(c);
+            } else {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!(".{b:02x}"));
                 }
-            })
-            .collect()
+            }
+        }
+        out
     };
-    format!("continuum-{}-{}", clean(subsystem), clean(component))
+    format!("continuum-{}_{}", escape(subsystem), escape(component))
 }
 
 /// The SHA-256 of a build context (hex): every file's relative path and
@@ -265,6 +272,7 @@ pub fn workload_spec(
         mounts: container.mounts.clone(),
         restart: container.restart,
         network: container.network.clone(),
+        aliases: vec![c.id.clone()],
         labels,
     })
 }
@@ -677,4 +685,32 @@ fn spawn_step<R: ContainerRuntime>(
         }
         .instrument(span),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::workload_name;
+
+    #[test]
+    fn workload_names_never_collide() {
+        // The collision Docker refused: `a` + `b-c` and `a-b` + `c`.
+        assert_ne!(workload_name("a", "b-c"), workload_name("a-b", "c"));
+        assert_eq!(workload_name("a", "b-c"), "continuum-a_b-c");
+        // Characters outside the id alphabet are escaped, not folded.
+        assert_ne!(workload_name("a.b", "c"), workload_name("a-b", "c"));
+        assert_ne!(workload_name("a_b", "c"), workload_name("a", "b_c"));
+        let ids = ["a", "b", "a-b", "b-c", "c", "a.b", "a_b", "b_c", "é", "e"];
+        let mut names = std::collections::HashSet::new();
+        for s in ids {
+            for c in ids {
+                let n = workload_name(s, c);
+                assert!(
+                    n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)),
+                    "{n} is not a Docker name"
+                );
+                assert!(names.insert(n), "{s} + {c} collides");
+            }
+        }
+    }
 }

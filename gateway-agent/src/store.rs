@@ -67,14 +67,9 @@ pub enum StoreError {
         /// Why.
         cause: std::io::Error,
     },
-    #[error("cannot open the agent's store {path}: {cause}")]
-    /// The file cannot be opened as a store.
-    Open {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        cause: redb::Error,
-    },
+    #[error("cannot open the agent's store: {0}")]
+    /// The file cannot be opened as a store (empty, damaged, locked).
+    Open(#[from] continuum_durable::OpenError),
     #[error("the agent's store {path} is corrupt: {what}")]
     /// A record does not read back.
     Corrupt {
@@ -108,17 +103,16 @@ impl Store {
             cause,
         })?;
         let path = dir.join(FILE_NAME);
-        let db = Database::create(&path).map_err(|e| StoreError::Open {
-            path: path.clone(),
-            cause: e.into(),
-        })?;
+        let db = continuum_durable::open(&path)?;
         let store = Store { db, path };
-        let txn = store.db.begin_write().map_err(|e| store.io(e))?;
-        txn.open_table(TARGETS).map_err(|e| store.io(e))?;
-        txn.commit().map_err(|e| store.io(e))?;
-        // Read both slots now: a corrupt record is an error at start, not later.
-        store.get(Slot::Accepted)?;
-        store.get(Slot::Good)?;
+        continuum_durable::guard(&store.path, || {
+            let txn = store.db.begin_write().map_err(|e| store.io(e))?;
+            txn.open_table(TARGETS).map_err(|e| store.io(e))?;
+            txn.commit().map_err(|e| store.io(e))?;
+            // Read both slots now: a corrupt record is an error at start, not later.
+            store.get(Slot::Accepted)?;
+            store.get(Slot::Good)
+        })??;
         Ok(store)
     }
 

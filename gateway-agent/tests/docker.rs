@@ -102,9 +102,12 @@ struct Setup {
 }
 
 async fn setup(name: &str) -> Option<Setup> {
+    setup_as(unique(name), unique("t")).await
+}
+
+/// A setup for `subsystem`, its component ids prefixed with `p`.
+async fn setup_as(subsystem: String, p: String) -> Option<Setup> {
     let rt = docker().await?;
-    let subsystem = unique(name);
-    let p = unique("t");
     let dir = tempfile::tempdir().unwrap();
     busybox_context(&dir.path().join("bb"));
     Some(Setup {
@@ -204,6 +207,30 @@ fn docker_cli(args: &[&str]) {
         "docker {args:?}: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+#[tokio::test]
+async fn subsystems_and_components_that_join_alike_get_containers_of_their_own() {
+    // `S` + `P-Q-x` and `S-P` + `Q-x` once both made `continuum-S-P-Q-x`.
+    let Some(a) = setup("join").await else {
+        return;
+    };
+    let q = unique("q");
+    let Some(b) = setup_as(format!("{}-{}", a.subsystem, a.p), q.clone()).await else {
+        return;
+    };
+    let sleep = "trap 'exit 0' TERM; sleep 3600 & wait";
+    let ma = a.model(&[a.service(&format!("{q}-x"), sleep, "")]);
+    let mb = b.model(&[b.service("x", sleep, "")]);
+    let ra = a.pass(1, &ma).await;
+    let rb = b.pass(1, &mb).await;
+    assert!(ra.converged(), "{ra:?}");
+    assert!(rb.converged(), "{rb:?}");
+    for s in [&a, &b] {
+        let w = s.workloads().await;
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w.values().all(|w| w.state == RunState::Running), "{w:?}");
+    }
 }
 
 #[tokio::test]
@@ -366,14 +393,23 @@ async fn a_subsystem_network_is_created_and_removed_with_its_last_user() {
     let r = s.pass(1, &v1).await;
     assert!(r.converged(), "{r:?}");
     assert_eq!(networks(&label), vec![net.clone()]);
-    // b can reach a by name on the subsystem's network.
+    // b reaches a on the subsystem's network by a's component id, and by its
+    // container's name.
     let b = s.workloads().await[&s.id("b")].id.clone();
-    let o = std::process::Command::new("docker")
-        .args(["exec", &b, "busybox", "ping", "-c", "1", "-W", "5"])
-        .arg(format!("continuum-{}-{}", s.subsystem, s.id("a")))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    for name in [
+        s.id("a"),
+        continuum_gateway::exec::workload_name(&s.subsystem, &s.id("a")),
+    ] {
+        let o = std::process::Command::new("docker")
+            .args(["exec", &b, "busybox", "ping", "-c", "1", "-W", "5", &name])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
     // Nobody on it any more: it goes.
     let v2 = s.model(&[s.service("a", sleep, "")]);
     assert!(s.pass(2, &v2).await.converged());

@@ -33,14 +33,9 @@ pub const FILE_NAME: &str = "orchestrator.redb";
 /// What can go wrong with the store; every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the store {path}: {cause}")]
-    /// The file cannot be opened as a store.
-    Open {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        cause: redb::Error,
-    },
+    #[error("cannot open the store: {0}")]
+    /// The file cannot be opened as a store (empty, damaged, locked).
+    Open(#[from] continuum_durable::OpenError),
     #[error("cannot create the data directory {path}: {cause}")]
     /// The data directory cannot be created.
     Dir {
@@ -137,12 +132,9 @@ impl Store {
             cause,
         })?;
         let path = dir.join(FILE_NAME);
-        let db = Database::create(&path).map_err(|e| StoreError::Open {
-            path: path.clone(),
-            cause: e.into(),
-        })?;
+        let db = continuum_durable::open(&path)?;
         let store = Store { db, path };
-        store.init()?;
+        continuum_durable::guard(&store.path, || store.init())??;
         Ok(store)
     }
 
@@ -190,8 +182,13 @@ impl Store {
         txn.commit().at(self)
     }
 
-    /// Reads the state the orchestrator keeps in memory.
+    /// Reads the state the orchestrator keeps in memory (a damaged page is
+    /// an error, never a panic).
     pub fn load(&self) -> Result<Snapshot, StoreError> {
+        continuum_durable::guard(&self.path, || self.read_snapshot())?
+    }
+
+    fn read_snapshot(&self) -> Result<Snapshot, StoreError> {
         let txn = self.db.begin_read().at(self)?;
         let meta = txn.open_table(META).at(self)?;
         let revisions = txn.open_table(REVISIONS).at(self)?;

@@ -25,7 +25,7 @@ pub mod stats;
 pub(crate) mod table;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -286,23 +286,25 @@ impl Bridge {
             cause,
         };
         let db = match &config.data_dir {
-            Some(dir) => {
-                Database::create(dir.join("bridge.redb")).map_err(|e| store(e.to_string()))?
-            }
+            Some(dir) => continuum_durable::open(&dir.join("bridge.redb"))
+                .map_err(|e| store(e.to_string()))?,
             None => Database::builder()
                 .create_with_backend(redb::backends::InMemoryBackend::new())
                 .map_err(|e| store(e.to_string()))?,
         };
         let db = Arc::new(db);
-        let epoch = epoch(&db).map_err(|e| store(e.to_string()))?;
-        let table = table::Table::open(Arc::clone(&db)).map_err(|e| store(e.to_string()))?;
-        let open = |name: &str| {
-            Outbox::open(Arc::clone(&db), name, config.capacity)
-                .map(|o| if config.durable { o } else { o.without_fsync() })
-                .map_err(|e| store(e.to_string()))
-        };
-        let inbound = open("in")?;
-        let outbound = open("out")?;
+        // The first reads of the file: a damaged page is an error, not a panic.
+        let (epoch, table, inbound, outbound) = continuum_durable::guard(Path::new(&path), || {
+            let epoch = epoch(&db).map_err(|e| store(e.to_string()))?;
+            let table = table::Table::open(Arc::clone(&db)).map_err(|e| store(e.to_string()))?;
+            let open = |name: &str| {
+                Outbox::open(Arc::clone(&db), name, config.capacity)
+                    .map(|o| if config.durable { o } else { o.without_fsync() })
+                    .map_err(|e| store(e.to_string()))
+            };
+            Ok::<_, BridgeError>((epoch, table, open("in")?, open("out")?))
+        })
+        .map_err(|e| store(e.to_string()))??;
         let learned = if config.global_pinned {
             None
         } else {

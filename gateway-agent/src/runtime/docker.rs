@@ -324,6 +324,19 @@ impl ContainerRuntime for DockerRuntime {
                 network_mode: spec.network.clone(),
                 ..Default::default()
             }),
+            networking_config: spec
+                .network
+                .as_deref()
+                .filter(|n| super::is_custom_network(n) && !spec.aliases.is_empty())
+                .map(|n| bollard::models::NetworkingConfig {
+                    endpoints_config: Some(HashMap::from([(
+                        n.to_owned(),
+                        bollard::models::EndpointSettings {
+                            aliases: Some(spec.aliases.clone()),
+                            ..Default::default()
+                        },
+                    )])),
+                }),
             ..Default::default()
         };
         let options = CreateContainerOptionsBuilder::default()

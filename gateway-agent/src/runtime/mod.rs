@@ -98,6 +98,9 @@ pub struct WorkloadSpec {
     pub restart: RestartPolicy,
     /// The network it joins.
     pub network: Option<String>,
+    /// Other names it answers to on a network of its own (its component id:
+    /// the workloads of a subsystem find each other by the ids of the model).
+    pub aliases: Vec<String>,
     /// Its labels.
     pub labels: BTreeMap<String, String>,
 }

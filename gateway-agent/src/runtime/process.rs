@@ -563,6 +563,7 @@ mod tests {
             mounts: vec![],
             restart,
             network: None,
+            aliases: vec![],
             labels: BTreeMap::from([(LABEL_SUBSYSTEM.into(), "t".into())]),
         }
     }
