@@ -77,12 +77,62 @@ fn server(name: &str, listen: SocketAddr, config: &BrokerConfig) -> ServerSettin
     }
 }
 
+/// Connections the broker dropped on a panic of its own (see [`contain_panics`]).
+static CONTAINED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many connections the broker dropped on a panic of its own.
+pub fn contained_panics() -> u64 {
+    CONTAINED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// rumqttd 0.20 panics (`unreachable!`) on a packet only a server sends —
+/// CONNACK, SUBACK, UNSUBACK, PINGRESP — arriving from a client: 4 bytes
+/// (`20 02 00 00`) from anyone who reaches the port. The panic ends only
+/// that connection's task, but the default hook prints a backtrace each
+/// time (megabytes of symbolisation per connection). Panics raised in
+/// rumqttd's code become one warning line instead, and are counted; any
+/// other panic goes to the hook that was there.
+fn contain_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let in_broker = info
+                .location()
+                .is_some_and(|l| l.file().contains("/rumqttd-"));
+            if !in_broker {
+                return previous(info);
+            }
+            let n = CONTAINED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let what = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let at = info.location().map(|l| {
+                format!(
+                    "{}:{}",
+                    l.file().rsplit("/src/").next().unwrap_or(""),
+                    l.line()
+                )
+            });
+            tracing::warn!(
+                dropped = n,
+                at = at.as_deref().unwrap_or(""),
+                "the embedded broker dropped a connection that sent what it cannot handle ({what})"
+            );
+        }));
+    });
+}
+
 impl EmbeddedBroker {
     /// Starts the broker and returns once every listener accepts connections.
     pub fn start(config: BrokerConfig) -> Result<EmbeddedBroker, BrokerError> {
         if config.v4.is_none() && config.v5.is_none() {
             return Err(BrokerError::NoListener);
         }
+        contain_panics();
         // rumqttd only logs a listener it cannot open: find out here, so the
         // caller gets the error (and a port held by someone else is not taken
         // for ours).

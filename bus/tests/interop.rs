@@ -234,3 +234,46 @@ fn clients_must_authenticate_when_users_are_set() {
         );
     }
 }
+
+/// Sends `bytes` on a fresh connection to `addr` and waits for the broker to
+/// close it.
+fn hostile(addr: SocketAddr, bytes: &[u8]) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WITHIN)).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut sink = [0u8; 64];
+    // The broker answers (a CONNACK) or not; the connection ends either way.
+    while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+}
+
+#[test]
+fn packets_only_a_server_sends_drop_that_connection_and_nothing_else() {
+    if !clients() {
+        return;
+    }
+    let (v4, v5) = broker(&[]);
+    let sub = Sub::start(v5, "mqttv5", &["-q", "1", "-t", "t/#"]);
+    sub.ready(v5, "mqttv5", "t/ping");
+    let before = continuum_bus::broker::contained_panics();
+    // CONNACK as the first packet (rumqttd 0.20 reaches `unreachable!`).
+    for _ in 0..20 {
+        hostile(v5, &[0x20, 0x02, 0x00, 0x00]);
+    }
+    // A well-formed MQTT 5 CONNECT, then an UNSUBACK (also `unreachable!`).
+    let connect: &[u8] = &[
+        0x10, 0x10, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x3c, 0x00, 0x00, 0x03,
+        b'b', b'a', b'd',
+    ];
+    let mut packet = connect.to_vec();
+    packet.extend_from_slice(&[0xb0, 0x04, 0x00, 0x01, 0x00, 0x00]);
+    hostile(v5, &packet);
+    let contained = continuum_bus::broker::contained_panics() - before;
+    assert!(contained >= 21, "{contained} panics contained");
+    // The subscriber it already had and new clients are served as before.
+    for (addr, version) in [(v5, "mqttv5"), (v4, "mqttv311")] {
+        let o = publish(addr, version, &["-q", "1", "-t", "t/after", "-m", version]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(sub.next(), format!("t/after {version}"));
+    }
+}
