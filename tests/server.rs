@@ -451,3 +451,63 @@ fn the_gateway_dials_the_global_server_flag_and_refuses_two_orchestrators() {
     assert_eq!(o.status.code(), Some(2));
     assert!(err(&o).contains("reports nothing as JSON"), "{}", err(&o));
 }
+
+#[test]
+fn beyond_loopback_the_plain_text_api_needs_insecure_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_continuum"))
+        .args(["serve", "--no-mqtt", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path().join("refused"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("refusing to serve the API") && said.contains("--insecure"),
+        "{said}"
+    );
+    assert!(
+        !dir.path().join("refused").exists(),
+        "nothing was created before refusing"
+    );
+    // The embedded bus likewise.
+    let refused = Command::new(env!("CARGO_BIN_EXE_continuum"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            "0.0.0.0:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("bus"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr)
+        .contains("refusing to serve the embedded MQTT broker"));
+
+    // With --insecure it serves, and says what that means first.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_continuum"))
+        .args(["serve", "--no-mqtt", "--listen", "0.0.0.0:0", "--insecure"])
+        .arg("--data-dir")
+        .arg(dir.path().join("insecure"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let _serve = Guard(child);
+    let mut said = Vec::new();
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        let listening = line.contains("listening on");
+        said.push(line);
+        if listening {
+            break;
+        }
+    }
+    assert!(
+        said.iter()
+            .any(|l| l.starts_with("WARNING: the API") && l.contains("unauthenticated")),
+        "{said:?}"
+    );
+}

@@ -23,6 +23,42 @@ pub struct BusArgs {
     pub no_mqtt: bool,
 }
 
+impl BusArgs {
+    /// The embedded broker's listeners, checked with [`exposure`]: the
+    /// warnings to print, or why not to start.
+    pub fn exposure(&self, insecure: bool) -> Result<Vec<String>, String> {
+        if self.no_mqtt {
+            return Ok(Vec::new());
+        }
+        let mut warnings = Vec::new();
+        for (what, addr) in [
+            ("the embedded MQTT broker (3.1.1)", self.mqtt_listen),
+            ("the embedded MQTT broker (5)", self.mqtt5_listen),
+        ] {
+            warnings.extend(exposure(what, addr, insecure)?);
+        }
+        Ok(warnings)
+    }
+}
+
+/// Whether `addr` may serve `what` in plain text, without authentication:
+/// on a loopback address always (nothing beyond this machine reaches it);
+/// elsewhere only when the operator said `--insecure`, and then with a
+/// warning to print (`Ok(Some(..))`). Otherwise the error to stop with.
+pub fn exposure(what: &str, addr: SocketAddr, insecure: bool) -> Result<Option<String>, String> {
+    if addr.ip().is_loopback() {
+        return Ok(None);
+    }
+    if insecure {
+        return Ok(Some(format!(
+            "WARNING: {what} on {addr} is plain text and unauthenticated: anyone who reaches that address can use it. Use this only on a network you trust."
+        )));
+    }
+    Err(format!(
+        "refusing to serve {what} on {addr}: it would be plain text and unauthenticated, open to anyone who reaches that address. Listen on a loopback address, or pass --insecure on a network you trust"
+    ))
+}
+
 /// A duration on the command line, as every flag of Continuum takes one: a
 /// number and a unit (`10s`, `500ms`, `2m`, `1h 30m`), more than zero.
 pub fn duration(s: &str) -> Result<std::time::Duration, String> {
@@ -62,6 +98,22 @@ impl BusArgs {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn only_loopback_listens_without_insecure() {
+        let lo: SocketAddr = "127.0.0.1:7070".parse().unwrap();
+        let v6: SocketAddr = "[::1]:7070".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:7070".parse().unwrap();
+        assert_eq!(exposure("the API", lo, false), Ok(None));
+        assert_eq!(exposure("the API", v6, false), Ok(None));
+        let e = exposure("the API", any, false).unwrap_err();
+        assert!(
+            e.contains("refusing to serve the API on 0.0.0.0:7070") && e.contains("--insecure"),
+            "{e}"
+        );
+        let w = exposure("the API", any, true).unwrap().unwrap();
+        assert!(w.starts_with("WARNING: the API on 0.0.0.0:7070"), "{w}");
+    }
 
     #[test]
     fn durations_take_a_unit() {

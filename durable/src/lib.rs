@@ -98,6 +98,70 @@ pub fn guard<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T, OpenError> {
     })
 }
 
+/// A store's database that recovers from I/O errors without a restart.
+///
+/// After a failed write (a full disk, most often) redb refuses every later
+/// transaction until the database is closed and opened again. The store
+/// says which errors it met ([`Reopening::failed`]); the next
+/// [`Reopening::db`] then reopens the file (verifying it as [`open`] does),
+/// so once space is freed the next write succeeds.
+#[derive(Debug)]
+pub struct Reopening {
+    path: PathBuf,
+    db: std::sync::Mutex<Option<std::sync::Arc<Database>>>,
+    broken: std::sync::atomic::AtomicBool,
+}
+
+impl Reopening {
+    /// Opens the store at `path` (see [`open`]).
+    pub fn open(path: &Path) -> Result<Reopening, OpenError> {
+        let db = open(path)?;
+        Ok(Reopening {
+            path: path.to_owned(),
+            db: std::sync::Mutex::new(Some(std::sync::Arc::new(db))),
+            broken: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// The database, reopened first if an I/O error broke it.
+    pub fn db(&self) -> Result<std::sync::Arc<Database>, OpenError> {
+        let mut slot = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) || slot.is_none() {
+            // redb holds the file locked until the old handle is gone: close
+            // it (transactions in flight keep theirs alive and make this wait
+            // for the next call), then open the file again.
+            if let Some(old) = slot.take() {
+                match std::sync::Arc::try_unwrap(old) {
+                    Ok(db) => drop(db),
+                    Err(shared) => {
+                        *slot = Some(std::sync::Arc::clone(&shared));
+                        return Ok(shared);
+                    }
+                }
+            }
+            let db = open(&self.path)?;
+            tracing::info!(path = %self.path.display(), "store reopened after an I/O error");
+            *slot = Some(std::sync::Arc::new(db));
+            self.broken
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(std::sync::Arc::clone(slot.as_ref().expect("just set")))
+    }
+
+    /// Notes an error a transaction met: an I/O error makes the next
+    /// [`Reopening::db`] reopen the file.
+    pub fn failed(&self, e: &redb::Error) {
+        if matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
+            self.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 /// Runs `f`, turning a panic into its message.
 fn contain<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|p| {

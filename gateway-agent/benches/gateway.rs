@@ -254,6 +254,7 @@ async fn whole_path(
         max_flashes: 4,
         ssh_config: None,
         remote_agent_dir: ".continuum/agents".into(),
+        insecure: false,
         trusted_key: None,
         device_ports: Vec::new(),
         function_host: None,

@@ -88,6 +88,12 @@ pub struct Args {
     /// for changes while the orchestrator is cut off) on this address.
     #[arg(long, value_name = "ADDR")]
     pub local_api: Option<std::net::SocketAddr>,
+    /// Serve the local broker and the local API on addresses other than
+    /// loopback although they are plain text and unauthenticated (a trusted
+    /// network only; said loudly at start). Deploy agents on other hosts
+    /// reach the local broker this way.
+    #[arg(long)]
+    pub insecure: bool,
     /// The embedded local broker.
     #[command(flatten)]
     pub broker: continuum_bus::args::BusArgs,
@@ -242,6 +248,25 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
             "`{}` is not a valid gateway id: expected 1 to 63 lowercase letters, digits and dashes",
             config.id
         );
+    }
+    // Plain-text, unauthenticated listeners beyond loopback only when asked.
+    let mut exposed = Vec::new();
+    if config.bridge.local_bus_url.is_none() {
+        exposed.extend(
+            config
+                .broker
+                .exposure(config.insecure)
+                .map_err(anyhow::Error::msg)?,
+        );
+    }
+    if let Some(addr) = config.local_api {
+        exposed.extend(
+            continuum_bus::args::exposure("the local API", addr, config.insecure)
+                .map_err(anyhow::Error::msg)?,
+        );
+    }
+    for w in &exposed {
+        eprintln!("{w}");
     }
     let (interval, step_timeout, max_backoff) =
         (config.interval, config.step_timeout, config.max_backoff);

@@ -302,7 +302,7 @@ mod tests {
         let calls = rt.calls();
         let pos = |s: &str| calls.iter().position(|c| c == s).unwrap();
         assert!(
-            pos("start continuum-s-db") < pos("start continuum-s-web"),
+            pos("start continuum-s_db") < pos("start continuum-s_web"),
             "{calls:?}"
         );
         let before = rt.calls().len();
@@ -318,7 +318,7 @@ mod tests {
         let db_before = rt
             .workloads()
             .into_iter()
-            .find(|w| w.name.ends_with("-db"))
+            .find(|w| w.name.ends_with("_db"))
             .unwrap()
             .id;
         let r = pass(&rt, 2, &two_services("web:2")).await;
@@ -326,7 +326,7 @@ mod tests {
         let db_after = rt
             .workloads()
             .into_iter()
-            .find(|w| w.name.ends_with("-db"))
+            .find(|w| w.name.ends_with("_db"))
             .unwrap()
             .id;
         assert_eq!(db_before, db_after, "db untouched");
@@ -373,7 +373,7 @@ mod tests {
             "{:?}",
             r.statuses
         );
-        assert!(!rt.calls().iter().any(|c| c == "start continuum-s-web"));
+        assert!(!rt.calls().iter().any(|c| c == "start continuum-s_web"));
     }
 
     #[tokio::test]

@@ -91,7 +91,9 @@ pub enum StoreError {
 /// The agent's redb database: the accepted and last good targets.
 #[derive(Debug)]
 pub struct Store {
-    db: Database,
+    /// Reopened after an I/O error (a full disk): targets are accepted again
+    /// once space is freed, without a restart.
+    db: continuum_durable::Reopening,
     path: PathBuf,
 }
 
@@ -103,10 +105,10 @@ impl Store {
             cause,
         })?;
         let path = dir.join(FILE_NAME);
-        let db = continuum_durable::open(&path)?;
+        let db = continuum_durable::Reopening::open(&path)?;
         let store = Store { db, path };
         continuum_durable::guard(&store.path, || {
-            let txn = store.db.begin_write().map_err(|e| store.io(e))?;
+            let txn = store.db()?.begin_write().map_err(|e| store.io(e))?;
             txn.open_table(TARGETS).map_err(|e| store.io(e))?;
             txn.commit().map_err(|e| store.io(e))?;
             // Read both slots now: a corrupt record is an error at start, not later.
@@ -117,15 +119,22 @@ impl Store {
     }
 
     fn io(&self, e: impl Into<redb::Error>) -> StoreError {
+        let cause = e.into();
+        self.db.failed(&cause);
         StoreError::Io {
             path: self.path.clone(),
-            cause: e.into(),
+            cause,
         }
+    }
+
+    /// The database (reopened first if an I/O error broke it).
+    fn db(&self) -> Result<std::sync::Arc<Database>, StoreError> {
+        Ok(self.db.db()?)
     }
 
     /// The target kept in `slot`.
     pub fn get(&self, slot: Slot) -> Result<Option<Kept>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        let txn = self.db()?.begin_read().map_err(|e| self.io(e))?;
         let t = txn.open_table(TARGETS).map_err(|e| self.io(e))?;
         let Some(v) = t.get(slot.key()).map_err(|e| self.io(e))? else {
             return Ok(None);
@@ -141,7 +150,7 @@ impl Store {
     /// Durable when this returns.
     pub fn put(&self, slot: Slot, kept: &Kept) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(kept).expect("targets serialize");
-        let txn = self.db.begin_write().map_err(|e| self.io(e))?;
+        let txn = self.db()?.begin_write().map_err(|e| self.io(e))?;
         {
             let mut t = txn.open_table(TARGETS).map_err(|e| self.io(e))?;
             t.insert(slot.key(), bytes.as_slice())

@@ -415,3 +415,37 @@ async fn a_subsystem_network_is_created_and_removed_with_its_last_user() {
     assert!(s.pass(2, &v2).await.converged());
     assert!(networks(&label).is_empty(), "{:?}", networks(&label));
 }
+
+/// The process's peak resident memory, in KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_large_sparse_file_in_a_context_streams_to_the_engine() {
+    let Some(s) = setup("sparse").await else {
+        return;
+    };
+    // 256 MiB that take no disk: once a build error ("unhandled tar header
+    // type 83", a GNU sparse entry), and the whole context held in memory.
+    let blank = s._dir.path().join("bb/blank");
+    std::fs::File::create(&blank)
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    let before = peak_rss_kib();
+    let sleep = "trap 'exit 0' TERM; sleep 3600 & wait";
+    let m = s.model(&[s.service("a", sleep, "")]);
+    let r = s.pass(1, &m).await;
+    assert!(r.converged(), "{r:?}");
+    let grown = peak_rss_kib().saturating_sub(before);
+    assert!(
+        grown < 64 * 1024,
+        "peak memory grew by {grown} KiB for a 256 MiB context"
+    );
+}

@@ -120,7 +120,9 @@ impl Changes {
 /// The orchestrator's redb database.
 #[derive(Debug)]
 pub struct Store {
-    db: Database,
+    /// Reopened after an I/O error (a full disk), so writes resume once
+    /// space is freed, without a restart.
+    db: continuum_durable::Reopening,
     path: PathBuf,
 }
 
@@ -132,10 +134,15 @@ impl Store {
             cause,
         })?;
         let path = dir.join(FILE_NAME);
-        let db = continuum_durable::open(&path)?;
+        let db = continuum_durable::Reopening::open(&path)?;
         let store = Store { db, path };
         continuum_durable::guard(&store.path, || store.init())??;
         Ok(store)
+    }
+
+    /// The database (reopened first if an I/O error broke it).
+    fn db(&self) -> Result<std::sync::Arc<Database>, StoreError> {
+        Ok(self.db.db()?)
     }
 
     /// The database file.
@@ -156,7 +163,7 @@ impl Store {
 
     /// Creates the tables and checks the format.
     fn init(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().at(self)?;
+        let txn = self.db()?.begin_write().at(self)?;
         {
             let mut meta = txn.open_table(META).at(self)?;
             let found = meta.get(FORMAT_KEY).at(self)?.map(|v| v.value());
@@ -189,7 +196,7 @@ impl Store {
     }
 
     fn read_snapshot(&self) -> Result<Snapshot, StoreError> {
-        let txn = self.db.begin_read().at(self)?;
+        let txn = self.db()?.begin_read().at(self)?;
         let meta = txn.open_table(META).at(self)?;
         let revisions = txn.open_table(REVISIONS).at(self)?;
         let mut snapshot = Snapshot::default();
@@ -239,7 +246,7 @@ impl Store {
         if changes.is_empty() {
             return Ok(());
         }
-        let txn = self.db.begin_write().at(self)?;
+        let txn = self.db()?.begin_write().at(self)?;
         {
             if let Some(r) = &changes.revision {
                 let n = r.meta.as_ref().map_or(0, |m| m.number);
@@ -280,7 +287,7 @@ impl Store {
 
     /// One revision, with its model.
     pub fn revision(&self, number: u64) -> Result<Option<StoredRevision>, StoreError> {
-        let txn = self.db.begin_read().at(self)?;
+        let txn = self.db()?.begin_read().at(self)?;
         let t = txn.open_table(REVISIONS).at(self)?;
         match t.get(number).at(self)? {
             None => Ok(None),
@@ -290,7 +297,7 @@ impl Store {
 
     /// Revision metadata, newest first; `limit` 0 means all.
     pub fn history(&self, limit: usize) -> Result<Vec<Revision>, StoreError> {
-        let txn = self.db.begin_read().at(self)?;
+        let txn = self.db()?.begin_read().at(self)?;
         let t = txn.open_table(REVISIONS).at(self)?;
         let limit = if limit == 0 { usize::MAX } else { limit };
         let mut out = Vec::new();
@@ -304,7 +311,7 @@ impl Store {
 
     /// Every divergence reported, newest first.
     pub fn divergences(&self) -> Result<Vec<Diverged>, StoreError> {
-        let txn = self.db.begin_read().at(self)?;
+        let txn = self.db()?.begin_read().at(self)?;
         let t = txn.open_table(DIVERGENCES).at(self)?;
         let mut out = Vec::new();
         for entry in t.iter().at(self)?.rev() {
@@ -316,7 +323,7 @@ impl Store {
 
     /// Up to `max` events with a sequence number above `after`, oldest first.
     pub fn events_after(&self, after: u64, max: usize) -> Result<Vec<Event>, StoreError> {
-        let txn = self.db.begin_read().at(self)?;
+        let txn = self.db()?.begin_read().at(self)?;
         let t = txn.open_table(EVENTS).at(self)?;
         let mut out = Vec::new();
         for entry in t.range(after.saturating_add(1)..).at(self)?.take(max) {
@@ -328,7 +335,7 @@ impl Store {
 
     /// The oldest event kept (0: none).
     pub fn first_seq(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().at(self)?;
+        let txn = self.db()?.begin_read().at(self)?;
         let t = txn.open_table(EVENTS).at(self)?;
         let first = t.first().at(self)?;
         Ok(first.map_or(0, |(k, _)| k.value()))
@@ -336,7 +343,7 @@ impl Store {
 
     /// How many events are kept.
     pub fn event_count(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().at(self)?;
+        let txn = self.db()?.begin_read().at(self)?;
         let t = txn.open_table(EVENTS).at(self)?;
         t.len().at(self)
     }
@@ -349,9 +356,13 @@ trait At<T> {
 
 impl<T, E: Into<redb::Error>> At<T> for Result<T, E> {
     fn at(self, store: &Store) -> Result<T, StoreError> {
-        self.map_err(|e| StoreError::Io {
-            path: store.path.clone(),
-            cause: e.into(),
+        self.map_err(|e| {
+            let cause = e.into();
+            store.db.failed(&cause);
+            StoreError::Io {
+                path: store.path.clone(),
+                cause,
+            }
         })
     }
 }

@@ -35,9 +35,32 @@ pub struct Args {
     /// one; gateways are told where it is (they bring their own credentials).
     #[arg(long, env = "CONTINUUM_BUS_URL", value_name = "URL")]
     pub bus_url: Option<continuum_bus::BrokerUrl>,
+    /// Serve the API and the embedded bus on addresses other than loopback
+    /// although they are plain text and unauthenticated (a trusted network
+    /// only; said loudly at start).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let mut warnings: Vec<String> = continuum_bus::args::exposure(
+        "the API (apply, rollback, gateway links)",
+        args.listen,
+        args.insecure,
+    )
+    .map_err(anyhow::Error::msg)?
+    .into_iter()
+    .collect();
+    if args.bus_url.is_none() {
+        warnings.extend(
+            args.bus
+                .exposure(args.insecure)
+                .map_err(anyhow::Error::msg)?,
+        );
+    }
+    for w in &warnings {
+        eprintln!("{w}");
+    }
     let mut config = Config::new(args.listen, args.data_dir);
     config.heartbeat_interval = args.heartbeat_interval;
     config.max_message_bytes = args.max_message_bytes;

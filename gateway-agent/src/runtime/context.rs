@@ -9,13 +9,82 @@ use super::ContextPart;
 /// The parts as one tar archive, each under its place. Symbolic links are
 /// kept as links, never followed out of the context.
 pub fn pack(parts: &[ContextPart]) -> std::io::Result<Vec<u8>> {
-    let mut tar = tar::Builder::new(Vec::new());
+    pack_into(parts, Vec::new())
+}
+
+/// Writes the archive of the parts into `out` as it reads them (a context
+/// of any size costs a buffer, not its size in memory). A sparse file is
+/// archived whole: Docker's builder refuses GNU sparse entries.
+pub fn pack_into<W: std::io::Write>(parts: &[ContextPart], out: W) -> std::io::Result<W> {
+    let mut tar = tar::Builder::new(out);
     tar.follow_symlinks(false);
+    tar.sparse(false);
     for part in parts {
         let at = if part.at.is_empty() { "." } else { &part.at };
         tar.append_dir_all(at, &part.dir)?;
     }
     tar.into_inner()
+}
+
+/// A writer that hands what is written to an async reader in chunks: the
+/// archive built on a blocking thread streams to the engine.
+#[derive(Debug)]
+pub struct ChunkWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    buf: Vec<u8>,
+}
+
+/// Chunks of at most this size go to the engine.
+const CHUNK: usize = 256 * 1024;
+
+impl ChunkWriter {
+    /// A writer and the stream of what it writes.
+    pub fn new() -> (
+        ChunkWriter,
+        tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        (
+            ChunkWriter {
+                tx,
+                buf: Vec::with_capacity(CHUNK),
+            },
+            rx,
+        )
+    }
+
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the engine stopped reading the context",
+            )
+        })
+    }
+
+    /// Ends the stream with `error` (the reader sees it instead of an end).
+    pub fn fail(self, error: std::io::Error) {
+        let _ = self.tx.blocking_send(Err(error));
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
 }
 
 /// Lays the parts out in `dest` (created; replaced if it exists), atomically:

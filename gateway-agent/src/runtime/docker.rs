@@ -139,11 +139,17 @@ impl DockerRuntime {
             image: tag.to_owned(),
             reason,
         };
+        // The context streams to the engine as it is archived: a large one
+        // costs a few chunks of memory, not its size.
         let parts = context.to_vec();
-        let archive = tokio::task::spawn_blocking(move || super::context::pack(&parts))
-            .await
-            .map_err(|e| build_error(e.to_string()))?
-            .map_err(|e| build_error(format!("cannot pack the build context: {e}")))?;
+        let (writer, chunks) = super::context::ChunkWriter::new();
+        let packing = tokio::task::spawn_blocking(move || {
+            super::context::pack_into(&parts, writer).and_then(|mut w| {
+                use std::io::Write;
+                w.flush()
+            })
+        });
+        let archive = tokio_stream::wrappers::ReceiverStream::new(chunks);
         let buildargs: HashMap<String, String> =
             args.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let options = BuildImageOptionsBuilder::default()
@@ -154,14 +160,15 @@ impl DockerRuntime {
             .buildargs(&buildargs)
             .build();
         let docker = self.client().await?;
-        let mut stream =
-            docker.build_image(options, None, Some(bollard::body_full(archive.into())));
+        let mut stream = docker.build_image(options, None, Some(bollard::body_try_stream(archive)));
         let mut last_lines: Vec<String> = Vec::new();
+        let mut outcome = Ok(());
         while let Some(item) = stream.next().await {
             match item {
                 Ok(info) => {
                     if let Some(detail) = info.error_detail.and_then(|d| d.message) {
-                        return Err(build_error(detail));
+                        outcome = Err(build_error(detail));
+                        break;
                     }
                     if let Some(line) = info.stream {
                         let line = line.trim_end().to_owned();
@@ -173,16 +180,29 @@ impl DockerRuntime {
                         }
                     }
                 }
-                Err(DockerError::DockerStreamError { error }) => return Err(build_error(error)),
+                Err(DockerError::DockerStreamError { error }) => {
+                    outcome = Err(build_error(error));
+                    break;
+                }
                 Err(e) => {
                     let mut reason = error(e).to_string();
                     if !last_lines.is_empty() {
                         reason = format!("{reason} (after: {})", last_lines.join(" | "));
                     }
-                    return Err(build_error(reason));
+                    outcome = Err(build_error(reason));
+                    break;
                 }
             }
         }
+        // The request (and the archive's receiving end) goes: a packer still
+        // writing stops. Its own failure explains the build's best.
+        drop(stream);
+        match packing.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(build_error(format!("cannot pack the build context: {e}"))),
+            Err(e) => return Err(build_error(e.to_string())),
+        }
+        outcome?;
         // The build may end without an error message yet without the image.
         self.client()
             .await?
