@@ -87,7 +87,13 @@ impl World {
 
     /// Starts the gateway agent (a `continuum gateway` process).
     fn agent(&self, orchestrator: &str) -> Guard {
-        let log = std::fs::File::create(self.dir.path().join("agent.log")).unwrap();
+        self.agent_as(orchestrator, "agent")
+    }
+
+    /// Starts an agent for the gateway with its own data directory and log
+    /// (`<name>`, `<name>.log`).
+    fn agent_as(&self, orchestrator: &str, name: &str) -> Guard {
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
         Guard(
             Command::new(env!("CARGO_BIN_EXE_continuum"))
                 .args([
@@ -100,7 +106,7 @@ impl World {
                     orchestrator,
                 ])
                 .arg("--data-dir")
-                .arg(self.dir.path().join("agent"))
+                .arg(self.dir.path().join(name))
                 .arg("--context-root")
                 .arg(self.dir.path())
                 .args(["--interval", "500ms", "--max-backoff", "1s"])
@@ -113,7 +119,11 @@ impl World {
     }
 
     fn agent_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+        self.log_of("agent")
+    }
+
+    fn log_of(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }
 
     /// component id → (container id, state, spec hash)
@@ -783,4 +793,101 @@ fn apply_wait_judges_by_generation_when_the_gateway_clock_is_behind() {
     assert!(!e.contains("timed out"), "{e}");
     let status = json(s.cli(&["status", "-o", "json"]));
     assert_eq!(status["subsystems"][0]["phase"], "failed", "{status}");
+}
+
+#[test]
+fn a_paused_agent_whose_id_was_taken_touches_nothing_until_admitted_again() {
+    use nix::sys::signal::Signal;
+    if !docker_ready() {
+        return;
+    }
+    let w = World::new();
+    let s = Serve::start_with(
+        &w.dir.path().join("orchestrator"),
+        &[
+            "--no-mqtt",
+            "--listen",
+            "127.0.0.1:0",
+            "--heartbeat-interval",
+            "500ms",
+        ],
+    );
+    let a = w.agent_as(&s.addr, "a");
+    ok(s.cli(&[
+        "apply",
+        "-f",
+        &w.model("v1.json", &[("web", "1", "bb")], false),
+    ]));
+    w.wait_converged(&s, 1);
+    let running = w.wait_running(&["web"]);
+
+    // A stops running; the orchestrator ends its link; B takes the id.
+    let paused_at = std::time::Instant::now();
+    continuum_bus::testing::signal(a.0.id(), Signal::SIGSTOP).unwrap();
+    w.wait("the paused agent's link ended", || {
+        let g = json(s.cli(&["gateways", "-o", "json"]));
+        let gw = g["gateways"]
+            .as_array()?
+            .iter()
+            .find(|x| x["id"] == w.gateway.as_str())?
+            .clone();
+        (gw["connected"] == false).then_some(())
+    });
+    let b = w.agent_as(&s.addr, "b");
+    w.wait("the second agent admitted", || {
+        w.log_of("b")
+            .contains("registered with the orchestrator")
+            .then_some(())
+    });
+    // The scenario is a pause longer than the agent's own pause detection.
+    let pause = continuum_gateway::fence::PAUSE + Duration::from_secs(1);
+    std::thread::sleep(pause.saturating_sub(paused_at.elapsed()));
+    let said_before = w.log_of("a").len();
+    continuum_bus::testing::signal(a.0.id(), Signal::SIGCONT).unwrap();
+    w.wait("the resumed agent superseded", || {
+        w.log_of("a")[said_before..]
+            .contains("superseded")
+            .then_some(())
+    });
+    // B holds the id and takes the next revision; A, still holding the
+    // previous one, touches nothing (watched for a while): once, the two
+    // replaced each other's containers, generation against generation.
+    ok(s.cli(&[
+        "apply",
+        "-f",
+        &w.model("v2.json", &[("web", "2", "bb")], false),
+    ]));
+    w.wait_converged(&s, 2);
+    let v2 = w.wait_running(&["web"]);
+    assert_ne!(v2[&w.id("web")].0, running[&w.id("web")].0);
+    let watch_until = std::time::Instant::now() + Duration::from_secs(6);
+    while std::time::Instant::now() < watch_until {
+        let now = w.containers();
+        assert_eq!(now.len(), 1, "{now:?}");
+        assert_eq!(
+            now[&w.id("web")].0,
+            v2[&w.id("web")].0,
+            "the container was replaced"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let a_said = w.log_of("a")[said_before..].to_owned();
+    assert!(!a_said.contains("enacting"), "{a_said}");
+
+    // B goes: A is admitted again and acts on the next revision.
+    drop(b);
+    w.wait("the first agent admitted again", || {
+        w.log_of("a")[said_before..]
+            .contains("acting again")
+            .then_some(())
+    });
+    ok(s.cli(&[
+        "apply",
+        "-f",
+        &w.model("v3.json", &[("web", "3", "bb")], false),
+    ]));
+    w.wait_converged(&s, 3);
+    let v3 = w.wait_running(&["web"]);
+    assert_ne!(v3[&w.id("web")].0, v2[&w.id("web")].0);
+    drop(a);
 }

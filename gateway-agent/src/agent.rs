@@ -62,6 +62,9 @@ pub struct AgentConfig {
     /// How every pass enacts (its routing is `NoBridge` when the gateway runs
     /// no bridge).
     pub engine: Arc<EngineConfig>,
+    /// Whether the agent may act (another agent may hold its id); always
+    /// when none.
+    pub fencing: Option<Arc<crate::fence::Fencing>>,
 }
 
 /// Follows the engine's events for a subsystem's workloads, re-subscribing
@@ -260,6 +263,7 @@ impl<R: ContainerRuntime> Agent<R> {
         let (changes_tx, mut changes) = mpsc::channel::<()>(1);
         let mut watching: Option<(String, tokio::task::JoinHandle<()>)> = None;
         let mut pacing = Pacing::new();
+        let mut fence = self.config.fencing.as_ref().map(|f| f.subscribe());
         loop {
             let subsystem = self.snapshot.borrow().subsystem.clone();
             if !subsystem.is_empty() && watching.as_ref().is_none_or(|(s, _)| *s != subsystem) {
@@ -285,6 +289,15 @@ impl<R: ContainerRuntime> Agent<R> {
                     let failed = self.pass().await;
                     pacing.after(failed);
                     tick.reset();
+                }
+                // Admitted again: act on the target at once.
+                Ok(()) = async { fence.as_mut().expect("guarded").changed().await }, if fence.is_some() => {
+                    let open = fence.as_mut().is_some_and(|f| *f.borrow_and_update() == crate::fence::Fence::Open);
+                    if open {
+                        pacing.reset();
+                        let failed = self.pass().await;
+                        pacing.after(failed);
+                    }
                 }
                 Some(()) = changes.recv() => {
                     tracing::debug!("the engine reported a change");
@@ -368,6 +381,10 @@ impl<R: ContainerRuntime> Agent<R> {
         let Some(accepted) = self.accepted.clone() else {
             return false;
         };
+        if let Some(why) = self.config.fencing.as_ref().and_then(|f| f.holds()) {
+            tracing::debug!(%why, "not acting");
+            return false;
+        }
         let enforce = match (&self.enforcing, &self.good) {
             (Enforcing::RolledBack { .. }, Some(good)) => Arc::clone(good),
             _ => Arc::clone(&accepted),
@@ -553,6 +570,7 @@ mod tests {
     fn agent(rt: Arc<FakeRuntime>, dir: &Path) -> (Agent<FakeRuntime>, watch::Receiver<Snapshot>) {
         let (progress, _rx) = mpsc::unbounded_channel();
         let config = AgentConfig {
+            fencing: None,
             driver: Driver::Docker,
             interval: Duration::from_secs(60),
             engine: Arc::new(EngineConfig {

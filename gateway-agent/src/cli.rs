@@ -466,7 +466,9 @@ async fn serve<R: ContainerRuntime>(
             endpoint.clone(),
         ))),
     };
+    let fencing = crate::fence::Fencing::start(shutdown.clone());
     let agent_config = AgentConfig {
+        fencing: Some(Arc::clone(&fencing)),
         driver: config.driver,
         interval,
         engine: Arc::new(EngineConfig {
@@ -487,6 +489,7 @@ async fn serve<R: ContainerRuntime>(
     let (agent, snapshot) = Agent::new(runtime, store, agent_config, progress_tx)?;
     let (offers_tx, offers_rx) = mpsc::channel(4);
     let link_config = LinkConfig {
+        fencing: Some(fencing),
         endpoint,
         gateway_id: config.id.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -16,6 +16,7 @@ pub mod deployers;
 pub mod devices;
 pub mod engine;
 pub mod exec;
+pub mod fence;
 mod firmware;
 pub mod function_image;
 mod host_load;

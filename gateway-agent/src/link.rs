@@ -34,6 +34,8 @@ pub struct LinkConfig {
     /// Told the global bus the orchestrator names in its welcome (URL, or
     /// the port of its embedded bus on the dialled host).
     pub bus: Option<mpsc::UnboundedSender<(String, u32)>>,
+    /// Told whether the orchestrator admits this agent (see [`crate::fence`]).
+    pub fencing: Option<std::sync::Arc<crate::fence::Fencing>>,
 }
 
 fn now_ms() -> i64 {
@@ -137,7 +139,12 @@ async fn session(
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
-        .map_err(|e| ended(false, format!("cannot connect: {e}")))?;
+        .map_err(|e| {
+            if let Some(f) = &config.fencing {
+                f.unreachable();
+            }
+            ended(false, format!("cannot connect: {e}"))
+        })?;
     let mut client = GatewayLinkClient::new(channel);
     let (tx, rx) = mpsc::channel::<GatewayMessage>(64);
     let snap = snapshot.borrow_and_update().clone();
@@ -162,10 +169,19 @@ async fn session(
     tx.send(message(gateway_message::Kind::Register(register)))
         .await
         .map_err(|_| ended(false, "cannot queue Register"))?;
+    // Another agent holding this id: this one must not act.
+    let refused = |s: tonic::Status| {
+        if s.code() == tonic::Code::AlreadyExists {
+            if let Some(f) = &config.fencing {
+                f.superseded(s.message().to_owned());
+            }
+        }
+        ended(false, format!("refused: {}", s.message()))
+    };
     let mut inbound = client
         .session(ReceiverStream::new(rx))
         .await
-        .map_err(|s| ended(false, format!("refused: {}", s.message())))?
+        .map_err(refused)?
         .into_inner();
     let welcome = match inbound.message().await {
         Ok(Some(m)) => match m.kind {
@@ -173,9 +189,13 @@ async fn session(
             other => return Err(ended(false, format!("expected Welcome, got {other:?}"))),
         },
         Ok(None) => return Err(ended(false, "closed before Welcome")),
-        Err(s) => return Err(ended(false, s.message().to_owned())),
+        Err(s) => return Err(refused(s)),
     };
     tracing::info!(subsystem = %welcome.subsystem, "registered with the orchestrator");
+    if let Some(f) = &config.fencing {
+        f.admitted();
+    }
+    let mut fence = config.fencing.as_ref().map(|f| f.subscribe());
     if let Some(bus) = &config.bus {
         if !welcome.bus_url.is_empty() || welcome.bus_port > 0 {
             let _ = bus.send((welcome.bus_url.clone(), welcome.bus_port));
@@ -199,6 +219,16 @@ async fn session(
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
+            // Paused for a while: the orchestrator has most likely ended this
+            // link and may have admitted another agent; ask it again.
+            Ok(()) = async { fence.as_mut().expect("guarded").changed().await }, if fence.is_some() => {
+                let resumed = fence
+                    .as_mut()
+                    .is_some_and(|f| matches!(*f.borrow_and_update(), crate::fence::Fence::Resumed(_)));
+                if resumed {
+                    return Err(ended(true, "the agent was paused; registering again"));
+                }
+            }
             _ = heartbeat.tick() => {
                 send(gateway_message::Kind::Heartbeat(Heartbeat {
                     unix_ms: now_ms(),
