@@ -125,6 +125,8 @@ CONTINUUM_SERVER=$(sed -n 's/.*orchestrator on \([^ ,]*\).*/\1/p' "$data/up.log"
 export CONTINUUM_SERVER
 run status
 run apply -f "$v2" -m "firmware v2: the door contact debounced" --wait 2m || { rm -f "$v2"; exit 1; }
+say "the reflash, as continuum up showed it"
+grep -E 'generation 2|sensors: step flash' "$data/up.log" | grep -E 'v2|891256|writing|verifying|confirming' | tail -n 8 || true
 run status
 run apply -f "$v2" -m "firmware v2 again" --wait 2m || { rm -f "$v2"; exit 1; }
 rm -f "$v2"

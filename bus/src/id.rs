@@ -97,6 +97,25 @@ impl Dedup {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        // Whatever a publisher puts in the property: an id or an error,
+        // never a panic; and an id reads back as itself.
+        #[test]
+        fn any_property_reads_as_an_id_or_an_error(s in "\\PC{0,40}") {
+            if let Ok(id) = MessageId::parse(&s) {
+                prop_assert_eq!(MessageId::parse(&id.to_string()), Ok(id));
+            }
+        }
+
+        #[test]
+        fn ids_read_back_as_themselves(origin in "[a-z0-9/:-]{1,30}", seq in any::<u64>()) {
+            let id = MessageId { origin, seq };
+            prop_assert_eq!(MessageId::parse(&id.to_string()), Ok(id));
+        }
+    }
+
     use super::*;
 
     fn id(o: &str, s: u64) -> MessageId {
