@@ -187,6 +187,16 @@ impl Mosquitto {
         }
     }
 
+    /// Kills it (SIGKILL): no chance to save anything. Give it
+    /// `autosave_on_changes true` and `autosave_interval 1` for a broker
+    /// whose every change is on disk first.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = signal(c.id(), nix::sys::signal::Signal::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+
     /// Starts it again on the same port, with the state it saved. The port
     /// was free for a moment: another program (a test looking for a free
     /// port) may hold it briefly, so a Mosquitto that could not bind is
