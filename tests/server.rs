@@ -511,3 +511,53 @@ fn beyond_loopback_the_plain_text_api_needs_insecure_and_says_so() {
         "{said:?}"
     );
 }
+
+#[test]
+fn the_workload_policy_refuses_what_would_own_the_host_and_a_policy_file_allows_it() {
+    let (dir, data) = data_dir();
+    let mm = serde_json::json!({"name": "policy", "subsystems": [{"id": "ops", "components": [
+        {"id": "gw", "kind": "gateway"},
+        {"id": "agent", "kind": "service", "resources": {"container": {"image": "x:1",
+            "mounts": [{"source": "/var/run/docker.sock", "target": "/var/run/docker.sock"},
+                       {"source": "/", "target": "/host"}]}}}
+    ], "links": [{"kind": "hosting", "component": "agent", "host": "gw"}]}]});
+    let model = dir.path().join("ops.json");
+    std::fs::write(&model, mm.to_string()).unwrap();
+    let model = model.display().to_string();
+
+    let s = Serve::start(&data);
+    let o = s.cli(&["apply", "-f", &model]);
+    assert!(!o.status.success());
+    let said = err(&o);
+    for needle in [
+        "refused by the workload policy",
+        "`agent` of subsystem `ops`: resources.container.mounts[0].source `/var/run/docker.sock` needs rule `docker-socket`",
+        "resources.container.mounts[1].source `/` needs rule `system-paths`",
+    ] {
+        assert!(said.contains(needle), "`{needle}` not in {said}");
+    }
+    assert!(
+        ok(s.cli(&["history"])).contains("no revision"),
+        "nothing was stored"
+    );
+    drop(s);
+
+    // A policy file that allows it for that subsystem.
+    let policy = dir.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"subsystems": {"ops": {"allow": ["docker-socket", "system-paths"]}}}"#,
+    )
+    .unwrap();
+    let s = Serve::start_with(
+        &data,
+        &[
+            "--no-mqtt",
+            "--listen",
+            "127.0.0.1:0",
+            "--policy",
+            policy.to_str().unwrap(),
+        ],
+    );
+    ok(s.cli(&["apply", "-f", &model]));
+}

@@ -255,6 +255,7 @@ async fn whole_path(
         ssh_config: None,
         remote_agent_dir: ".continuum/agents".into(),
         insecure: false,
+        policy: None,
         trusted_key: None,
         device_ports: Vec::new(),
         function_host: None,

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use continuum_models::policy::Policy;
 use continuum_models::route::routes_of;
 use continuum_models::DeploymentModel;
 
@@ -29,6 +30,9 @@ pub enum Refusal {
     /// Firmware that no device hosts.
     #[error("`{0}` is firmware, and no device of the model hosts it")]
     NoDevice(String),
+    /// A workload needs what the gateway's workload policy does not allow.
+    #[error("refused by the workload policy: {0}")]
+    Policy(String),
     /// Firmware on a device that no machine of the model is wired to.
     #[error("`{0}` cannot be flashed: {1}")]
     Unwired(String, String),
@@ -66,6 +70,32 @@ pub fn admit(
     bridge: bool,
     deployer: bool,
 ) -> Result<(), Refusal> {
+    admit_with(model, driver, bridge, deployer, &Policy::default())
+}
+
+/// [`admit`], under the workload policy `policy` (checked again here: a
+/// gateway does not rely on its orchestrator alone for what runs on it).
+pub fn admit_with(
+    model: &DeploymentModel,
+    driver: Driver,
+    bridge: bool,
+    deployer: bool,
+    policy: &Policy,
+) -> Result<(), Refusal> {
+    let refused = continuum_models::policy::check_model(
+        model.id.as_deref().unwrap_or_default(),
+        model,
+        policy,
+    );
+    if !refused.is_empty() {
+        return Err(Refusal::Policy(
+            refused
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        ));
+    }
     if !bridge {
         if let Some(r) = model.components.iter().flat_map(routes_of).next() {
             return Err(Refusal::NoBridge {

@@ -12,7 +12,7 @@ use continuum_models::{DeploymentModel, FailurePolicy};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::{admit, Refusal};
+use crate::admission::{admit_with, Refusal};
 use crate::backoff::Backoff;
 use crate::engine::{reconcile, EngineConfig, PassReport, State, Status};
 use crate::exec::Progress;
@@ -65,6 +65,8 @@ pub struct AgentConfig {
     /// Whether the agent may act (another agent may hold its id); always
     /// when none.
     pub fencing: Option<Arc<crate::fence::Fencing>>,
+    /// What workloads may reach of this host (checked at admission).
+    pub policy: Arc<continuum_models::policy::Policy>,
 }
 
 /// Follows the engine's events for a subsystem's workloads, re-subscribing
@@ -326,11 +328,12 @@ impl<R: ContainerRuntime> Agent<R> {
     fn offer(&mut self, offer: Offer) {
         let result = read(&offer)
             .and_then(|model| {
-                admit(
+                admit_with(
                     &model,
                     self.config.driver,
                     self.config.engine.routing.enabled(),
                     self.config.engine.deployers.is_some(),
+                    &self.config.policy,
                 )
                 .map(|()| model)
             })
@@ -559,6 +562,7 @@ impl<R: ContainerRuntime> Agent<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admission::admit;
     use crate::runtime::fake::FakeRuntime;
     use std::path::Path;
 
@@ -571,6 +575,7 @@ mod tests {
         let (progress, _rx) = mpsc::unbounded_channel();
         let config = AgentConfig {
             fencing: None,
+            policy: Arc::default(),
             driver: Driver::Docker,
             interval: Duration::from_secs(60),
             engine: Arc::new(EngineConfig {
@@ -752,5 +757,32 @@ mod tests {
             "{why}"
         );
         assert_eq!(admit(&m, Driver::Docker, true, false), Ok(()));
+    }
+
+    #[test]
+    fn the_gateway_enforces_its_own_workload_policy() {
+        let m = continuum_models::load::load_deployment_model(
+            "t.json",
+            r#"{"id":"s","components":[{"id":"gw","kind":"gateway"},
+                {"id":"svc","kind":"service","resources":{"container":{"image":"x:1",
+                 "network":"host","mounts":[{"source":"/etc","target":"/e"}]}}}],
+                "links":[{"kind":"hosting","component":"svc","host":"gw"}]}"#,
+        )
+        .unwrap();
+        let why = admit(&m, Driver::Docker, true, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            why.contains("`svc` of subsystem `s`: resources.container.mounts[0].source `/etc` needs rule `system-paths`"),
+            "{why}"
+        );
+        let strict = continuum_models::policy::Policy::from_json(
+            r#"{"default": {"allow": ["system-paths"]}}"#,
+        )
+        .unwrap();
+        let why = admit_with(&m, Driver::Docker, true, false, &strict)
+            .unwrap_err()
+            .to_string();
+        assert!(why.contains("`host` needs rule `host-network`"), "{why}");
     }
 }

@@ -94,6 +94,10 @@ pub struct Args {
     /// reach the local broker this way.
     #[arg(long)]
     pub insecure: bool,
+    /// The workload policy (JSON) this gateway enforces besides the
+    /// orchestrator's (see `continuum serve --policy`).
+    #[arg(long, env = "CONTINUUM_POLICY", value_name = "FILE")]
+    pub policy: Option<PathBuf>,
     /// The embedded local broker.
     #[command(flatten)]
     pub broker: continuum_bus::args::BusArgs,
@@ -467,8 +471,18 @@ async fn serve<R: ContainerRuntime>(
         ))),
     };
     let fencing = crate::fence::Fencing::start(shutdown.clone());
+    let policy = match &config.policy {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("the workload policy {}", path.display()))?;
+            continuum_models::policy::Policy::from_json(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => continuum_models::policy::Policy::default(),
+    };
     let agent_config = AgentConfig {
         fencing: Some(Arc::clone(&fencing)),
+        policy: Arc::new(policy),
         driver: config.driver,
         interval,
         engine: Arc::new(EngineConfig {

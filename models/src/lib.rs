@@ -26,6 +26,7 @@ pub mod model;
 pub mod parse;
 pub mod placement;
 pub mod plan;
+pub mod policy;
 pub mod resources;
 pub mod route;
 pub(crate) mod schema;

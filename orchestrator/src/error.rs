@@ -31,6 +31,9 @@ pub enum Error {
     /// The gateway id already holds a link.
     #[error("gateway `{0}` is already connected; a gateway id can hold one link at a time")]
     AlreadyConnected(String),
+    /// A workload needs what the workload policy does not allow.
+    #[error("refused by the workload policy: {0}")]
+    Policy(String),
     /// The request makes no sense (the message says why).
     #[error("{0}")]
     BadRequest(String),
@@ -64,6 +67,7 @@ impl Error {
                 Status::not_found(self.to_string())
             }
             Error::AlreadyConnected(_) => Status::already_exists(self.to_string()),
+            Error::Policy(_) => Status::permission_denied(self.to_string()),
             Error::BadRequest(_) => Status::invalid_argument(self.to_string()),
             Error::Store(e) => {
                 tracing::error!(error = %e, "store failure");

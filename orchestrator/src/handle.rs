@@ -51,6 +51,8 @@ pub struct Orchestrator {
     pub(crate) heartbeat_interval: Duration,
     /// The blobs artefacts are pinned to (none: references are not checked).
     pub(crate) blobs: Option<Arc<crate::blobs::BlobStore>>,
+    /// What workloads may reach of their hosts.
+    pub(crate) policy: Arc<continuum_models::policy::Policy>,
 }
 
 /// A session just registered: its welcome, and where its targets arrive (only
@@ -82,7 +84,14 @@ impl Orchestrator {
             tasks,
             heartbeat_interval,
             blobs: None,
+            policy: Arc::default(),
         }
+    }
+
+    /// Refuses at apply what `policy` does not allow.
+    pub fn with_policy(mut self, policy: continuum_models::policy::Policy) -> Orchestrator {
+        self.policy = Arc::new(policy);
+        self
     }
 
     /// Checks at apply that every pinned artefact is in `blobs`.

@@ -39,6 +39,8 @@ pub struct Config {
     /// How long a gateway may hold no link before the functions placement put
     /// on it are moved to other gateways (zero: never).
     pub placement_grace: Duration,
+    /// What workloads may reach of their hosts (mounts, devices, networks).
+    pub policy: continuum_models::policy::Policy,
 }
 
 impl Config {
@@ -53,6 +55,7 @@ impl Config {
             bus: None,
             bus_url: None,
             placement_grace: Duration::from_secs(300),
+            policy: continuum_models::policy::Policy::default(),
         }
     }
 }
@@ -201,7 +204,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tasks.clone(),
         config.heartbeat_interval,
     )
-    .with_blobs(Arc::clone(&blobs));
+    .with_blobs(Arc::clone(&blobs))
+    .with_policy(config.policy.clone());
     let blob_service = BlobServiceServer::new(Blobs::new(blobs));
     if !config.placement_grace.is_zero() {
         tasks.spawn(move_from_away(

@@ -58,6 +58,7 @@ impl ModelService for Orchestrator {
             if let Some(blobs) = &self.blobs {
                 prepared.check_artefacts(|d| blobs.has(d))?;
             }
+            prepared.check_policy(&self.policy)?;
             Ok::<_, Status>(
                 self.transact(move |core, _, now| core.apply(prepared, now))
                     .await?,

@@ -40,6 +40,12 @@ pub struct Args {
     /// only; said loudly at start).
     #[arg(long)]
     pub insecure: bool,
+    /// The workload policy (JSON): which subsystems' containers may mount
+    /// host paths, the Docker socket or system directories, map devices, or
+    /// share the host's or another container's network. Without one: host
+    /// paths, devices and the host network only.
+    #[arg(long, env = "CONTINUUM_POLICY", value_name = "FILE")]
+    pub policy: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -62,6 +68,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("{w}");
     }
     let mut config = Config::new(args.listen, args.data_dir);
+    if let Some(path) = &args.policy {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("the workload policy {}", path.display()))?;
+        config.policy = continuum_models::policy::Policy::from_json(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
     config.heartbeat_interval = args.heartbeat_interval;
     config.max_message_bytes = args.max_message_bytes;
     config.event_retention = args.event_retention;

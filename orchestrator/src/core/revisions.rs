@@ -44,6 +44,22 @@ impl Prepared {
 }
 
 impl Prepared {
+    /// Refuses the model if a workload needs what `policy` does not allow
+    /// its subsystem (templates expanded: a runtime's settings count).
+    pub fn check_policy(&self, policy: &continuum_models::policy::Policy) -> Result<(), Error> {
+        let refused = continuum_models::policy::check(&self.megamodel, policy);
+        if refused.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Policy(
+            refused
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        ))
+    }
+
     /// Refuses the model unless every artefact it is pinned to is held (`has`).
     pub fn check_artefacts(&self, has: impl Fn(&str) -> bool) -> Result<(), Error> {
         let missing: Vec<String> = continuum_models::artefact::of_megamodel(&self.megamodel)
