@@ -174,18 +174,7 @@ async fn flash_skip_and_upgrade(
         "{status}"
     );
     let probe = agent_says(local, agent).await;
-    eventually(
-        "the board's lines through the agent's proxy",
-        within(Duration::from_secs(30)),
-        || {
-            probe
-                .received_on("/sensors/uno")
-                .iter()
-                .any(|r| r.payload.starts_with(br#"{"pir":"#))
-                .then_some(())
-        },
-    )
-    .await;
+    common::devices::readings_arrive(&probe).await;
 
     // The same image under another component: nothing is flashed again (the
     // device's report still answers the first order).

@@ -84,18 +84,7 @@ async fn the_gateway_flashes_through_its_deploy_agent_and_rolls_back_what_does_n
     let probe = continuum_bus::testing::Probe::connect(&local, &unique("probe"), false);
     probe.connected(within(Duration::from_secs(10))).await;
     probe.subscribe("/sensors/uno").await;
-    eventually(
-        "readings through the proxy",
-        within(Duration::from_secs(30)),
-        || {
-            probe
-                .received_on("/sensors/uno")
-                .iter()
-                .any(|r| r.payload.starts_with(br#"{"pir":"#))
-                .then_some(())
-        },
-    )
-    .await;
+    common::devices::readings_arrive(&probe).await;
     let proxy = component_status(&serve, "uno-proxy");
     assert!(proxy.contains("lines on /sensors/uno"), "{proxy}");
     drop(probe);

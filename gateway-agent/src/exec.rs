@@ -43,6 +43,16 @@ pub enum StepError {
     /// A container resource with neither an image nor a build.
     #[error("`{0}` names neither an image nor a build")]
     NoImage(String),
+    /// A path of the model leads outside the directory it is read from.
+    #[error("`{component}`: `{path}` is refused: {why}")]
+    OutsideRoot {
+        /// The component.
+        component: String,
+        /// The path as the model gives it.
+        path: String,
+        /// How it leads out.
+        why: String,
+    },
     /// An artefact the component is pinned to is not in the gateway's cache.
     #[error(transparent)]
     Artefact(#[from] crate::blobs::BlobError),
@@ -150,6 +160,41 @@ pub fn workload_name(subsystem: &str, component: &str) -> String {
     format!("continuum-{}_{}", escape(subsystem), escape(component))
 }
 
+/// `rel` (a path of the model) under `root`, the directory a gateway reads
+/// contexts and artefacts from: an absolute path, one that climbs out with
+/// `..`, or one that leads out through a symbolic link is refused (a model
+/// must not make the gateway read its host's files).
+pub fn within_root(root: &Path, rel: &str) -> Result<PathBuf, String> {
+    use std::path::Component as Part;
+    let given = Path::new(rel);
+    if given.is_absolute() {
+        return Err(format!(
+            "an absolute path; paths are read under {}",
+            root.display()
+        ));
+    }
+    let mut inside = PathBuf::new();
+    for part in given.components() {
+        match part {
+            Part::Normal(p) => inside.push(p),
+            Part::CurDir => {}
+            Part::ParentDir if inside.pop() => {}
+            _ => return Err(format!("it climbs out of {} with `..`", root.display())),
+        }
+    }
+    let joined = root.join(&inside);
+    if let (Ok(real), Ok(base)) = (joined.canonicalize(), root.canonicalize()) {
+        if !real.starts_with(&base) {
+            return Err(format!(
+                "it leads out of {} through a symbolic link (to {})",
+                root.display(),
+                real.display()
+            ));
+        }
+    }
+    Ok(joined)
+}
+
 /// The SHA-256 of a build context (hex): every file's relative path and
 /// bytes, in path order.
 pub fn context_hash(dir: &Path) -> std::io::Result<String> {
@@ -194,7 +239,11 @@ pub fn image_source(c: &Component, config: &EngineConfig) -> Result<ImageSource,
             (Some(cache), Some(_)) => {
                 Ok(cache.resolve(reference, continuum_models::artefact::Kind::Directory)?)
             }
-            _ => Ok(config.context_root.join(path)),
+            _ => within_root(&config.context_root, path).map_err(|why| StepError::OutsideRoot {
+                component: c.id.clone(),
+                path: path.to_owned(),
+                why,
+            }),
         }
     };
     let mut context = vec![ContextPart {
@@ -430,7 +479,13 @@ impl<R: ContainerRuntime> Context<R> {
             (Some(cache), Some(_)) => {
                 cache.resolve(&reference, continuum_models::artefact::Kind::File)?
             }
-            _ => self.pass.config.context_root.join(path),
+            _ => within_root(&self.pass.config.context_root, path).map_err(|why| {
+                StepError::OutsideRoot {
+                    component: c.id.clone(),
+                    path: path.to_owned(),
+                    why,
+                }
+            })?,
         };
         let artefact = std::fs::read(&file).map_err(|cause| StepError::Context {
             path: file.clone(),
@@ -689,7 +744,29 @@ fn spawn_step<R: ContainerRuntime>(
 
 #[cfg(test)]
 mod tests {
-    use super::workload_name;
+    use super::{within_root, workload_name};
+
+    #[test]
+    fn model_paths_stay_under_the_context_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("ctx")).unwrap();
+        assert_eq!(within_root(&root, "ctx").unwrap(), root.join("ctx"));
+        assert_eq!(within_root(&root, "./a/../ctx").unwrap(), root.join("ctx"));
+        assert!(within_root(&root, "/etc")
+            .unwrap_err()
+            .contains("an absolute path"));
+        assert!(within_root(&root, "../x")
+            .unwrap_err()
+            .contains("climbs out"));
+        assert!(within_root(&root, "ctx/../../x")
+            .unwrap_err()
+            .contains("climbs out"));
+        std::os::unix::fs::symlink("/etc", root.join("out")).unwrap();
+        assert!(within_root(&root, "out")
+            .unwrap_err()
+            .contains("through a symbolic link (to /etc)"));
+    }
 
     #[test]
     fn workload_names_never_collide() {

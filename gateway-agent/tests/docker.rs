@@ -449,3 +449,30 @@ async fn a_large_sparse_file_in_a_context_streams_to_the_engine() {
         "peak memory grew by {grown} KiB for a 256 MiB context"
     );
 }
+
+#[tokio::test]
+async fn a_build_context_outside_the_context_root_is_refused_with_the_reason() {
+    let Some(s) = setup("outside").await else {
+        return;
+    };
+    for (short, context, why) in [
+        ("up", "../..", "climbs out"),
+        ("abs", "/etc", "an absolute path"),
+    ] {
+        let svc = s
+            .service(short, "true", "")
+            .replace(r#""context":"bb""#, &format!(r#""context":"{context}""#));
+        let r = s.pass(1, &s.model(&[svc])).await;
+        let reason = r
+            .outcome
+            .failed
+            .get(&s.id(short))
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            reason.contains(&format!("`{context}` is refused")) && reason.contains(why),
+            "{reason} in {r:?}"
+        );
+        assert!(s.workloads().await.is_empty(), "nothing was built or run");
+    }
+}

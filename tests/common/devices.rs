@@ -72,3 +72,21 @@ pub fn apply_converged(serve: &Serve, dir: &Path, gw: &str, model: &str) -> Stri
     }
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Waits until the Uno's JSON lines arrive on `/sensors/uno` (`probe` is
+/// subscribed to it).
+pub async fn readings_arrive(probe: &continuum_bus::testing::Probe) {
+    use continuum_bus::testing::{eventually, within};
+    eventually(
+        "the board's lines through the agent's proxy",
+        within(std::time::Duration::from_secs(30)),
+        || {
+            probe
+                .received_on("/sensors/uno")
+                .iter()
+                .any(|r| r.payload.starts_with(br#"{"pir":"#))
+                .then_some(())
+        },
+    )
+    .await;
+}
