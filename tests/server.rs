@@ -488,27 +488,17 @@ fn beyond_loopback_the_plain_text_api_needs_insecure_and_says_so() {
         .contains("refusing to serve the embedded MQTT broker"));
 
     // With --insecure it serves, and says what that means first.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_continuum"))
-        .args(["serve", "--no-mqtt", "--listen", "0.0.0.0:0", "--insecure"])
-        .arg("--data-dir")
-        .arg(dir.path().join("insecure"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let _serve = Guard(child);
-    let mut said = Vec::new();
-    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-        let listening = line.contains("listening on");
-        said.push(line);
-        if listening {
-            break;
-        }
-    }
+    let serve = Serve::start_with(
+        &dir.path().join("insecure"),
+        &["--no-mqtt", "--listen", "0.0.0.0:0", "--insecure"],
+    );
     assert!(
-        said.iter()
+        serve
+            .startup
+            .iter()
             .any(|l| l.starts_with("WARNING: the API") && l.contains("unauthenticated")),
-        "{said:?}"
+        "{:?}",
+        serve.startup
     );
 }
 

@@ -5,69 +5,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::{example, ok, Serve};
 
-/// How `continuum serve` on `data` ended up: started (and was stopped), or
-/// its exit code and what it said.
-enum Outcome {
-    Started,
-    Exited(i32, String),
-}
-
-fn serve_outcome(data: &Path) -> Outcome {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_continuum"))
-        .args([
-            "serve",
-            "--no-mqtt",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(data)
-        .env("RUST_BACKTRACE", "0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, lines) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let deadline = Instant::now() + continuum_bus::testing::within(Duration::from_secs(20));
-    let mut said = String::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) if line.contains("listening on") => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Outcome::Started;
-            }
-            Ok(line) => {
-                said.push_str(&line);
-                said.push('\n');
-            }
-            // Its stderr closed: it exited.
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                let status = child.wait().unwrap();
-                return Outcome::Exited(status.code().unwrap_or(-1), said);
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                let _ = child.kill();
-                panic!("serve neither started nor exited within the deadline:\n{said}");
-            }
-        }
-    }
+/// How `continuum serve` on `data` ended up: started (and stopped), or its
+/// exit code and what it said.
+fn serve_outcome(data: &Path) -> Result<(), (i32, String)> {
+    Serve::try_start_with(data, &["--no-mqtt", "--listen", "127.0.0.1:0"]).map(drop)
 }
 
 /// A store with a few revisions, the server stopped.
@@ -102,18 +48,15 @@ fn random_bytes_in_the_orchestrators_store_are_an_error_naming_it_never_a_panic(
             .unwrap()
             .write_all(&damaged)
             .unwrap();
-        match serve_outcome(&data) {
-            Outcome::Exited(code, said) => {
-                assert_ne!(code, 101, "offset {at}: a panic's exit\n{said}");
-                assert!(
-                    said.contains(&data.join("orchestrator.redb").display().to_string()),
-                    "offset {at}: the file is not named\n{said}"
-                );
-                refused += 1;
-            }
-            // Repaired from its last good commit (or the bytes fell where
-            // nothing live was): it serves.
-            Outcome::Started => {}
+        // Started: repaired from its last good commit (or the bytes fell
+        // where nothing live was).
+        if let Err((code, said)) = serve_outcome(&data) {
+            assert_ne!(code, 101, "offset {at}: a panic's exit\n{said}");
+            assert!(
+                said.contains(&data.join("orchestrator.redb").display().to_string()),
+                "offset {at}: the file is not named\n{said}"
+            );
+            refused += 1;
         }
     }
     eprintln!("{refused} of 8 damaged stores refused, the others repaired");
@@ -125,11 +68,11 @@ fn an_empty_store_file_is_refused_not_taken_for_a_new_store() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("orchestrator.redb"), b"").unwrap();
     match serve_outcome(dir.path()) {
-        Outcome::Exited(code, said) => {
+        Err((code, said)) => {
             assert_ne!(code, 0);
             assert!(said.contains("orchestrator.redb is empty"), "{said}");
         }
-        Outcome::Started => panic!("serve started on an empty store file"),
+        Ok(()) => panic!("serve started on an empty store file"),
     }
     assert_eq!(
         std::fs::metadata(dir.path().join("orchestrator.redb"))

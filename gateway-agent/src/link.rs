@@ -171,9 +171,12 @@ async fn session(
         .map_err(|_| ended(false, "cannot queue Register"))?;
     // Another agent holding this id: this one must not act.
     let refused = |s: tonic::Status| {
-        if s.code() == tonic::Code::AlreadyExists {
-            if let Some(f) = &config.fencing {
-                f.superseded(s.message().to_owned());
+        if let Some(f) = &config.fencing {
+            match s.code() {
+                tonic::Code::AlreadyExists => f.superseded(s.message().to_owned()),
+                // Not an answer about the id: as good as unreachable.
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => f.unreachable(),
+                _ => {}
             }
         }
         ended(false, format!("refused: {}", s.message()))

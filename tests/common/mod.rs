@@ -25,6 +25,8 @@ pub fn example(p: &str) -> String {
 pub struct Serve {
     pub child: Child,
     pub addr: String,
+    /// What the server printed before it said it listens.
+    pub startup: Vec<String>,
     lines: mpsc::Receiver<String>,
 }
 
@@ -39,11 +41,19 @@ impl Serve {
 
     /// `continuum serve --data-dir DATA` with these flags.
     pub fn start_with(data: &Path, flags: &[&str]) -> Serve {
+        Serve::try_start_with(data, flags)
+            .unwrap_or_else(|(code, said)| panic!("serve exited with {code}:\n{said}"))
+    }
+
+    /// Like [`Serve::start_with`], but a server that exits instead of
+    /// listening is its exit code and what it printed.
+    pub fn try_start_with(data: &Path, flags: &[&str]) -> Result<Serve, (i32, String)> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_continuum"))
             .arg("serve")
             .args(flags)
             .arg("--data-dir")
             .arg(data)
+            .env("RUST_BACKTRACE", "0")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -57,19 +67,40 @@ impl Serve {
                 }
             }
         });
-        let mut serve = Serve {
-            child,
-            addr: String::new(),
-            lines,
-        };
-        let line = serve.line_with("listening on");
-        serve.addr = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .expect("an address")
-            .to_owned();
-        serve
+        let deadline = std::time::Instant::now() + continuum_bus::testing::within(WITHIN);
+        let mut startup = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains("listening on") => {
+                    let addr = line
+                        .split("listening on ")
+                        .nth(1)
+                        .and_then(|r| r.split_whitespace().next())
+                        .expect("an address")
+                        .to_owned();
+                    return Ok(Serve {
+                        child,
+                        addr,
+                        startup,
+                        lines,
+                    });
+                }
+                Ok(line) => startup.push(line),
+                // Its stderr closed: it exited.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let code = child.wait().ok().and_then(|s| s.code()).unwrap_or(-1);
+                    return Err((code, startup.join("\n")));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = child.kill();
+                    panic!(
+                        "serve neither listened nor exited within {WITHIN:?}:\n{}",
+                        startup.join("\n")
+                    );
+                }
+            }
+        }
     }
 
     /// Waits for a line of the server's stderr that contains `needle`.
