@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use continuum_models::artefact::{normalize, of_megamodel, Kind};
-use continuum_proto::v1::blob_service_client::BlobServiceClient;
 use continuum_proto::v1::{ApplyRequest, BlobUpload, MissingBlobsRequest};
 use sha2::{Digest, Sha256};
 
@@ -196,7 +195,7 @@ pub fn pack_all(model_file: &Path, req: &ApplyRequest) -> anyhow::Result<Vec<Pac
 /// Uploads what the orchestrator at `server` lacks; returns path → digest for
 /// the request, and how many blobs and bytes were sent.
 pub async fn upload(
-    server: &str,
+    server: &crate::remote::Server,
     packed: &[Packed],
 ) -> anyhow::Result<(BTreeMap<String, String>, usize, u64)> {
     let map: BTreeMap<String, String> = packed
@@ -206,7 +205,7 @@ pub async fn upload(
     if packed.is_empty() {
         return Ok((map, 0, 0));
     }
-    let mut client = BlobServiceClient::new(crate::remote::channel(server).await?);
+    let mut client = crate::remote::blobs(server).await?;
     let missing = client
         .missing(MissingBlobsRequest {
             digests: packed.iter().map(|p| p.digest.clone()).collect(),

@@ -54,6 +54,28 @@ struct Cli {
     /// dials it too.
     #[arg(long, global = true, env = "CONTINUUM_SERVER", default_value = remote::DEFAULT_SERVER)]
     server: String,
+    /// The bearer token the orchestrator knows us by (see `continuum token`).
+    #[arg(
+        long,
+        global = true,
+        env = "CONTINUUM_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: Option<String>,
+    /// A file whose first line is the token.
+    #[arg(
+        long,
+        global = true,
+        env = "CONTINUUM_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "token"
+    )]
+    token_file: Option<PathBuf>,
+    /// The CA (PEM) an `https://` orchestrator's certificate is checked
+    /// against (default: the system's roots).
+    #[arg(long, global = true, env = "CONTINUUM_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Output of the commands that report: `human`, or `json` (one JSON
     /// document on stdout, for machines).
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Human)]
@@ -123,7 +145,7 @@ enum Command {
     /// Show the ordered steps that turn OLD into NEW.
     Plan { old: PathBuf, new: PathBuf },
     /// Run the orchestrator.
-    Serve(commands::serve::Args),
+    Serve(Box<commands::serve::Args>),
     /// Run the whole system on this machine: the orchestrator, a gateway agent
     /// per subsystem, a simulated sensor; apply the model and show it working
     /// (Ctrl-C stops everything and removes its containers)
@@ -188,6 +210,15 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// Make the certificates of a mutually authenticated deployment: a CA,
+    /// the orchestrator's certificate, one per gateway.
+    Certs {
+        #[command(subcommand)]
+        what: commands::certs::Certs,
+    },
+    /// Make a bearer token for the client API and add its hash to the
+    /// orchestrator's tokens file (the token is printed once, on stdout).
+    Token(commands::token::Args),
     /// Import a model from another tool's format.
     Import {
         #[command(subcommand)]
@@ -219,7 +250,7 @@ fn settle_globals(cli: &mut Cli, matches: &ArgMatches) -> Result<(), clap::Error
         |message: String| Cli::command().error(clap::error::ErrorKind::ArgumentConflict, message);
     if given("output")
         && cli.output == Format::Json
-        && matches!(name, "serve" | "gateway" | "import")
+        && matches!(name, "serve" | "gateway" | "import" | "certs" | "token")
     {
         return Err(usage(format!(
             "`continuum {name}` reports nothing as JSON; -o json applies to the commands that report"
@@ -262,8 +293,16 @@ fn main() -> ExitCode {
         .with_ansi(color)
         .init();
     let style = style::Style::new(color);
-    let server = cli.server.clone();
     let output = cli.output;
+    let server = match remote::token(cli.token.clone(), cli.token_file.as_deref())
+        .and_then(|token| remote::Server::new(&cli.server, cli.ca.as_deref(), token))
+    {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("{} {e:#}", style.red("error:"));
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Validate { files } => commands::validate::run(&files, output, &style),
         Command::Diff {
@@ -295,7 +334,7 @@ fn main() -> ExitCode {
                 )
             }
         },
-        Command::Serve(args) => commands::serve::run(args),
+        Command::Serve(args) => commands::serve::run(*args),
         Command::Up(args) => commands::up::run(args, &style),
         Command::Gateway(args) => continuum_gateway::cli::run(*args).map(|()| ExitCode::SUCCESS),
         Command::Apply {
@@ -327,10 +366,12 @@ fn main() -> ExitCode {
         } => commands::explain::run(
             &function,
             &file,
-            (!offline).then_some(server.as_str()),
+            (!offline).then_some(&server),
             output,
             &style,
         ),
+        Command::Certs { what } => commands::certs::run(what),
+        Command::Token(args) => commands::token::run(args),
         Command::Import {
             from: ImportFrom::Genesis { file, out, force },
         } => commands::import::genesis(&file, out.as_deref(), force, &style),

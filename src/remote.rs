@@ -1,9 +1,14 @@
 //! Talking to an orchestrator: connecting, and gRPC errors as sentences.
 
-use std::time::Duration;
+use std::path::Path;
 
 use continuum_models::Invalid;
+use continuum_proto::tls::ClientTls;
+use continuum_proto::v1::blob_service_client::BlobServiceClient;
 use continuum_proto::v1::model_service_client::ModelServiceClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -13,7 +18,38 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
 /// The largest message the CLI sends or accepts.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
-pub type Client = ModelServiceClient<Channel>;
+/// Puts the bearer token on every request.
+#[derive(Debug, Clone, Default)]
+pub struct Auth(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Auth {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Authed = InterceptedService<Channel, Auth>;
+pub type Client = ModelServiceClient<Authed>;
+
+/// The orchestrator a command talks to, and how: its URL, the CA its
+/// certificate is checked against, and the token that says who we are.
+#[derive(Debug, Clone)]
+pub struct Server {
+    url: String,
+    tls: Option<ClientTls>,
+    auth: Auth,
+}
+
+impl std::fmt::Display for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
 
 /// An `http://` URL from what the user typed (`host:port` is accepted).
 pub fn url(server: &str) -> String {
@@ -24,25 +60,80 @@ pub fn url(server: &str) -> String {
     }
 }
 
-pub async fn connect(server: &str) -> anyhow::Result<Client> {
-    Ok(ModelServiceClient::new(channel(server).await?)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+/// The token from `--token`, or else the first line of `--token-file`.
+pub fn token(token: Option<String>, file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    if let Some(t) = token.filter(|t| !t.trim().is_empty()) {
+        return Ok(Some(t.trim().to_owned()));
+    }
+    let Some(file) = file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("the token file {}: {e}", file.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_owned();
+    anyhow::ensure!(
+        !token.is_empty(),
+        "the token file {} is empty",
+        file.display()
+    );
+    Ok(Some(token))
 }
 
-/// A channel to the orchestrator at `server`, for any of its services.
-pub async fn channel(server: &str) -> anyhow::Result<Channel> {
-    let url = url(server);
-    let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
-        .map_err(|e| anyhow::anyhow!("`{server}` is not a server address: {e}"))?
-        .connect_timeout(Duration::from_secs(5));
-    let channel = endpoint.connect().await.map_err(|e| {
-        let cause = std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
-        anyhow::anyhow!(
-            "cannot reach the orchestrator at {url}: {cause}\n  is `continuum serve` running there? (set --server or CONTINUUM_SERVER)"
-        )
-    })?;
-    Ok(channel)
+impl Server {
+    /// An orchestrator on plain text, without a token (one this process started).
+    pub fn plain(server: &str) -> Server {
+        Server {
+            url: url(server),
+            tls: None,
+            auth: Auth::default(),
+        }
+    }
+
+    /// `server` with the CA to trust (`https://`) and a bearer token.
+    pub fn new(server: &str, ca: Option<&Path>, token: Option<String>) -> anyhow::Result<Server> {
+        let tls = ca
+            .map(|ca| ClientTls::load(Some(ca), None))
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+        let url = url(server);
+        let auth = match token {
+            None => Auth(None),
+            Some(t) => Auth(Some(format!("Bearer {t}").parse().map_err(|_| {
+                anyhow::anyhow!("the token holds characters a header cannot carry")
+            })?)),
+        };
+        Ok(Server { url, tls, auth })
+    }
+
+    /// A channel to it, for any of its services.
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        let endpoint = continuum_proto::tls::endpoint(&self.url, self.tls.as_ref())
+            .map_err(anyhow::Error::msg)?;
+        endpoint.connect().await.map_err(|e| {
+            let cause =
+                std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
+            anyhow::anyhow!(
+                "cannot reach the orchestrator at {}: {cause}\n  is `continuum serve` running there? (set --server or CONTINUUM_SERVER)",
+                self.url
+            )
+        })
+    }
+}
+
+pub async fn connect(server: &Server) -> anyhow::Result<Client> {
+    Ok(
+        ModelServiceClient::with_interceptor(server.channel().await?, server.auth.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    )
+}
+
+/// A client of the orchestrator's blobs.
+pub async fn blobs(server: &Server) -> anyhow::Result<BlobServiceClient<Authed>> {
+    Ok(BlobServiceClient::with_interceptor(
+        server.channel().await?,
+        server.auth.clone(),
+    ))
 }
 
 /// The problems of a rejected model, when the status carries them.
@@ -55,6 +146,8 @@ pub fn explain(status: Status) -> anyhow::Error {
     let message = status.message();
     let sentence = match status.code() {
         Code::Unavailable => format!("the orchestrator is unavailable: {message}"),
+        Code::Unauthenticated => format!("not authenticated: {message}"),
+        Code::PermissionDenied => format!("not allowed: {message}"),
         Code::DeadlineExceeded => format!("the orchestrator did not answer in time: {message}"),
         Code::Unimplemented => format!(
             "the orchestrator does not support this request (is it an older version?): {message}"

@@ -247,6 +247,9 @@ async fn whole_path(
     let args = continuum_gateway::cli::Args {
         id: gateway.clone(),
         orchestrator: endpoint.clone(),
+        tls_ca: None,
+        tls_cert: None,
+        tls_key: None,
         data_dir: dir.join("agent"),
         context_root: Some(dir.to_owned()),
         deploy_agent: None,

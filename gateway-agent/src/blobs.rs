@@ -59,6 +59,7 @@ pub enum BlobError {
 pub struct BlobCache {
     root: PathBuf,
     endpoint: String,
+    tls: Option<continuum_proto::tls::ClientTls>,
     /// Why each blob that could not be had is missing, until it is had.
     failures: Mutex<BTreeMap<String, BlobError>>,
 }
@@ -69,8 +70,15 @@ impl BlobCache {
         BlobCache {
             root,
             endpoint,
+            tls: None,
             failures: Mutex::default(),
         }
+    }
+
+    /// Fetches over TLS as `tls` says (an `https://` endpoint).
+    pub fn with_tls(mut self, tls: continuum_proto::tls::ClientTls) -> BlobCache {
+        self.tls = Some(tls);
+        self
     }
 
     /// Where blob `hex` is kept.
@@ -171,9 +179,8 @@ impl BlobCache {
         }
         let partial = self.root.join("partial").join(digest);
         let offset = std::fs::metadata(&partial).map_or(0, |m| m.len());
-        let channel = tonic::transport::Endpoint::from_shared(self.endpoint.clone())
-            .map_err(|e| fail(e.to_string()))?
-            .connect_timeout(std::time::Duration::from_secs(5))
+        let channel = continuum_proto::tls::endpoint(&self.endpoint, self.tls.as_ref())
+            .map_err(fail)?
             .connect()
             .await
             .map_err(|e| fail(e.to_string()))?;

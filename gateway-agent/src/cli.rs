@@ -31,9 +31,30 @@ pub struct Args {
     /// This gateway's id: the id of its gateway component in the megamodel.
     #[arg(long, env = "CONTINUUM_GATEWAY_ID")]
     pub id: String,
-    /// The orchestrator to dial (`host:port` or a URL).
+    /// The orchestrator to dial (`host:port` or a URL; `https://` for TLS).
     #[arg(long, env = "CONTINUUM_SERVER", default_value = "127.0.0.1:7070")]
     pub orchestrator: String,
+    /// The CA (PEM) the orchestrator's certificate is checked against
+    /// (default: the system's roots).
+    #[arg(long, env = "CONTINUUM_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// This gateway's certificate (`continuum certs gateway ID`): it may
+    /// register only as the id it names.
+    #[arg(
+        long,
+        env = "CONTINUUM_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert.
+    #[arg(
+        long,
+        env = "CONTINUUM_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
     /// Where the agent keeps the target it enforces.
     #[arg(
         long,
@@ -463,12 +484,19 @@ async fn serve<R: ContainerRuntime>(
     } else {
         format!("http://{}", config.orchestrator)
     };
+    let tls = continuum_proto::tls::ClientTls::load(
+        config.tls_ca.as_deref(),
+        config.tls_cert.as_deref().zip(config.tls_key.as_deref()),
+    )
+    .map_err(anyhow::Error::msg)?;
+    // Refused here rather than at every dial.
+    continuum_proto::tls::endpoint(&endpoint, Some(&tls)).map_err(anyhow::Error::msg)?;
     let blobs = match &config.context_root {
         Some(_) => None,
-        None => Some(Arc::new(crate::blobs::BlobCache::new(
-            config.data_dir.join("blobs"),
-            endpoint.clone(),
-        ))),
+        None => Some(Arc::new(
+            crate::blobs::BlobCache::new(config.data_dir.join("blobs"), endpoint.clone())
+                .with_tls(tls.clone()),
+        )),
     };
     let fencing = crate::fence::Fencing::start(shutdown.clone());
     let policy = match &config.policy {
@@ -505,6 +533,7 @@ async fn serve<R: ContainerRuntime>(
     let link_config = LinkConfig {
         fencing: Some(fencing),
         endpoint,
+        tls: Some(tls),
         gateway_id: config.id.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         location: config.location.clone(),

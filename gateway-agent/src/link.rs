@@ -25,6 +25,8 @@ use crate::exec::{self, Progress};
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
     pub endpoint: String,
+    /// Whom the orchestrator must be, and who this gateway is (`https://`).
+    pub tls: Option<continuum_proto::tls::ClientTls>,
     pub gateway_id: String,
     pub version: String,
     pub location: String,
@@ -134,9 +136,8 @@ async fn session(
     connected: &watch::Sender<bool>,
     shutdown: &CancellationToken,
 ) -> Result<(), Ended> {
-    let channel = tonic::transport::Endpoint::from_shared(config.endpoint.clone())
+    let channel = continuum_proto::tls::endpoint(&config.endpoint, config.tls.as_ref())
         .map_err(|e| ended(false, format!("bad endpoint: {e}")))?
-        .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
         .map_err(|e| {

@@ -26,6 +26,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::access::{ApiAccess, Role};
+
 /// Bytes per chunk a fetch streams.
 pub const CHUNK: usize = 256 * 1024;
 
@@ -194,12 +196,46 @@ impl Drop for Upload {
 #[derive(Debug, Clone)]
 pub struct Blobs {
     store: std::sync::Arc<BlobStore>,
+    api: std::sync::Arc<ApiAccess>,
+    /// Gateways present certificates: one that did may fetch without a token.
+    certified_gateways: bool,
 }
 
 impl Blobs {
-    /// Serves `store`.
+    /// Serves `store` to anyone.
     pub fn new(store: std::sync::Arc<BlobStore>) -> Blobs {
-        Blobs { store }
+        Blobs {
+            store,
+            api: std::sync::Arc::default(),
+            certified_gateways: false,
+        }
+    }
+
+    /// Uploads need a token that may apply; reading needs one that may read,
+    /// or — for gateways — a certificate from the client CA (when gateways
+    /// are certified) or nothing (when they are not: their link is open too).
+    pub fn with_access(
+        mut self,
+        api: std::sync::Arc<ApiAccess>,
+        certified_gateways: bool,
+    ) -> Blobs {
+        self.api = api;
+        self.certified_gateways = certified_gateways;
+        self
+    }
+
+    fn reader<T>(&self, request: &Request<T>, what: &str) -> Result<(), Status> {
+        let gateway = if self.certified_gateways {
+            request.peer_certs().is_some_and(|c| !c.is_empty())
+        } else {
+            true
+        };
+        if gateway {
+            return Ok(());
+        }
+        self.api
+            .allow(request.metadata(), Role::Read, what)
+            .map(drop)
     }
 }
 
@@ -221,6 +257,7 @@ impl BlobService for Blobs {
         &self,
         request: Request<MissingBlobsRequest>,
     ) -> Result<Response<MissingBlobsResponse>, Status> {
+        self.reader(&request, "asking for missing blobs")?;
         let req = request.into_inner();
         for d in &req.digests {
             digest_arg(d)?;
@@ -237,6 +274,8 @@ impl BlobService for Blobs {
         &self,
         request: Request<Streaming<BlobUpload>>,
     ) -> Result<Response<BlobUploaded>, Status> {
+        self.api
+            .allow(request.metadata(), Role::Apply, "uploading artefacts")?;
         let mut stream = request.into_inner();
         let first = stream
             .next()
@@ -288,6 +327,7 @@ impl BlobService for Blobs {
         &self,
         request: Request<FetchBlobRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
+        self.reader(&request, "fetching a blob")?;
         let req = request.into_inner();
         digest_arg(&req.digest)?;
         let path = self.store.path(&req.digest);

@@ -22,6 +22,8 @@ struct Shared {
     core: Core,
     /// Per gateway: its session number and where its newest target goes.
     sessions: HashMap<String, (u64, watch::Sender<Option<Target>>)>,
+    /// The head revision's number, for links that wait to be named.
+    head: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -53,6 +55,12 @@ pub struct Orchestrator {
     pub(crate) blobs: Option<Arc<crate::blobs::BlobStore>>,
     /// What workloads may reach of their hosts.
     pub(crate) policy: Arc<continuum_models::policy::Policy>,
+    /// Who may call the client API.
+    pub(crate) api: Arc<crate::access::ApiAccess>,
+    /// Which gateways may hold a link.
+    pub(crate) gatekeeper: crate::admission::Gatekeeper,
+    /// The head revision's number.
+    pub(crate) head: watch::Receiver<u64>,
 }
 
 /// A session just registered: its welcome, and where its targets arrive (only
@@ -72,10 +80,12 @@ impl Orchestrator {
         heartbeat_interval: Duration,
     ) -> Orchestrator {
         let (events_tx, events) = watch::channel(core.last_seq());
+        let (head_tx, head) = watch::channel(core.head_number());
         Orchestrator {
             shared: Arc::new(Mutex::new(Shared {
                 core,
                 sessions: HashMap::new(),
+                head: head_tx,
             })),
             store,
             events_tx: Arc::new(events_tx),
@@ -85,7 +95,21 @@ impl Orchestrator {
             heartbeat_interval,
             blobs: None,
             policy: Arc::default(),
+            api: Arc::default(),
+            gatekeeper: crate::admission::Gatekeeper::new(Default::default()),
+            head,
         }
+    }
+
+    /// Who may call the client API, and which gateways may hold a link.
+    pub fn with_access(
+        mut self,
+        api: crate::access::ApiAccess,
+        gateways: crate::admission::GatewayAdmission,
+    ) -> Orchestrator {
+        self.api = Arc::new(api);
+        self.gatekeeper = crate::admission::Gatekeeper::new(gateways);
+        self
     }
 
     /// Refuses at apply what `policy` does not allow.
@@ -202,6 +226,9 @@ fn gateway_of_registration(t: &Transition<Registered>) -> String {
 fn finish<T>(s: &mut Shared, t: Transition<T>, events: &watch::Sender<u64>) -> T {
     let done = s.core.complete(t);
     s.deliver(done.deliveries);
+    let head = s.core.head_number();
+    s.head
+        .send_if_modified(|h| std::mem::replace(h, head) != head);
     if let Some(last) = done.new_last_seq {
         events.send_replace(last);
     }

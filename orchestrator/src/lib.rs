@@ -5,6 +5,8 @@
 
 #![warn(missing_docs)]
 
+pub mod access;
+pub mod admission;
 pub mod blobs;
 pub mod core;
 pub mod error;

@@ -57,6 +57,7 @@ impl GatewayLink for Orchestrator {
         request: Request<Streaming<GatewayMessage>>,
     ) -> Result<Response<OutStream>, Status> {
         let peer = request.remote_addr();
+        let certs = request.peer_certs();
         let mut inbound = request.into_inner();
         let silence = self.heartbeat_interval * 3;
         let register: Register = match tokio::time::timeout(silence, inbound.message()).await {
@@ -81,6 +82,10 @@ impl GatewayLink for Orchestrator {
             }
         };
         let gateway = register.gateway_id.clone();
+        crate::core::check_gateway_id(&gateway)?;
+        self.gatekeeper
+            .check_certificate(certs.as_deref().map(Vec::as_slice), &gateway)?;
+        self.until_named(&gateway, &mut inbound).await?;
         let session = self.register(register).await?;
         let (tx, rx) = mpsc::channel(16);
         let welcome = session.registered.welcome.clone();
@@ -91,6 +96,60 @@ impl GatewayLink for Orchestrator {
         self.tasks
             .spawn(run_session(self.clone(), gateway, session, inbound, tx).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl Orchestrator {
+    /// Returns once a revision names `gateway` (at once when one does or the
+    /// allow-list holds it); the link meanwhile holds no registration.
+    async fn until_named(
+        &self,
+        gateway: &str,
+        inbound: &mut Streaming<GatewayMessage>,
+    ) -> Result<(), Status> {
+        if self.gatekeeper.allowed(gateway) {
+            return Ok(());
+        }
+        let mut head = self.head.clone();
+        let named = |orch: Orchestrator| {
+            let id = gateway.to_owned();
+            async move {
+                orch.read(move |core, _| Ok(core.subsystem_of(&id).is_some()))
+                    .await
+            }
+        };
+        if named(self.clone()).await? {
+            return Ok(());
+        }
+        let _slot = self.gatekeeper.wait_slot(gateway)?;
+        tracing::info!(
+            gateway,
+            "no model names this gateway: its link waits, unregistered, for a revision that does"
+        );
+        loop {
+            tokio::select! {
+                () = self.stopping.cancelled() => {
+                    return Err(Status::unavailable("the orchestrator is stopping"))
+                }
+                changed = head.changed() => {
+                    if changed.is_err() {
+                        return Err(Status::unavailable("the orchestrator is stopping"));
+                    }
+                    if named(self.clone()).await? {
+                        tracing::info!(gateway, "a revision names the waiting gateway");
+                        return Ok(());
+                    }
+                }
+                // Nothing may come before the Welcome: anything ends the wait.
+                next = inbound.message() => {
+                    return Err(match next {
+                        Ok(None) => Status::cancelled("the gateway closed the link while it waited to be named"),
+                        Ok(Some(_)) => Status::failed_precondition("no message may follow Register before the Welcome"),
+                        Err(status) => status,
+                    });
+                }
+            }
+        }
     }
 }
 

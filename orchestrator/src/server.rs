@@ -41,6 +41,13 @@ pub struct Config {
     pub placement_grace: Duration,
     /// What workloads may reach of their hosts (mounts, devices, networks).
     pub policy: continuum_models::policy::Policy,
+    /// TLS on the gRPC port (none: plain text); with a client CA, gateways
+    /// must present a certificate naming their id.
+    pub tls: Option<continuum_proto::tls::ServerTls>,
+    /// Who may call the client API.
+    pub api: crate::access::ApiAccess,
+    /// Gateway ids admitted although no model names them.
+    pub allow_gateways: std::collections::BTreeSet<String>,
 }
 
 impl Config {
@@ -56,6 +63,9 @@ impl Config {
             bus_url: None,
             placement_grace: Duration::from_secs(300),
             policy: continuum_models::policy::Policy::default(),
+            tls: None,
+            api: crate::access::ApiAccess::Open,
+            allow_gateways: std::collections::BTreeSet::new(),
         }
     }
 }
@@ -77,6 +87,9 @@ pub enum StartError {
         /// Why.
         cause: std::io::Error,
     },
+    /// The TLS certificate or key is unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The gRPC address cannot be listened on.
     #[error("cannot listen on {addr}: {cause}")]
     Listen {
@@ -206,7 +219,20 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     )
     .with_blobs(Arc::clone(&blobs))
     .with_policy(config.policy.clone());
-    let blob_service = BlobServiceServer::new(Blobs::new(blobs));
+    let certified_gateways = config
+        .tls
+        .as_ref()
+        .is_some_and(continuum_proto::tls::ServerTls::verifies_clients);
+    let orch = orch.with_access(
+        config.api.clone(),
+        crate::admission::GatewayAdmission {
+            require_certificate: certified_gateways,
+            allow: config.allow_gateways.clone(),
+        },
+    );
+    let blob_service = BlobServiceServer::new(
+        Blobs::new(blobs).with_access(Arc::clone(&orch.api), certified_gateways),
+    );
     if !config.placement_grace.is_zero() {
         tasks.spawn(move_from_away(
             orch.clone(),
@@ -231,8 +257,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .set_serving::<GatewayLinkServer<Orchestrator>>()
         .await;
     health.set_serving::<BlobServiceServer<Blobs>>().await;
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(tls.config())
+            .map_err(|e| StartError::Tls(e.to_string()))?;
+    }
     let task = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .add_service(models)
             .add_service(link)

@@ -14,6 +14,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::access::Role;
 use crate::core::Prepared;
 use crate::handle::Orchestrator;
 
@@ -36,13 +37,38 @@ fn subsystem_of(e: &Event) -> Option<&str> {
     }
 }
 
+impl Orchestrator {
+    /// The author a change is recorded under: the token's subject when the
+    /// API takes tokens, else what the client says.
+    fn author<T>(
+        &self,
+        request: &Request<T>,
+        what: &str,
+        claimed: String,
+    ) -> Result<String, Status> {
+        Ok(self
+            .api
+            .allow(request.metadata(), Role::Apply, what)?
+            .map_or(claimed, |grant| grant.subject))
+    }
+
+    fn reader<T>(&self, request: &Request<T>, what: &str) -> Result<(), Status> {
+        self.api
+            .allow(request.metadata(), Role::Read, what)
+            .map(drop)
+    }
+}
+
 #[tonic::async_trait]
 impl ModelService for Orchestrator {
     async fn apply(
         &self,
         request: Request<ApplyRequest>,
     ) -> Result<Response<ApplyResponse>, Status> {
-        let req = request.into_inner();
+        let claimed = request.get_ref().author.clone();
+        let author = self.author(&request, "apply", claimed)?;
+        let mut req = request.into_inner();
+        req.author = author;
         let span = tracing::info_span!(
             "apply",
             file = %req.megamodel.as_ref().map_or("", |d| d.name.as_str())
@@ -70,6 +96,7 @@ impl ModelService for Orchestrator {
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        self.reader(&request, "get")?;
         let req = request.into_inner();
         Ok(Response::new(
             self.read(move |core, store| core.get(&req, store)).await?,
@@ -77,6 +104,7 @@ impl ModelService for Orchestrator {
     }
 
     async fn diff(&self, request: Request<DiffRequest>) -> Result<Response<DiffResponse>, Status> {
+        self.reader(&request, "diff")?;
         let req = request.into_inner();
         Ok(Response::new(
             self.read(move |core, store| core.diff(&req, store)).await?,
@@ -86,6 +114,7 @@ impl ModelService for Orchestrator {
     type WatchStream = EventStream;
 
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<EventStream>, Status> {
+        self.reader(&request, "watch")?;
         let req = request.into_inner();
         let store = self.store.clone();
         let first = {
@@ -159,7 +188,10 @@ impl ModelService for Orchestrator {
         &self,
         request: Request<RollbackRequest>,
     ) -> Result<Response<ApplyResponse>, Status> {
-        let req = request.into_inner();
+        let claimed = request.get_ref().author.clone();
+        let author = self.author(&request, "rollback", claimed)?;
+        let mut req = request.into_inner();
+        req.author = author;
         Ok(Response::new(
             self.transact(move |core, store, now| core.rollback(req, store, now))
                 .await?,
@@ -168,16 +200,18 @@ impl ModelService for Orchestrator {
 
     async fn list_gateways(
         &self,
-        _request: Request<ListGatewaysRequest>,
+        request: Request<ListGatewaysRequest>,
     ) -> Result<Response<ListGatewaysResponse>, Status> {
+        self.reader(&request, "listing gateways")?;
         let gateways = self.read(|core, _| Ok(core.gateways())).await?;
         Ok(Response::new(ListGatewaysResponse { gateways }))
     }
 
     async fn status(
         &self,
-        _request: Request<StatusRequest>,
+        request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
+        self.reader(&request, "status")?;
         Ok(Response::new(self.read(|core, _| Ok(core.status())).await?))
     }
 
@@ -185,6 +219,7 @@ impl ModelService for Orchestrator {
         &self,
         request: Request<HistoryRequest>,
     ) -> Result<Response<HistoryResponse>, Status> {
+        self.reader(&request, "history")?;
         let limit = request.into_inner().limit as usize;
         let store = self.store.clone();
         let (revisions, divergences) = tokio::task::spawn_blocking(move || {

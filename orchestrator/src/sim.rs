@@ -47,13 +47,31 @@ pub fn register(id: &str) -> Register {
 }
 
 impl SimGateway {
+    /// [`SimGateway::connect`] with an endpoint of its own (to spawn).
+    pub async fn connect_owned(endpoint: String, register: Register) -> Result<SimGateway, Status> {
+        SimGateway::connect(&endpoint, register).await
+    }
+
     /// Opens the link and registers; fails with the orchestrator's status.
     pub async fn connect(endpoint: &str, register: Register) -> Result<SimGateway, Status> {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| Status::invalid_argument(format!("bad endpoint {endpoint}: {e}")))?
+        SimGateway::connect_with(endpoint, None, register).await
+    }
+
+    /// Opens the link over TLS as `tls` says (an `https://` endpoint).
+    pub async fn connect_with(
+        endpoint: &str,
+        tls: Option<&continuum_proto::tls::ClientTls>,
+        register: Register,
+    ) -> Result<SimGateway, Status> {
+        let channel = continuum_proto::tls::endpoint(endpoint, tls)
+            .map_err(Status::invalid_argument)?
             .connect()
             .await
-            .map_err(|e| Status::unavailable(format!("cannot reach {endpoint}: {e}")))?;
+            .map_err(|e| {
+                let cause = std::error::Error::source(&e)
+                    .map_or_else(|| e.to_string(), ToString::to_string);
+                Status::unavailable(format!("cannot reach {endpoint}: {cause}"))
+            })?;
         let mut client = GatewayLinkClient::new(channel);
         let (tx, rx) = mpsc::channel(64);
         let id = register.gateway_id.clone();

@@ -18,6 +18,12 @@ fn model_of(t: &continuum_proto::v1::Target) -> DeploymentModel {
     serde_json::from_slice(&t.model.as_ref().unwrap().json).unwrap()
 }
 
+/// A gateway's link opened in the background: it waits until a model names
+/// the gateway.
+fn waiting(h: &Harness, id: &str) -> tokio::task::JoinHandle<Result<SimGateway, tonic::Status>> {
+    tokio::spawn(SimGateway::connect_owned(h.endpoint(), register(id)))
+}
+
 fn ids(m: &DeploymentModel) -> Vec<&str> {
     m.components.iter().map(|c| c.id.as_str()).collect()
 }
@@ -25,19 +31,20 @@ fn ids(m: &DeploymentModel) -> Vec<&str> {
 #[tokio::test]
 async fn apply_pushes_each_subsystem_model_to_its_gateway() {
     let h = Harness::start().await;
-    let mut smart = SimGateway::connect(&h.endpoint(), register("smart-gw"))
-        .await
-        .unwrap();
-    let mut sensor = SimGateway::connect(&h.endpoint(), register("sensor-gw"))
-        .await
-        .unwrap();
-    assert_eq!(smart.welcome.subsystem, "", "no model yet");
+    // Before any model names them, the gateways' links wait unregistered.
+    let smart = waiting(&h, "smart-gw");
+    let sensor = waiting(&h, "sensor-gw");
     let mut client = h.client().await;
     let applied = client.apply(v1()).await.unwrap().into_inner();
+    let mut smart = smart.await.unwrap().unwrap();
+    let mut sensor = sensor.await.unwrap().unwrap();
+    assert_eq!(smart.welcome.subsystem, "building-a");
     let revision = applied.revision.unwrap();
     assert_eq!(revision.number, 1);
+    // Not pushed at once: the waiting links held no registration; each gets
+    // its target as it registers.
     assert!(
-        applied.targets.iter().all(|t| t.pushed),
+        applied.targets.iter().all(|t| !t.pushed),
         "{:?}",
         applied.targets
     );
@@ -812,7 +819,12 @@ async fn oversized_messages_are_refused_and_change_nothing() {
 
 #[tokio::test]
 async fn a_silent_gateway_is_disconnected_and_may_come_back() {
-    let h = Harness::with(|c| c.heartbeat_interval = Duration::from_millis(100)).await;
+    // Admitted by the allow-list: no model names it.
+    let h = Harness::with(|c| {
+        c.heartbeat_interval = Duration::from_millis(100);
+        c.allow_gateways.insert("smart-gw".to_owned());
+    })
+    .await;
     let client = h.client().await;
     let gw = SimGateway::connect(&h.endpoint(), register("smart-gw"))
         .await
@@ -994,4 +1006,46 @@ async fn a_refusal_follows_the_standard_rich_error_model() {
         problems.diagnostics.len(),
         bad_request.field_violations.len()
     );
+}
+
+#[tokio::test]
+async fn an_id_no_model_names_is_not_registered_until_a_revision_names_it() {
+    let h = Harness::start().await;
+    let mut client = h.client().await;
+    let ghost = waiting(&h, "ghost-gw");
+    client.apply(v1()).await.unwrap();
+    // The gateways v1 names are admitted; the ghost is neither admitted nor stored.
+    let smart = SimGateway::connect(&h.endpoint(), register("smart-gw"))
+        .await
+        .unwrap();
+    assert_eq!(smart.welcome.subsystem, "building-a");
+    let listed = |gws: Vec<continuum_proto::v1::Gateway>| -> Vec<String> {
+        gws.into_iter().map(|g| g.id).collect()
+    };
+    let gws = client
+        .list_gateways(ListGatewaysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .gateways;
+    assert_eq!(listed(gws), ["smart-gw"]);
+    assert!(!ghost.is_finished(), "an unnamed gateway got an answer");
+
+    // A revision that names it lets its waiting link in.
+    let named = r#"{"name":"n","subsystems":[{"id":"haunt","components":[{"id":"ghost-gw","kind":"gateway"}]}]}"#;
+    client.apply(apply_json(named)).await.unwrap();
+    let ghost = tokio::time::timeout(WITHIN, ghost)
+        .await
+        .expect("admitted once named")
+        .unwrap()
+        .unwrap();
+    assert_eq!(ghost.welcome.subsystem, "haunt");
+    // Now it is stored.
+    let gws = client
+        .list_gateways(ListGatewaysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .gateways;
+    assert!(listed(gws).contains(&"ghost-gw".to_owned()));
 }

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod json;
 pub mod rejection;
 pub mod serving;
+pub mod tls;
 
 /// The protobuf package of this version of the protocol.
 pub const PACKAGE: &str = "continuum.v1";

@@ -54,7 +54,7 @@ fn request(file: &Path, base: Option<u64>, message: String) -> anyhow::Result<Ap
 }
 
 pub fn apply(
-    server: &str,
+    server: &remote::Server,
     file: &Path,
     base: Option<u64>,
     message: String,
@@ -116,7 +116,7 @@ pub fn apply(
 }
 
 pub fn rollback(
-    server: &str,
+    server: &remote::Server,
     to: u64,
     base: Option<u64>,
     format: Format,
@@ -254,7 +254,7 @@ enum Outcome {
 /// subsystem has converged on its new generation, one fails or refuses it, or
 /// `seconds` pass.
 async fn rollout(
-    server: &str,
+    server: &remote::Server,
     applied: &ApplyResponse,
     wait: std::time::Duration,
     format: Format,

@@ -234,7 +234,7 @@ pub enum Remote {
 
 /// `continuum diff --live` / `continuum diff --from N [--to M]`.
 pub fn remote(
-    server: &str,
+    server: &crate::remote::Server,
     what: Remote,
     format: Format,
     style: &Style,

@@ -15,7 +15,7 @@ use crate::Format;
 
 /// The load each connected gateway of the orchestrator at `server` last
 /// measured, or why it cannot be had.
-fn measured(server: &str) -> anyhow::Result<Observed> {
+fn measured(server: &crate::remote::Server) -> anyhow::Result<Observed> {
     crate::remote::block_on(async {
         let mut client = crate::remote::connect(server).await?;
         let s = client
@@ -51,7 +51,7 @@ fn measured(server: &str) -> anyhow::Result<Observed> {
 pub fn run(
     function: &str,
     model: &Path,
-    server: Option<&str>,
+    server: Option<&crate::remote::Server>,
     format: Format,
     style: &Style,
 ) -> anyhow::Result<ExitCode> {

@@ -8,7 +8,7 @@ use crate::remote::{self, explain};
 use crate::Format;
 
 pub fn run(
-    server: &str,
+    server: &remote::Server,
     subsystem: Option<String>,
     current: bool,
     revision: Option<u64>,

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod apply;
+pub mod certs;
 pub mod diff;
 pub mod explain;
 pub mod get;
@@ -8,6 +9,7 @@ pub mod import;
 pub mod plan;
 pub mod serve;
 pub mod status;
+pub mod token;
 pub mod up;
 pub mod validate;
 pub mod watch;

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use continuum_orchestrator::access::ApiAccess;
 use continuum_orchestrator::Config;
+use continuum_proto::tls::ServerTls;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -36,10 +38,44 @@ pub struct Args {
     #[arg(long, env = "CONTINUUM_BUS_URL", value_name = "URL")]
     pub bus_url: Option<continuum_bus::BrokerUrl>,
     /// Serve the API and the embedded bus on addresses other than loopback
-    /// although they are plain text and unauthenticated (a trusted network
+    /// although they are plain text or unauthenticated (a trusted network
     /// only; said loudly at start).
     #[arg(long)]
     pub insecure: bool,
+    /// The orchestrator's TLS certificate (PEM, chain first); with
+    /// --tls-key, the API and the gateway links are served over TLS.
+    #[arg(
+        long,
+        env = "CONTINUUM_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(
+        long,
+        env = "CONTINUUM_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// The CA gateways' certificates come from (`continuum certs init`):
+    /// a gateway then registers only as the id its certificate names.
+    #[arg(
+        long,
+        env = "CONTINUUM_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+    /// The bearer tokens the client API accepts, with their roles
+    /// (`continuum token`); without it anyone who reaches the API may use it.
+    #[arg(long, env = "CONTINUUM_TOKENS", value_name = "FILE")]
+    pub tokens: Option<PathBuf>,
+    /// A gateway id admitted although no model names it (repeatable); other
+    /// unnamed ids wait, unregistered, until a revision names them.
+    #[arg(long = "allow-gateway", value_name = "ID")]
+    pub allow_gateways: Vec<String>,
     /// The workload policy (JSON): which subsystems' containers may mount
     /// host paths, the Docker socket or system directories, map devices, or
     /// share the host's or another container's network. Without one: host
@@ -48,15 +84,71 @@ pub struct Args {
     pub policy: Option<PathBuf>,
 }
 
+/// What of the gRPC port is left open to whoever reaches it.
+fn gaps(tls: Option<&ServerTls>, api: &ApiAccess) -> Vec<&'static str> {
+    let mut gaps = Vec::new();
+    match tls {
+        None => gaps.push("plain text (no --tls-cert): tokens and models cross the network readable"),
+        Some(t) if !t.verifies_clients() => {
+            gaps.push("gateways are not authenticated (no --tls-client-ca): any client may register as any gateway")
+        }
+        Some(_) => {}
+    }
+    if api.is_open() {
+        gaps.push("the client API takes no token (no --tokens): anyone may apply and roll back");
+    }
+    gaps
+}
+
+/// The warnings to print for the API's address, or why not to start: with
+/// every gap closed it may listen anywhere; with gaps, on loopback (said
+/// loudly), or elsewhere only with --insecure.
+fn api_exposure(listen: SocketAddr, gaps: &[&str], insecure: bool) -> anyhow::Result<Vec<String>> {
+    if gaps.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list = gaps.join("; ");
+    if listen.ip().is_loopback() {
+        return Ok(vec![format!(
+            "NOTE: local development mode on {listen}: {list}. Only this machine can reach it."
+        )]);
+    }
+    anyhow::ensure!(
+        insecure,
+        "refusing to serve the API on {listen}: {list}. Close these (continuum certs init, continuum token), listen on a loopback address, or pass --insecure on a network you trust"
+    );
+    Ok(vec![format!(
+        "WARNING: the API on {listen} is exposed: {list}. Use this only on a network you trust."
+    )])
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut warnings: Vec<String> = continuum_bus::args::exposure(
-        "the API (apply, rollback, gateway links)",
-        args.listen,
-        args.insecure,
-    )
-    .map_err(anyhow::Error::msg)?
-    .into_iter()
-    .collect();
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            ServerTls::load(cert, key, args.tls_client_ca.as_deref())
+                .map_err(anyhow::Error::msg)?,
+        ),
+        _ => None,
+    };
+    let api = match &args.tokens {
+        None => ApiAccess::Open,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("the tokens file {}", path.display()))?;
+            let tokens = continuum_orchestrator::access::Tokens::from_json(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            anyhow::ensure!(
+                !tokens.is_empty(),
+                "{} lists no token: nobody could use the API (add one with `continuum token`)",
+                path.display()
+            );
+            ApiAccess::Tokens(tokens)
+        }
+    };
+    for id in &args.allow_gateways {
+        continuum_orchestrator::core::check_gateway_id(id).map_err(anyhow::Error::msg)?;
+    }
+    let mut warnings = api_exposure(args.listen, &gaps(tls.as_ref(), &api), args.insecure)?;
     if args.bus_url.is_none() {
         warnings.extend(
             args.bus
@@ -68,6 +160,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("{w}");
     }
     let mut config = Config::new(args.listen, args.data_dir);
+    config.tls = tls;
+    config.api = api;
+    config.allow_gateways = args.allow_gateways.into_iter().collect();
     if let Some(path) = &args.policy {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("the workload policy {}", path.display()))?;
@@ -89,8 +184,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let running = continuum_orchestrator::start(config.clone()).await?;
         eprintln!(
-            "continuum orchestrator listening on {} (data in {})",
+            "continuum orchestrator listening on {} ({}; data in {})",
             running.local_addr(),
+            match &config.tls {
+                Some(t) if t.verifies_clients() => "TLS, gateways by certificate",
+                Some(_) => "TLS",
+                None => "plain text",
+            },
             config.data_dir.display()
         );
         if let Some(url) = &config.bus_url {

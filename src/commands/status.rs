@@ -26,7 +26,7 @@ fn generation(n: u64) -> String {
     }
 }
 
-pub fn status(server: &str, format: Format, style: &Style) -> anyhow::Result<ExitCode> {
+pub fn status(server: &remote::Server, format: Format, style: &Style) -> anyhow::Result<ExitCode> {
     remote::block_on(async {
         let mut client = remote::connect(server).await?;
         let s = client
@@ -140,7 +140,11 @@ pub fn status(server: &str, format: Format, style: &Style) -> anyhow::Result<Exi
     })
 }
 
-pub fn gateways(server: &str, format: Format, style: &Style) -> anyhow::Result<ExitCode> {
+pub fn gateways(
+    server: &remote::Server,
+    format: Format,
+    style: &Style,
+) -> anyhow::Result<ExitCode> {
     remote::block_on(async {
         let mut client = remote::connect(server).await?;
         let r = client
@@ -194,7 +198,7 @@ pub fn gateways(server: &str, format: Format, style: &Style) -> anyhow::Result<E
 }
 
 pub fn history(
-    server: &str,
+    server: &remote::Server,
     limit: u32,
     format: Format,
     style: &Style,

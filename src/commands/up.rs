@@ -361,13 +361,17 @@ pub fn run(args: Args, style: &Style) -> anyhow::Result<ExitCode> {
             ),
         }
         // The rollout, then the live view until Ctrl-C.
-        let watch_server = server.clone();
+        let watch_server = crate::remote::Server::plain(&server);
         let watch_style = *style;
         std::thread::spawn(move || {
             let _ = super::watch::run(&watch_server, 0, None, Format::Human, &watch_style);
         });
         // The rollout in a thread of its own: Ctrl-C is heeded meanwhile.
-        let (apply_server, model, apply_style) = (server.clone(), args.model.clone(), *style);
+        let (apply_server, model, apply_style) = (
+            crate::remote::Server::plain(&server),
+            args.model.clone(),
+            *style,
+        );
         std::thread::spawn(move || {
             let style = apply_style;
             let applied = super::apply::apply(

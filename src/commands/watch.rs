@@ -187,7 +187,7 @@ impl Bars {
 /// cut) it reconnects with backoff and resumes right after the last event shown,
 /// so nothing is missed. The first connection's failure is an error.
 pub fn run(
-    server: &str,
+    server: &remote::Server,
     after: u64,
     subsystem: Option<String>,
     format: Format,
@@ -206,7 +206,7 @@ pub fn run(
 /// code, reconnecting after a lost stream and resuming after the last event
 /// handed over (so nothing is missed and nothing is seen twice).
 pub async fn follow(
-    server: &str,
+    server: &remote::Server,
     after: u64,
     subsystem: &str,
     style: &Style,

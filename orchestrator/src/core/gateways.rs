@@ -18,6 +18,16 @@ use crate::records::StoredTarget;
 
 static NO_OVERLAY: BTreeMap<String, StoredTarget> = BTreeMap::new();
 
+/// Refuses what cannot be a gateway id.
+pub fn check_gateway_id(id: &str) -> Result<(), Error> {
+    if is_valid_id(id) {
+        return Ok(());
+    }
+    Err(Error::BadRequest(format!(
+        "`{id}` is not a valid gateway id: expected 1 to 63 lowercase letters, digits and dashes, starting with a letter"
+    )))
+}
+
 /// A gateway accepted on the link.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Registered {
@@ -90,11 +100,7 @@ impl Core {
     /// Accepts a gateway on the link, and sends it its target if it lacks it.
     pub fn register(&self, reg: Register, now: i64) -> Result<Transition<Registered>, Error> {
         let id = reg.gateway_id.clone();
-        if !is_valid_id(&id) {
-            return Err(Error::BadRequest(format!(
-                "`{id}` is not a valid gateway id: expected 1 to 63 lowercase letters, digits and dashes, starting with a letter"
-            )));
-        }
+        check_gateway_id(&id)?;
         if self.gateways.get(&id).is_some_and(|g| g.session.is_some()) {
             return Err(Error::AlreadyConnected(id));
         }

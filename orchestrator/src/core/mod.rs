@@ -26,7 +26,7 @@ use continuum_models::{DeploymentModel, Kind, Megamodel, ModelDiff};
 use continuum_proto::v1::{ComponentStatus, DiffCounts, Gateway, Revision, Target};
 
 pub use events::{Batch, Log};
-pub use gateways::Registered;
+pub use gateways::{check_gateway_id, Registered};
 pub use revisions::{Moved, Prepared};
 pub use subsystem::Subsystem;
 
