@@ -163,6 +163,23 @@ pub fn explain(status: Status) -> anyhow::Error {
     anyhow::anyhow!(sentence)
 }
 
+/// A failed change whose request had left: when the failure is the
+/// connection's, the change may have been committed all the same, and the
+/// user is told how to find out rather than tempted to apply twice.
+pub fn explain_change(status: Status, what: &str) -> anyhow::Error {
+    let uncertain = matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+    );
+    let e = explain(status);
+    if !uncertain {
+        return e;
+    }
+    anyhow::anyhow!(
+        "{e}\n  the {what} was sent before the connection failed, so its outcome is unknown: `continuum history` shows whether it became a revision; retry with --base N (the head you based it on) and a second copy is refused instead of applied"
+    )
+}
+
 fn timestamp(unix_ms: i64) -> Option<jiff::Timestamp> {
     jiff::Timestamp::from_millisecond(unix_ms).ok()
 }

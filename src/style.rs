@@ -67,3 +67,36 @@ mod tests {
         assert_eq!(Style::new(true).bold("x"), "\x1b[1mx\x1b[0m");
     }
 }
+
+/// Text from outside (notes, authors, reasons and details gateways report) as
+/// it may reach a terminal: control characters escaped, so none can move the
+/// cursor, recolour or retitle the terminal, or forge a line.
+pub fn clean(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        assert_eq!(super::clean("plain note"), "plain note");
+        assert_eq!(
+            super::clean("a\u{1b}]0;pwned\u{7}b\nc"),
+            "a\\u{1b}]0;pwned\\u{7}b\\nc"
+        );
+        assert_eq!(super::clean("\u{9b}31m"), "\\u{9b}31m");
+    }
+}

@@ -496,7 +496,7 @@ fn beyond_loopback_the_plain_text_api_needs_insecure_and_says_so() {
         serve
             .startup
             .iter()
-            .any(|l| l.starts_with("WARNING: the API") && l.contains("unauthenticated")),
+            .any(|l| l.starts_with("WARNING: the API") && l.contains("takes no token")),
         "{:?}",
         serve.startup
     );
@@ -550,4 +550,49 @@ fn the_workload_policy_refuses_what_would_own_the_host_and_a_policy_file_allows_
         ],
     );
     ok(s.cli(&["apply", "-f", &model]));
+}
+
+#[test]
+fn notes_reach_the_terminal_as_text_and_an_oversized_model_is_refused_before_it_is_read() {
+    let (dir, data) = data_dir();
+    let s = Serve::start(&data);
+    // A note that would retitle the terminal and forge a line.
+    let note = "fix\u{1b}]0;owned\u{7}\nrevision 99 by root";
+    ok(s.cli(&[
+        "apply",
+        "-f",
+        &example("smart-building/v1.json"),
+        "-m",
+        note,
+    ]));
+    let history = ok(s.cli(&["history"]));
+    assert!(
+        !history.contains('\u{1b}') && !history.contains('\u{7}'),
+        "{history:?}"
+    );
+    assert!(
+        history.contains("fix\\u{1b}]0;owned\\u{7}\\nrevision 99"),
+        "{history}"
+    );
+    assert_eq!(history.lines().count(), 2, "no forged line: {history}");
+
+    // Refused by its size before it is read or packed: nothing is sent.
+    let big = dir.path().join("big.json");
+    std::fs::write(&big, vec![b' '; 4096]).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_continuum"))
+        .args(["apply", "-f"])
+        .arg(&big)
+        .env("CONTINUUM_SERVER", &s.addr)
+        .env("CONTINUUM_MAX_MODEL_BYTES", "1000")
+        .output()
+        .unwrap();
+    let said = err(&o);
+    assert!(
+        !o.status.success()
+            && said.contains("4096 bytes, more than the 1000")
+            && said.contains("nothing was sent"),
+        "{said}"
+    );
+    let history = json(s.cli(&["history", "-o", "json"]));
+    assert_eq!(history["revisions"].as_array().unwrap().len(), 1);
 }

@@ -10,7 +10,7 @@ use continuum_proto::v1::{
     RollbackRequest,
 };
 
-use crate::remote::{self, explain};
+use crate::remote;
 use crate::style::Style;
 use crate::Format;
 
@@ -20,10 +20,33 @@ fn author() -> String {
     std::env::var("USER").unwrap_or_default()
 }
 
+/// The largest model file sent: an orchestrator's default message limit
+/// (`serve --max-message-bytes`), unless `CONTINUUM_MAX_MODEL_BYTES` says.
+const MODEL_LIMIT: u64 = 16 << 20;
+
+/// Refuses a file the orchestrator would refuse for its size before reading
+/// it: reading and packing a huge model costs seconds and gigabytes first.
+fn check_size(file: &Path) -> anyhow::Result<()> {
+    let limit = std::env::var("CONTINUUM_MAX_MODEL_BYTES")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(MODEL_LIMIT);
+    let size = std::fs::metadata(file)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?
+        .len();
+    anyhow::ensure!(
+        size <= limit,
+        "{} is {size} bytes, more than the {limit} an orchestrator accepts (its --max-message-bytes); nothing was sent. Split the megamodel, or raise both limits (CONTINUUM_MAX_MODEL_BYTES here)",
+        file.display()
+    );
+    Ok(())
+}
+
 /// Sends the file and the templates its functions name (read next to it). The
 /// orchestrator validates everything itself, so the client does not: a file
 /// that does not parse is still sent, and the answer says where it is broken.
 fn request(file: &Path, base: Option<u64>, message: String) -> anyhow::Result<ApplyRequest> {
+    check_size(file)?;
     let text = std::fs::read_to_string(file)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
     let dir = file.parent().unwrap_or(Path::new("."));
@@ -109,7 +132,7 @@ pub fn apply(
                     }
                     Ok(ExitCode::from(1))
                 }
-                None => Err(explain(status)),
+                None => Err(remote::explain_change(status, "apply")),
             },
         }
     })
@@ -131,7 +154,7 @@ pub fn rollback(
                 author: author(),
             })
             .await
-            .map_err(explain)?;
+            .map_err(|s| remote::explain_change(s, "rollback"))?;
         print(&r.into_inner(), format, style)?;
         Ok(ExitCode::SUCCESS)
     })
@@ -144,7 +167,11 @@ fn print(r: &ApplyResponse, format: Format, style: &Style) -> anyhow::Result<()>
     let rev = r.revision.clone().unwrap_or_default();
     if rev.number == 0 {
         // A gateway's local API: no revision, a local model.
-        outln!("{} {}", style.yellow("applied locally:"), rev.message);
+        outln!(
+            "{} {}",
+            style.yellow("applied locally:"),
+            crate::style::clean(&rev.message)
+        );
         return Ok(());
     }
     if r.unchanged {
@@ -214,15 +241,22 @@ impl Rollout {
             event::Kind::Acknowledged(a)
                 if !a.accepted && wanted(&a.subsystem) == Some(a.generation) =>
             {
-                self.failures
-                    .push(format!("{}: target refused: {}", a.subsystem, a.reason));
+                self.failures.push(format!(
+                    "{}: target refused: {}",
+                    a.subsystem,
+                    crate::style::clean(&a.reason)
+                ));
             }
             event::Kind::Component(c) => {
                 let s = c.status.as_ref()?;
                 let at = wanted(&c.subsystem)?;
                 if s.state == ComponentState::Failed as i32 && s.generation >= at {
-                    self.failures
-                        .push(format!("{}/{}: {}", c.subsystem, s.component, s.reason));
+                    self.failures.push(format!(
+                        "{}/{}: {}",
+                        c.subsystem,
+                        s.component,
+                        crate::style::clean(&s.reason)
+                    ));
                 }
             }
             event::Kind::Current(c) => {

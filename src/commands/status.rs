@@ -7,7 +7,7 @@ use continuum_proto::v1::{
 };
 
 use crate::remote::{self, ago, explain, now_ms, table};
-use crate::style::Style;
+use crate::style::{clean, Style};
 use crate::Format;
 
 fn connected(g: Option<&Gateway>, now: i64) -> String {
@@ -71,7 +71,11 @@ pub fn status(server: &remote::Server, format: Format, style: &Style) -> anyhow:
             let state = match phase {
                 SubsystemPhase::Refused => {
                     if let Some(g) = g {
-                        failures.push(format!("{}: target refused: {}", sub.subsystem, g.rejected));
+                        failures.push(format!(
+                            "{}: target refused: {}",
+                            sub.subsystem,
+                            clean(&g.rejected)
+                        ));
                     }
                     "refused".to_owned()
                 }
@@ -83,7 +87,12 @@ pub fn status(server: &remote::Server, format: Format, style: &Style) -> anyhow:
                 SubsystemPhase::Deploying | SubsystemPhase::Unspecified => "converging".to_owned(),
             };
             for c in failing {
-                failures.push(format!("{}/{}: {}", sub.subsystem, c.component, c.reason));
+                failures.push(format!(
+                    "{}/{}: {}",
+                    sub.subsystem,
+                    c.component,
+                    clean(&c.reason)
+                ));
             }
             // What works says more about itself (a gateway's bridge: links,
             // counts, losses).
@@ -92,7 +101,18 @@ pub fn status(server: &remote::Server, format: Format, style: &Style) -> anyhow:
                 .iter()
                 .filter(|c| !c.detail.is_empty() && c.state != ComponentState::Failed as i32)
             {
-                bridges.push(format!("{}/{}: {}", sub.subsystem, c.component, c.detail));
+                // An offline gateway's last word is no longer the state of things.
+                let stale = if g.is_some_and(|g| g.connected) {
+                    ""
+                } else {
+                    " (last reported before the gateway went offline)"
+                };
+                bridges.push(format!(
+                    "{}/{}: {}{stale}",
+                    sub.subsystem,
+                    c.component,
+                    clean(&c.detail)
+                ));
             }
             rows.push(vec![
                 sub.subsystem.clone(),
@@ -128,7 +148,7 @@ pub fn status(server: &remote::Server, format: Format, style: &Style) -> anyhow:
                     remote::date_time(d.since_unix_ms),
                     d.base_generation,
                     remote::counts(d.changes.as_ref()),
-                    if d.message.is_empty() { String::new() } else { format!(": {}", d.message) }
+                    if d.message.is_empty() { String::new() } else { format!(": {}", clean(&d.message)) }
                 );
             }
         }
@@ -184,9 +204,9 @@ pub fn gateways(
                     g.subsystem.clone()
                 },
                 connected(Some(g), now),
-                g.version.clone(),
+                clean(&g.version).into_owned(),
                 caps.arch,
-                g.location.clone(),
+                clean(&g.location).into_owned(),
                 generation(g.sent_generation),
                 generation(g.acked_generation),
                 generation(g.observed_generation),
@@ -232,13 +252,13 @@ pub fn history(
             let note = if rev.restores > 0 {
                 format!("rollback to {}", rev.restores)
             } else {
-                rev.message.clone()
+                clean(&rev.message).into_owned()
             };
             rows.push(vec![
                 rev.number.to_string(),
                 remote::date_time(rev.created_unix_ms),
                 generation(rev.base),
-                rev.author.clone(),
+                clean(&rev.author).into_owned(),
                 remote::counts(rev.changes.as_ref()).replace("in sync", "none"),
                 note,
             ]);
@@ -257,7 +277,7 @@ pub fn history(
                     if d.message.is_empty() {
                         String::new()
                     } else {
-                        format!(": {}", d.message)
+                        format!(": {}", clean(&d.message))
                     }
                 );
             }

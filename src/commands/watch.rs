@@ -13,7 +13,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tonic::Code;
 
 use crate::remote::{self, clock, explain};
-use crate::style::Style;
+use crate::style::{clean, Style};
 use crate::Format;
 
 /// One line per event, as people read it.
@@ -26,7 +26,7 @@ pub fn describe(e: &Event, style: &Style) -> String {
             let by = if r.author.is_empty() {
                 String::new()
             } else {
-                format!(" by {}", r.author)
+                format!(" by {}", clean(&r.author))
             };
             let what = if r.restores > 0 {
                 format!(" restoring revision {}", r.restores)
@@ -54,7 +54,7 @@ pub fn describe(e: &Event, style: &Style) -> String {
             a.gateway_id,
             style.red("refused"),
             a.generation,
-            a.reason
+            clean(&a.reason)
         ),
         event::Kind::Connected(c) => format!(
             "{} {} (subsystem {}, version {})",
@@ -65,13 +65,13 @@ pub fn describe(e: &Event, style: &Style) -> String {
             } else {
                 &c.subsystem
             },
-            c.version
+            clean(&c.version)
         ),
         event::Kind::Disconnected(d) => format!(
             "{} {}: {}",
             d.gateway_id,
             style.yellow("disconnected"),
-            d.reason
+            clean(&d.reason)
         ),
         event::Kind::Component(c) => {
             let s = c.status.clone().unwrap_or_default();
@@ -86,11 +86,21 @@ pub fn describe(e: &Event, style: &Style) -> String {
                 _ => word,
             };
             if s.reason.is_empty() && !s.detail.is_empty() {
-                format!("{}/{}: {word} ({})", c.subsystem, s.component, s.detail)
+                format!(
+                    "{}/{}: {word} ({})",
+                    c.subsystem,
+                    s.component,
+                    clean(&s.detail)
+                )
             } else if s.reason.is_empty() {
                 format!("{}/{}: {word}", c.subsystem, s.component)
             } else {
-                format!("{}/{}: {word}: {}", c.subsystem, s.component, s.reason)
+                format!(
+                    "{}/{}: {word}: {}",
+                    c.subsystem,
+                    s.component,
+                    clean(&s.reason)
+                )
             }
         }
         event::Kind::Step(s) => {
@@ -102,7 +112,7 @@ pub fn describe(e: &Event, style: &Style) -> String {
             let reason = if s.reason.is_empty() {
                 String::new()
             } else {
-                format!(": {}", s.reason)
+                format!(": {}", clean(&s.reason))
             };
             format!(
                 "{}: step {} {word}{reason} ({}/{})",
@@ -120,7 +130,7 @@ pub fn describe(e: &Event, style: &Style) -> String {
             if d.message.is_empty() {
                 String::new()
             } else {
-                format!(": {}", d.message)
+                format!(": {}", clean(&d.message))
             }
         ),
         event::Kind::Current(c) => format!(

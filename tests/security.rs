@@ -1,0 +1,263 @@
+//! Identity and access end to end: an orchestrator serving TLS with the
+//! certificates `continuum certs` makes and the tokens `continuum token`
+//! makes; real gateway agents admitted by their certificates, and CLI clients
+//! by their tokens' roles.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::{err, free_port, json, ok, out, process_gateway, Guard, Serve, WITHIN};
+use continuum_bus::testing::wait_for;
+
+/// `continuum ARGS` run in `dir`.
+fn continuum(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_continuum"))
+        .current_dir(dir)
+        .args(args)
+        .env("USER", "tester")
+        .env_remove("CONTINUUM_TOKEN")
+        .env_remove("CONTINUUM_SERVER")
+        .output()
+        .expect("runs continuum")
+}
+
+fn fails(o: Output) -> String {
+    assert_ne!(o.status.code(), Some(0), "succeeded:\n{}", out(&o));
+    err(&o)
+}
+
+const TWO_GATEWAYS: &str = r#"{"name":"secure","subsystems":[
+    {"id":"north","components":[{"id":"north-gw","kind":"gateway"}]},
+    {"id":"south","components":[{"id":"south-gw","kind":"gateway"}]}]}"#;
+
+/// A process-driver gateway with these TLS flags, logging to `<dir>/<name>.log`.
+fn gateway(
+    dir: &Path,
+    id: &str,
+    url: &str,
+    name: &str,
+    tls: &[String],
+) -> (Guard, std::path::PathBuf) {
+    let log = dir.join(format!("{name}.log"));
+    let child = process_gateway(id, url, &dir.join(format!("{name}-data")))
+        .args(tls)
+        .env("CONTINUUM_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("starts continuum gateway");
+    (Guard(child), log)
+}
+
+fn log_says(log: &Path, needle: &str) {
+    wait_for(&format!("`{needle}` in {}", log.display()), WITHIN, || {
+        std::fs::read_to_string(log)
+            .ok()
+            .filter(|t| t.contains(needle))
+            .map(drop)
+    });
+}
+
+#[test]
+fn a_secure_orchestrator_admits_gateways_by_certificate_and_clients_by_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    ok(continuum(dir, &["certs", "init", "--dir", "certs"]));
+    let again = fails(continuum(dir, &["certs", "init", "--dir", "certs"]));
+    assert!(again.contains("exists already"), "{again}");
+    for id in ["north-gw", "south-gw"] {
+        ok(continuum(dir, &["certs", "gateway", id, "--dir", "certs"]));
+    }
+    let bad_id = fails(continuum(
+        dir,
+        &["certs", "gateway", "Bad_Id", "--dir", "certs"],
+    ));
+    assert!(bad_id.contains("not a valid gateway id"), "{bad_id}");
+    let alice = ok(continuum(
+        dir,
+        &[
+            "token",
+            "alice",
+            "--role",
+            "apply",
+            "--tokens",
+            "tokens.json",
+        ],
+    ));
+    let reader = ok(continuum(
+        dir,
+        &["token", "ro", "--role", "read", "--tokens", "tokens.json"],
+    ));
+    let (alice, reader) = (alice.trim().to_owned(), reader.trim().to_owned());
+    let stored = std::fs::read_to_string(dir.join("tokens.json")).unwrap();
+    assert!(
+        !stored.contains(&alice),
+        "the tokens file holds only hashes"
+    );
+
+    let p = |f: &str| dir.join(f).display().to_string();
+    let serve = Serve::start_with(
+        &dir.join("data"),
+        &[
+            "--no-mqtt",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &p("certs/server.pem"),
+            "--tls-key",
+            &p("certs/server.key"),
+            "--tls-client-ca",
+            &p("certs/ca.pem"),
+            "--tokens",
+            &p("tokens.json"),
+        ],
+    );
+    assert!(
+        !serve
+            .startup
+            .iter()
+            .any(|l| l.contains("NOTE") || l.contains("WARNING")),
+        "nothing is left open: {:?}",
+        serve.startup
+    );
+    let url = format!("https://{}", serve.addr);
+    let ca = p("certs/ca.pem");
+    let client = |token: Option<&str>, args: &[&str]| {
+        let mut all = vec!["--server", &url, "--ca", &ca];
+        if let Some(t) = token {
+            all.extend(["--token", t]);
+        }
+        all.extend(args);
+        continuum(dir, &all)
+    };
+
+    // Clients: a token is needed, and its role must allow the operation.
+    let anonymous = fails(client(None, &["status"]));
+    assert!(anonymous.contains("needs a token"), "{anonymous}");
+    let forged = fails(client(Some("ctm_forged"), &["status"]));
+    assert!(
+        forged.contains("not one this orchestrator accepts"),
+        "{forged}"
+    );
+    std::fs::write(dir.join("model.json"), TWO_GATEWAYS).unwrap();
+    let read_only = fails(client(Some(&reader), &["apply", "-f", "model.json"]));
+    assert!(
+        read_only.contains("needs the role apply; `ro` holds read"),
+        "{read_only}"
+    );
+    ok(client(Some(&reader), &["status"]));
+    // A client that does not trust the orchestrator's CA does not talk to it.
+    let untrusting = fails(continuum(
+        dir,
+        &["--server", &url, "--token", &alice, "status"],
+    ));
+    assert!(
+        untrusting.contains("cannot reach the orchestrator"),
+        "{untrusting}"
+    );
+
+    ok(client(
+        Some(&alice),
+        &["apply", "-f", "model.json", "-m", "first"],
+    ));
+    let history = json(client(Some(&reader), &["history", "-o", "json"]));
+    assert_eq!(
+        history["revisions"][0]["author"], "alice",
+        "the author is the token's subject, not $USER: {history}"
+    );
+
+    // Gateways: each registers only as the id its certificate names.
+    let tls = |cert: &str| -> Vec<String> {
+        let mut f = vec!["--tls-ca".to_owned(), ca.clone()];
+        if !cert.is_empty() {
+            f.extend([
+                "--tls-cert".to_owned(),
+                p(&format!("certs/gateway-{cert}.pem")),
+                "--tls-key".to_owned(),
+                p(&format!("certs/gateway-{cert}.key")),
+            ]);
+        }
+        f
+    };
+    let (_impostor, impostor_log) = gateway(dir, "south-gw", &url, "impostor", &tls("north-gw"));
+    log_says(
+        &impostor_log,
+        "the link's certificate is for gateway `north-gw`; it may not register as `south-gw`",
+    );
+    let (_anonymous_gw, anonymous_log) = gateway(dir, "south-gw", &url, "anonymous", &tls(""));
+    log_says(&anonymous_log, "presented no certificate");
+    let gateways = json(client(Some(&reader), &["gateways", "-o", "json"]));
+    assert!(
+        gateways
+            .get("gateways")
+            .is_none_or(|g| g.as_array().unwrap().is_empty()),
+        "refused links registered nothing: {gateways}"
+    );
+
+    let (_north, _) = gateway(dir, "north-gw", &url, "north", &tls("north-gw"));
+    let (_south, _) = gateway(dir, "south-gw", &url, "south", &tls("south-gw"));
+    wait_for(
+        "both gateways to register and run generation 1",
+        WITHIN,
+        || {
+            let g = json(client(Some(&reader), &["gateways", "-o", "json"]));
+            let observed: Vec<(String, u64)> = g["gateways"]
+                .as_array()?
+                .iter()
+                .filter(|g| g["connected"] == true)
+                .map(|g| {
+                    (
+                        g["id"].as_str().unwrap_or("").to_owned(),
+                        g["observed_generation"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect();
+            (observed.len() == 2 && observed.iter().all(|(_, g)| *g == 1)).then_some(())
+        },
+    );
+}
+
+#[test]
+fn plain_text_is_for_loopback_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let serve = Serve::start_with(
+        &tmp.path().join("data"),
+        &["--no-mqtt", "--listen", "127.0.0.1:0"],
+    );
+    let note = serve
+        .startup
+        .iter()
+        .find(|l| l.contains("local development mode"))
+        .unwrap_or_else(|| panic!("no loud note: {:?}", serve.startup));
+    assert!(
+        note.contains("plain text") && note.contains("no token"),
+        "{note}"
+    );
+
+    // TLS alone does not make a server safe to expose: its gaps are named.
+    let dir = tmp.path();
+    ok(continuum(dir, &["certs", "init", "--dir", "certs"]));
+    let p = |f: &str| dir.join(f).display().to_string();
+    let listen = format!("0.0.0.0:{}", free_port().rsplit(':').next().unwrap());
+    let (code, said) = Serve::try_start_with(
+        &dir.join("data2"),
+        &[
+            "--no-mqtt",
+            "--listen",
+            &listen,
+            "--tls-cert",
+            &p("certs/server.pem"),
+            "--tls-key",
+            &p("certs/server.key"),
+        ],
+    )
+    .err()
+    .expect("refused without --insecure");
+    assert_eq!(code, 1, "{said}");
+    assert!(
+        said.contains("gateways are not authenticated") && said.contains("takes no token"),
+        "{said}"
+    );
+}
