@@ -56,18 +56,6 @@ impl Style {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn colour_only_when_asked() {
-        assert_eq!(Style::new(false).red("x"), "x");
-        assert_eq!(Style::new(true).red("x"), "\x1b[31mx\x1b[0m");
-        assert_eq!(Style::new(true).bold("x"), "\x1b[1mx\x1b[0m");
-    }
-}
-
 /// Text from outside (notes, authors, reasons and details gateways report) as
 /// it may reach a terminal: control characters escaped, so none can move the
 /// cursor, recolour or retitle the terminal, or forge a line.
@@ -90,6 +78,15 @@ pub fn clean(s: &str) -> std::borrow::Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_when_asked() {
+        assert_eq!(Style::new(false).red("x"), "x");
+        assert_eq!(Style::new(true).red("x"), "\x1b[31mx\x1b[0m");
+        assert_eq!(Style::new(true).bold("x"), "\x1b[1mx\x1b[0m");
+    }
+
     #[test]
     fn control_characters_are_shown_not_obeyed() {
         assert_eq!(super::clean("plain note"), "plain note");
