@@ -89,11 +89,11 @@ mod tests {
 
     #[test]
     fn control_characters_are_shown_not_obeyed() {
-        assert_eq!(super::clean("plain note"), "plain note");
+        assert_eq!(clean("plain note"), "plain note");
         assert_eq!(
-            super::clean("a\u{1b}]0;pwned\u{7}b\nc"),
+            clean("a\u{1b}]0;pwned\u{7}b\nc"),
             "a\\u{1b}]0;pwned\\u{7}b\\nc"
         );
-        assert_eq!(super::clean("\u{9b}31m"), "\\u{9b}31m");
+        assert_eq!(clean("\u{9b}31m"), "\\u{9b}31m");
     }
 }
