@@ -93,18 +93,17 @@ impl World {
     /// Starts an agent for the gateway with its own data directory and log
     /// (`<name>`, `<name>.log`).
     fn agent_as(&self, orchestrator: &str, name: &str) -> Guard {
+        self.agent_with(orchestrator, name, &["--no-mqtt", "--no-bridge"])
+    }
+
+    /// [`World::agent_as`] with these flags instead of `--no-mqtt --no-bridge`.
+    fn agent_with(&self, orchestrator: &str, name: &str, flags: &[&str]) -> Guard {
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
         Guard(
             Command::new(env!("CARGO_BIN_EXE_continuum"))
-                .args([
-                    "gateway",
-                    "--no-mqtt",
-                    "--no-bridge",
-                    "--id",
-                    &self.gateway,
-                    "--orchestrator",
-                    orchestrator,
-                ])
+                .arg("gateway")
+                .args(flags)
+                .args(["--id", &self.gateway, "--orchestrator", orchestrator])
                 .arg("--data-dir")
                 .arg(self.dir.path().join(name))
                 .arg("--context-root")
@@ -802,17 +801,32 @@ fn a_paused_agent_whose_id_was_taken_touches_nothing_until_admitted_again() {
         return;
     }
     let w = World::new();
+    // Each agent bridges its own local broker to the orchestrator's bus: the
+    // bridges of two agents with one id would take the global session from
+    // each other.
+    let (global, global5) = (free_port(), free_port());
     let s = Serve::start_with(
         &w.dir.path().join("orchestrator"),
         &[
-            "--no-mqtt",
+            "--mqtt-listen",
+            &global,
+            "--mqtt5-listen",
+            &global5,
             "--listen",
             "127.0.0.1:0",
             "--heartbeat-interval",
             "500ms",
         ],
     );
-    let a = w.agent_as(&s.addr, "a");
+    let bridged = |name: &str| {
+        let (local, local5) = (free_port(), free_port());
+        w.agent_with(
+            &s.addr,
+            name,
+            &["--mqtt-listen", &local, "--mqtt5-listen", &local5],
+        )
+    };
+    let a = bridged("a");
     ok(s.cli(&[
         "apply",
         "-f",
@@ -833,7 +847,7 @@ fn a_paused_agent_whose_id_was_taken_touches_nothing_until_admitted_again() {
             .clone();
         (gw["connected"] == false).then_some(())
     });
-    let b = w.agent_as(&s.addr, "b");
+    let b = bridged("b");
     w.wait("the second agent admitted", || {
         w.log_of("b")
             .contains("registered with the orchestrator")
@@ -873,6 +887,22 @@ fn a_paused_agent_whose_id_was_taken_touches_nothing_until_admitted_again() {
     }
     let a_said = w.log_of("a")[said_before..].to_owned();
     assert!(!a_said.contains("enacting"), "{a_said}");
+    // A's bridge stays off the global bus; B's holds the session throughout.
+    assert!(
+        a_said.contains("off the global bus while fenced"),
+        "{a_said}"
+    );
+    let b_said = w.log_of("b");
+    assert!(!b_said.contains("fenced"), "{b_said}");
+    let status = json(s.cli(&["status", "-o", "json"]));
+    let detail = status["subsystems"][0]["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["component"] == w.gateway.as_str())
+        .map(|c| c["detail"].as_str().unwrap_or("").to_owned())
+        .unwrap_or_default();
+    assert!(detail.contains("global bus connected"), "{status}");
 
     // B goes: A is admitted again and acts on the next revision.
     drop(b);

@@ -295,6 +295,8 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
     }
     let (interval, step_timeout, max_backoff) =
         (config.interval, config.step_timeout, config.max_backoff);
+    // Whether this agent may act: the bridge and the engine both heed it.
+    let fencing = crate::fence::Fencing::start(shutdown.clone());
     // A corrupt data directory stops the agent here, naming the file: it is
     // never silently reset.
     let store = Store::open(&config.data_dir)?;
@@ -354,11 +356,13 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
         if bc.keep_alive < Duration::from_secs(5) {
             anyhow::bail!("--bus-keepalive must be at least 5 seconds");
         }
+        bc.fencing = Some(Arc::clone(&fencing));
         let b = Bridge::start(bc).context("the bridge")?;
         Some(Arc::new(b))
     };
     let mut settings = Settings {
         bridge,
+        fencing,
         interval,
         step_timeout,
         max_backoff,
@@ -433,6 +437,7 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
 
 struct Settings {
     bridge: Option<Arc<Bridge>>,
+    fencing: Arc<crate::fence::Fencing>,
     interval: Duration,
     step_timeout: Duration,
     max_backoff: Duration,
@@ -471,6 +476,7 @@ async fn serve<R: ContainerRuntime>(
 ) -> anyhow::Result<()> {
     let Settings {
         bridge,
+        fencing,
         interval,
         step_timeout,
         max_backoff,
@@ -498,7 +504,6 @@ async fn serve<R: ContainerRuntime>(
                 .with_tls(tls.clone()),
         )),
     };
-    let fencing = crate::fence::Fencing::start(shutdown.clone());
     let policy = match &config.policy {
         Some(path) => {
             let text = std::fs::read_to_string(path)

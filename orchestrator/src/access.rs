@@ -20,7 +20,8 @@ pub enum Role {
     Read,
     /// Also apply, roll back and upload artefacts.
     Apply,
-    /// Also administer gateways (forget one that is gone).
+    /// Everything (today what `apply` allows; operations that administer the
+    /// orchestrator itself will need it).
     Admin,
 }
 

@@ -62,6 +62,16 @@ impl Forwarder {
                     tracing::error!(error = %e, "cannot set a poison message aside");
                 }
             }
+            let direction = self.lane.direction.as_str();
+            let open = self
+                .spec
+                .until_open(&cancel, |why| {
+                    tracing::warn!(direction, %why, "forwarder off the global bus while fenced");
+                })
+                .await;
+            if !open {
+                return;
+            }
             let (client, eventloop) = connect(&self.spec, self.window * 2);
             let mut events = pump(eventloop);
             match self
@@ -115,6 +125,8 @@ impl Forwarder {
         }
         let moved = self.spec.moved();
         tokio::pin!(moved);
+        let fenced = self.spec.fenced();
+        tokio::pin!(fenced);
         backoff.reset();
         let mut inflight: VecDeque<Inflight> = VecDeque::new();
         let mut last_sent = 0u64;
@@ -160,6 +172,10 @@ impl Forwarder {
                 _ = &mut moved => {
                     let _ = client.disconnect().await;
                     break Ended::Lost(format!("the bus moved from {url}"));
+                }
+                why = &mut fenced => {
+                    let _ = client.disconnect().await;
+                    break Ended::Lost(format!("fenced: {why}"));
                 }
                 _ = self.lane.notify.notified(), if room => continue,
                 ev = events.recv() => ev,

@@ -55,6 +55,17 @@ impl Session {
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut backoff = crate::bridge::mqtt::reconnect_backoff();
         loop {
+            let (stats, global) = (Arc::clone(&self.lane.stats), self.global());
+            let open = self
+                .spec
+                .until_open(&cancel, |why| {
+                    tracing::warn!(%why, "off the global bus while fenced");
+                    stats.set_link(global, LinkState::Down(format!("fenced: {why}")));
+                })
+                .await;
+            if !open {
+                return;
+            }
             self.lane
                 .stats
                 .set_link(self.global(), LinkState::Connecting);
@@ -95,6 +106,8 @@ impl Session {
         }
         let moved = self.spec.moved();
         tokio::pin!(moved);
+        let fenced = self.spec.fenced();
+        tokio::pin!(fenced);
         backoff.reset();
         self.lane
             .stats
@@ -121,6 +134,11 @@ impl Session {
                 _ = &mut moved => {
                     self.goodbye(client, events).await;
                     return Ended::Lost(format!("the bus moved from {url} to {}", self.spec.current_url()));
+                }
+                // No goodbye: the agent that holds the id now is online.
+                why = &mut fenced => {
+                    let _ = client.disconnect().await;
+                    return Ended::Lost(format!("fenced: {why}"));
                 }
                 changed = self.routes.changed() => {
                     if changed.is_err() {

@@ -71,6 +71,8 @@ pub struct BridgeConfig {
     pub keep_alive: Duration,
     /// Messages in flight to a destination at most.
     pub window: usize,
+    /// The agent's fence: the global side stays off the bus while it holds.
+    pub fencing: Option<Arc<crate::fence::Fencing>>,
 }
 
 impl BridgeConfig {
@@ -87,6 +89,7 @@ impl BridgeConfig {
             max_payload: 256 * 1024,
             keep_alive: Duration::from_secs(10),
             window: 256,
+            fencing: None,
         }
     }
 }
@@ -331,6 +334,7 @@ impl Bridge {
             keep_alive: config.keep_alive,
             will: None,
             max_packet: (config.max_payload as u32).saturating_mul(2).max(1 << 20),
+            fence: None,
         };
         let dead = deadletter::start(
             spec(&config.local, "dlq", false),
@@ -358,10 +362,12 @@ impl Bridge {
             let notify = Arc::new(Notify::new());
             let mut session_spec = spec(source, d.as_str(), true);
             let mut forwarder_spec = spec(dest, &format!("{}-fwd", d.as_str()), false);
-            match d {
-                Direction::In => session_spec.follow = Some(global_rx.clone()),
-                Direction::Out => forwarder_spec.follow = Some(global_rx.clone()),
-            }
+            let global_side = match d {
+                Direction::In => &mut session_spec,
+                Direction::Out => &mut forwarder_spec,
+            };
+            global_side.follow = Some(global_rx.clone());
+            global_side.fence = config.fencing.clone();
             if d == Direction::In {
                 session_spec.will = Some(LastWill::new(
                     status_topic.clone(),

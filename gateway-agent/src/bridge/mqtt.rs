@@ -29,6 +29,11 @@ pub struct ClientSpec {
     pub will: Option<LastWill>,
     /// The largest packet accepted, in bytes.
     pub max_packet: u32,
+    /// The agent's fence: while it holds (another agent took this gateway's
+    /// id, or this one was paused and is not admitted again yet), a client of
+    /// the global bus stays off it, so two bridges with one id never take the
+    /// same session from each other.
+    pub fence: Option<std::sync::Arc<crate::fence::Fencing>>,
 }
 
 impl ClientSpec {
@@ -52,6 +57,50 @@ impl ClientSpec {
                     }
                 }
                 None => std::future::pending::<()>().await,
+            }
+        }
+    }
+}
+
+impl ClientSpec {
+    /// Waits while the fence holds (false: told to stop meanwhile); `held`
+    /// hears why, once per reason.
+    pub async fn until_open(&self, cancel: &CancellationToken, held: impl Fn(&str)) -> bool {
+        let Some(fencing) = &self.fence else {
+            return true;
+        };
+        let mut fence = fencing.subscribe();
+        let mut said = String::new();
+        loop {
+            // Asked directly: a pause the fence's clock has not noticed yet counts.
+            let Some(why) = fencing.holds() else {
+                return true;
+            };
+            if why != said {
+                held(&why);
+                said = why;
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return false,
+                changed = fence.changed() => if changed.is_err() { return true },
+            }
+        }
+    }
+
+    /// Resolves with the reason when the fence closes (never without one).
+    pub fn fenced(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let fence = self.fence.as_ref().map(|f| f.subscribe());
+        async move {
+            let Some(mut fence) = fence else {
+                return std::future::pending().await;
+            };
+            loop {
+                if let Some(why) = fence.borrow_and_update().holds() {
+                    return why;
+                }
+                if fence.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
             }
         }
     }
