@@ -250,6 +250,7 @@ async fn whole_path(
         tls_ca: None,
         tls_cert: None,
         tls_key: None,
+        accept_older_targets: false,
         data_dir: dir.join("agent"),
         context_root: Some(dir.to_owned()),
         deploy_agent: None,

@@ -42,6 +42,17 @@ pub enum Refusal {
     /// Nothing to run.
     #[error("`{0}` has nothing this gateway can run (no container)")]
     NothingToRun(String),
+    /// A target older than the one held: a replay, or an orchestrator
+    /// restored from an older backup.
+    #[error("generation {offered} of `{subsystem}` is older than generation {holds}, which this gateway holds already: a replayed target is not enforced (if the orchestrator was restored from an older backup, restart this agent once with --accept-older-targets)")]
+    Older {
+        /// The subsystem.
+        subsystem: String,
+        /// The generation offered.
+        offered: u64,
+        /// The generation held.
+        holds: u64,
+    },
     /// The process driver cannot give the component what it needs.
     #[error("`{component}` needs {what}, which the process driver of this gateway cannot provide")]
     ProcessDriver {

@@ -67,6 +67,9 @@ pub struct AgentConfig {
     pub fencing: Option<Arc<crate::fence::Fencing>>,
     /// What workloads may reach of this host (checked at admission).
     pub policy: Arc<continuum_models::policy::Policy>,
+    /// Take a target older than the one held (after an orchestrator was
+    /// restored from an older backup); refused as a replay otherwise.
+    pub accept_older: bool,
 }
 
 /// Follows the engine's events for a subsystem's workloads, re-subscribing
@@ -325,8 +328,31 @@ impl<R: ContainerRuntime> Agent<R> {
         }
     }
 
+    /// Refuses an orchestrator's target older than the one held for the
+    /// same subsystem (a gateway moved to another subsystem starts afresh).
+    fn replayed(&self, offer: &Offer) -> Result<(), Refusal> {
+        let Some(held) = self.accepted.as_deref() else {
+            return Ok(());
+        };
+        if self.config.accept_older
+            || offer.local.is_some()
+            || held.local.is_some()
+            || held.subsystem != offer.subsystem
+            || offer.generation >= held.generation
+        {
+            return Ok(());
+        }
+        Err(Refusal::Older {
+            subsystem: offer.subsystem.clone(),
+            offered: offer.generation,
+            holds: held.generation,
+        })
+    }
+
     fn offer(&mut self, offer: Offer) {
-        let result = read(&offer)
+        let result = self
+            .replayed(&offer)
+            .and_then(|()| read(&offer))
             .and_then(|model| {
                 admit_with(
                     &model,
@@ -575,6 +601,7 @@ mod tests {
         let (progress, _rx) = mpsc::unbounded_channel();
         let config = AgentConfig {
             fencing: None,
+            accept_older: false,
             policy: Arc::default(),
             driver: Driver::Docker,
             interval: Duration::from_secs(60),
@@ -644,6 +671,36 @@ mod tests {
         a.pass().await;
         assert_eq!(a.enforcing, Enforcing::Accepted);
         assert_eq!(snap.borrow().observed, 3);
+    }
+
+    #[tokio::test]
+    async fn a_replayed_older_target_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = Arc::new(FakeRuntime::new());
+        rt.add_image("web:1");
+        let (mut a, snap) = agent(Arc::clone(&rt), dir.path());
+        let (o, answer) = offer(5, MODEL);
+        a.offer(o);
+        answer.await.unwrap().unwrap();
+        let (o, answer) = offer(3, &MODEL.replace("web:1", "web:old"));
+        a.offer(o);
+        let refused = answer.await.unwrap().unwrap_err().to_string();
+        assert!(
+            refused.contains("generation 3 of `s` is older than generation 5"),
+            "{refused}"
+        );
+        assert_eq!(snap.borrow().accepted, 5);
+        assert_eq!(a.accepted.as_ref().unwrap().generation, 5);
+        // The same generation again, or a newer one, is taken.
+        let (o, answer) = offer(5, MODEL);
+        a.offer(o);
+        answer.await.unwrap().unwrap();
+        // Told to, it takes an older one (an orchestrator restored from a backup).
+        a.config.accept_older = true;
+        let (o, answer) = offer(3, MODEL);
+        a.offer(o);
+        answer.await.unwrap().unwrap();
+        assert_eq!(snap.borrow().accepted, 3);
     }
 
     #[tokio::test(start_paused = true)]

@@ -55,6 +55,10 @@ pub struct Args {
         requires = "tls_cert"
     )]
     pub tls_key: Option<PathBuf>,
+    /// Take a target older than the one held (once, after the orchestrator
+    /// was restored from an older backup); otherwise it is refused as a replay.
+    #[arg(long)]
+    pub accept_older_targets: bool,
     /// Where the agent keeps the target it enforces.
     #[arg(
         long,
@@ -515,6 +519,7 @@ async fn serve<R: ContainerRuntime>(
     };
     let agent_config = AgentConfig {
         fencing: Some(Arc::clone(&fencing)),
+        accept_older: config.accept_older_targets,
         policy: Arc::new(policy),
         driver: config.driver,
         interval,
