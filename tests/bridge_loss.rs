@@ -555,6 +555,8 @@ async fn the_orchestrator_names_the_global_bus() {
     }
     let dir = tempfile::tempdir().unwrap();
     let global = Mosquitto::start(dir.path(), "global", "");
+    // No model names the gateway: the allow-list admits it.
+    let gateway = unique("gw");
     let serve = Serve::start_with(
         &dir.path().join("orchestrator"),
         &[
@@ -562,9 +564,10 @@ async fn the_orchestrator_names_the_global_bus() {
             "127.0.0.1:0",
             "--bus-url",
             &global.url().to_string(),
+            "--allow-gateway",
+            &gateway,
         ],
     );
-    let gateway = unique("gw");
     let watcher = Probe::connect(&global.url(), &unique("w"), false);
     watcher.connected(WITHIN).await;
     watcher

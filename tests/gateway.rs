@@ -921,3 +921,125 @@ fn a_paused_agent_whose_id_was_taken_touches_nothing_until_admitted_again() {
     assert_ne!(v3[&w.id("web")].0, v2[&w.id("web")].0);
     drop(a);
 }
+
+#[test]
+fn secrets_reach_the_container_from_the_gateway_and_nowhere_else() {
+    if !docker_ready() {
+        return;
+    }
+    let w = World::new();
+    let secrets = w.dir.path().join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    let (key, cert) = ("hunter2-env-value-7a1c", "CERT-BODY-file-value-93e0");
+    std::fs::write(secrets.join("api-key"), format!("{key}\n")).unwrap();
+    std::fs::write(secrets.join("cert.pem"), cert).unwrap();
+    let s = Serve::start(&w.dir.path().join("orchestrator"));
+    let secrets_dir = secrets.display().to_string();
+    let _agent = w.agent_with(
+        &s.addr,
+        "agent",
+        &["--no-mqtt", "--no-bridge", "--secrets-dir", &secrets_dir],
+    );
+    let web = w.id("web");
+    let model = |extra_secret: bool| {
+        let mut refs = vec![
+            serde_json::json!({"name": "api-key", "env": "API_KEY"}),
+            serde_json::json!({"name": "cert.pem", "file": "/run/secrets/cert.pem"}),
+        ];
+        if extra_secret {
+            refs.push(serde_json::json!({"name": "db-password", "env": "DB_PASSWORD"}));
+        }
+        let mm = serde_json::json!({"name": "secrets", "subsystems": [{
+            "id": w.subsystem,
+            "components": [
+                {"id": w.gateway, "kind": "gateway"},
+                {"id": web, "kind": "service", "resources": {"container": {
+                    "build": {"context": "bb"},
+                    "command": ["sh", "-c", "echo key=$API_KEY; cat /run/secrets/cert.pem; echo; trap 'exit 0' TERM; sleep 3600 & wait"],
+                    "env": {"VERSION": if extra_secret { "2" } else { "1" }},
+                    "secrets": refs
+                }}}],
+            "links": [{"kind": "hosting", "component": web, "host": w.gateway}]}]});
+        let path = w.dir.path().join(format!("secrets-{extra_secret}.json"));
+        std::fs::write(&path, mm.to_string()).unwrap();
+        path.display().to_string()
+    };
+    ok(s.cli(&["apply", "-f", &model(false)]));
+    w.wait_converged(&s, 1);
+    let running = w.wait_running(&["web"]);
+    let container = running[&web].0.clone();
+    let said = w.wait("the container to print its secrets", || {
+        let o = Command::new("docker")
+            .args(["logs", &container])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        out.contains(cert).then_some(out)
+    });
+    assert!(said.contains(&format!("key={key}")), "{said}");
+
+    // A secret the gateway lacks fails the component, naming it and where it
+    // belongs; the running generation is left alone.
+    ok(s.cli(&["apply", "-f", &model(true)]));
+    let reason = w.wait("the missing secret to fail the component", || {
+        let status = json(s.cli(&["status", "-o", "json"]));
+        let sub = status["subsystems"]
+            .as_array()?
+            .iter()
+            .find(|x| x["subsystem"] == w.subsystem.as_str())?
+            .clone();
+        sub["components"]
+            .as_array()?
+            .iter()
+            .find(|c| c["component"] == web.as_str() && c["state"] == "failed")
+            .map(|c| c["reason"].as_str().unwrap_or("").to_owned())
+    });
+    assert!(
+        reason.contains("needs secret `db-password`")
+            && reason.contains(&format!("{secrets_dir}/db-password")),
+        "{reason}"
+    );
+
+    // The values are on the gateway and in the container, nowhere else.
+    let everything = [
+        ok(s.cli(&["get", "-o", "json"])),
+        ok(s.cli(&["get", "--current", "-o", "json"])),
+        ok(s.cli(&["status", "-o", "json"])),
+        ok(s.cli(&["history", "-o", "json"])),
+        w.agent_log(),
+    ]
+    .join("\n");
+    assert!(everything.contains("api-key"), "the names travel");
+    for value in [key, cert] {
+        assert!(
+            !everything.contains(value),
+            "`{value}` leaked: {everything}"
+        );
+    }
+    for file in walk(&w.dir.path().join("orchestrator")) {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        for value in [key, cert] {
+            assert!(
+                !bytes
+                    .windows(value.len())
+                    .any(|win| win == value.as_bytes()),
+                "`{value}` is in {}",
+                file.display()
+            );
+        }
+    }
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

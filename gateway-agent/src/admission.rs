@@ -145,6 +145,8 @@ pub fn admit_with(
                 Some("an image's own entry point (give it a `command`)")
             } else if !spec.mounts.is_empty() {
                 Some("mounts")
+            } else if spec.secrets.iter().any(|s| s.file.is_some()) {
+                Some("secrets as files (mounts; give them as `env`)")
             } else if spec
                 .network
                 .as_deref()

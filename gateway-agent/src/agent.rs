@@ -610,6 +610,7 @@ mod tests {
                 build_args: Default::default(),
                 blobs: None,
                 workload_env: Default::default(),
+                secrets_dir: dir.join("secrets"),
                 step_timeout: Duration::from_secs(5),
                 settle: Duration::ZERO,
                 routing: Arc::new(crate::routing::MemoryRouting::default()),

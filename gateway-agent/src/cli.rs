@@ -59,6 +59,10 @@ pub struct Args {
     /// was restored from an older backup); otherwise it is refused as a replay.
     #[arg(long)]
     pub accept_older_targets: bool,
+    /// Where the secrets models name are, one file per secret (default:
+    /// `secrets` in the data directory).
+    #[arg(long, env = "CONTINUUM_SECRETS_DIR", value_name = "DIR")]
+    pub secrets_dir: Option<PathBuf>,
     /// Where the agent keeps the target it enforces.
     #[arg(
         long,
@@ -528,6 +532,10 @@ async fn serve<R: ContainerRuntime>(
             blobs,
             build_args,
             workload_env,
+            secrets_dir: config
+                .secrets_dir
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("secrets")),
             step_timeout,
             settle: config.settle,
             routing: match &bridge {

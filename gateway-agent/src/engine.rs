@@ -105,6 +105,8 @@ pub struct EngineConfig {
     /// Environment every workload gets unless the model sets it (where the
     /// local broker is, `CONTINUUM_BROKER`).
     pub workload_env: BTreeMap<String, String>,
+    /// Where the secrets models name are (one file per secret).
+    pub secrets_dir: std::path::PathBuf,
     /// The longest a step may take.
     pub step_timeout: Duration,
     /// How long a started workload must keep running to count as started.
@@ -266,6 +268,7 @@ mod tests {
             build_args: Default::default(),
             blobs: None,
             workload_env: Default::default(),
+            secrets_dir: Default::default(),
             step_timeout: Duration::from_secs(5),
             settle: Duration::ZERO,
             routing: Arc::new(crate::routing::MemoryRouting::default()),

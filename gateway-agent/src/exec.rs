@@ -37,6 +37,12 @@ pub enum StepError {
     /// The plan names a component the target lacks (a bug in planning).
     #[error("`{0}` is not in the target")]
     NotInTarget(String),
+    /// A secret the component names cannot be given.
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
+    /// A failure whose message quoted a secret, which is replaced by its name.
+    #[error("{0}")]
+    Redacted(String),
     /// A workload component without a container resource.
     #[error("`{0}` has no container resource")]
     NoContainer(String),
@@ -447,12 +453,28 @@ impl<R: ContainerRuntime> Context<R> {
             for (k, v) in &self.pass.config.workload_env {
                 spec.env.entry(k.clone()).or_insert_with(|| v.clone());
             }
+            let secrets = c
+                .spec
+                .resources()
+                .and_then(|r| r.container.as_ref())
+                .map(|k| k.secrets.as_slice())
+                .unwrap_or_default();
+            let given =
+                crate::secrets::give(&self.pass.config.secrets_dir, &c.id, secrets, &mut spec)?;
             if let Some(network) = spec.network.as_deref().filter(|n| is_custom_network(n)) {
                 let labels =
                     BTreeMap::from([(LABEL_SUBSYSTEM.to_owned(), self.pass.subsystem.clone())]);
                 self.runtime.ensure_network(network, &labels).await?;
             }
-            self.runtime.create(&spec).await?;
+            if let Err(e) = self.runtime.create(&spec).await {
+                let said = e.to_string();
+                let clean = given.redact(&said);
+                return Err(if clean == said {
+                    e.into()
+                } else {
+                    StepError::Redacted(clean)
+                });
+            }
         }
         Ok(())
     }

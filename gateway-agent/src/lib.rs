@@ -28,6 +28,7 @@ mod observe;
 mod proxies;
 pub mod routing;
 pub mod runtime;
+pub mod secrets;
 pub mod spec;
 pub mod store;
 

@@ -117,6 +117,7 @@ async fn setup_as(subsystem: String, p: String) -> Option<Setup> {
             build_args: Default::default(),
             blobs: None,
             workload_env: Default::default(),
+            secrets_dir: Default::default(),
             step_timeout: Duration::from_secs(60),
             settle: Duration::from_millis(500),
             routing: Arc::new(continuum_gateway::routing::NoBridge),

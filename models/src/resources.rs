@@ -61,6 +61,37 @@ pub struct ContainerSpec {
     /// Docker network mode or name (`host`, `none`, a network of the subsystem).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// Secrets the gateway gives it from its own secrets directory: the model
+    /// names them, never holds them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretRef>,
+}
+
+/// A secret a container receives: the file `name` of its gateway's secrets
+/// directory, as an environment variable or as a read-only file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    /// The secret's name on the gateway.
+    pub name: String,
+    /// The environment variable that holds its value...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// ...or the absolute path in the container where it is mounted read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+impl SecretRef {
+    /// Whether `name` can name a secret: a file name of letters, digits,
+    /// `.`, `_` and `-` that does not start with a dot (no path, no `..`).
+    pub fn valid_name(name: &str) -> bool {
+        (1..=128).contains(&name.len())
+            && !name.starts_with('.')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    }
 }
 
 /// A local image build: no registry is assumed reachable.

@@ -454,6 +454,54 @@ fn check_container(c: &ContainerSpec, path: &JsonPath, problems: &mut Vec<Proble
             .expected("a non-empty name without '='"),
         );
     }
+    check_secrets(c, path, problems);
+}
+
+fn check_secrets(c: &ContainerSpec, path: &JsonPath, problems: &mut Vec<Problem>) {
+    let mut targets = HashSet::new();
+    for (i, s) in c.secrets.iter().enumerate() {
+        let at = path.key("secrets").index(i);
+        if !crate::resources::SecretRef::valid_name(&s.name) {
+            problems.push(
+                Problem::new(at.key("name"), format!("`{}` cannot name a secret", s.name))
+                    .expected("a file name of the gateway's secrets directory: letters, digits, '.', '_' and '-', not starting with '.'"),
+            );
+        }
+        match (&s.env, &s.file) {
+            (Some(_), Some(_)) | (None, None) => problems.push(
+                Problem::new(at.clone(), format!("secret `{}` needs exactly one of `env` and `file`", s.name))
+                    .expected("`env`: the variable that holds it, or `file`: the absolute path it is mounted at"),
+            ),
+            (Some(var), None) => {
+                if var.is_empty() || var.contains('=') {
+                    problems.push(
+                        Problem::new(at.key("env"), format!("invalid environment variable name `{var}`"))
+                            .expected("a non-empty name without '='"),
+                    );
+                } else if c.env.contains_key(var) {
+                    problems.push(
+                        Problem::new(at.key("env"), format!("`{var}` is also set in `env`"))
+                            .expected("each variable once: a secret's value is never written in the model"),
+                    );
+                }
+            }
+            (None, Some(file)) => {
+                if !file.starts_with('/') || file.split('/').any(|p| p == "..") {
+                    problems.push(
+                        Problem::new(at.key("file"), format!("`{file}` is not an absolute path inside the container"))
+                            .expected("an absolute path such as /run/secrets/api-key, without '..'"),
+                    );
+                }
+            }
+        }
+        let target = s.env.clone().or_else(|| s.file.clone()).unwrap_or_default();
+        if !target.is_empty() && !targets.insert(target.clone()) {
+            problems.push(
+                Problem::new(at, format!("`{target}` receives two secrets"))
+                    .expected("each variable or file once"),
+            );
+        }
+    }
 }
 
 fn check_links<'a>(

@@ -595,3 +595,50 @@ fn flash_health_confirmation_and_signature() {
     });
     assert_eq!(problems(doc), Vec::<(String, String, String)>::new());
 }
+
+#[test]
+fn secrets_are_named_never_held_and_go_to_exactly_one_place() {
+    let mut d = base();
+    components(&mut d)[1]["resources"]["container"]["env"] = json!({"TOKEN": "x"});
+    components(&mut d)[1]["resources"]["container"]["secrets"] = json!([
+        {"name": "api-key", "env": "API_KEY"},
+        {"name": "tls.pem", "file": "/run/secrets/tls.pem"},
+        {"name": "../etc/shadow", "env": "SHADOW"},
+        {"name": "both", "env": "B", "file": "/b"},
+        {"name": "neither"},
+        {"name": "token", "env": "TOKEN"},
+        {"name": "rel", "file": "run/x"},
+        {"name": "again", "env": "API_KEY"}
+    ]);
+    let p = problems(d);
+    let at = |i: usize| format!("subsystems[0].components[1].resources.container.secrets[{i}]");
+    assert!(
+        has(&p, &format!("{}.name", at(2)), "cannot name a secret"),
+        "{p:?}"
+    );
+    assert!(has(&p, &at(3), "exactly one of `env` and `file`"), "{p:?}");
+    assert!(has(&p, &at(4), "exactly one of `env` and `file`"), "{p:?}");
+    assert!(
+        has(&p, &format!("{}.env", at(5)), "also set in `env`"),
+        "{p:?}"
+    );
+    assert!(
+        has(&p, &format!("{}.file", at(6)), "not an absolute path"),
+        "{p:?}"
+    );
+    assert!(has(&p, &at(7), "receives two secrets"), "{p:?}");
+    assert!(
+        !p.iter()
+            .any(|(path, _, _)| path.starts_with(&at(0)) || path.starts_with(&at(1))),
+        "{p:?}"
+    );
+    // A value cannot be written in.
+    let mut d = base();
+    components(&mut d)[1]["resources"]["container"]["secrets"] =
+        json!([{"name": "x", "env": "Y", "value": "inline"}]);
+    assert!(has(
+        &problems(d),
+        &format!("{}.value", at(0)),
+        "unknown field `value`"
+    ));
+}
