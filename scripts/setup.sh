@@ -14,6 +14,8 @@ command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v faketime >/dev/null 2>&1 || need_apt+=(faketime)
 # ip (network namespaces): the bridge's partition test.
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+# iptables: random loss on a host's link in the multi-host fault harness.
+command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need_apt+=(iptables)
 # Leaf devices: avr-gcc builds the example's firmware, avrdude is the reference
 # flasher, simavr (and its library) runs the simulated Arduino Uno, the Arduino
 # core brings its bootloader, socat makes bare pty pairs.

@@ -419,8 +419,18 @@ fn serve_embeds_the_global_bus_with_its_users() {
 #[test]
 fn the_gateway_dials_the_global_server_flag_and_refuses_two_orchestrators() {
     let (dir, data) = data_dir();
-    let s = Serve::start(&data);
+    // No model names the gateway: the allow-list admits it.
     let id = common::unique("srvflag");
+    let s = Serve::start_with(
+        &data,
+        &[
+            "--no-mqtt",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-gateway",
+            &id,
+        ],
+    );
     let _agent = Guard(
         Command::new(env!("CARGO_BIN_EXE_continuum"))
             .args(["--server", &s.addr, "gateway", "--id", &id])

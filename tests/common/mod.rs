@@ -390,7 +390,18 @@ pub fn remove_docker_objects(subsystem: &str, functions: &[String]) {
         ])
         .output();
 }
+/// Records a fault scenario's outcome and time to recover, for
+/// `scripts/reliability.sh` (one file per scenario under the target's tmp).
+pub fn record(scenario: &str, fault: &str, outcome: &str, recovered_in: Duration) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("reliability");
+    std::fs::create_dir_all(&dir).unwrap();
+    let line = format!("{fault}\t{outcome}\t{:.1}\n", recovered_in.as_secs_f64());
+    std::fs::write(dir.join(format!("{scenario}.tsv")), line).unwrap();
+    eprintln!("{scenario}: {fault} | {outcome} | recovered in {recovered_in:?}");
+}
+
 pub mod devices;
+pub mod hosts;
 
 /// Waits until something accepts connections on `addr`.
 pub fn wait_for_port(addr: &str) {
