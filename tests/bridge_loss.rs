@@ -38,6 +38,8 @@ struct Rig {
     gateway: String,
     agent: Option<Guard>,
     agent_args: Vec<String>,
+    /// Environment of the next agent started (a fault to arm).
+    agent_env: Vec<(String, String)>,
 }
 
 impl Rig {
@@ -103,6 +105,7 @@ impl Rig {
             gateway,
             agent: None,
             agent_args,
+            agent_env: Vec::new(),
         };
         rig.start_agent();
         rig
@@ -141,6 +144,7 @@ impl Rig {
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_continuum"))
             .args(&self.agent_args)
+            .envs(self.agent_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -618,4 +622,63 @@ async fn the_orchestrator_names_the_global_bus() {
     })
     .await;
     assert!(status.contains("\"online\":true"), "{status}");
+}
+
+/// A message published without an id is given one by the bridge when it is
+/// committed. If the agent dies after that commit and before it acknowledges
+/// the message to the local broker, the broker delivers it again, and the
+/// bridge cannot tell the redelivery from a new message: it is forwarded
+/// twice (at least once, never lost). Messages with ids crossing the same
+/// crash stay exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_without_an_id_cut_between_commit_and_acknowledgement_arrives_twice() {
+    if !mosquitto_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let global = Mosquitto::start(dir.path(), "global", "");
+    // An external local broker keeps the bridge's session across the crash.
+    let local = Mosquitto::start(dir.path(), "local", "");
+    let mut rig = Rig::start(&global.url(), Some(&local.url()), free_port());
+    let t = Traffic::start(&global.url(), &local.url(), &rig.gateway).await;
+    eventually("a fifth through", || {
+        (t.up().taken.len() as u64 >= N / 5).then_some(())
+    })
+    .await;
+    // The next agent aborts right after committing a message on this topic
+    // (which the global subscriber's `loss/up/#` covers).
+    let noid = "loss/up/noid";
+    rig.kill_agent();
+    rig.agent_env = vec![(
+        "CONTINUUM_FAULT_ABORT_AFTER_COMMIT".to_owned(),
+        noid.to_owned(),
+    )];
+    rig.start_agent();
+    t.l_pub.publish_numbered(noid, 1..=1, 32, None).await;
+    let aborted = eventually("the armed agent to abort", || {
+        let g = rig.agent.as_mut()?;
+        g.0.try_wait().ok().flatten()
+    })
+    .await;
+    assert!(!aborted.success(), "{aborted:?}");
+    let log = std::fs::read_to_string(rig.log()).unwrap();
+    assert!(
+        log.contains("aborting after committing a message on loss/up/noid"),
+        "{log}"
+    );
+    rig.agent = None;
+    rig.agent_env.clear();
+    rig.start_agent();
+    t.second_half_while_faulty().await;
+    t.check("agent aborted between commit and acknowledgement")
+        .await;
+    let copies = eventually("the id-less message forwarded", || {
+        let got = t.g_sub.received_on(noid);
+        (got.len() >= 2).then_some(got)
+    })
+    .await;
+    assert_eq!(copies.len(), 2, "once from the outbox, once redelivered");
+    assert_eq!(copies[0].payload, copies[1].payload);
+    let (a, b) = (copies[0].id.clone().unwrap(), copies[1].id.clone().unwrap());
+    assert_ne!(a, b, "the bridge gave each copy an id of its own");
 }

@@ -230,6 +230,7 @@ impl Session {
         if pushed.appended > 0 {
             self.lane.notify.notify_one();
         }
+        super::fault::after_commit(&messages);
         for p in batch.drain(..) {
             client
                 .ack(&p)

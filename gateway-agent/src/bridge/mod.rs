@@ -16,6 +16,7 @@
 //! by plan steps and persisted here.
 
 pub(crate) mod deadletter;
+pub(crate) mod fault;
 pub(crate) mod forward;
 pub(crate) mod inbound;
 pub(crate) mod metrics;
