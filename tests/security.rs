@@ -261,3 +261,123 @@ fn plain_text_is_for_loopback_and_says_so() {
         "{said}"
     );
 }
+
+#[test]
+fn the_bridge_reaches_the_global_bus_over_tls_with_credentials() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    ok(continuum(dir, &["certs", "init", "--dir", "certs"]));
+    let p = |f: &str| dir.join(f).display().to_string();
+    let tls_port = free_port();
+    let serve = Serve::start_with(
+        &dir.join("data"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            &free_port(),
+            "--mqtt5-listen",
+            &free_port(),
+            "--mqtts-listen",
+            &tls_port,
+            "--mqtt-tls-cert",
+            &p("certs/server.pem"),
+            "--mqtt-tls-key",
+            &p("certs/server.key"),
+            "--mqtt-user",
+            "edge:s3cret",
+        ],
+    );
+    let gw = common::unique("tlsgw");
+    let model = serde_json::json!({"name": "tls", "subsystems": [{"id": "s", "components": [
+        {"id": gw, "kind": "gateway", "equipped_with_bridge": true,
+         "routes": [{"topic": "tls/up/#", "direction": "out"}]}]}]});
+    std::fs::write(dir.join("model.json"), model.to_string()).unwrap();
+    ok(continuum(
+        dir,
+        &["--server", &serve.addr, "apply", "-f", "model.json"],
+    ));
+    let local = free_port();
+    let log = dir.join("gateway.log");
+    let _gateway = Guard(
+        Command::new(env!("CARGO_BIN_EXE_continuum"))
+            .args(["gateway", "--driver", "process", "--id", &gw])
+            .args([
+                "--orchestrator",
+                &serve.addr,
+                "--tls-ca",
+                &p("certs/ca.pem"),
+            ])
+            .args(["--bus-credentials", "edge:s3cret"])
+            .args(["--mqtt-listen", &free_port(), "--mqtt5-listen", &local])
+            .args(["--max-backoff", "1s"])
+            .arg("--data-dir")
+            .arg(dir.join("gateway"))
+            .env("CONTINUUM_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    // A standard client reads the global bus over TLS, with the account.
+    // The certificate names localhost (the way an operator reaches the bus).
+    let port = tls_port.rsplit_once(':').unwrap().1;
+    let mut sub = Command::new("mosquitto_sub")
+        .args([
+            "-V",
+            "5",
+            "-h",
+            "localhost",
+            "-p",
+            port,
+            "--cafile",
+            &p("certs/ca.pem"),
+        ])
+        .args([
+            "-u", "edge", "-P", "s3cret", "-t", "tls/up/#", "-C", "1", "-W", "60",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub (mosquitto-clients)");
+    let (lhost, lport) = local.rsplit_once(':').unwrap();
+    wait_for("a message across the bridge over TLS", WITHIN, || {
+        // Refused until the gateway's local broker is up; then sent until
+        // the bridge carries one.
+        let _ = Command::new("mosquitto_pub")
+            .args(["-V", "5", "-h", lhost, "-p", lport, "-q", "1"])
+            .args(["-t", "tls/up/hello", "-m", "over-tls"])
+            .output()
+            .unwrap();
+        sub.try_wait().unwrap().map(drop)
+    });
+    let said = sub.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&said.stdout).trim(),
+        "over-tls",
+        "{}",
+        err(&said)
+    );
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains(&format!("mqtts://edge:***@127.0.0.1:{port}")),
+        "the bridge went over TLS: {logged}"
+    );
+
+    // Without the account, the TLS listener turns a client away.
+    let refused = Command::new("mosquitto_pub")
+        .args([
+            "-V",
+            "5",
+            "-h",
+            "localhost",
+            "-p",
+            port,
+            "--cafile",
+            &p("certs/ca.pem"),
+        ])
+        .args(["-t", "tls/up/x", "-m", "intruder"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "an anonymous client was let in");
+}

@@ -18,6 +18,16 @@ pub struct BusArgs {
     /// A user the broker accepts (`name:password`, repeatable); none: anonymous.
     #[arg(long = "mqtt-user", value_parser = parse_user)]
     pub users: Vec<(String, String)>,
+    /// Also serve MQTT 5 over TLS here (with --mqtt-tls-cert and
+    /// --mqtt-tls-key): for clients on other machines.
+    #[arg(long, value_name = "ADDR", requires_all = ["mqtt_tls_cert", "mqtt_tls_key"])]
+    pub mqtts_listen: Option<SocketAddr>,
+    /// The TLS listener's certificate (PEM; `continuum certs init` makes one).
+    #[arg(long, value_name = "FILE", requires = "mqtts_listen")]
+    pub mqtt_tls_cert: Option<std::path::PathBuf>,
+    /// The TLS listener's key (PEM).
+    #[arg(long, value_name = "FILE", requires = "mqtts_listen")]
+    pub mqtt_tls_key: Option<std::path::PathBuf>,
     /// Embed no broker.
     #[arg(long)]
     pub no_mqtt: bool,
@@ -36,6 +46,16 @@ impl BusArgs {
             ("the embedded MQTT broker (5)", self.mqtt5_listen),
         ] {
             warnings.extend(exposure(what, addr, insecure)?);
+        }
+        if let Some(addr) = self.mqtts_listen {
+            // Encrypted; with accounts it is closed to strangers too.
+            if self.users.is_empty() {
+                warnings.extend(exposure(
+                    "the embedded MQTT broker over TLS without --mqtt-user accounts",
+                    addr,
+                    insecure,
+                )?);
+            }
         }
         Ok(warnings)
     }
@@ -90,6 +110,15 @@ impl BusArgs {
         }
         let mut c = BrokerConfig::new(Some(self.mqtt_listen), Some(self.mqtt5_listen));
         c.users = self.users.iter().cloned().collect();
+        if let (Some(listen), Some(cert), Some(key)) =
+            (self.mqtts_listen, &self.mqtt_tls_cert, &self.mqtt_tls_key)
+        {
+            c.tls = Some(crate::BrokerTls {
+                listen,
+                cert: cert.clone(),
+                key: key.clone(),
+            });
+        }
         Some(c)
     }
 }

@@ -19,6 +19,19 @@ pub struct BrokerConfig {
     pub max_payload: usize,
     /// Messages kept per connection while it cannot keep up.
     pub max_inflight: usize,
+    /// MQTT 5 over TLS, on an address of its own (none: not served).
+    pub tls: Option<BrokerTls>,
+}
+
+/// The broker's TLS listener: where, and its certificate and key (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerTls {
+    /// Where MQTT 5 over TLS is served.
+    pub listen: SocketAddr,
+    /// The certificate (chain first).
+    pub cert: std::path::PathBuf,
+    /// Its private key.
+    pub key: std::path::PathBuf,
 }
 
 impl BrokerConfig {
@@ -31,6 +44,7 @@ impl BrokerConfig {
             users: HashMap::new(),
             max_payload: 1 << 20,
             max_inflight: 1_000,
+            tls: None,
         }
     }
 }
@@ -47,6 +61,9 @@ pub enum BrokerError {
     /// The address is taken or not ours.
     #[error("the broker cannot listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
+    /// The TLS certificate or key is unusable.
+    #[error("the broker's TLS: {0}")]
+    Tls(String),
     /// The broker's thread could not be spawned.
     #[error("cannot start the broker's thread: {0}")]
     Thread(std::io::Error),
@@ -132,11 +149,28 @@ impl EmbeddedBroker {
         if config.v4.is_none() && config.v5.is_none() {
             return Err(BrokerError::NoListener);
         }
+        if let Some(t) = &config.tls {
+            // rumqttd only logs a certificate it cannot read: check here.
+            for (what, path, label) in [
+                ("certificate", &t.cert, "CERTIFICATE"),
+                ("key", &t.key, "PRIVATE KEY"),
+            ] {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| BrokerError::Tls(format!("the {what} {}: {e}", path.display())))?;
+                if !text.contains(&format!("{label}-----")) {
+                    return Err(BrokerError::Tls(format!(
+                        "{} holds no PEM {label} block",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        let tls_listen = config.tls.as_ref().map(|t| t.listen);
         contain_panics();
         // rumqttd only logs a listener it cannot open: find out here, so the
         // caller gets the error (and a port held by someone else is not taken
         // for ours).
-        for addr in [config.v4, config.v5].into_iter().flatten() {
+        for addr in [config.v4, config.v5, tls_listen].into_iter().flatten() {
             std::net::TcpListener::bind(addr).map_err(|e| BrokerError::Listen(addr, e))?;
         }
         let rumqttd_config = Config {
@@ -151,9 +185,22 @@ impl EmbeddedBroker {
             v4: config
                 .v4
                 .map(|a| HashMap::from([("v4".to_owned(), server("v4", a, &config))])),
-            v5: config
-                .v5
-                .map(|a| HashMap::from([("v5".to_owned(), server("v5", a, &config))])),
+            v5: {
+                let mut v5 = HashMap::new();
+                if let Some(a) = config.v5 {
+                    v5.insert("v5".to_owned(), server("v5", a, &config));
+                }
+                if let Some(t) = &config.tls {
+                    let mut tls = server("v5-tls", t.listen, &config);
+                    tls.tls = Some(rumqttd::TlsConfig::Rustls {
+                        capath: None,
+                        certpath: t.cert.display().to_string(),
+                        keypath: t.key.display().to_string(),
+                    });
+                    v5.insert("v5-tls".to_owned(), tls);
+                }
+                (!v5.is_empty()).then_some(v5)
+            },
             ..Config::default()
         };
         std::thread::Builder::new()
@@ -167,7 +214,7 @@ impl EmbeddedBroker {
             .map_err(BrokerError::Thread)?;
         // rumqttd says nothing when its listeners are up: poll them, with a deadline.
         let within = Duration::from_secs(10);
-        for addr in [config.v4, config.v5].into_iter().flatten() {
+        for addr in [config.v4, config.v5, tls_listen].into_iter().flatten() {
             let deadline = Instant::now() + within;
             while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
                 if Instant::now() > deadline {
@@ -176,7 +223,7 @@ impl EmbeddedBroker {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
-        tracing::info!(v4 = ?config.v4, v5 = ?config.v5, "embedded MQTT broker listening");
+        tracing::info!(v4 = ?config.v4, v5 = ?config.v5, tls = ?tls_listen, "embedded MQTT broker listening");
         Ok(EmbeddedBroker { config })
     }
 }

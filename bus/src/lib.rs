@@ -15,6 +15,6 @@ pub mod testing;
 pub mod url;
 
 #[cfg(feature = "broker")]
-pub use broker::{BrokerConfig, BrokerError, EmbeddedBroker};
+pub use broker::{BrokerConfig, BrokerError, BrokerTls, EmbeddedBroker};
 pub use id::{Dedup, MessageId, ID_PROPERTY};
 pub use url::BrokerUrl;

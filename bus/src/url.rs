@@ -1,4 +1,5 @@
-//! Where a broker is: `mqtt://[user:password@]host[:port]`.
+//! Where a broker is: `mqtt://[user:password@]host[:port]`, or `mqtts://`
+//! for MQTT over TLS (port 8883 unless said).
 
 use std::fmt;
 
@@ -11,11 +12,13 @@ pub struct BrokerUrl {
     pub port: u16,
     /// User name and password, percent-decoded.
     pub credentials: Option<(String, String)>,
+    /// MQTT over TLS (`mqtts://`).
+    pub tls: bool,
 }
 
 /// A text that is not a broker URL, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{url}` is not a broker URL: {why} (expected mqtt://[user:password@]host[:port])")]
+#[error("`{url}` is not a broker URL: {why} (expected mqtt[s]://[user:password@]host[:port])")]
 pub struct UrlError {
     url: String,
     why: &'static str,
@@ -34,9 +37,11 @@ impl std::str::FromStr for BrokerUrl {
             url::ParseError::EmptyHost => err("no host"),
             _ => err("it does not parse as a URL"),
         })?;
-        if !matches!(url.scheme(), "mqtt" | "tcp") {
-            return Err(err("the scheme must be mqtt://"));
-        }
+        let tls = match url.scheme() {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" => true,
+            _ => return Err(err("the scheme must be mqtt:// or mqtts://")),
+        };
         let host = match url.host() {
             None => return Err(err("no host")),
             Some(url::Host::Ipv6(a)) => a.to_string(),
@@ -56,8 +61,9 @@ impl std::str::FromStr for BrokerUrl {
         };
         Ok(BrokerUrl {
             host,
-            port: url.port().unwrap_or(1883),
+            port: url.port().unwrap_or(if tls { 8883 } else { 1883 }),
             credentials,
+            tls,
         })
     }
 }
@@ -82,9 +88,18 @@ impl BrokerUrl {
         let enc = |s: &str| {
             percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
         };
+        let scheme = self.scheme();
         match &self.credentials {
-            Some((u, p)) => format!("mqtt://{}:{}@{host}:{}", enc(u), enc(p), self.port),
-            None => format!("mqtt://{host}:{}", self.port),
+            Some((u, p)) => format!("{scheme}://{}:{}@{host}:{}", enc(u), enc(p), self.port),
+            None => format!("{scheme}://{host}:{}", self.port),
+        }
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls {
+            "mqtts"
+        } else {
+            "mqtt"
         }
     }
 }
@@ -92,7 +107,7 @@ impl BrokerUrl {
 /// Shown without the password.
 impl fmt::Display for BrokerUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("mqtt://")?;
+        write!(f, "{}://", self.scheme())?;
         if let Some((u, _)) = &self.credentials {
             write!(f, "{u}:***@")?;
         }
@@ -113,6 +128,17 @@ impl fmt::Debug for BrokerUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mqtts_is_tls_on_8883() {
+        let u: BrokerUrl = "mqtts://u:p@broker.example".parse().unwrap();
+        assert!(u.tls);
+        assert_eq!(u.port, 8883);
+        assert_eq!(u.to_string(), "mqtts://u:***@broker.example:8883");
+        let back: BrokerUrl = u.to_string_with_credentials().parse().unwrap();
+        assert_eq!(back, u);
+        assert!(!"mqtt://h".parse::<BrokerUrl>().unwrap().tls);
+    }
 
     #[test]
     fn credentials_survive_a_round_trip_when_asked_for() {

@@ -172,6 +172,10 @@ pub struct BridgeArgs {
     /// Credentials for a global bus the orchestrator names (`user:password`).
     #[arg(long, env = "CONTINUUM_BUS_CREDENTIALS", value_name = "USER:PASSWORD", value_parser = parse_credentials)]
     pub bus_credentials: Option<(String, String)>,
+    /// The CA (PEM) an `mqtts://` global bus's certificate is checked
+    /// against (default: --tls-ca, else the system's roots).
+    #[arg(long, env = "CONTINUUM_BUS_CA", value_name = "FILE")]
+    pub bus_ca: Option<PathBuf>,
     /// Run no bridge (models with functions or routes are then refused).
     #[arg(long)]
     pub no_bridge: bool,
@@ -201,13 +205,14 @@ fn bracketed(host: &str) -> String {
 }
 
 /// The global bus named in the orchestrator's welcome, as this gateway reaches it.
-fn named_bus(url: &str, port: u32, orchestrator: &str) -> Option<BrokerUrl> {
+fn named_bus(url: &str, port: u32, tls: bool, orchestrator: &str) -> Option<BrokerUrl> {
     if !url.is_empty() {
         return url.parse().ok();
     }
     let port = u16::try_from(port).ok().filter(|p| *p > 0)?;
     format!(
-        "mqtt://{}:{port}",
+        "{}://{}:{port}",
+        if tls { "mqtts" } else { "mqtt" },
         bracketed(&orchestrator_host(orchestrator))
     )
     .parse()
@@ -328,6 +333,7 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
             host: a.ip().to_string(),
             port: a.port(),
             credentials: b.users.iter().next().map(|(u, p)| (u.clone(), p.clone())),
+            tls: false,
         }),
         (None, None) => None,
     };
@@ -365,6 +371,11 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
             anyhow::bail!("--bus-keepalive must be at least 5 seconds");
         }
         bc.fencing = Some(Arc::clone(&fencing));
+        if let Some(ca) = config.bridge.bus_ca.as_ref().or(config.tls_ca.as_ref()) {
+            let pem =
+                continuum_proto::tls::read_pem(ca, "CERTIFICATE").map_err(anyhow::Error::msg)?;
+            bc.global_ca = Some(Arc::new(pem));
+        }
         let b = Bridge::start(bc).context("the bridge")?;
         Some(Arc::new(b))
     };
@@ -564,12 +575,12 @@ async fn serve<R: ContainerRuntime>(
         },
         max_backoff,
         bus: bridge.as_ref().map(|b| {
-            let (tx, mut rx) = mpsc::unbounded_channel::<(String, u32)>();
+            let (tx, mut rx) = mpsc::unbounded_channel::<(String, u32, bool)>();
             let b = Arc::clone(b);
             let orchestrator = config.orchestrator.clone();
             tokio::spawn(async move {
-                while let Some((url, port)) = rx.recv().await {
-                    match named_bus(&url, port, &orchestrator) {
+                while let Some((url, port, tls)) = rx.recv().await {
+                    match named_bus(&url, port, tls, &orchestrator) {
                         Some(u) => {
                             if let Err(e) = b.learn_global(u) {
                                 tracing::warn!(error = %e, "cannot keep the global bus's address");
@@ -671,13 +682,13 @@ mod tests {
         assert_eq!(orchestrator_host("http://10.0.0.5:7070"), "10.0.0.5");
         assert_eq!(orchestrator_host("edge.example:7070"), "edge.example");
         assert_eq!(orchestrator_host("http://[::1]:7070/"), "::1");
-        let u = named_bus("", 1884, "http://10.0.0.5:7070").unwrap();
+        let u = named_bus("", 1884, false, "http://10.0.0.5:7070").unwrap();
         assert_eq!(u.to_string(), "mqtt://10.0.0.5:1884");
-        let u = named_bus("", 1884, "[::1]:7070").unwrap();
+        let u = named_bus("", 1884, false, "[::1]:7070").unwrap();
         assert_eq!(u.to_string(), "mqtt://[::1]:1884");
-        let u = named_bus("mqtt://broker.example:1883", 0, "x:1").unwrap();
+        let u = named_bus("mqtt://broker.example:1883", 0, false, "x:1").unwrap();
         assert_eq!(u.to_string(), "mqtt://broker.example:1883");
-        assert!(named_bus("", 0, "x:1").is_none());
-        assert!(named_bus("http://nope", 0, "x:1").is_none());
+        assert!(named_bus("", 0, false, "x:1").is_none());
+        assert!(named_bus("http://nope", 0, false, "x:1").is_none());
     }
 }

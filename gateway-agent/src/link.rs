@@ -35,7 +35,7 @@ pub struct LinkConfig {
     pub max_backoff: Duration,
     /// Told the global bus the orchestrator names in its welcome (URL, or
     /// the port of its embedded bus on the dialled host).
-    pub bus: Option<mpsc::UnboundedSender<(String, u32)>>,
+    pub bus: Option<mpsc::UnboundedSender<(String, u32, bool)>>,
     /// Told whether the orchestrator admits this agent (see [`crate::fence`]).
     pub fencing: Option<std::sync::Arc<crate::fence::Fencing>>,
 }
@@ -202,7 +202,7 @@ async fn session(
     let mut fence = config.fencing.as_ref().map(|f| f.subscribe());
     if let Some(bus) = &config.bus {
         if !welcome.bus_url.is_empty() || welcome.bus_port > 0 {
-            let _ = bus.send((welcome.bus_url.clone(), welcome.bus_port));
+            let _ = bus.send((welcome.bus_url.clone(), welcome.bus_port, welcome.bus_tls));
         }
     }
     connected.send_replace(true);

@@ -177,11 +177,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             heartbeat_interval_ms: u64::try_from(config.heartbeat_interval.as_millis())
                 .unwrap_or(u64::MAX),
             bus_url: config.bus_url.clone().unwrap_or_default(),
+            // The TLS listener when there is one: gateways are on other machines.
             bus_port: config
                 .bus
                 .as_ref()
-                .and_then(|b| b.v5)
+                .and_then(|b| b.tls.as_ref().map(|t| t.listen).or(b.v5))
                 .map_or(0, |a| u32::from(a.port())),
+            bus_tls: config.bus.as_ref().is_some_and(|b| b.tls.is_some()),
         },
     )
     .map_err(|what| StoreError::Corrupt {

@@ -198,9 +198,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         if let Some(bus) = &config.bus {
             eprintln!(
-                "global bus (MQTT) on {} (3.1.1) and {} (5)",
+                "global bus (MQTT) on {} (3.1.1) and {} (5){}",
                 bus.v4.map(|a| a.to_string()).unwrap_or_default(),
-                bus.v5.map(|a| a.to_string()).unwrap_or_default()
+                bus.v5.map(|a| a.to_string()).unwrap_or_default(),
+                bus.tls
+                    .as_ref()
+                    .map(|t| format!(", {} (5 over TLS)", t.listen))
+                    .unwrap_or_default()
             );
         }
         let signal = shutdown_signal()?;

@@ -74,6 +74,8 @@ pub struct BridgeConfig {
     pub window: usize,
     /// The agent's fence: the global side stays off the bus while it holds.
     pub fencing: Option<Arc<crate::fence::Fencing>>,
+    /// The CA (PEM) of an `mqtts://` global bus (none: the system's roots).
+    pub global_ca: Option<Arc<Vec<u8>>>,
 }
 
 impl BridgeConfig {
@@ -91,6 +93,7 @@ impl BridgeConfig {
             keep_alive: Duration::from_secs(10),
             window: 256,
             fencing: None,
+            global_ca: None,
         }
     }
 }
@@ -336,6 +339,7 @@ impl Bridge {
             will: None,
             max_packet: (config.max_payload as u32).saturating_mul(2).max(1 << 20),
             fence: None,
+            ca: None,
         };
         let dead = deadletter::start(
             spec(&config.local, "dlq", false),
@@ -369,6 +373,7 @@ impl Bridge {
             };
             global_side.follow = Some(global_rx.clone());
             global_side.fence = config.fencing.clone();
+            global_side.ca = config.global_ca.clone();
             if d == Direction::In {
                 session_spec.will = Some(LastWill::new(
                     status_topic.clone(),

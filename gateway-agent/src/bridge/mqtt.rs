@@ -34,6 +34,9 @@ pub struct ClientSpec {
     /// the global bus stays off it, so two bridges with one id never take the
     /// same session from each other.
     pub fence: Option<std::sync::Arc<crate::fence::Fencing>>,
+    /// The CA (PEM) an `mqtts://` broker's certificate is checked against
+    /// (none: the system's roots).
+    pub ca: Option<std::sync::Arc<Vec<u8>>>,
 }
 
 impl ClientSpec {
@@ -128,6 +131,17 @@ pub fn connect(spec: &ClientSpec, capacity: usize) -> (AsyncClient, EventLoop) {
     }
     if let Some(w) = &spec.will {
         o.set_last_will(w.clone());
+    }
+    if url.tls {
+        let tls = match &spec.ca {
+            Some(ca) => rumqttc::TlsConfiguration::Simple {
+                ca: ca.to_vec(),
+                alpn: None,
+                client_auth: None,
+            },
+            None => rumqttc::TlsConfiguration::default(),
+        };
+        o.set_transport(rumqttc::Transport::tls_with_config(tls));
     }
     AsyncClient::new(o, capacity)
 }

@@ -193,6 +193,7 @@ impl Core {
                 heartbeat_interval_ms: self.config.heartbeat_interval_ms,
                 bus_url: self.config.bus_url.clone(),
                 bus_port: self.config.bus_port,
+                bus_tls: self.config.bus_tls,
             },
         };
         Ok(self.transition(batch, reply, update))

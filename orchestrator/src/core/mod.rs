@@ -104,6 +104,8 @@ pub struct CoreConfig {
     pub bus_url: String,
     /// The port of the embedded global bus told to gateways (0: none).
     pub bus_port: u32,
+    /// That port speaks MQTT over TLS.
+    pub bus_tls: bool,
 }
 
 /// The head revision, kept in memory.

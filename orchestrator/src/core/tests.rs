@@ -16,6 +16,7 @@ fn core() -> Core {
         heartbeat_interval_ms: 1000,
         bus_url: String::new(),
         bus_port: 0,
+        bus_tls: false,
     };
     Core::from_snapshot(Snapshot::default(), 0, config).unwrap()
 }
