@@ -100,6 +100,19 @@ pub fn validate_template(t: &Template) -> Vec<Problem> {
     let doc = Document::of_template(t);
     let mut problems = Vec::new();
     check_graph(&doc, Placeholders::Allowed, &mut problems);
+    // Templates do not nest: expansion is one pass, so a function a template
+    // brings that names a runtime would reach a gateway with nothing to run.
+    for c in doc.components.iter().filter(|c| !c.item.placeholder) {
+        if let Some(runtime) = c.item.as_function().and_then(|f| f.runtime.as_ref()) {
+            problems.push(
+                Problem::new(
+                    c.path.key("runtime"),
+                    format!("templates do not nest: `{}` names runtime template `{runtime}`", c.item.id),
+                )
+                .expected("a template's own functions carry their `resources`; only the megamodel's functions name a runtime"),
+            );
+        }
+    }
     let placeholders: Vec<&Located<Component>> = doc
         .components
         .iter()

@@ -354,3 +354,43 @@ fn the_templates_a_model_names_are_found_without_validating_it() {
     assert_eq!(template_runtimes(text), ["t.json", "u.json"]);
     assert!(template_runtimes("{ not json").is_empty());
 }
+
+/// Templates do not nest: a template that brings a function naming a
+/// runtime is refused with a clear problem, however many functions use it,
+/// and in bounded time (one pass, no recursion).
+#[test]
+fn a_template_that_would_nest_is_refused_in_one_pass() {
+    let nest = json!({"template": "nest", "components": [
+        {"id": "runtime", "kind": "service", "placeholder": true,
+         "resources": {"container": {"image": "x:1"}}},
+        {"id": "inner", "kind": "function", "runtime": "nest.json", "triggers": ["in/#"]}
+    ], "links": []})
+    .to_string();
+    let functions: Vec<serde_json::Value> = (0..3000)
+        .map(|i| json!({"id": format!("f{i}"), "kind": "function", "runtime": "nest.json", "triggers": ["in/#"]}))
+        .collect();
+    let mut components = vec![json!({"id": "gw", "kind": "gateway"})];
+    components.extend(functions);
+    let mm =
+        json!({"name": "n", "subsystems": [{"id": "s", "components": components}]}).to_string();
+    let started = std::time::Instant::now();
+    let result = continuum_models::load::load_prepared("mm.json", &mm, |_| {
+        Ok(continuum_models::load::TemplateText {
+            name: "nest.json".into(),
+            text: nest.clone(),
+        })
+    });
+    let elapsed = started.elapsed();
+    let Err(e) = result else {
+        panic!("a nesting template was accepted");
+    };
+    let text = e.to_string();
+    assert!(text.contains("nest"), "{text}");
+    assert!(
+        e.diagnostics
+            .iter()
+            .any(|d| d.message.contains("templates do not nest")),
+        "{text}"
+    );
+    eprintln!("3,000 functions of a nesting template refused in {elapsed:?}");
+}
