@@ -204,6 +204,12 @@ enum Command {
     },
     /// Gateways that registered with the orchestrator.
     Gateways,
+    /// Remove the record of a gateway that is gone (not connected, named by no
+    /// subsystem); needs the admin role.
+    ForgetGateway {
+        /// The gateway's id.
+        id: String,
+    },
     /// Revisions, newest first.
     History {
         /// At most this many (0: all).
@@ -250,7 +256,10 @@ fn settle_globals(cli: &mut Cli, matches: &ArgMatches) -> Result<(), clap::Error
         |message: String| Cli::command().error(clap::error::ErrorKind::ArgumentConflict, message);
     if given("output")
         && cli.output == Format::Json
-        && matches!(name, "serve" | "gateway" | "import" | "certs" | "token")
+        && matches!(
+            name,
+            "serve" | "gateway" | "import" | "certs" | "token" | "forget-gateway"
+        )
     {
         return Err(usage(format!(
             "`continuum {name}` reports nothing as JSON; -o json applies to the commands that report"
@@ -357,6 +366,7 @@ fn main() -> ExitCode {
             commands::apply::rollback(&server, to, base, output, &style)
         }
         Command::Gateways => commands::status::gateways(&server, output, &style),
+        Command::ForgetGateway { id } => commands::status::forget_gateway(&server, &id),
         Command::History { limit } => commands::status::history(&server, limit, output, &style),
         Command::Plan { old, new } => commands::plan::run(&old, &new, output, &style),
         Command::Explain {

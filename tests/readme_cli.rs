@@ -58,7 +58,9 @@ fn readme_commands() -> Vec<String> {
 /// The subcommand words of a README line: `import genesis FILE` → [import, genesis].
 fn path_of(line: &str) -> Vec<&str> {
     line.split_whitespace()
-        .take_while(|w| w.chars().all(|c| c.is_ascii_lowercase()))
+        .take_while(|w| {
+            !w.starts_with('-') && w.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+        })
         .collect()
 }
 

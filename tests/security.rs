@@ -90,7 +90,22 @@ fn a_secure_orchestrator_admits_gateways_by_certificate_and_clients_by_token() {
         dir,
         &["token", "ro", "--role", "read", "--tokens", "tokens.json"],
     ));
-    let (alice, reader) = (alice.trim().to_owned(), reader.trim().to_owned());
+    let root = ok(continuum(
+        dir,
+        &[
+            "token",
+            "root",
+            "--role",
+            "admin",
+            "--tokens",
+            "tokens.json",
+        ],
+    ));
+    let (alice, reader, root) = (
+        alice.trim().to_owned(),
+        reader.trim().to_owned(),
+        root.trim().to_owned(),
+    );
     let stored = std::fs::read_to_string(dir.join("tokens.json")).unwrap();
     assert!(
         !stored.contains(&alice),
@@ -217,6 +232,15 @@ fn a_secure_orchestrator_admits_gateways_by_certificate_and_clients_by_token() {
             (observed.len() == 2 && observed.iter().all(|(_, g)| *g == 1)).then_some(())
         },
     );
+
+    // Administering gateways takes the admin role.
+    let not_admin = fails(client(Some(&alice), &["forget-gateway", "north-gw"]));
+    assert!(
+        not_admin.contains("needs the role admin; `alice` holds apply"),
+        "{not_admin}"
+    );
+    let connected = fails(client(Some(&root), &["forget-gateway", "north-gw"]));
+    assert!(connected.contains("is connected"), "{connected}");
 }
 
 #[test]

@@ -215,6 +215,13 @@ impl ModelService for LocalApi {
         Err(elsewhere("the gateways"))
     }
 
+    async fn forget_gateway(
+        &self,
+        _r: Request<continuum_proto::v1::ForgetGatewayRequest>,
+    ) -> Result<Response<continuum_proto::v1::ForgetGatewayResponse>, Status> {
+        Err(elsewhere("forgetting gateways"))
+    }
+
     async fn history(
         &self,
         _r: Request<HistoryRequest>,

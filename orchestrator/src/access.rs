@@ -20,8 +20,7 @@ pub enum Role {
     Read,
     /// Also apply, roll back and upload artefacts.
     Apply,
-    /// Everything (today what `apply` allows; operations that administer the
-    /// orchestrator itself will need it).
+    /// Also administer the orchestrator: forget a gateway that is gone.
     Admin,
 }
 

@@ -25,6 +25,9 @@ pub enum Error {
     /// The subsystem asked for is not in that revision.
     #[error("there is no subsystem `{0}` in revision {1}")]
     NoSubsystem(String, u64),
+    /// No gateway of that id is registered.
+    #[error("no gateway `{0}` is registered")]
+    NoGateway(String),
     /// Nothing has been applied yet.
     #[error("there is no revision yet; apply a model first")]
     Empty,
@@ -63,7 +66,7 @@ impl Error {
         match self {
             Error::Invalid(invalid) => continuum_proto::rejection::to_status(invalid),
             Error::Conflict { .. } => Status::aborted(self.to_string()),
-            Error::NoRevision(_) | Error::NoSubsystem(..) | Error::Empty => {
+            Error::NoRevision(_) | Error::NoSubsystem(..) | Error::NoGateway(_) | Error::Empty => {
                 Status::not_found(self.to_string())
             }
             Error::AlreadyConnected(_) => Status::already_exists(self.to_string()),

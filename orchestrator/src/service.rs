@@ -4,9 +4,10 @@ use std::pin::Pin;
 
 use continuum_proto::v1::model_service_server::ModelService;
 use continuum_proto::v1::{
-    event, ApplyRequest, ApplyResponse, DiffRequest, DiffResponse, Event, GetRequest, GetResponse,
-    HistoryRequest, HistoryResponse, ListGatewaysRequest, ListGatewaysResponse, RollbackRequest,
-    StatusRequest, StatusResponse, WatchRequest,
+    event, ApplyRequest, ApplyResponse, DiffRequest, DiffResponse, Event, ForgetGatewayRequest,
+    ForgetGatewayResponse, GetRequest, GetResponse, HistoryRequest, HistoryResponse,
+    ListGatewaysRequest, ListGatewaysResponse, RollbackRequest, StatusRequest, StatusResponse,
+    WatchRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -213,6 +214,22 @@ impl ModelService for Orchestrator {
     ) -> Result<Response<StatusResponse>, Status> {
         self.reader(&request, "status")?;
         Ok(Response::new(self.read(|core, _| Ok(core.status())).await?))
+    }
+
+    async fn forget_gateway(
+        &self,
+        request: Request<ForgetGatewayRequest>,
+    ) -> Result<Response<ForgetGatewayResponse>, Status> {
+        let by = self
+            .api
+            .allow(request.metadata(), Role::Admin, "forgetting a gateway")?
+            .map_or_else(|| "anyone".to_owned(), |g| g.subject);
+        let id = request.into_inner().gateway_id;
+        let gateway = id.clone();
+        self.transact(move |core, _, now| core.forget_gateway(&gateway, now))
+            .await?;
+        tracing::info!(gateway = %id, %by, "gateway record forgotten");
+        Ok(Response::new(ForgetGatewayResponse {}))
     }
 
     async fn history(

@@ -94,6 +94,8 @@ pub struct Changes {
     pub targets: Vec<(String, StoredTarget)>,
     /// Gateway records to write.
     pub gateways: Vec<Gateway>,
+    /// Gateway records to remove.
+    pub forget_gateways: Vec<String>,
     /// Gateways' reports to write.
     pub currents: Vec<(String, StoredCurrent)>,
     /// Events with their sequence numbers already assigned.
@@ -110,6 +112,7 @@ impl Changes {
         self.revision.is_none()
             && self.targets.is_empty()
             && self.gateways.is_empty()
+            && self.forget_gateways.is_empty()
             && self.currents.is_empty()
             && self.events.is_empty()
             && self.divergences.is_empty()
@@ -264,6 +267,9 @@ impl Store {
             for g in &changes.gateways {
                 t.insert(g.id.as_str(), g.encode_to_vec().as_slice())
                     .at(self)?;
+            }
+            for id in &changes.forget_gateways {
+                t.remove(id.as_str()).at(self)?;
             }
             let mut t = txn.open_table(CURRENT).at(self)?;
             for (k, v) in &changes.currents {

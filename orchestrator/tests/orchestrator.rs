@@ -1049,3 +1049,62 @@ async fn an_id_no_model_names_is_not_registered_until_a_revision_names_it() {
         .gateways;
     assert!(listed(gws).contains(&"ghost-gw".to_owned()));
 }
+
+#[tokio::test]
+async fn a_gone_gateway_is_forgotten_only_when_nothing_holds_it() {
+    use continuum_proto::v1::ForgetGatewayRequest;
+    let h = Harness::with(|c| {
+        c.allow_gateways.insert("stray-gw".to_owned());
+    })
+    .await;
+    let mut client = h.client().await;
+    let forget = |id: &str| ForgetGatewayRequest {
+        gateway_id: id.to_owned(),
+    };
+    let unknown = client.forget_gateway(forget("never-gw")).await.unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    // Connected: refused.
+    let stray = SimGateway::connect(&h.endpoint(), register("stray-gw"))
+        .await
+        .unwrap();
+    let busy = client.forget_gateway(forget("stray-gw")).await.unwrap_err();
+    assert!(busy.message().contains("is connected"), "{busy:?}");
+    // Named by the model: refused.
+    client.apply(v1()).await.unwrap();
+    let smart = SimGateway::connect(&h.endpoint(), register("smart-gw"))
+        .await
+        .unwrap();
+    drop(smart);
+    let named = eventually("smart-gw to be refused as named", WITHIN, || {
+        let mut c = client.clone();
+        async move {
+            let e = c.forget_gateway(forget("smart-gw")).await.unwrap_err();
+            e.message().contains("names gateway").then_some(e)
+        }
+    })
+    .await;
+    assert_eq!(named.code(), Code::InvalidArgument);
+
+    // Gone and named by nothing: forgotten, and stays forgotten across a restart.
+    drop(stray);
+    eventually("the stray gateway forgotten", WITHIN, || {
+        let mut c = client.clone();
+        async move { c.forget_gateway(forget("stray-gw")).await.ok() }
+    })
+    .await;
+    let mut h = h;
+    h.restart().await;
+    let mut client = h.client().await;
+    let ids: Vec<String> = client
+        .list_gateways(ListGatewaysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .gateways
+        .into_iter()
+        .map(|g| g.id)
+        .collect();
+    assert!(!ids.contains(&"stray-gw".to_owned()), "{ids:?}");
+    assert!(ids.contains(&"smart-gw".to_owned()), "{ids:?}");
+}

@@ -217,6 +217,20 @@ pub fn gateways(
     })
 }
 
+pub fn forget_gateway(server: &remote::Server, id: &str) -> anyhow::Result<ExitCode> {
+    remote::block_on(async {
+        let mut client = remote::connect(server).await?;
+        client
+            .forget_gateway(continuum_proto::v1::ForgetGatewayRequest {
+                gateway_id: id.to_owned(),
+            })
+            .await
+            .map_err(explain)?;
+        outln!("forgot gateway {id}");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
 pub fn history(
     server: &remote::Server,
     limit: u32,

@@ -435,6 +435,33 @@ impl Core {
         })
     }
 
+    /// Removes the record of a gateway that is gone: not connected, and
+    /// named by no subsystem of the head (a removed subsystem's is fine).
+    pub fn forget_gateway(&self, gateway_id: &str, now: i64) -> Result<Transition<()>, Error> {
+        let Some(g) = self.gateways.get(gateway_id) else {
+            return Err(Error::NoGateway(gateway_id.to_owned()));
+        };
+        if g.session.is_some() {
+            return Err(Error::BadRequest(format!(
+                "gateway `{gateway_id}` is connected: stop its agent first"
+            )));
+        }
+        if let Some((subsystem, t)) = self.resolve(gateway_id, &NO_OVERLAY) {
+            if !t.removed {
+                return Err(Error::BadRequest(format!(
+                    "subsystem `{subsystem}` names gateway `{gateway_id}`: remove it from the model first"
+                )));
+            }
+        }
+        let mut batch = self.batch(now);
+        batch.changes.forget_gateways.push(gateway_id.to_owned());
+        let update = Update {
+            forgotten: vec![gateway_id.to_owned()],
+            ..Update::default()
+        };
+        Ok(self.transition(batch, (), update))
+    }
+
     /// Ends a gateway's session (only the one given: a newer session stays).
     /// `None` when that session is already over.
     pub fn disconnect(

@@ -152,6 +152,8 @@ struct Update {
     /// The generation a subsystem's gateway said it runs when it registered.
     observed: Vec<(String, u64)>,
     gateways: Vec<GatewayState>,
+    /// Gateway records removed.
+    forgotten: Vec<String>,
     next_session: Option<u64>,
     deliveries: Vec<Delivery>,
 }
@@ -321,6 +323,7 @@ impl Core {
             statuses,
             observed,
             gateways,
+            forgotten,
             next_session,
             deliveries,
         } = t.update;
@@ -346,6 +349,9 @@ impl Core {
         }
         for g in gateways {
             self.gateways.insert(g.record.id.clone(), g);
+        }
+        for id in forgotten {
+            self.gateways.remove(&id);
         }
         if let Some(n) = next_session {
             self.next_session = n;
