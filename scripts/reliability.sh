@@ -17,7 +17,7 @@ out="$CARGO_TARGET_DIR/reliability.md"
 {
   echo "| fault | outcome | recovered in |"
   echo "|---|---|---|"
-  for f in cut-link loss agent-pause agent-kill orchestrator-kill bridge-partition broker-restart bridge-kill disk-full; do
+  for f in cut-link loss delay agent-pause agent-kill orchestrator-kill bridge-partition broker-restart bridge-kill disk-full; do
     [ -f "$records/$f.tsv" ] || { echo "reliability: no record of $f" >&2; exit 1; }
     IFS=$'\t' read -r fault outcome seconds < "$records/$f.tsv"
     echo "| $fault | $outcome | ${seconds} s |"

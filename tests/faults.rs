@@ -89,11 +89,17 @@ impl Rig {
 
     fn start_agent(&mut self, gateway: &str) {
         let orchestrator = format!("http://{}:7070", self.cluster.host("orchestrator").ip);
+        self.start_agent_with(gateway, &orchestrator, &[]);
+    }
+
+    /// An agent dialling `orchestrator`, with `extra` flags.
+    fn start_agent_with(&mut self, gateway: &str, orchestrator: &str, extra: &[&str]) {
         let child = self
             .cluster
             .command(gateway, BIN)
             .args(["gateway", "--driver", "process", "--id", gateway])
-            .args(["--orchestrator", &orchestrator])
+            .args(["--orchestrator", orchestrator])
+            .args(extra)
             .args([
                 "--mqtt-listen",
                 "127.0.0.1:1883",
@@ -372,6 +378,36 @@ fn random_loss_on_a_gateway_link_slows_but_does_not_stop_convergence() {
     record(
         "loss",
         "20% of packets dropped at random on a gateway's link during a rollout",
+        "converged; no duplicate workload",
+        took,
+    );
+}
+
+#[test]
+fn a_slow_link_delays_convergence_but_loses_nothing() {
+    let Some(mut rig) = Rig::start() else { return };
+    settled(&rig);
+    // gw-b's link and bridge go through proxies in its own host that hold
+    // every chunk 200 ms each way.
+    let delay = Duration::from_millis(200);
+    let orchestrator = rig.cluster.host("orchestrator").ip.clone();
+    let at = |port: u16| format!("{orchestrator}:{port}").parse().unwrap();
+    rig.cluster.delaying_proxy("gw-b", 17070, at(7070), delay);
+    rig.cluster.delaying_proxy("gw-b", 11884, at(1884), delay);
+    signal(rig.agent_pid("gw-b"), nix::sys::signal::Signal::SIGKILL).unwrap();
+    rig.agents.remove("gw-b");
+    rig.start_agent_with(
+        "gw-b",
+        "http://127.0.0.1:17070",
+        &["--bus-url", "mqtt://127.0.0.1:11884"],
+    );
+    let started = Instant::now();
+    let revision = rig.apply(2);
+    let took = rig.wait_converged(revision, started);
+    rig.one_each(2);
+    record(
+        "delay",
+        "200 ms added each way on a gateway's link (a delaying proxy) during a rollout",
         "converged; no duplicate workload",
         took,
     );

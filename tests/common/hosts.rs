@@ -157,6 +157,73 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// A TCP proxy inside `host` on 127.0.0.1:`listen` to `to`, holding each
+    /// chunk `delay` in either direction: latency on that one path (no
+    /// `tc netem` here). It runs for the rest of the test process.
+    pub fn delaying_proxy(
+        &self,
+        host: &str,
+        listen: u16,
+        to: std::net::SocketAddr,
+        delay: std::time::Duration,
+    ) {
+        let ns = format!("/var/run/netns/{}", self.host(host).ns);
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // This thread, and the threads it starts, join the host's network.
+            let file = std::fs::File::open(&ns).expect("the host's namespace");
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let listener =
+                std::net::TcpListener::bind(("127.0.0.1", listen)).expect("proxy listens");
+            ready_tx.send(()).unwrap();
+            for conn in listener.incoming().map_while(Result::ok) {
+                let Ok(upstream) = std::net::TcpStream::connect(to) else {
+                    continue;
+                };
+                for (from, into) in [
+                    (conn.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                    (upstream, conn),
+                ] {
+                    std::thread::spawn(move || pump(from, into, delay));
+                }
+            }
+        });
+        ready.recv().expect("the proxy started");
+    }
+}
+
+/// Copies `from` into `into`, each chunk `delay` after it arrived (a
+/// latency, not a rate: chunks in flight overlap).
+fn pump(mut from: std::net::TcpStream, mut into: std::net::TcpStream, delay: std::time::Duration) {
+    use std::io::{Read, Write};
+    let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, Vec<u8>)>();
+    std::thread::spawn(move || {
+        for (due, chunk) in rx {
+            // The fault itself: each chunk is held until it is due.
+            std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+            if into.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let _ = into.shutdown(std::net::Shutdown::Write);
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if tx
+                    .send((std::time::Instant::now() + delay, buf[..n].to_vec()))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for h in &self.hosts {
