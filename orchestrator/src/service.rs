@@ -76,7 +76,12 @@ impl ModelService for Orchestrator {
         );
         let response = async {
             // Reading and validating the model needs no lock: other requests
-            // and gateway reports go on meanwhile.
+            // and gateway reports go on meanwhile. Only so many at once.
+            let _preparing = self
+                .preparing
+                .acquire()
+                .await
+                .map_err(|_| Status::unavailable("the orchestrator is stopping"))?;
             let observed = self.read(|core, _| Ok(core.observed())).await?;
             let prepared =
                 tokio::task::spawn_blocking(move || Prepared::from_request(req, &observed))
