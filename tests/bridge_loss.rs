@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::hosts::{add_namespace, ip};
 use common::{ok, Guard, Serve};
 use continuum_bus::testing::{free_port, require, Mosquitto, Probe, Tally};
 use continuum_bus::BrokerUrl;
@@ -431,16 +432,6 @@ struct Netns {
     clients_ip: String,
 }
 
-fn ip(args: &[&str]) {
-    let o = Command::new("ip").args(args).output().expect("ip runs");
-    assert!(
-        o.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 impl Netns {
     /// `None` where namespaces cannot be made (not root): skipped, or a
     /// failure in CI.
@@ -448,15 +439,7 @@ impl Netns {
         let k = (std::process::id() % 250) as u8;
         let tag = format!("{:x}", std::process::id() % 0xfffff);
         let name = format!("cbr{tag}");
-        let made = Command::new("ip").args(["netns", "add", &name]).output();
-        if !made.is_ok_and(|o| o.status.success()) {
-            assert!(
-                !std::env::var("CI").is_ok_and(|v| v == "true"),
-                "CI=true but network namespaces cannot be created"
-            );
-            eprintln!("skipped: network namespaces cannot be created here (root needed)");
-            return None;
-        }
+        add_namespace(&name)?;
         let ns = Netns {
             gateway_side: format!("cga{tag}"),
             gateway_ip: format!("10.213.{k}.2"),

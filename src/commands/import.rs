@@ -3,7 +3,6 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use continuum_models::genesis;
 
 use crate::style::Style;
@@ -64,19 +63,8 @@ pub fn genesis(
             if path.exists() && !force {
                 anyhow::bail!("{} exists; pass --force to overwrite it", path.display());
             }
-            // Write beside the target, then rename: never a half-written model.
-            let dir = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let tmp = dir.join(format!(
-                ".{}.tmp",
-                path.file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or("import")
-            ));
-            std::fs::write(&tmp, &json).with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+            // Never a half-written model.
+            super::write_atomically(path, json.as_bytes(), false)?;
             eprintln!("wrote {}", path.display());
         }
         None => outln!("{}", json.trim_end()),

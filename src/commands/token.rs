@@ -49,33 +49,6 @@ fn read_file(path: &Path) -> anyhow::Result<TokensFile> {
     }
 }
 
-/// Replaces the file whole (a temporary file renamed over it), owner-only.
-fn write_file(path: &Path, file: &TokensFile) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .map_or("tokens".into(), |n| n.to_string_lossy())
-    ));
-    let text = serde_json::to_string_pretty(file).expect("tokens serialize") + "\n";
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))
-}
-
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         !args.subject.trim().is_empty() && !args.subject.chars().any(char::is_control),
@@ -88,7 +61,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         role: args.role,
         sha256: token_hash(&token),
     });
-    write_file(&args.tokens, &file)?;
+    let text = serde_json::to_string_pretty(&file).expect("tokens serialize") + "\n";
+    super::write_atomically(&args.tokens, text.as_bytes(), true)?;
     outln!("{token}");
     eprintln!(
         "added a {} token for `{}` to {} (the orchestrator reads it at start: continuum serve --tokens {}); the token above is not kept anywhere",

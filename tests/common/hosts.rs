@@ -23,7 +23,23 @@ pub struct Cluster {
     pub hosts: Vec<Host>,
 }
 
-fn ip(args: &[&str]) {
+/// Makes network namespace `name`; `None` where namespaces cannot be made
+/// (not root): skipped with a message, or a failure in CI.
+pub fn add_namespace(name: &str) -> Option<()> {
+    let made = Command::new("ip").args(["netns", "add", name]).output();
+    if made.is_ok_and(|o| o.status.success()) {
+        return Some(());
+    }
+    assert!(
+        !std::env::var("CI").is_ok_and(|v| v == "true"),
+        "CI=true but network namespaces cannot be created"
+    );
+    eprintln!("skipped: network namespaces cannot be created here (root needed)");
+    None
+}
+
+/// `ip ARGS`, which must succeed.
+pub fn ip(args: &[&str]) {
     let o = Command::new("ip").args(args).output().expect("ip runs");
     assert!(
         o.status.success(),
@@ -47,15 +63,7 @@ impl Cluster {
         let pid = std::process::id();
         let tag = format!("{:x}{n}", pid % 0xffff);
         let switch = format!("csw{tag}");
-        let made = Command::new("ip").args(["netns", "add", &switch]).output();
-        if !made.is_ok_and(|o| o.status.success()) {
-            assert!(
-                !std::env::var("CI").is_ok_and(|v| v == "true"),
-                "CI=true but network namespaces cannot be created"
-            );
-            eprintln!("skipped: network namespaces cannot be created here (root needed)");
-            return None;
-        }
+        add_namespace(&switch)?;
         let mut cluster = Cluster {
             switch: switch.clone(),
             hosts: Vec::new(),
