@@ -40,8 +40,11 @@ cleanup() {
     rm -rf "$data"
 }
 trap cleanup EXIT
-say "continuum serve --listen 127.0.0.1:0 --data-dir $data/orchestrator &"
-"$continuum" serve --listen 127.0.0.1:0 --data-dir "$data/orchestrator" 2>"$log" &
+# One machine we control: its containers may use host paths, devices and the
+# host network (the examples' functions do; without a policy nothing may).
+say "continuum serve --listen 127.0.0.1:0 --data-dir $data/orchestrator --policy examples/policies/single-machine.json &"
+"$continuum" serve --listen 127.0.0.1:0 --data-dir "$data/orchestrator" \
+    --policy examples/policies/single-machine.json 2>"$log" &
 serve_pid=$!
 for _ in $(seq 100); do
     grep -q 'listening on' "$log" && break
@@ -68,7 +71,8 @@ if docker info >/dev/null 2>&1; then
     # Its local broker takes the next ports: the global bus has 1883 and 1884 here.
     CONTINUUM_LOG=info "$continuum" gateway --id edge-gw --orchestrator "$CONTINUUM_SERVER" \
         --mqtt-listen 127.0.0.1:1885 --mqtt5-listen 127.0.0.1:1886 \
-        --data-dir "$data/gateway" --context-root "$data/edge-hello" --interval 2s 2>"$data/gateway.log" &
+        --data-dir "$data/gateway" --context-root "$data/edge-hello" --interval 2s \
+        --policy examples/edge-hello/policy.json 2>"$data/gateway.log" &
     gateway_pid=$!
     run apply -f "$data/edge-hello/v1.json" -m "edge-hello, deployed for real" --wait 2m ||
         { cat "$data/gateway.log" >&2; exit 1; }

@@ -103,6 +103,7 @@ impl World {
             Command::new(env!("CARGO_BIN_EXE_continuum"))
                 .arg("gateway")
                 .args(flags)
+                .args(["--policy", &common::single_machine_policy()])
                 .args(["--id", &self.gateway, "--orchestrator", orchestrator])
                 .arg("--data-dir")
                 .arg(self.dir.path().join(name))

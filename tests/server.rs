@@ -560,6 +560,29 @@ fn the_workload_policy_refuses_what_would_own_the_host_and_a_policy_file_allows_
         ],
     );
     ok(s.cli(&["apply", "-f", &model]));
+    drop(s);
+
+    // A policy that allows nothing (as no policy at all): even the host's
+    // network and a device are refused.
+    let nothing = dir.path().join("nothing.json");
+    std::fs::write(&nothing, "{}").unwrap();
+    let s = Serve::start_with(
+        &dir.path().join("strict"),
+        &[
+            "--no-mqtt",
+            "--listen",
+            "127.0.0.1:0",
+            "--policy",
+            nothing.to_str().unwrap(),
+        ],
+    );
+    let o = s.cli(&["apply", "-f", &example("smart-building/v1.json")]);
+    assert!(!o.status.success());
+    let said = err(&o);
+    assert!(
+        said.contains("needs rule `host-network`") && said.contains("needs rule `devices`"),
+        "{said}"
+    );
 }
 
 #[test]

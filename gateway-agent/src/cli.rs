@@ -524,14 +524,10 @@ async fn serve<R: ContainerRuntime>(
         )),
     };
     let policy = match &config.policy {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("the workload policy {}", path.display()))?;
-            continuum_models::policy::Policy::from_json(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-        }
+        Some(path) => continuum_models::policy::Policy::load(path).map_err(anyhow::Error::msg)?,
         None => continuum_models::policy::Policy::default(),
     };
+
     let agent_config = AgentConfig {
         fencing: Some(Arc::clone(&fencing)),
         accept_older: config.accept_older_targets,

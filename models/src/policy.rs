@@ -77,14 +77,21 @@ impl Default for Policy {
 }
 
 impl Policy {
-    /// Without a policy file: host paths, devices and the host network (what
-    /// gateways' services commonly need: a serial port, the local broker on
-    /// loopback); never the engine's socket, system directories or another
-    /// container's namespaces.
+    /// Without a policy file, or for subsystems a file does not name and
+    /// whose `default` it leaves out: nothing — a container reaches no host
+    /// path, device, network or other container's namespaces until a policy
+    /// allows it for its subsystem.
     fn default_allowed() -> Allowed {
         Allowed {
-            allow: [Rule::HostMounts, Rule::Devices, Rule::HostNetwork].into(),
+            allow: BTreeSet::new(),
         }
+    }
+
+    /// Reads a policy file; the error names it.
+    pub fn load(path: &Path) -> Result<Policy, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("the workload policy {}: {e}", path.display()))?;
+        Policy::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
     /// Reads a policy file's text.
@@ -287,9 +294,13 @@ mod tests {
                 ("resources.container.mounts[0].source", Rule::DockerSocket),
                 ("resources.container.mounts[1].source", Rule::SystemPaths),
                 ("resources.container.mounts[2].source", Rule::SystemPaths),
+                ("resources.container.mounts[3].source", Rule::HostMounts),
                 ("resources.container.network", Rule::Namespaces),
             ]
         );
+        // Allowing host mounts does not allow the engine's socket or system paths.
+        let mounts = Policy::from_json(r#"{"default": {"allow": ["host-mounts"]}}"#).unwrap();
+        assert_eq!(rules(&check_model("s", &m, &mounts)).len(), 4);
         assert!(r[0].to_string().starts_with(
             "`svc` of subsystem `s`: resources.container.mounts[0].source `/var/run/docker.sock` needs rule `docker-socket`"
         ));
@@ -299,8 +310,17 @@ mod tests {
     fn a_policy_allows_per_subsystem() {
         let m = model(serde_json::json!({"image": "x:1", "network": "host",
             "devices": [{"host": "/dev/ttyACM0"}]}));
-        assert!(check_model("s", &m, &Policy::default()).is_empty());
-        let strict = Policy::from_json(r#"{"default": {"allow": []}, "subsystems": {"lab": {"allow": ["devices", "host-network"]}}}"#).unwrap();
+        assert_eq!(
+            rules(&check_model("s", &m, &Policy::default())),
+            vec![
+                ("resources.container.devices[0].host", Rule::Devices),
+                ("resources.container.network", Rule::HostNetwork),
+            ],
+            "refused without a policy"
+        );
+        let strict =
+            Policy::from_json(r#"{"subsystems": {"lab": {"allow": ["devices", "host-network"]}}}"#)
+                .unwrap();
         assert_eq!(
             rules(&check_model("s", &m, &strict)),
             vec![

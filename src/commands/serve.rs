@@ -78,8 +78,8 @@ pub struct Args {
     pub allow_gateways: Vec<String>,
     /// The workload policy (JSON): which subsystems' containers may mount
     /// host paths, the Docker socket or system directories, map devices, or
-    /// share the host's or another container's network. Without one: host
-    /// paths, devices and the host network only.
+    /// share the host's or another container's network. Without one: none
+    /// of these.
     #[arg(long, env = "CONTINUUM_POLICY", value_name = "FILE")]
     pub policy: Option<PathBuf>,
 }
@@ -164,10 +164,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.api = api;
     config.allow_gateways = args.allow_gateways.into_iter().collect();
     if let Some(path) = &args.policy {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("the workload policy {}", path.display()))?;
-        config.policy = continuum_models::policy::Policy::from_json(&text)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        config.policy = continuum_models::policy::Policy::load(path).map_err(anyhow::Error::msg)?;
     }
     config.heartbeat_interval = args.heartbeat_interval;
     config.max_message_bytes = args.max_message_bytes;

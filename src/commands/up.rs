@@ -70,6 +70,19 @@ pub struct Args {
     /// `continuum-sim-uno` beside this program, else on PATH.
     #[arg(long, env = "CONTINUUM_SIM_BOARD", value_name = "PATH")]
     pub board: Option<PathBuf>,
+    /// The workload policy the orchestrator and every gateway enforce.
+    /// Default: `policy.json` beside the model, if there is one (else
+    /// containers reach nothing of the host).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+}
+
+/// The policy file `up` runs with: the one given, else the model's own.
+fn policy_file(args: &Args) -> Option<PathBuf> {
+    args.policy.clone().or_else(|| {
+        let beside = args.model.parent()?.join("policy.json");
+        beside.is_file().then_some(beside)
+    })
 }
 
 /// The program `name` beside this one, else on PATH.
@@ -247,6 +260,10 @@ pub fn run(args: Args, style: &Style) -> anyhow::Result<ExitCode> {
         Some(SocketAddr::from(([127, 0, 0, 1], global_v4))),
         Some(SocketAddr::from(([127, 0, 0, 1], global_v5))),
     ));
+    let policy = policy_file(&args);
+    if let Some(path) = &policy {
+        config.policy = continuum_models::policy::Policy::load(path).map_err(anyhow::Error::msg)?;
+    }
     let running = runtime
         .block_on(continuum_orchestrator::start(config))
         .context("the orchestrator")?;
@@ -297,6 +314,11 @@ pub fn run(args: Args, style: &Style) -> anyhow::Result<ExitCode> {
             cmd.args(["gateway", "--id", id, "--orchestrator", &server])
                 .arg("--data-dir")
                 .arg(&dir)
+                .args(
+                    policy
+                        .iter()
+                        .flat_map(|p| [std::ffi::OsStr::new("--policy"), p.as_os_str()]),
+                )
                 .args(["--mqtt-listen", &format!("127.0.0.1:{v4}")])
                 .args(["--mqtt5-listen", &format!("127.0.0.1:{v5}")])
                 .args(["--interval", "2s", "--max-backoff", "2s"])

@@ -26,6 +26,7 @@ pub fn gateway(dir: &Path, serve: &Serve, id: &str, flags: &[&str]) -> (Guard, S
         .arg("--data-dir")
         .arg(dir.join(id))
         .args(["--interval", "1s", "--max-backoff", "2s"])
+        .args(["--policy", &super::single_machine_policy()])
         .args(flags)
         .env("CONTINUUM_LOG", "info")
         .stdout(Stdio::null())

@@ -48,9 +48,16 @@ impl Serve {
     /// Like [`Serve::start_with`], but a server that exits instead of
     /// listening is its exit code and what it printed.
     pub fn try_start_with(data: &Path, flags: &[&str]) -> Result<Serve, (i32, String)> {
+        let policy = single_machine_policy();
+        let default_policy: &[&str] = if flags.contains(&"--policy") {
+            &[]
+        } else {
+            &["--policy", &policy]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_continuum"))
             .arg("serve")
             .args(flags)
+            .args(default_policy)
             .arg("--data-dir")
             .arg(data)
             .env("RUST_BACKTRACE", "0")
@@ -183,6 +190,14 @@ pub fn json(o: Output) -> serde_json::Value {
     serde_json::from_str(&ok(o)).expect("JSON output")
 }
 
+/// The workload policy of one machine the tests control (host paths,
+/// devices and the host network; never the engine's socket, system paths or
+/// namespaces): what the test servers and gateways run with unless a test
+/// gives its own.
+pub fn single_machine_policy() -> String {
+    example("policies/single-machine.json")
+}
+
 /// A name no other test (or run) uses: for subsystems, gateways, containers.
 pub fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -244,6 +259,7 @@ pub fn pids(marker: &str) -> Vec<String> {
 pub fn process_gateway(id: &str, orchestrator: &str, data_dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_continuum"));
     c.args(["gateway", "--no-mqtt", "--no-bridge", "--driver", "process"])
+        .args(["--policy", &single_machine_policy()])
         .args(["--id", id, "--orchestrator", orchestrator])
         .args(["--interval", "500ms", "--max-backoff", "500ms"])
         .arg("--data-dir")
@@ -338,6 +354,7 @@ pub fn function_gateway(
         .arg("--function-host")
         .arg(host)
         .args(["--interval", "1s", "--max-backoff", "2s"])
+        .args(["--policy", &single_machine_policy()])
         .env("CONTINUUM_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)

@@ -31,6 +31,11 @@ impl Harness {
         let dir = tempfile::tempdir().expect("temporary directory");
         let mut config = Config::new("127.0.0.1:0".parse().unwrap(), dir.path().join("data"));
         config.heartbeat_interval = Duration::from_secs(2);
+        // The examples run functions on the host's network and map a serial port.
+        config.policy = continuum_models::policy::Policy::load(
+            &examples().join("policies/single-machine.json"),
+        )
+        .expect("the single-machine policy");
         adjust(&mut config);
         let running = start(config.clone()).await.expect("orchestrator starts");
         let addr = running.local_addr();
