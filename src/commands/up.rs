@@ -78,11 +78,13 @@ pub struct Args {
 }
 
 /// The policy file `up` runs with: the one given, else the model's own.
+/// Absolute: the gateways run in directories of their own.
 fn policy_file(args: &Args) -> Option<PathBuf> {
-    args.policy.clone().or_else(|| {
+    let file = args.policy.clone().or_else(|| {
         let beside = args.model.parent()?.join("policy.json");
         beside.is_file().then_some(beside)
-    })
+    })?;
+    Some(std::path::absolute(&file).unwrap_or(file))
 }
 
 /// The program `name` beside this one, else on PATH.
