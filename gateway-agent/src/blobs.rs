@@ -239,18 +239,83 @@ fn unpack(file: &Path, tree: &Path) -> std::io::Result<()> {
     let tmp = tree.with_extension("partial");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
+    let unpacked = unpack_into(file, &tmp);
+    if unpacked.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    unpacked?;
+    std::fs::rename(&tmp, tree)
+}
+
+/// Unpacks archive `file` into the directory `tmp`.
+fn unpack_into(file: &Path, tmp: &Path) -> std::io::Result<()> {
     let mut archive = tar::Archive::new(std::fs::File::open(file)?);
     archive.set_preserve_permissions(true);
     archive.set_overwrite(true);
     for entry in archive.entries()? {
         let mut entry = entry?;
+        // The orchestrator packs relative paths only: anything else is not
+        // an archive it made.
+        if entry.path()?.is_absolute() {
+            return Err(std::io::Error::other(format!(
+                "the entry `{}` is an absolute path",
+                entry.path()?.display()
+            )));
+        }
         // `unpack_in` refuses entries that would land outside `tmp`.
-        if !entry.unpack_in(&tmp)? {
+        if !entry.unpack_in(tmp)? {
             return Err(std::io::Error::other(format!(
                 "the entry `{}` leads outside the directory",
                 entry.path()?.display()
             )));
         }
     }
-    std::fs::rename(&tmp, tree)
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An archive of one file whose path is written as is (no checks).
+    fn archive_with(path: &str) -> Vec<u8> {
+        let mut header = tar::Header::new_gnu();
+        let name = &mut header.as_gnu_mut().unwrap().name;
+        name[..path.len()].copy_from_slice(path.as_bytes());
+        header.set_size(3);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        let mut b = tar::Builder::new(Vec::new());
+        b.append(&header, &b"bad"[..]).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn an_archive_that_climbs_out_or_is_absolute_is_refused_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, why) in [
+            ("../escape", "leads outside"),
+            ("/etc/escape", "absolute path"),
+        ] {
+            let file = dir.path().join("blob.tar");
+            std::fs::write(&file, archive_with(path)).unwrap();
+            let tree = dir.path().join("tree");
+            let e = unpack(&file, &tree).unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains(path), "{path}: {e}");
+            assert!(!tree.exists(), "nothing unpacked for {path}");
+            assert!(
+                !tree.with_extension("partial").exists(),
+                "nothing left for {path}"
+            );
+            assert!(!dir.path().join("escape").exists());
+        }
+        let file = dir.path().join("good.tar");
+        std::fs::write(&file, archive_with("ok/file")).unwrap();
+        unpack(&file, &dir.path().join("good")).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("good/ok/file")).unwrap(),
+            b"bad"
+        );
+    }
 }
