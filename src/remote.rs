@@ -276,6 +276,17 @@ mod tests {
     }
 
     #[test]
+    fn a_change_cut_by_the_connection_has_an_unknown_outcome() {
+        let cut = explain_change(Status::unavailable("transport error"), "apply").to_string();
+        assert!(
+            cut.contains("outcome is unknown") && cut.contains("continuum history"),
+            "{cut}"
+        );
+        let refused = explain_change(Status::aborted("conflict"), "apply").to_string();
+        assert!(!refused.contains("unknown"), "{refused}");
+    }
+
+    #[test]
     fn server_addresses_get_a_scheme() {
         assert_eq!(url("127.0.0.1:7070"), "http://127.0.0.1:7070");
         assert_eq!(url("https://o.example:443"), "https://o.example:443");

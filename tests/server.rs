@@ -629,3 +629,43 @@ fn notes_reach_the_terminal_as_text_and_an_oversized_model_is_refused_before_it_
     let history = json(s.cli(&["history", "-o", "json"]));
     assert_eq!(history["revisions"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn an_offline_gateways_last_bridge_report_is_not_shown_as_the_present() {
+    let (dir, _) = data_dir();
+    let id = common::unique("offgw");
+    let (serve, _) = common::orchestrator_with(
+        dir.path(),
+        &["--allow-gateway", &id, "--heartbeat-interval", "500ms"],
+    );
+    let model = serde_json::json!({"name": "off", "subsystems": [{"id": "off", "components": [
+        {"id": id, "kind": "gateway", "equipped_with_bridge": true}]}]});
+    let file = dir.path().join("off.json");
+    std::fs::write(&file, model.to_string()).unwrap();
+    ok(serve.cli(&["apply", "-f", file.to_str().unwrap()]));
+    let (gateway, _) = common::devices::gateway(dir.path(), &serve, &id, &[]);
+    let live = continuum_bus::testing::wait_for("the bridge reported connected", WITHIN, || {
+        let s = ok(serve.cli(&["status"]));
+        (s.contains("global bus connected") && !s.contains("went offline")).then_some(s)
+    });
+    assert!(!live.contains("last reported"), "{live}");
+    drop(gateway);
+    let gone = continuum_bus::testing::wait_for_explained(
+        "the gateway offline",
+        WITHIN,
+        || {
+            let s = ok(serve.cli(&["status"]));
+            s.contains("went offline").then_some(s)
+        },
+        || ok(serve.cli(&["status"])),
+    );
+    let bridge = gone
+        .lines()
+        .find(|l| l.contains("bridge:"))
+        .unwrap_or_default();
+    assert!(
+        bridge.contains("global bus connected")
+            && bridge.ends_with("(last reported before the gateway went offline)"),
+        "{gone}"
+    );
+}
