@@ -193,10 +193,17 @@ impl Rig {
     /// Exactly one workload per gateway, at `version`.
     fn one_each(&self, version: u32) {
         for g in GATEWAYS {
-            wait_for(
+            continuum_bus::testing::wait_for_explained(
                 &format!("one workload of {g} at v{version}"),
                 WITHIN,
                 || (self.workloads(g, version) == (1, 1)).then_some(()),
+                || {
+                    let (this, all) = self.workloads(g, version);
+                    format!(
+                        "\n{this} at v{version}, {all} in all; {g}'s log:\n{}",
+                        self.log_text(g)
+                    )
+                },
             );
         }
     }
@@ -243,6 +250,10 @@ impl Rig {
             .output()
             .unwrap();
         String::from_utf8_lossy(&read.stdout).contains("still-here")
+    }
+
+    fn log_text(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }
 
     fn agent_pid(&self, gateway: &str) -> u32 {

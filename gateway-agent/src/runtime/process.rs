@@ -58,6 +58,9 @@ pub struct ProcessRuntime {
     changes: broadcast::Sender<()>,
     /// Where the live process groups are recorded (none: not recorded).
     state_file: Option<Arc<std::path::PathBuf>>,
+    /// The mark put in every workload's environment (`OWNER_VAR`): a later
+    /// agent finds by it what this one started, recorded or not.
+    owner: Option<Arc<String>>,
     /// Where build contexts are laid out: a workload whose image was "built"
     /// runs in its context's directory.
     images_dir: Arc<std::path::PathBuf>,
@@ -71,12 +74,41 @@ impl Default for ProcessRuntime {
             registry: Arc::default(),
             changes: broadcast::channel(16).0,
             state_file: None,
+            owner: None,
             images_dir: Arc::new(
                 std::env::temp_dir().join(format!("continuum-contexts-{}", std::process::id())),
             ),
             path_dirs: Arc::default(),
         }
     }
+}
+
+/// The environment variable that marks a workload process as this
+/// gateway's (its value: the gateway's state file).
+pub const OWNER_VAR: &str = "CONTINUUM_WORKLOAD_OWNER";
+
+fn owner_mark(state_file: &std::path::Path) -> String {
+    std::path::absolute(state_file)
+        .unwrap_or_else(|_| state_file.to_owned())
+        .display()
+        .to_string()
+}
+
+/// The processes whose environment holds the owner mark `owner`.
+fn marked(owner: &str) -> Vec<u32> {
+    let wanted = format!("{OWNER_VAR}={owner}");
+    let own = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != own)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == wanted.as_bytes()))
+        })
+        .collect()
 }
 
 /// A process's start time (field 22 of /proc/PID/stat), which tells a pid
@@ -96,6 +128,9 @@ impl ProcessRuntime {
 
     /// A driver recording its process groups in `file`; the groups a previous
     /// agent left there are ended first.
+    /// A process a previous agent started but had not recorded yet (killed
+    /// between the spawn and the write) is found by the owner mark in its
+    /// environment, and ended too.
     pub fn with_state_file(file: std::path::PathBuf) -> ProcessRuntime {
         let left: Vec<(u32, u64)> = std::fs::read(&file)
             .ok()
@@ -107,9 +142,29 @@ impl ProcessRuntime {
                 let _ = signal_group(pid, Signal::SIGKILL);
             }
         }
+        let owner = owner_mark(&file);
+        for pid in marked(&owner) {
+            tracing::info!(
+                pid,
+                "ending a process a previous agent left running (unrecorded)"
+            );
+            let group = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid as i32)));
+            match group {
+                Ok(g) if g.as_raw() > 1 => {
+                    let _ = nix::sys::signal::killpg(g, Signal::SIGKILL);
+                }
+                _ => {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        Signal::SIGKILL,
+                    );
+                }
+            }
+        }
         let _ = std::fs::remove_file(&file);
         ProcessRuntime {
             state_file: Some(Arc::new(file)),
+            owner: Some(Arc::new(owner)),
             ..ProcessRuntime::default()
         }
     }
@@ -203,6 +258,7 @@ fn spawn(
     spec: &WorkloadSpec,
     workdir: Option<&std::path::Path>,
     path_dirs: &[std::path::PathBuf],
+    owner: Option<&str>,
     logs: &Arc<Mutex<VecDeque<String>>>,
 ) -> std::io::Result<Child> {
     let (program, args) = spec
@@ -218,6 +274,7 @@ fn spawn(
         .env_clear()
         .env("PATH", workload_path(path_dirs))
         .envs(&spec.env)
+        .envs(owner.map(|o| (OWNER_VAR, o)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -299,7 +356,13 @@ async fn supervise(
     loop {
         let started = tokio::time::Instant::now();
         let workdir = Some(rt.image_dir(&spec.image)).filter(|d| d.is_dir());
-        let mut child = match spawn(&spec, workdir.as_deref(), &rt.path_dirs, &logs) {
+        let mut child = match spawn(
+            &spec,
+            workdir.as_deref(),
+            &rt.path_dirs,
+            rt.owner.as_deref().map(String::as_str),
+            &logs,
+        ) {
             Ok(c) => c,
             Err(e) => {
                 logs.lock()
@@ -551,6 +614,35 @@ impl ContainerRuntime for ProcessRuntime {
 mod tests {
     use super::*;
     use crate::spec::LABEL_SUBSYSTEM;
+
+    #[test]
+    fn a_process_started_but_never_recorded_is_found_by_its_mark_and_ended() {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("processes.json");
+        // What an agent killed between a spawn and its record leaves: a
+        // marked process the state file does not name.
+        let mut orphan = std::process::Command::new("sleep")
+            .arg("600")
+            .env(OWNER_VAR, owner_mark(&file))
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut stranger = std::process::Command::new("sleep")
+            .arg("600")
+            .env(OWNER_VAR, "another gateway")
+            .spawn()
+            .unwrap();
+        let _rt = ProcessRuntime::with_state_file(file);
+        let status = orphan.wait().unwrap();
+        assert!(!status.success(), "the orphan was ended: {status:?}");
+        assert!(
+            stranger.try_wait().unwrap().is_none(),
+            "another gateway's process lives"
+        );
+        stranger.kill().unwrap();
+        stranger.wait().unwrap();
+    }
 
     fn spec(name: &str, script: &str, restart: RestartPolicy) -> WorkloadSpec {
         WorkloadSpec {
