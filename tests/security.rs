@@ -233,6 +233,40 @@ fn a_secure_orchestrator_admits_gateways_by_certificate_and_clients_by_token() {
         },
     );
 
+    // Tokens change without a restart: added and revoked on SIGHUP.
+    let late = ok(continuum(
+        dir,
+        &["token", "late", "--role", "read", "--tokens", "tokens.json"],
+    ));
+    let late = late.trim().to_owned();
+    let before = fails(client(Some(&late), &["status"]));
+    assert!(
+        before.contains("not one this orchestrator accepts"),
+        "{before}"
+    );
+    let hangup = || {
+        continuum_bus::testing::signal(serve.child.id(), nix::sys::signal::Signal::SIGHUP).unwrap()
+    };
+    hangup();
+    wait_for("the new token accepted", WITHIN, || {
+        client(Some(&late), &["status"])
+            .status
+            .success()
+            .then_some(())
+    });
+    let mut file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokens.json")).unwrap()).unwrap();
+    file["tokens"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|t| t["subject"] != "late");
+    std::fs::write(dir.join("tokens.json"), file.to_string()).unwrap();
+    hangup();
+    wait_for("the revoked token refused", WITHIN, || {
+        (!client(Some(&late), &["status"]).status.success()).then_some(())
+    });
+    ok(client(Some(&reader), &["status"]));
+
     // Administering gateways takes the admin role.
     let not_admin = fails(client(Some(&alice), &["forget-gateway", "north-gw"]));
     assert!(

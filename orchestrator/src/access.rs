@@ -169,6 +169,39 @@ pub enum ApiAccess {
     Tokens(Tokens),
 }
 
+/// The API's access, shared by the services and replaceable while they
+/// serve (`continuum serve` reloads its tokens file on SIGHUP).
+#[derive(Debug, Clone, Default)]
+pub struct SharedAccess(std::sync::Arc<std::sync::RwLock<ApiAccess>>);
+
+impl SharedAccess {
+    /// Shares `access`.
+    pub fn new(access: ApiAccess) -> SharedAccess {
+        SharedAccess(std::sync::Arc::new(std::sync::RwLock::new(access)))
+    }
+
+    /// [`ApiAccess::allow`] under what holds now.
+    pub fn allow(
+        &self,
+        metadata: &MetadataMap,
+        needed: Role,
+        what: &str,
+    ) -> Result<Option<Grant>, Status> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .allow(metadata, needed, what)
+    }
+
+    /// Holds `access` from now on: requests already let in finish.
+    pub fn replace(&self, access: ApiAccess) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = access;
+    }
+}
+
 /// The bearer token of a request's `authorization` header.
 fn bearer(metadata: &MetadataMap) -> Result<Option<&str>, Status> {
     let Some(value) = metadata.get("authorization") else {

@@ -26,7 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::access::{ApiAccess, Role};
+use crate::access::{Role, SharedAccess};
 
 /// Bytes per chunk a fetch streams.
 pub const CHUNK: usize = 256 * 1024;
@@ -196,7 +196,7 @@ impl Drop for Upload {
 #[derive(Debug, Clone)]
 pub struct Blobs {
     store: std::sync::Arc<BlobStore>,
-    api: std::sync::Arc<ApiAccess>,
+    api: SharedAccess,
     /// Gateways present certificates: one that did may fetch without a token.
     certified_gateways: bool,
 }
@@ -206,7 +206,7 @@ impl Blobs {
     pub fn new(store: std::sync::Arc<BlobStore>) -> Blobs {
         Blobs {
             store,
-            api: std::sync::Arc::default(),
+            api: SharedAccess::default(),
             certified_gateways: false,
         }
     }
@@ -214,11 +214,7 @@ impl Blobs {
     /// Uploads need a token that may apply; reading needs one that may read,
     /// or — for gateways — a certificate from the client CA (when gateways
     /// are certified) or nothing (when they are not: their link is open too).
-    pub fn with_access(
-        mut self,
-        api: std::sync::Arc<ApiAccess>,
-        certified_gateways: bool,
-    ) -> Blobs {
+    pub fn with_access(mut self, api: SharedAccess, certified_gateways: bool) -> Blobs {
         self.api = api;
         self.certified_gateways = certified_gateways;
         self

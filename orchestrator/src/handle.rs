@@ -56,7 +56,7 @@ pub struct Orchestrator {
     /// What workloads may reach of their hosts.
     pub(crate) policy: Arc<continuum_models::policy::Policy>,
     /// Who may call the client API.
-    pub(crate) api: Arc<crate::access::ApiAccess>,
+    pub(crate) api: crate::access::SharedAccess,
     /// Which gateways may hold a link.
     pub(crate) gatekeeper: crate::admission::Gatekeeper,
     /// The head revision's number.
@@ -102,7 +102,7 @@ impl Orchestrator {
             heartbeat_interval,
             blobs: None,
             policy: Arc::default(),
-            api: Arc::default(),
+            api: Default::default(),
             gatekeeper: crate::admission::Gatekeeper::new(Default::default()),
             head,
             preparing: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_PREPARES)),
@@ -112,10 +112,10 @@ impl Orchestrator {
     /// Who may call the client API, and which gateways may hold a link.
     pub fn with_access(
         mut self,
-        api: crate::access::ApiAccess,
+        api: crate::access::SharedAccess,
         gateways: crate::admission::GatewayAdmission,
     ) -> Orchestrator {
-        self.api = Arc::new(api);
+        self.api = api;
         self.gatekeeper = crate::admission::Gatekeeper::new(gateways);
         self
     }

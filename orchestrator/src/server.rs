@@ -104,6 +104,7 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Running {
     local_addr: SocketAddr,
+    access: crate::access::SharedAccess,
     stop: CancellationToken,
     tasks: TaskTracker,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -225,16 +226,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .tls
         .as_ref()
         .is_some_and(continuum_proto::tls::ServerTls::verifies_clients);
+    let access = crate::access::SharedAccess::new(config.api.clone());
     let orch = orch.with_access(
-        config.api.clone(),
+        access.clone(),
         crate::admission::GatewayAdmission {
             require_certificate: certified_gateways,
             allow: config.allow_gateways.clone(),
         },
     );
-    let blob_service = BlobServiceServer::new(
-        Blobs::new(blobs).with_access(Arc::clone(&orch.api), certified_gateways),
-    );
+    let blob_service =
+        BlobServiceServer::new(Blobs::new(blobs).with_access(orch.api.clone(), certified_gateways));
     if !config.placement_grace.is_zero() {
         tasks.spawn(move_from_away(
             orch.clone(),
@@ -280,6 +281,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     tracing::info!(%local_addr, data_dir = %config.data_dir.display(), "orchestrator serving");
     Ok(Running {
         local_addr,
+        access,
         stop,
         tasks,
         task,
@@ -290,6 +292,11 @@ impl Running {
     /// Where it listens (the port chosen, when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The client API's access, to replace while serving (new tokens).
+    pub fn access(&self) -> crate::access::SharedAccess {
+        self.access.clone()
     }
 
     /// Ends every stream, stops serving, and returns once the store is closed.

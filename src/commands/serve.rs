@@ -69,7 +69,8 @@ pub struct Args {
     )]
     pub tls_client_ca: Option<PathBuf>,
     /// The bearer tokens the client API accepts, with their roles
-    /// (`continuum token`); without it anyone who reaches the API may use it.
+    /// (`continuum token`), read again on SIGHUP; without it anyone who
+    /// reaches the API may use it.
     #[arg(long, env = "CONTINUUM_TOKENS", value_name = "FILE")]
     pub tokens: Option<PathBuf>,
     /// A gateway id admitted although no model names it (repeatable); other
@@ -122,6 +123,44 @@ fn api_exposure(listen: SocketAddr, gaps: &[&str], insecure: bool) -> anyhow::Re
     )])
 }
 
+/// The tokens file's tokens; a file that lists none is refused (nobody
+/// could use the API).
+fn tokens(path: &std::path::Path) -> anyhow::Result<ApiAccess> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("the tokens file {}", path.display()))?;
+    let tokens = continuum_orchestrator::access::Tokens::from_json(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    anyhow::ensure!(
+        !tokens.is_empty(),
+        "{} lists no token: nobody could use the API (add one with `continuum token`)",
+        path.display()
+    );
+    Ok(ApiAccess::Tokens(tokens))
+}
+
+/// Reads the tokens file again on every SIGHUP: a token added or removed
+/// counts from then on, without a restart. A file that does not read keeps
+/// the tokens held.
+fn reload_on_hangup(
+    path: PathBuf,
+    access: continuum_orchestrator::access::SharedAccess,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match tokens(&path) {
+                Ok(t) => {
+                    access.replace(t);
+                    eprintln!("tokens reloaded from {}", path.display());
+                }
+                Err(e) => eprintln!("tokens kept: {e:#}"),
+            }
+        }
+    });
+    Ok(())
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(
@@ -132,18 +171,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let api = match &args.tokens {
         None => ApiAccess::Open,
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("the tokens file {}", path.display()))?;
-            let tokens = continuum_orchestrator::access::Tokens::from_json(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            anyhow::ensure!(
-                !tokens.is_empty(),
-                "{} lists no token: nobody could use the API (add one with `continuum token`)",
-                path.display()
-            );
-            ApiAccess::Tokens(tokens)
-        }
+        Some(path) => tokens(path)?,
     };
     for id in &args.allow_gateways {
         continuum_orchestrator::core::check_gateway_id(id).map_err(anyhow::Error::msg)?;
@@ -180,6 +208,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let running = continuum_orchestrator::start(config.clone()).await?;
+        if let Some(path) = &args.tokens {
+            reload_on_hangup(path.clone(), running.access())?;
+        }
         eprintln!(
             "continuum orchestrator listening on {} ({}; data in {})",
             running.local_addr(),
