@@ -26,6 +26,8 @@ command -v avrdude >/dev/null 2>&1 || need_apt+=(avrdude)
 command -v simavr >/dev/null 2>&1 || need_apt+=(simavr)
 [ -f /usr/share/arduino/hardware/arduino/avr/bootloaders/atmega/ATmegaBOOT_168_atmega328.hex ] || need_apt+=(arduino-core-avr)
 command -v socat >/dev/null 2>&1 || need_apt+=(socat)
+# Chromium (headless): the dashboard is tested in a real browser.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 # OpenSSH: gateways copy deploy agents to hosts without Docker over SSH (the
 # tests run a real sshd on loopback).
 command -v ssh >/dev/null 2>&1 || need_apt+=(openssh-client)

@@ -556,6 +556,9 @@ async fn serve<R: ContainerRuntime>(
     let (agent, snapshot) = Agent::new(runtime, store, agent_config, progress_tx)?;
     let (offers_tx, offers_rx) = mpsc::channel(4);
     let link_config = LinkConfig {
+        bridge: bridge
+            .clone()
+            .map(|b| link::BridgeCounters(Arc::new(move || b.status().report()))),
         fencing: Some(fencing),
         endpoint,
         tls: Some(tls),

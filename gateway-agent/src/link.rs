@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use continuum_proto::v1::gateway_link_client::GatewayLinkClient;
 use continuum_proto::v1::{
-    gateway_message, orchestrator_message, Ack, Capabilities, ComponentState, ComponentStatus,
-    CurrentReport, Document, GatewayMessage, Heartbeat, LocalDivergence, Register, StatusReport,
-    StepProgress, StepState,
+    gateway_message, orchestrator_message, Ack, BridgeReport, Capabilities, ComponentState,
+    ComponentStatus, CurrentReport, Document, GatewayMessage, Heartbeat, LocalDivergence, Register,
+    StatusReport, StepProgress, StepState,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -38,6 +38,18 @@ pub struct LinkConfig {
     pub bus: Option<mpsc::UnboundedSender<(String, u32, bool)>>,
     /// Told whether the orchestrator admits this agent (see [`crate::fence`]).
     pub fencing: Option<std::sync::Arc<crate::fence::Fencing>>,
+    /// The bridge's counters, sent with every heartbeat (none: no bridge).
+    pub bridge: Option<BridgeCounters>,
+}
+
+/// Reads a bridge's counters.
+#[derive(Clone)]
+pub struct BridgeCounters(pub std::sync::Arc<dyn Fn() -> BridgeReport + Send + Sync>);
+
+impl std::fmt::Debug for BridgeCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BridgeCounters")
+    }
 }
 
 fn now_ms() -> i64 {
@@ -237,6 +249,7 @@ async fn session(
                 send(gateway_message::Kind::Heartbeat(Heartbeat {
                     unix_ms: now_ms(),
                     load: crate::host_load::measure(),
+                    bridge: config.bridge.as_ref().map(|b| (b.0)()),
                 }))
                 .await?;
             }

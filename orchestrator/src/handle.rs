@@ -65,6 +65,8 @@ pub struct Orchestrator {
     /// model's size in memory (measured: 15 MB took the server from 34 to
     /// 315 MB), so concurrent large applies queue rather than multiply it.
     pub(crate) preparing: Arc<tokio::sync::Semaphore>,
+    /// What requests did, for `/metrics`.
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Applies prepared at once (see `Orchestrator::preparing`).
@@ -106,6 +108,7 @@ impl Orchestrator {
             gatekeeper: crate::admission::Gatekeeper::new(Default::default()),
             head,
             preparing: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_PREPARES)),
+            metrics: Arc::default(),
         }
     }
 

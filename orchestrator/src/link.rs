@@ -44,7 +44,7 @@ fn dispatch(
         Some(Kind::Current(c)) => core.report_current(gateway, session, c, now),
         Some(Kind::Status(s)) => core.report_status(gateway, session, s, now),
         Some(Kind::Step(s)) => core.report_step(gateway, session, s, now),
-        Some(Kind::Heartbeat(h)) => core.heartbeat(gateway, session, h.load, now),
+        Some(Kind::Heartbeat(h)) => core.heartbeat(gateway, session, h, now),
     }
 }
 

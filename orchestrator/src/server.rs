@@ -247,6 +247,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let models = ModelServiceServer::new(orch.clone())
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
+    let http = crate::http::router(orch.clone());
     let link = GatewayLinkServer::new(orch)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
@@ -266,14 +267,19 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .tls_config(tls.config())
             .map_err(|e| StartError::Tls(e.to_string()))?;
     }
+    // One port for both: gRPC (HTTP/2) and the dashboard, metrics and
+    // health checks (HTTP/1.1 or HTTP/2), under the same TLS.
+    let routes = tonic::service::Routes::from(http)
+        .add_service(models)
+        .add_service(link)
+        .add_service(blob_service)
+        .add_service(health_service)
+        .add_service(continuum_proto::serving::reflection());
     let task = tokio::spawn(
         builder
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
-            .add_service(models)
-            .add_service(link)
-            .add_service(blob_service)
-            .add_service(health_service)
-            .add_service(continuum_proto::serving::reflection())
+            .accept_http1(true)
+            .add_routes(routes)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 until.cancelled().await;
             }),

@@ -18,6 +18,7 @@ use tracing::Instrument;
 use crate::access::Role;
 use crate::core::Prepared;
 use crate::handle::Orchestrator;
+use crate::metrics::Outcome;
 
 /// Events read from the store per batch when a watcher catches up.
 const WATCH_BATCH: usize = 256;
@@ -35,6 +36,14 @@ fn subsystem_of(e: &Event) -> Option<&str> {
         event::Kind::Step(x) => Some(&x.subsystem),
         event::Kind::Current(x) => Some(&x.subsystem),
         event::Kind::Diverged(x) => Some(&x.subsystem),
+    }
+}
+
+fn outcome(r: &Result<ApplyResponse, Status>) -> Outcome {
+    match r {
+        Ok(r) if r.unchanged => Outcome::Unchanged,
+        Ok(_) => Outcome::Accepted,
+        Err(_) => Outcome::Refused,
     }
 }
 
@@ -66,6 +75,7 @@ impl ModelService for Orchestrator {
         &self,
         request: Request<ApplyRequest>,
     ) -> Result<Response<ApplyResponse>, Status> {
+        let started = std::time::Instant::now();
         let claimed = request.get_ref().author.clone();
         let author = self.author(&request, "apply", claimed)?;
         let mut req = request.into_inner();
@@ -97,8 +107,9 @@ impl ModelService for Orchestrator {
             )
         }
         .instrument(span)
-        .await?;
-        Ok(Response::new(response))
+        .await;
+        self.metrics.applied(outcome(&response), started.elapsed());
+        Ok(Response::new(response?))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
@@ -149,7 +160,9 @@ impl ModelService for Orchestrator {
         let mut head = self.events.clone();
         let stopping = self.stopping.clone();
         let only = req.subsystem;
+        let watching = self.metrics.watching();
         self.tasks.spawn(async move {
+            let _watching = watching;
             let mut last = req.after;
             loop {
                 head.borrow_and_update();
@@ -198,10 +211,12 @@ impl ModelService for Orchestrator {
         let author = self.author(&request, "rollback", claimed)?;
         let mut req = request.into_inner();
         req.author = author;
-        Ok(Response::new(
-            self.transact(move |core, store, now| core.rollback(req, store, now))
-                .await?,
-        ))
+        let response = self
+            .transact(move |core, store, now| core.rollback(req, store, now))
+            .await
+            .map_err(Status::from);
+        self.metrics.rolled_back(outcome(&response));
+        Ok(Response::new(response?))
     }
 
     async fn list_gateways(

@@ -145,6 +145,7 @@ impl SimGateway {
         self.send(gateway_message::Kind::Heartbeat(Heartbeat {
             unix_ms: 0,
             load: None,
+            bridge: None,
         }))
         .await
     }

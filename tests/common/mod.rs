@@ -417,6 +417,7 @@ pub fn record(scenario: &str, fault: &str, outcome: &str, recovered_in: Duration
     eprintln!("{scenario}: {fault} | {outcome} | recovered in {recovered_in:?}");
 }
 
+pub mod browser;
 pub mod devices;
 pub mod hosts;
 

@@ -155,6 +155,20 @@ impl BridgeStatus {
             && self.dead_letters_lost == 0
     }
 
+    /// Both directions summed, as heartbeats carry it.
+    pub fn report(&self) -> continuum_proto::v1::BridgeReport {
+        let both = |f: fn(&DirectionStatus) -> u64| f(&self.inbound) + f(&self.outbound);
+        continuum_proto::v1::BridgeReport {
+            global_connected: self.global == LinkState::Connected,
+            local_connected: self.local == LinkState::Connected,
+            queued: both(|d| d.queued),
+            dropped: both(|d| d.dropped),
+            forwarded: both(|d| d.forwarded),
+            duplicates: both(|d| d.duplicates),
+            dead_lettered: both(|d| d.dead_lettered),
+        }
+    }
+
     /// One line for `continuum status`.
     pub fn summary(&self) -> String {
         let link = |name: &str, s: &LinkState| match s {

@@ -8,7 +8,7 @@ use continuum_models::validate::is_valid_id;
 use continuum_models::{DeploymentModel, Invalid};
 use continuum_proto::v1::{
     event, Ack, Acknowledged, ComponentChanged, ComponentState, CurrentChanged, CurrentReport,
-    Diverged, Document, Gateway, GatewayConnected, GatewayDisconnected, HostLoad, Register,
+    Diverged, Document, Gateway, GatewayConnected, GatewayDisconnected, Heartbeat, Register,
     StatusReport, StepProgress, Target, TargetSent, Welcome,
 };
 
@@ -416,14 +416,15 @@ impl Core {
         &self,
         gateway_id: &str,
         session: u64,
-        load: Option<HostLoad>,
+        heartbeat: Heartbeat,
         now: i64,
     ) -> Result<Transition<()>, Error> {
         let mut state = self.live(gateway_id, session)?.clone();
         state.record.last_seen_unix_ms = now;
-        if load.is_some() {
-            state.record.load = load;
+        if heartbeat.load.is_some() {
+            state.record.load = heartbeat.load;
         }
+        state.record.bridge = heartbeat.bridge;
         let update = Update {
             gateways: vec![state],
             ..Update::default()
