@@ -50,6 +50,11 @@ struct Cli {
         default_value = "warn,rumqttd=off"
     )]
     log: String,
+    /// Log lines as text, or as one JSON object per line with the fields of
+    /// the spans they happened in (reconcile, step: subsystem, generation,
+    /// component), for `serve`, `gateway` and `up`.
+    #[arg(long, global = true, env = "CONTINUUM_LOG_FORMAT", value_enum, default_value_t = continuum_bus::logs::LogFormat::Text)]
+    log_format: continuum_bus::logs::LogFormat,
     /// The orchestrator to talk to (`host:port` or a URL); `continuum gateway`
     /// dials it too.
     #[arg(long, global = true, env = "CONTINUUM_SERVER", default_value = remote::DEFAULT_SERVER)]
@@ -293,14 +298,7 @@ fn main() -> ExitCode {
         ColorChoice::Never => false,
         ColorChoice::Auto => style::auto(),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(color)
-        .init();
+    continuum_bus::logs::init(&cli.log, "warn", cli.log_format, color);
     let style = style::Style::new(color);
     let output = cli.output;
     let server = match remote::token(cli.token.clone(), cli.token_file.as_deref())

@@ -10,6 +10,8 @@ pub mod args;
 pub mod broker;
 pub mod id;
 pub mod letters;
+#[cfg(feature = "logs")]
+pub mod logs;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod url;

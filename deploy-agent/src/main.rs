@@ -68,16 +68,19 @@ struct ServeArgs {
     /// gateway killed outright).
     #[arg(long)]
     exit_with_stdin: bool,
+    /// Log lines as text, or as one JSON object per line (with the fields of
+    /// the spans they happened in).
+    #[arg(long, env = "CONTINUUM_LOG_FORMAT", value_enum, default_value_t = continuum_bus::logs::LogFormat::Text)]
+    log_format: continuum_bus::logs::LogFormat,
 }
 
 fn run_serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CONTINUUM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttc=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    continuum_bus::logs::init(
+        &std::env::var("CONTINUUM_LOG").unwrap_or_else(|_| "info,rumqttc=warn".into()),
+        "info,rumqttc=warn",
+        a.log_format,
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

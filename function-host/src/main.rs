@@ -61,6 +61,10 @@ struct Args {
     /// Serve metrics on http://ADDRESS/metrics.
     #[arg(long, env = "CONTINUUM_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Log lines as text, or as one JSON object per line (with the fields of
+    /// the spans they happened in).
+    #[arg(long, env = "CONTINUUM_LOG_FORMAT", value_enum, default_value_t = continuum_bus::logs::LogFormat::Text)]
+    log_format: continuum_bus::logs::LogFormat,
     /// The handler and its arguments.
     #[arg(last = true, required = true, value_name = "HANDLER")]
     handler: Vec<String>,
@@ -68,14 +72,13 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    continuum_bus::logs::init(
+        &std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        "info",
+        args.log_format,
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    );
     let output = args
         .outputs
         .iter()

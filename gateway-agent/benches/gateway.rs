@@ -142,6 +142,7 @@ fn context(dir: &Path) {
 /// The engine's settings for contexts under `dir`: no bridge, no blobs.
 fn engine_config(dir: &Path) -> EngineConfig {
     EngineConfig {
+        metrics: Default::default(),
         context_root: dir.to_owned(),
         build_args: Default::default(),
         blobs: None,

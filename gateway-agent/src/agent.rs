@@ -606,6 +606,7 @@ mod tests {
             driver: Driver::Docker,
             interval: Duration::from_secs(60),
             engine: Arc::new(EngineConfig {
+                metrics: Default::default(),
                 context_root: dir.to_owned(),
                 build_args: Default::default(),
                 blobs: None,

@@ -187,7 +187,9 @@ pub struct BridgeArgs {
     /// ones are dead-lettered.
     #[arg(long, default_value_t = 256 * 1024)]
     pub bridge_max_payload: usize,
-    /// Serve the bridge's counters for Prometheus on this address (`GET /metrics`).
+    /// Serve the agent's metrics for Prometheus on this address (`GET
+    /// /metrics`: reconcile passes, steps, flashes, components by state, the
+    /// bridge's counters), with `/healthz` and `/readyz`.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// MQTT keep-alive of the bridge's connections, at least 5s (a cut link
@@ -528,6 +530,7 @@ async fn serve<R: ContainerRuntime>(
         None => continuum_models::policy::Policy::default(),
     };
 
+    let metrics = Arc::new(crate::metrics::AgentMetrics::default());
     let agent_config = AgentConfig {
         fencing: Some(Arc::clone(&fencing)),
         accept_older: config.accept_older_targets,
@@ -535,6 +538,7 @@ async fn serve<R: ContainerRuntime>(
         driver: config.driver,
         interval,
         engine: Arc::new(EngineConfig {
+            metrics: Arc::clone(&metrics),
             context_root: config.context_root.clone().unwrap_or_else(|| ".".into()),
             blobs,
             build_args,
@@ -607,7 +611,7 @@ async fn serve<R: ContainerRuntime>(
                 gateway_id: config.id.clone(),
                 offers: offers_tx.clone(),
                 snapshot: snapshot.clone(),
-                connected,
+                connected: connected.clone(),
             };
             eprintln!("local API listening on {}", listener.local_addr()?);
             let stop = shutdown.clone();
@@ -625,23 +629,29 @@ async fn serve<R: ContainerRuntime>(
             ))
         }
     };
-    let metrics_task = match (config.bridge.metrics_listen, &bridge) {
-        (Some(addr), Some(b)) => {
+    let metrics_task = match config.bridge.metrics_listen {
+        Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr} for metrics"))?;
-            eprintln!("metrics on http://{}/metrics", listener.local_addr()?);
+            eprintln!(
+                "metrics on http://{}/metrics (health: /healthz, /readyz)",
+                listener.local_addr()?
+            );
+            let observed = crate::metrics::Observed::new(
+                config.id.clone(),
+                Arc::clone(&metrics),
+                snapshot.clone(),
+                connected.clone(),
+                bridge.clone(),
+            );
             Some(tokio::spawn(crate::metrics::serve(
                 listener,
-                config.id.clone(),
-                Arc::clone(b),
+                observed,
                 shutdown.clone(),
             )))
         }
-        (Some(_), None) => {
-            anyhow::bail!("--metrics-listen serves the bridge's counters: drop --no-bridge")
-        }
-        (None, _) => None,
+        None => None,
     };
     let agent_task = tokio::spawn(agent.run(offers_rx, shutdown.clone()));
     let link_task = tokio::spawn(link::run(

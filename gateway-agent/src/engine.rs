@@ -117,6 +117,8 @@ pub struct EngineConfig {
     pub deployers: Option<Arc<crate::deployers::Deployers>>,
     /// Device ports on this host that differ from the model's, by device id.
     pub device_ports: BTreeMap<String, std::path::PathBuf>,
+    /// What passes, steps and flashes came to, for `/metrics`.
+    pub metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 /// Runs one pass of `target`, subsystem `subsystem` at `generation`.
@@ -129,7 +131,8 @@ pub async fn reconcile<R: ContainerRuntime>(
     progress: &mpsc::UnboundedSender<Progress>,
 ) -> Result<PassReport, RuntimeError> {
     let span = tracing::info_span!("reconcile", subsystem = %subsystem, generation);
-    async {
+    let started = std::time::Instant::now();
+    let report = async {
         let workloads = runtime.list(LABEL_SUBSYSTEM, subsystem).await?;
         if let Some(d) = &config.deployers {
             d.sync(target, &config.device_ports).await;
@@ -211,7 +214,12 @@ pub async fn reconcile<R: ContainerRuntime>(
         })
     }
     .instrument(span)
-    .await
+    .await;
+    config.metrics.pass(
+        started.elapsed(),
+        report.as_ref().ok().map(|r| !r.outcome.failed.is_empty()),
+    );
+    report
 }
 
 /// What the deploy agent last said of each device.
@@ -264,6 +272,7 @@ mod tests {
 
     fn config() -> EngineConfig {
         EngineConfig {
+            metrics: Default::default(),
             context_root: ".".into(),
             build_args: Default::default(),
             blobs: None,

@@ -530,8 +530,12 @@ impl<R: ContainerRuntime> Context<R> {
                     ));
                 },
             )
-            .await
-            .map_err(|e| StepError::Flash(c.id.clone(), e))?;
+            .await;
+        let flashed = report
+            .as_ref()
+            .is_ok_and(|r| matches!(r.state.as_str(), "running" | "unchanged"));
+        self.pass.config.metrics.flash(flashed);
+        let report = report.map_err(|e| StepError::Flash(c.id.clone(), e))?;
         match report.state.as_str() {
             "running" | "unchanged" => Ok(()),
             other => Err(StepError::Flash(
@@ -694,7 +698,6 @@ pub async fn execute<R: ContainerRuntime>(
             Err(error) => {
                 let reason = error.to_string();
                 let who = component.clone().unwrap_or_else(|| step.action.to_string());
-                tracing::warn!(step = %step.action, %reason, "step failed");
                 states[id] = Run::Failed(format!("`{who}` failed: {reason}"));
                 if let Some(c) = &component {
                     outcome.failed.insert(c.clone(), reason.clone());
@@ -745,7 +748,13 @@ fn spawn_step<R: ContainerRuntime>(
     let action = step.action.clone();
     let id = step.id;
     let reporter_tx = progress.clone();
-    let span = tracing::info_span!("step", step = %action);
+    let span = tracing::info_span!(
+        "step",
+        subsystem = %ctx.pass.subsystem,
+        generation = ctx.pass.generation,
+        component = action.component().unwrap_or(""),
+        step = %action
+    );
     running.spawn(
         async move {
             let reporter = Reporter {
@@ -758,6 +767,13 @@ fn spawn_step<R: ContainerRuntime>(
                 Ok(r) => r,
                 Err(_) => Err(StepError::TimedOut(timeout)),
             };
+            ctx.pass.config.metrics.step(action.kind(), result.is_ok());
+            // Inside the step's span: the line carries its subsystem,
+            // generation and component.
+            match &result {
+                Ok(()) => tracing::info!("step succeeded"),
+                Err(e) => tracing::warn!(reason = %e, "step failed"),
+            }
             (id, result)
         }
         .instrument(span),

@@ -23,7 +23,7 @@ mod host_load;
 mod lifecycle;
 mod link;
 mod local;
-mod metrics;
+pub mod metrics;
 mod observe;
 mod proxies;
 pub mod routing;

@@ -17,18 +17,20 @@ struct Cli {
     /// Log filter (tracing syntax).
     #[arg(long, env = "CONTINUUM_LOG", default_value = "info")]
     log: String,
+    /// Log lines as text, or as one JSON object per line (with the fields of
+    /// the spans they happened in).
+    #[arg(long, env = "CONTINUUM_LOG_FORMAT", value_enum, default_value_t = continuum_bus::logs::LogFormat::Text)]
+    log_format: continuum_bus::logs::LogFormat,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    continuum_bus::logs::init(
+        &cli.log,
+        "info",
+        cli.log_format,
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    );
     match continuum_gateway::cli::run(cli.args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -113,6 +113,7 @@ async fn setup_as(subsystem: String, p: String) -> Option<Setup> {
     Some(Setup {
         rt,
         config: Arc::new(EngineConfig {
+            metrics: Default::default(),
             context_root: dir.path().to_owned(),
             build_args: Default::default(),
             blobs: None,

@@ -120,6 +120,21 @@ pub enum Action {
 }
 
 impl Action {
+    /// The step's kind in one word (`start`, `bind`), for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Stop { .. } => "stop",
+            Action::Unbind { .. } => "unbind",
+            Action::Unroute { .. } => "unroute",
+            Action::Remove { .. } => "remove",
+            Action::Add { .. } => "add",
+            Action::Bind { .. } => "bind",
+            Action::Route { .. } => "route",
+            Action::Update { .. } => "update",
+            Action::Start { .. } => "start",
+        }
+    }
+
     /// The phase the step belongs to.
     pub fn phase(&self) -> Phase {
         match self {
