@@ -127,6 +127,10 @@ enum Command {
         /// With `--live`: only this subsystem.
         #[arg(long, requires = "live")]
         subsystem: Option<String>,
+        /// With `--live`: keep following it, showing it again each time it
+        /// changes (redrawn on a terminal; one JSON object per line with `-o json`).
+        #[arg(long, requires = "live")]
+        follow: bool,
         /// Compare this revision...
         #[arg(long, conflicts_with = "old")]
         from: Option<u64>,
@@ -318,6 +322,7 @@ fn main() -> ExitCode {
             text,
             live,
             subsystem,
+            follow,
             from,
             to,
         } => match (old, new, from) {
@@ -331,6 +336,7 @@ fn main() -> ExitCode {
                 output,
                 &style,
             ),
+            _ if follow => commands::diff::follow_live(&server, subsystem, output, &style),
             _ => {
                 debug_assert!(live);
                 commands::diff::remote(

@@ -156,7 +156,10 @@ impl Core {
                     })
                     .map(|(id, s)| subsystem_diff(id, &s.live_diff()))
                     .collect();
-                Ok(DiffResponse { subsystems })
+                Ok(DiffResponse {
+                    subsystems,
+                    event_seq: self.last_seq(),
+                })
             }
             Some(Between::Revisions(r)) => {
                 let (_, a, _) = self.megamodel_at(r.from, revisions)?;
@@ -177,7 +180,10 @@ impl Core {
                     })
                     .filter(|d| d.counts.as_ref().is_some_and(|c| !is_zero(c)))
                     .collect();
-                Ok(DiffResponse { subsystems })
+                Ok(DiffResponse {
+                    subsystems,
+                    event_seq: self.last_seq(),
+                })
             }
         }
     }

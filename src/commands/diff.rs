@@ -239,8 +239,21 @@ pub fn remote(
     format: Format,
     style: &Style,
 ) -> anyhow::Result<ExitCode> {
-    use continuum_proto::v1::{diff_request::Between, DiffRequest, Live, Revisions};
-    let (between, title) = match &what {
+    let (between, title) = between(&what);
+    crate::remote::block_on(async {
+        let r = fetch(server, between).await?;
+        if format == Format::Json {
+            super::print_json(&r)?;
+        } else {
+            print_diff(&r, &title, style)?;
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn between(what: &Remote) -> (continuum_proto::v1::diff_request::Between, String) {
+    use continuum_proto::v1::{diff_request::Between, Live, Revisions};
+    match what {
         Remote::Live { subsystem } => (
             Between::Live(Live {
                 subsystem: subsystem.clone().unwrap_or_default(),
@@ -261,41 +274,140 @@ pub fn remote(
                 }
             ),
         ),
+    }
+}
+
+async fn fetch(
+    server: &crate::remote::Server,
+    between: continuum_proto::v1::diff_request::Between,
+) -> anyhow::Result<continuum_proto::v1::DiffResponse> {
+    let mut client = crate::remote::connect(server).await?;
+    Ok(client
+        .diff(continuum_proto::v1::DiffRequest {
+            between: Some(between),
+        })
+        .await
+        .map_err(crate::remote::explain)?
+        .into_inner())
+}
+
+fn print_diff(
+    r: &continuum_proto::v1::DiffResponse,
+    title: &str,
+    style: &Style,
+) -> anyhow::Result<()> {
+    outln!("{}", style.bold(title));
+    let mut any = false;
+    for s in &r.subsystems {
+        let d: ModelDiff = serde_json::from_slice(&s.diff).map_err(|e| {
+            anyhow::anyhow!("the orchestrator sent a diff this CLI cannot read: {e}")
+        })?;
+        if d.is_empty() {
+            continue;
+        }
+        any = true;
+        let name = if s.subsystem.is_empty() {
+            "outside any subsystem"
+        } else {
+            &s.subsystem
+        };
+        let label = format!("[{name}]");
+        print_summary(&style.bold(name), &d, &|_| label.clone(), style);
+    }
+    if !any {
+        outln!("no changes");
+    }
+    Ok(())
+}
+
+/// `continuum diff --live --follow`: the live diff, then again each time it
+/// changes (events say when; a burst of them makes one refresh). On a
+/// terminal the view is redrawn in place; elsewhere each new diff follows
+/// the last under a dated line; with `-o json`, one JSON object per line.
+/// Runs until interrupted; a lost connection resumes where it left off.
+pub fn follow_live(
+    server: &crate::remote::Server,
+    subsystem: Option<String>,
+    format: Format,
+    style: &Style,
+) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    use std::sync::Arc;
+    let what = Remote::Live { subsystem };
+    let only = match &what {
+        Remote::Live { subsystem } => subsystem.clone().unwrap_or_default(),
+        Remote::Revisions { .. } => String::new(),
     };
+    let terminal = std::io::stdout().is_terminal() && format == Format::Human;
     crate::remote::block_on(async {
-        let mut client = crate::remote::connect(server).await?;
-        let r = client
-            .diff(DiffRequest {
-                between: Some(between),
-            })
-            .await
-            .map_err(crate::remote::explain)?
-            .into_inner();
-        if format == Format::Json {
-            super::print_json(&r)?;
-            return Ok(ExitCode::SUCCESS);
-        }
-        outln!("{}", style.bold(&title));
-        let mut any = false;
-        for s in &r.subsystems {
-            let d: ModelDiff = serde_json::from_slice(&s.diff).map_err(|e| {
-                anyhow::anyhow!("the orchestrator sent a diff this CLI cannot read: {e}")
-            })?;
-            if d.is_empty() {
-                continue;
+        let (between, title) = between(&what);
+        let first = fetch(server, between.clone()).await?;
+        let after = first.event_seq;
+        let mut shown = None;
+        show_live(&first, &title, format, terminal, &mut shown, style)?;
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let refresh = {
+            let changed = Arc::clone(&changed);
+            async move {
+                loop {
+                    changed.notified().await;
+                    // A rollout sends events in bursts: let it settle a moment.
+                    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+                    match fetch(server, between.clone()).await {
+                        Ok(r) => show_live(&r, &title, format, terminal, &mut shown, style)?,
+                        Err(e) => eprintln!(
+                            "{}",
+                            style.dim(&format!("cannot read the live diff: {e:#}"))
+                        ),
+                    }
+                }
             }
-            any = true;
-            let name = if s.subsystem.is_empty() {
-                "outside any subsystem"
-            } else {
-                &s.subsystem
-            };
-            let label = format!("[{name}]");
-            print_summary(&style.bold(name), &d, &|_| label.clone(), style);
+        };
+        let events = super::watch::follow(server, after, &only, style, |e| {
+            let step = matches!(e.kind, Some(continuum_proto::v1::event::Kind::Step(_)));
+            if !step {
+                changed.notify_one();
+            }
+            Ok(None)
+        });
+        tokio::select! {
+            r = events => r,
+            r = refresh => r,
         }
-        if !any {
-            outln!("no changes");
-        }
-        Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Prints `r` unless it equals what was shown last.
+fn show_live(
+    r: &continuum_proto::v1::DiffResponse,
+    title: &str,
+    format: Format,
+    terminal: bool,
+    shown: &mut Option<Vec<continuum_proto::v1::SubsystemDiff>>,
+    style: &Style,
+) -> anyhow::Result<()> {
+    if shown.as_ref() == Some(&r.subsystems) {
+        return Ok(());
+    }
+    *shown = Some(r.subsystems.clone());
+    match format {
+        Format::Json => outln!("{}", serde_json::to_string(r)?),
+        Format::Human => {
+            let now = crate::remote::clock(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0)),
+            );
+            if terminal {
+                // Clear the screen and home the cursor: the view is redrawn.
+                outln!("\x1b[2J\x1b[H");
+            }
+            print_diff(
+                r,
+                &format!("{title} at {now}, after event #{}", r.event_seq),
+                style,
+            )?;
+        }
+    }
+    Ok(())
 }

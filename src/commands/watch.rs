@@ -114,6 +114,11 @@ pub fn describe(e: &Event, style: &Style) -> String {
             } else {
                 format!(": {}", clean(&s.reason))
             };
+            let (word, reason) = if state == StepState::Failed {
+                (style.red(&word), style.red(&reason))
+            } else {
+                (word, reason)
+            };
             format!(
                 "{}: step {} {word}{reason} ({}/{})",
                 s.subsystem, s.step, s.done, s.total
