@@ -143,7 +143,7 @@ function renderSubsystems() {
       card.append(el('div', {}, `generation ${p.generation}: ${p.done} of ${p.total} steps`), bar);
       const steps = el('ul', { class: 'steps' });
       for (const [step, st] of p.steps) {
-        steps.append(el('li', { class: st.state, title: st.reason || '' }, step, st.reason ? ': ' + st.reason : ''));
+        steps.append(el('li', { class: st.state, title: st.reason || '' }, st.text || step, st.reason ? ': ' + st.reason : ''));
       }
       card.append(steps);
     }
@@ -526,7 +526,10 @@ function onEvent(name, e) {
       state.progress.set(k.subsystem, p);
     }
     p.done = k.done; p.total = k.total;
-    p.steps.set(k.step, { state: k.state, reason: k.reason });
+    // A flash reports its progress as the same step with a stage and a
+    // percentage ("flash firmware f onto d: writing 40%"): one line, updated.
+    const key = k.step.replace(/: [^:]*\d+%$/, '');
+    p.steps.set(key, { state: k.state, reason: k.reason, text: k.step });
   }
   const [text, bad] = describe(name, e);
   const list = $('activity');

@@ -221,6 +221,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             },
             config.data_dir.display()
         );
+        eprintln!(
+            "dashboard, metrics and health on {}://{}/ (/metrics, /healthz, /readyz)",
+            if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
+            running.local_addr()
+        );
         if let Some(url) = &config.bus_url {
             eprintln!("global bus (MQTT): {url} (external)");
         }

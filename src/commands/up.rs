@@ -272,7 +272,7 @@ pub fn run(args: Args, style: &Style) -> anyhow::Result<ExitCode> {
     let server = running.local_addr().to_string();
     let global: BrokerUrl = format!("mqtt://127.0.0.1:{global_v5}").parse()?;
     println!(
-        "{} orchestrator on {server}, global bus on 127.0.0.1:{global_v4} (MQTT 3.1.1) and :{global_v5} (MQTT 5); data in {}",
+        "{} orchestrator on {server} (dashboard: http://{server}/), global bus on 127.0.0.1:{global_v4} (MQTT 3.1.1) and :{global_v5} (MQTT 5); data in {}",
         style.bold("up:"),
         data.display()
     );
