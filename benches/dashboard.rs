@@ -9,9 +9,10 @@
 //!    converging at once → until the page shows the new head with every
 //!    node running again and an empty live diff (the page refreshes once
 //!    per burst of events, however many arrive);
-//! 3. responsiveness during those rollouts: the time the page's main thread
-//!    takes to answer an evaluation, sampled every 50 ms (a busy page
-//!    answers late).
+//! 3. responsiveness during those rollouts: the time the page takes to
+//!    answer an evaluation over DevTools, sampled every 50 ms (a busy page,
+//!    or a machine busy with the rollout, answers late), and the longest
+//!    task the page's main thread ran, by its own `longtask` observer.
 //!
 //! Run with `cargo bench --bench dashboard` (needs Chromium; `-- --quick`
 //! for a smoke run).
@@ -139,6 +140,11 @@ fn main() {
     page.open(&format!("http://{addr}/"));
     page.wait_for("the fleet drawn and running", &settled(1), WITHIN);
     let first = t0.elapsed();
+    let longest_loading = page
+        .eval("window.continuum.stats.longestTaskMs")
+        .as_f64()
+        .unwrap_or(0.0);
+    page.eval("window.continuum.stats.longestTaskMs = 0; window.continuum.stats.longTasks = 0");
     let graph = page
         .eval("window.continuum.stats.lastGraphMs")
         .as_f64()
@@ -181,6 +187,14 @@ fn main() {
         .as_u64()
         .unwrap_or(0);
     let worst_lag = lags.iter().max().copied().unwrap_or_default();
+    let longest = page
+        .eval("window.continuum.stats.longestTaskMs")
+        .as_f64()
+        .unwrap_or(0.0);
+    let long_tasks = page
+        .eval("window.continuum.stats.longTasks")
+        .as_u64()
+        .unwrap_or(0);
     println!(
         "dashboard: {} components, {SUBSYSTEMS} gateways (simulated), {rounds} rollouts",
         SUBSYSTEMS * PER_SUBSYSTEM
@@ -198,6 +212,9 @@ fn main() {
         ms(median(&mut lags.clone())),
         ms(worst_lag),
         lags.len()
+    );
+    println!(
+        "  longest main-thread task (page's own)   loading {longest_loading:.0} ms, rollouts {longest:.0} ms ({long_tasks} over 50 ms)"
     );
     println!(
         "  refreshes per rollout                   median {}  ({} events shown in all)",
