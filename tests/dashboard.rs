@@ -316,3 +316,86 @@ fn http_endpoints_answer_and_a_resume_from_forgotten_events_is_told() {
         browser.errors
     );
 }
+
+#[test]
+fn the_http_api_takes_the_same_tokens_and_roles_as_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.json");
+    let token = |subject: &str, role: &str| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_continuum"))
+            .args(["token", subject, "--role", role, "--tokens"])
+            .arg(&tokens)
+            .output()
+            .unwrap();
+        common::ok(o).trim().to_owned()
+    };
+    let reader = token("watcher", "read");
+    let applier = token("operator", "apply");
+    let listen = free_port();
+    let _s = Serve::start_with(
+        &dir.path().join("orchestrator"),
+        &[
+            "--no-mqtt",
+            "--listen",
+            &listen,
+            "--tokens",
+            tokens.to_str().unwrap(),
+        ],
+    );
+    let bearer = |t: &str| format!("Bearer {t}");
+    let (code, body) = http_get(&listen, "/api/status", &[]);
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("needs a token"), "{body}");
+    assert_eq!(http_get(&listen, "/metrics", &[]).0, 401);
+    let (code, body) = http_get(
+        &listen,
+        "/api/status",
+        &[("Authorization", "Bearer nonsense")],
+    );
+    assert_eq!(code, 401, "{body}");
+    let read = bearer(&reader);
+    assert_eq!(
+        http_get(&listen, "/api/status", &[("Authorization", &read)]).0,
+        200
+    );
+    assert_eq!(
+        http_get(&listen, "/metrics", &[("Authorization", &read)]).0,
+        200
+    );
+    // The page and health checks need none.
+    assert_eq!(http_get(&listen, "/", &[]).0, 200);
+    assert_eq!(http_get(&listen, "/healthz", &[]).0, 200);
+    let json = [("Content-Type", "application/json")];
+    let (code, body) = http(
+        &listen,
+        "POST",
+        "/api/rollback",
+        &[json[0], ("Authorization", &read)],
+        r#"{"to": 1}"#,
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("needs the role apply"), "{body}");
+    // An apply token may: the refusal is now about the revision.
+    let apply = bearer(&applier);
+    let (code, body) = http(
+        &listen,
+        "POST",
+        "/api/rollback",
+        &[json[0], ("Authorization", &apply)],
+        r#"{"to": 1}"#,
+    );
+    assert_eq!(code, 404, "{body}");
+    // Another site's page cannot roll back, whatever it holds.
+    let (code, body) = http(
+        &listen,
+        "POST",
+        "/api/rollback",
+        &[
+            json[0],
+            ("Authorization", &apply),
+            ("Sec-Fetch-Site", "cross-site"),
+        ],
+        r#"{"to": 1}"#,
+    );
+    assert_eq!(code, 403, "{body}");
+}
