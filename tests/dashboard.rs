@@ -399,3 +399,72 @@ fn the_http_api_takes_the_same_tokens_and_roles_as_grpc() {
     );
     assert_eq!(code, 403, "{body}");
 }
+
+#[test]
+fn a_failure_the_gateway_rolled_back_is_shown_apart() {
+    let Some(mut browser) = Browser::launch() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let subsystem = unique("dashrb");
+    let gateway = format!("{subsystem}-gw");
+    let marker = unique("dashrbmark");
+    let _reap = Reap(marker.clone());
+    let listen = free_port();
+    let s = Serve::start_on(&dir.path().join("orchestrator"), &listen);
+    let _agent = Guard(
+        process_gateway(&gateway, &listen, &dir.path().join("agent"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // The subsystem rolls a failed generation back.
+    let with_rollback = |path: String| {
+        let mut mm: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        mm["subsystems"][0]["on_failure"] = "rollback".into();
+        std::fs::write(&path, mm.to_string()).unwrap();
+        path
+    };
+    let v1 = with_rollback(model(
+        dir.path(),
+        "v1.json",
+        &subsystem,
+        &gateway,
+        &marker,
+        &[("worker", "worker", LONG)],
+    ));
+    common::ok(s.cli(&["apply", "-f", &v1, "--wait", "60s"]));
+    let v2 = with_rollback(model(
+        dir.path(),
+        "v2.json",
+        &subsystem,
+        &gateway,
+        &marker,
+        &[("worker", "worker", LONG), ("broken", "broken", "exit 3")],
+    ));
+    common::ok(s.cli(&["apply", "-f", &v2]));
+    browser.open(&format!("http://{listen}/"));
+    let title = browser.wait_for(
+        "the broken service shown rolled back",
+        "(() => { const n = document.querySelector('#graph [data-component=\"broken\"]'); return n && n.getAttribute('class').includes('s-rolled-back') && n.querySelector('title').textContent; })()",
+        WITHIN,
+    );
+    assert!(
+        title
+            .as_str()
+            .unwrap()
+            .contains("rolled back to generation 1"),
+        "{title}"
+    );
+    browser.wait_for(
+        "the worker still running",
+        &format!("{}.includes('s-running')", node_class("worker")),
+        WITHIN,
+    );
+    assert!(
+        browser.errors.is_empty(),
+        "page errors: {:?}",
+        browser.errors
+    );
+}

@@ -471,17 +471,16 @@ impl<R: ContainerRuntime> Agent<R> {
         } = &self.enforcing
         {
             for (component, reason) in failed {
-                report.statuses.insert(
-                    component.clone(),
-                    Status::new(
-                        State::Failed,
-                        format!(
-                            "generation {generation} failed: {reason}; rolled back to generation {}",
-                            report.generation
-                        ),
-                    )
-                    .at(*generation),
-                );
+                let mut status = Status::new(
+                    State::Failed,
+                    format!(
+                        "generation {generation} failed: {reason}; rolled back to generation {}",
+                        report.generation
+                    ),
+                )
+                .at(*generation);
+                status.rolled_back_to = report.generation;
+                report.statuses.insert(component.clone(), status);
             }
         }
         let failed = !report.outcome.failed.is_empty();
@@ -664,6 +663,10 @@ mod tests {
         assert_eq!(
             s.statuses["web"].generation, 2,
             "the failure is generation 2's"
+        );
+        assert_eq!(
+            s.statuses["web"].rolled_back_to, 1,
+            "the status says what runs instead"
         );
         // It stays rolled back across passes, until a newer target arrives.
         a.pass().await;

@@ -46,6 +46,8 @@ pub struct Status {
     /// The generation this status is about: the one the pass enforced, or for
     /// a failure that was rolled back, the generation that failed.
     pub generation: u64,
+    /// Set when that failure was rolled back: the generation running instead.
+    pub rolled_back_to: u64,
 }
 
 impl Status {
@@ -56,6 +58,7 @@ impl Status {
             reason: reason.into(),
             detail: String::new(),
             generation: 0,
+            rolled_back_to: 0,
         }
     }
 

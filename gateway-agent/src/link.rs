@@ -77,6 +77,7 @@ pub(crate) fn status(component: &str, s: &Status) -> ComponentStatus {
         since_unix_ms: now_ms(),
         generation: s.generation,
         detail: s.detail.clone(),
+        rolled_back_to: s.rolled_back_to,
     }
 }
 

@@ -83,6 +83,7 @@ impl Routing for Bridge {
             },
             detail: summary,
             generation: 0,
+            rolled_back_to: 0,
         })
     }
 }

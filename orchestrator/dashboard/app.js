@@ -120,7 +120,7 @@ function displayState(sub, c, component) {
   }
   if (!c) return 'unknown';
   const s = stateOf(c);
-  if (s === 'failed' && /rolled back to generation/.test(c.reason || '')) return 'rolled-back';
+  if (s === 'failed' && c.rolled_back_to > 0) return 'rolled-back';
   return s;
 }
 

@@ -183,6 +183,7 @@ impl SimGateway {
                     since_unix_ms: 0,
                     generation: 0,
                     detail: String::new(),
+                    rolled_back_to: 0,
                 })
                 .collect(),
         }))

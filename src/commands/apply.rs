@@ -381,7 +381,7 @@ mod tests {
                 reason: "exited".into(),
                 since_unix_ms,
                 generation,
-                detail: String::new(),
+                ..ComponentStatus::default()
             }),
         }))
     }

@@ -369,6 +369,7 @@ impl Core {
                     && old.reason == s.reason
                     && old.generation == s.generation
                     && old.detail == s.detail
+                    && old.rolled_back_to == s.rolled_back_to
             });
             if same {
                 continue;

@@ -153,7 +153,7 @@ fn reports_move_the_phase_and_failures_are_judged_by_generation() {
             reason: "exited".into(),
             since_unix_ms: i64::MAX / 2, // a gateway clock far ahead says nothing
             generation,
-            detail: String::new(),
+            ..ComponentStatus::default()
         }],
     };
     let t = c.report_status("gw", session, failed(1), 3).unwrap();
