@@ -214,9 +214,11 @@ impl AgentLink {
         progress: &(dyn Fn(&str, u8) + Send + Sync),
     ) -> Result<DeviceReport, String> {
         let mut status = self.status.clone();
-        tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.online))
+        // The agent may still be on its way: copied over SSH (tens of MB on a
+        // slow link) or imported into a host's engine, then started.
+        tokio::time::timeout(Duration::from_secs(120), status.wait_for(|s| s.online))
             .await
-            .map_err(|_| "the deploy agent did not come online within 30s".to_owned())?
+            .map_err(|_| "the deploy agent did not come online within 2m".to_owned())?
             .map_err(|_| "the gateway is stopping".to_owned())?;
         let order = Order {
             request: format!(
