@@ -354,7 +354,9 @@ fn sshd(dir: &Path) -> Option<Sshd> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_copied_over_ssh_flashes_is_upgraded_and_stopped() {
-    let Some(sim) = sim_board() else { return };
+    let (Some(sim), Some(built)) = (sim_board(), static_agent()) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let _reap = Reap(dir.path().display().to_string());
     let Some(sshd) = sshd(dir.path()) else { return };
@@ -363,8 +365,9 @@ async fn an_agent_copied_over_ssh_flashes_is_upgraded_and_stopped() {
     let (serve, _) = orchestrator(dir.path());
     let gw = unique("ssh");
     let agent = format!("{gw}.edge");
-    // The gateway's own (dynamic) agent: the "remote" host is this machine.
-    let built = PathBuf::from(env!("CARGO_BIN_EXE_continuum")).with_file_name("continuum-agent");
+    // The static agent, as a remote Linux host is given (the debug build is
+    // over 100 MB: copying it over SSH took most of the test's time); the
+    // "remote" host is this machine.
     let program = dir.path().join("continuum-agent");
     install_agent(&built, &program, b"");
     let remote = dir.path().join("remote");
