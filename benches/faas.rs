@@ -164,7 +164,7 @@ async fn cold_path(host: &Path) {
         functions: functions.to_vec(),
     };
     let _reap = common::Reap(dir.path().display().to_string());
-    let (agent, _) = function_gateway(dir.path(), &serve, &gateway, driver, host);
+    let (agent, _, _) = function_gateway(dir.path(), &serve, &gateway, driver, host);
     let watch = probe(&global, "cold-watch").await;
     let client = probe(&global, "cold-client").await;
     let mut components =

@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::browser::http_get;
 use common::{
-    docker_ready, function_gateway as agent, function_host, ok, orchestrator, unique, Guard, Serve,
+    docker_ready, function_gateway as agent, function_host, metric, ok, orchestrator, unique,
+    Guard, Serve,
 };
 use continuum_bus::testing::{eventually, within, Probe, Received};
 use continuum_bus::BrokerUrl;
@@ -30,6 +32,8 @@ struct World {
     agent: Option<Guard>,
     global: BrokerUrl,
     local: BrokerUrl,
+    /// The agent's `--metrics-listen` address.
+    metrics: String,
     functions: Vec<String>,
 }
 
@@ -38,7 +42,7 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let (serve, global) = orchestrator(dir.path());
         let gateway = unique("gw");
-        let (agent, local) = agent(dir.path(), &serve, &gateway, "docker", host);
+        let (agent, local, metrics) = agent(dir.path(), &serve, &gateway, "docker", host);
         World {
             dir,
             subsystem: unique("s"),
@@ -47,6 +51,7 @@ impl World {
             agent: Some(agent),
             global,
             local,
+            metrics,
             functions: Vec::new(),
         }
     }
@@ -109,6 +114,48 @@ impl World {
         let path = self.dir.path().join(name);
         std::fs::write(&path, serde_json::to_string_pretty(&mm).unwrap()).unwrap();
         path.display().to_string()
+    }
+
+    /// Waits until the agent's metrics count `want` for function `function`:
+    /// (series, value) pairs, the series without its labels.
+    async fn function_counts(&self, function: &str, want: &[(&str, &str, f64)]) {
+        let addr = self.metrics.clone();
+        let want: Vec<(String, f64)> = want
+            .iter()
+            .map(|(series, outcome, n)| {
+                let outcome = if outcome.is_empty() {
+                    String::new()
+                } else {
+                    format!(",outcome=\"{outcome}\"")
+                };
+                (format!("{series}{{function=\"{function}\"{outcome}}}"), *n)
+            })
+            .collect();
+        let mut last = String::new();
+        let counted = tokio::time::timeout(CONVERGE, async {
+            loop {
+                let (code, text) = tokio::task::spawn_blocking({
+                    let addr = addr.clone();
+                    move || http_get(&addr, "/metrics", &[])
+                })
+                .await
+                .unwrap();
+                if code == 200 && want.iter().all(|(s, n)| metric(&text, s) == Some(*n)) {
+                    return;
+                }
+                last = text;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+        assert!(
+            counted.is_ok(),
+            "the agent's metrics never counted {want:?}:\n{}",
+            last.lines()
+                .filter(|l| l.starts_with("continuum_function_"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
 
     fn serve(&self) -> &Serve {
@@ -269,6 +316,22 @@ async fn a_function_runs_in_its_container_between_global_topics_and_a_change_red
     assert!(reason.contains("longer than its timeout of 2s"), "{reason}");
     assert_eq!(letter.property("continuum-dlq-attempts"), Some("2"));
 
+    // The gateway agent counts what the function's host counted: one run
+    // answered, two failed and two timed out (each message tried twice).
+    let runs = "continuum_function_invocations_total";
+    w.function_counts(
+        &a,
+        &[
+            (runs, "ok", 1.0),
+            (runs, "error", 2.0),
+            (runs, "timeout", 2.0),
+            ("continuum_function_retries_total", "", 2.0),
+            ("continuum_function_dead_letters_total", "", 2.0),
+        ],
+    )
+    .await;
+    w.function_counts(&b, &[(runs, "ok", 0.0)]).await;
+
     // A new source for `a` only: `a` is rebuilt and recreated, `b` untouched.
     let (before_a, before_b) = (w.container(&a).unwrap(), w.container(&b).unwrap());
     let src_a2 = w.source("a2", "a2");
@@ -294,6 +357,9 @@ async fn a_function_runs_in_its_container_between_global_topics_and_a_change_red
     )
     .await;
     assert_eq!(String::from_utf8_lossy(&r.payload), "a2:again");
+    // The new container's host counts from zero; the agent's counter goes on.
+    w.function_counts(&a, &[(runs, "ok", 2.0), (runs, "error", 2.0)])
+        .await;
 
     // Removing `b` removes its container and its subscription.
     let v3 = w.model("v3.json", &[(&a, &ta, &src_a2)]);

@@ -7,12 +7,7 @@ mod common;
 use std::process::Stdio;
 
 use common::browser::http_get;
-use common::{free_port, process_gateway, unique, Guard, Reap, Serve, WITHIN};
-
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-}
+use common::{free_port, metric, process_gateway, unique, Guard, Reap, Serve, WITHIN};
 
 #[test]
 fn a_gateway_serves_metrics_health_and_json_logs_with_span_fields() {

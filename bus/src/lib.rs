@@ -12,6 +12,7 @@ pub mod id;
 pub mod letters;
 #[cfg(feature = "logs")]
 pub mod logs;
+pub mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod url;

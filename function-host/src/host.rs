@@ -18,6 +18,7 @@ use std::time::Duration;
 use continuum_bus::letters::{
     dead_letter_topic, ATTEMPTS_PROPERTY, REASON_PROPERTY, TOPIC_PROPERTY,
 };
+use continuum_bus::stats::{stats_topic, FunctionStats};
 use continuum_bus::{BrokerUrl, MessageId, ID_PROPERTY};
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
@@ -67,6 +68,9 @@ pub const CAUSE_PROPERTY: &str = "continuum-cause";
 pub fn status_topic(function: &str) -> String {
     format!("/{function}/status")
 }
+
+/// How often the counters are published when they change.
+const STATS_EVERY: Duration = Duration::from_secs(1);
 
 /// The filter of the function's inputs.
 pub fn input_filter(function: &str) -> String {
@@ -175,11 +179,15 @@ pub async fn run(
         conn: 0,
         window: usize::from(receive_maximum),
         done_tx,
+        reported: None,
     };
     host.turns.add_permits(host.config.concurrency.max(1));
+    let mut report = tokio::time::interval(STATS_EVERY);
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = report.tick() => host.report_stats().await,
             ev = events.recv() => match ev {
                 None => break,
                 Some(ev) => host.on_event(ev, &ledger).await,
@@ -188,6 +196,7 @@ pub async fn run(
         }
         host.advance(&mut ledger).await?;
     }
+    host.report_stats().await;
     let _ = host
         .out
         .publish(
@@ -248,6 +257,8 @@ struct Host {
     /// Messages at the front of the queue that may run.
     window: usize,
     done_tx: mpsc::UnboundedSender<(u64, Outcome)>,
+    /// The counters last published on the stats topic.
+    reported: Option<FunctionStats>,
 }
 
 impl Host {
@@ -279,6 +290,9 @@ impl Host {
                         format!(r#"{{"state":"running","pid":{}}}"#, std::process::id()),
                     )
                     .await;
+                // The gateway learns this host's start even before it runs anything.
+                self.reported = None;
+                self.report_stats().await;
             }
             Ev::Publish(p) => self.on_message(*p, ledger),
             Ev::Sent(pkid) => {
@@ -379,6 +393,32 @@ impl Host {
             let outcome = handle(&config, &metrics, &turns, &topic, id.as_deref(), &payload).await;
             let _ = done.send((seq, outcome));
         });
+    }
+
+    /// Publishes the counters (retained) when they changed since last time.
+    async fn report_stats(&mut self) {
+        let now = self.metrics.stats();
+        if self.reported.as_ref() == Some(&now) {
+            return;
+        }
+        let body = serde_json::to_vec(&now).expect("counters serialise");
+        self.unsent.push_back(None);
+        match self
+            .out
+            .publish(
+                stats_topic(&self.config.function),
+                QoS::AtLeastOnce,
+                true,
+                body,
+            )
+            .await
+        {
+            Ok(()) => self.reported = Some(now),
+            Err(e) => {
+                self.unsent.pop_back();
+                tracing::warn!(error = %e, "cannot queue the counters");
+            }
+        }
     }
 
     fn on_done(&mut self, seq: u64, outcome: Outcome) {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use axum::http::header::CONTENT_TYPE;
 use axum::routing::get;
 use axum::Router;
+use continuum_bus::stats::FunctionStats;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -33,6 +34,8 @@ pub struct Metrics {
     pub duplicates: Counter,
     duration: Histogram,
     registry: Registry,
+    /// When these counters began, in milliseconds since the Unix epoch.
+    started_ms: u64,
 }
 
 impl Metrics {
@@ -78,6 +81,23 @@ impl Metrics {
             duplicates,
             duration,
             registry,
+            started_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+
+    /// The counters as the gateway reads them (see [`FunctionStats`]).
+    pub fn stats(&self) -> FunctionStats {
+        FunctionStats {
+            started_ms: self.started_ms,
+            invocations: ["ok", "error", "timeout"]
+                .into_iter()
+                .map(|o| (o.to_owned(), self.invocations(o)))
+                .collect(),
+            retries: self.retries.get(),
+            dead_letters: self.dead_letters.get(),
+            duplicates: self.duplicates.get(),
         }
     }
 

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use continuum_bus::stats::FunctionStats;
 use continuum_bus::testing::{eventually, free_port, within, Probe};
 use continuum_bus::{BrokerConfig, BrokerUrl, EmbeddedBroker, ID_PROPERTY};
 
@@ -225,6 +226,32 @@ async fn a_failing_handler_is_retried_then_dead_lettered_and_a_hanging_one_is_ki
     ] {
         assert!(text.contains(line), "no `{line}` in\n{text}");
     }
+    // The same counters reach the local broker, retained, for the gateway.
+    let reported = eventually(
+        "the counters on /g/stats",
+        within(Duration::from_secs(10)),
+        || {
+            let last = watch.received_on("/g/stats").pop()?;
+            let s: FunctionStats = serde_json::from_slice(&last.payload).unwrap();
+            (s.invocations.get("ok") == Some(&1) && s.dead_letters == 2).then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(
+        (
+            reported.invocations["error"],
+            reported.invocations["timeout"]
+        ),
+        (3, 3)
+    );
+    assert_eq!((reported.retries, reported.duplicates), (4, 0));
+    let late = probe(&url, "late-stats", &["/g/stats"]).await;
+    eventually(
+        "the retained counters for a later subscriber",
+        within(Duration::from_secs(10)),
+        || late.received_on("/g/stats").pop(),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -189,7 +189,8 @@ pub struct BridgeArgs {
     pub bridge_max_payload: usize,
     /// Serve the agent's metrics for Prometheus on this address (`GET
     /// /metrics`: reconcile passes, steps, flashes, components by state, the
-    /// bridge's counters), with `/healthz` and `/readyz`.
+    /// functions' invocations, the bridge's counters), with `/healthz` and
+    /// `/readyz`.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// MQTT keep-alive of the bridge's connections, at least 5s (a cut link
@@ -390,6 +391,7 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
         build_args: BTreeMap::new(),
         workload_env: BTreeMap::new(),
         deployers: None,
+        local_bus: local.clone(),
     };
     if let (Some(url), Some(program)) = (
         &local,
@@ -465,6 +467,8 @@ struct Settings {
     build_args: BTreeMap<String, String>,
     workload_env: BTreeMap<String, String>,
     deployers: Option<Arc<crate::deployers::Deployers>>,
+    /// The local broker, where the functions report their counters.
+    local_bus: Option<BrokerUrl>,
 }
 
 fn device_port(s: &str) -> Result<(String, PathBuf), String> {
@@ -504,6 +508,7 @@ async fn serve<R: ContainerRuntime>(
         build_args,
         workload_env,
         deployers,
+        local_bus,
     } = settings;
     let (progress_tx, progress_rx) = mpsc::unbounded_channel();
     let endpoint = if config.orchestrator.contains("://") {
@@ -645,6 +650,15 @@ async fn serve<R: ContainerRuntime>(
                 connected.clone(),
                 bridge.clone(),
             );
+            // The functions' own counters join the agent's.
+            if let Some(local) = &local_bus {
+                crate::function_stats::follow(
+                    &config.id,
+                    local,
+                    Arc::clone(&metrics),
+                    shutdown.clone(),
+                );
+            }
             Some(tokio::spawn(crate::metrics::serve(
                 listener,
                 observed,

@@ -19,6 +19,7 @@ pub mod exec;
 pub mod fence;
 mod firmware;
 pub mod function_image;
+mod function_stats;
 mod host_load;
 mod lifecycle;
 mod link;

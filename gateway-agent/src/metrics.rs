@@ -1,9 +1,10 @@
 //! The agent's HTTP side on `--metrics-listen`: `GET /metrics` for
-//! Prometheus (reconcile passes, steps, flashes, components by status, and
-//! the bridge's counters when there is a bridge), `/healthz` and `/readyz`.
+//! Prometheus (reconcile passes, steps, flashes, components by status, the
+//! functions' invocations, and the bridge's counters when there is a bridge), `/healthz` and `/readyz`.
 //! Each response closes its connection: scrapes are rare, and a plain client
 //! that reads to the end of the stream gets its answer.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use continuum_bus::stats::FunctionStats;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -41,6 +43,19 @@ pub struct AgentMetrics {
     flashes: Family<Labels, Counter>,
     components: Family<Labels, Gauge>,
     generation: Gauge,
+    functions: FunctionCounters,
+}
+
+/// The counters of the subsystem's functions, summed from what their hosts
+/// report (see [`continuum_bus::stats`]).
+#[derive(Debug, Default)]
+struct FunctionCounters {
+    invocations: Family<Labels, Counter>,
+    retries: Family<Labels, Counter>,
+    dead_letters: Family<Labels, Counter>,
+    duplicates: Family<Labels, Counter>,
+    /// The last report of each function.
+    last: Mutex<HashMap<String, FunctionStats>>,
 }
 
 impl Default for AgentMetrics {
@@ -54,6 +69,7 @@ impl Default for AgentMetrics {
             flashes: Family::default(),
             components: Family::default(),
             generation: Gauge::default(),
+            functions: FunctionCounters::default(),
         };
         for outcome in ["ok", "failed", "error"] {
             let _ = m
@@ -91,6 +107,27 @@ impl Default for AgentMetrics {
                 "observed_generation",
                 "The generation the last pass enforced",
                 m.generation.clone(),
+            );
+            let f = &m.functions;
+            r.register(
+                "function_invocations",
+                "Handler runs of the subsystem's functions, by function and outcome (ok, error, timeout), as their hosts report them",
+                f.invocations.clone(),
+            );
+            r.register(
+                "function_retries",
+                "Handler runs that failed and were tried again, by function",
+                f.retries.clone(),
+            );
+            r.register(
+                "function_dead_letters",
+                "Messages a function dead-lettered after its last failed run, by function",
+                f.dead_letters.clone(),
+            );
+            r.register(
+                "function_duplicates",
+                "Redeliveries a function recognised by their id and did not run again, by function",
+                f.duplicates.clone(),
             );
         }
         m
@@ -138,6 +175,28 @@ impl AgentMetrics {
         self.flashes
             .get_or_create(&vec![("outcome", outcome(ok))])
             .inc();
+    }
+
+    /// Function `function`'s host reported `stats`: what it counted since its
+    /// previous report is added to the agent's counters.
+    pub fn function_report(&self, function: &str, stats: FunctionStats) {
+        let f = &self.functions;
+        let mut last = f.last.lock().unwrap_or_else(|e| e.into_inner());
+        let added = stats.since(last.get(function));
+        let name = || ("function", function.to_owned());
+        for (outcome, n) in &added.invocations {
+            f.invocations
+                .get_or_create(&vec![name(), ("outcome", outcome.clone())])
+                .inc_by(*n);
+        }
+        f.retries.get_or_create(&vec![name()]).inc_by(added.retries);
+        f.dead_letters
+            .get_or_create(&vec![name()])
+            .inc_by(added.dead_letters);
+        f.duplicates
+            .get_or_create(&vec![name()])
+            .inc_by(added.duplicates);
+        last.insert(function.to_owned(), stats);
     }
 
     /// The text format, with the components' states from `snapshot` and the

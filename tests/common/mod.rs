@@ -325,15 +325,15 @@ pub fn orchestrator_with(dir: &Path, flags: &[&str]) -> (Serve, BrokerUrl) {
 /// A `continuum gateway` process `id` with `driver`, its own data directory
 /// and working directory under `dir`, its log in `dir/<id>.log`, and no
 /// --context-root (build contexts and sources come as blobs); its local
-/// broker's MQTT 5 address.
+/// broker's MQTT 5 address and the address of its metrics.
 pub fn function_gateway(
     dir: &Path,
     serve: &Serve,
     id: &str,
     driver: &str,
     host: &Path,
-) -> (Guard, BrokerUrl) {
-    let (v4, v5) = (free_port(), free_port());
+) -> (Guard, BrokerUrl, String) {
+    let (v4, v5, metrics) = (free_port(), free_port(), free_port());
     let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
     let cwd = dir.join(format!("{id}-cwd"));
     std::fs::create_dir_all(&cwd).unwrap();
@@ -348,6 +348,7 @@ pub fn function_gateway(
             driver,
         ])
         .args(["--mqtt-listen", &v4, "--mqtt5-listen", &v5])
+        .args(["--metrics-listen", &metrics])
         .arg("--data-dir")
         .arg(dir.join(id))
         .current_dir(&cwd)
@@ -360,7 +361,19 @@ pub fn function_gateway(
         .stderr(log)
         .spawn()
         .expect("starts continuum gateway");
-    (Guard(child), broker_url(&v5))
+    (Guard(child), broker_url(&v5), metrics)
+}
+
+/// The value of `series` (name and labels, as written) in a Prometheus text
+/// exposition.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// Removes the containers of `subsystem` and the images of `functions` (and
