@@ -14,8 +14,8 @@
 //!    or a machine busy with the rollout, answers late), and the longest
 //!    task the page's main thread ran, by its own `longtask` observer.
 //!
-//! Run with `cargo bench --bench dashboard` (needs Chromium; `-- --quick`
-//! for a smoke run).
+//! Run with `cargo bench --bench dashboard` (needs Chromium). Under
+//! `cargo test --benches` one rollout (smoke).
 
 // The tests' browser harness; the bench uses part of it.
 #[allow(dead_code)]
@@ -23,6 +23,11 @@
 mod browser;
 
 use std::time::{Duration, Instant};
+
+#[path = "support/report.rs"]
+mod report;
+
+use report::{pick, Report, Summary};
 
 use continuum_orchestrator::sim::{register, SimGateway};
 use continuum_proto::v1::model_service_client::ModelServiceClient;
@@ -80,15 +85,6 @@ async fn apply(endpoint: &str, round: usize) {
         .unwrap();
 }
 
-fn ms(d: Duration) -> String {
-    format!("{:.0} ms", d.as_secs_f64() * 1e3)
-}
-
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 /// Every node drawn, running, under revision `head`, with nothing left to do.
 fn settled(head: usize) -> String {
     format!(
@@ -102,12 +98,14 @@ fn settled(head: usize) -> String {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let rounds = if quick { 2 } else { 8 };
-    let Some(mut page) = browser::Browser::launch() else {
-        println!("dashboard: skipped (Chromium is missing)");
+    let bench = "dashboard";
+    let mut report = Report::new(bench);
+    let rounds = pick(8, 1);
+    let page = browser::Browser::launch();
+    if !report::require("Chromium (Debian's chromium)", page.is_some(), bench) {
         return;
-    };
+    }
+    let mut page = page.expect("checked above");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let running = rt
@@ -186,7 +184,6 @@ fn main() {
         .eval("window.continuum.stats.events")
         .as_u64()
         .unwrap_or(0);
-    let worst_lag = lags.iter().max().copied().unwrap_or_default();
     let longest = page
         .eval("window.continuum.stats.longestTaskMs")
         .as_f64()
@@ -196,30 +193,73 @@ fn main() {
         .as_u64()
         .unwrap_or(0);
     println!(
-        "dashboard: {} components, {SUBSYSTEMS} gateways (simulated), {rounds} rollouts",
+        "dashboard: {} components, {SUBSYSTEMS} gateways (simulated), {rounds} rollouts, {events} events shown in all",
         SUBSYSTEMS * PER_SUBSYSTEM
     );
-    println!("  first load to all nodes running         {}", ms(first));
-    println!("  graph drawing (page's own measure)      {graph:.0} ms");
-    println!("  one state refresh (fetch + repaint)     {status_ms:.0} ms");
-    println!(
-        "  rollout: apply to page settled          median {}  max {}",
-        ms(median(&mut rollouts.clone())),
-        ms(rollouts.iter().max().copied().unwrap_or_default())
+    let case = |what: &str| {
+        format!(
+            "{what} ({} components, {SUBSYSTEMS} gateways)",
+            SUBSYSTEMS * PER_SUBSYSTEM
+        )
+    };
+    report.add(
+        &case("first load to all nodes running"),
+        "time",
+        report::ms(first),
+        "ms",
+        1,
     );
-    println!(
-        "  main thread answer during rollouts      median {}  max {}  (n = {})",
-        ms(median(&mut lags.clone())),
-        ms(worst_lag),
-        lags.len()
+    report.add(
+        &case("graph drawing, the page's own measure"),
+        "time",
+        graph,
+        "ms",
+        1,
     );
-    println!(
-        "  longest main-thread task (page's own)   loading {longest_loading:.0} ms, rollouts {longest:.0} ms ({long_tasks} over 50 ms)"
+    report.add(
+        &case("one state refresh, fetch + repaint"),
+        "time",
+        status_ms,
+        "ms",
+        1,
     );
-    println!(
-        "  refreshes per rollout                   median {}  ({} events shown in all)",
-        refreshes[refreshes.len() / 2],
-        events
+    report.latency(
+        &case("rollout: apply to page settled"),
+        &Summary::of(&rollouts),
+        None,
+    );
+    report.latency(
+        &case("page answers DevTools during rollouts"),
+        &Summary::of(&lags),
+        None,
+    );
+    report.add(
+        &case("longest main-thread task while loading"),
+        "time",
+        longest_loading,
+        "ms",
+        1,
+    );
+    report.add(
+        &case("longest main-thread task during rollouts"),
+        "time",
+        longest,
+        "ms",
+        1,
+    );
+    report.add(
+        &case("main-thread tasks over 50 ms during rollouts"),
+        "count",
+        long_tasks as f64,
+        "tasks",
+        rounds,
+    );
+    report.add(
+        &case("state refreshes per rollout"),
+        "median",
+        refreshes[refreshes.len() / 2] as f64,
+        "refreshes",
+        rounds,
     );
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard/fleet.png");
     page.screenshot(&shot);

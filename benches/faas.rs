@@ -19,10 +19,13 @@
 //! `CONTINUUM_FUNCTION_HOST` or is built by scripts/build-function-host.sh.
 //! `FAAS_BENCH_RATES` (messages per second, comma-separated; default
 //! `20,40,60,80,100,120`) and `FAAS_BENCH_STEP` (seconds per rate; default 4)
-//! change the workload.
+//! change the workload. Under `cargo test --benches` (smoke) one rate of 20
+//! for 1 s.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/report.rs"]
+mod report;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -32,6 +35,7 @@ use std::time::{Duration, Instant};
 use common::{docker_ready, function_gateway, orchestrator, remove_docker_objects, unique, Serve};
 use continuum_bus::testing::Probe;
 use continuum_bus::BrokerUrl;
+use report::{pick, Report};
 
 /// An output later than this after its publish is a failure.
 const DEADLINE: Duration = Duration::from_secs(1);
@@ -51,9 +55,10 @@ fn main() {
         .enable_all()
         .build()
         .expect("a runtime");
+    let mut report = Report::new("faas");
     rt.block_on(async {
-        cold_path(&host).await;
-        experiment(&host).await;
+        cold_path(&host, &mut report).await;
+        experiment(&host, &mut report).await;
     });
 }
 
@@ -142,7 +147,7 @@ impl Drop for DockerObjects {
     }
 }
 
-async fn cold_path(host: &Path) {
+async fn cold_path(host: &Path, report: &mut Report) {
     let driver = if docker_ready() { "docker" } else { "process" };
     if driver == "docker" {
         // A fresh gateway: no function host image yet (kept if something
@@ -193,7 +198,13 @@ async fn cold_path(host: &Path) {
         } else {
             "a new function, base image cached"
         };
-        println!("  {what}: {:.2} s", took.as_secs_f64());
+        report.add(
+            &format!("cold path ({driver} driver): {what}"),
+            "apply -> first output",
+            took.as_secs_f64(),
+            "s",
+            1,
+        );
     }
     // The agent before the Docker objects, or it would recreate them.
     drop(agent);
@@ -205,7 +216,10 @@ struct Step {
     sent: u64,
     answered: u64,
     on_time: u64,
-    p99_ms: f64,
+    /// p99 of at least 100 jobs, else the slowest; a job never answered is
+    /// infinitely late.
+    tail_ms: f64,
+    tail_name: &'static str,
 }
 
 impl Step {
@@ -253,15 +267,20 @@ async fn step(
         .filter(|l| **l <= DEADLINE.as_nanos() as u64)
         .count() as u64;
     // A job never answered counts as infinitely late.
-    let p99_index = ((n as f64 * 0.99).ceil() as usize).saturating_sub(1);
-    let p99_ms = latencies
-        .get(p99_index)
+    let (index, tail_name) = if n >= 100 {
+        (((n as f64 * 0.99).ceil() as usize).saturating_sub(1), "p99")
+    } else {
+        ((n as usize).saturating_sub(1), "max")
+    };
+    let tail_ms = latencies
+        .get(index)
         .map_or(f64::INFINITY, |l| *l as f64 / 1e6);
     Step {
         sent: n,
         answered: latencies.len() as u64,
         on_time,
-        p99_ms,
+        tail_ms,
+        tail_name,
     }
 }
 
@@ -269,17 +288,17 @@ fn rates() -> Vec<u64> {
     std::env::var("FAAS_BENCH_RATES")
         .ok()
         .map(|s| s.split(',').filter_map(|r| r.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![20, 40, 60, 80, 100, 120])
+        .unwrap_or_else(|| pick(vec![20, 40, 60, 80, 100, 120], vec![20]))
 }
 
 fn step_seconds() -> u64 {
     std::env::var("FAAS_BENCH_STEP")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(4)
+        .unwrap_or(pick(4, 1))
 }
 
-async fn experiment(host: &Path) {
+async fn experiment(host: &Path, report: &mut Report) {
     let dir = tempfile::tempdir().unwrap();
     let (serve, global) = orchestrator(dir.path());
     let _reap = common::Reap(dir.path().display().to_string());
@@ -342,7 +361,7 @@ async fn experiment(host: &Path) {
         }
         figures.push((case, steps));
     }
-    report(&rates, seconds, &figures);
+    summary(report, &rates, seconds, &figures);
 }
 
 /// Where the functions `ids` run: `id@gateway`, one per function.
@@ -382,30 +401,33 @@ async fn warm_up(client: &Probe, watch: &Probe, jobs: &str, ids: &[String], next
     }
 }
 
-fn report(rates: &[u64], seconds: u64, figures: &[(&str, Vec<Step>)]) {
+fn summary(report: &mut Report, rates: &[u64], seconds: u64, figures: &[(&str, Vec<Step>)]) {
     println!(
-        "\nrising rate, {seconds} s per step; success = outputs within {} ms; \
-         each gateway {CONCURRENCY} invocations at once × 50 ms",
+        "rising rate, {seconds} s per step; success = outputs within {} ms; \
+         each gateway {CONCURRENCY} invocations at once x 50 ms",
         DEADLINE.as_millis()
     );
-    print!("{:>8}", "rate/s");
-    for (case, _) in figures {
-        print!(" | {case:>15}: ok%  p99 ms  answered");
-    }
-    println!();
     for (i, rate) in rates.iter().enumerate() {
-        print!("{rate:>8}");
-        for (_, steps) in figures {
+        let base = format!("{} at {rate} msg/s (baseline)", figures[0].0);
+        for (k, (case, steps)) in figures.iter().enumerate() {
             let s = steps[i];
-            let answered = format!("{}/{}", s.answered, s.sent);
-            print!(" | {:>20.1} {:>7.0} {answered:>9}", s.success(), s.p99_ms);
+            let name = if k == 0 {
+                base.clone()
+            } else {
+                format!("{case} at {rate} msg/s")
+            };
+            if k == 0 {
+                report.add(&name, "success %", s.success(), "%", s.sent as usize);
+            } else {
+                report.vs(&name, "success %", s.success(), "%", s.sent as usize, &base);
+            }
+            report.add(&name, s.tail_name, s.tail_ms, "ms", s.answered as usize);
         }
-        println!();
     }
     let (one, three) = (&figures[0].1, &figures[1].1);
     match one.iter().position(|s| s.success() < 90.0) {
         Some(i) => println!(
-            "where one gateway falls below 90% ({} msg/s: {:.1}%), three gateways hold {:.1}% (target ≥ 97%)",
+            "where one gateway falls below 90% ({} msg/s: {:.1}%), three gateways hold {:.1}% (target >= 97%)",
             rates[i],
             one[i].success(),
             three[i].success()

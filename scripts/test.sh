@@ -21,3 +21,5 @@ CONTINUUM_SIM_BOARD="$(scripts/build-sim-board.sh)"
 export CONTINUUM_SIM_BOARD
 echo "== cargo test" >&2
 cargo test --workspace --locked
+echo "== every benchmark once, a few iterations with its real parts (smoke: a broken bench fails here)" >&2
+cargo test --workspace --benches --locked

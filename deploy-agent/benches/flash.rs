@@ -8,7 +8,8 @@
 //!
 //! `cargo bench -p continuum-deploy-agent --bench flash` (needs avrdude and
 //! libsimavr; the board is built by scripts/build-sim-board.sh).
-//! `FLASH_BENCH_RUNS` changes the number of runs (default 3).
+//! `FLASH_BENCH_RUNS` changes the number of runs (default 3). Under
+//! `cargo test --benches` (smoke): one run of a 4 KiB image, 2 boards at once.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,6 +17,11 @@ use std::time::{Duration, Instant};
 
 use continuum_deploy_agent::image::Image;
 use continuum_deploy_agent::sim::SimBoard;
+
+#[path = "../../benches/support/report.rs"]
+mod report;
+
+use report::{pick, Report, Summary};
 
 fn board(sim: &Path, port: &Path) -> SimBoard {
     SimBoard::start(sim, port, &[]).expect("starts the simulated board")
@@ -77,25 +83,27 @@ fn avrdude(port: &Path, image: &Path) -> Duration {
     took
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn main() {
+    let bench = "flash";
+    let mut report = Report::new(bench);
+    let avrdude_there = Command::new("avrdude").arg("-?").output().is_ok();
+    if !report::require("avrdude (Debian's avrdude)", avrdude_there, bench) {
+        return;
+    }
     let sim = sim_board();
     let runs: usize = std::env::var("FLASH_BENCH_RUNS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(pick(3, 1));
+    let kib: u32 = pick(30, 4);
     let dir = tempfile::tempdir().unwrap();
-    // 30 KiB of code-like bytes (no page left erased).
+    // Code-like bytes (no page left erased).
     let image = Image {
-        data: (0..30 * 1024u32)
+        data: (0..kib * 1024)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect(),
     };
-    let hex = dir.path().join("30k.hex");
+    let hex = dir.path().join("image.hex");
     std::fs::write(&hex, image.to_hex()).unwrap();
 
     let port = dir.path().join("uno");
@@ -106,27 +114,26 @@ fn main() {
         ours.push(agent(&port, &hex, &state));
         theirs.push(avrdude(&port, &hex));
     }
-    let (a, b) = (median(ours.clone()), median(theirs.clone()));
     println!(
-        "write + verify of a 30 KiB image on the simulated Uno ({runs} runs each, alternating)"
+        "write + verify of a {kib} KiB image on the simulated Uno ({runs} runs each, alternating)"
     );
-    println!(
-        "  continuum-agent  median {:.2} s  (runs: {})",
-        a.as_secs_f64(),
-        list(&ours)
-    );
-    println!(
-        "  avrdude 7.1      median {:.2} s  (runs: {})",
-        b.as_secs_f64(),
-        list(&theirs)
-    );
-    println!(
-        "  ratio {:.2}× avrdude's time (target ≤ 1.0×)",
-        a.as_secs_f64() / b.as_secs_f64()
+    println!("  continuum-agent runs: {}", list(&ours));
+    println!("  avrdude runs:         {}", list(&theirs));
+    let base = format!("avrdude: write + verify {kib} KiB (baseline)");
+    let (a, b) = (Summary::of(&ours), Summary::of(&theirs));
+    report.add(&base, "median", b.p50.as_secs_f64(), "s", b.n);
+    report.vs(
+        &format!("continuum-agent: write + verify {kib} KiB"),
+        "median",
+        a.p50.as_secs_f64(),
+        "s",
+        a.n,
+        &base,
     );
 
-    // Eight boards at once.
-    let boards: Vec<(PathBuf, SimBoard)> = (0..8)
+    // Several boards at once.
+    let count = pick(8, 2);
+    let boards: Vec<(PathBuf, SimBoard)> = (0..count)
         .map(|i| {
             let p = dir.path().join(format!("uno{i}"));
             let b = board(&sim, &p);
@@ -145,12 +152,19 @@ fn main() {
         .collect();
     let each: Vec<Duration> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let all = t.elapsed();
-    println!(
-        "8 boards flashed at once: {:.2} s in all (slowest {:.2} s) against {:.2} s for one: {:.2}×",
+    let base = format!("one board alone, {kib} KiB (baseline)");
+    report.add(&base, "all done", one.as_secs_f64(), "s", 1);
+    report.vs(
+        &format!("{count} boards at once, {kib} KiB each"),
+        "all done",
         all.as_secs_f64(),
-        each.iter().max().unwrap().as_secs_f64(),
-        one.as_secs_f64(),
-        all.as_secs_f64() / one.as_secs_f64()
+        "s",
+        1,
+        &base,
+    );
+    println!(
+        "  slowest of the {count}: {:.2} s",
+        each.iter().max().unwrap().as_secs_f64()
     );
 }
 

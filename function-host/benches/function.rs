@@ -9,14 +9,20 @@
 //! * the throughput of one function (messages published as fast as they go).
 //!
 //! `cargo bench -p continuum-function-host --bench function` (needs
-//! `mosquitto`). `FUNCTION_BENCH_N` changes the count (default 2,000).
+//! `mosquitto`). `FUNCTION_BENCH_N` changes the count (default 2,000;
+//! 200 under `cargo test --benches`, the smoke run).
 
 use std::time::{Duration, Instant};
 
-use continuum_bus::testing::{require, unix_nanos, Mosquitto, Probe};
+use continuum_bus::testing::{unix_nanos, Mosquitto, Probe};
 use continuum_gateway::bridge::{Bridge, BridgeConfig};
 use continuum_models::route::{routes_of, Direction, Route, StaticRoute};
 use continuum_models::Component;
+
+#[path = "../../benches/support/report.rs"]
+mod report;
+
+use report::{pick, Report, Summary};
 
 const HOST: &str = env!("CARGO_BIN_EXE_continuum-function-host");
 const SIZE: usize = 64;
@@ -26,8 +32,7 @@ const PACE: u64 = 200;
 struct Figures {
     delivered: usize,
     seconds: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+    latency: Summary,
 }
 
 /// Publishes `n` numbered messages on `send` (at `rate` per second, or as fast
@@ -59,17 +64,21 @@ async fn run(
     }
     let got = watch.received_on(receive);
     let end = got.iter().map(|r| r.at_unix_nanos).max().unwrap_or(start);
-    let mut lat: Vec<u64> = got.iter().filter_map(|r| r.latency_nanos()).collect();
-    lat.sort_unstable();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .map_or(f64::NAN, |v| *v as f64 / 1e6)
-    };
+    let lat: Vec<Duration> = got
+        .iter()
+        .filter_map(|r| r.latency_nanos())
+        .map(Duration::from_nanos)
+        .collect();
+    assert_eq!(
+        got.len() as u64,
+        n,
+        "{receive}: {} of {n} arrived",
+        got.len()
+    );
     Figures {
         delivered: got.len(),
         seconds: end.saturating_sub(start) as f64 / 1e9,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
+        latency: Summary::of(&lat),
     }
 }
 
@@ -84,13 +93,19 @@ impl Drop for Kill {
 }
 
 fn main() {
-    if !require("mosquitto", "mosquitto") {
+    let bench = "function";
+    let mut report = Report::new(bench);
+    let mosquitto = std::process::Command::new("mosquitto")
+        .arg("-h")
+        .output()
+        .is_ok();
+    if !report::require("mosquitto (Debian's mosquitto)", mosquitto, bench) {
         return;
     }
     let n: u64 = std::env::var("FUNCTION_BENCH_N")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000);
+        .unwrap_or(pick(2_000, 200));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -184,37 +199,28 @@ fn main() {
         drop(host);
         bridge.stop().await;
 
-        println!("function: a 64 B message, handler `cat`, Mosquitto global and local brokers, the Continuum bridge");
-        println!(
-            "{:<48} {:>9} {:>9} {:>9}",
-            "", "delivered", "p50 ms", "p99 ms"
-        );
-        for (name, f) in [
-            ("global → local (bridge, in)", inbound),
-            ("local → global (bridge, out)", outbound),
-            ("global → function → global (warm)", warm),
-        ] {
-            println!(
-                "{name:<48} {:>9} {:>9.2} {:>9.2}",
-                f.delivered, f.p50_ms, f.p99_ms
-            );
-        }
-        let legs_p50 = inbound.p50_ms + outbound.p50_ms;
-        let legs_p99 = inbound.p99_ms + outbound.p99_ms;
-        println!(
-            "the two legs without a function: p50 {legs_p50:.2} ms, p99 at most {legs_p99:.2} ms; \
-             the function round trip is {:.2}× the legs at p50 and {:.2}× at p99 \
-             (the function host adds {:.2} ms at p50: a process per message)",
-            warm.p50_ms / legs_p50,
-            warm.p99_ms / legs_p99,
-            warm.p50_ms - legs_p50
-        );
-        println!("(at a steady {PACE} msg/s, {paced_n} messages each)");
-        println!(
-            "throughput of one function (concurrency 4): {} of {n} replies in {:.2} s = {:.0} msg/s",
-            flood.delivered,
-            flood.seconds,
-            flood.delivered as f64 / flood.seconds
+        println!("function: a {SIZE} B message, handler `cat`, Mosquitto global and local brokers, the Continuum bridge, at a steady {PACE} msg/s, {paced_n} messages each");
+        report.latency("global -> local (bridge, in)", &inbound.latency, None);
+        report.latency("local -> global (bridge, out)", &outbound.latency, None);
+        // The baseline: the two legs added up (each figure of one plus the
+        // same figure of the other).
+        let base = "the bridge's two legs added up (baseline)";
+        let (a, b) = (&inbound.latency, &outbound.latency);
+        let samples = a.n.min(b.n);
+        report.add(base, "p50", report::ms(a.p50 + b.p50), "ms", samples);
+        let tail = if a.tail_name() == b.tail_name() { a.tail_name() } else { "max" };
+        let (ta, tb) = if tail == a.tail_name() && tail == b.tail_name() { (a.tail, b.tail) } else { (a.max, b.max) };
+        report.add(base, tail, report::ms(ta + tb), "ms", samples);
+        let w = &warm.latency;
+        report.vs("global -> function -> global (warm)", "p50", report::ms(w.p50), "ms", w.n, base);
+        let wt = if tail == w.tail_name() { w.tail } else { w.max };
+        report.vs("global -> function -> global (warm)", tail, report::ms(wt), "ms", w.n, base);
+        report.add(
+            "one function's throughput (concurrency 4)",
+            "msg/s",
+            flood.delivered as f64 / flood.seconds,
+            "msg/s",
+            1,
         );
     });
 }

@@ -13,6 +13,8 @@
 //!    watches a started container for 500 ms before calling it running).
 //! 2. **Memory** of the `continuum-gateway` process: idle after converging, and
 //!    after 1,000 reconcile passes (no growth expected).
+//!
+//! Under `cargo test --benches`: 3 updates and 50 passes (smoke).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,7 +31,15 @@ use continuum_proto::v1::{ApplyRequest, Document};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-const UPDATES: usize = 50;
+#[path = "../../benches/support/report.rs"]
+mod report;
+
+use report::{pick, Report, Summary};
+
+/// Successive updates measured per path.
+fn updates() -> usize {
+    pick(50, 3)
+}
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}{}", std::process::id())
@@ -57,21 +67,6 @@ fn megamodel(subsystem: &str, gateway: &str, component: &str, value: usize) -> S
 fn subsystem_model(text: &str) -> DeploymentModel {
     let mm: continuum_models::Megamodel = serde_json::from_str(text).unwrap();
     mm.subsystems[0].clone().canonical()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1e3)
-}
-
-fn line(name: &str, v: &mut [Duration]) -> (Duration, Duration) {
-    v.sort();
-    let (p50, p99) = (percentile(v, 0.5), percentile(v, 0.99));
-    println!("  {name:<46} p50 {:>9}   p99 {:>9}", ms(p50), ms(p99));
-    (p50, p99)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -160,7 +155,7 @@ async fn direct(rt: &DockerRuntime, dir: &Path, subsystem: &str, component: &str
     let mut out = Vec::new();
     let mut previous: Option<String> = None;
     let config = engine_config(dir);
-    for i in 0..=UPDATES {
+    for i in 0..=updates() {
         let model = subsystem_model(&megamodel(subsystem, "gw", component, i));
         let c = model.component(component).unwrap().clone();
         let source = image_source(&c, &config).unwrap();
@@ -192,7 +187,7 @@ async fn engine(
     let (tx, mut rx) = mpsc::unbounded_channel();
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
     let mut out = Vec::new();
-    for i in 0..=UPDATES {
+    for i in 0..=updates() {
         let target = subsystem_model(&megamodel(subsystem, "gw", component, i));
         // The image is built (once) outside the measured part.
         let c = target.component(component).unwrap();
@@ -305,7 +300,7 @@ async fn whole_path(
         .unwrap();
     let mut client = ModelServiceClient::new(channel);
     let mut out = Vec::new();
-    for i in 0..=UPDATES {
+    for i in 0..=updates() {
         let text = megamodel(subsystem, &gateway, component, i);
         let hash = spec_hash(subsystem_model(&text).component(component).unwrap());
         let t0 = Instant::now();
@@ -331,7 +326,8 @@ async fn whole_path(
 }
 
 /// Memory of a `continuum-gateway` process: idle, then after 1,000 passes.
-async fn memory(dir: &Path, subsystem: &str, component: &str) {
+/// VmRSS of the agent after converging, and after more passes: in MiB.
+async fn memory(dir: &Path, subsystem: &str, component: &str) -> (f64, f64, usize) {
     let gateway = unique("gwmem");
     let orchestrator = continuum_orchestrator::start(continuum_orchestrator::Config::new(
         "127.0.0.1:0".parse().unwrap(),
@@ -397,42 +393,34 @@ async fn memory(dir: &Path, subsystem: &str, component: &str) {
             std::thread::sleep(Duration::from_millis(20));
         }
     };
+    let more = pick(1_000, 50);
     wait_passes(50);
     let idle = rss_kib(pid);
-    wait_passes(1_050);
+    wait_passes(50 + more);
     let after = rss_kib(pid);
     let _ = child.kill();
     let _ = child.wait();
     orchestrator.stop().await.unwrap();
-    println!("continuum-gateway memory (VmRSS), one container, a pass every 5 ms:");
-    println!(
-        "  after converging (50 passes)                 {:>7.1} MiB",
-        idle as f64 / 1024.0
-    );
-    println!(
-        "  after 1,000 more passes                      {:>7.1} MiB ({:+.1} MiB)",
-        after as f64 / 1024.0,
-        (after as f64 - idle as f64) / 1024.0
-    );
+    (idle as f64 / 1024.0, after as f64 / 1024.0, more)
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` only builds this.
-    if !std::env::args().any(|a| a == "--bench") {
-        return;
-    }
+    let bench = "gateway";
+    let mut report = Report::new(bench);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let docker = match DockerRuntime::connect().await {
-            Ok(d) => Arc::new(d),
-            Err(e) => {
-                println!("skipped: the Docker engine is not usable: {e}");
-                return;
-            }
+        let docker = DockerRuntime::connect().await;
+        let usable = match &docker {
+            Ok(d) => d.list("continuum.probe", "1").await.is_ok(),
+            Err(_) => false,
         };
+        if !report::require("a usable Docker engine", usable, bench) {
+            return;
+        }
+        let docker = Arc::new(docker.expect("checked above"));
         let dir = tempfile::tempdir().unwrap();
         context(dir.path());
         let subs: Vec<String> = ["d", "e", "w", "m"]
@@ -441,21 +429,29 @@ fn main() {
             .collect();
         let _cleanup = Cleanup(subs.clone());
         let component = unique("bench");
-        println!("change -> running, {UPDATES} updates of one container (image cached):");
-        let mut d = direct(&docker, dir.path(), &subs[0], &component).await;
-        let mut e = engine(&docker, dir.path(), &subs[1], &component).await;
-        let mut w = whole_path(&docker, dir.path(), &subs[2], &component).await;
-        let (d50, d99) = line("Docker API: stop, remove, create, start", &mut d);
-        let (e50, e99) = line("one engine pass (observe .. execute .. observe)", &mut e);
-        let (w50, w99) = line("apply -> orchestrator -> agent -> running", &mut w);
-        let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
         println!(
-            "  engine / Docker API: p50 {:.2}x, p99 {:.2}x; whole path / Docker API: p50 {:.2}x, p99 {:.2}x",
-            ratio(e50, d50),
-            ratio(e99, d99),
-            ratio(w50, d50),
-            ratio(w99, d99)
+            "change -> running, {} updates of one container (image cached):",
+            updates()
         );
-        memory(dir.path(), &subs[3], &component).await;
+        let d = direct(&docker, dir.path(), &subs[0], &component).await;
+        let e = engine(&docker, dir.path(), &subs[1], &component).await;
+        let w = whole_path(&docker, dir.path(), &subs[2], &component).await;
+        let base = "Docker API: stop, remove, create, start (baseline)";
+        report.latency(base, &Summary::of(&d), None);
+        report.latency(
+            "one engine pass (observe, diff, plan, execute, observe)",
+            &Summary::of(&e),
+            Some(base),
+        );
+        report.latency(
+            "Apply -> orchestrator -> link -> agent -> running",
+            &Summary::of(&w),
+            Some(base),
+        );
+        let (idle, after, more) = memory(dir.path(), &subs[3], &component).await;
+        let case = "continuum-gateway VmRSS, one container, a pass every 5 ms";
+        report.add(case, "after converging", idle, "MiB", 1);
+        report.add(case, &format!("after {more} more passes"), after, "MiB", 1);
+        report.add(case, "growth", after - idle, "MiB", 1);
     });
 }

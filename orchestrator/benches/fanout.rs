@@ -11,6 +11,11 @@
 //! 2. **Apply throughput** of a 1,000-component megamodel (each apply a new
 //!    revision), against parsing + validating + partitioning the same text
 //!    in-process (what an apply must do before anything else).
+//!
+//! Convergence is also measured with commits that do not wait for the disk
+//! (`Config::fsync` off), in the same run: what durability costs.
+//!
+//! Under `cargo test --benches` it runs a few rounds with 10 gateways (smoke).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,8 +36,11 @@ use tokio_stream::Stream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
-const GATEWAYS: usize = 100;
-const ROUNDS: usize = 30;
+#[path = "../../benches/support/report.rs"]
+mod report;
+
+use report::{pick, Report, Summary};
+
 const WARMUP: usize = 3;
 
 /// A megamodel of `subsystems` subsystems, each a gateway hosting `services`
@@ -81,38 +89,17 @@ async fn channel(endpoint: &str) -> Channel {
         .unwrap()
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
-/// Prints p50 and p99 of the samples and returns them.
-fn line(name: &str, v: &mut [Duration]) -> (Duration, Duration) {
-    v.sort();
-    let (p50, p99) = (percentile(v, 0.5), percentile(v, 0.99));
-    println!(
-        "  {name:<42} p50 {:>10}   p99 {:>10}   (n = {})",
-        ms(p50),
-        ms(p99),
-        v.len()
-    );
-    (p50, p99)
-}
-
 struct Figures {
     each: Vec<Duration>,
     all: Vec<Duration>,
     converged: Vec<Duration>,
 }
 
-async fn fan_out_orchestrator(gateways: usize, rounds: usize) -> Figures {
+async fn fan_out_orchestrator(gateways: usize, rounds: usize, fsync: bool) -> Figures {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::new("127.0.0.1:0".parse().unwrap(), dir.path().join("data"));
     config.heartbeat_interval = Duration::from_secs(30);
+    config.fsync = fsync;
     let running = start(config).await.unwrap();
     let endpoint = format!("http://{}", running.local_addr());
     let mut client = ModelServiceClient::new(channel(&endpoint).await);
@@ -220,7 +207,7 @@ impl GatewayLink for Floor {
     }
 }
 
-async fn fan_out_floor() -> Vec<Duration> {
+async fn fan_out_floor(gateways: usize, rounds: usize) -> Vec<Duration> {
     let (targets, _) = broadcast::channel(16);
     let floor = Floor {
         targets: targets.clone(),
@@ -234,8 +221,8 @@ async fn fan_out_floor() -> Vec<Duration> {
     );
     let endpoint = format!("http://{addr}");
     let (arrivals_tx, mut arrivals) = mpsc::unbounded_channel::<Instant>();
-    let ready = Arc::new(Barrier::new(GATEWAYS + 1));
-    for _ in 0..GATEWAYS {
+    let ready = Arc::new(Barrier::new(gateways + 1));
+    for _ in 0..gateways {
         let endpoint = endpoint.clone();
         let arrivals_tx = arrivals_tx.clone();
         let ready = Arc::clone(&ready);
@@ -264,7 +251,7 @@ async fn fan_out_floor() -> Vec<Duration> {
     let mm: serde_json::Value = serde_json::from_str(&megamodel(1, 2, 1)).unwrap();
     let model = serde_json::to_vec(&mm["subsystems"][0]).unwrap();
     let mut each = Vec::new();
-    for round in 1..=WARMUP + ROUNDS {
+    for round in 1..=WARMUP + rounds {
         let t0 = Instant::now();
         targets
             .send(Target {
@@ -276,7 +263,7 @@ async fn fan_out_floor() -> Vec<Duration> {
                 }),
             })
             .unwrap();
-        for _ in 0..GATEWAYS {
+        for _ in 0..gateways {
             let at = arrivals.recv().await.unwrap();
             if round > WARMUP {
                 each.push(at - t0);
@@ -286,10 +273,10 @@ async fn fan_out_floor() -> Vec<Duration> {
     each
 }
 
-async fn apply_throughput() {
+async fn apply_throughput(report: &mut Report) {
     const SUBSYSTEMS: usize = 10;
     const PER: usize = 99; // + 1 gateway = 100 components per subsystem
-    const APPLIES: usize = 40;
+    let applies = pick(40, 3);
     let dir = tempfile::tempdir().unwrap();
     let running = start(Config::new(
         "127.0.0.1:0".parse().unwrap(),
@@ -299,7 +286,7 @@ async fn apply_throughput() {
     .unwrap();
     let endpoint = format!("http://{}", running.local_addr());
     let mut client = ModelServiceClient::new(channel(&endpoint).await);
-    let texts: Vec<String> = (0..=APPLIES)
+    let texts: Vec<String> = (0..=applies)
         .map(|r| megamodel(SUBSYSTEMS, PER, r))
         .collect();
     let bytes = texts[0].len();
@@ -308,7 +295,7 @@ async fn apply_throughput() {
     for text in &texts[1..] {
         client.apply(request(text.clone())).await.unwrap();
     }
-    let served = t0.elapsed() / APPLIES as u32;
+    let served = t0.elapsed() / applies as u32;
     running.stop().await.unwrap();
 
     let t0 = Instant::now();
@@ -319,53 +306,66 @@ async fn apply_throughput() {
         .unwrap();
         std::hint::black_box(prepared);
     }
-    let local = t0.elapsed() / APPLIES as u32;
-    println!(
-        "apply of a {}-component megamodel ({} KiB), {APPLIES} revisions in a row:",
+    let local = t0.elapsed() / applies as u32;
+    let what = format!(
+        "{}-component megamodel ({} KiB)",
         SUBSYSTEMS * (PER + 1),
         bytes / 1024
     );
-    println!(
-        "  parse + validate + partition, in-process   {:>10} per model (baseline)",
-        ms(local)
-    );
-    println!(
-        "  Apply over gRPC, stored as a revision      {:>10} per apply ({:.0} applies/s, {:.2}x the baseline)",
-        ms(served),
-        1.0 / served.as_secs_f64(),
-        served.as_secs_f64() / local.as_secs_f64()
+    let base = format!("parse + validate + partition in-process, {what}");
+    report.add(&base, "mean", report::ms(local), "ms", applies);
+    report.vs(
+        &format!("Apply over gRPC stored as a revision, {what}"),
+        "mean",
+        report::ms(served),
+        "ms",
+        applies,
+        &base,
     );
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` only builds this.
-    if !std::env::args().any(|a| a == "--bench") {
-        return;
-    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        println!(
-            "fan-out to {GATEWAYS} simulated gateways on loopback, {ROUNDS} applies (after {WARMUP} warm-up):"
+        let mut report = Report::new("orchestrator");
+        let (gateways, rounds) = (pick(100, 10), pick(30, 3));
+        let floor = Summary::of(&fan_out_floor(gateways, rounds).await);
+        let base = format!("{gateways} gateways: bare push to each (transport floor)");
+        report.latency(&base, &floor, None);
+        let unsynced = fan_out_orchestrator(gateways, rounds, false).await;
+        let f = fan_out_orchestrator(gateways, rounds, true).await;
+        report.latency(
+            &format!("{gateways} gateways: apply -> target at each"),
+            &Summary::of(&f.each),
+            Some(&base),
         );
-        let mut floor = fan_out_floor().await;
-        let mut f = fan_out_orchestrator(GATEWAYS, ROUNDS).await;
-        let (floor50, floor99) = line("bare push to each (transport floor)", &mut floor);
-        let (p50, p99) = line("apply -> target at each gateway", &mut f.each);
-        line("apply -> target at all gateways", &mut f.all);
-        line("apply -> all converged (acked, reported)", &mut f.converged);
-        println!(
-            "  each gateway against the floor: p50 {:.1}x, p99 {:.1}x",
-            p50.as_secs_f64() / floor50.as_secs_f64(),
-            p99.as_secs_f64() / floor99.as_secs_f64()
+        report.latency(
+            &format!("{gateways} gateways: apply -> target at all"),
+            &Summary::of(&f.all),
+            None,
         );
-        const MANY: usize = 1_000;
-        println!("fan-out to {MANY} simulated gateways on loopback, 3 applies (after {WARMUP} warm-up):");
-        let mut f = fan_out_orchestrator(MANY, 3).await;
-        line("apply -> target at all gateways", &mut f.all);
-        line("apply -> all converged (acked, reported)", &mut f.converged);
-        apply_throughput().await;
+        let nosync = format!("{gateways} gateways: apply -> all converged, commits not synced");
+        report.latency(&nosync, &Summary::of(&unsynced.converged), None);
+        report.latency(
+            &format!("{gateways} gateways: apply -> all converged"),
+            &Summary::of(&f.converged),
+            Some(&nosync),
+        );
+        let (many, many_rounds) = (pick(1_000, 20), pick(3, 1));
+        let f = fan_out_orchestrator(many, many_rounds, true).await;
+        report.latency(
+            &format!("{many} gateways: apply -> target at all"),
+            &Summary::of(&f.all),
+            None,
+        );
+        report.latency(
+            &format!("{many} gateways: apply -> all converged"),
+            &Summary::of(&f.converged),
+            None,
+        );
+        apply_throughput(&mut report).await;
     });
 }

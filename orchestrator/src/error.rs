@@ -43,6 +43,9 @@ pub enum Error {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The commit this change was batched into failed: nothing of it is kept.
+    #[error(transparent)]
+    Committing(std::sync::Arc<StoreError>),
     /// Stored data that does not read back.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
@@ -72,16 +75,19 @@ impl Error {
             Error::AlreadyConnected(_) => Status::already_exists(self.to_string()),
             Error::Policy(_) => Status::permission_denied(self.to_string()),
             Error::BadRequest(_) => Status::invalid_argument(self.to_string()),
-            Error::Store(e) => {
-                tracing::error!(error = %e, "store failure");
-                Status::internal(format!("the orchestrator's store failed: {e}"))
-            }
+            Error::Store(e) => store_failed(e),
+            Error::Committing(e) => store_failed(e),
             Error::Corrupt(_) | Error::Broken(_) => {
                 tracing::error!(error = %self, "orchestrator failure");
                 Status::internal(self.to_string())
             }
         }
     }
+}
+
+fn store_failed(e: &StoreError) -> Status {
+    tracing::error!(error = %e, "store failure");
+    Status::internal(format!("the orchestrator's store failed: {e}"))
 }
 
 impl From<Error> for Status {

@@ -1,7 +1,14 @@
-//! The shell around the core: it reads the clock, commits each transition
-//! durably, then completes it in memory and hands its deliveries to the
-//! gateways' sessions and its new events to watchers — all under one lock, on
-//! the blocking pool (commits wait for the disk).
+//! The shell around the core: it reads the clock, commits transitions
+//! durably, and only then answers their callers, hands their deliveries to
+//! the gateways' sessions and their new events to watchers — all under one
+//! lock, on the blocking pool (commits wait for the disk).
+//!
+//! **Group commit.** A transition is queued, and whoever takes the lock next
+//! decides and completes in memory every transition queued by then, each on
+//! top of the one before, and commits all their writes in one durable
+//! transaction. Reports from many gateways arriving together cost one fsync,
+//! not one each. Nothing leaves before the commit; a failed commit undoes
+//! every completion of its batch (newest first) and each caller is told.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,9 +19,69 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::core::{now_ms, Core, Delivery, Registered, Transition};
+use crate::core::{now_ms, Core, Delivery, Registered, Transition, Undo};
 use crate::error::Error;
-use crate::store::Store;
+use crate::store::{Changes, Store, StoreError};
+
+/// A transition waiting for the next commit: given the locked state, the
+/// store and the time, it decides and completes itself, or answers its caller
+/// at once (nothing to commit).
+type Job = Box<dyn FnOnce(&mut Shared, &Store, i64) -> Option<Staged> + Send>;
+
+/// The transitions waiting for the next commit, oldest first.
+#[derive(Default)]
+struct Queue(Mutex<Vec<Job>>);
+
+impl Queue {
+    fn push(&self, job: Job) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(job);
+    }
+
+    fn take(&self) -> Vec<Job> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map_or(0, |q| q.len());
+        write!(f, "Queue({n} waiting)")
+    }
+}
+
+/// What answers a caller once its batch's commit is known.
+type Settle = Box<dyn FnOnce(&mut Shared, Result<(), Arc<StoreError>>) + Send>;
+
+/// A transition completed in memory, waiting for its batch's commit.
+struct Staged {
+    changes: Changes,
+    undo: Undo,
+    deliveries: Vec<Delivery>,
+    new_last_seq: Option<u64>,
+    /// Runs once the commit is done, or failed and memory is undone: answers
+    /// the caller (and may open a session first).
+    settle: Settle,
+}
+
+impl Staged {
+    /// Completes `t` in memory; `settle` answers its caller with its reply.
+    fn complete<T: Send + 'static>(
+        core: &mut Core,
+        mut t: Transition<T>,
+        settle: impl FnOnce(&mut Shared, Result<T, Arc<StoreError>>) + Send + 'static,
+    ) -> Staged {
+        let changes = std::mem::take(&mut t.changes);
+        let done = core.complete(t);
+        let reply = done.reply;
+        Staged {
+            changes,
+            undo: done.undo,
+            deliveries: done.deliveries,
+            new_last_seq: done.new_last_seq,
+            settle: Box::new(move |s, result| settle(s, result.map(|()| reply))),
+        }
+    }
+}
 
 /// What the lock guards: the core, and the sessions its deliveries go to.
 #[derive(Debug)]
@@ -67,6 +134,8 @@ pub struct Orchestrator {
     pub(crate) preparing: Arc<tokio::sync::Semaphore>,
     /// What requests did, for `/metrics`.
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// Transitions waiting for the next commit.
+    queue: Arc<Queue>,
 }
 
 /// Applies prepared at once (see `Orchestrator::preparing`).
@@ -109,6 +178,7 @@ impl Orchestrator {
             head,
             preparing: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_PREPARES)),
             metrics: Arc::default(),
+            queue: Arc::default(),
         }
     }
 
@@ -163,18 +233,26 @@ impl Orchestrator {
         self.locked(move |s, store, _| f(&s.core, store)).await?
     }
 
-    /// Decides a transition at the current time, commits its writes, then
-    /// completes it: memory changes, targets go out, watchers wake.
+    /// Decides a transition at the current time and completes it; answers
+    /// once its writes are durable (committed with whatever else was queued).
     pub async fn transact<T: Send + 'static>(
         &self,
         decide: impl FnOnce(&Core, &Store, i64) -> Result<Transition<T>, Error> + Send + 'static,
     ) -> Result<T, Error> {
-        self.locked(move |s, store, events| {
-            let t = decide(&s.core, store, now_ms())?;
-            store.commit(&t.changes)?;
-            Ok(finish(s, t, events))
-        })
-        .await?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(Box::new(move |s, store, now| {
+            match decide(&s.core, store, now) {
+                Ok(t) => Some(Staged::complete(&mut s.core, t, move |_, r| {
+                    let _ = tx.send(r.map_err(Error::Committing));
+                })),
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    None
+                }
+            }
+        }))
+        .await?;
+        rx.await.unwrap_or_else(|_| Err(broken()))
     }
 
     /// Registers a gateway and opens its session.
@@ -182,45 +260,145 @@ impl Orchestrator {
         &self,
         register: continuum_proto::v1::Register,
     ) -> Result<Session, Error> {
-        self
-            .locked(move |s, store, events| {
-                let t = s.core.register(register, now_ms())?;
-                store.commit(&t.changes)?;
-                let (tx, targets) = watch::channel(None);
-                // The session exists before its first delivery is handed over.
-                s.sessions
-                    .insert(gateway_of_registration(&t), (t.reply.session, tx));
-                let registered = finish(s, t, events);
-                tracing::info!(subsystem = %registered.welcome.subsystem, session = registered.session, "gateway connected");
-                Ok(Session {
-                    registered,
-                    targets,
-                })
-            })
-            .await?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(Box::new(move |s, _, now| {
+            let t = match s.core.register(register, now) {
+                Ok(t) => t,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return None;
+                }
+            };
+            let gateway = gateway_of_registration(&t);
+            Some(Staged::complete(&mut s.core, t, move |s, r| {
+                let r = r.map_err(Error::Committing).map(|registered: Registered| {
+                    // The session exists before its first delivery is handed over.
+                    let (targets_tx, targets) = watch::channel(None);
+                    s.sessions
+                        .insert(gateway, (registered.session, targets_tx));
+                    tracing::info!(subsystem = %registered.welcome.subsystem, session = registered.session, "gateway connected");
+                    Session {
+                        registered,
+                        targets,
+                    }
+                });
+                let _ = tx.send(r);
+            }))
+        }))
+        .await?;
+        rx.await.unwrap_or_else(|_| Err(broken()))
     }
 
     /// Ends a session: recorded when the store takes it; memory follows either
     /// way (a gateway that is gone is gone).
     pub async fn disconnect(&self, gateway: String, session: u64, reason: String) {
-        let result = self
-            .locked(move |s, store, events| {
-                let Some(t) = s.core.disconnect(&gateway, session, &reason, now_ms()) else {
-                    return;
-                };
-                if let Err(e) = store.commit(&t.changes) {
-                    tracing::error!(gateway = %gateway, error = %e, "cannot record a disconnection");
-                }
-                if s.sessions.get(&gateway).is_some_and(|(id, _)| *id == session) {
-                    s.sessions.remove(&gateway);
-                }
-                finish(s, t, events);
-                tracing::info!(gateway = %gateway, %reason, "gateway disconnected");
-            })
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let submitted = self
+            .submit(Box::new(move |s, _, now| {
+                let t = s.core.disconnect(&gateway, session, &reason, now)?;
+                Some(Staged::complete(&mut s.core, t, move |s, r| {
+                    if let Err(e) = r {
+                        tracing::error!(gateway = %gateway, error = %e, "cannot record a disconnection");
+                        // Undone with its batch: forgotten in memory all the same.
+                        if let Some(t) = s.core.disconnect(&gateway, session, &reason, now_ms()) {
+                            let _ = s.core.complete(t).undo;
+                        }
+                    }
+                    if s.sessions.get(&gateway).is_some_and(|(id, _)| *id == session) {
+                        s.sessions.remove(&gateway);
+                    }
+                    tracing::info!(gateway = %gateway, %reason, "gateway disconnected");
+                    let _ = tx.send(());
+                }))
+            }))
             .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "cannot record the disconnection");
+        match submitted {
+            Ok(()) => {
+                let _ = rx.await;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot record the disconnection"),
         }
+    }
+
+    /// Queues `job` and commits what is queued, unless another task takes
+    /// the lock first and commits it with its own.
+    async fn submit(&self, job: Job) -> Result<(), Error> {
+        self.queue.push(job);
+        let (shared, store, events, queue, metrics) = (
+            Arc::clone(&self.shared),
+            Arc::clone(&self.store),
+            Arc::clone(&self.events_tx),
+            Arc::clone(&self.queue),
+            Arc::clone(&self.metrics),
+        );
+        tokio::task::spawn_blocking(move || {
+            let mut guard = shared.lock().map_err(|_| {
+                // Dropping the queued jobs tells their callers.
+                drop(queue.take());
+                broken()
+            })?;
+            commit_queued(&mut guard, &store, &events, &queue, &metrics);
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Broken(format!("orchestrator task failed: {e}")))?
+    }
+}
+
+/// The error of a caller whose transition was lost to an earlier failure.
+fn broken() -> Error {
+    Error::Broken(
+        "the orchestrator's state was left inconsistent by an earlier failure; restart it".into(),
+    )
+}
+
+/// Decides, completes and commits every queued transition in one durable
+/// transaction, then settles them in order: replies, sessions, deliveries,
+/// watchers. A failed commit undoes them all first.
+fn commit_queued(
+    s: &mut Shared,
+    store: &Store,
+    events: &watch::Sender<u64>,
+    queue: &Queue,
+    metrics: &crate::metrics::Metrics,
+) {
+    let jobs = queue.take();
+    if jobs.is_empty() {
+        return;
+    }
+    let now = now_ms();
+    let mut staged: Vec<Staged> = jobs
+        .into_iter()
+        .filter_map(|job| job(s, store, now))
+        .collect();
+    if staged.is_empty() {
+        return;
+    }
+    let mut changes = Changes::default();
+    for st in &mut staged {
+        changes.absorb(std::mem::take(&mut st.changes));
+    }
+    let _span = tracing::debug_span!("commit", transitions = staged.len()).entered();
+    let committed = store.commit(&changes).map_err(Arc::new);
+    metrics.committed(staged.len(), committed.is_ok());
+    if committed.is_err() {
+        for st in staged.iter_mut().rev() {
+            s.core.undo(std::mem::take(&mut st.undo));
+        }
+    }
+    let mut last_seq = None;
+    for st in staged {
+        (st.settle)(s, committed.clone());
+        if committed.is_ok() {
+            s.deliver(st.deliveries);
+            last_seq = st.new_last_seq.or(last_seq);
+        }
+    }
+    let head = s.core.head_number();
+    s.head
+        .send_if_modified(|h| std::mem::replace(h, head) != head);
+    if let Some(last) = last_seq {
+        events.send_replace(last);
     }
 }
 
@@ -233,15 +411,136 @@ fn gateway_of_registration(t: &Transition<Registered>) -> String {
         .unwrap_or_default()
 }
 
-/// Completes a committed transition: memory, deliveries, watchers.
-fn finish<T>(s: &mut Shared, t: Transition<T>, events: &watch::Sender<u64>) -> T {
-    let done = s.core.complete(t);
-    s.deliver(done.deliveries);
-    let head = s.core.head_number();
-    s.head
-        .send_if_modified(|h| std::mem::replace(h, head) != head);
-    if let Some(last) = done.new_last_seq {
-        events.send_replace(last);
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use continuum_proto::v1::{ApplyRequest, ApplyResponse, Document};
+
+    use super::*;
+    use crate::core::{CoreConfig, Prepared};
+
+    fn orchestrator(dir: &std::path::Path) -> Orchestrator {
+        let store = Arc::new(Store::open(dir).unwrap());
+        let config = CoreConfig {
+            event_retention: 1000,
+            heartbeat_interval_ms: 1000,
+            bus_url: String::new(),
+            bus_port: 0,
+            bus_tls: false,
+        };
+        let core = Core::from_snapshot(store.load().unwrap(), 0, config).unwrap();
+        Orchestrator::new(
+            core,
+            store,
+            CancellationToken::new(),
+            TaskTracker::new(),
+            Duration::from_secs(5),
+        )
     }
-    done.reply
+
+    fn model(version: usize) -> Prepared {
+        let json = format!(
+            r#"{{"name": "m", "subsystems": [{{"id": "s", "components": [
+                {{"id": "gw", "kind": "gateway"}},
+                {{"id": "web", "kind": "service", "resources": {{"container": {{"image": "web:{version}"}}}}}}],
+              "links": [{{"kind": "hosting", "component": "web", "host": "gw"}}]}}]}}"#
+        );
+        let request = ApplyRequest {
+            megamodel: Some(Document {
+                name: "m.json".into(),
+                json: json.into_bytes(),
+            }),
+            ..ApplyRequest::default()
+        };
+        Prepared::from_request(request, &Default::default()).unwrap()
+    }
+
+    /// Applies `versions` while the lock is held, so they all queue, then lets
+    /// them go: one commit takes them all.
+    // Holding the lock across the wait is the point: the applies must queue.
+    #[allow(clippy::await_holding_lock)]
+    async fn applied_together(
+        o: &Orchestrator,
+        versions: std::ops::Range<usize>,
+    ) -> Vec<Result<ApplyResponse, Error>> {
+        let n = versions.len();
+        let guard = o.shared.lock().unwrap();
+        let tasks: Vec<_> = versions
+            .map(|v| {
+                let o = o.clone();
+                tokio::spawn(
+                    async move { o.transact(move |c, _, now| c.apply(model(v), now)).await },
+                )
+            })
+            .collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while o.queue.0.lock().unwrap().len() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the applies never queued"
+            );
+            tokio::task::yield_now().await;
+        }
+        drop(guard);
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn transitions_queued_during_a_commit_share_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = orchestrator(dir.path());
+        let replies = applied_together(&o, 1..9).await;
+        let mut numbers: Vec<u64> = replies
+            .into_iter()
+            .map(|r| r.unwrap().revision.unwrap().number)
+            .collect();
+        numbers.sort_unstable();
+        // Each decided on top of the one before, none answered before the commit.
+        assert_eq!(numbers, (1..9).collect::<Vec<u64>>());
+        assert_eq!(o.metrics.commits(), 1, "one durable commit for 8 applies");
+        let history = o.store.history(100).unwrap();
+        assert_eq!(history.len(), 8);
+        assert_eq!(o.read(|c, _| Ok(c.head_number())).await.unwrap(), 8);
+        // What the batch wrote reads back after a restart, head included.
+        drop(o);
+        let o = orchestrator(dir.path());
+        assert_eq!(o.read(|c, _| Ok(c.head_number())).await.unwrap(), 8);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_commit_fails_every_transition_of_its_batch_and_undoes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = orchestrator(dir.path());
+        o.transact(|c, _, now| c.apply(model(0), now))
+            .await
+            .unwrap();
+        let before = o
+            .read(|c, _| Ok((c.head_number(), c.last_seq(), format!("{:?}", c.status()))))
+            .await
+            .unwrap();
+        o.store.fail_next_commit.store(true, Ordering::SeqCst);
+        for r in applied_together(&o, 1..4).await {
+            match r {
+                Err(Error::Committing(e)) => assert!(e.to_string().contains("orchestrator.redb")),
+                other => panic!("expected the commit's failure, got {other:?}"),
+            }
+        }
+        let after = o
+            .read(|c, _| Ok((c.head_number(), c.last_seq(), format!("{:?}", c.status()))))
+            .await
+            .unwrap();
+        assert_eq!(after, before, "memory is as before the batch");
+        assert_eq!(o.store.history(100).unwrap().len(), 1);
+        // The next change goes on from there.
+        let r = o
+            .transact(|c, _, now| c.apply(model(7), now))
+            .await
+            .unwrap();
+        assert_eq!(r.revision.unwrap().number, 2);
+    }
 }

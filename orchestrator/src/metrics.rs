@@ -28,6 +28,8 @@ pub struct Metrics {
     components: Family<Labels, Gauge>,
     head: Gauge,
     events: Gauge,
+    commits: Family<Labels, Counter>,
+    commit_batch: Histogram,
 }
 
 impl Default for Metrics {
@@ -44,6 +46,9 @@ impl Default for Metrics {
             components: Family::default(),
             head: Gauge::<i64, AtomicI64>::default(),
             events: Gauge::default(),
+            commits: Family::default(),
+            // 1 to 1,024 transitions.
+            commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|e| e.into_inner());
@@ -91,6 +96,16 @@ impl Default for Metrics {
                 "event_seq",
                 "The newest event's sequence number",
                 m.events.clone(),
+            );
+            r.register(
+                "store_commits",
+                "Durable commits of the store, by outcome (each commits every transition waiting for it)",
+                m.commits.clone(),
+            );
+            r.register(
+                "store_commit_transitions",
+                "Transitions (applies, reports, registrations...) committed together in one durable commit",
+                m.commit_batch.clone(),
             );
         }
         m
@@ -162,6 +177,22 @@ fn state_name(s: i32) -> &'static str {
 }
 
 impl Metrics {
+    /// One durable commit of `transitions` transitions ended.
+    pub fn committed(&self, transitions: usize, ok: bool) {
+        let outcome = if ok { "ok" } else { "failed" };
+        self.commits
+            .get_or_create(&vec![("outcome", outcome.to_owned())])
+            .inc();
+        self.commit_batch.observe(transitions as f64);
+    }
+
+    /// Durable commits that succeeded so far.
+    pub fn commits(&self) -> u64 {
+        self.commits
+            .get_or_create(&vec![("outcome", "ok".to_owned())])
+            .get()
+    }
+
     /// Records an apply that took `took`.
     pub fn applied(&self, outcome: Outcome, took: Duration) {
         self.applies.get_or_create(&outcome.label()).inc();

@@ -48,6 +48,9 @@ pub struct Config {
     pub api: crate::access::ApiAccess,
     /// Gateway ids admitted although no model names them.
     pub allow_gateways: std::collections::BTreeSet<String>,
+    /// Commits wait for the disk (fsync). Off only to measure what that costs
+    /// (the benchmarks): a crash could then lose accepted revisions.
+    pub fsync: bool,
 }
 
 impl Config {
@@ -66,6 +69,7 @@ impl Config {
             tls: None,
             api: crate::access::ApiAccess::Open,
             allow_gateways: std::collections::BTreeSet::new(),
+            fsync: true,
         }
     }
 }
@@ -167,7 +171,12 @@ fn collect_blobs(store: &Store, blobs: &BlobStore, head: u64) {
 
 /// Opens the store, loads the state and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let store = Arc::new(Store::open(&config.data_dir)?);
+    let mut store = Store::open(&config.data_dir)?;
+    if !config.fsync {
+        tracing::warn!("commits do not wait for the disk: a crash may lose accepted changes");
+        store.set_fsync(false);
+    }
+    let store = Arc::new(store);
     let snapshot = store.load()?;
     let oldest = store.first_seq()?;
     let core = Core::from_snapshot(

@@ -88,8 +88,8 @@ pub struct Snapshot {
 /// One atomic batch of writes.
 #[derive(Debug, Default, Clone)]
 pub struct Changes {
-    /// A new revision (it becomes the head).
-    pub revision: Option<StoredRevision>,
+    /// New revisions, oldest first (the last becomes the head).
+    pub revisions: Vec<StoredRevision>,
     /// Subsystem targets to write.
     pub targets: Vec<(String, StoredTarget)>,
     /// Gateway records to write.
@@ -109,7 +109,7 @@ pub struct Changes {
 impl Changes {
     /// Whether the batch writes nothing.
     pub fn is_empty(&self) -> bool {
-        self.revision.is_none()
+        self.revisions.is_empty()
             && self.targets.is_empty()
             && self.gateways.is_empty()
             && self.forget_gateways.is_empty()
@@ -117,6 +117,25 @@ impl Changes {
             && self.events.is_empty()
             && self.divergences.is_empty()
             && self.forget_events_before.is_none()
+    }
+
+    /// Adds the writes of a later batch, so one transaction commits both as
+    /// committing them in turn would: the later write of a key wins, and a
+    /// gateway record written after it was forgotten (or the reverse) ends as
+    /// the later batch left it.
+    pub fn absorb(&mut self, later: Changes) {
+        self.revisions.extend(later.revisions);
+        self.targets.extend(later.targets);
+        self.forget_gateways
+            .retain(|id| !later.gateways.iter().any(|g| &g.id == id));
+        self.gateways
+            .retain(|g| !later.forget_gateways.contains(&g.id));
+        self.gateways.extend(later.gateways);
+        self.forget_gateways.extend(later.forget_gateways);
+        self.currents.extend(later.currents);
+        self.events.extend(later.events);
+        self.divergences.extend(later.divergences);
+        self.forget_events_before = self.forget_events_before.max(later.forget_events_before);
     }
 }
 
@@ -127,6 +146,11 @@ pub struct Store {
     /// space is freed, without a restart.
     db: continuum_durable::Reopening,
     path: PathBuf,
+    /// Commits wait for the disk (the default; see `Config::fsync`).
+    fsync: bool,
+    /// Tests: the next commit fails as a full disk would make it.
+    #[cfg(test)]
+    pub(crate) fail_next_commit: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -138,9 +162,20 @@ impl Store {
         })?;
         let path = dir.join(FILE_NAME);
         let db = continuum_durable::Reopening::open(&path)?;
-        let store = Store { db, path };
+        let store = Store {
+            db,
+            path,
+            fsync: true,
+            #[cfg(test)]
+            fail_next_commit: Default::default(),
+        };
         continuum_durable::guard(&store.path, || store.init())??;
         Ok(store)
+    }
+
+    /// Whether commits wait for the disk.
+    pub fn set_fsync(&mut self, fsync: bool) {
+        self.fsync = fsync;
     }
 
     /// The database (reopened first if an I/O error broke it).
@@ -249,14 +284,30 @@ impl Store {
         if changes.is_empty() {
             return Ok(());
         }
-        let txn = self.db()?.begin_write().at(self)?;
+        #[cfg(test)]
+        if self
+            .fail_next_commit
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
         {
-            if let Some(r) = &changes.revision {
-                let n = r.meta.as_ref().map_or(0, |m| m.number);
+            return Err(StoreError::Io {
+                path: self.path.clone(),
+                cause: redb::Error::Io(std::io::Error::from_raw_os_error(28)),
+            });
+        }
+        let mut txn = self.db()?.begin_write().at(self)?;
+        if !self.fsync {
+            txn.set_durability(redb::Durability::None).at(self)?;
+        }
+        {
+            if !changes.revisions.is_empty() {
                 let mut t = txn.open_table(REVISIONS).at(self)?;
-                t.insert(n, r.encode_to_vec().as_slice()).at(self)?;
+                let mut head = 0;
+                for r in &changes.revisions {
+                    head = r.meta.as_ref().map_or(0, |m| m.number);
+                    t.insert(head, r.encode_to_vec().as_slice()).at(self)?;
+                }
                 let mut meta = txn.open_table(META).at(self)?;
-                meta.insert(HEAD_KEY, n).at(self)?;
+                meta.insert(HEAD_KEY, head).at(self)?;
             }
             let mut t = txn.open_table(TARGETS).at(self)?;
             for (k, v) in &changes.targets {
@@ -395,12 +446,56 @@ mod tests {
     }
 
     #[test]
+    fn batches_absorbed_into_one_commit_end_as_if_committed_in_turn() {
+        let gateway = |id: &str| Gateway {
+            id: id.into(),
+            ..Gateway::default()
+        };
+        let write = |ids: &[&str]| Changes {
+            gateways: ids.iter().map(|id| gateway(id)).collect(),
+            ..Changes::default()
+        };
+        let forget = |ids: &[&str]| Changes {
+            forget_gateways: ids.iter().map(|id| (*id).to_owned()).collect(),
+            ..Changes::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.commit(&write(&["a", "b"])).unwrap();
+        // b forgotten then written again, c written then forgotten, two
+        // revisions and retention in between.
+        let mut all = forget(&["b"]);
+        all.absorb(write(&["b", "c"]));
+        all.absorb(Changes {
+            revisions: vec![revision(1)],
+            events: vec![event(1), event(2)],
+            ..Changes::default()
+        });
+        all.absorb(forget(&["c"]));
+        all.absorb(Changes {
+            revisions: vec![revision(2)],
+            events: vec![event(3)],
+            forget_events_before: Some(2),
+            ..Changes::default()
+        });
+        store.commit(&all).unwrap();
+        let s = store.load().unwrap();
+        let mut ids: Vec<String> = s.gateways.into_iter().map(|g| g.id).collect();
+        ids.sort();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(s.head.unwrap().meta.unwrap().number, 2);
+        assert_eq!(store.history(10).unwrap().len(), 2);
+        assert_eq!(store.first_seq().unwrap(), 2);
+        assert_eq!(s.last_seq, 3);
+    }
+
+    #[test]
     fn a_batch_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
             let changes = Changes {
-                revision: Some(revision(1)),
+                revisions: vec![revision(1)],
                 targets: vec![(
                     "a".into(),
                     StoredTarget {
@@ -416,7 +511,7 @@ mod tests {
             store.commit(&changes).unwrap();
             store
                 .commit(&Changes {
-                    revision: Some(revision(2)),
+                    revisions: vec![revision(2)],
                     ..Changes::default()
                 })
                 .unwrap();

@@ -205,6 +205,22 @@ pub struct Completed<T> {
     pub deliveries: Vec<Delivery>,
     /// The newest event, when the transition added events.
     pub new_last_seq: Option<u64>,
+    /// What puts memory back if the writes do not become durable.
+    pub undo: Undo,
+}
+
+/// What a completion replaced in memory, to put back (see [`Core::undo`]).
+/// Old values are moved here, not copied.
+#[derive(Debug, Default)]
+#[must_use = "dropping an undo keeps the completion"]
+pub struct Undo {
+    log: Option<Log>,
+    head: Option<Option<Head>>,
+    subsystems: Vec<(String, Option<Subsystem>)>,
+    statuses: Vec<(String, BTreeMap<String, ComponentStatus>)>,
+    observed: Vec<(String, u64)>,
+    gateways: Vec<(String, Option<GatewayState>)>,
+    next_session: Option<u64>,
 }
 
 /// The orchestrator's state: the head revision, the subsystems, the gateways and the event log's bounds.
@@ -314,7 +330,10 @@ impl Core {
         }
     }
 
-    /// Applies a transition whose writes are durable (or that has none).
+    /// Applies a transition to memory. Its writes must be durable before its
+    /// reply and deliveries leave; until then [`Core::undo`] with the returned
+    /// undo puts memory back as it was (group commit completes several
+    /// transitions before their one commit, and a failed commit undoes them).
     pub fn complete<T>(&mut self, t: Transition<T>) -> Completed<T> {
         let Update {
             log,
@@ -327,39 +346,93 @@ impl Core {
             next_session,
             deliveries,
         } = t.update;
+        let mut undo = Undo::default();
         let new_last_seq = log.filter(|l| l.last != self.log.last).map(|l| l.last);
         if let Some(log) = log {
-            self.log = log;
+            undo.log = Some(std::mem::replace(&mut self.log, log));
         }
         if let Some(head) = head {
-            self.head = Some(head);
+            undo.head = Some(self.head.replace(head));
         }
         for (id, sub) in subsystems {
-            self.subsystems.insert(id, sub);
+            let old = self.subsystems.insert(id.clone(), sub);
+            undo.subsystems.push((id, old));
         }
         for (id, s) in statuses {
             if let Some(sub) = self.subsystems.get_mut(&id) {
-                sub.statuses = s;
+                undo.statuses
+                    .push((id, std::mem::replace(&mut sub.statuses, s)));
             }
         }
         for (id, generation) in observed {
             if let Some(sub) = self.subsystems.get_mut(&id) {
-                sub.observed_generation = generation;
+                let old = std::mem::replace(&mut sub.observed_generation, generation);
+                undo.observed.push((id, old));
             }
         }
         for g in gateways {
-            self.gateways.insert(g.record.id.clone(), g);
+            let id = g.record.id.clone();
+            let old = self.gateways.insert(id.clone(), g);
+            undo.gateways.push((id, old));
         }
         for id in forgotten {
-            self.gateways.remove(&id);
+            if let Some(old) = self.gateways.remove(&id) {
+                undo.gateways.push((id, Some(old)));
+            }
         }
         if let Some(n) = next_session {
-            self.next_session = n;
+            undo.next_session = Some(std::mem::replace(&mut self.next_session, n));
         }
         Completed {
             reply: t.reply,
             deliveries,
             new_last_seq,
+            undo,
+        }
+    }
+
+    /// Puts memory back as it was before the completion `undo` came from.
+    /// Undo completions newest first.
+    pub fn undo(&mut self, undo: Undo) {
+        let Undo {
+            log,
+            head,
+            subsystems,
+            statuses,
+            observed,
+            gateways,
+            next_session,
+        } = undo;
+        if let Some(n) = next_session {
+            self.next_session = n;
+        }
+        for (id, old) in gateways.into_iter().rev() {
+            match old {
+                Some(g) => self.gateways.insert(id, g),
+                None => self.gateways.remove(&id),
+            };
+        }
+        for (id, generation) in observed.into_iter().rev() {
+            if let Some(sub) = self.subsystems.get_mut(&id) {
+                sub.observed_generation = generation;
+            }
+        }
+        for (id, s) in statuses.into_iter().rev() {
+            if let Some(sub) = self.subsystems.get_mut(&id) {
+                sub.statuses = s;
+            }
+        }
+        for (id, old) in subsystems.into_iter().rev() {
+            match old {
+                Some(sub) => self.subsystems.insert(id, sub),
+                None => self.subsystems.remove(&id),
+            };
+        }
+        if let Some(head) = head {
+            self.head = head;
+        }
+        if let Some(log) = log {
+            self.log = log;
         }
     }
 

@@ -271,7 +271,7 @@ impl Core {
                 &megamodel.flatten(),
             ))),
         };
-        batch.changes.revision = Some(StoredRevision {
+        batch.changes.revisions.push(StoredRevision {
             meta: Some(meta.clone()),
             megamodel: canonical.clone(),
         });

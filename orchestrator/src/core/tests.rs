@@ -223,7 +223,7 @@ fn a_rollback_reads_older_revisions_from_where_the_shell_keeps_them() {
     let mut kept: BTreeMap<u64, StoredRevision> = BTreeMap::new();
     for image in ["web:1", "web:2"] {
         let t = c.apply(model(image), 1).unwrap();
-        let r = t.changes.revision.clone().unwrap();
+        let r = t.changes.revisions[0].clone();
         kept.insert(r.meta.as_ref().unwrap().number, r);
         run(&mut c, t, &mut log);
     }
@@ -338,4 +338,69 @@ fn functions_placed_on_a_gateway_away_past_the_grace_period_move_in_a_revision()
         c.move_from_away(20_000, 1_000).unwrap().reply,
         Moved::Nothing
     );
+}
+
+/// Everything a client or a gateway can tell of the core's memory.
+fn seen(c: &Core) -> String {
+    format!(
+        "{:?}\n{:?}\n{} {}\n{:?}",
+        c.status(),
+        c.gateways(),
+        c.last_seq(),
+        c.head_number(),
+        c.head.as_ref().map(|h| &h.canonical)
+    )
+}
+
+#[test]
+fn undoing_a_batch_of_completions_newest_first_restores_memory_exactly() {
+    let mut c = core();
+    let mut log = Vec::new();
+    let t = c.apply(model("web:1"), 1).unwrap();
+    run(&mut c, t, &mut log);
+    let t = c.register(register("gw"), 2).unwrap();
+    let session = run(&mut c, t, &mut log).reply.session;
+    let before = seen(&c);
+
+    // A batch as group commit makes it: each decided on top of the last.
+    let mut undos = Vec::new();
+    let t = c.apply(model("web:2"), 3).unwrap();
+    undos.push(c.complete(t).undo);
+    let report = StatusReport {
+        generation: 2,
+        components: vec![ComponentStatus {
+            component: "web".into(),
+            state: ComponentState::Running as i32,
+            generation: 2,
+            ..ComponentStatus::default()
+        }],
+    };
+    let t = c.report_status("gw", session, report, 4).unwrap();
+    undos.push(c.complete(t).undo);
+    let t = c.disconnect("gw", session, "gone", 5).unwrap();
+    undos.push(c.complete(t).undo);
+    let t = c.register(register("gw2"), 6).unwrap();
+    let second = c.complete(t);
+    undos.push(second.undo);
+    let t = c
+        .disconnect("gw2", second.reply.session, "gone too", 7)
+        .unwrap();
+    undos.push(c.complete(t).undo);
+    let t = c.forget_gateway("gw2", 8).unwrap();
+    undos.push(c.complete(t).undo);
+    assert!(c.gateways().iter().all(|g| g.id != "gw2"));
+    assert_ne!(seen(&c), before);
+
+    for undo in undos.into_iter().rev() {
+        c.undo(undo);
+    }
+    assert_eq!(seen(&c), before);
+    // Session numbers too: the next registration gets the number the undone
+    // one had, and the first gateway still holds its link.
+    let t = c.register(register("gw2"), 8).unwrap();
+    assert_eq!(c.complete(t).reply.session, second.reply.session);
+    assert!(matches!(
+        c.register(register("gw"), 9),
+        Err(Error::AlreadyConnected(_))
+    ));
 }
