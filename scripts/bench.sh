@@ -24,6 +24,7 @@ benches=(
   "faas|--bench faas"
   "flash|-p continuum-deploy-agent --bench flash"
   "dashboard|--bench dashboard"
+  "soak|--bench soak"
 )
 wanted=("$@")
 rm -rf "$out"
