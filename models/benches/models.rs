@@ -42,6 +42,16 @@ fn measure<T>(mut f: impl FnMut() -> T) -> Summary {
     Summary::of(&samples)
 }
 
+/// Whether `case` is measured: every case, or those containing one of the
+/// words given after `--` (`cargo bench -p continuum-models -- "10000: diff"`).
+fn wanted(case: &str) -> bool {
+    let words: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    words.is_empty() || words.iter().any(|w| case.contains(w.as_str()))
+}
+
 fn row(report: &mut Report, case: &str, s: &Summary, baseline: Option<&str>) {
     let ms = report::ms(s.p50);
     match baseline {
@@ -59,6 +69,13 @@ fn main() {
     let mut report = Report::new("models");
     let sizes: &[usize] = pick(&[1_000, 10_000, 100_000], &[1_000, 10_000]);
     for &n in sizes {
+        let words: Vec<String> = std::env::args()
+            .skip(1)
+            .filter(|a| !a.starts_with("--"))
+            .collect();
+        if !words.is_empty() && !words.iter().any(|w| w.starts_with(&format!("{n}:"))) {
+            continue;
+        }
         let generated = generate(42, n);
         let text =
             serde_json::to_string_pretty(&generated.clone().canonical()).expect("serializes");
@@ -71,13 +88,11 @@ fn main() {
         let base = format!("{n}: serde_json parse (baseline)");
         let s = measure(|| serde_json::from_str::<serde_json::Value>(black_box(&text)).unwrap());
         row(&mut report, &base, &s, None);
-        let s = measure(|| load_deployment_model("bench.json", black_box(&text)).unwrap());
-        row(
-            &mut report,
-            &format!("{n}: parse + validate"),
-            &s,
-            Some(&base),
-        );
+        let case = format!("{n}: parse + validate");
+        if wanted(&case) {
+            let s = measure(|| load_deployment_model("bench.json", black_box(&text)).unwrap());
+            row(&mut report, &case, &s, Some(&base));
+        }
         for (name, rate) in [("1pct", 0.01), ("10pct", 0.1)] {
             let b_text = serde_json::to_string(&mutate(&generated, 43, rate).canonical())
                 .expect("serializes");
@@ -93,22 +108,21 @@ fn main() {
                 d.links_removed.len(),
                 p.len()
             );
-            let s = measure(|| diff(black_box(&a), black_box(&b)));
-            row(&mut report, &format!("{n}: diff, {name}"), &s, Some(&base));
-            let s = measure(|| plan_diff(black_box(&a), black_box(&b), black_box(&d)));
-            row(
-                &mut report,
-                &format!("{n}: plan from the diff, {name}"),
-                &s,
-                Some(&base),
-            );
-            let s = measure(|| plan(black_box(&a), black_box(&b)));
-            row(
-                &mut report,
-                &format!("{n}: diff + plan, {name}"),
-                &s,
-                Some(&base),
-            );
+            let case = format!("{n}: diff, {name}");
+            if wanted(&case) {
+                let s = measure(|| diff(black_box(&a), black_box(&b)));
+                row(&mut report, &case, &s, Some(&base));
+            }
+            let case = format!("{n}: plan from the diff, {name}");
+            if wanted(&case) {
+                let s = measure(|| plan_diff(black_box(&a), black_box(&b), black_box(&d)));
+                row(&mut report, &case, &s, Some(&base));
+            }
+            let case = format!("{n}: diff + plan, {name}");
+            if wanted(&case) {
+                let s = measure(|| plan(black_box(&a), black_box(&b)));
+                row(&mut report, &case, &s, Some(&base));
+            }
         }
     }
 }
