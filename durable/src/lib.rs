@@ -13,7 +13,14 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use redb::Database;
+use redb::{Builder, Database};
+
+/// The memory a store may keep as its page cache. redb's default is 1 GiB,
+/// which a store that keeps being written (the bridge's outboxes under
+/// steady traffic) fills over hours: a gateway's memory would grow with its
+/// uptime. The working sets are small (targets, reports, the outboxes'
+/// unacknowledged tail); what is not cached is read back from the file.
+pub const CACHE_BYTES: usize = 8 << 20;
 
 /// Why a store cannot be opened.
 #[derive(Debug, thiserror::Error)]
@@ -67,10 +74,12 @@ pub fn open(path: &Path) -> Result<Database, OpenError> {
         Err(_) => false,
     };
     let mut db = contain(|| {
+        let mut builder = Builder::new();
+        builder.set_cache_size(CACHE_BYTES);
         if exists {
-            Database::open(path)
+            builder.open(path)
         } else {
-            Database::create(path)
+            builder.create(path)
         }
     })
     .map_err(damaged)?

@@ -93,6 +93,34 @@ struct Figures {
     each: Vec<Duration>,
     all: Vec<Duration>,
     converged: Vec<Duration>,
+    /// Link attempts refused while all gateways connected at once.
+    refused: usize,
+    /// Durable commits, and the transitions they committed, over the run.
+    commits: f64,
+    transitions: f64,
+}
+
+/// The orchestrator's `/metrics` text (plain HTTP/1.1 on its port).
+fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    text
+}
+
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
 }
 
 async fn fan_out_orchestrator(gateways: usize, rounds: usize, fsync: bool) -> Figures {
@@ -110,14 +138,26 @@ async fn fan_out_orchestrator(gateways: usize, rounds: usize, fsync: bool) -> Fi
 
     let (arrivals_tx, mut arrivals) = mpsc::unbounded_channel::<(u64, Instant)>();
     let ready = Arc::new(Barrier::new(gateways + 1));
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for g in 0..gateways {
         let endpoint = endpoint.clone();
         let arrivals_tx = arrivals_tx.clone();
         let ready = Arc::clone(&ready);
+        let refused = Arc::clone(&refused);
         tokio::spawn(async move {
-            let mut gw = SimGateway::connect(&endpoint, register(&format!("gw-{g}")))
-                .await
-                .unwrap();
+            // As a gateway does: a refused link is tried again, a little later.
+            let mut pause = Duration::from_millis(50);
+            let mut gw = loop {
+                match SimGateway::connect(&endpoint, register(&format!("gw-{g}"))).await {
+                    Ok(gw) => break gw,
+                    Err(e) => {
+                        let n = refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        assert!(n < 10 * gateways, "gateways keep being refused: {e}");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(2));
+                    }
+                }
+            };
             let first = gw.target(Duration::from_secs(30)).await.unwrap();
             gw.converge(&first).await.unwrap();
             ready.wait().await;
@@ -134,11 +174,26 @@ async fn fan_out_orchestrator(gateways: usize, rounds: usize, fsync: bool) -> Fi
         });
     }
     ready.wait().await;
+    let refused = refused.load(std::sync::atomic::Ordering::Relaxed);
     let mut figures = Figures {
+        refused,
         each: Vec::new(),
         all: Vec::new(),
         converged: Vec::new(),
+        commits: 0.0,
+        transitions: 0.0,
     };
+    let addr = running.local_addr();
+    let counted = || async move {
+        let text = tokio::task::spawn_blocking(move || scrape(addr))
+            .await
+            .unwrap();
+        (
+            sample(&text, "continuum_store_commits_total{outcome=\"ok\"}"),
+            sample(&text, "continuum_store_commit_transitions_sum"),
+        )
+    };
+    let (mut commits_before, mut transitions_before) = (0.0, 0.0);
     for round in 1..=WARMUP + rounds {
         let text = megamodel(gateways, 2, round);
         let t0 = Instant::now();
@@ -160,7 +215,12 @@ async fn fan_out_orchestrator(gateways: usize, rounds: usize, fsync: bool) -> Fi
             {
                 break;
             }
-            tokio::task::yield_now().await;
+            // Polled gently: a tight loop of status reads would compete with
+            // the commits it waits for.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if round == WARMUP {
+            (commits_before, transitions_before) = counted().await;
         }
         if round > WARMUP {
             figures.each.extend(each);
@@ -168,6 +228,9 @@ async fn fan_out_orchestrator(gateways: usize, rounds: usize, fsync: bool) -> Fi
             figures.converged.push(t0.elapsed());
         }
     }
+    let (commits, transitions) = counted().await;
+    figures.commits = commits - commits_before;
+    figures.transitions = transitions - transitions_before;
     running.stop().await.unwrap();
     figures
 }
@@ -354,8 +417,30 @@ fn main() {
             &Summary::of(&f.converged),
             Some(&nosync),
         );
+        let case = format!("{gateways} gateways: durable commits per rollout (group commit)");
+        report.add(
+            &case,
+            "commits",
+            f.commits / rounds as f64,
+            "commits",
+            rounds,
+        );
+        report.add(
+            &case,
+            "transitions per commit",
+            f.transitions / f.commits.max(1.0),
+            "transitions",
+            rounds,
+        );
         let (many, many_rounds) = (pick(1_000, 20), pick(3, 1));
         let f = fan_out_orchestrator(many, many_rounds, true).await;
+        report.add(
+            &format!("{many} gateways connecting at once"),
+            "links refused, then retried",
+            f.refused as f64,
+            "attempts",
+            1,
+        );
         report.latency(
             &format!("{many} gateways: apply -> target at all"),
             &Summary::of(&f.all),

@@ -28,24 +28,71 @@ use crate::store::{Changes, Store, StoreError};
 /// at once (nothing to commit).
 type Job = Box<dyn FnOnce(&mut Shared, &Store, i64) -> Option<Staged> + Send>;
 
-/// The transitions waiting for the next commit, oldest first.
+/// The transitions waiting for the next commit, oldest first. One committer at a time drains it: while it commits, what arrives waits
+/// for its next round, so every round takes all that queued meanwhile.
 #[derive(Default)]
-struct Queue(Mutex<Vec<Job>>);
+struct Queue(Mutex<Waiting>);
+
+#[derive(Default)]
+struct Waiting {
+    jobs: Vec<Job>,
+    /// A committer is at work and will take what is queued.
+    committing: bool,
+}
 
 impl Queue {
-    fn push(&self, job: Job) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(job);
+    /// Queues `job`; true when the caller must start a committer.
+    fn push(&self, job: Job) -> bool {
+        let mut w = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        w.jobs.push(job);
+        !std::mem::replace(&mut w.committing, true)
     }
 
-    fn take(&self) -> Vec<Job> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    /// The jobs queued, or none (and the committer stops) when none is.
+    fn next_round(&self) -> Option<Vec<Job>> {
+        let mut w = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if w.jobs.is_empty() {
+            w.committing = false;
+            None
+        } else {
+            Some(std::mem::take(&mut w.jobs))
+        }
+    }
+
+    /// The committer died: what waits is dropped, which tells its callers.
+    fn abandon(&self) {
+        let mut w = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        w.jobs.clear();
+        w.committing = false;
+    }
+
+    fn len(&self) -> usize {
+        self.0.lock().map_or(0, |w| w.jobs.len())
+    }
+
+    /// A committer is at work and has taken everything queued.
+    #[cfg(test)]
+    fn drained(&self) -> bool {
+        self.0
+            .lock()
+            .is_ok_and(|w| w.committing && w.jobs.is_empty())
     }
 }
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.0.lock().map_or(0, |q| q.len());
-        write!(f, "Queue({n} waiting)")
+        write!(f, "Queue({} waiting)", self.len())
+    }
+}
+
+/// Lets a committer that panics leave the queue to the next caller.
+struct Committer<'a>(&'a Queue);
+
+impl Drop for Committer<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.abandon();
+        }
     }
 }
 
@@ -250,8 +297,7 @@ impl Orchestrator {
                     None
                 }
             }
-        }))
-        .await?;
+        }));
         rx.await.unwrap_or_else(|_| Err(broken()))
     }
 
@@ -284,8 +330,7 @@ impl Orchestrator {
                 });
                 let _ = tx.send(r);
             }))
-        }))
-        .await?;
+        }));
         rx.await.unwrap_or_else(|_| Err(broken()))
     }
 
@@ -293,8 +338,7 @@ impl Orchestrator {
     /// way (a gateway that is gone is gone).
     pub async fn disconnect(&self, gateway: String, session: u64, reason: String) {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let submitted = self
-            .submit(Box::new(move |s, _, now| {
+        self.submit(Box::new(move |s, _, now| {
                 let t = s.core.disconnect(&gateway, session, &reason, now)?;
                 Some(Staged::complete(&mut s.core, t, move |s, r| {
                     if let Err(e) = r {
@@ -310,20 +354,18 @@ impl Orchestrator {
                     tracing::info!(gateway = %gateway, %reason, "gateway disconnected");
                     let _ = tx.send(());
                 }))
-            }))
-            .await;
-        match submitted {
-            Ok(()) => {
-                let _ = rx.await;
-            }
-            Err(e) => tracing::error!(error = %e, "cannot record the disconnection"),
-        }
+            }));
+        // Nothing to record (an old session) answers nothing: the same.
+        let _ = rx.await;
     }
 
-    /// Queues `job` and commits what is queued, unless another task takes
-    /// the lock first and commits it with its own.
-    async fn submit(&self, job: Job) -> Result<(), Error> {
-        self.queue.push(job);
+    /// Queues `job`; starts a committer on the blocking pool unless one is at
+    /// work (it will take the job in its next round). The job answers its
+    /// caller itself; a job dropped unanswered means the state is broken.
+    fn submit(&self, job: Job) {
+        if !self.queue.push(job) {
+            return;
+        }
         let (shared, store, events, queue, metrics) = (
             Arc::clone(&self.shared),
             Arc::clone(&self.store),
@@ -332,16 +374,17 @@ impl Orchestrator {
             Arc::clone(&self.metrics),
         );
         tokio::task::spawn_blocking(move || {
-            let mut guard = shared.lock().map_err(|_| {
-                // Dropping the queued jobs tells their callers.
-                drop(queue.take());
-                broken()
-            })?;
-            commit_queued(&mut guard, &store, &events, &queue, &metrics);
-            Ok(())
-        })
-        .await
-        .map_err(|e| Error::Broken(format!("orchestrator task failed: {e}")))?
+            let _committer = Committer(&queue);
+            while let Some(jobs) = queue.next_round() {
+                let Ok(mut guard) = shared.lock() else {
+                    // An earlier panic left memory half-updated: refuse.
+                    drop(jobs);
+                    queue.abandon();
+                    return;
+                };
+                commit_round(&mut guard, jobs, &store, &events, &metrics);
+            }
+        });
     }
 }
 
@@ -352,20 +395,16 @@ fn broken() -> Error {
     )
 }
 
-/// Decides, completes and commits every queued transition in one durable
+/// Decides, completes and commits a round of queued transitions in one durable
 /// transaction, then settles them in order: replies, sessions, deliveries,
 /// watchers. A failed commit undoes them all first.
-fn commit_queued(
+fn commit_round(
     s: &mut Shared,
+    jobs: Vec<Job>,
     store: &Store,
     events: &watch::Sender<u64>,
-    queue: &Queue,
     metrics: &crate::metrics::Metrics,
 ) {
-    let jobs = queue.take();
-    if jobs.is_empty() {
-        return;
-    }
     let now = now_ms();
     let mut staged: Vec<Staged> = jobs
         .into_iter()
@@ -379,8 +418,13 @@ fn commit_queued(
         changes.absorb(std::mem::take(&mut st.changes));
     }
     let _span = tracing::debug_span!("commit", transitions = staged.len()).entered();
-    let committed = store.commit(&changes).map_err(Arc::new);
-    metrics.committed(staged.len(), committed.is_ok());
+    let committed = if changes.is_empty() {
+        Ok(())
+    } else {
+        let r = store.commit(&changes).map_err(Arc::new);
+        metrics.committed(staged.len(), r.is_ok());
+        r
+    };
     if committed.is_err() {
         for st in staged.iter_mut().rev() {
             s.core.undo(std::mem::take(&mut st.undo));
@@ -456,8 +500,18 @@ mod tests {
         Prepared::from_request(request, &Default::default()).unwrap()
     }
 
-    /// Applies `versions` while the lock is held, so they all queue, then lets
-    /// them go: one commit takes them all.
+    /// Waits for `done`, or panics after 10 s.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Applies `versions` while a committer is at work (it waits for the lock
+    /// the test holds, with a transition that writes nothing), so they all
+    /// queue for its next round; then lets it go. Version 0 must be the head.
     // Holding the lock across the wait is the point: the applies must queue.
     #[allow(clippy::await_holding_lock)]
     async fn applied_together(
@@ -466,6 +520,11 @@ mod tests {
     ) -> Vec<Result<ApplyResponse, Error>> {
         let n = versions.len();
         let guard = o.shared.lock().unwrap();
+        let busy = {
+            let o = o.clone();
+            tokio::spawn(async move { o.transact(|c, _, now| c.apply(model(0), now)).await })
+        };
+        until("a committer waits for the lock", || o.queue.drained()).await;
         let tasks: Vec<_> = versions
             .map(|v| {
                 let o = o.clone();
@@ -474,15 +533,9 @@ mod tests {
                 )
             })
             .collect();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while o.queue.0.lock().unwrap().len() < n {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the applies never queued"
-            );
-            tokio::task::yield_now().await;
-        }
+        until("every apply queued", || o.queue.len() == n).await;
         drop(guard);
+        assert!(busy.await.unwrap().unwrap().unchanged);
         let mut out = Vec::new();
         for t in tasks {
             out.push(t.await.unwrap());
@@ -494,6 +547,10 @@ mod tests {
     async fn transitions_queued_during_a_commit_share_the_next_one() {
         let dir = tempfile::tempdir().unwrap();
         let o = orchestrator(dir.path());
+        o.transact(|c, _, now| c.apply(model(0), now))
+            .await
+            .unwrap();
+        assert_eq!(o.metrics.commits(), 1);
         let replies = applied_together(&o, 1..9).await;
         let mut numbers: Vec<u64> = replies
             .into_iter()
@@ -501,15 +558,15 @@ mod tests {
             .collect();
         numbers.sort_unstable();
         // Each decided on top of the one before, none answered before the commit.
-        assert_eq!(numbers, (1..9).collect::<Vec<u64>>());
-        assert_eq!(o.metrics.commits(), 1, "one durable commit for 8 applies");
+        assert_eq!(numbers, (2..10).collect::<Vec<u64>>());
+        assert_eq!(o.metrics.commits(), 2, "one durable commit for 8 applies");
         let history = o.store.history(100).unwrap();
-        assert_eq!(history.len(), 8);
-        assert_eq!(o.read(|c, _| Ok(c.head_number())).await.unwrap(), 8);
+        assert_eq!(history.len(), 9);
+        assert_eq!(o.read(|c, _| Ok(c.head_number())).await.unwrap(), 9);
         // What the batch wrote reads back after a restart, head included.
         drop(o);
         let o = orchestrator(dir.path());
-        assert_eq!(o.read(|c, _| Ok(c.head_number())).await.unwrap(), 8);
+        assert_eq!(o.read(|c, _| Ok(c.head_number())).await.unwrap(), 9);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
