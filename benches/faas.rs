@@ -28,7 +28,7 @@ mod common;
 mod report;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -49,7 +49,7 @@ const TEMPLATE: &str = concat!(
 );
 
 fn main() {
-    let host = function_host();
+    let host = common::built_function_host();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -60,24 +60,6 @@ fn main() {
         cold_path(&host, &mut report).await;
         experiment(&host, &mut report).await;
     });
-}
-
-/// The static function host: the environment's, or built now.
-fn function_host() -> PathBuf {
-    if let Some(p) = std::env::var_os("CONTINUUM_FUNCTION_HOST").map(PathBuf::from) {
-        if p.is_file() {
-            return p;
-        }
-    }
-    let out = Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scripts/build-function-host.sh"
-    ))
-    .stderr(Stdio::inherit())
-    .output()
-    .expect("runs scripts/build-function-host.sh");
-    assert!(out.status.success(), "the function host did not build");
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 fn write(path: &Path, value: &serde_json::Value) -> String {

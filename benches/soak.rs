@@ -17,7 +17,7 @@ mod common;
 mod report;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::browser::http_get;
@@ -35,23 +35,6 @@ fn setting(name: &str, full: u64, smoke: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(pick(full, smoke))
-}
-
-fn function_host() -> PathBuf {
-    if let Some(p) = std::env::var_os("CONTINUUM_FUNCTION_HOST").map(PathBuf::from) {
-        if p.is_file() {
-            return p;
-        }
-    }
-    let out = std::process::Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scripts/build-function-host.sh"
-    ))
-    .stderr(std::process::Stdio::inherit())
-    .output()
-    .expect("runs scripts/build-function-host.sh");
-    assert!(out.status.success(), "the function host did not build");
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 /// VmRSS in MiB and open descriptors of process `pid`.
@@ -115,7 +98,7 @@ fn main() {
     let seconds = setting("SOAK_SECONDS", 600, 10);
     let rate = setting("SOAK_RATE", 200, 50);
     let every = Duration::from_secs(pick(5, 1));
-    let host = function_host();
+    let host = common::built_function_host();
     let dir = tempfile::tempdir().unwrap();
     let (serve, global) = orchestrator(dir.path());
     let _reap = common::Reap(dir.path().display().to_string());

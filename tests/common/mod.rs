@@ -297,6 +297,25 @@ pub fn function_host() -> Option<std::path::PathBuf> {
     found
 }
 
+/// The static function host: `CONTINUUM_FUNCTION_HOST`'s, or built now by
+/// scripts/build-function-host.sh (the benches, which run it whatever).
+pub fn built_function_host() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("CONTINUUM_FUNCTION_HOST").map(std::path::PathBuf::from) {
+        if p.is_file() {
+            return p;
+        }
+    }
+    let out = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/build-function-host.sh"
+    ))
+    .stderr(Stdio::inherit())
+    .output()
+    .expect("runs scripts/build-function-host.sh");
+    assert!(out.status.success(), "the function host did not build");
+    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
 pub fn broker_url(addr: &str) -> BrokerUrl {
     format!("mqtt://{addr}").parse().unwrap()
 }
