@@ -22,4 +22,4 @@ export CONTINUUM_SIM_BOARD
 echo "== cargo test" >&2
 cargo test --workspace --locked
 echo "== every benchmark once, a few iterations with its real parts (smoke: a broken bench fails here)" >&2
-cargo test --workspace --benches --locked
+cargo test --workspace --bench '*' --locked
