@@ -50,6 +50,14 @@ pub fn require(what: &str, available: bool, bench: &str) -> bool {
     false
 }
 
+/// Whether `program` runs (asked with `arg`, which it answers harmlessly).
+pub fn installed(program: &str, arg: &str) -> bool {
+    std::process::Command::new(program)
+        .arg(arg)
+        .output()
+        .is_ok()
+}
+
 fn report_dir() -> Option<std::path::PathBuf> {
     std::env::var_os("CONTINUUM_BENCH_REPORT").map(Into::into)
 }

@@ -86,8 +86,11 @@ fn avrdude(port: &Path, image: &Path) -> Duration {
 fn main() {
     let bench = "flash";
     let mut report = Report::new(bench);
-    let avrdude_there = Command::new("avrdude").arg("-?").output().is_ok();
-    if !report::require("avrdude (Debian's avrdude)", avrdude_there, bench) {
+    if !report::require(
+        "avrdude (Debian's avrdude)",
+        report::installed("avrdude", "-?"),
+        bench,
+    ) {
         return;
     }
     let sim = sim_board();

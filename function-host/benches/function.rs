@@ -95,11 +95,11 @@ impl Drop for Kill {
 fn main() {
     let bench = "function";
     let mut report = Report::new(bench);
-    let mosquitto = std::process::Command::new("mosquitto")
-        .arg("-h")
-        .output()
-        .is_ok();
-    if !report::require("mosquitto (Debian's mosquitto)", mosquitto, bench) {
+    if !report::require(
+        "mosquitto (Debian's mosquitto)",
+        report::installed("mosquitto", "-h"),
+        bench,
+    ) {
         return;
     }
     let n: u64 = std::env::var("FUNCTION_BENCH_N")

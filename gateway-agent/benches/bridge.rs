@@ -195,11 +195,11 @@ fn continuum(
 fn main() {
     let bench = "bridge";
     let mut report = Report::new(bench);
-    let mosquitto = std::process::Command::new("mosquitto")
-        .arg("-h")
-        .output()
-        .is_ok();
-    if !report::require("mosquitto (Debian's mosquitto)", mosquitto, bench) {
+    if !report::require(
+        "mosquitto (Debian's mosquitto)",
+        report::installed("mosquitto", "-h"),
+        bench,
+    ) {
         return;
     }
     let n: u64 = std::env::var("BRIDGE_BENCH_N")

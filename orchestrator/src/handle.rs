@@ -466,14 +466,7 @@ mod tests {
 
     fn orchestrator(dir: &std::path::Path) -> Orchestrator {
         let store = Arc::new(Store::open(dir).unwrap());
-        let config = CoreConfig {
-            event_retention: 1000,
-            heartbeat_interval_ms: 1000,
-            bus_url: String::new(),
-            bus_port: 0,
-            bus_tls: false,
-        };
-        let core = Core::from_snapshot(store.load().unwrap(), 0, config).unwrap();
+        let core = Core::from_snapshot(store.load().unwrap(), 0, CoreConfig::for_tests()).unwrap();
         Orchestrator::new(
             core,
             store,

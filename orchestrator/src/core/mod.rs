@@ -108,6 +108,20 @@ pub struct CoreConfig {
     pub bus_tls: bool,
 }
 
+#[cfg(test)]
+impl CoreConfig {
+    /// Settings for unit tests: a small event log, no bus.
+    pub(crate) fn for_tests() -> CoreConfig {
+        CoreConfig {
+            event_retention: 1000,
+            heartbeat_interval_ms: 1000,
+            bus_url: String::new(),
+            bus_port: 0,
+            bus_tls: false,
+        }
+    }
+}
+
 /// The head revision, kept in memory.
 #[derive(Debug, Clone)]
 pub struct Head {

@@ -11,14 +11,7 @@ use super::*;
 use crate::store::Snapshot;
 
 fn core() -> Core {
-    let config = CoreConfig {
-        event_retention: 1000,
-        heartbeat_interval_ms: 1000,
-        bus_url: String::new(),
-        bus_port: 0,
-        bus_tls: false,
-    };
-    Core::from_snapshot(Snapshot::default(), 0, config).unwrap()
+    Core::from_snapshot(Snapshot::default(), 0, CoreConfig::for_tests()).unwrap()
 }
 
 /// What the shell does, minus the disk: keeps the writes, completes.
