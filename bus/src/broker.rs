@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
+use rumqttd::protocol::{v4::V4, v5::V5};
+use rumqttd::{Config, ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
 
 /// Settings of an embedded broker.
 #[derive(Debug, Clone)]
@@ -75,6 +77,32 @@ pub enum BrokerError {
 pub struct EmbeddedBroker {
     /// What it was started with.
     pub config: BrokerConfig,
+    attach: Attach,
+}
+
+type Linker = dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx), String> + Send + Sync;
+
+/// Connects clients in the broker's own process straight to its router: no
+/// socket, no MQTT encoding, the same sessions and acknowledgements as a
+/// network client gets (the bridge attaches this way, as Mosquitto's bridge
+/// lives inside its broker).
+#[derive(Clone)]
+pub struct Attach(std::sync::Arc<Linker>);
+
+impl std::fmt::Debug for Attach {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Attach(embedded broker)")
+    }
+}
+
+impl Attach {
+    /// A new connection as `client_id`; `persistent`: its session (its
+    /// subscriptions, the messages it has not acknowledged) outlives the
+    /// connection, as a network client's with clean start off. Blocks until
+    /// the broker welcomes it.
+    pub fn connect(&self, client_id: &str, persistent: bool) -> Result<(LinkTx, LinkRx), String> {
+        (self.0)(client_id, persistent)
+    }
 }
 
 fn server(name: &str, listen: SocketAddr, config: &BrokerConfig) -> ServerSettings {
@@ -203,15 +231,59 @@ impl EmbeddedBroker {
             },
             ..Config::default()
         };
-        std::thread::Builder::new()
-            .name("mqtt-broker".into())
-            .spawn(move || {
-                let mut broker = Broker::new(rumqttd_config);
-                if let Err(e) = broker.start() {
-                    tracing::error!(error = %e, "the embedded MQTT broker stopped");
-                }
-            })
-            .map_err(BrokerError::Thread)?;
+        // The router and the servers are started here rather than by
+        // rumqttd's `Broker`, which keeps its router to itself: in-process
+        // clients need it, with persistent sessions.
+        let router = Router::new(rumqttd_config.id, rumqttd_config.router.clone()).spawn();
+        let tx = router.clone();
+        let attach = Attach(std::sync::Arc::new(move |client_id: &str, persistent| {
+            LinkBuilder::new(client_id, tx.clone())
+                .clean_session(!persistent)
+                .build()
+                .map(|(tx, rx, _ack)| (tx, rx))
+                .map_err(|e| format!("the embedded broker refused {client_id}: {e}"))
+        }));
+        let servers = rumqttd_config
+            .v4
+            .iter()
+            .flatten()
+            .map(|(_, s)| (s.clone(), false))
+            .chain(
+                rumqttd_config
+                    .v5
+                    .iter()
+                    .flatten()
+                    .map(|(_, s)| (s.clone(), true)),
+            );
+        for (settings, v5) in servers {
+            let router = router.clone();
+            let name = format!("mqtt-{}", settings.name);
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(r) => r,
+                        Err(e) => {
+                            return tracing::error!(error = %e, "the embedded MQTT broker cannot start a listener")
+                        }
+                    };
+                    let name = settings.name.clone();
+                    let result = runtime.block_on(async move {
+                        if v5 {
+                            Server::new(settings, router, V5).start(LinkType::Remote).await
+                        } else {
+                            Server::new(settings, router, V4).start(LinkType::Remote).await
+                        }
+                    });
+                    if let Err(e) = result {
+                        tracing::error!(listener = name, error = %e, "the embedded MQTT broker stopped listening");
+                    }
+                })
+                .map_err(BrokerError::Thread)?;
+        }
         // rumqttd says nothing when its listeners are up: poll them, with a deadline.
         let within = Duration::from_secs(10);
         for addr in [config.v4, config.v5, tls_listen].into_iter().flatten() {
@@ -224,6 +296,11 @@ impl EmbeddedBroker {
             }
         }
         tracing::info!(v4 = ?config.v4, v5 = ?config.v5, tls = ?tls_listen, "embedded MQTT broker listening");
-        Ok(EmbeddedBroker { config })
+        Ok(EmbeddedBroker { config, attach })
+    }
+
+    /// Connects clients of this process to the broker without a socket.
+    pub fn attach(&self) -> Attach {
+        self.attach.clone()
     }
 }

@@ -18,6 +18,6 @@ pub mod testing;
 pub mod url;
 
 #[cfg(feature = "broker")]
-pub use broker::{BrokerConfig, BrokerError, BrokerTls, EmbeddedBroker};
+pub use broker::{Attach, BrokerConfig, BrokerError, BrokerTls, EmbeddedBroker};
 pub use id::{Dedup, MessageId, ID_PROPERTY};
 pub use url::BrokerUrl;

@@ -8,6 +8,12 @@
 //! `BRIDGE_BENCH_N` changes the count; `cargo test --benches` sends 2,000
 //! (smoke).
 //!
+//! The Continuum bridge is measured into the same local Mosquitto over TCP,
+//! and — as the agent runs it by default — attached in-process to an
+//! embedded local broker, the subscriber reading from that broker; this
+//! compares the two gateways' whole local stacks (Mosquitto's bridge also
+//! lives inside its local broker).
+//!
 //! Mosquitto's bridge with its default queue limits is measured too, with
 //! the limits on the global broker only, where the bridge is a client: the
 //! bench's own subscriber on the local broker keeps unbounded queues, so
@@ -15,7 +21,8 @@
 
 use std::time::{Duration, Instant};
 
-use continuum_bus::testing::{unix_nanos, Mosquitto, Probe};
+use continuum_bus::testing::{free_port, unix_nanos, Mosquitto, Probe};
+use continuum_bus::{Attach, BrokerConfig, BrokerUrl, EmbeddedBroker};
 use continuum_gateway::bridge::{Bridge, BridgeConfig};
 use continuum_models::route::{Destination, Direction, Origin, Route, StaticRoute};
 
@@ -46,13 +53,13 @@ impl Figures {
 /// on the local broker (or until nothing arrives for 10 s).
 async fn run(
     global: &Mosquitto,
-    local: &Mosquitto,
+    local: &BrokerUrl,
     topic: &str,
     n: u64,
     rate: Option<u64>,
     tag: &str,
 ) -> Figures {
-    let sub = Probe::connect(&local.url(), &format!("bench-sub-{tag}"), false);
+    let sub = Probe::connect(local, &format!("bench-sub-{tag}"), false);
     sub.connected(Duration::from_secs(10)).await;
     sub.subscribe(&format!("{topic}/#")).await;
     let publisher = Probe::connect(&global.url(), &format!("bench-pub-{tag}"), false);
@@ -159,15 +166,31 @@ fn bridge_config(global: &str) -> String {
     )
 }
 
-fn continuum(
-    global: &Mosquitto,
-    local: &Mosquitto,
-    dir: &std::path::Path,
-    durable: bool,
-) -> Bridge {
-    let mut c = BridgeConfig::new("bench", global.url(), local.url());
+/// Where the Continuum bridge delivers.
+#[derive(Clone)]
+enum Local {
+    /// A Mosquitto broker, over TCP (the one Mosquitto's bridge uses).
+    Mosquitto(BrokerUrl),
+    /// The agent's default: the embedded broker, attached in-process; the
+    /// subscriber connects to it over TCP.
+    Embedded(BrokerUrl, Attach),
+}
+
+impl Local {
+    fn url(&self) -> &BrokerUrl {
+        match self {
+            Local::Mosquitto(u) | Local::Embedded(u, _) => u,
+        }
+    }
+}
+
+fn continuum(global: &Mosquitto, local: &Local, dir: &std::path::Path, durable: bool) -> Bridge {
+    let mut c = BridgeConfig::new("bench", global.url(), local.url().clone());
     c.data_dir = Some(dir.to_owned());
     c.durable = durable;
+    if let Local::Embedded(_, attach) = local {
+        c.local_attach = Some(attach.clone());
+    }
     let b = Bridge::start(c).expect("the bridge starts");
     let route = StaticRoute {
         topic: "cont/#".into(),
@@ -215,35 +238,51 @@ fn main() {
         let global = Mosquitto::start(dir.path(), "global", "");
         let address = global.addr.to_string();
         let local = Mosquitto::start(dir.path(), "local", &bridge_config(&address));
-        let mosq = run(&global, &local, "mosq", n, None, "mosquitto").await;
-        let continuum_run = |durable: bool, rate: Option<u64>, n: u64| {
-            let d = dir
-                .path()
-                .join(if durable { "durable" } else { "no-fsync" });
+        let local_url = local.url();
+        let mosq = run(&global, &local_url, "mosq", n, None, "mosquitto").await;
+        let over_tcp = Local::Mosquitto(local.url());
+        let embedded = {
+            let v5 = free_port();
+            let broker = EmbeddedBroker::start(BrokerConfig::new(
+                None,
+                Some(format!("127.0.0.1:{v5}").parse().expect("an address")),
+            ))
+            .expect("the embedded broker starts");
+            Local::Embedded(
+                format!("mqtt://127.0.0.1:{v5}").parse().expect("a URL"),
+                broker.attach(),
+            )
+        };
+        let runs = std::cell::Cell::new(0);
+        let continuum_run = |local: &Local, durable: bool, rate: Option<u64>, n: u64| {
+            runs.set(runs.get() + 1);
+            let tag = format!("continuum-{}", runs.get());
+            let d = dir.path().join(&tag);
             std::fs::create_dir_all(&d).expect("bridge dir");
-            let (global, local) = (&global, &local);
+            let (global, local) = (&global, local.clone());
             async move {
-                let b = continuum(global, local, &d, durable);
-                let tag = format!("{}-{rate:?}", if durable { "durable" } else { "nofsync" });
-                let f = run(global, local, "cont", n, rate, &tag).await;
+                let b = continuum(global, &local, &d, durable);
+                let f = run(global, local.url(), "cont", n, rate, &tag).await;
                 b.stop().await;
                 f
             }
         };
-        let durable = continuum_run(true, None, n).await;
-        let memory = continuum_run(false, None, n).await;
+        let durable = continuum_run(&over_tcp, true, None, n).await;
+        let memory = continuum_run(&over_tcp, false, None, n).await;
+        let attached = continuum_run(&embedded, true, None, n).await;
         // Latency when neither bridge is saturated: a steady rate.
         let paced_n = (n / 5).max(1);
         let paced_mosq = run(
             &global,
-            &local,
+            &local_url,
             "mosq",
             paced_n,
             Some(PACE),
             "mosquitto-paced",
         )
         .await;
-        let paced_durable = continuum_run(true, Some(PACE), paced_n).await;
+        let paced_durable = continuum_run(&over_tcp, true, Some(PACE), paced_n).await;
+        let paced_attached = continuum_run(&embedded, true, Some(PACE), paced_n).await;
         // Mosquitto's default limits, on the bridge's session only: the
         // global broker queues for the bridge, the subscriber's local broker
         // stays unbounded.
@@ -251,7 +290,7 @@ fn main() {
         let defaults = "max_queued_messages 1000\nmax_inflight_messages 20\n";
         let g2 = Mosquitto::start(dir2.path(), "global", defaults);
         let l2 = Mosquitto::start(dir2.path(), "local", &bridge_config(&g2.addr.to_string()));
-        let mosq_default = run(&g2, &l2, "mosq", n, None, "mosquitto-defaults").await;
+        let mosq_default = run(&g2, &l2.url(), "mosq", n, None, "mosquitto-defaults").await;
 
         println!(
             "bridge: {n} messages of {SIZE} B, global -> local, QoS 1, same two Mosquitto brokers"
@@ -261,6 +300,10 @@ fn main() {
             (base, &mosq),
             ("Continuum bridge, durable outbox", &durable),
             ("Continuum bridge, outbox without fsync", &memory),
+            (
+                "Continuum bridge, durable outbox, embedded local broker attached",
+                &attached,
+            ),
             (
                 "Mosquitto's bridge, default limits on its session",
                 &mosq_default,
@@ -285,11 +328,18 @@ fn main() {
             &paced_durable.latency,
             Some(&base),
         );
+        report.latency(
+            &format!("Continuum bridge, durable, embedded broker attached, at {PACE} msg/s"),
+            &paced_attached.latency,
+            Some(&base),
+        );
         // Nothing may be lost on Continuum's paths.
         for (what, f) in [
             ("durable", &durable),
             ("without fsync", &memory),
             ("paced", &paced_durable),
+            ("attached to the embedded broker", &attached),
+            ("paced, attached", &paced_attached),
         ] {
             assert!(
                 f.missing.is_empty(),

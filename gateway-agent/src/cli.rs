@@ -321,8 +321,11 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
         .broker
         .config()
         .filter(|_| config.bridge.local_bus_url.is_none());
+    let mut attach = None;
     if let Some(broker) = embedded {
-        continuum_bus::EmbeddedBroker::start(broker.clone()).context("the local broker")?;
+        let running =
+            continuum_bus::EmbeddedBroker::start(broker.clone()).context("the local broker")?;
+        attach = Some(running.attach());
         eprintln!(
             "local broker (MQTT) on {} (3.1.1) and {} (5)",
             broker.v4.map(|a| a.to_string()).unwrap_or_default(),
@@ -374,6 +377,8 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
             anyhow::bail!("--bus-keepalive must be at least 5 seconds");
         }
         bc.fencing = Some(Arc::clone(&fencing));
+        // The broker is in this process: no socket between it and the bridge.
+        bc.local_attach = attach;
         if let Some(ca) = config.bridge.bus_ca.as_ref().or(config.tls_ca.as_ref()) {
             let pem =
                 continuum_proto::tls::read_pem(ca, "CERTIFICATE").map_err(anyhow::Error::msg)?;

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use continuum_bus::testing::{free_port, require, Mosquitto, Probe, Tally};
-use continuum_bus::{BrokerConfig, BrokerUrl, EmbeddedBroker, ID_PROPERTY};
+use continuum_bus::{Attach, BrokerConfig, BrokerUrl, EmbeddedBroker, ID_PROPERTY};
 use continuum_gateway::bridge::stats::LinkState;
 use continuum_gateway::bridge::{Bridge, BridgeConfig};
 use continuum_models::component::{Component, ComponentSpec, FunctionSpec, GatewaySpec};
@@ -32,13 +32,21 @@ fn function(id: &str, triggers: &[&str], outputs: &[&str]) -> Component {
 }
 
 fn embedded_local() -> BrokerUrl {
+    embedded().0
+}
+
+/// An embedded broker: its MQTT 5 address, and the way to attach to it in-process.
+fn embedded() -> (BrokerUrl, Attach) {
     let (v4, v5) = (free_port(), free_port());
     let config = BrokerConfig::new(
         Some(format!("127.0.0.1:{v4}").parse().unwrap()),
         Some(format!("127.0.0.1:{v5}").parse().unwrap()),
     );
-    EmbeddedBroker::start(config).expect("the embedded broker starts");
-    format!("mqtt://127.0.0.1:{v5}").parse().unwrap()
+    let broker = EmbeddedBroker::start(config).expect("the embedded broker starts");
+    (
+        format!("mqtt://127.0.0.1:{v5}").parse().unwrap(),
+        broker.attach(),
+    )
 }
 
 fn config(gw: &str, global: BrokerUrl, local: BrokerUrl, dir: &std::path::Path) -> BridgeConfig {
@@ -71,10 +79,12 @@ async fn until_routed(publisher: &Probe, topic: &str, sub: &Probe) {
     }
 }
 
-async fn both_ways(local: BrokerUrl, global: &Mosquitto) {
+async fn both_ways(local: BrokerUrl, attach: Option<Attach>, global: &Mosquitto) {
     let dir = tempfile::tempdir().unwrap();
     let gw = unique("gw");
-    let bridge = Bridge::start(config(&gw, global.url(), local.clone(), dir.path())).unwrap();
+    let mut c = config(&gw, global.url(), local.clone(), dir.path());
+    c.local_attach = attach;
+    let bridge = Bridge::start(c).unwrap();
     let f = function("presence", &["sensors/+/presence"], &["occupancy"]);
     bridge.set_routes("presence", routes_of(&f)).unwrap();
     let g_pub = Probe::connect(&global.url(), &unique("gpub"), false);
@@ -153,14 +163,26 @@ async fn both_ways(local: BrokerUrl, global: &Mosquitto) {
     .await;
 }
 
+/// As the agent runs it: the bridge attached to the embedded broker in-process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mosquitto_global_bus_and_the_embedded_local_broker() {
+async fn mosquitto_global_bus_and_the_embedded_local_broker_attached() {
     if !require("mosquitto", "mosquitto") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let global = Mosquitto::start(dir.path(), "global", "");
-    both_ways(embedded_local(), &global).await;
+    let (local, attach) = embedded();
+    both_ways(local, Some(attach), &global).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_global_bus_and_the_embedded_local_broker_over_its_socket() {
+    if !require("mosquitto", "mosquitto") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let global = Mosquitto::start(dir.path(), "global", "");
+    both_ways(embedded_local(), None, &global).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,7 +193,7 @@ async fn mosquitto_global_bus_and_a_mosquitto_local_broker() {
     let dir = tempfile::tempdir().unwrap();
     let global = Mosquitto::start(dir.path(), "global", "");
     let local = Mosquitto::start(dir.path(), "local", "");
-    both_ways(local.url(), &global).await;
+    both_ways(local.url(), None, &global).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,9 +273,11 @@ async fn bad_messages_are_dead_lettered_and_the_bridge_goes_on() {
     }
     let dir = tempfile::tempdir().unwrap();
     let global = Mosquitto::start(dir.path(), "global", "");
-    let local = embedded_local();
+    let (local, attach) = embedded();
     let mut c = config(&unique("gw"), global.url(), local.clone(), dir.path());
     c.max_payload = 1024;
+    // Dead letters go to the embedded broker the in-process way.
+    c.local_attach = Some(attach);
     let bridge = Bridge::start(c).unwrap();
     bridge
         .set_routes("f", routes_of(&function("f", &["in/#"], &[])))

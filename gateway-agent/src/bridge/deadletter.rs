@@ -6,12 +6,10 @@
 use std::sync::Arc;
 
 use continuum_models::route::Direction;
-use rumqttc::v5::mqttbytes::v5::PublishProperties;
-use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::mqtt::{connect, pause, pump, welcomed, ClientSpec, Conn, Ended};
+use super::mqtt::{establish, pause, ClientSpec, Conn, Ended};
 use super::stats::{add, Stats};
 
 pub use continuum_bus::letters::{REASON_PROPERTY, TOPIC_PROPERTY};
@@ -61,32 +59,27 @@ pub fn start(
     tokio::spawn(async move {
         let mut backoff = crate::bridge::mqtt::reconnect_backoff();
         loop {
-            let (client, eventloop) = connect(&spec, 64);
-            let mut events = pump(eventloop);
-            let welcome = welcomed(&mut events, &cancel, &spec.current_url()).await;
-            if let Err(Ended::Cancelled) = welcome {
+            let opened = establish(&spec, 64, &cancel).await;
+            if let Err(Ended::Cancelled) = opened {
                 return;
             }
-            if welcome.is_ok() {
+            if let Ok((client, mut events)) = opened {
                 backoff.reset();
                 loop {
                     tokio::select! {
                         _ = cancel.cancelled() => return,
                         ev = events.recv() => match ev {
-                            Some(Conn::Lost(_)) | None => break,
+                            Some(Conn::Lost(_) | Conn::Refused(_)) | None => break,
                             _ => {}
                         },
                         letter = rx.recv() => {
                             let Some(l) = letter else { return };
-                            let props = PublishProperties {
-                                user_properties: vec![
-                                    (REASON_PROPERTY.to_owned(), l.reason.clone()),
-                                    (TOPIC_PROPERTY.to_owned(), l.original_topic.clone()),
-                                ],
-                                ..PublishProperties::default()
-                            };
+                            let props = vec![
+                                (REASON_PROPERTY.to_owned(), l.reason.clone()),
+                                (TOPIC_PROPERTY.to_owned(), l.original_topic.clone()),
+                            ];
                             match client
-                                .publish_with_properties(l.topic.clone(), QoS::AtLeastOnce, false, l.payload, props)
+                                .publish(l.topic.clone(), false, l.payload.into(), props)
                                 .await
                             {
                                 Ok(()) => {}

@@ -6,13 +6,11 @@
 
 use std::collections::VecDeque;
 
-use rumqttc::v5::mqttbytes::v5::{PubAckReason, PublishProperties};
-use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::AsyncClient;
+use rumqttc::v5::mqttbytes::v5::PubAckReason;
 use tokio_util::sync::CancellationToken;
 
 use super::deadletter::DeadLetter;
-use super::mqtt::{connect, explain, pause, pump, welcomed, ClientSpec, Conn, Ended};
+use super::mqtt::{establish, pause, Client, ClientSpec, Conn, Ended};
 use super::outbox::Message;
 use super::stats::add;
 use super::Lane;
@@ -72,12 +70,14 @@ impl Forwarder {
             if !open {
                 return;
             }
-            let (client, eventloop) = connect(&self.spec, self.window * 2);
-            let mut events = pump(eventloop);
-            match self
-                .connected(&client, &mut events, &cancel, &mut backoff, &mut suspect)
-                .await
-            {
+            let ended = match establish(&self.spec, self.window * 2, &cancel).await {
+                Ok((client, mut events)) => {
+                    self.connected(&client, &mut events, &cancel, &mut backoff, &mut suspect)
+                        .await
+                }
+                Err(ended) => ended,
+            };
+            match ended {
                 Ended::Cancelled => return,
                 Ended::Lost(why) | Ended::Refused(why) => {
                     tracing::warn!(direction = self.lane.direction.as_str(), %why, "forwarder connection lost")
@@ -113,16 +113,13 @@ impl Forwarder {
 
     async fn connected(
         &self,
-        client: &AsyncClient,
+        client: &Client,
         events: &mut tokio::sync::mpsc::UnboundedReceiver<Conn>,
         cancel: &CancellationToken,
         backoff: &mut crate::backoff::Backoff,
         suspect: &mut Option<Suspect>,
     ) -> Ended {
         let url = self.spec.current_url();
-        if let Err(ended) = welcomed(events, cancel, &url).await {
-            return ended;
-        }
         let moved = self.spec.moved();
         tokio::pin!(moved);
         let fenced = self.spec.fenced();
@@ -166,15 +163,15 @@ impl Forwarder {
             let room = inflight.len() < window;
             let ev = tokio::select! {
                 _ = cancel.cancelled() => {
-                    let _ = client.disconnect().await;
+                    client.disconnect().await;
                     break Ended::Cancelled;
                 }
                 _ = &mut moved => {
-                    let _ = client.disconnect().await;
+                    client.disconnect().await;
                     break Ended::Lost(format!("the bus moved from {url}"));
                 }
                 why = &mut fenced => {
-                    let _ = client.disconnect().await;
+                    client.disconnect().await;
                     break Ended::Lost(format!("fenced: {why}"));
                 }
                 _ = self.lane.notify.notified(), if room => continue,
@@ -215,8 +212,8 @@ impl Forwarder {
                             }
                         }
                     }
-                    Some(Conn::Lost(e)) => {
-                        ended = Some(Ended::Lost(explain(&url, &e)));
+                    Some(Conn::Lost(why) | Conn::Refused(why)) => {
+                        ended = Some(Ended::Lost(why));
                         break;
                     }
                     None => {
@@ -269,7 +266,7 @@ impl Forwarder {
         ended
     }
 
-    async fn publish(&self, client: &AsyncClient, pos: u64, m: &Message) -> Result<(), String> {
+    async fn publish(&self, client: &Client, pos: u64, m: &Message) -> Result<(), String> {
         let mut user_properties = Vec::with_capacity(m.properties.len() + 1);
         user_properties.push((
             continuum_bus::ID_PROPERTY.to_owned(),
@@ -280,19 +277,13 @@ impl Forwarder {
                 .iter()
                 .map(|p| (p.key.clone(), p.value.clone())),
         );
-        let props = PublishProperties {
-            user_properties,
-            ..PublishProperties::default()
-        };
         client
-            .publish_with_properties(
+            .publish(
                 m.topic.clone(),
-                QoS::AtLeastOnce,
                 m.retain,
-                m.payload.clone(),
-                props,
+                m.payload.clone().into(),
+                user_properties,
             )
             .await
-            .map_err(|e| format!("cannot publish: {e}"))
     }
 }

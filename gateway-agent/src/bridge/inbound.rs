@@ -11,14 +11,12 @@ use std::time::Duration;
 use continuum_bus::MessageId;
 use continuum_models::route::Direction;
 use continuum_models::topic;
-use rumqttc::v5::mqttbytes::v5::{Filter, Publish};
-use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::AsyncClient;
+use rumqttc::v5::mqttbytes::v5::Publish;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::deadletter::DeadLetter;
-use super::mqtt::{connect, explain, pause, pump, welcomed, ClientSpec, Conn, Ended};
+use super::mqtt::{establish, pause, Client, ClientSpec, Conn, Ended};
 use super::outbox::{Message, Property};
 use super::stats::{add, LinkState};
 use super::table::{filters, RouteSet};
@@ -69,13 +67,20 @@ impl Session {
             self.lane
                 .stats
                 .set_link(self.global(), LinkState::Connecting);
-            let (client, eventloop) =
-                connect(&self.spec, usize::from(super::mqtt::RECEIVE_MAXIMUM) * 2);
-            let mut events = pump(eventloop);
-            match self
-                .connected(&client, &mut events, &cancel, &mut backoff)
-                .await
-            {
+            let opened = establish(
+                &self.spec,
+                usize::from(super::mqtt::RECEIVE_MAXIMUM) * 2,
+                &cancel,
+            )
+            .await;
+            let ended = match opened {
+                Ok((client, mut events)) => {
+                    self.connected(&client, &mut events, &cancel, &mut backoff)
+                        .await
+                }
+                Err(ended) => ended,
+            };
+            match ended {
                 Ended::Cancelled => return,
                 Ended::Lost(why) => self
                     .lane
@@ -95,15 +100,12 @@ impl Session {
     /// Serves one connection until it ends.
     async fn connected(
         &mut self,
-        client: &AsyncClient,
+        client: &Client,
         events: &mut tokio::sync::mpsc::UnboundedReceiver<Conn>,
         cancel: &CancellationToken,
         backoff: &mut crate::backoff::Backoff,
     ) -> Ended {
         let url = self.spec.current_url();
-        if let Err(ended) = welcomed(events, cancel, &url).await {
-            return ended;
-        }
         let moved = self.spec.moved();
         tokio::pin!(moved);
         let fenced = self.spec.fenced();
@@ -118,7 +120,7 @@ impl Session {
         }
         if let Some(a) = &self.announce {
             if let Err(e) = client
-                .publish(a.topic.clone(), QoS::AtLeastOnce, true, a.online.clone())
+                .publish(a.topic.clone(), true, a.online.clone().into(), Vec::new())
                 .await
             {
                 return Ended::Lost(format!("cannot announce the gateway: {e}"));
@@ -137,7 +139,7 @@ impl Session {
                 }
                 // No goodbye: the agent that holds the id now is online.
                 why = &mut fenced => {
-                    let _ = client.disconnect().await;
+                    client.disconnect().await;
                     return Ended::Lost(format!("fenced: {why}"));
                 }
                 changed = self.routes.changed() => {
@@ -154,10 +156,9 @@ impl Session {
                     loop {
                         match next {
                             Some(Conn::Publish(p)) => batch.push(*p),
-                            Some(Conn::Lost(e)) => {
-                                // What was taken but not acknowledged comes again.
-                                return Ended::Lost(explain(&url, &e));
-                            }
+                            // What was taken but not acknowledged comes again.
+                            Some(Conn::Lost(why)) => return Ended::Lost(why),
+                            Some(Conn::Refused(why)) => return Ended::Refused(why),
                             None => return Ended::Lost(format!("{url}: connection ended")),
                             _ => {}
                         }
@@ -183,32 +184,23 @@ impl Session {
     /// and unsubscribes from those no route needs any more.
     async fn resubscribe(
         &mut self,
-        client: &AsyncClient,
+        client: &Client,
         subscribed: &mut BTreeSet<String>,
     ) -> Result<(), String> {
         let want = filters(&self.routes.borrow_and_update());
-        let add: Vec<Filter> = want
-            .difference(subscribed)
-            .map(|f| Filter::new(f.clone(), QoS::AtLeastOnce))
-            .collect();
+        let add: Vec<String> = want.difference(subscribed).cloned().collect();
         if !add.is_empty() {
-            client
-                .subscribe_many(add)
-                .await
-                .map_err(|e| format!("cannot subscribe: {e}"))?;
+            client.subscribe(add).await?;
         }
         for gone in subscribed.difference(&want) {
-            client
-                .unsubscribe(gone.clone())
-                .await
-                .map_err(|e| format!("cannot unsubscribe: {e}"))?;
+            client.unsubscribe(gone.clone()).await?;
         }
         *subscribed = want;
         Ok(())
     }
 
     /// Takes a batch into the outbox durably, then acknowledges it.
-    async fn take(&mut self, client: &AsyncClient, batch: &mut Vec<Publish>) -> Result<(), String> {
+    async fn take(&mut self, client: &Client, batch: &mut Vec<Publish>) -> Result<(), String> {
         let routes = Arc::clone(&self.routes.borrow());
         let mut messages: Vec<Message> = Vec::with_capacity(batch.len());
         for p in batch.iter() {
@@ -231,12 +223,8 @@ impl Session {
             self.lane.notify.notify_one();
         }
         super::fault::after_commit(&messages);
-        for p in batch.drain(..) {
-            client
-                .ack(&p)
-                .await
-                .map_err(|e| format!("cannot acknowledge: {e}"))?;
-        }
+        client.ack(batch).await?;
+        batch.clear();
         Ok(())
     }
 
@@ -322,29 +310,29 @@ impl Session {
     /// suppresses the will), then the connection closes.
     async fn goodbye(
         &self,
-        client: &AsyncClient,
+        client: &Client,
         events: &mut tokio::sync::mpsc::UnboundedReceiver<Conn>,
     ) {
         if let Some(a) = &self.announce {
             let _ = client
-                .publish(a.topic.clone(), QoS::AtLeastOnce, true, a.offline.clone())
+                .publish(a.topic.clone(), true, a.offline.clone().into(), Vec::new())
                 .await;
             // Wait (briefly) for the broker to take it.
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
                 while let Some(ev) = events.recv().await {
                     match ev {
                         Conn::Acked(..) => break,
-                        Conn::Lost(_) => return,
+                        Conn::Lost(_) | Conn::Refused(_) => return,
                         _ => {}
                     }
                 }
             })
             .await;
         }
-        let _ = client.disconnect().await;
+        client.disconnect().await;
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             while let Some(ev) = events.recv().await {
-                if matches!(ev, Conn::Lost(_)) {
+                if matches!(ev, Conn::Lost(_) | Conn::Refused(_)) {
                     break;
                 }
             }

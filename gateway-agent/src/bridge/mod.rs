@@ -15,6 +15,7 @@
 //! is the model's business ([`continuum_models::route`]): the routes are set
 //! by plan steps and persisted here.
 
+pub(crate) mod attached;
 pub(crate) mod deadletter;
 pub(crate) mod fault;
 pub(crate) mod forward;
@@ -76,6 +77,9 @@ pub struct BridgeConfig {
     pub fencing: Option<Arc<crate::fence::Fencing>>,
     /// The CA (PEM) of an `mqtts://` global bus (none: the system's roots).
     pub global_ca: Option<Arc<Vec<u8>>>,
+    /// The local broker is the embedded one, in this process: the bridge
+    /// attaches to it directly rather than through `local`'s socket.
+    pub local_attach: Option<continuum_bus::Attach>,
 }
 
 impl BridgeConfig {
@@ -94,6 +98,7 @@ impl BridgeConfig {
             window: 256,
             fencing: None,
             global_ca: None,
+            local_attach: None,
         }
     }
 }
@@ -354,9 +359,13 @@ impl Bridge {
             max_packet: (config.max_payload as u32).saturating_mul(2).max(1 << 20),
             fence: None,
             ca: None,
+            attach: None,
         };
         let dead = deadletter::start(
-            spec(&config.local, "dlq", false),
+            ClientSpec {
+                attach: config.local_attach.clone(),
+                ..spec(&config.local, "dlq", false)
+            },
             Arc::clone(&stats),
             config.max_payload,
             cancel.child_token(),
@@ -381,10 +390,11 @@ impl Bridge {
             let notify = Arc::new(Notify::new());
             let mut session_spec = spec(source, d.as_str(), true);
             let mut forwarder_spec = spec(dest, &format!("{}-fwd", d.as_str()), false);
-            let global_side = match d {
-                Direction::In => &mut session_spec,
-                Direction::Out => &mut forwarder_spec,
+            let (global_side, local_side) = match d {
+                Direction::In => (&mut session_spec, &mut forwarder_spec),
+                Direction::Out => (&mut forwarder_spec, &mut session_spec),
             };
+            local_side.attach = config.local_attach.clone();
             global_side.follow = Some(global_rx.clone());
             global_side.fence = config.fencing.clone();
             global_side.ca = config.global_ca.clone();

@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use continuum_bus::BrokerUrl;
-use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, LastWill, Packet, PubAckReason, Publish};
+use rumqttc::v5::mqttbytes::v5::{
+    ConnectReturnCode, LastWill, Packet, PubAckReason, Publish, PublishProperties,
+};
+use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +40,9 @@ pub struct ClientSpec {
     /// The CA (PEM) an `mqtts://` broker's certificate is checked against
     /// (none: the system's roots).
     pub ca: Option<std::sync::Arc<Vec<u8>>>,
+    /// The broker is the embedded one, in this process: attach to it
+    /// directly instead of over `url`.
+    pub attach: Option<continuum_bus::Attach>,
 }
 
 impl ClientSpec {
@@ -109,7 +115,116 @@ impl ClientSpec {
     }
 }
 
-pub fn connect(spec: &ClientSpec, capacity: usize) -> (AsyncClient, EventLoop) {
+/// A connection to a broker: over the network, or attached to the embedded
+/// broker in this process. Either way its events come as [`Conn`]s.
+#[derive(Debug)]
+pub enum Client {
+    Network(AsyncClient),
+    Attached(super::attached::Attached),
+}
+
+impl Client {
+    /// Opens a connection; the first event says whether it is up.
+    pub async fn open(
+        spec: &ClientSpec,
+        capacity: usize,
+    ) -> (Option<Client>, tokio::sync::mpsc::UnboundedReceiver<Conn>) {
+        match &spec.attach {
+            Some(attach) => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let attached = super::attached::Attached::connect(
+                    attach,
+                    &spec.client_id,
+                    spec.persistent,
+                    tx,
+                )
+                .await;
+                (attached.map(Client::Attached), rx)
+            }
+            None => {
+                let (client, eventloop) = connect(spec, capacity);
+                (
+                    Some(Client::Network(client)),
+                    pump(eventloop, spec.current_url()),
+                )
+            }
+        }
+    }
+
+    /// Publishes at QoS 1.
+    pub async fn publish(
+        &self,
+        topic: String,
+        retain: bool,
+        payload: bytes::Bytes,
+        user_properties: Vec<(String, String)>,
+    ) -> Result<(), String> {
+        match self {
+            Client::Network(c) => {
+                let props = PublishProperties {
+                    user_properties,
+                    ..PublishProperties::default()
+                };
+                c.publish_with_properties(topic, QoS::AtLeastOnce, retain, payload, props)
+                    .await
+                    .map_err(|e| format!("cannot publish: {e}"))
+            }
+            Client::Attached(a) => a.publish(topic, retain, payload, user_properties),
+        }
+    }
+
+    /// Acknowledges received messages.
+    pub async fn ack(&self, received: &[Publish]) -> Result<(), String> {
+        match self {
+            Client::Network(c) => {
+                for p in received {
+                    c.ack(p)
+                        .await
+                        .map_err(|e| format!("cannot acknowledge: {e}"))?;
+                }
+                Ok(())
+            }
+            Client::Attached(a) => a.ack(received),
+        }
+    }
+
+    /// Subscribes to `filters` at QoS 1.
+    pub async fn subscribe(&self, filters: Vec<String>) -> Result<(), String> {
+        match self {
+            Client::Network(c) => c
+                .subscribe_many(
+                    filters
+                        .into_iter()
+                        .map(|f| rumqttc::v5::mqttbytes::v5::Filter::new(f, QoS::AtLeastOnce)),
+                )
+                .await
+                .map_err(|e| format!("cannot subscribe: {e}")),
+            Client::Attached(a) => a.subscribe(filters),
+        }
+    }
+
+    pub async fn unsubscribe(&self, filter: String) -> Result<(), String> {
+        match self {
+            Client::Network(c) => c
+                .unsubscribe(filter)
+                .await
+                .map_err(|e| format!("cannot unsubscribe: {e}")),
+            Client::Attached(a) => a.unsubscribe(filter),
+        }
+    }
+
+    /// Ends the connection cleanly (no will).
+    pub async fn disconnect(&self) {
+        match self {
+            Client::Network(c) => {
+                let _ = c.disconnect().await;
+            }
+            Client::Attached(a) => a.disconnect(),
+        }
+    }
+}
+
+fn connect(spec: &ClientSpec, capacity: usize) -> (AsyncClient, EventLoop) {
     let url = spec.current_url();
     let mut o = MqttOptions::new(&spec.client_id, &url.host, url.port);
     // rumqttc refuses keep-alives under 5 s.
@@ -157,8 +272,25 @@ pub enum Ended {
     Refused(String),
 }
 
+/// Opens a connection and waits for the broker's welcome.
+pub async fn establish(
+    spec: &ClientSpec,
+    capacity: usize,
+    cancel: &CancellationToken,
+) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<Conn>), Ended> {
+    let (client, mut events) = Client::open(spec, capacity).await;
+    welcomed(&mut events, cancel, &spec.current_url()).await?;
+    match client {
+        Some(c) => Ok((c, events)),
+        None => Err(Ended::Lost(format!(
+            "{}: connection ended",
+            spec.current_url()
+        ))),
+    }
+}
+
 /// Waits for the broker's welcome (CONNACK) on a new connection.
-pub async fn welcomed(
+async fn welcomed(
     events: &mut tokio::sync::mpsc::UnboundedReceiver<Conn>,
     cancel: &CancellationToken,
     url: &BrokerUrl,
@@ -169,14 +301,8 @@ pub async fn welcomed(
             ev = events.recv() => match ev {
                 Some(Conn::Connected) => return Ok(()),
                 Some(Conn::Publish(_) | Conn::Sent(_) | Conn::Acked(..)) => {}
-                Some(Conn::Lost(e)) => {
-                    let why = explain(url, &e);
-                    return Err(if refused_credentials(&e) {
-                        Ended::Refused(why)
-                    } else {
-                        Ended::Lost(why)
-                    });
-                }
+                Some(Conn::Lost(why)) => return Err(Ended::Lost(why)),
+                Some(Conn::Refused(why)) => return Err(Ended::Refused(why)),
                 None => return Err(Ended::Lost(format!("{url}: connection ended"))),
             }
         }
@@ -204,7 +330,7 @@ fn refused_credentials(e: &ConnectionError) -> bool {
 }
 
 /// A connection error as a sentence a user can act on.
-pub fn explain(url: &BrokerUrl, e: &ConnectionError) -> String {
+fn explain(url: &BrokerUrl, e: &ConnectionError) -> String {
     match e {
         ConnectionError::ConnectionRefused(code) if refused_credentials(e) => format!(
             "{url} refused the bridge's credentials ({code:?}): check the user and password in the URL"
@@ -228,8 +354,10 @@ pub enum Conn {
     Sent(u16),
     /// The broker acknowledged the publication with this packet id.
     Acked(u16, PubAckReason),
-    /// The connection ended; the owner reconnects with a fresh client.
-    Lost(ConnectionError),
+    /// The connection ended, and why; the owner reconnects with a fresh client.
+    Lost(String),
+    /// The broker refused the credentials, and said so.
+    Refused(String),
 }
 
 /// Polls `eventloop` until its connection ends, passing every event on.
@@ -240,7 +368,7 @@ pub enum Conn {
 /// full channel each way would deadlock them. MQTT's flow control bounds it
 /// instead: a broker sends at most `RECEIVE_MAXIMUM` unacknowledged
 /// messages, and a forwarder has at most its window in flight.
-pub fn pump(mut eventloop: EventLoop) -> tokio::sync::mpsc::UnboundedReceiver<Conn> {
+fn pump(mut eventloop: EventLoop, url: BrokerUrl) -> tokio::sync::mpsc::UnboundedReceiver<Conn> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
@@ -251,7 +379,12 @@ pub fn pump(mut eventloop: EventLoop) -> tokio::sync::mpsc::UnboundedReceiver<Co
                 Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => Conn::Sent(pkid),
                 Ok(_) => continue,
                 Err(e) => {
-                    let _ = tx.send(Conn::Lost(e));
+                    let why = explain(&url, &e);
+                    let _ = tx.send(if refused_credentials(&e) {
+                        Conn::Refused(why)
+                    } else {
+                        Conn::Lost(why)
+                    });
                     return;
                 }
             };
