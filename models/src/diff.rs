@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::index::{FastSet, ModelIndex};
+use crate::index::{FastMap, FastSet, ModelIndex};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -237,54 +237,66 @@ fn cascade<'a>(
     target: &'a DeploymentModel,
     current_kind: impl Fn(&str) -> Option<Kind>,
 ) {
-    let mut frontier: Vec<String> = changes
+    // Owned: `changes` is written below.
+    let replaced_ids: Vec<String> = changes
         .iter()
         .filter(|c| c.is_replace())
         .map(|c| c.id.clone())
         .collect();
-    if frontier.is_empty() {
+    if replaced_ids.is_empty() {
         return;
     }
-    let hosting: Vec<(&'a str, &'a str)> = target
-        .links
-        .iter()
-        .filter_map(|l| match l {
-            Link::Hosting { component, host } => Some((component.as_str(), host.as_str())),
-            Link::Communication(_) => None,
-        })
-        .collect();
-    let mut replaced: FastSet<String> = frontier.iter().cloned().collect();
-    let mut extra: Vec<ComponentChange> = Vec::new();
+    // What each host hosts, in the target.
+    let mut hosted: FastMap<&'a str, Vec<&'a str>> = FastMap::default();
+    for l in &target.links {
+        if let Link::Hosting { component, host } = l {
+            hosted
+                .entry(host.as_str())
+                .or_default()
+                .push(component.as_str());
+        }
+    }
+    let mut frontier: Vec<&str> = replaced_ids.iter().map(String::as_str).collect();
+    let mut replaced: FastSet<&str> = frontier.iter().copied().collect();
+    let mut updates: Vec<(&'a str, &'a str, Kind)> = Vec::new();
     // Level by level: what the frontier hosts joins the next frontier.
     while !frontier.is_empty() {
-        let hosts: FastSet<&str> = frontier.iter().map(String::as_str).collect();
         let mut next = Vec::new();
-        for &(component, host) in &hosting {
-            if !hosts.contains(host) || replaced.contains(component) {
-                continue;
-            }
-            let Some(kind) = current_kind(component) else {
+        for host in frontier {
+            let Some((host, children)) = hosted.get_key_value(host) else {
                 continue;
             };
-            replaced.insert(component.to_owned());
-            let action = ChangeAction::Replace {
-                cause: ReplaceCause::Host {
-                    host: host.to_owned(),
-                },
-            };
-            match changes.binary_search_by(|c| c.id.as_str().cmp(component)) {
-                Ok(i) => changes[i].action = action,
-                Err(_) => extra.push(ComponentChange {
-                    id: component.to_owned(),
-                    kind,
-                    previous_kind: None,
-                    fields: Vec::new(),
-                    action,
-                }),
+            for &component in children {
+                if replaced.contains(component) {
+                    continue;
+                }
+                let Some(kind) = current_kind(component) else {
+                    continue;
+                };
+                replaced.insert(component);
+                updates.push((component, host, kind));
+                next.push(component);
             }
-            next.push(component.to_owned());
         }
         frontier = next;
+    }
+    let mut extra: Vec<ComponentChange> = Vec::new();
+    for (component, host, kind) in updates {
+        let action = ChangeAction::Replace {
+            cause: ReplaceCause::Host {
+                host: host.to_owned(),
+            },
+        };
+        match changes.binary_search_by(|c| c.id.as_str().cmp(component)) {
+            Ok(i) => changes[i].action = action,
+            Err(_) => extra.push(ComponentChange {
+                id: component.to_owned(),
+                kind,
+                previous_kind: None,
+                fields: Vec::new(),
+                action,
+            }),
+        }
     }
     if !extra.is_empty() {
         changes.extend(extra);

@@ -17,7 +17,7 @@ use crate::route::routes_of;
 /// The fields a component's bridge routes come from.
 const ROUTE_FIELDS: &[&str] = &["triggers", "inputs", "outputs", "routes"];
 use crate::diff::{diff, ModelDiff};
-use crate::index::{FastMap, FastSet};
+use crate::index::FastMap;
 use crate::link::Link;
 use crate::model::DeploymentModel;
 
@@ -224,7 +224,6 @@ pub fn plan(current: &DeploymentModel, target: &DeploymentModel) -> Plan {
 /// Plans from an already computed `diff(current, target)`. Looks only at what the
 /// diff touches: one pass over each model's links, no index of whole models.
 pub fn plan_diff(current: &DeploymentModel, target: &DeploymentModel, d: &ModelDiff) -> Plan {
-    let replaced: FastSet<&str> = d.replaced().map(|c| c.id.as_str()).collect();
     let going_down: Vec<(&str, Kind)> = d
         .removed
         .iter()
@@ -240,23 +239,49 @@ pub fn plan_diff(current: &DeploymentModel, target: &DeploymentModel, d: &ModelD
         .map(|c| (c.id.as_str(), c.kind()))
         .chain(d.replaced().map(|c| (c.id.as_str(), c.kind)))
         .collect();
-    let down: FastSet<&str> = going_down.iter().map(|(id, _)| *id).collect();
-    let up: FastSet<&str> = coming_up.iter().map(|(id, _)| *id).collect();
-    let rewired = |l: &Link| {
+    // One lookup per link end tells whether the component goes down, comes
+    // up or is replaced: most links touch nothing that changes and are
+    // passed over after two lookups.
+    const DOWN: u8 = 1;
+    const UP: u8 = 2;
+    const REPLACED: u8 = 4;
+    let mut marks: FastMap<&str, u8> = FastMap::default();
+    marks.reserve(going_down.len() + coming_up.len());
+    for &(id, _) in &going_down {
+        *marks.entry(id).or_default() |= DOWN;
+    }
+    for &(id, _) in &coming_up {
+        *marks.entry(id).or_default() |= UP;
+    }
+    for c in d.replaced() {
+        *marks.entry(c.id.as_str()).or_default() |= REPLACED;
+    }
+    let mark = |id: &str| marks.get(id).copied().unwrap_or(0);
+    let down = |id: &str| mark(id) & DOWN != 0;
+    let up = |id: &str| mark(id) & UP != 0;
+    // The marks of a link's ends: (its first end, both ends' marks).
+    fn ends<'l>(l: &'l Link, mark: &impl Fn(&str) -> u8) -> (&'l str, u8, u8) {
         let (x, y) = l.endpoints();
-        replaced.contains(x) || replaced.contains(y)
-    };
+        (x, mark(x), mark(y))
+    }
 
     // Who needs what is going down (current model), and what what is coming up needs
     // (target model); links of replaced components are re-wired.
     // Components on a cycle of communication links stop and start together.
-    let stop_together = CommunicationCycles::find(&current.links, |id| down.contains(id));
-    let start_together = CommunicationCycles::find(&target.links, |id| up.contains(id));
+    let stop_together = CommunicationCycles::find(&current.links, down);
+    let start_together = CommunicationCycles::find(&target.links, up);
     let mut needed_by: FastMap<&str, Vec<(&str, bool)>> = FastMap::default();
     let mut unbind: Vec<&Link> = d.links_removed.iter().collect();
     for l in &current.links {
+        let (x, mx, my) = ends(l, &mark);
+        if mx | my == 0 {
+            continue;
+        }
+        // `need` names the link's own ends.
+        let of = |id: &str| if std::ptr::eq(id, x) { mx } else { my };
+        let any = mx | my;
         if let Some((who, what)) = l.need() {
-            if down.contains(what)
+            if of(what) & DOWN != 0
                 && (matches!(l, Link::Hosting { .. }) || !stop_together.together(who, what))
             {
                 needed_by
@@ -265,7 +290,7 @@ pub fn plan_diff(current: &DeploymentModel, target: &DeploymentModel, d: &ModelD
                     .push((who, matches!(l, Link::Hosting { .. })));
             }
         }
-        if !replaced.is_empty() && rewired(l) && d.links_removed.binary_search(l).is_err() {
+        if any & REPLACED != 0 && d.links_removed.binary_search(l).is_err() {
             unbind.push(l);
         }
     }
@@ -273,16 +298,22 @@ pub fn plan_diff(current: &DeploymentModel, target: &DeploymentModel, d: &ModelD
     let mut host_of: FastMap<&str, &str> = FastMap::default();
     let mut bind: Vec<&Link> = d.links_added.iter().collect();
     for l in &target.links {
+        let (x, mx, my) = ends(l, &mark);
+        if mx | my == 0 {
+            continue;
+        }
+        let of = |id: &str| if std::ptr::eq(id, x) { mx } else { my };
+        let any = mx | my;
         if let Some((who, what)) = l.need() {
             let hosting = matches!(l, Link::Hosting { .. });
-            if up.contains(who) && (hosting || !start_together.together(who, what)) {
+            if of(who) & UP != 0 && (hosting || !start_together.together(who, what)) {
                 needs.entry(who).or_default().push(what);
                 if hosting {
                     host_of.insert(who, what);
                 }
             }
         }
-        if !replaced.is_empty() && rewired(l) && d.links_added.binary_search(l).is_err() {
+        if any & REPLACED != 0 && d.links_added.binary_search(l).is_err() {
             bind.push(l);
         }
     }
@@ -454,7 +485,9 @@ enum Key<'a> {
 #[derive(Default)]
 struct Builder<'a> {
     actions: Vec<Action>,
-    after: Vec<Vec<usize>>,
+    /// Dependencies as (step, the step it waits for), duplicates included:
+    /// one flat list rather than a vector per step (a plan has thousands).
+    edges: Vec<(usize, usize)>,
     by_component: FastMap<&'a str, [Option<usize>; 7]>,
     by_link: FastMap<&'a Link, [Option<usize>; 7]>,
 }
@@ -468,7 +501,6 @@ impl<'a> Builder<'a> {
             Key::Link(l) => self.by_link.entry(l).or_default()[phase] = Some(i),
         }
         self.actions.push(action);
-        self.after.push(Vec::new());
     }
 
     fn find(&self, phase: Phase, component: &str) -> Option<usize> {
@@ -481,35 +513,47 @@ impl<'a> Builder<'a> {
 
     fn dep(&mut self, step: Option<usize>, on: Option<usize>) {
         if let (Some(s), Some(o)) = (step, on) {
-            if s != o && !self.after[s].contains(&o) {
-                self.after[s].push(o);
+            if s != o {
+                self.edges.push((s, o));
             }
         }
     }
 
     /// Orders the steps topologically, earliest phase first (then creation order),
     /// and renumbers them.
-    fn finish(self) -> Plan {
+    fn finish(mut self) -> Plan {
         let n = self.actions.len();
+        self.edges.sort_unstable();
+        self.edges.dedup();
+        // Who waits for each step, as one array sliced by `starts` (edges
+        // sorted by the step waited for).
         let mut indegree = vec![0usize; n];
-        let mut dependants: Vec<Vec<usize>> = vec![Vec::new(); n];
-        for (s, deps) in self.after.iter().enumerate() {
-            indegree[s] = deps.len();
-            for &d in deps {
-                dependants[d].push(s);
-            }
+        let mut starts = vec![0usize; n + 1];
+        for &(s, o) in &self.edges {
+            indegree[s] += 1;
+            starts[o + 1] += 1;
         }
+        for i in 0..n {
+            starts[i + 1] += starts[i];
+        }
+        let mut fill = starts.clone();
+        let mut dependants = vec![0usize; self.edges.len()];
+        for &(s, o) in &self.edges {
+            dependants[fill[o]] = s;
+            fill[o] += 1;
+        }
+        let phase: Vec<Phase> = self.actions.iter().map(Action::phase).collect();
         let mut ready: BinaryHeap<Reverse<(Phase, usize)>> = (0..n)
             .filter(|&i| indegree[i] == 0)
-            .map(|i| Reverse((self.actions[i].phase(), i)))
+            .map(|i| Reverse((phase[i], i)))
             .collect();
         let mut order = Vec::with_capacity(n);
         while let Some(Reverse((_, i))) = ready.pop() {
             order.push(i);
-            for &s in &dependants[i] {
+            for &s in &dependants[starts[i]..starts[i + 1]] {
                 indegree[s] -= 1;
                 if indegree[s] == 0 {
-                    ready.push(Reverse((self.actions[s].phase(), s)));
+                    ready.push(Reverse((phase[s], s)));
                 }
             }
         }
@@ -518,19 +562,24 @@ impl<'a> Builder<'a> {
         for (pos, &old) in order.iter().enumerate() {
             new_id[old] = pos;
         }
+        // What each step waits for: the edges are sorted by step.
+        let mut after: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for run in self.edges.chunk_by(|x, y| x.0 == y.0) {
+            let mut deps: Vec<usize> = run.iter().map(|&(_, o)| new_id[o]).collect();
+            deps.sort_unstable();
+            after[run[0].0] = deps;
+        }
         let mut actions: Vec<Option<Action>> = self.actions.into_iter().map(Some).collect();
         let steps = order
             .iter()
             .enumerate()
             .filter_map(|(pos, &old)| {
                 let action = actions[old].take()?;
-                let mut after: Vec<usize> = self.after[old].iter().map(|d| new_id[*d]).collect();
-                after.sort_unstable();
                 Some(Step {
                     id: pos,
-                    phase: action.phase(),
+                    phase: phase[old],
                     action,
-                    after,
+                    after: std::mem::take(&mut after[old]),
                 })
             })
             .collect();
