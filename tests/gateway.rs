@@ -464,8 +464,10 @@ fn a_host_without_docker_runs_processes_and_a_killed_agent_leaves_no_duplicates(
 
     // The agent is killed -9; the next one ends what it left and starts anew.
     drop(agent);
-    let _agent = agent_args(&w);
+    // What the old agent left, read before the new one can replace it (read
+    // after, a quick new agent's own processes could be taken for the old).
     let before = (pids(&format!("{marker}-a")), pids(&format!("{marker}-b")));
+    let _agent = agent_args(&w);
     // Counted once the new agent has acted on what the old one left, not before.
     w.wait("the new agent to end what the old one left", || {
         w.agent_log()

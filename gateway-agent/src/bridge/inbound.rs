@@ -206,11 +206,15 @@ impl Session {
         for p in batch.iter() {
             self.route(p, &routes, &mut messages);
         }
-        let pushed = self
-            .lane
-            .outbox
-            .push_new(&messages)
-            .map_err(|e| format!("cannot keep messages: {e}"))?;
+        // The commit waits for the disk: off the runtime's workers, so the
+        // forwarders (and everything else the agent runs) go on meanwhile.
+        let outbox = self.lane.outbox.clone();
+        let (pushed, messages) = tokio::task::spawn_blocking(move || {
+            outbox.push_new(&messages).map(|pushed| (pushed, messages))
+        })
+        .await
+        .map_err(|e| format!("cannot keep messages: {e}"))?
+        .map_err(|e| format!("cannot keep messages: {e}"))?;
         add(
             &self.lane.stats.of(self.lane.direction).received,
             pushed.appended,
