@@ -1,6 +1,6 @@
 //! Validation: every problem of a model at once, each with its JSON path.
 
-use std::collections::{HashMap, HashSet};
+use crate::index::{FastMap, FastSet};
 
 use crate::component::{Component, ComponentSpec, GatewaySpec, Kind};
 use crate::cycles::CommunicationCycles;
@@ -25,7 +25,7 @@ pub fn validate_megamodel(mm: &Megamodel) -> Vec<Problem> {
             .expected("a name for the system"),
         );
     }
-    let mut seen_subsystems: HashMap<&str, usize> = HashMap::new();
+    let mut seen_subsystems: FastMap<&str, usize> = FastMap::default();
     for (i, s) in mm.subsystems.iter().enumerate() {
         let path = JsonPath::root().key("subsystems").index(i);
         match s.id.as_deref() {
@@ -191,8 +191,8 @@ fn check_id(id: &str, path: &JsonPath, what: &str, problems: &mut Vec<Problem>) 
 }
 
 fn check_graph(doc: &Document<'_>, placeholders: Placeholders, problems: &mut Vec<Problem>) {
-    let mut by_id: HashMap<&str, &Located<Component>> =
-        HashMap::with_capacity(doc.components.len());
+    let mut by_id: FastMap<&str, &Located<Component>> =
+        FastMap::with_capacity_and_hasher(doc.components.len(), Default::default());
     for c in &doc.components {
         check_id(&c.item.id, &c.path.key("id"), "component id", problems);
         if let Some(first) = by_id.get(c.item.id.as_str()) {
@@ -244,7 +244,7 @@ fn check_component(c: &Located<Component>, problems: &mut Vec<Problem>) {
                 } else {
                     &f.outputs
                 };
-                let mut seen = HashSet::new();
+                let mut seen = FastSet::default();
                 for (i, s) in streams.iter().enumerate() {
                     if s.is_empty() || s.contains(['/', '+', '#', '\0']) {
                         problems.push(
@@ -324,7 +324,7 @@ fn check_routes(g: &GatewaySpec, path: &JsonPath, problems: &mut Vec<Problem>) {
             .expected("`equipped_with_bridge: true`, or no `routes`"),
         );
     }
-    let mut seen = HashSet::new();
+    let mut seen = FastSet::default();
     for (i, r) in g.routes.iter().enumerate() {
         let at = path.key("routes").index(i);
         if let Err(e) = topic::check_filter(&r.topic) {
@@ -434,7 +434,7 @@ fn check_container(c: &ContainerSpec, path: &JsonPath, problems: &mut Vec<Proble
         ),
         _ => {}
     }
-    let mut bound = HashSet::new();
+    let mut bound = FastSet::default();
     for (i, p) in c.ports.iter().enumerate() {
         if p.container == 0 || p.host == Some(0) {
             problems.push(
@@ -471,7 +471,7 @@ fn check_container(c: &ContainerSpec, path: &JsonPath, problems: &mut Vec<Proble
 }
 
 fn check_secrets(c: &ContainerSpec, path: &JsonPath, problems: &mut Vec<Problem>) {
-    let mut targets = HashSet::new();
+    let mut targets = FastSet::default();
     for (i, s) in c.secrets.iter().enumerate() {
         let at = path.key("secrets").index(i);
         if !crate::resources::SecretRef::valid_name(&s.name) {
@@ -519,12 +519,12 @@ fn check_secrets(c: &ContainerSpec, path: &JsonPath, problems: &mut Vec<Problem>
 
 fn check_links<'a>(
     doc: &Document<'a>,
-    by_id: &HashMap<&'a str, &Located<'a, Component>>,
+    by_id: &FastMap<&'a str, &Located<'a, Component>>,
     placeholders: Placeholders,
     problems: &mut Vec<Problem>,
 ) {
-    let mut seen: HashMap<&Link, &JsonPath> = HashMap::new();
-    let mut host_of: HashMap<&'a str, (&'a str, &JsonPath)> = HashMap::new();
+    let mut seen: FastMap<&Link, &JsonPath> = FastMap::default();
+    let mut host_of: FastMap<&'a str, (&'a str, &JsonPath)> = FastMap::default();
     for l in &doc.links {
         let (a, b) = l.item.endpoints();
         if a.is_empty() || b.is_empty() {
@@ -661,7 +661,7 @@ fn check_links<'a>(
 /// communication links alone are accepted: their components start together.
 fn check_cycles(
     doc: &Document<'_>,
-    by_id: &HashMap<&str, &Located<Component>>,
+    by_id: &FastMap<&str, &Located<Component>>,
     problems: &mut Vec<Problem>,
 ) {
     // Components on a cycle of communication links start together: those links
@@ -669,7 +669,7 @@ fn check_cycles(
     let together = CommunicationCycles::find(doc.links.iter().map(|l| l.item), |id| {
         by_id.contains_key(id)
     });
-    let mut needs: HashMap<&str, Vec<(&str, &JsonPath, bool)>> = HashMap::new();
+    let mut needs: FastMap<&str, Vec<(&str, &JsonPath, bool)>> = FastMap::default();
     for l in &doc.links {
         if let Some((who, what)) = l.item.need() {
             if by_id.contains_key(who) && by_id.contains_key(what) && who != what {
@@ -688,7 +688,7 @@ fn check_cycles(
         Grey,
         Black,
     }
-    let mut colour: HashMap<&str, Colour> = by_id.keys().map(|k| (*k, Colour::White)).collect();
+    let mut colour: FastMap<&str, Colour> = by_id.keys().map(|k| (*k, Colour::White)).collect();
     for c in &doc.components {
         let start = c.item.id.as_str();
         if colour.get(start) != Some(&Colour::White) {
@@ -736,8 +736,8 @@ fn check_cycles(
 /// physical link between them, or a deployer link from software on that machine.
 fn check_deployer_reach<'a>(
     doc: &Document<'a>,
-    by_id: &HashMap<&'a str, &Located<'a, Component>>,
-    host_of: &HashMap<&'a str, (&'a str, &JsonPath)>,
+    by_id: &FastMap<&'a str, &Located<'a, Component>>,
+    host_of: &FastMap<&'a str, (&'a str, &JsonPath)>,
     problems: &mut Vec<Problem>,
 ) {
     let machine = |id: &str| {
@@ -765,7 +765,7 @@ fn check_deployer_reach<'a>(
             _ => None,
         }
     };
-    let mut reachable: HashSet<&str> = HashSet::new();
+    let mut reachable: FastSet<&str> = FastSet::default();
     for l in &doc.links {
         if let Link::Communication(c) = l.item {
             if c.physical {
