@@ -207,6 +207,7 @@ async fn fan_out_orchestrator(gateways: usize, rounds: usize, fsync: bool) -> Fi
             each.push(at - t0);
             last = last.max(at);
         }
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let s = client.status(StatusRequest {}).await.unwrap().into_inner();
             if s.subsystems
@@ -215,6 +216,10 @@ async fn fan_out_orchestrator(gateways: usize, rounds: usize, fsync: bool) -> Fi
             {
                 break;
             }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the orchestrator never showed every subsystem converged on generation {generation}"
+            );
             // Polled gently: a tight loop of status reads would compete with
             // the commits it waits for.
             tokio::time::sleep(Duration::from_millis(2)).await;
