@@ -260,7 +260,7 @@ fn spawn(
     path_dirs: &[std::path::PathBuf],
     owner: Option<&str>,
     logs: &Arc<Mutex<VecDeque<String>>>,
-) -> std::io::Result<Child> {
+) -> std::io::Result<(Child, Vec<tokio::task::JoinHandle<()>>)> {
     let (program, args) = spec
         .command
         .split_first()
@@ -281,6 +281,7 @@ fn spawn(
         .kill_on_drop(true)
         .process_group(0)
         .spawn()?;
+    let mut readers = Vec::with_capacity(2);
     for out in [
         child
             .stdout
@@ -295,7 +296,7 @@ fn spawn(
     .flatten()
     {
         let logs = Arc::clone(logs);
-        tokio::spawn(async move {
+        readers.push(tokio::spawn(async move {
             let mut lines = BufReader::new(out).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let mut l = logs.lock().expect("log ring lock");
@@ -304,10 +305,14 @@ fn spawn(
                 }
                 l.push_back(line);
             }
-        });
+        }));
     }
-    Ok(child)
+    Ok((child, readers))
 }
+
+/// How long an exited workload's output is waited for: a process it left in
+/// the background can hold its pipes open for ever.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
 
 /// Sends `signal` to a workload's whole process group (its leader is the
 /// workload: each runs in a group of its own).
@@ -356,7 +361,7 @@ async fn supervise(
     loop {
         let started = tokio::time::Instant::now();
         let workdir = Some(rt.image_dir(&spec.image)).filter(|d| d.is_dir());
-        let mut child = match spawn(
+        let (mut child, readers) = match spawn(
             &spec,
             workdir.as_deref(),
             &rt.path_dirs,
@@ -374,7 +379,17 @@ async fn supervise(
         };
         rt.set_state(&id, RunState::Running, child.id());
         let code = tokio::select! {
-            status = child.wait() => status.ok().and_then(|s| s.code()).map(i64::from),
+            status = child.wait() => {
+                // What it wrote before it exited is in its logs before anyone
+                // sees it exited (a failure's reason is read from them).
+                let _ = tokio::time::timeout(OUTPUT_DRAIN, async {
+                    for r in readers {
+                        let _ = r.await;
+                    }
+                })
+                .await;
+                status.ok().and_then(|s| s.code()).map(i64::from)
+            }
             () = stopped(&mut stop) => {
                 let code = terminate(&mut child).await;
                 rt.set_state(&id, RunState::Exited(code), None);
