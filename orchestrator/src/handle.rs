@@ -557,7 +557,14 @@ mod tests {
         assert_eq!(history.len(), 9);
         assert_eq!(o.read(|c, _| Ok(c.head_number())).await.unwrap(), 9);
         // What the batch wrote reads back after a restart, head included.
+        // The committer may still hold the store for a moment after the
+        // replies went out (as a stopping process would): reopened once it let go.
+        let store = Arc::downgrade(&o.store);
         drop(o);
+        until("the committer let go of the store", || {
+            store.strong_count() == 0
+        })
+        .await;
         let o = orchestrator(dir.path());
         assert_eq!(o.read(|c, _| Ok(c.head_number())).await.unwrap(), 9);
     }
