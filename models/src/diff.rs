@@ -158,26 +158,33 @@ fn merge<'a, T, K: Ord + ?Sized>(
     mut each: impl FnMut(Merged<'a, T>),
 ) -> bool {
     let (mut i, mut j) = (0, 0);
+    let mut after_both = false;
     loop {
         let step = match (a.get(i), b.get(j)) {
             (None, None) => return true,
-            (Some(x), Some(y)) if key(x) == key(y) => Merged::Both(x, y),
-            (Some(x), y) if y.is_none_or(|y| key(x) < key(y)) => Merged::Left(x),
-            (_, Some(y)) => Merged::Right(y),
+            (Some(x), Some(y)) => match key(x).cmp(key(y)) {
+                std::cmp::Ordering::Equal => Merged::Both(x, y),
+                std::cmp::Ordering::Less => Merged::Left(x),
+                std::cmp::Ordering::Greater => Merged::Right(y),
+            },
             (Some(x), None) => Merged::Left(x),
+            (None, Some(y)) => Merged::Right(y),
         };
         let (advance_a, advance_b) = match step {
             Merged::Both(..) => (true, true),
             Merged::Left(_) => (true, false),
             Merged::Right(_) => (false, true),
         };
-        // The element just taken must be above the one before it.
+        // The element just taken must be above the one before it. After two
+        // matches in a row both sides hold the same keys: one check covers both.
         if advance_a && i > 0 && key(&a[i - 1]) >= key(&a[i]) {
             return false;
         }
-        if advance_b && j > 0 && key(&b[j - 1]) >= key(&b[j]) {
+        let same_keys = after_both && advance_a;
+        if advance_b && j > 0 && !same_keys && key(&b[j - 1]) >= key(&b[j]) {
             return false;
         }
+        after_both = advance_a && advance_b;
         each(step);
         i += usize::from(advance_a);
         j += usize::from(advance_b);
@@ -237,36 +244,45 @@ fn cascade<'a>(
     target: &'a DeploymentModel,
     current_kind: impl Fn(&str) -> Option<Kind>,
 ) {
-    // Owned: `changes` is written below.
-    let replaced_ids: Vec<String> = changes
+    let mut replaced: FastSet<&str> = changes
         .iter()
         .filter(|c| c.is_replace())
-        .map(|c| c.id.clone())
+        .map(|c| c.id.as_str())
         .collect();
-    if replaced_ids.is_empty() {
+    if replaced.is_empty() {
         return;
     }
-    // What each host hosts, in the target.
-    let mut hosted: FastMap<&'a str, Vec<&'a str>> = FastMap::default();
-    for l in &target.links {
-        if let Link::Hosting { component, host } = l {
-            hosted
-                .entry(host.as_str())
-                .or_default()
-                .push(component.as_str());
+    // What each host hosts, as a list threaded through the hosting links:
+    // one table entry per host and no vector per host (most models have
+    // one host for every few components).
+    let hosting: Vec<(&'a str, &'a str)> = target
+        .links
+        .iter()
+        .filter_map(|l| match l {
+            Link::Hosting { component, host } => Some((component.as_str(), host.as_str())),
+            Link::Communication(_) => None,
+        })
+        .collect();
+    const END: u32 = u32::MAX;
+    let mut first: FastMap<&'a str, u32> = FastMap::default();
+    let mut next: Vec<u32> = vec![END; hosting.len()];
+    for (i, &(_, host)) in hosting.iter().enumerate() {
+        let i = u32::try_from(i).expect("fewer than 2^32 links");
+        if let Some(head) = first.insert(host, i) {
+            next[i as usize] = head;
         }
     }
-    let mut frontier: Vec<&str> = replaced_ids.iter().map(String::as_str).collect();
-    let mut replaced: FastSet<&str> = frontier.iter().copied().collect();
+    let mut frontier: Vec<&str> = replaced.iter().copied().collect();
+    frontier.sort_unstable();
     let mut updates: Vec<(&'a str, &'a str, Kind)> = Vec::new();
     // Level by level: what the frontier hosts joins the next frontier.
     while !frontier.is_empty() {
-        let mut next = Vec::new();
+        let mut further = Vec::new();
         for host in frontier {
-            let Some((host, children)) = hosted.get_key_value(host) else {
-                continue;
-            };
-            for &component in children {
+            let mut at = first.get(host).copied().unwrap_or(END);
+            while at != END {
+                let (component, host) = hosting[at as usize];
+                at = next[at as usize];
                 if replaced.contains(component) {
                     continue;
                 }
@@ -275,11 +291,13 @@ fn cascade<'a>(
                 };
                 replaced.insert(component);
                 updates.push((component, host, kind));
-                next.push(component);
+                further.push(component);
             }
         }
-        frontier = next;
+        frontier = further;
     }
+    // `changes` is written from here on: the set borrowed from it goes.
+    drop(replaced);
     let mut extra: Vec<ComponentChange> = Vec::new();
     for (component, host, kind) in updates {
         let action = ChangeAction::Replace {
@@ -645,6 +663,48 @@ fn patch(root: &mut Value, pointer: &str, new: Option<Value>) -> Result<(), Stri
 mod tests {
     use super::*;
     use crate::generate::{generate, mutate};
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The merge finds every list that is not strictly sorted (it skips a
+        /// check only where the other side's check covers it) and, on sorted
+        /// lists, visits each element once, matching equal keys.
+        #[test]
+        fn merge_checks_order_and_pairs_equal_keys(
+            a in proptest::collection::vec(0u8..40, 0..30),
+            b in proptest::collection::vec(0u8..40, 0..30),
+            sort_a in any::<bool>(),
+            sort_b in any::<bool>(),
+        ) {
+            let prepare = |mut v: Vec<u8>, sort: bool| {
+                if sort {
+                    v.sort_unstable();
+                    v.dedup();
+                }
+                v
+            };
+            let (a, b) = (prepare(a, sort_a), prepare(b, sort_b));
+            let strictly = |v: &[u8]| v.windows(2).all(|w| w[0] < w[1]);
+            let mut seen = Vec::new();
+            let sorted = merge(&a, &b, |x| x, |step| seen.push(match step {
+                Merged::Both(x, y) => (Some(*x), Some(*y)),
+                Merged::Left(x) => (Some(*x), None),
+                Merged::Right(y) => (None, Some(*y)),
+            }));
+            prop_assert_eq!(sorted, strictly(&a) && strictly(&b));
+            if sorted {
+                let left: Vec<u8> = seen.iter().filter_map(|s| s.0).collect();
+                let right: Vec<u8> = seen.iter().filter_map(|s| s.1).collect();
+                prop_assert_eq!(left, a.clone());
+                prop_assert_eq!(right, b.clone());
+                for (x, y) in &seen {
+                    if let (Some(x), None) | (None, Some(x)) = (x, y) {
+                        prop_assert!(!(a.contains(x) && b.contains(x)));
+                    }
+                }
+            }
+        }
+    }
 
     /// A model sorted but for one pair is caught by the merge, which then leaves the
     /// work to the indexed path: the result is the same either way.

@@ -223,8 +223,15 @@ pub fn plan(current: &DeploymentModel, target: &DeploymentModel) -> Plan {
 
 /// Plans from an already computed `diff(current, target)`. Looks only at what the
 /// diff touches: one pass over each model's links, no index of whole models.
-pub fn plan_diff(current: &DeploymentModel, target: &DeploymentModel, d: &ModelDiff) -> Plan {
-    let going_down: Vec<(&str, Kind)> = d
+pub fn plan_diff<'m>(
+    current: &'m DeploymentModel,
+    target: &'m DeploymentModel,
+    d: &'m ModelDiff,
+) -> Plan {
+    let mut t = Touched::default();
+    // Ids in the order steps are created, so that ties in the final order are
+    // broken the same way every time.
+    let going_down: Vec<(Slot, Kind)> = d
         .removed
         .iter()
         .map(|c| (c.id.as_str(), c.kind()))
@@ -232,139 +239,122 @@ pub fn plan_diff(current: &DeploymentModel, target: &DeploymentModel, d: &ModelD
             d.replaced()
                 .map(|c| (c.id.as_str(), c.previous_kind.unwrap_or(c.kind))),
         )
+        .map(|(id, kind)| (t.mark(id, DOWN), kind))
         .collect();
-    let coming_up: Vec<(&str, Kind)> = d
+    let coming_up: Vec<(Slot, Kind)> = d
         .added
         .iter()
         .map(|c| (c.id.as_str(), c.kind()))
         .chain(d.replaced().map(|c| (c.id.as_str(), c.kind)))
+        .map(|(id, kind)| (t.mark(id, UP), kind))
         .collect();
-    // One lookup per link end tells whether the component goes down, comes
-    // up or is replaced: most links touch nothing that changes and are
-    // passed over after two lookups.
-    const DOWN: u8 = 1;
-    const UP: u8 = 2;
-    const REPLACED: u8 = 4;
-    let mut marks: FastMap<&str, u8> = FastMap::default();
-    marks.reserve(going_down.len() + coming_up.len());
-    for &(id, _) in &going_down {
-        *marks.entry(id).or_default() |= DOWN;
-    }
-    for &(id, _) in &coming_up {
-        *marks.entry(id).or_default() |= UP;
-    }
     for c in d.replaced() {
-        *marks.entry(c.id.as_str()).or_default() |= REPLACED;
+        t.mark(&c.id, REPLACED);
     }
-    let mark = |id: &str| marks.get(id).copied().unwrap_or(0);
-    let down = |id: &str| mark(id) & DOWN != 0;
-    let up = |id: &str| mark(id) & UP != 0;
-    // The marks of a link's ends: (its first end, both ends' marks).
-    fn ends<'l>(l: &'l Link, mark: &impl Fn(&str) -> u8) -> (&'l str, u8, u8) {
-        let (x, y) = l.endpoints();
-        (x, mark(x), mark(y))
-    }
+    let updated: Vec<Slot> = d
+        .changed
+        .iter()
+        .filter(|c| !c.is_replace())
+        .map(|c| t.mark(&c.id, 0))
+        .collect();
 
     // Who needs what is going down (current model), and what what is coming up needs
     // (target model); links of replaced components are re-wired.
     // Components on a cycle of communication links stop and start together.
-    let stop_together = CommunicationCycles::find(&current.links, down);
-    let start_together = CommunicationCycles::find(&target.links, up);
-    let mut needed_by: FastMap<&str, Vec<(&str, bool)>> = FastMap::default();
-    let mut unbind: Vec<&Link> = d.links_removed.iter().collect();
-    for l in &current.links {
-        let (x, mx, my) = ends(l, &mark);
-        if mx | my == 0 {
-            continue;
-        }
-        // `need` names the link's own ends.
-        let of = |id: &str| if std::ptr::eq(id, x) { mx } else { my };
-        let any = mx | my;
-        if let Some((who, what)) = l.need() {
-            if of(what) & DOWN != 0
-                && (matches!(l, Link::Hosting { .. }) || !stop_together.together(who, what))
-            {
-                needed_by
-                    .entry(what)
-                    .or_default()
-                    .push((who, matches!(l, Link::Hosting { .. })));
-            }
-        }
-        if any & REPLACED != 0 && d.links_removed.binary_search(l).is_err() {
-            unbind.push(l);
-        }
-    }
-    let mut needs: FastMap<&str, Vec<&str>> = FastMap::default();
-    let mut host_of: FastMap<&str, &str> = FastMap::default();
-    let mut bind: Vec<&Link> = d.links_added.iter().collect();
-    for l in &target.links {
-        let (x, mx, my) = ends(l, &mark);
-        if mx | my == 0 {
-            continue;
-        }
-        let of = |id: &str| if std::ptr::eq(id, x) { mx } else { my };
-        let any = mx | my;
-        if let Some((who, what)) = l.need() {
+    // Only links with a touched end matter; most links are passed over here.
+    let touching = |links: &'m [Link]| -> Vec<(&'m Link, Ends)> {
+        links
+            .iter()
+            .filter_map(|l| {
+                let ends = t.ends(l);
+                (ends.marks() != 0).then_some((l, ends))
+            })
+            .collect()
+    };
+    let (current_links, target_links) = (touching(&current.links), touching(&target.links));
+    let stop_together = CommunicationCycles::find(current_links.iter().map(|e| e.0), |id| {
+        t.marks(id) & DOWN != 0
+    });
+    let start_together =
+        CommunicationCycles::find(target_links.iter().map(|e| e.0), |id| t.marks(id) & UP != 0);
+    // (what goes down, who needs it, whether it is hosted on it)
+    let mut needed_by: Vec<(Slot, Slot, bool)> = Vec::new();
+    let mut unbind: Vec<(&Link, Ends)> = d.links_removed.iter().map(|l| (l, t.ends(l))).collect();
+    for &(l, ends) in &current_links {
+        if let Some((who, what, Some((who_at, _)), Some((what_at, m)))) = ends.need(l) {
             let hosting = matches!(l, Link::Hosting { .. });
-            if of(who) & UP != 0 && (hosting || !start_together.together(who, what)) {
-                needs.entry(who).or_default().push(what);
-                if hosting {
-                    host_of.insert(who, what);
-                }
+            if m & DOWN != 0 && (hosting || !stop_together.together(who, what)) {
+                needed_by.push((what_at, who_at, hosting));
             }
         }
-        if any & REPLACED != 0 && d.links_added.binary_search(l).is_err() {
-            bind.push(l);
+        if ends.marks() & REPLACED != 0 && d.links_removed.binary_search(l).is_err() {
+            unbind.push((l, ends));
         }
     }
-    unbind.retain(|l| matches!(l, Link::Communication(_)));
-    bind.retain(|l| matches!(l, Link::Communication(_)));
+    // (who comes up, what it needs, whether it is its host)
+    let mut needs: Vec<(Slot, Slot, bool)> = Vec::new();
+    let mut bind: Vec<(&Link, Ends)> = d.links_added.iter().map(|l| (l, t.ends(l))).collect();
+    for &(l, ends) in &target_links {
+        if let Some((who, what, Some((who_at, m)), Some((what_at, _)))) = ends.need(l) {
+            let hosting = matches!(l, Link::Hosting { .. });
+            if m & UP != 0 && (hosting || !start_together.together(who, what)) {
+                needs.push((who_at, what_at, hosting));
+            }
+        }
+        if ends.marks() & REPLACED != 0 && d.links_added.binary_search(l).is_err() {
+            bind.push((l, ends));
+        }
+    }
+    unbind.retain(|(l, _)| matches!(l, Link::Communication(_)));
+    bind.retain(|(l, _)| matches!(l, Link::Communication(_)));
 
-    let mut g = Builder::default();
-    for &(id, kind) in &going_down {
+    let mut g = Builder::new(&t);
+    for &(at, kind) in &going_down {
         if kind.has_lifecycle() {
             g.add(
                 Action::Stop {
-                    component: id.to_owned(),
+                    component: t.owned(at),
                 },
-                Key::Component(id),
+                at,
             );
         }
         g.add(
             Action::Remove {
-                component: id.to_owned(),
+                component: t.owned(at),
             },
-            Key::Component(id),
+            at,
         );
     }
-    for &l in &unbind {
-        g.add(Action::Unbind { link: l.clone() }, Key::Link(l));
+    let mut unbound: FastMap<&Link, usize> = FastMap::default();
+    for &(l, _) in &unbind {
+        unbound.insert(l, g.add_link(Action::Unbind { link: l.clone() }));
     }
-    for &(id, kind) in &coming_up {
+    for &(at, kind) in &coming_up {
         g.add(
             Action::Add {
-                component: id.to_owned(),
+                component: t.owned(at),
             },
-            Key::Component(id),
+            at,
         );
         if kind.has_lifecycle() {
             g.add(
                 Action::Start {
-                    component: id.to_owned(),
+                    component: t.owned(at),
                 },
-                Key::Component(id),
+                at,
             );
         }
     }
-    for &l in &bind {
-        g.add(Action::Bind { link: l.clone() }, Key::Link(l));
-    }
-    for c in d.changed.iter().filter(|c| !c.is_replace()) {
+    let bound: Vec<usize> = bind
+        .iter()
+        .map(|&(l, _)| g.add_link(Action::Bind { link: l.clone() }))
+        .collect();
+    for &at in &updated {
         g.add(
             Action::Update {
-                component: c.id.clone(),
+                component: t.owned(at),
             },
-            Key::Component(&c.id),
+            at,
         );
     }
 
@@ -393,77 +383,81 @@ pub fn plan_diff(current: &DeploymentModel, target: &DeploymentModel, d: &ModelD
     }
     unroute.sort_unstable();
     route.sort_unstable();
-    for &id in &unroute {
+    let unroute: Vec<Slot> = unroute.iter().filter_map(|id| t.slot(id)).collect();
+    let route: Vec<Slot> = route.iter().filter_map(|id| t.slot(id)).collect();
+    for &at in &unroute {
         g.add(
             Action::Unroute {
-                component: id.to_owned(),
+                component: t.owned(at),
             },
-            Key::Component(id),
+            at,
         );
     }
-    for &id in &route {
+    for &at in &route {
         g.add(
             Action::Route {
-                component: id.to_owned(),
+                component: t.owned(at),
             },
-            Key::Component(id),
+            at,
         );
     }
 
     // Dependencies.
-    for &id in &unroute {
-        g.dep(g.find(Phase::Unbind, id), g.find(Phase::Stop, id));
-        g.dep(g.find(Phase::Remove, id), g.find(Phase::Unbind, id));
+    use Phase::{Add, Bind, Remove, Start, Stop, Unbind};
+    for &at in &unroute {
+        g.dep(g.find(Unbind, at), g.find(Stop, at));
+        g.dep(g.find(Remove, at), g.find(Unbind, at));
     }
-    for &id in &route {
-        g.dep(g.find(Phase::Bind, id), g.find(Phase::Add, id));
+    for &at in &route {
+        g.dep(g.find(Bind, at), g.find(Add, at));
     }
-    for &(id, _) in &going_down {
-        let stop = g.find(Phase::Stop, id);
-        let remove = g.find(Phase::Remove, id);
-        for &(dependant, hosted) in needed_by.get(id).map(Vec::as_slice).unwrap_or(&[]) {
-            g.dep(stop, g.find(Phase::Stop, dependant));
-            if hosted {
-                g.dep(remove, g.find(Phase::Remove, dependant));
-            }
-        }
-        g.dep(remove, stop);
-    }
-    for &l in &unbind {
-        let step = g.find_link(Phase::Unbind, l);
-        let (x, y) = l.endpoints();
-        g.dep(step, g.find(Phase::Stop, x));
-        g.dep(step, g.find(Phase::Stop, y));
-        g.dep(g.find(Phase::Remove, x), step);
-        g.dep(g.find(Phase::Remove, y), step);
-    }
-    for &(id, _) in &coming_up {
-        let add = g.find(Phase::Add, id);
-        g.dep(add, g.find(Phase::Remove, id));
-        if let Some(host) = host_of.get(id) {
-            g.dep(add, g.find(Phase::Add, host));
-        }
-        let start = g.find(Phase::Start, id);
-        g.dep(start, add);
-        for &n in needs.get(id).map(Vec::as_slice).unwrap_or(&[]) {
-            let before = g.find(Phase::Start, n).or_else(|| g.find(Phase::Add, n));
-            g.dep(start, before);
+    for &(what, who, hosted) in &needed_by {
+        g.dep(g.find(Stop, what), g.find(Stop, who));
+        if hosted {
+            g.dep(g.find(Remove, what), g.find(Remove, who));
         }
     }
-    for &l in &bind {
-        let step = g.find_link(Phase::Bind, l);
-        let (x, y) = l.endpoints();
-        g.dep(step, g.find(Phase::Add, x));
-        g.dep(step, g.find(Phase::Add, y));
-        g.dep(step, g.find_link(Phase::Unbind, l));
+    for &(at, _) in &going_down {
+        g.dep(g.find(Remove, at), g.find(Stop, at));
+    }
+    for &(l, ends) in &unbind {
+        let step = unbound.get(l).copied();
+        for at in ends.slots() {
+            g.dep(step, g.find(Stop, at));
+            g.dep(g.find(Remove, at), step);
+        }
+    }
+    for &(at, _) in &coming_up {
+        let add = g.find(Add, at);
+        g.dep(add, g.find(Remove, at));
+        g.dep(g.find(Start, at), add);
+    }
+    for &(who, what, hosting) in &needs {
+        if hosting {
+            g.dep(g.find(Add, who), g.find(Add, what));
+        }
+        let before = g.find(Start, what).or_else(|| g.find(Add, what));
+        g.dep(g.find(Start, who), before);
+    }
+    for (&(l, ends), &step) in bind.iter().zip(&bound) {
+        let step = Some(step);
+        for at in ends.slots() {
+            g.dep(step, g.find(Add, at));
+        }
+        g.dep(step, unbound.get(l).copied());
         // The side that needs the link starts once it is bound; the side it
         // needs does not wait for it (a failed client must not hold its server
         // back). A link that orders nothing holds both ends.
-        match l.need() {
-            Some((needer, _)) => g.dep(g.find(Phase::Start, needer), step),
+        match ends.need(l) {
+            Some((_, _, who, _)) => {
+                if let Some((who, _)) = who {
+                    g.dep(g.find(Start, who), step);
+                }
+            }
             None => {
-                g.dep(g.find(Phase::Start, x), step);
-                g.dep(g.find(Phase::Start, y), step);
+                for at in ends.slots() {
+                    g.dep(g.find(Start, at), step);
+                }
             }
         }
     }
@@ -476,39 +470,129 @@ pub fn plan_diff(current: &DeploymentModel, target: &DeploymentModel, d: &ModelD
     plan
 }
 
-/// What a step is looked up by while the plan is built.
-enum Key<'a> {
-    Component(&'a str),
-    Link(&'a Link),
+/// A component the plan touches, by its place in [`Touched`].
+type Slot = u32;
+
+/// Marks of a touched component.
+const DOWN: u8 = 1;
+const UP: u8 = 2;
+const REPLACED: u8 = 4;
+
+/// The components a diff touches, interned: each id is hashed once per link end
+/// and once when first seen; everything else the planner records about a
+/// component is indexed by its slot.
+#[derive(Default)]
+struct Touched<'a> {
+    slots: FastMap<&'a str, Slot>,
+    ids: Vec<&'a str>,
+    marks: Vec<u8>,
 }
 
-#[derive(Default)]
-struct Builder<'a> {
+impl<'a> Touched<'a> {
+    /// Interns `id` (if new) and adds `mark` to it.
+    fn mark(&mut self, id: &'a str, mark: u8) -> Slot {
+        let next = Slot::try_from(self.ids.len()).expect("fewer than 2^32 components");
+        let at = *self.slots.entry(id).or_insert(next);
+        if at == next {
+            self.ids.push(id);
+            self.marks.push(0);
+        }
+        self.marks[at as usize] |= mark;
+        at
+    }
+
+    fn slot(&self, id: &str) -> Option<Slot> {
+        self.slots.get(id).copied()
+    }
+
+    /// The marks of `id`; 0 when untouched.
+    fn marks(&self, id: &str) -> u8 {
+        self.slot(id).map_or(0, |at| self.marks[at as usize])
+    }
+
+    fn end(&self, id: &str) -> End {
+        self.slot(id).map(|at| (at, self.marks[at as usize]))
+    }
+
+    fn ends(&self, l: &Link) -> Ends {
+        let (x, y) = l.endpoints();
+        Ends {
+            x: self.end(x),
+            y: self.end(y),
+        }
+    }
+
+    fn owned(&self, at: Slot) -> String {
+        self.ids[at as usize].to_owned()
+    }
+}
+
+/// One end of a link: its slot and marks, when touched.
+type End = Option<(Slot, u8)>;
+
+/// Both ends of a link, in [`Link::endpoints`] order.
+#[derive(Clone, Copy)]
+struct Ends {
+    x: End,
+    y: End,
+}
+
+impl Ends {
+    fn marks(self) -> u8 {
+        self.x.map_or(0, |e| e.1) | self.y.map_or(0, |e| e.1)
+    }
+
+    fn slots(self) -> impl Iterator<Item = Slot> {
+        self.x.into_iter().chain(self.y).map(|e| e.0)
+    }
+
+    /// [`Link::need`] with the ends: (who, what, who's end, what's end).
+    fn need(self, l: &Link) -> Option<(&str, &str, End, End)> {
+        let (who, what) = l.need()?;
+        let (x, _) = l.endpoints();
+        Some(if std::ptr::eq(who, x) {
+            (who, what, self.x, self.y)
+        } else {
+            (who, what, self.y, self.x)
+        })
+    }
+}
+
+const NO_STEP: usize = usize::MAX;
+
+struct Builder {
     actions: Vec<Action>,
     /// Dependencies as (step, the step it waits for), duplicates included:
     /// one flat list rather than a vector per step (a plan has thousands).
     edges: Vec<(usize, usize)>,
-    by_component: FastMap<&'a str, [Option<usize>; 7]>,
-    by_link: FastMap<&'a Link, [Option<usize>; 7]>,
+    /// Each touched component's step in each phase.
+    by_component: Vec<[usize; 7]>,
 }
 
-impl<'a> Builder<'a> {
-    fn add(&mut self, action: Action, key: Key<'a>) {
-        let i = self.actions.len();
-        let phase = action.phase() as usize;
-        match key {
-            Key::Component(c) => self.by_component.entry(c).or_default()[phase] = Some(i),
-            Key::Link(l) => self.by_link.entry(l).or_default()[phase] = Some(i),
+impl Builder {
+    fn new(touched: &Touched<'_>) -> Self {
+        Builder {
+            actions: Vec::new(),
+            edges: Vec::new(),
+            by_component: vec![[NO_STEP; 7]; touched.ids.len()],
         }
+    }
+
+    fn add(&mut self, action: Action, at: Slot) {
+        let phase = action.phase() as usize;
+        self.by_component[at as usize][phase] = self.actions.len();
         self.actions.push(action);
     }
 
-    fn find(&self, phase: Phase, component: &str) -> Option<usize> {
-        self.by_component.get(component)?[phase as usize]
+    /// Adds a link's step; it is found through the index returned.
+    fn add_link(&mut self, action: Action) -> usize {
+        self.actions.push(action);
+        self.actions.len() - 1
     }
 
-    fn find_link(&self, phase: Phase, link: &Link) -> Option<usize> {
-        self.by_link.get(link)?[phase as usize]
+    fn find(&self, phase: Phase, at: Slot) -> Option<usize> {
+        let step = self.by_component[at as usize][phase as usize];
+        (step != NO_STEP).then_some(step)
     }
 
     fn dep(&mut self, step: Option<usize>, on: Option<usize>) {
