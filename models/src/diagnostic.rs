@@ -1,5 +1,6 @@
 //! Problems found in a model, with where they are and what was expected.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use crate::locate::{locate, Position};
@@ -7,8 +8,9 @@ use crate::locate::{locate, Position};
 /// One step of a path into a JSON document.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Segment {
-    /// A member of an object.
-    Key(String),
+    /// A member of an object (most names are the schema's own: borrowed,
+    /// so that a path costs one allocation however deep it is).
+    Key(Cow<'static, str>),
     /// An element of an array.
     Index(usize),
 }
@@ -25,7 +27,7 @@ impl JsonPath {
     }
 
     /// This path, then a member.
-    pub fn key(&self, key: impl Into<String>) -> Self {
+    pub fn key(&self, key: impl Into<Cow<'static, str>>) -> Self {
         let mut p = self.clone();
         p.0.push(Segment::Key(key.into()));
         p

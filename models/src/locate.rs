@@ -185,7 +185,7 @@ mod tests {
             segs.iter()
                 .map(|s| match s.parse::<usize>() {
                     Ok(n) => Segment::Index(n),
-                    Err(_) => Segment::Key((*s).to_owned()),
+                    Err(_) => Segment::Key((*s).to_owned().into()),
                 })
                 .collect(),
         )

@@ -57,11 +57,14 @@ struct RawTemplate {
 pub fn parse_megamodel(file: &str, text: &str) -> Result<(Megamodel, Vec<Problem>), Invalid> {
     let (raw, unknown): (RawMegamodel, _) = read(file, text)?;
     let root = JsonPath::root();
+    // Only an unknown field needs the kinds (for its suggestions).
     let mut kinds = HashMap::new();
-    for (i, s) in raw.subsystems.iter().enumerate() {
-        component_kinds(&root.key("subsystems").index(i), &s.components, &mut kinds);
+    if !unknown.is_empty() {
+        for (i, s) in raw.subsystems.iter().enumerate() {
+            component_kinds(&root.key("subsystems").index(i), &s.components, &mut kinds);
+        }
+        component_kinds(&root, &raw.components, &mut kinds);
     }
-    component_kinds(&root, &raw.components, &mut kinds);
     let mut problems = unknown_fields(Schema::Megamodel, unknown, &kinds);
     let subsystems = raw
         .subsystems
@@ -92,7 +95,9 @@ pub fn parse_deployment_model(
 ) -> Result<(DeploymentModel, Vec<Problem>), Invalid> {
     let (raw, unknown): (RawDeploymentModel, _) = read(file, text)?;
     let mut kinds = HashMap::new();
-    component_kinds(&JsonPath::root(), &raw.components, &mut kinds);
+    if !unknown.is_empty() {
+        component_kinds(&JsonPath::root(), &raw.components, &mut kinds);
+    }
     let mut problems = unknown_fields(Schema::Subsystem, unknown, &kinds);
     let model = convert_model(raw, &JsonPath::root(), &mut problems);
     Ok((model, problems))
@@ -103,7 +108,9 @@ pub fn parse_template(file: &str, text: &str) -> Result<(Template, Vec<Problem>)
     let (raw, unknown): (RawTemplate, _) = read(file, text)?;
     let root = JsonPath::root();
     let mut kinds = HashMap::new();
-    component_kinds(&root, &raw.components, &mut kinds);
+    if !unknown.is_empty() {
+        component_kinds(&root, &raw.components, &mut kinds);
+    }
     let mut problems = unknown_fields(Schema::Template, unknown, &kinds);
     let components = convert_components(raw.components, &root, &mut problems);
     let links = convert_links(raw.links, &root, &mut problems);
@@ -250,7 +257,7 @@ fn ignored_path(p: &serde_ignored::Path<'_>) -> JsonPath {
             }
             P::Map { parent, key } => {
                 walk(parent, out);
-                out.push(Segment::Key(key.clone()));
+                out.push(Segment::Key(key.clone().into()));
             }
             P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
                 walk(parent, out)
@@ -268,7 +275,7 @@ fn path_of(p: &serde_path_to_error::Path) -> JsonPath {
         p.iter()
             .filter_map(|s| match s {
                 S::Seq { index } => Some(Segment::Index(*index)),
-                S::Map { key } => Some(Segment::Key(key.clone())),
+                S::Map { key } => Some(Segment::Key(key.clone().into())),
                 S::Enum { .. } | S::Unknown => None,
             })
             .collect(),

@@ -34,7 +34,7 @@ pub fn validate_megamodel(mm: &Megamodel) -> Vec<Problem> {
                     .expected("`id`: the subsystem's name, a DNS label such as \"building-a\""),
             ),
             Some(id) => {
-                check_id(id, &path.key("id"), "subsystem id", &mut problems);
+                check_id(id, || path.key("id"), "subsystem id", &mut problems);
                 if let Some(first) = seen_subsystems.insert(id, i) {
                     problems.push(
                         Problem::new(path.key("id"), format!("duplicate subsystem id `{id}`"))
@@ -57,7 +57,7 @@ pub fn validate_deployment_model(model: &DeploymentModel) -> Vec<Problem> {
     if let Some(id) = &model.id {
         check_id(
             id,
-            &JsonPath::root().key("id"),
+            || JsonPath::root().key("id"),
             "subsystem id",
             &mut problems,
         );
@@ -181,10 +181,11 @@ pub fn is_valid_id(id: &str) -> bool {
         && b[b.len() - 1] != b'-'
 }
 
-fn check_id(id: &str, path: &JsonPath, what: &str, problems: &mut Vec<Problem>) {
+/// `path` is only built for a problem: most ids are valid.
+fn check_id(id: &str, path: impl FnOnce() -> JsonPath, what: &str, problems: &mut Vec<Problem>) {
     if !is_valid_id(id) {
         problems.push(
-            Problem::new(path.clone(), format!("invalid {what} `{id}`"))
+            Problem::new(path(), format!("invalid {what} `{id}`"))
                 .expected("a DNS label: 1 to 63 characters among a-z, 0-9 and '-', not starting or ending with '-'"),
         );
     }
@@ -194,7 +195,7 @@ fn check_graph(doc: &Document<'_>, placeholders: Placeholders, problems: &mut Ve
     let mut by_id: FastMap<&str, &Located<Component>> =
         FastMap::with_capacity_and_hasher(doc.components.len(), Default::default());
     for c in &doc.components {
-        check_id(&c.item.id, &c.path.key("id"), "component id", problems);
+        check_id(&c.item.id, || c.path.key("id"), "component id", problems);
         if let Some(first) = by_id.get(c.item.id.as_str()) {
             problems.push(
                 Problem::new(
