@@ -28,6 +28,12 @@ pub struct BusArgs {
     /// The TLS listener's key (PEM).
     #[arg(long, value_name = "FILE", requires = "mqtts_listen")]
     pub mqtt_tls_key: Option<std::path::PathBuf>,
+    /// What the embedded broker keeps, per subscription, for subscribers
+    /// that are offline or lag behind, in MiB. A persistent session that
+    /// falls further behind loses its oldest messages; they are counted
+    /// (`continuum_local_broker_skipped` on the gateway's metrics) and logged.
+    #[arg(long, value_name = "MIB", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub mqtt_backlog_mib: u32,
     /// Embed no broker.
     #[arg(long)]
     pub no_mqtt: bool,
@@ -110,6 +116,7 @@ impl BusArgs {
         }
         let mut c = BrokerConfig::new(Some(self.mqtt_listen), Some(self.mqtt5_listen));
         c.users = self.users.iter().cloned().collect();
+        c.backlog = self.mqtt_backlog_mib as usize * (1 << 20);
         if let (Some(listen), Some(cert), Some(key)) =
             (self.mqtts_listen, &self.mqtt_tls_cert, &self.mqtt_tls_key)
         {

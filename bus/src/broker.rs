@@ -23,6 +23,11 @@ pub struct BrokerConfig {
     pub max_inflight: usize,
     /// MQTT 5 over TLS, on an address of its own (none: not served).
     pub tls: Option<BrokerTls>,
+    /// Bytes of messages (topic and payload, as rumqttd counts them) kept per
+    /// subscription filter for subscribers that are offline or lag behind
+    /// (about: the broker keeps it in eight segments and drops the oldest
+    /// segment whole). This bounds the broker's memory.
+    pub backlog: usize,
 }
 
 /// The broker's TLS listener: where, and its certificate and key (PEM).
@@ -38,7 +43,8 @@ pub struct BrokerTls {
 
 impl BrokerConfig {
     /// A broker on these addresses (MQTT 3.1.1, MQTT 5), anonymous, with
-    /// 1 MiB payloads and 1,000 messages in flight per connection.
+    /// 1 MiB payloads, 1,000 messages in flight per connection and a backlog
+    /// of 1 MiB per subscription.
     pub fn new(v4: Option<SocketAddr>, v5: Option<SocketAddr>) -> BrokerConfig {
         BrokerConfig {
             v4,
@@ -47,6 +53,7 @@ impl BrokerConfig {
             max_payload: 1 << 20,
             max_inflight: 1_000,
             tls: None,
+            backlog: 1 << 20,
         }
     }
 }
@@ -171,6 +178,11 @@ fn contain_panics() {
     });
 }
 
+/// The segments a subscription's backlog is kept in.
+const BACKLOG_SEGMENTS: usize = 8;
+/// rumqttd's smallest segment.
+const MIN_SEGMENT: usize = 1024;
+
 impl EmbeddedBroker {
     /// Starts the broker and returns once every listener accepts connections.
     pub fn start(config: BrokerConfig) -> Result<EmbeddedBroker, BrokerError> {
@@ -206,8 +218,11 @@ impl EmbeddedBroker {
             router: RouterConfig {
                 max_connections: 10_010,
                 max_outgoing_packet_count: 200,
-                max_segment_size: 100 * 1024 * 1024,
-                max_segment_count: 10,
+                // rumqttd keeps one log per subscription filter, in
+                // segments, and drops the oldest segment once there are
+                // more than the count: the backlog, in eight parts.
+                max_segment_size: (config.backlog / BACKLOG_SEGMENTS).max(MIN_SEGMENT),
+                max_segment_count: BACKLOG_SEGMENTS,
                 ..RouterConfig::default()
             },
             v4: config

@@ -9,6 +9,8 @@ pub mod args;
 #[cfg(feature = "broker")]
 pub mod broker;
 pub mod id;
+#[cfg(feature = "broker")]
+pub mod lag;
 pub mod letters;
 #[cfg(feature = "logs")]
 pub mod logs;

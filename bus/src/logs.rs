@@ -15,19 +15,26 @@ pub enum LogFormat {
 }
 
 /// Installs the subscriber: `filter` in tracing's syntax (`fallback` when it
-/// does not parse), colours only for text on a terminal (`ansi`).
+/// does not parse), colours only for text on a terminal (`ansi`). With the
+/// embedded broker, the count of what it skipped for lagging subscribers
+/// ([`crate::lag`]) is kept whatever the filter.
 pub fn init(filter: &str, fallback: &str, format: LogFormat, ansi: bool) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(fallback));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.with_ansi(ansi).init(),
-        LogFormat::Json => builder
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines = match format {
+        LogFormat::Text => lines.with_ansi(ansi).boxed(),
+        LogFormat::Json => lines
             .json()
             .with_current_span(true)
             .with_span_list(true)
-            .init(),
-    }
+            .boxed(),
+    };
+    let registry = tracing_subscriber::registry().with(lines.with_filter(filter));
+    #[cfg(feature = "broker")]
+    let registry = registry.with(crate::lag::layer());
+    registry.init();
 }

@@ -271,6 +271,7 @@ async fn whole_path(
             mqtts_listen: None,
             mqtt_tls_cert: None,
             mqtt_tls_key: None,
+            mqtt_backlog_mib: 4,
             no_mqtt: true,
         },
         bridge: continuum_gateway::cli::BridgeArgs {

@@ -44,6 +44,7 @@ pub struct AgentMetrics {
     components: Family<Labels, Gauge>,
     generation: Gauge,
     functions: FunctionCounters,
+    broker_skipped: Counter,
 }
 
 /// The counters of the subsystem's functions, summed from what their hosts
@@ -70,6 +71,7 @@ impl Default for AgentMetrics {
             components: Family::default(),
             generation: Gauge::default(),
             functions: FunctionCounters::default(),
+            broker_skipped: Counter::default(),
         };
         for outcome in ["ok", "failed", "error"] {
             let _ = m
@@ -107,6 +109,11 @@ impl Default for AgentMetrics {
                 "observed_generation",
                 "The generation the last pass enforced",
                 m.generation.clone(),
+            );
+            r.register(
+                "local_broker_skipped",
+                "Messages the embedded local broker dropped for a subscriber that fell behind its backlog (--mqtt-backlog-mib)",
+                m.broker_skipped.clone(),
             );
             let f = &m.functions;
             r.register(
@@ -204,6 +211,9 @@ impl AgentMetrics {
     pub fn render(&self, snapshot: &Snapshot, bridge: Option<&Registry>) -> String {
         self.generation
             .set(i64::try_from(snapshot.observed).unwrap_or(i64::MAX));
+        let skipped = continuum_bus::lag::skipped();
+        self.broker_skipped
+            .inc_by(skipped.saturating_sub(self.broker_skipped.get()));
         self.components.clear();
         for s in ["pending", "deploying", "running", "failed", "unknown"] {
             self.components

@@ -399,4 +399,75 @@ mod tests {
             }
         }
     }
+
+    /// A persistent session that falls further behind than the broker's
+    /// backlog loses its oldest messages — the backlog bounds the broker's
+    /// memory — and exactly what it lost is counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_behind_its_backlog_loses_the_oldest_and_they_are_counted() {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        // The binaries install this with their log subscriber.
+        let _ = tracing_subscriber::registry()
+            .with(continuum_bus::lag::layer())
+            .try_init();
+        let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut config = BrokerConfig::new(None, Some(addr));
+        config.backlog = 16 * 1024;
+        let broker = EmbeddedBroker::start(config).unwrap();
+        let attach = broker.attach();
+        let (session, _) = open(&attach, "lagging-session", true).await;
+        session.subscribe(vec!["lag/#".to_owned()]).unwrap();
+        drop(session);
+        // 400 messages of about 200 bytes while it is away: 80 KB, five
+        // times its backlog.
+        const SENT: usize = 400;
+        let (publisher, mut publisher_rx) = open(&attach, "lag-publisher", false).await;
+        for i in 0..SENT {
+            let payload = Bytes::from(format!("{i:0>200}"));
+            publisher
+                .publish(format!("lag/{i}"), false, payload, Vec::new())
+                .unwrap();
+        }
+        let mut acked = 0;
+        while acked < SENT {
+            if let Conn::Acked(..) = next(&mut publisher_rx).await {
+                acked += 1;
+            }
+        }
+        let before = continuum_bus::lag::skipped();
+        let lost = || usize::try_from(continuum_bus::lag::skipped() - before).unwrap();
+        let (session, mut session_rx) = open(&attach, "lagging-session", true).await;
+        let mut got: Vec<usize> = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while got.len() + lost() < SENT {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "received {} and counted {} skipped of {SENT}",
+                got.len(),
+                lost()
+            );
+            let Ok(Some(event)) =
+                tokio::time::timeout(Duration::from_millis(100), session_rx.recv()).await
+            else {
+                continue;
+            };
+            if let Conn::Publish(p) = event {
+                let topic = std::str::from_utf8(&p.topic).unwrap();
+                got.push(topic["lag/".len()..].parse().unwrap());
+                session.ack(&[*p]).unwrap();
+            }
+        }
+        let skipped = lost();
+        eprintln!(
+            "lost {skipped} of {SENT}; received the newest {}",
+            got.len()
+        );
+        assert!(skipped > 0, "a session five backlogs behind lost nothing");
+        assert_eq!(got.len() + skipped, SENT);
+        // What it got is the newest, in order, none twice.
+        let newest: Vec<usize> = (skipped..SENT).collect();
+        assert_eq!(got, newest);
+        assert!(continuum_bus::lag::jumps() >= 1);
+    }
 }
