@@ -30,6 +30,7 @@ pub struct Metrics {
     events: Gauge,
     commits: Family<Labels, Counter>,
     commit_batch: Histogram,
+    bus_skipped: Counter,
 }
 
 impl Default for Metrics {
@@ -49,6 +50,7 @@ impl Default for Metrics {
             commits: Family::default(),
             // 1 to 1,024 transitions.
             commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            bus_skipped: Counter::default(),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|e| e.into_inner());
@@ -106,6 +108,11 @@ impl Default for Metrics {
                 "store_commit_transitions",
                 "Transitions (applies, reports, registrations...) committed together in one durable commit",
                 m.commit_batch.clone(),
+            );
+            r.register(
+                "bus_skipped",
+                "Messages the embedded global bus dropped for a subscriber (a gateway's bridge away too long) that fell behind its backlog (--mqtt-backlog-mib)",
+                m.bus_skipped.clone(),
             );
         }
         m
@@ -216,6 +223,9 @@ impl Metrics {
         self.head
             .set(i64::try_from(status.head).unwrap_or(i64::MAX));
         self.events.set(i64::try_from(events).unwrap_or(i64::MAX));
+        let skipped = continuum_bus::lag::skipped();
+        self.bus_skipped
+            .inc_by(skipped.saturating_sub(self.bus_skipped.get()));
         // Every known label is written, at zero when nothing has it, so a
         // series does not vanish when its count drops to none.
         self.gateways.clear();
