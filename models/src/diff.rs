@@ -272,8 +272,9 @@ fn cascade<'a>(
             next[i as usize] = head;
         }
     }
+    // In any order: each component has one host, so its cause is the same
+    // whichever host is walked first, and what is added is sorted below.
     let mut frontier: Vec<&str> = replaced.iter().copied().collect();
-    frontier.sort_unstable();
     let mut updates: Vec<(&'a str, &'a str, Kind)> = Vec::new();
     // Level by level: what the frontier hosts joins the next frontier.
     while !frontier.is_empty() {
