@@ -6,7 +6,7 @@
 //! A cycle that goes through a hosting link is different — a component cannot
 //! run before its host exists — and stays an error (see `validate`).
 
-use crate::index::{FastMap, FastSet};
+use crate::index::FastMap;
 use crate::link::Link;
 
 /// The groups of components that a cycle of communication links joins.
@@ -20,20 +20,32 @@ impl<'a> CommunicationCycles<'a> {
     /// Finds the cycles among the communication links of `links` whose two ends
     /// `keep` accepts (physical links order nothing and are left out).
     pub fn find(links: impl IntoIterator<Item = &'a Link>, keep: impl Fn(&str) -> bool) -> Self {
-        let mut edges: FastMap<&'a str, Vec<&'a str>> = FastMap::default();
+        let mut slot: FastMap<&'a str, u32> = FastMap::default();
+        let mut names: Vec<&'a str> = Vec::new();
+        let mut intern = |id: &'a str| {
+            *slot.entry(id).or_insert_with(|| {
+                names.push(id);
+                u32::try_from(names.len() - 1).expect("fewer than 2^32 components")
+            })
+        };
+        let mut edges = Vec::new();
         for l in links {
             if let (Link::Communication(_), Some((who, what))) = (l, l.need()) {
                 if who != what && keep(who) && keep(what) {
-                    edges.entry(who).or_default().push(what);
-                    edges.entry(what).or_default();
+                    edges.push((intern(who), intern(what)));
                 }
             }
         }
-        let mut groups = strongly_connected(&edges);
-        groups.retain(|g| g.len() > 1);
-        for g in &mut groups {
-            g.sort_unstable();
-        }
+        let graph = Graph::new(names.len(), edges);
+        let mut groups: Vec<Vec<&'a str>> = graph
+            .cycle_groups()
+            .into_iter()
+            .map(|g| {
+                let mut g: Vec<&'a str> = g.into_iter().map(|n| names[n as usize]).collect();
+                g.sort_unstable();
+                g
+            })
+            .collect();
         groups.sort();
         let group_of = groups
             .iter()
@@ -62,51 +74,108 @@ impl<'a> CommunicationCycles<'a> {
     }
 }
 
+/// A directed graph over the nodes `0..n`, each node's edges in the order they
+/// were given (compressed rows: one allocation for all edges).
+#[derive(Debug, Clone)]
+pub(crate) struct Graph {
+    starts: Vec<u32>,
+    targets: Vec<u32>,
+}
+
+impl Graph {
+    pub(crate) fn new(n: usize, edges: Vec<(u32, u32)>) -> Self {
+        let mut starts = vec![0u32; n + 1];
+        for &(from, _) in &edges {
+            starts[from as usize + 1] += 1;
+        }
+        for i in 0..n {
+            starts[i + 1] += starts[i];
+        }
+        let mut fill = starts.clone();
+        let mut targets = vec![0u32; edges.len()];
+        for (from, to) in edges {
+            let at = &mut fill[from as usize];
+            targets[*at as usize] = to;
+            *at += 1;
+        }
+        Graph { starts, targets }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.starts.len() - 1
+    }
+
+    pub(crate) fn edges(&self, node: u32) -> &[u32] {
+        let n = node as usize;
+        &self.targets[self.starts[n] as usize..self.starts[n + 1] as usize]
+    }
+
+    /// The strongly connected components of more than one node.
+    pub(crate) fn cycle_groups(&self) -> Vec<Vec<u32>> {
+        let mut groups = strongly_connected(self);
+        groups.retain(|g| g.len() > 1);
+        groups
+    }
+
+    /// For each node, the index of its group in `groups`, or `None`.
+    pub(crate) fn group_of(&self, groups: &[Vec<u32>]) -> Vec<Option<u32>> {
+        let mut of = vec![None; self.len()];
+        for (i, g) in groups.iter().enumerate() {
+            let i = u32::try_from(i).expect("fewer than 2^32 groups");
+            for &n in g {
+                of[n as usize] = Some(i);
+            }
+        }
+        of
+    }
+}
+
 /// Tarjan's algorithm, iterative so that a long chain cannot overflow the stack.
-/// (Twenty lines here instead of a graph crate: the nodes are borrowed ids and
-/// the planner calls this on every pass.)
-fn strongly_connected<'a>(edges: &FastMap<&'a str, Vec<&'a str>>) -> Vec<Vec<&'a str>> {
-    let mut index: FastMap<&str, (usize, usize)> = FastMap::default(); // (index, lowlink)
-    let mut on_stack: FastSet<&str> = FastSet::default();
-    let mut stack: Vec<&str> = Vec::new();
+/// (Thirty lines here instead of a graph crate: the planner and the validation
+/// call this on every pass, over nodes they have already numbered.)
+fn strongly_connected(graph: &Graph) -> Vec<Vec<u32>> {
+    const UNSEEN: u32 = u32::MAX;
+    let n = graph.len();
+    let mut index = vec![UNSEEN; n];
+    let mut low = vec![0u32; n];
+    let mut on_stack = vec![false; n];
+    let mut stack: Vec<u32> = Vec::new();
     let mut out = Vec::new();
-    let mut nodes: Vec<&str> = edges.keys().copied().collect();
-    nodes.sort_unstable();
-    for &root in &nodes {
-        if index.contains_key(root) {
+    let mut next_index = 0u32;
+    for root in 0..n {
+        if index[root] != UNSEEN {
             continue;
         }
-        let mut work: Vec<(&str, usize)> = vec![(root, 0)];
+        let mut work: Vec<(u32, usize)> = vec![(u32::try_from(root).expect("u32 nodes"), 0)];
         while let Some(top) = work.last_mut() {
             let (node, next) = *top;
+            let u = node as usize;
             if next == 0 {
-                let n = index.len();
-                index.insert(node, (n, n));
+                index[u] = next_index;
+                low[u] = next_index;
+                next_index += 1;
                 stack.push(node);
-                on_stack.insert(node);
+                on_stack[u] = true;
             }
-            if let Some(&to) = edges[node].get(next) {
+            if let Some(&to) = graph.edges(node).get(next) {
                 top.1 += 1;
-                match index.get(to) {
-                    None => work.push((to, 0)),
-                    Some(&(i, _)) if on_stack.contains(to) => {
-                        let entry = index.get_mut(node).expect("visited");
-                        entry.1 = entry.1.min(i);
-                    }
-                    Some(_) => {}
+                let t = to as usize;
+                if index[t] == UNSEEN {
+                    work.push((to, 0));
+                } else if on_stack[t] {
+                    low[u] = low[u].min(index[t]);
                 }
                 continue;
             }
             work.pop();
-            let (i, low) = index[node];
             if let Some(&(parent, _)) = work.last() {
-                let p = index.get_mut(parent).expect("visited");
-                p.1 = p.1.min(low);
+                let p = parent as usize;
+                low[p] = low[p].min(low[u]);
             }
-            if i == low {
+            if index[u] == low[u] {
                 let mut group = Vec::new();
                 while let Some(x) = stack.pop() {
-                    on_stack.remove(x);
+                    on_stack[x as usize] = false;
                     group.push(x);
                     if x == node {
                         break;

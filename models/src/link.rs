@@ -65,11 +65,17 @@ impl Link {
     /// For ordering: the component that needs the other one, and the one it needs.
     /// Physical links carry no ordering.
     pub fn need(&self) -> Option<(&str, &str)> {
+        self.need_of(self.endpoints())
+    }
+
+    /// [`Link::need`] over the link's ends as the caller names them (their
+    /// numbers, say), given in the order of [`Link::endpoints`].
+    pub fn need_of<T>(&self, (a, b): (T, T)) -> Option<(T, T)> {
         match self {
-            Link::Hosting { component, host } => Some((component, host)),
+            Link::Hosting { .. } => Some((a, b)),
             Link::Communication(c) if c.physical => None,
-            Link::Communication(c) if c.is_deployer => Some((&c.to, &c.from)),
-            Link::Communication(c) => Some((&c.from, &c.to)),
+            Link::Communication(c) if c.is_deployer => Some((b, a)),
+            Link::Communication(_) => Some((a, b)),
         }
     }
 }

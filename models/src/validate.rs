@@ -3,7 +3,7 @@
 use crate::index::{FastMap, FastSet};
 
 use crate::component::{Component, ComponentSpec, GatewaySpec, Kind};
-use crate::cycles::CommunicationCycles;
+use crate::cycles::Graph;
 use crate::diagnostic::{JsonPath, Problem};
 use crate::link::Link;
 use crate::located::{Document, Located};
@@ -191,22 +191,57 @@ fn check_id(id: &str, path: impl FnOnce() -> JsonPath, what: &str, problems: &mu
     }
 }
 
+/// The model's graph with every id looked up once: components numbered by their
+/// first appearance (a duplicate id shares its first's number), links by ends.
+struct Resolved<'d, 'a> {
+    ids: FastMap<&'a str, u32>,
+    /// Each number's component.
+    components: Vec<&'d Located<'a, Component>>,
+    /// The number of each of the document's components.
+    number: Vec<u32>,
+    /// Each of the document's links' ends, `None` when one is empty or missing.
+    ends: Vec<Option<(u32, u32)>>,
+    /// Each number's host (by number) and the index of the link that says so.
+    host_of: Vec<Option<(u32, usize)>>,
+}
+
+impl<'a> Resolved<'_, 'a> {
+    fn id(&self, n: u32) -> &'a str {
+        &self.components[n as usize].item.id
+    }
+
+    fn kind(&self, n: u32) -> Kind {
+        self.components[n as usize].item.kind()
+    }
+}
+
 fn check_graph(doc: &Document<'_>, placeholders: Placeholders, problems: &mut Vec<Problem>) {
-    let mut by_id: FastMap<&str, &Located<Component>> =
-        FastMap::with_capacity_and_hasher(doc.components.len(), Default::default());
+    let mut g = Resolved {
+        ids: FastMap::with_capacity_and_hasher(doc.components.len(), Default::default()),
+        components: Vec::with_capacity(doc.components.len()),
+        number: Vec::with_capacity(doc.components.len()),
+        ends: Vec::with_capacity(doc.links.len()),
+        host_of: Vec::new(),
+    };
     for c in &doc.components {
         check_id(&c.item.id, || c.path.key("id"), "component id", problems);
-        if let Some(first) = by_id.get(c.item.id.as_str()) {
+        let next = u32::try_from(g.components.len()).expect("fewer than 2^32 components");
+        let n = *g.ids.entry(&c.item.id).or_insert(next);
+        if n == next {
+            g.components.push(c);
+        } else {
             problems.push(
                 Problem::new(
                     c.path.key("id"),
                     format!("duplicate component id `{}`", c.item.id),
                 )
-                .expected(format!("an id not already used by {}", first.path)),
+                .expected(format!(
+                    "an id not already used by {}",
+                    g.components[n as usize].path
+                )),
             );
-        } else {
-            by_id.insert(&c.item.id, c);
         }
+        g.number.push(n);
         if c.item.placeholder && placeholders == Placeholders::Forbidden {
             problems.push(
                 Problem::new(c.path.key("placeholder"), format!("`{}` is a placeholder outside a template", c.item.id))
@@ -223,7 +258,8 @@ fn check_graph(doc: &Document<'_>, placeholders: Placeholders, problems: &mut Ve
         }
         check_component(c, problems);
     }
-    check_links(doc, &by_id, placeholders, problems);
+    g.host_of = vec![None; g.components.len()];
+    check_links(doc, &mut g, placeholders, problems);
 }
 
 fn check_component(c: &Located<Component>, problems: &mut Vec<Problem>) {
@@ -518,28 +554,32 @@ fn check_secrets(c: &ContainerSpec, path: &JsonPath, problems: &mut Vec<Problem>
     }
 }
 
-fn check_links<'a>(
-    doc: &Document<'a>,
-    by_id: &FastMap<&'a str, &Located<'a, Component>>,
+fn check_links(
+    doc: &Document<'_>,
+    g: &mut Resolved<'_, '_>,
     placeholders: Placeholders,
     problems: &mut Vec<Problem>,
 ) {
-    let mut seen: FastMap<&Link, &JsonPath> = FastMap::default();
-    let mut host_of: FastMap<&'a str, (&'a str, &JsonPath)> = FastMap::default();
-    for l in &doc.links {
+    // Duplicates: the links with the same ends are chained, newest first, and a
+    // new link is compared with those alone (a link is more than its ends).
+    const END: usize = usize::MAX;
+    let mut newest: FastMap<(u32, u32, bool), usize> = FastMap::default();
+    let mut older = vec![END; doc.links.len()];
+    let mut seen_dangling: FastMap<&Link, &JsonPath> = FastMap::default();
+    for (li, l) in doc.links.iter().enumerate() {
         let (a, b) = l.item.endpoints();
         if a.is_empty() || b.is_empty() {
-            continue; // a missing endpoint, reported when the link was read
+            g.ends.push(None); // a missing endpoint, reported when the link was read
+            continue;
         }
         let (fa, fb) = match l.item {
             Link::Hosting { .. } => ("component", "host"),
             Link::Communication(_) => ("from", "to"),
         };
-        let mut dangling = false;
-        for (id, field) in [(a, fa), (b, fb)] {
-            if !by_id.contains_key(id) {
-                dangling = true;
-                let known: Vec<&str> = by_id.keys().copied().collect();
+        let (na, nb) = (g.ids.get(a).copied(), g.ids.get(b).copied());
+        for (id, n, field) in [(a, na, fa), (b, nb, fb)] {
+            if n.is_none() {
+                let known: Vec<&str> = g.ids.keys().copied().collect();
                 let hint = match crate::schema::suggest(id, &known) {
                     Some(s) => format!("the id of a component of the model; did you mean `{s}`?"),
                     None => "the id of a component of the model".to_owned(),
@@ -559,48 +599,55 @@ fn check_links<'a>(
                     .expected("two different components"),
             );
         }
-        if let Some(first) = seen.insert(l.item, &l.path) {
-            problems.push(
-                Problem::new(l.path.clone(), format!("duplicate link ({})", l.item))
-                    .expected(format!("each link once; it is already at {first}")),
-            );
-        }
-        if dangling {
+        let hosting = matches!(l.item, Link::Hosting { .. });
+        let (Some(na), Some(nb)) = (na, nb) else {
+            if let Some(first) = seen_dangling.insert(l.item, &l.path) {
+                problems.push(duplicate_link(l, first));
+            }
+            g.ends.push(None);
             continue;
+        };
+        g.ends.push(Some((na, nb)));
+        let head = newest.entry((na, nb, hosting)).or_insert(END);
+        let mut other = *head;
+        while other != END && doc.links[other].item != l.item {
+            other = older[other];
         }
+        if other != END {
+            problems.push(duplicate_link(l, &doc.links[other].path));
+        }
+        older[li] = *head;
+        *head = li;
         if let Link::Hosting { component, host } = l.item {
-            let (hosted, hosting) = (by_id[component.as_str()].item, by_id[host.as_str()].item);
-            if !hosting.kind().can_host(hosted.kind()) {
-                let expected = match hosted.kind() {
+            let (hosted, hosting) = (g.kind(na), g.kind(nb));
+            if !hosting.can_host(hosted) {
+                let expected = match hosted {
                     Kind::Firmware => "firmware is hosted on a device".to_owned(),
                     Kind::Gateway | Kind::Host | Kind::Device | Kind::External => {
-                        format!(
-                            "a {} is not hosted by anything; remove this link",
-                            hosted.kind()
-                        )
+                        format!("a {hosted} is not hosted by anything; remove this link")
                     }
-                    _ => format!(
-                        "a {} is hosted on a gateway, a host or a service",
-                        hosted.kind()
-                    ),
+                    _ => format!("a {hosted} is hosted on a gateway, a host or a service"),
                 };
                 problems.push(
                     Problem::new(
                         l.path.key("host"),
-                        format!(
-                            "{} `{component}` cannot be hosted on {} `{host}`",
-                            hosted.kind(),
-                            hosting.kind()
-                        ),
+                        format!("{hosted} `{component}` cannot be hosted on {hosting} `{host}`"),
                     )
                     .expected(expected),
                 );
             }
-            if let Some((other, first)) = host_of.insert(component, (host, &l.path)) {
-                if other != host {
+            if let Some((other, first)) = g.host_of[na as usize].replace((nb, li)) {
+                if other != nb {
                     problems.push(
-                        Problem::new(l.path.clone(), format!("`{component}` is hosted twice: on `{other}` ({first}) and on `{host}`"))
-                            .expected("one host per component"),
+                        Problem::new(
+                            l.path.clone(),
+                            format!(
+                                "`{component}` is hosted twice: on `{}` ({}) and on `{host}`",
+                                g.id(other),
+                                doc.links[first].path
+                            ),
+                        )
+                        .expected("one host per component"),
                     );
                 }
             }
@@ -609,9 +656,9 @@ fn check_links<'a>(
     // Software hosted nowhere (functions, and what their templates add beside
     // them, may wait for placement; in a template, beside the function is
     // where it runs).
-    for c in &doc.components {
+    for (i, c) in doc.components.iter().enumerate() {
         if c.item.kind().needs_host()
-            && !host_of.contains_key(c.item.id.as_str())
+            && g.host_of[g.number[i] as usize].is_none()
             && !c.item.placeholder
             && placeholders == Placeholders::Forbidden
             && !c
@@ -633,12 +680,12 @@ fn check_links<'a>(
             );
         }
         if let ComponentSpec::Proxy(p) = &c.item.spec {
-            match by_id.get(p.device.as_str()) {
-                Some(d) if d.item.kind() == Kind::Device => {}
-                Some(d) => problems.push(
+            match g.ids.get(p.device.as_str()).map(|&d| g.kind(d)) {
+                Some(Kind::Device) => {}
+                Some(kind) => problems.push(
                     Problem::new(
                         c.path.key("device"),
-                        format!("proxy device `{}` is a {}", p.device, d.item.kind()),
+                        format!("proxy device `{}` is a {kind}", p.device),
                     )
                     .expected("the id of a device"),
                 ),
@@ -653,79 +700,96 @@ fn check_links<'a>(
             }
         }
     }
-    check_cycles(doc, by_id, problems);
-    check_deployer_reach(doc, by_id, &host_of, problems);
+    check_cycles(doc, g, problems);
+    check_deployer_reach(doc, g, problems);
+}
+
+fn duplicate_link(l: &Located<'_, Link>, first: &JsonPath) -> Problem {
+    Problem::new(l.path.clone(), format!("duplicate link ({})", l.item))
+        .expected(format!("each link once; it is already at {first}"))
 }
 
 /// Hosting cycles, and cycles of start-order dependencies that go through a
 /// hosting link, which would leave no component able to start first. Cycles of
 /// communication links alone are accepted: their components start together.
-fn check_cycles(
-    doc: &Document<'_>,
-    by_id: &FastMap<&str, &Located<Component>>,
-    problems: &mut Vec<Problem>,
-) {
+fn check_cycles(doc: &Document<'_>, g: &Resolved<'_, '_>, problems: &mut Vec<Problem>) {
+    let n = g.components.len();
+    let is_hosting = |li: usize| matches!(doc.links[li].item, Link::Hosting { .. });
+    // Each need as (who, what, the link's index), in document order.
+    let needs: Vec<(u32, u32, usize)> = doc
+        .links
+        .iter()
+        .zip(&g.ends)
+        .enumerate()
+        .filter_map(|(li, (l, ends))| {
+            let (who, what) = l.item.need_of((*ends)?)?;
+            (who != what).then_some((who, what, li))
+        })
+        .collect();
     // Components on a cycle of communication links start together: those links
     // order nothing, so only the others can close a cycle.
-    let together = CommunicationCycles::find(doc.links.iter().map(|l| l.item), |id| {
-        by_id.contains_key(id)
-    });
-    let mut needs: FastMap<&str, Vec<(&str, &JsonPath, bool)>> = FastMap::default();
-    for l in &doc.links {
-        if let Some((who, what)) = l.item.need() {
-            if by_id.contains_key(who) && by_id.contains_key(what) && who != what {
-                let hosting = matches!(l.item, Link::Hosting { .. });
-                if !hosting && together.together(who, what) {
-                    continue;
-                }
-                needs.entry(who).or_default().push((what, &l.path, hosting));
-            }
-        }
-    }
+    let communication = Graph::new(
+        n,
+        needs
+            .iter()
+            .filter(|(_, _, li)| !is_hosting(*li))
+            .map(|&(who, what, _)| (who, what))
+            .collect(),
+    );
+    let group_of = communication.group_of(&communication.cycle_groups());
+    let together = |a: u32, b: u32| {
+        group_of[a as usize].is_some() && group_of[a as usize] == group_of[b as usize]
+    };
+    // Each component's needs, as indices into `needs`.
+    let by_who = Graph::new(
+        n,
+        needs
+            .iter()
+            .enumerate()
+            .filter(|(_, &(who, what, li))| is_hosting(li) || !together(who, what))
+            .map(|(e, &(who, _, _))| (who, u32::try_from(e).expect("fewer than 2^32 links")))
+            .collect(),
+    );
     // Iterative DFS with colours; each cycle is reported once, at the link closing it.
-    #[derive(Clone, Copy, PartialEq)]
-    enum Colour {
-        White,
-        Grey,
-        Black,
-    }
-    let mut colour: FastMap<&str, Colour> = by_id.keys().map(|k| (*k, Colour::White)).collect();
-    for c in &doc.components {
-        let start = c.item.id.as_str();
-        if colour.get(start) != Some(&Colour::White) {
+    const WHITE: u8 = 0;
+    const GREY: u8 = 1;
+    const BLACK: u8 = 2;
+    let mut colour = vec![WHITE; n];
+    for &start in &g.number {
+        if colour[start as usize] != WHITE {
             continue;
         }
-        let mut stack: Vec<(&str, usize)> = vec![(start, 0)];
-        let mut trail: Vec<&str> = vec![start];
-        colour.insert(start, Colour::Grey);
+        let mut stack: Vec<(u32, usize)> = vec![(start, 0)];
+        let mut trail: Vec<u32> = vec![start];
+        colour[start as usize] = GREY;
         while let Some((node, next)) = stack.last_mut() {
-            let edges = needs.get(*node).map(Vec::as_slice).unwrap_or(&[]);
-            if let Some(&(target, path, hosting)) = edges.get(*next) {
+            if let Some(&e) = by_who.edges(*node).get(*next) {
                 *next += 1;
-                match colour[target] {
-                    Colour::White => {
-                        colour.insert(target, Colour::Grey);
+                let (_, target, li) = needs[e as usize];
+                match colour[target as usize] {
+                    WHITE => {
+                        colour[target as usize] = GREY;
                         stack.push((target, 0));
                         trail.push(target);
                     }
-                    Colour::Grey => {
+                    GREY => {
                         let from = trail.iter().position(|n| *n == target).unwrap_or(0);
-                        let mut cycle: Vec<&str> = trail[from..].to_vec();
-                        cycle.push(target);
-                        let what = if hosting {
+                        let mut cycle: Vec<&str> = trail[from..].iter().map(|&n| g.id(n)).collect();
+                        cycle.push(g.id(target));
+                        let what = if is_hosting(li) {
                             "hosting cycle"
                         } else {
                             "dependency cycle"
                         };
                         problems.push(
-                            Problem::new(path.clone(), format!("{what}: {}", cycle.join(" -> ")))
+                            Problem::new(doc.links[li].path.clone(), format!("{what}: {}", cycle.join(" -> ")))
                                 .expected("a hosting chain that ends at a gateway, host or device, and no component that its own host needs through communication links"),
                         );
                     }
-                    Colour::Black => {}
+                    _ => {}
                 }
             } else {
-                colour.insert(node, Colour::Black);
+                colour[*node as usize] = BLACK;
                 stack.pop();
                 trail.pop();
             }
@@ -735,59 +799,49 @@ fn check_cycles(
 
 /// A device that needs a deployer must be reachable from a gateway or host: a
 /// physical link between them, or a deployer link from software on that machine.
-fn check_deployer_reach<'a>(
-    doc: &Document<'a>,
-    by_id: &FastMap<&'a str, &Located<'a, Component>>,
-    host_of: &FastMap<&'a str, (&'a str, &JsonPath)>,
-    problems: &mut Vec<Problem>,
-) {
-    let machine = |id: &str| {
-        by_id
-            .get(id)
-            .is_some_and(|c| matches!(c.item.kind(), Kind::Gateway | Kind::Host))
-    };
+fn check_deployer_reach(doc: &Document<'_>, g: &Resolved<'_, '_>, problems: &mut Vec<Problem>) {
+    let machine = |n: u32| matches!(g.kind(n), Kind::Gateway | Kind::Host);
     // The machine a component runs on, following the hosting chain.
-    let runs_on_machine = |mut id: &'a str| {
-        for _ in 0..=by_id.len() {
-            if machine(id) {
+    let runs_on_machine = |mut n: u32| {
+        for _ in 0..=g.components.len() {
+            if machine(n) {
                 return true;
             }
-            match host_of.get(id) {
-                Some((host, _)) => id = host,
+            match g.host_of[n as usize] {
+                Some((host, _)) => n = host,
                 None => return false,
             }
         }
         false
     };
-    let device_of = |id: &'a str| -> Option<&'a str> {
-        match by_id.get(id)?.item.kind() {
-            Kind::Device => Some(id),
-            Kind::Firmware => host_of.get(id).map(|(h, _)| *h),
-            _ => None,
-        }
+    let device_of = |n: u32| match g.kind(n) {
+        Kind::Device => Some(n),
+        Kind::Firmware => g.host_of[n as usize].map(|(h, _)| h),
+        _ => None,
     };
-    let mut reachable: FastSet<&str> = FastSet::default();
-    for l in &doc.links {
-        if let Link::Communication(c) = l.item {
-            if c.physical {
-                for (a, b) in [(&c.from, &c.to), (&c.to, &c.from)] {
-                    if machine(a) {
-                        if let Some(d) = device_of(b) {
-                            reachable.insert(d);
-                        }
+    let mut reachable = vec![false; g.components.len()];
+    for (l, ends) in doc.links.iter().zip(&g.ends) {
+        let (Link::Communication(c), Some((from, to))) = (l.item, *ends) else {
+            continue;
+        };
+        if c.physical {
+            for (a, b) in [(from, to), (to, from)] {
+                if machine(a) {
+                    if let Some(d) = device_of(b) {
+                        reachable[d as usize] = true;
                     }
                 }
             }
-            if c.is_deployer && runs_on_machine(&c.from) {
-                if let Some(d) = device_of(&c.to) {
-                    reachable.insert(d);
-                }
+        }
+        if c.is_deployer && runs_on_machine(from) {
+            if let Some(d) = device_of(to) {
+                reachable[d as usize] = true;
             }
         }
     }
-    for c in &doc.components {
+    for (i, c) in doc.components.iter().enumerate() {
         if let ComponentSpec::Device(d) = &c.item.spec {
-            if d.need_deployer && !reachable.contains(c.item.id.as_str()) {
+            if d.need_deployer && !reachable[g.number[i] as usize] {
                 problems.push(
                     Problem::new(c.path.key("need_deployer"), format!("device `{}` needs a deployer but no gateway or host can reach it", c.item.id))
                         .expected(format!("a communication link with `\"physical\": true` between `{}` and the gateway or host wired to it", c.item.id)),
