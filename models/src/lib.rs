@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod artefact;
+mod chunked;
 pub mod component;
 pub mod cycles;
 pub mod diagnostic;

@@ -1,5 +1,7 @@
 //! Components and links with the JSON path they were read from.
 
+use std::rc::Rc;
+
 use crate::component::Component;
 use crate::diagnostic::JsonPath;
 use crate::link::Link;
@@ -7,10 +9,20 @@ use crate::model::{DeploymentModel, Megamodel, Template};
 
 #[derive(Debug, Clone)]
 pub struct Located<'a, T> {
-    pub path: JsonPath,
+    /// The path of the array the item is in (shared: most paths are never
+    /// needed, so each is only built for a problem).
+    within: Rc<JsonPath>,
+    index: usize,
     /// The id of the subsystem the item is nested in, if any.
     pub nested_in: Option<&'a str>,
     pub item: &'a T,
+}
+
+impl<T> Located<'_, T> {
+    /// The item's JSON path.
+    pub fn path(&self) -> JsonPath {
+        self.within.index(self.index)
+    }
 }
 
 /// A model's components and links, in document order, with their paths.
@@ -55,17 +67,19 @@ impl<'a> Document<'a> {
         components: &'a [Component],
         links: &'a [Link],
     ) {
-        let cbase = base.key("components");
+        let within = Rc::new(base.key("components"));
         self.components
-            .extend(components.iter().enumerate().map(|(i, c)| Located {
-                path: cbase.index(i),
+            .extend(components.iter().enumerate().map(|(index, c)| Located {
+                within: within.clone(),
+                index,
                 nested_in,
                 item: c,
             }));
-        let lbase = base.key("links");
+        let within = Rc::new(base.key("links"));
         self.links
-            .extend(links.iter().enumerate().map(|(i, l)| Located {
-                path: lbase.index(i),
+            .extend(links.iter().enumerate().map(|(index, l)| Located {
+                within: within.clone(),
+                index,
                 nested_in,
                 item: l,
             }));

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use crate::chunked::Chunked;
 use crate::component::Kind;
 use crate::diagnostic::{Diagnostic, Invalid, JsonPath, Problem, Segment};
 use crate::locate::position_of;
@@ -24,9 +25,9 @@ struct RawMegamodel {
     #[serde(default)]
     subsystems: Vec<RawDeploymentModel>,
     #[serde(default)]
-    components: Vec<RawComponent>,
+    components: Chunked<RawComponent>,
     #[serde(default)]
-    links: Vec<RawLink>,
+    links: Chunked<RawLink>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -36,9 +37,9 @@ struct RawDeploymentModel {
     #[serde(default)]
     on_failure: Option<FailurePolicy>,
     #[serde(default)]
-    components: Vec<RawComponent>,
+    components: Chunked<RawComponent>,
     #[serde(default)]
-    links: Vec<RawLink>,
+    links: Chunked<RawLink>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,9 +48,9 @@ struct RawTemplate {
     #[serde(default)]
     description: Option<String>,
     #[serde(default)]
-    components: Vec<RawComponent>,
+    components: Chunked<RawComponent>,
     #[serde(default)]
-    links: Vec<RawLink>,
+    links: Chunked<RawLink>,
 }
 
 /// Reads a megamodel (nested or single-file form). Does not validate it: see
@@ -139,27 +140,21 @@ fn convert_model(
 }
 
 fn convert_components(
-    raw: Vec<RawComponent>,
+    raw: Chunked<RawComponent>,
     parent: &JsonPath,
     problems: &mut Vec<Problem>,
 ) -> Vec<crate::Component> {
     let base = parent.key("components");
-    raw.into_iter()
-        .enumerate()
-        .map(|(i, c)| c.into_component(&base.index(i), problems))
-        .collect()
+    raw.into_vec_with(|i, c| c.into_component(|| base.index(i), problems))
 }
 
 fn convert_links(
-    raw: Vec<RawLink>,
+    raw: Chunked<RawLink>,
     parent: &JsonPath,
     problems: &mut Vec<Problem>,
 ) -> Vec<crate::Link> {
     let base = parent.key("links");
-    raw.into_iter()
-        .enumerate()
-        .map(|(i, l)| l.into_link(&base.index(i), problems))
-        .collect()
+    raw.into_vec_with(|i, l| l.into_link(|| base.index(i), problems))
 }
 
 /// Deserializes `text`, collecting unknown fields as problems (with suggestions).
@@ -188,20 +183,34 @@ fn read<T: DeserializeOwned>(file: &str, text: &str) -> Result<(T, Vec<JsonPath>
     let mut de = serde_json::Deserializer::from_str(text);
     let result: Result<T, _> = {
         let mut on_ignored = |p: serde_ignored::Path<'_>| unknown.push(ignored_path(&p));
-        let ignoring = serde_ignored::Deserializer::new(&mut de, &mut on_ignored);
-        serde_path_to_error::deserialize(ignoring)
+        T::deserialize(serde_ignored::Deserializer::new(&mut de, &mut on_ignored))
     };
     let value = match result {
         Ok(v) => v,
-        Err(e) => {
-            let path = path_of(e.path());
-            return Err(json_error(file, text, path, e.into_inner()));
-        }
+        // Tracking the path costs a third of the read, so only a document
+        // that fails is read again to say where.
+        Err(e) => return Err(located_error::<T>(file, text, e)),
     };
     if let Err(e) = de.end() {
         return Err(json_error(file, text, JsonPath::root(), e));
     }
     Ok((value, unknown))
+}
+
+/// Reads a document that failed with `first` again, this time tracking the JSON path.
+fn located_error<T: DeserializeOwned>(file: &str, text: &str, first: serde_json::Error) -> Invalid {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let mut ignore = |_: serde_ignored::Path<'_>| {};
+    let ignoring = serde_ignored::Deserializer::new(&mut de, &mut ignore);
+    match serde_path_to_error::deserialize::<_, T>(ignoring) {
+        Err(e) => {
+            let path = path_of(e.path());
+            json_error(file, text, path, e.into_inner())
+        }
+        // The same bytes read the same way fail the same way; should they not,
+        // the first error still stands, at the top.
+        Ok(_) => json_error(file, text, JsonPath::root(), first),
+    }
 }
 
 /// Turns unknown-field paths into problems; a component's suggestions are the
@@ -223,7 +232,11 @@ fn unknown_fields(
         .collect()
 }
 
-fn component_kinds(parent: &JsonPath, raw: &[RawComponent], kinds: &mut HashMap<JsonPath, Kind>) {
+fn component_kinds(
+    parent: &JsonPath,
+    raw: &Chunked<RawComponent>,
+    kinds: &mut HashMap<JsonPath, Kind>,
+) {
     let base = parent.key("components");
     for (i, c) in raw.iter().enumerate() {
         kinds.insert(base.index(i), c.kind);

@@ -271,7 +271,7 @@ fn waiting(
         .iter()
         .filter(|c| c.item.kind() == Kind::Function && c.nested_in.is_none())
         .filter(|c| of.get(&c.item.id).is_some_and(Option::is_none))
-        .map(|c| (c.item.id.clone(), c.path.clone()))
+        .map(|c| (c.item.id.clone(), c.path()))
         .collect()
 }
 

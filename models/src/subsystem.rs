@@ -57,8 +57,11 @@ pub(crate) fn assign(mm: &Megamodel, doc: &Document<'_>) -> Assignment {
                 direct.insert(id, s.clone());
             } else {
                 out.problems.push(
-                    Problem::new(c.path.key("subsystem"), format!("unknown subsystem `{s}`"))
-                        .expected(format!("one of: {}", list(&out.subsystems))),
+                    Problem::new(
+                        c.path().key("subsystem"),
+                        format!("unknown subsystem `{s}`"),
+                    )
+                    .expected(format!("one of: {}", list(&out.subsystems))),
                 );
             }
         } else if c.item.kind() == Kind::Gateway {
@@ -115,7 +118,7 @@ pub(crate) fn assign(mm: &Megamodel, doc: &Document<'_>) -> Assignment {
                 } else {
                     out.of.insert(id.to_owned(), None);
                     out.problems.push(
-                        Problem::new(c.path.clone(), format!("cannot tell which subsystem {kind} `{id}` belongs to"))
+                        Problem::new(c.path(), format!("cannot tell which subsystem {kind} `{id}` belongs to"))
                             .expected(if out.subsystems.is_empty() {
                                 "a gateway component: every subsystem is run by one gateway".to_owned()
                             } else {
@@ -128,7 +131,7 @@ pub(crate) fn assign(mm: &Megamodel, doc: &Document<'_>) -> Assignment {
                 out.of.insert(id.to_owned(), None);
                 out.problems.push(
                     Problem::new(
-                        c.path.clone(),
+                        c.path(),
                         format!(
                             "{kind} `{id}` is linked to several subsystems: {}",
                             list(many)
@@ -149,7 +152,7 @@ pub(crate) fn assign(mm: &Megamodel, doc: &Document<'_>) -> Assignment {
                 if gateways[s.as_str()].len() > 1 {
                     out.problems.push(
                         Problem::new(
-                            c.path.clone(),
+                            c.path(),
                             format!("subsystem `{s}` has a second gateway `{}`", c.item.id),
                         )
                         .expected(format!(
@@ -176,7 +179,7 @@ pub(crate) fn assign(mm: &Megamodel, doc: &Document<'_>) -> Assignment {
             if let (Some(Some(a)), Some(Some(b))) = (out.of.get(component), out.of.get(host)) {
                 if a != b {
                     out.problems.push(
-                        Problem::new(l.path.clone(), format!("`{component}` (subsystem `{a}`) is hosted on `{host}` (subsystem `{b}`)"))
+                        Problem::new(l.path(), format!("`{component}` (subsystem `{a}`) is hosted on `{host}` (subsystem `{b}`)"))
                             .expected("a component and its host in the same subsystem"),
                     );
                 }

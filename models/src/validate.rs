@@ -79,7 +79,7 @@ pub fn validate_deployment_model(model: &DeploymentModel) -> Vec<Problem> {
                 for g in rest {
                     problems.push(
                         Problem::new(
-                            g.path.clone(),
+                            g.path(),
                             format!("subsystem `{id}` has a second gateway `{}`", g.item.id),
                         )
                         .expected(format!(
@@ -106,7 +106,7 @@ pub fn validate_template(t: &Template) -> Vec<Problem> {
         if let Some(runtime) = c.item.as_function().and_then(|f| f.runtime.as_ref()) {
             problems.push(
                 Problem::new(
-                    c.path.key("runtime"),
+                    c.path().key("runtime"),
                     format!("templates do not nest: `{}` names runtime template `{runtime}`", c.item.id),
                 )
                 .expected("a template's own functions carry their `resources`; only the megamodel's functions name a runtime"),
@@ -132,7 +132,7 @@ pub fn validate_template(t: &Template) -> Vec<Problem> {
             if !matches!(p.item.kind(), Kind::Service | Kind::Function) {
                 problems.push(
                     Problem::new(
-                        p.path.key("kind"),
+                        p.path().key("kind"),
                         format!("a {} cannot be a placeholder", p.item.kind()),
                     )
                     .expected("a placeholder of kind service or function"),
@@ -142,7 +142,7 @@ pub fn validate_template(t: &Template) -> Vec<Problem> {
             if !container.is_some_and(|c| c.image.is_some() || c.build.is_some()) {
                 problems.push(
                     Problem::new(
-                        p.path.key("resources"),
+                        p.path().key("resources"),
                         "the placeholder has no container `image` or `build`: nothing would run the function",
                     )
                     .expected("`resources.container.build` (a build context beside the template) or `resources.container.image`"),
@@ -153,7 +153,7 @@ pub fn validate_template(t: &Template) -> Vec<Problem> {
             for p in rest {
                 problems.push(
                     Problem::new(
-                        p.path.key("placeholder"),
+                        p.path().key("placeholder"),
                         "a second placeholder in the template",
                     )
                     .expected("exactly one placeholder per template"),
@@ -224,7 +224,7 @@ fn check_graph(doc: &Document<'_>, placeholders: Placeholders, problems: &mut Ve
         host_of: Vec::new(),
     };
     for c in &doc.components {
-        check_id(&c.item.id, || c.path.key("id"), "component id", problems);
+        check_id(&c.item.id, || c.path().key("id"), "component id", problems);
         let next = u32::try_from(g.components.len()).expect("fewer than 2^32 components");
         let n = *g.ids.entry(&c.item.id).or_insert(next);
         if n == next {
@@ -232,26 +232,26 @@ fn check_graph(doc: &Document<'_>, placeholders: Placeholders, problems: &mut Ve
         } else {
             problems.push(
                 Problem::new(
-                    c.path.key("id"),
+                    c.path().key("id"),
                     format!("duplicate component id `{}`", c.item.id),
                 )
                 .expected(format!(
                     "an id not already used by {}",
-                    g.components[n as usize].path
+                    g.components[n as usize].path()
                 )),
             );
         }
         g.number.push(n);
         if c.item.placeholder && placeholders == Placeholders::Forbidden {
             problems.push(
-                Problem::new(c.path.key("placeholder"), format!("`{}` is a placeholder outside a template", c.item.id))
+                Problem::new(c.path().key("placeholder"), format!("`{}` is a placeholder outside a template", c.item.id))
                     .expected("placeholders only in runtime templates (examples/templates/); remove `placeholder`"),
             );
         }
         if let (Some(nested), Some(explicit)) = (c.nested_in, c.item.subsystem.as_deref()) {
             if nested != explicit {
                 problems.push(
-                    Problem::new(c.path.key("subsystem"), format!("`subsystem` says `{explicit}` but the component is inside subsystem `{nested}`"))
+                    Problem::new(c.path().key("subsystem"), format!("`subsystem` says `{explicit}` but the component is inside subsystem `{nested}`"))
                         .expected(format!("`{nested}`, or no `subsystem` field")),
                 );
             }
@@ -263,7 +263,7 @@ fn check_graph(doc: &Document<'_>, placeholders: Placeholders, problems: &mut Ve
 }
 
 fn check_component(c: &Located<Component>, problems: &mut Vec<Problem>) {
-    let path = &c.path;
+    let path = &c.path();
     match &c.item.spec {
         ComponentSpec::Function(f) => {
             f.invocation.check(&path.key("invocation"), problems);
@@ -565,7 +565,7 @@ fn check_links(
     const END: usize = usize::MAX;
     let mut newest: FastMap<(u32, u32, bool), usize> = FastMap::default();
     let mut older = vec![END; doc.links.len()];
-    let mut seen_dangling: FastMap<&Link, &JsonPath> = FastMap::default();
+    let mut seen_dangling: FastMap<&Link, usize> = FastMap::default();
     for (li, l) in doc.links.iter().enumerate() {
         let (a, b) = l.item.endpoints();
         if a.is_empty() || b.is_empty() {
@@ -586,7 +586,7 @@ fn check_links(
                 };
                 problems.push(
                     Problem::new(
-                        l.path.key(field),
+                        l.path().key(field),
                         format!("link to missing component `{id}`"),
                     )
                     .expected(hint),
@@ -595,14 +595,14 @@ fn check_links(
         }
         if a == b {
             problems.push(
-                Problem::new(l.path.clone(), format!("`{a}` is linked to itself"))
+                Problem::new(l.path(), format!("`{a}` is linked to itself"))
                     .expected("two different components"),
             );
         }
         let hosting = matches!(l.item, Link::Hosting { .. });
         let (Some(na), Some(nb)) = (na, nb) else {
-            if let Some(first) = seen_dangling.insert(l.item, &l.path) {
-                problems.push(duplicate_link(l, first));
+            if let Some(first) = seen_dangling.insert(l.item, li) {
+                problems.push(duplicate_link(l, &doc.links[first].path()));
             }
             g.ends.push(None);
             continue;
@@ -614,7 +614,7 @@ fn check_links(
             other = older[other];
         }
         if other != END {
-            problems.push(duplicate_link(l, &doc.links[other].path));
+            problems.push(duplicate_link(l, &doc.links[other].path()));
         }
         older[li] = *head;
         *head = li;
@@ -630,7 +630,7 @@ fn check_links(
                 };
                 problems.push(
                     Problem::new(
-                        l.path.key("host"),
+                        l.path().key("host"),
                         format!("{hosted} `{component}` cannot be hosted on {hosting} `{host}`"),
                     )
                     .expected(expected),
@@ -640,11 +640,11 @@ fn check_links(
                 if other != nb {
                     problems.push(
                         Problem::new(
-                            l.path.clone(),
+                            l.path(),
                             format!(
                                 "`{component}` is hosted twice: on `{}` ({}) and on `{host}`",
                                 g.id(other),
-                                doc.links[first].path
+                                doc.links[first].path()
                             ),
                         )
                         .expected("one host per component"),
@@ -673,7 +673,7 @@ fn check_links(
             };
             problems.push(
                 Problem::new(
-                    c.path.clone(),
+                    c.path(),
                     format!("{} `{}` is hosted nowhere", c.item.kind(), c.item.id),
                 )
                 .expected(expected),
@@ -684,7 +684,7 @@ fn check_links(
                 Some(Kind::Device) => {}
                 Some(kind) => problems.push(
                     Problem::new(
-                        c.path.key("device"),
+                        c.path().key("device"),
                         format!("proxy device `{}` is a {kind}", p.device),
                     )
                     .expected("the id of a device"),
@@ -692,7 +692,7 @@ fn check_links(
                 None if p.device.is_empty() => {}
                 None => problems.push(
                     Problem::new(
-                        c.path.key("device"),
+                        c.path().key("device"),
                         format!("proxy refers to missing device `{}`", p.device),
                     )
                     .expected("the id of a device of the model"),
@@ -705,7 +705,7 @@ fn check_links(
 }
 
 fn duplicate_link(l: &Located<'_, Link>, first: &JsonPath) -> Problem {
-    Problem::new(l.path.clone(), format!("duplicate link ({})", l.item))
+    Problem::new(l.path(), format!("duplicate link ({})", l.item))
         .expected(format!("each link once; it is already at {first}"))
 }
 
@@ -782,7 +782,7 @@ fn check_cycles(doc: &Document<'_>, g: &Resolved<'_, '_>, problems: &mut Vec<Pro
                             "dependency cycle"
                         };
                         problems.push(
-                            Problem::new(doc.links[li].path.clone(), format!("{what}: {}", cycle.join(" -> ")))
+                            Problem::new(doc.links[li].path(), format!("{what}: {}", cycle.join(" -> ")))
                                 .expected("a hosting chain that ends at a gateway, host or device, and no component that its own host needs through communication links"),
                         );
                     }
@@ -843,7 +843,7 @@ fn check_deployer_reach(doc: &Document<'_>, g: &Resolved<'_, '_>, problems: &mut
         if let ComponentSpec::Device(d) = &c.item.spec {
             if d.need_deployer && !reachable[g.number[i] as usize] {
                 problems.push(
-                    Problem::new(c.path.key("need_deployer"), format!("device `{}` needs a deployer but no gateway or host can reach it", c.item.id))
+                    Problem::new(c.path().key("need_deployer"), format!("device `{}` needs a deployer but no gateway or host can reach it", c.item.id))
                         .expected(format!("a communication link with `\"physical\": true` between `{}` and the gateway or host wired to it", c.item.id)),
                 );
             }

@@ -179,7 +179,11 @@ impl RawComponent {
     /// Converts to a typed component, pushing a problem (under `path`) for every
     /// field that does not apply to the kind or that the kind requires. Returns a
     /// component whenever the fields that identify it are usable.
-    pub fn into_component(self, path: &JsonPath, problems: &mut Vec<Problem>) -> Component {
+    pub fn into_component(
+        self,
+        path: impl Fn() -> JsonPath,
+        problems: &mut Vec<Problem>,
+    ) -> Component {
         let kind = self.kind;
         for field in self.present_fields() {
             let kinds = KIND_FIELDS
@@ -191,7 +195,7 @@ impl RawComponent {
                 let names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
                 problems.push(
                     Problem::new(
-                        path.key(field),
+                        path().key(field),
                         format!("field `{field}` does not apply to a {kind}"),
                     )
                     .expected(format!(
@@ -216,7 +220,7 @@ impl RawComponent {
             Kind::Device => ComponentSpec::Device(DeviceSpec {
                 board: self.board.unwrap_or_else(|| {
                     problems.push(
-                        Problem::new(path.clone(), "device has no `board`")
+                        Problem::new(path(), "device has no `board`")
                             .expected("`board`: the board type, such as \"uno\" or \"mega\""),
                     );
                     String::new()
@@ -241,7 +245,7 @@ impl RawComponent {
             Kind::Proxy => ComponentSpec::Proxy(ProxySpec {
                 device: self.device.unwrap_or_else(|| {
                     problems.push(
-                        Problem::new(path.clone(), "proxy has no `device`")
+                        Problem::new(path(), "proxy has no `device`")
                             .expected("`device`: the id of the device it bridges"),
                     );
                     String::new()
@@ -333,7 +337,7 @@ impl<'de> Deserialize<'de> for Component {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = RawComponent::deserialize(d)?;
         let mut problems = Vec::new();
-        let c = raw.into_component(&JsonPath::root(), &mut problems);
+        let c = raw.into_component(JsonPath::root, &mut problems);
         match problems.into_iter().next() {
             None => Ok(c),
             Some(p) => Err(serde::de::Error::custom(p.message)),
@@ -372,7 +376,7 @@ impl RawLink {
     /// Converts to a typed link, pushing a problem for every missing or misplaced
     /// field. A missing endpoint becomes an empty id, which validation skips: the
     /// link keeps its place so every later path stays right.
-    pub fn into_link(self, path: &JsonPath, problems: &mut Vec<Problem>) -> Link {
+    pub fn into_link(self, path: impl Fn() -> JsonPath, problems: &mut Vec<Problem>) -> Link {
         let kind = match self.kind {
             LinkKind::Hosting => "hosting",
             LinkKind::Communication => "communication",
@@ -380,7 +384,7 @@ impl RawLink {
         let mut require = |v: Option<String>, field: &str, what: &str| {
             v.unwrap_or_else(|| {
                 problems.push(
-                    Problem::new(path.clone(), format!("{kind} link has no `{field}`"))
+                    Problem::new(path(), format!("{kind} link has no `{field}`"))
                         .expected(format!("`{field}`: {what}")),
                 );
                 String::new()
@@ -425,7 +429,7 @@ impl RawLink {
             };
             problems.push(
                 Problem::new(
-                    path.key(*field),
+                    path().key(*field),
                     format!("field `{field}` does not apply to a {kind} link"),
                 )
                 .expected(expected),
@@ -467,7 +471,7 @@ impl<'de> Deserialize<'de> for Link {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = RawLink::deserialize(d)?;
         let mut problems = Vec::new();
-        let link = raw.into_link(&JsonPath::root(), &mut problems);
+        let link = raw.into_link(JsonPath::root, &mut problems);
         match problems.into_iter().next() {
             None => Ok(link),
             Some(p) => Err(serde::de::Error::custom(p.message)),
