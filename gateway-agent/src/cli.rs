@@ -633,7 +633,7 @@ async fn serve<R: ContainerRuntime>(
                     .add_service(health_service)
                     .add_service(continuum_proto::serving::reflection())
                     .serve_with_incoming_shutdown(
-                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        continuum_proto::serving::incoming(listener),
                         async move { stop.cancelled().await },
                     ),
             ))

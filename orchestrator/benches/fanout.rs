@@ -285,7 +285,7 @@ async fn fan_out_floor(gateways: usize, rounds: usize) -> Vec<Duration> {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(GatewayLinkServer::new(floor))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            .serve_with_incoming(continuum_proto::serving::incoming(listener)),
     );
     let endpoint = format!("http://{addr}");
     let (arrivals_tx, mut arrivals) = mpsc::unbounded_channel::<Instant>();

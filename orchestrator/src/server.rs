@@ -10,7 +10,6 @@ use continuum_proto::v1::gateway_link_server::GatewayLinkServer;
 use continuum_proto::v1::model_service_server::ModelServiceServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -289,9 +288,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .accept_http1(true)
             .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                until.cancelled().await;
-            }),
+            .serve_with_incoming_shutdown(
+                continuum_proto::serving::incoming(listener),
+                async move {
+                    until.cancelled().await;
+                },
+            ),
     );
     tracing::info!(%local_addr, data_dir = %config.data_dir.display(), "orchestrator serving");
     Ok(Running {

@@ -27,3 +27,14 @@ pub fn reflection() -> ServerReflectionServer<impl ServerReflection> {
         .build_v1()
         .expect("the descriptor sets compiled into this binary are valid")
 }
+
+/// The connections a server accepts, with Nagle's algorithm off. Links carry
+/// small messages both ways (targets down, acknowledgements and reports up);
+/// with it on, a reply written while the peer still owes an acknowledgement
+/// waited for the peer's delayed ACK, about 40 ms each time. Tonic sets this on
+/// the connections of listeners it binds itself, not on one it is given.
+pub fn incoming(
+    listener: impl Into<tonic::transport::server::TcpIncoming>,
+) -> tonic::transport::server::TcpIncoming {
+    listener.into().with_nodelay(Some(true))
+}
