@@ -8,6 +8,8 @@
 pub mod args;
 #[cfg(feature = "broker")]
 pub mod broker;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod id;
 #[cfg(feature = "broker")]
 pub mod lag;

@@ -211,6 +211,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     );
     o.set_keep_alive(Duration::from_secs(15))
         .set_clean_start(true)
+        .set_network_options(continuum_bus::client::network_options(10))
         // Orders carry their firmware (an Uno's is at most ~90 KB in hex).
         .set_max_packet_size(Some(4 << 20))
         .set_last_will(LastWill::new(

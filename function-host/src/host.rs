@@ -225,7 +225,8 @@ fn options(config: &Config, suffix: &str, receive_maximum: u16) -> MqttOptions {
         .set_session_expiry_interval(Some(u32::MAX))
         .set_manual_acks(true)
         .set_receive_maximum(Some(receive_maximum))
-        .set_connection_timeout(10);
+        .set_connection_timeout(10)
+        .set_network_options(continuum_bus::client::network_options(10));
     if let Some((u, p)) = &config.broker.credentials {
         o.set_credentials(u, p);
     }

@@ -70,7 +70,8 @@ impl AgentLink {
         );
         o.set_keep_alive(Duration::from_secs(15))
             .set_clean_start(true)
-            .set_max_packet_size(Some(4 << 20));
+            .set_max_packet_size(Some(4 << 20))
+            .set_network_options(continuum_bus::client::network_options(10));
         if let Some((u, p)) = &broker.credentials {
             o.set_credentials(u, p);
         }

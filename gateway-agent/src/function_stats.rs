@@ -29,7 +29,8 @@ pub fn follow(
     );
     // A new session each time: the retained reports bring the latest counts.
     o.set_keep_alive(Duration::from_secs(15))
-        .set_clean_start(true);
+        .set_clean_start(true)
+        .set_network_options(continuum_bus::client::network_options(10));
     if let Some((u, p)) = &broker.credentials {
         o.set_credentials(u, p);
     }

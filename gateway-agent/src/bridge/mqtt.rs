@@ -234,6 +234,7 @@ fn connect(spec: &ClientSpec, capacity: usize) -> (AsyncClient, EventLoop) {
         .set_connection_timeout(10)
         .set_max_packet_size(Some(spec.max_packet))
         .set_outgoing_inflight_upper_limit(capacity.min(u16::MAX as usize) as u16);
+    o.set_network_options(continuum_bus::client::network_options(10));
     if spec.persistent {
         // 0xFFFFFFFF: the session never expires (MQTT 5 §3.1.2.11.2).
         o.set_session_expiry_interval(Some(u32::MAX));
