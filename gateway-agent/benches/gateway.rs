@@ -242,7 +242,8 @@ async fn whole_path(
     .unwrap();
     let endpoint = format!("http://{}", orchestrator.local_addr());
     let args = continuum_gateway::cli::Args {
-        id: gateway.clone(),
+        command: None,
+        id: Some(gateway.clone()),
         orchestrator: endpoint.clone(),
         tls_ca: None,
         tls_cert: None,

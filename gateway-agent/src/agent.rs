@@ -110,6 +110,9 @@ pub enum Driver {
     Docker,
     /// Child processes running each container's `command` (no Docker).
     Process,
+    /// A simulated engine (`continuum gateway sim`): nothing runs.
+    #[value(skip)]
+    Sim,
 }
 
 /// Reads an offered model.

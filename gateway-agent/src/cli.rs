@@ -27,10 +27,14 @@ use tokio_util::sync::CancellationToken;
 
 /// The settings of `continuum gateway`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(subcommand_negates_reqs = true)]
 pub struct Args {
+    /// Run simulated gateways instead of this one.
+    #[command(subcommand)]
+    pub command: Option<GatewayCommand>,
     /// This gateway's id: the id of its gateway component in the megamodel.
-    #[arg(long, env = "CONTINUUM_GATEWAY_ID")]
-    pub id: String,
+    #[arg(long, env = "CONTINUUM_GATEWAY_ID", required = true)]
+    pub id: Option<String>,
     /// The orchestrator to dial (`host:port` or a URL; `https://` for TLS).
     #[arg(long, env = "CONTINUUM_SERVER", default_value = "127.0.0.1:7070")]
     pub orchestrator: String,
@@ -157,6 +161,24 @@ pub struct Args {
     pub max_backoff: Duration,
 }
 
+/// What `continuum gateway` runs instead of one gateway agent.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum GatewayCommand {
+    /// Run many simulated gateway agents in this process: each registers,
+    /// keeps its own store and enforces its targets, on a simulated engine
+    /// (no containers; every step takes a random time and may fail), without
+    /// a broker or a bridge. For trying a fleet's rollouts and measuring the
+    /// orchestrator at fleet size.
+    Sim(crate::fleet::SimArgs),
+}
+
+impl Args {
+    /// This gateway's id (empty when none was given, which is refused).
+    pub fn id(&self) -> &str {
+        self.id.as_deref().unwrap_or_default()
+    }
+}
+
 /// The bridge between the local broker and the global bus.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BridgeArgs {
@@ -244,13 +266,13 @@ fn parse_credentials(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("`{s}` is not user:password"))
 }
 
-fn parse_label(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_label(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .ok_or_else(|| format!("`{s}` is not key=value"))
 }
 
-fn memory_bytes() -> u64 {
+pub(crate) fn memory_bytes() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
@@ -278,16 +300,19 @@ pub fn run(config: Args) -> anyhow::Result<()> {
             eprintln!("stopping");
             stop.cancel();
         });
-        run_until(config, shutdown).await
+        match config.command {
+            Some(GatewayCommand::Sim(sim)) => crate::fleet::run_until(sim, shutdown).await,
+            None => run_until(config, shutdown).await,
+        }
     })
 }
 
 /// Runs the agent until `shutdown` is cancelled.
 pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
-    if !continuum_models::validate::is_valid_id(&config.id) {
+    if !continuum_models::validate::is_valid_id(config.id()) {
         anyhow::bail!(
             "`{}` is not a valid gateway id: expected 1 to 63 lowercase letters, digits and dashes",
-            config.id
+            config.id()
         );
     }
     // Plain-text, unauthenticated listeners beyond loopback only when asked.
@@ -367,7 +392,7 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
                 u
             }
         };
-        let mut bc = BridgeConfig::new(&config.id, global, local);
+        let mut bc = BridgeConfig::new(config.id(), global, local);
         bc.global_pinned = config.bridge.bus_url.is_some();
         bc.data_dir = Some(config.data_dir.clone());
         bc.capacity = config.bridge.outbox_capacity;
@@ -405,7 +430,7 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
         settings.deployers = Some(crate::deployers::Deployers::new(
             crate::deployers::DeployersConfig {
                 program,
-                gateway: config.id.clone(),
+                gateway: config.id().to_owned(),
                 broker: url.clone(),
                 agent_broker: config.agent_broker.clone(),
                 state_dir: config.data_dir.join("deploy-agent"),
@@ -424,6 +449,9 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
         );
     }
     match config.driver {
+        Driver::Sim => {
+            anyhow::bail!("the simulated engine runs under `continuum gateway sim`")
+        }
         Driver::Docker => {
             let docker = Arc::new(DockerRuntime::lazy());
             let up = docker.list("continuum.probe", "1").await.is_ok();
@@ -576,7 +604,7 @@ async fn serve<R: ContainerRuntime>(
         fencing: Some(fencing),
         endpoint,
         tls: Some(tls),
-        gateway_id: config.id.clone(),
+        gateway_id: config.id().to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         location: config.location.clone(),
         capabilities: Capabilities {
@@ -618,7 +646,7 @@ async fn serve<R: ContainerRuntime>(
                 .await
                 .with_context(|| format!("cannot listen on {addr} for the local API"))?;
             let api = LocalApi {
-                gateway_id: config.id.clone(),
+                gateway_id: config.id().to_owned(),
                 offers: offers_tx.clone(),
                 snapshot: snapshot.clone(),
                 connected: connected.clone(),
@@ -649,7 +677,7 @@ async fn serve<R: ContainerRuntime>(
                 listener.local_addr()?
             );
             let observed = crate::metrics::Observed::new(
-                config.id.clone(),
+                config.id().to_owned(),
                 Arc::clone(&metrics),
                 snapshot.clone(),
                 connected.clone(),
@@ -658,7 +686,7 @@ async fn serve<R: ContainerRuntime>(
             // The functions' own counters join the agent's.
             if let Some(local) = &local_bus {
                 crate::function_stats::follow(
-                    &config.id,
+                    config.id(),
                     local,
                     Arc::clone(&metrics),
                     shutdown.clone(),
@@ -683,7 +711,7 @@ async fn serve<R: ContainerRuntime>(
     ));
     eprintln!(
         "continuum gateway `{}` running (data in {})",
-        config.id,
+        config.id(),
         config.data_dir.display()
     );
     shutdown.cancelled().await;

@@ -18,6 +18,7 @@ pub mod engine;
 pub mod exec;
 pub mod fence;
 mod firmware;
+pub mod fleet;
 pub mod function_image;
 mod function_stats;
 mod host_load;

@@ -1,6 +1,6 @@
 //! The bridge's routes as the engine sees them: one trait, the real bridge
-//! behind it, an in-memory fake for tests, and `NoBridge` for a gateway that
-//! runs none.
+//! behind it, routes kept in memory (tests, simulated gateways), and
+//! `NoBridge` for a gateway that runs none.
 
 use std::collections::BTreeMap;
 
@@ -112,12 +112,11 @@ impl Routing for NoBridge {
     }
 }
 
-/// Routes kept in memory (unit tests).
-#[cfg(any(test, feature = "testing"))]
+/// Routes kept in memory (unit tests, and simulated gateways, which carry no
+/// traffic).
 #[derive(Debug, Default)]
 pub struct MemoryRouting(std::sync::Mutex<BTreeMap<String, Vec<Route>>>);
 
-#[cfg(any(test, feature = "testing"))]
 impl Routing for MemoryRouting {
     fn set(&self, owner: &str, routes: Vec<Route>) -> Result<(), RoutingError> {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());

@@ -111,6 +111,7 @@ pub struct Running {
     stop: CancellationToken,
     tasks: TaskTracker,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
+    closed: tokio::sync::oneshot::Receiver<()>,
 }
 
 /// Moves the functions placed on gateways that stay away past `grace`,
@@ -175,6 +176,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tracing::warn!("commits do not wait for the disk: a crash may lose accepted changes");
         store.set_fsync(false);
     }
+    let closed = store.on_close();
     let store = Arc::new(store);
     let snapshot = store.load()?;
     let oldest = store.first_seq()?;
@@ -302,6 +304,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stop,
         tasks,
         task,
+        closed,
     })
 }
 
@@ -331,6 +334,7 @@ impl Running {
             stop,
             tasks,
             mut task,
+            closed,
             ..
         } = self;
         let finished = tokio::select! {
@@ -344,6 +348,15 @@ impl Running {
         };
         tasks.close();
         tasks.wait().await;
+        // The connections the server spawned may still be dropping what they
+        // hold (the store among it) after it returns: the file is closed, and
+        // may be opened again, only once the store is gone.
+        if tokio::time::timeout(Duration::from_secs(10), closed)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the store is still in use 10 s after the server stopped");
+        }
         match served {
             Ok(r) => r,
             Err(e) => {

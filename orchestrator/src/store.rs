@@ -151,6 +151,8 @@ pub struct Store {
     /// Tests: the next commit fails as a full disk would make it.
     #[cfg(test)]
     pub(crate) fail_next_commit: std::sync::atomic::AtomicBool,
+    /// Dropped with the store: tells whoever waits that the file is closed.
+    closed: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Store {
@@ -168,9 +170,18 @@ impl Store {
             fsync: true,
             #[cfg(test)]
             fail_next_commit: Default::default(),
+            closed: None,
         };
         continuum_durable::guard(&store.path, || store.init())??;
         Ok(store)
+    }
+
+    /// Resolves once the store is dropped, and its file closed (another
+    /// store may then open it).
+    pub fn on_close(&mut self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.closed = Some(tx);
+        rx
     }
 
     /// Whether commits wait for the disk.

@@ -1,6 +1,7 @@
-//! An in-memory driver for unit tests of the engine's logic. It models what the
-//! engine relies on: images must exist or be buildable, names are unique, a
-//! host port can be bound by one running workload, and some images exit at once.
+//! An in-memory driver: for unit tests of the engine's logic, and the engine of
+//! simulated gateways (`super::sim`). It models what the engine relies on:
+//! images must exist or be buildable, names are unique, a host port can be
+//! bound by one running workload, and some images exit at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -21,6 +22,8 @@ struct State {
     networks: BTreeMap<String, BTreeMap<String, String>>,
     /// Every call, as `op name`, for tests to count.
     calls: Vec<String>,
+    /// Whether calls are kept (a simulated gateway runs for long: they are not).
+    forget_calls: bool,
 }
 
 /// The fake driver.
@@ -35,8 +38,20 @@ impl FakeRuntime {
         FakeRuntime::default()
     }
 
+    /// An engine that keeps no record of the calls made to it.
+    pub fn unrecorded() -> FakeRuntime {
+        let fake = FakeRuntime::default();
+        fake.with(|s| s.forget_calls = true);
+        fake
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
-        f(&mut self.state.lock().expect("fake runtime lock"))
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let out = f(&mut s);
+        if s.forget_calls {
+            s.calls.clear();
+        }
+        out
     }
 
     /// Makes an image present.

@@ -1,12 +1,13 @@
 //! Where components run: one trait for every driver (Docker, child processes,
-//! and an in-memory fake for unit tests). A driver knows nothing of models: it
-//! creates, starts, stops and removes labelled workloads and lists them back.
+//! an in-memory fake for unit tests, and a simulated engine for fleets of
+//! simulated gateways). A driver knows nothing of models: it creates, starts,
+//! stops and removes labelled workloads and lists them back.
 
 pub mod context;
 pub mod docker;
-#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod process;
+pub mod sim;
 
 use std::collections::BTreeMap;
 use std::future::Future;
