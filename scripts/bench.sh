@@ -25,6 +25,7 @@ benches=(
   "flash|-p continuum-deploy-agent --bench flash"
   "dashboard|--bench dashboard"
   "soak|--bench soak"
+  "fleet|--bench fleet"
 )
 wanted=("$@")
 rm -rf "$out"

@@ -190,7 +190,8 @@ pub async fn run_until(args: SimArgs, shutdown: CancellationToken) -> anyhow::Re
         ));
     }
     eprintln!(
-        "{} simulated gateways `{}` to `{}` dialling {} (steps {}, failure rate {}; data in {})",
+        "{} simulated gateways `{}` to `{}` dialling {} (steps {}, failure rate {}; data in {}); \
+         the orchestrator admits each once a revision names it or --allow-gateway lists it",
         args.count,
         args.id(args.first),
         args.id(args.first + args.count.saturating_sub(1)),

@@ -96,15 +96,21 @@ pub async fn run(
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), config.max_backoff);
     loop {
-        let result = session(
-            &config,
-            &offers,
-            snapshot.clone(),
-            &mut progress,
-            &connected,
-            &shutdown,
-        )
-        .await;
+        // The session answers shutdown itself once established; before that
+        // (dialling, or held by an orchestrator that does not know this id
+        // yet) nothing inside it is listening.
+        let result = tokio::select! {
+            biased;
+            r = session(
+                &config,
+                &offers,
+                snapshot.clone(),
+                &mut progress,
+                &connected,
+                &shutdown,
+            ) => r,
+            () = shutdown.cancelled() => return,
+        };
         connected.send_replace(false);
         match result {
             Ok(()) => return,
