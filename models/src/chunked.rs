@@ -56,9 +56,18 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Chunked<T> {
             }
 
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Chunked<T>, A::Error> {
-                let mut chunks = Vec::new();
+                let mut chunks: Vec<Vec<T>> = Vec::new();
                 loop {
-                    let mut chunk = Vec::with_capacity(CHUNK);
+                    // The first chunk grows as a vector does: most arrays
+                    // are short (a subsystem's ten components), and a full
+                    // chunk reserved for each of a megamodel's thousand
+                    // subsystems was hundreds of megabytes. Only an array
+                    // known to be long gets whole chunks at once.
+                    let mut chunk = if chunks.is_empty() {
+                        Vec::new()
+                    } else {
+                        Vec::with_capacity(CHUNK)
+                    };
                     while chunk.len() < CHUNK {
                         match seq.next_element()? {
                             Some(item) => chunk.push(item),
@@ -95,6 +104,20 @@ mod tests {
                 (0..n).map(|i| (i, i)).collect::<Vec<_>>()
             );
         }
+    }
+
+    #[test]
+    fn a_short_array_reserves_little() {
+        let read: Chunked<u64> = serde_json::from_str("[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]").unwrap();
+        assert_eq!(read.chunks.len(), 1);
+        assert!(
+            read.chunks[0].capacity() < 32,
+            "{}",
+            read.chunks[0].capacity()
+        );
+        let text = serde_json::to_string(&vec![0u8; 3 * CHUNK]).unwrap();
+        let long: Chunked<u8> = serde_json::from_str(&text).unwrap();
+        assert!(long.chunks.iter().all(|c| c.capacity() <= CHUNK));
     }
 
     #[test]
