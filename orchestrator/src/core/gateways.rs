@@ -52,8 +52,7 @@ impl Core {
         overlay: &'a BTreeMap<String, StoredTarget>,
     ) -> Option<(&'a str, &'a StoredTarget)> {
         let stored = self
-            .subsystems
-            .iter()
+            .subsystems_of(gateway_id)
             .filter(|(id, _)| !overlay.contains_key(*id))
             .map(|(id, s)| (id, &s.target));
         let mut removed = None;

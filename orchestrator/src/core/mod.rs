@@ -20,7 +20,7 @@ mod subsystem;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use continuum_models::{DeploymentModel, Kind, Megamodel, ModelDiff};
 use continuum_proto::v1::{ComponentStatus, DiffCounts, Gateway, Revision, Target};
@@ -243,6 +243,10 @@ pub struct Core {
     config: CoreConfig,
     pub(crate) head: Option<Head>,
     pub(crate) subsystems: BTreeMap<String, Subsystem>,
+    /// The subsystems whose target names each gateway (kept with
+    /// `subsystems`: every report looks its gateway's subsystem up, and a scan
+    /// of every subsystem per report made a fleet's rollout quadratic).
+    by_gateway: BTreeMap<String, BTreeSet<String>>,
     pub(crate) gateways: BTreeMap<String, GatewayState>,
     log: Log,
     next_session: u64,
@@ -307,14 +311,71 @@ impl Core {
             oldest: oldest_seq,
             retention: config.event_retention,
         };
-        Ok(Core {
+        let mut core = Core {
             config,
             head,
-            subsystems,
+            subsystems: BTreeMap::new(),
+            by_gateway: BTreeMap::new(),
             gateways,
             log,
             next_session: 1,
-        })
+        };
+        for (id, sub) in subsystems {
+            core.put_subsystem(id, sub);
+        }
+        Ok(core)
+    }
+
+    /// Sets a subsystem, keeping the index by gateway; returns what it replaces.
+    fn put_subsystem(&mut self, id: String, sub: Subsystem) -> Option<Subsystem> {
+        self.by_gateway
+            .entry(sub.target.gateway_id.clone())
+            .or_default()
+            .insert(id.clone());
+        let old = self.subsystems.insert(id.clone(), sub);
+        if let Some(o) = &old {
+            self.unindex(&id, &o.target.gateway_id);
+        }
+        old
+    }
+
+    /// Removes a subsystem, keeping the index by gateway.
+    fn take_subsystem(&mut self, id: &str) -> Option<Subsystem> {
+        let old = self.subsystems.remove(id);
+        if let Some(o) = &old {
+            self.unindex(id, &o.target.gateway_id);
+        }
+        old
+    }
+
+    /// Drops `id` from `gateway`'s entry unless the subsystem now there still
+    /// names that gateway.
+    fn unindex(&mut self, id: &str, gateway: &str) {
+        if self
+            .subsystems
+            .get(id)
+            .is_some_and(|s| s.target.gateway_id == gateway)
+        {
+            return;
+        }
+        if let Some(set) = self.by_gateway.get_mut(gateway) {
+            set.remove(id);
+            if set.is_empty() {
+                self.by_gateway.remove(gateway);
+            }
+        }
+    }
+
+    /// The subsystems whose stored target names `gateway_id`, in id order.
+    pub(crate) fn subsystems_of(
+        &self,
+        gateway_id: &str,
+    ) -> impl Iterator<Item = (&String, &Subsystem)> {
+        self.by_gateway
+            .get(gateway_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.subsystems.get_key_value(id))
     }
 
     /// The newest event's sequence number.
@@ -369,7 +430,7 @@ impl Core {
             undo.head = Some(self.head.replace(head));
         }
         for (id, sub) in subsystems {
-            let old = self.subsystems.insert(id.clone(), sub);
+            let old = self.put_subsystem(id.clone(), sub);
             undo.subsystems.push((id, old));
         }
         for (id, s) in statuses {
@@ -438,8 +499,8 @@ impl Core {
         }
         for (id, old) in subsystems.into_iter().rev() {
             match old {
-                Some(sub) => self.subsystems.insert(id, sub),
-                None => self.subsystems.remove(&id),
+                Some(sub) => self.put_subsystem(id, sub),
+                None => self.take_subsystem(&id),
             };
         }
         if let Some(head) = head {
