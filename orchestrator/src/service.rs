@@ -181,6 +181,20 @@ impl ModelService for Orchestrator {
                         return;
                     }
                 };
+                // A watcher slower than the log's retention: the events it
+                // has not read yet are gone. It is told so, and where it can
+                // resume, rather than shown a gap.
+                if let Some(first) = batch.first().filter(|e| last > 0 && e.seq > last + 1) {
+                    let _ = tx
+                        .send(Err(Status::out_of_range(format!(
+                            "this watch fell behind: events {}..{} are no longer kept; resume after {} (or watch from 0)",
+                            last + 1,
+                            first.seq - 1,
+                            first.seq - 1
+                        ))))
+                        .await;
+                    return;
+                }
                 if batch.is_empty() {
                     tokio::select! {
                         changed = head.changed() => if changed.is_err() { return },

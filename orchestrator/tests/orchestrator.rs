@@ -923,6 +923,78 @@ async fn watch_from_forgotten_events_is_refused_and_the_oldest_kept_are_served()
 }
 
 #[tokio::test]
+async fn a_watcher_slower_than_the_retention_is_told_it_fell_behind_and_where_to_resume() {
+    let h = Harness::with(|c| {
+        c.event_retention = 10;
+        c.fsync = false;
+    })
+    .await;
+    let mut client = h.client().await;
+    let model = |n: usize| {
+        format!(
+            r#"{{"name":"n","description":"{n}","subsystems":[{{"id":"a","components":[{{"id":"gw-a","kind":"gateway"}}]}}]}}"#
+        )
+    };
+    client.apply(apply_json(&model(0))).await.unwrap();
+    // A watcher that reads nothing while far more events than are kept
+    // happen: its buffers fill, its reader stops, the log moves on.
+    let mut w = client
+        .watch(WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    // Each event carries its revision's note: 4 KiB, so that what the
+    // transport buffers for the watcher is soon full.
+    let note = "x".repeat(4096);
+    for n in 1..800 {
+        let mut request = apply_json(&model(n));
+        request.message = note.clone();
+        client.apply(request).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let status = loop {
+        match tokio::time::timeout(WITHIN, w.message()).await {
+            Ok(Ok(Some(e))) => seen.push(e.seq),
+            Ok(Err(status)) => break status,
+            other => panic!("expected the watch to end with an error, got {other:?} after {} events ({:?}..{:?})", seen.len(), seen.first(), seen.last()),
+        }
+    };
+    assert_eq!(status.code(), Code::OutOfRange);
+    assert!(
+        status.message().contains("fell behind"),
+        "{}",
+        status.message()
+    );
+    // What it did get has no gap, and it is told to resume past the gap.
+    for pair in seen.windows(2) {
+        assert_eq!(pair[1], pair[0] + 1);
+    }
+    let last = *seen.last().expect("some events before it fell behind");
+    let resume: u64 = status
+        .message()
+        .split("resume after ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("a position to resume after");
+    assert!(resume > last, "resume after {resume}, last read {last}");
+    let mut again = client
+        .watch(WatchRequest {
+            after: resume,
+            subsystem: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let next = tokio::time::timeout(WITHIN, again.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.seq, resume + 1);
+}
+
+#[tokio::test]
 async fn health_and_reflection_answer_as_standard_clients_expect() {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
