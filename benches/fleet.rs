@@ -38,32 +38,9 @@ use tonic::transport::Channel;
 /// How long the fleet may take for each stage, at the largest size.
 const PATIENCE: Duration = Duration::from_secs(300);
 
+/// N subsystems of 10 components: the gateway, eight services, a function.
 fn megamodel(n: usize, version: u32) -> String {
-    let subsystems: Vec<serde_json::Value> = (1..=n)
-        .map(|i| {
-            let gw = format!("sim-{i}");
-            let mut components = vec![serde_json::json!({"id": gw, "kind": "gateway"})];
-            let mut links = Vec::new();
-            for s in 0..8 {
-                let id = format!("svc-{i}-{s}");
-                components.push(serde_json::json!({
-                    "id": id, "kind": "service",
-                    "resources": {"container": {"image": "fleet/svc:1", "env": {"INDEX": s.to_string()}}}
-                }));
-                links.push(serde_json::json!({"kind": "hosting", "component": id, "host": gw}));
-            }
-            let f = format!("count-{i}");
-            components.push(serde_json::json!({
-                "id": f, "kind": "function",
-                "triggers": [format!("site-{i}/presence")],
-                "outputs": ["occupancy"],
-                "resources": {"container": {"image": format!("fleet/count:{version}")}}
-            }));
-            links.push(serde_json::json!({"kind": "hosting", "component": f, "host": gw}));
-            serde_json::json!({"id": format!("site-{i}"), "components": components, "links": links})
-        })
-        .collect();
-    serde_json::json!({"name": "fleet", "subsystems": subsystems}).to_string()
+    continuum_models::generate::fleet_megamodel(n, 8, version)
 }
 
 fn apply(text: String) -> ApplyRequest {

@@ -16,31 +16,7 @@ const GATEWAYS: usize = 12;
 /// Each subsystem: its gateway, two services and a function listening to a
 /// topic; `version` changes the function's image.
 fn megamodel(version: u32) -> String {
-    let subsystems: Vec<serde_json::Value> = (1..=GATEWAYS)
-        .map(|n| {
-            let gw = format!("sim-{n}");
-            let mut components = vec![serde_json::json!({"id": gw, "kind": "gateway"})];
-            let mut links = Vec::new();
-            for i in 0..2 {
-                let id = format!("svc-{n}-{i}");
-                components.push(serde_json::json!({
-                    "id": id, "kind": "service",
-                    "resources": {"container": {"image": "svc:1"}}
-                }));
-                links.push(serde_json::json!({"kind": "hosting", "component": id, "host": gw}));
-            }
-            let f = format!("count-{n}");
-            components.push(serde_json::json!({
-                "id": f, "kind": "function",
-                "triggers": [format!("site-{n}/presence")],
-                "outputs": ["occupancy"],
-                "resources": {"container": {"image": format!("count:{version}")}}
-            }));
-            links.push(serde_json::json!({"kind": "hosting", "component": f, "host": gw}));
-            serde_json::json!({"id": format!("site-{n}"), "components": components, "links": links})
-        })
-        .collect();
-    serde_json::json!({"name": "fleet", "subsystems": subsystems}).to_string()
+    continuum_models::generate::fleet_megamodel(GATEWAYS, 2, version)
 }
 
 fn apply(text: String) -> ApplyRequest {

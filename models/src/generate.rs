@@ -372,3 +372,35 @@ fn change(rng: &mut Rng, c: &mut Component) {
         _ => c.name = format!("{} v{}", c.id, rng.below(10)),
     }
 }
+
+/// A fleet's megamodel as JSON text: subsystems `site-1..site-N`, each with its
+/// gateway `sim-i` (the ids `continuum gateway sim` gives), `services` services
+/// and a function listening to the site's presence topic. `version` is the
+/// function's image tag: a new version changes every gateway's function.
+pub fn fleet_megamodel(subsystems: usize, services: usize, version: u32) -> String {
+    let subsystems: Vec<serde_json::Value> = (1..=subsystems)
+        .map(|i| {
+            let gw = format!("sim-{i}");
+            let mut components = vec![serde_json::json!({"id": gw, "kind": "gateway"})];
+            let mut links = Vec::new();
+            for s in 0..services {
+                let id = format!("svc-{i}-{s}");
+                components.push(serde_json::json!({
+                    "id": id, "kind": "service",
+                    "resources": {"container": {"image": "fleet/svc:1", "env": {"INDEX": s.to_string()}}}
+                }));
+                links.push(serde_json::json!({"kind": "hosting", "component": id, "host": gw}));
+            }
+            let f = format!("count-{i}");
+            components.push(serde_json::json!({
+                "id": f, "kind": "function",
+                "triggers": [format!("site-{i}/presence")],
+                "outputs": ["occupancy"],
+                "resources": {"container": {"image": format!("fleet/count:{version}")}}
+            }));
+            links.push(serde_json::json!({"kind": "hosting", "component": f, "host": gw}));
+            serde_json::json!({"id": format!("site-{i}"), "components": components, "links": links})
+        })
+        .collect();
+    serde_json::json!({"name": "fleet", "subsystems": subsystems}).to_string()
+}
