@@ -10,6 +10,8 @@
 //! * one change of the function on every gateway (a new image), all at once:
 //!   apply → every gateway observes the target generation, and → every
 //!   subsystem converged (the orchestrator's own `Status`, polled every 50 ms);
+//! * the same change again as a staged rollout in waves of 10% (each wave
+//!   started once the one before converged): apply → every subsystem converged;
 //! * the orchestrator's CPU time over the run and its peak resident memory
 //!   (VmHWM), and the fleet process's resident memory per simulated gateway.
 //!
@@ -31,7 +33,10 @@ use std::time::{Duration, Instant};
 
 use common::{Guard, Serve};
 use continuum_proto::v1::model_service_client::ModelServiceClient;
-use continuum_proto::v1::{ApplyRequest, Document, StatusRequest, StatusResponse};
+use continuum_proto::v1::{
+    ApplyRequest, Document, GetRolloutRequest, RolloutPolicy, RolloutState, StatusRequest,
+    StatusResponse,
+};
 use report::{pick, Report};
 use tonic::transport::Channel;
 
@@ -163,35 +168,12 @@ async fn fleet(n: usize, dir: &Path, report: &mut Report) {
         1,
     );
 
-    // One change on every gateway: its function's image.
-    let t0 = Instant::now();
-    let r = client
-        .apply(apply(megamodel(n, 2)))
-        .await
-        .unwrap()
-        .into_inner();
-    let generation = r.revision.unwrap().number;
-    let mut observed = None;
-    let converged = until(&mut client, "the function change", t0, |s| {
-        let on_target = |s: &continuum_proto::v1::SubsystemStatus| {
-            s.target_generation == generation
-                && s.gateway
-                    .as_ref()
-                    .is_some_and(|g| g.observed_generation == generation)
-        };
-        if observed.is_none() && s.subsystems.len() == n && s.subsystems.iter().all(on_target) {
-            observed = Some(t0.elapsed());
-        }
-        s.subsystems.len() == n
-            && s.subsystems
-                .iter()
-                .all(|s| s.converged && s.target_generation == generation)
-    })
-    .await;
+    // One change on every gateway (its function's image), all at once.
+    let (observed, converged) = change(&mut client, n, 2, None).await;
     report.add(
         &format!("{n} gateways: function changed on every gateway, apply → all observe the target"),
         "time",
-        observed.unwrap_or(converged).as_secs_f64() * 1000.0,
+        observed.as_secs_f64() * 1000.0,
         "ms",
         1,
     );
@@ -201,6 +183,28 @@ async fn fleet(n: usize, dir: &Path, report: &mut Report) {
         ),
         "time",
         converged.as_secs_f64() * 1000.0,
+        "ms",
+        1,
+    );
+    // The same change in waves of 10%, each once the one before converged.
+    let waves = RolloutPolicy {
+        wave_percent: 10,
+        ..RolloutPolicy::default()
+    };
+    let (_, staged) = change(&mut client, n, 3, Some(waves)).await;
+    let rollout = client
+        .get_rollout(GetRolloutRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rollout.state(), RolloutState::Completed, "{rollout:?}");
+    report.add(
+        &format!(
+            "{n} gateways: function changed on every gateway, apply → all converged (waves of 10%: {})",
+            rollout.waves.len()
+        ),
+        "time",
+        staged.as_secs_f64() * 1000.0,
         "ms",
         1,
     );
@@ -229,6 +233,40 @@ async fn fleet(n: usize, dir: &Path, report: &mut Report) {
     );
     drop(sim);
     drop(serve);
+}
+
+/// Applies the fleet at `version` (rolled out as `rollout` says) and waits
+/// until every subsystem converged on it: how long until every gateway
+/// observed the target generation, and until every subsystem converged.
+async fn change(
+    client: &mut ModelServiceClient<Channel>,
+    n: usize,
+    version: u32,
+    rollout: Option<RolloutPolicy>,
+) -> (Duration, Duration) {
+    let t0 = Instant::now();
+    let mut request = apply(megamodel(n, version));
+    request.rollout = rollout;
+    let r = client.apply(request).await.unwrap().into_inner();
+    let generation = r.revision.unwrap().number;
+    let mut observed = None;
+    let converged = until(client, "the function change", t0, |s| {
+        let on_target = |s: &continuum_proto::v1::SubsystemStatus| {
+            s.target_generation == generation
+                && s.gateway
+                    .as_ref()
+                    .is_some_and(|g| g.observed_generation == generation)
+        };
+        if observed.is_none() && s.subsystems.len() == n && s.subsystems.iter().all(on_target) {
+            observed = Some(t0.elapsed());
+        }
+        s.subsystems.len() == n
+            && s.subsystems
+                .iter()
+                .all(|s| s.converged && s.target_generation == generation)
+    })
+    .await;
+    (observed.unwrap_or(converged), converged)
 }
 
 fn main() {

@@ -30,6 +30,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             with("subsystem_phase"),
         )
         .field_attribute(".continuum.v1.GetRequest.view", with("view"))
+        .field_attribute(".continuum.v1.Rollout.state", with("rollout_state"))
+        .field_attribute(
+            ".continuum.v1.ControlRolloutRequest.action",
+            with("rollout_action"),
+        )
         .field_attribute(".continuum.v1.Document.json", with("embedded"))
         .field_attribute(".continuum.v1.SubsystemDiff.diff", with("embedded"))
         .compile_fds(descriptors)?;

@@ -176,6 +176,14 @@ enum Command {
         /// (exit 1 if one fails or time runs out), e.g. `--wait 60s`.
         #[arg(long, value_name = "DURATION", value_parser = continuum_bus::args::duration)]
         wait: Option<std::time::Duration>,
+        #[command(flatten)]
+        rollout: commands::rollout::PolicyArgs,
+    },
+    /// Follow or steer a staged rollout (`apply --wave`): status, pause,
+    /// resume, abort.
+    Rollout {
+        #[command(subcommand)]
+        what: commands::rollout::Command,
     },
     /// Print a target (default) or current model from the orchestrator.
     Get {
@@ -355,7 +363,20 @@ fn main() -> ExitCode {
             base,
             message,
             wait,
-        } => commands::apply::apply(&server, &file, base, message, wait, output, &style),
+            rollout,
+        } => commands::apply::apply(
+            &server,
+            &file,
+            commands::apply::Change {
+                base,
+                message,
+                rollout: rollout.policy(),
+            },
+            wait,
+            output,
+            &style,
+        ),
+        Command::Rollout { what } => commands::rollout::run(&server, what, output, &style),
         Command::Get {
             subsystem,
             current,

@@ -124,6 +124,7 @@ impl ModelService for LocalApi {
                 gateway_id: self.gateway_id.clone(),
                 pushed: true,
                 removed: false,
+                held: false,
             }],
             event_seq: 0,
         }))
@@ -186,8 +187,9 @@ impl ModelService for LocalApi {
                 converged,
                 live: Some(DiffCounts::default()),
                 components,
+                ..SubsystemStatus::default()
             }],
-            unassigned: Vec::new(),
+            ..StatusResponse::default()
         }))
     }
 
@@ -206,6 +208,20 @@ impl ModelService for LocalApi {
         _r: Request<RollbackRequest>,
     ) -> Result<Response<ApplyResponse>, Status> {
         Err(elsewhere("rollbacks"))
+    }
+
+    async fn get_rollout(
+        &self,
+        _r: Request<continuum_proto::v1::GetRolloutRequest>,
+    ) -> Result<Response<continuum_proto::v1::Rollout>, Status> {
+        Err(elsewhere("rollouts"))
+    }
+
+    async fn control_rollout(
+        &self,
+        _r: Request<continuum_proto::v1::ControlRolloutRequest>,
+    ) -> Result<Response<continuum_proto::v1::Rollout>, Status> {
+        Err(elsewhere("rollouts"))
     }
 
     async fn list_gateways(

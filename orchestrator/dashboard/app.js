@@ -172,6 +172,38 @@ function renderSubsystems() {
   if (!box.children.length) box.append(el('p', { class: 'muted' }, 'No revision yet: apply a megamodel (continuum apply FILE).'));
 }
 
+// The newest staged rollout: where it stands, and pause, resume or abort
+// while it may still start waves.
+function renderRollout(r) {
+  const box = $('staged');
+  box.replaceChildren();
+  box.hidden = !r;
+  if (!r) return;
+  const st = String(r.state || 'unknown').replace('_', ' ');
+  const line = el('div', { class: 'row' },
+    el('strong', {}, `Rollout of revision ${r.revision}`), ' ',
+    el('span', { class: 'badge p-' + (st === 'completed' ? 'converged' : st === 'running' ? 'deploying' : st === 'paused' || st === 'superseded' ? 'waiting' : 'failed') }, st),
+    ` wave ${(r.waves || []).length} · ${r.released || 0} of ${r.total || 0} released · ${r.converged || 0} converged · ${r.failed || 0} failing`,
+    r.reason ? ' — ' + r.reason : '');
+  const act = (action, label, danger) => el('button', {
+    type: 'button', class: danger ? 'danger' : '', 'data-action': action,
+    onclick: async () => {
+      try {
+        await api('/api/rollout', {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify({ action, revision: r.revision }),
+        });
+        reloadAll();
+      } catch (e) { banner(`Cannot ${action} the rollout: ${e.message}`, true); }
+    },
+  }, label);
+  if (st === 'running') line.append(act('pause', 'Pause'));
+  if (st === 'paused' || st === 'halted') line.append(act('resume', 'Resume'));
+  if (st === 'running' || st === 'paused' || st === 'halted') line.append(act('abort', 'Abort and roll back', true));
+  box.append(line);
+}
+
 // ------------------------------------------------------------------ gateways
 
 function renderGateways() {
@@ -382,6 +414,12 @@ function renderDiff(target, response, emptyText) {
 
 // ------------------------------------------------------------------ history
 
+// How a revision was rolled out, when it was staged.
+function staged(h, number) {
+  const r = (h.rollouts || []).find((x) => x.revision === number);
+  return r ? ` (staged in ${(r.waves || []).length} waves: ${String(r.state).replace('_', ' ')})` : '';
+}
+
 function renderHistory(h) {
   const body = $('history').tBodies[0];
   body.replaceChildren();
@@ -399,7 +437,7 @@ function renderHistory(h) {
       el('td', {}, r.number),
       el('td', {}, r.created_unix_ms ? new Date(r.created_unix_ms).toLocaleString() : ''),
       el('td', {}, r.author || ''),
-      el('td', {}, (r.message || '') + (r.restores ? ` (restores ${r.restores})` : '')),
+      el('td', {}, (r.message || '') + (r.restores ? ` (restores ${r.restores})` : '') + staged(h, r.number)),
       el('td', {}, r.components),
       actions));
   }
@@ -483,6 +521,7 @@ async function reloadStatus() {
   } else {
     paintNodes();
   }
+  renderRollout(status.rollout);
   renderSubsystems();
   renderGateways();
   renderDiff($('live-diff'), live, 'Nothing to do: every gateway runs its target.');
@@ -521,6 +560,7 @@ function describe(name, e) {
     case 'step': return [`${k.subsystem}: ${k.step} ${k.state}${k.reason ? ' — ' + k.reason : ''} (${k.done}/${k.total})`, k.state === 'failed'];
     case 'current': return [`${k.subsystem}: runs generation ${k.observed_generation}`, false];
     case 'diverged': return [`${k.subsystem}: ran a local model while cut off`, true];
+    case 'rollout': return [`rollout of revision ${k.revision}: ${String(k.state || '').replace('_', ' ')}, wave ${(k.waves || []).length}${k.reason ? ' — ' + k.reason : ''}`, ['halted', 'rolled_back'].includes(k.state)];
     default: return [name, false];
   }
 }

@@ -37,6 +37,12 @@ pub enum Error {
     /// A workload needs what the workload policy does not allow.
     #[error("refused by the workload policy: {0}")]
     Policy(String),
+    /// No staged rollout to show or control (the message says why).
+    #[error("{0}")]
+    NoRollout(String),
+    /// The rollout cannot do what was asked in the state it is in.
+    #[error("{0}")]
+    RolloutState(String),
     /// The request makes no sense (the message says why).
     #[error("{0}")]
     BadRequest(String),
@@ -73,6 +79,8 @@ impl Error {
                 Status::not_found(self.to_string())
             }
             Error::AlreadyConnected(_) => Status::already_exists(self.to_string()),
+            Error::NoRollout(_) => Status::not_found(self.to_string()),
+            Error::RolloutState(_) => Status::failed_precondition(self.to_string()),
             Error::Policy(_) => Status::permission_denied(self.to_string()),
             Error::BadRequest(_) => Status::invalid_argument(self.to_string()),
             Error::Store(e) => store_failed(e),

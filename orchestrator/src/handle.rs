@@ -395,6 +395,10 @@ fn broken() -> Error {
     )
 }
 
+/// Waves a rollout may start in one round (a wave whose gateways are all
+/// away settles at once, and the next may too).
+const MAX_WAVES_PER_ROUND: usize = 64;
+
 /// Decides, completes and commits a round of queued transitions in one durable
 /// transaction, then settles them in order: replies, sessions, deliveries,
 /// watchers. A failed commit undoes them all first.
@@ -410,6 +414,23 @@ fn commit_round(
         .into_iter()
         .filter_map(|job| job(s, store, now))
         .collect();
+    // A staged rollout moves on with what this round changed: the next wave
+    // starts (or the rollout stops) in the same commit as the report that
+    // settled the last one.
+    for _ in 0..MAX_WAVES_PER_ROUND {
+        match s.core.advance_rollout(now) {
+            Ok(Some(t)) => staged.push(Staged::complete(&mut s.core, t, |_, r| {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "cannot record the rollout's progress; it moves on with the next change");
+                }
+            })),
+            Ok(None) => break,
+            Err(e) => {
+                tracing::error!(error = %e, "the rollout cannot move on");
+                break;
+            }
+        }
+    }
     if staged.is_empty() {
         return;
     }
@@ -465,14 +486,26 @@ mod tests {
     use crate::core::{CoreConfig, Prepared};
 
     fn orchestrator(dir: &std::path::Path) -> Orchestrator {
-        let store = Arc::new(Store::open(dir).unwrap());
+        orchestrator_closing(dir).0
+    }
+
+    /// An orchestrator, and what resolves once its store's file is closed.
+    fn orchestrator_closing(
+        dir: &std::path::Path,
+    ) -> (Orchestrator, tokio::sync::oneshot::Receiver<()>) {
+        let mut store = Store::open(dir).unwrap();
+        let closed = store.on_close();
+        let store = Arc::new(store);
         let core = Core::from_snapshot(store.load().unwrap(), 0, CoreConfig::for_tests()).unwrap();
-        Orchestrator::new(
-            core,
-            store,
-            CancellationToken::new(),
-            TaskTracker::new(),
-            Duration::from_secs(5),
+        (
+            Orchestrator::new(
+                core,
+                store,
+                CancellationToken::new(),
+                TaskTracker::new(),
+                Duration::from_secs(5),
+            ),
+            closed,
         )
     }
 
@@ -539,7 +572,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn transitions_queued_during_a_commit_share_the_next_one() {
         let dir = tempfile::tempdir().unwrap();
-        let o = orchestrator(dir.path());
+        let (o, closed) = orchestrator_closing(dir.path());
         o.transact(|c, _, now| c.apply(model(0), now))
             .await
             .unwrap();
@@ -558,13 +591,14 @@ mod tests {
         assert_eq!(o.read(|c, _| Ok(c.head_number())).await.unwrap(), 9);
         // What the batch wrote reads back after a restart, head included.
         // The committer may still hold the store for a moment after the
-        // replies went out (as a stopping process would): reopened once it let go.
-        let store = Arc::downgrade(&o.store);
+        // replies went out (as a stopping process would): reopened once its
+        // file is closed (not merely once the last reference is gone: the
+        // file closes after that).
         drop(o);
-        until("the committer let go of the store", || {
-            store.strong_count() == 0
-        })
-        .await;
+        tokio::time::timeout(Duration::from_secs(10), closed)
+            .await
+            .expect("the committer never let go of the store")
+            .ok();
         let o = orchestrator(dir.path());
         assert_eq!(o.read(|c, _| Ok(c.head_number())).await.unwrap(), 9);
     }

@@ -170,6 +170,7 @@ fn phase_name(p: i32) -> &'static str {
         SubsystemPhase::Converged => "converged",
         SubsystemPhase::Failed => "failed",
         SubsystemPhase::Refused => "refused",
+        SubsystemPhase::Pending => "pending",
     }
 }
 
@@ -309,6 +310,7 @@ mod tests {
                 ..Default::default()
             }],
             unassigned: vec![],
+            rollout: None,
         };
         let text = m.render(
             &status,

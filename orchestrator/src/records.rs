@@ -46,3 +46,15 @@ pub struct StoredCurrent {
     #[prost(message, repeated, tag = "3")]
     pub components: Vec<ComponentStatus>,
 }
+
+/// A subsystem a staged rollout changes: the target it gets when its wave
+/// starts, and the one it had before (restored if the rollout is rolled back).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StoredChange {
+    /// Its target in the revision rolled out.
+    #[prost(message, optional, tag = "1")]
+    pub target: Option<StoredTarget>,
+    /// Its target before the rollout (absent: the revision adds it).
+    #[prost(message, optional, tag = "2")]
+    pub previous: Option<StoredTarget>,
+}

@@ -4,10 +4,10 @@ use std::pin::Pin;
 
 use continuum_proto::v1::model_service_server::ModelService;
 use continuum_proto::v1::{
-    event, ApplyRequest, ApplyResponse, DiffRequest, DiffResponse, Event, ForgetGatewayRequest,
-    ForgetGatewayResponse, GetRequest, GetResponse, HistoryRequest, HistoryResponse,
-    ListGatewaysRequest, ListGatewaysResponse, RollbackRequest, StatusRequest, StatusResponse,
-    WatchRequest,
+    event, ApplyRequest, ApplyResponse, ControlRolloutRequest, DiffRequest, DiffResponse, Event,
+    ForgetGatewayRequest, ForgetGatewayResponse, GetRequest, GetResponse, GetRolloutRequest,
+    HistoryRequest, HistoryResponse, ListGatewaysRequest, ListGatewaysResponse, RollbackRequest,
+    Rollout, StatusRequest, StatusResponse, WatchRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -36,6 +36,7 @@ fn subsystem_of(e: &Event) -> Option<&str> {
         event::Kind::Step(x) => Some(&x.subsystem),
         event::Kind::Current(x) => Some(&x.subsystem),
         event::Kind::Diverged(x) => Some(&x.subsystem),
+        event::Kind::Rollout(_) => None,
     }
 }
 
@@ -273,15 +274,60 @@ impl ModelService for Orchestrator {
         self.reader(&request, "history")?;
         let limit = request.into_inner().limit as usize;
         let store = self.store.clone();
-        let (revisions, divergences) = tokio::task::spawn_blocking(move || {
-            Ok::<_, crate::store::StoreError>((store.history(limit)?, store.divergences()?))
+        let (revisions, divergences, mut rollouts) = tokio::task::spawn_blocking(move || {
+            let revisions = store.history(limit)?;
+            let numbers: Vec<u64> = revisions.iter().map(|r| r.number).collect();
+            let rollouts = store.rollouts_of(&numbers)?;
+            Ok::<_, crate::store::StoreError>((revisions, store.divergences()?, rollouts))
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| crate::error::Error::from(e).to_status())?;
+        // The running rollout as it stands now, not as last recorded.
+        if let Some(now) = self.read(|core, _| Ok(core.rollout())).await? {
+            for r in rollouts.iter_mut().filter(|r| r.revision == now.revision) {
+                *r = now.clone();
+            }
+        }
         Ok(Response::new(HistoryResponse {
             revisions,
             divergences,
+            rollouts,
         }))
+    }
+
+    async fn get_rollout(
+        &self,
+        request: Request<GetRolloutRequest>,
+    ) -> Result<Response<Rollout>, Status> {
+        self.reader(&request, "reading the rollout")?;
+        let rollout = self
+            .read(|core, _| {
+                core.rollout().ok_or_else(|| {
+                    crate::error::Error::NoRollout(
+                        "no revision was ever rolled out in waves".into(),
+                    )
+                })
+            })
+            .await?;
+        Ok(Response::new(rollout))
+    }
+
+    async fn control_rollout(
+        &self,
+        request: Request<ControlRolloutRequest>,
+    ) -> Result<Response<Rollout>, Status> {
+        let claimed = request.get_ref().author.clone();
+        let author = self.author(&request, "controlling a rollout", claimed)?;
+        let author = if author.is_empty() {
+            "anonymous".to_owned()
+        } else {
+            author
+        };
+        let req = request.into_inner();
+        let rollout = self
+            .transact(move |core, _, now| core.control_rollout(&req, &author, now))
+            .await?;
+        Ok(Response::new(rollout))
     }
 }

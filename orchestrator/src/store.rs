@@ -7,11 +7,11 @@
 
 use std::path::{Path, PathBuf};
 
-use continuum_proto::v1::{Diverged, Event, Gateway, Revision};
+use continuum_proto::v1::{Diverged, Event, Gateway, Revision, Rollout};
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use crate::records::{StoredCurrent, StoredRevision, StoredTarget};
+use crate::records::{StoredChange, StoredCurrent, StoredRevision, StoredTarget};
 
 const REVISIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("revisions");
 const TARGETS: TableDefinition<&str, &[u8]> = TableDefinition::new("targets");
@@ -21,6 +21,10 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Divergences reported by gateways, keyed by the sequence number of their event.
 const DIVERGENCES: TableDefinition<u64, &[u8]> = TableDefinition::new("divergences");
+/// Staged rollouts, keyed by the revision they roll out.
+const ROLLOUTS: TableDefinition<u64, &[u8]> = TableDefinition::new("rollouts");
+/// What the newest rollout changes, by subsystem (emptied when it ends).
+const ROLLOUT_CHANGES: TableDefinition<&str, &[u8]> = TableDefinition::new("rollout_changes");
 
 const FORMAT_KEY: &str = "format";
 const HEAD_KEY: &str = "head";
@@ -83,6 +87,10 @@ pub struct Snapshot {
     pub currents: Vec<(String, StoredCurrent)>,
     /// The newest event's sequence number (0: none yet).
     pub last_seq: u64,
+    /// The newest staged rollout, if any.
+    pub rollout: Option<Rollout>,
+    /// What it changes, while it has not ended.
+    pub rollout_changes: Vec<(String, StoredChange)>,
 }
 
 /// One atomic batch of writes.
@@ -104,6 +112,12 @@ pub struct Changes {
     pub divergences: Vec<(u64, Diverged)>,
     /// Drop the events older than this sequence number (retention).
     pub forget_events_before: Option<u64>,
+    /// Rollout records to write (keyed by their revision).
+    pub rollouts: Vec<Rollout>,
+    /// Forget what the last rollout changed, before writing `rollout_changes`.
+    pub clear_rollout_changes: bool,
+    /// What a new rollout changes.
+    pub rollout_changes: Vec<(String, StoredChange)>,
 }
 
 impl Changes {
@@ -117,6 +131,9 @@ impl Changes {
             && self.events.is_empty()
             && self.divergences.is_empty()
             && self.forget_events_before.is_none()
+            && self.rollouts.is_empty()
+            && !self.clear_rollout_changes
+            && self.rollout_changes.is_empty()
     }
 
     /// Adds the writes of a later batch, so one transaction commits both as
@@ -136,6 +153,12 @@ impl Changes {
         self.events.extend(later.events);
         self.divergences.extend(later.divergences);
         self.forget_events_before = self.forget_events_before.max(later.forget_events_before);
+        self.rollouts.extend(later.rollouts);
+        if later.clear_rollout_changes {
+            self.clear_rollout_changes = true;
+            self.rollout_changes.clear();
+        }
+        self.rollout_changes.extend(later.rollout_changes);
     }
 }
 
@@ -234,6 +257,8 @@ impl Store {
             txn.open_table(CURRENT).at(self)?;
             txn.open_table(EVENTS).at(self)?;
             txn.open_table(DIVERGENCES).at(self)?;
+            txn.open_table(ROLLOUTS).at(self)?;
+            txn.open_table(ROLLOUT_CHANGES).at(self)?;
         }
         txn.commit().at(self)
     }
@@ -268,6 +293,12 @@ impl Store {
         if let Some((k, _)) = events.last().at(self)? {
             snapshot.last_seq = k.value();
         }
+        let rollouts = txn.open_table(ROLLOUTS).at(self)?;
+        if let Some((k, v)) = rollouts.last().at(self)? {
+            let what = format!("rollout of revision {}", k.value());
+            snapshot.rollout = Some(self.decode(v.value(), &what)?);
+        }
+        snapshot.rollout_changes = self.read_all(&txn, ROLLOUT_CHANGES, "rollout change")?;
         Ok(snapshot)
     }
 
@@ -349,6 +380,19 @@ impl Store {
             if let Some(before) = changes.forget_events_before {
                 t.retain_in(..before, |_, _| false).at(self)?;
             }
+            let mut t = txn.open_table(ROLLOUTS).at(self)?;
+            for r in &changes.rollouts {
+                t.insert(r.revision, r.encode_to_vec().as_slice())
+                    .at(self)?;
+            }
+            let mut t = txn.open_table(ROLLOUT_CHANGES).at(self)?;
+            if changes.clear_rollout_changes {
+                t.retain(|_, _| false).at(self)?;
+            }
+            for (k, v) in &changes.rollout_changes {
+                t.insert(k.as_str(), v.encode_to_vec().as_slice())
+                    .at(self)?;
+            }
         }
         txn.commit().at(self)
     }
@@ -373,6 +417,20 @@ impl Store {
             let (_, v) = entry.at(self)?;
             let r: StoredRevision = self.decode(v.value(), "revision")?;
             out.extend(r.meta);
+        }
+        Ok(out)
+    }
+
+    /// The rollouts of these revisions (those that were staged), in the
+    /// order asked.
+    pub fn rollouts_of(&self, revisions: &[u64]) -> Result<Vec<Rollout>, StoreError> {
+        let txn = self.db()?.begin_read().at(self)?;
+        let t = txn.open_table(ROLLOUTS).at(self)?;
+        let mut out = Vec::new();
+        for &n in revisions {
+            if let Some(v) = t.get(n).at(self)? {
+                out.push(self.decode(v.value(), &format!("rollout of revision {n}"))?);
+            }
         }
         Ok(out)
     }

@@ -8,6 +8,8 @@ use continuum_proto::v1::{
     StatusResponse, SubsystemDiff, SubsystemStatus, View,
 };
 
+use continuum_proto::v1::SubsystemPhase;
+
 use crate::core::{counts, is_zero, to_json as json, Core, Revisions, Subsystem};
 use crate::error::Error;
 
@@ -199,6 +201,8 @@ impl Core {
     /// Every subsystem with its gateway, generations, phase, live diff and statuses.
     pub fn status(&self) -> StatusResponse {
         let mut assigned = std::collections::HashSet::new();
+        let rollout = self.active_rollout();
+        let waves = rollout.map(|r| r.waves()).unwrap_or_default();
         let subsystems = self
             .subsystems
             .iter()
@@ -209,11 +213,20 @@ impl Core {
                     .get(&s.target.gateway_id)
                     .map(|g| self.gateway_view(g));
                 assigned.insert(s.target.gateway_id.clone());
+                let held = rollout.and_then(|r| r.held(id));
+                let mut phase = s.phase(gateway.as_ref().map(|g| (g, g.connected)));
+                if held.is_some()
+                    && matches!(phase, SubsystemPhase::Converged | SubsystemPhase::Deploying)
+                {
+                    phase = SubsystemPhase::Pending;
+                }
                 SubsystemStatus {
                     subsystem: id.clone(),
                     gateway_id: s.target.gateway_id.clone(),
                     target_generation: s.target.generation,
-                    phase: s.phase(gateway.as_ref().map(|g| (g, g.connected))) as i32,
+                    pending_generation: held.map_or(0, |c| c.target.generation),
+                    wave: waves.get(id.as_str()).copied().unwrap_or(0),
+                    phase: phase as i32,
                     converged: s.converged(),
                     live: Some(s.live),
                     components: s.statuses.values().cloned().collect(),
@@ -231,6 +244,7 @@ impl Core {
             head: self.head_number(),
             subsystems,
             unassigned,
+            rollout: self.rollout(),
         }
     }
 }

@@ -273,6 +273,7 @@ async fn watch_delivers_events_in_order_and_resumes_after_a_disconnect() {
             event::Kind::Step(_) => "step",
             event::Kind::Disconnected(_) => "disconnected",
             event::Kind::Diverged(_) => "diverged",
+            event::Kind::Rollout(_) => "rollout",
         })
         .collect();
     assert_eq!(

@@ -3,7 +3,7 @@
 
 use serde::Serializer;
 
-use crate::v1::{ComponentState, StepState, SubsystemPhase, View};
+use crate::v1::{ComponentState, RolloutAction, RolloutState, StepState, SubsystemPhase, View};
 
 fn name<S: Serializer>(
     s: S,
@@ -39,6 +39,18 @@ pub fn subsystem_phase<S: Serializer>(value: &i32, s: S) -> Result<S::Ok, S::Err
 pub fn view<S: Serializer>(value: &i32, s: S) -> Result<S::Ok, S::Error> {
     let n = View::try_from(*value).ok().map(|v| v.as_str_name());
     name(s, value, n, "VIEW_")
+}
+
+pub fn rollout_state<S: Serializer>(value: &i32, s: S) -> Result<S::Ok, S::Error> {
+    let n = RolloutState::try_from(*value).ok().map(|v| v.as_str_name());
+    name(s, value, n, "ROLLOUT_STATE_")
+}
+
+pub fn rollout_action<S: Serializer>(value: &i32, s: S) -> Result<S::Ok, S::Error> {
+    let n = RolloutAction::try_from(*value)
+        .ok()
+        .map(|v| v.as_str_name());
+    name(s, value, n, "ROLLOUT_ACTION_")
 }
 
 /// JSON bytes embedded as JSON; anything else as a string, lossily.

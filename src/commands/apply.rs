@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use continuum_proto::v1::{
     event, ApplyRequest, ApplyResponse, ComponentState, DiffCounts, Document, Event,
-    RollbackRequest,
+    RollbackRequest, RolloutState,
 };
 
 use crate::remote;
@@ -45,7 +45,7 @@ fn check_size(file: &Path) -> anyhow::Result<()> {
 /// Sends the file and the templates its functions name (read next to it). The
 /// orchestrator validates everything itself, so the client does not: a file
 /// that does not parse is still sent, and the answer says where it is broken.
-fn request(file: &Path, base: Option<u64>, message: String) -> anyhow::Result<ApplyRequest> {
+fn request(file: &Path, change: Change) -> anyhow::Result<ApplyRequest> {
     check_size(file)?;
     let text = std::fs::read_to_string(file)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
@@ -69,23 +69,34 @@ fn request(file: &Path, base: Option<u64>, message: String) -> anyhow::Result<Ap
             json: text.into_bytes(),
         }),
         templates,
-        expected_base: base,
+        expected_base: change.base,
         author: author(),
-        message,
+        message: change.message,
         artefacts: Default::default(),
+        rollout: change.rollout,
     })
+}
+
+/// What an apply asks besides its file.
+#[derive(Debug, Default)]
+pub struct Change {
+    /// Refuse unless the head is this revision.
+    pub base: Option<u64>,
+    /// A note kept in the history.
+    pub message: String,
+    /// Roll out in waves (`None`: all at once).
+    pub rollout: Option<continuum_proto::v1::RolloutPolicy>,
 }
 
 pub fn apply(
     server: &remote::Server,
     file: &Path,
-    base: Option<u64>,
-    message: String,
+    change: Change,
     wait: Option<std::time::Duration>,
     format: Format,
     style: &Style,
 ) -> anyhow::Result<ExitCode> {
-    let mut req = request(file, base, message)?;
+    let mut req = request(file, change)?;
     // Build contexts, function sources and firmware travel as blobs: packed
     // here (a source that cannot be read is refused now, with its path), and
     // sent only if the orchestrator lacks them.
@@ -195,6 +206,8 @@ fn print(r: &ApplyResponse, format: Format, style: &Style) -> anyhow::Result<()>
     for t in &r.targets {
         let gateway = if t.gateway_id.is_empty() {
             style.yellow("no gateway in the model")
+        } else if t.held {
+            format!("held for a later wave ({})", t.gateway_id)
         } else if t.pushed {
             format!("sent to {}", t.gateway_id)
         } else {
@@ -206,6 +219,13 @@ fn print(r: &ApplyResponse, format: Format, style: &Style) -> anyhow::Result<()>
             t.generation
         );
     }
+    let held = r.targets.iter().filter(|t| t.held).count();
+    if held > 0 {
+        outln!(
+            "staged: {} subsystem(s) in the first wave, {held} held; `continuum rollout status` follows it",
+            r.targets.len() - held
+        );
+    }
     Ok(())
 }
 
@@ -214,6 +234,10 @@ fn print(r: &ApplyResponse, format: Format, style: &Style) -> anyhow::Result<()>
 /// a gateway's clock may be anything.
 #[derive(Debug)]
 struct Rollout {
+    /// The revision applied.
+    revision: u64,
+    /// It is rolled out in waves: the rollout's own end ends the wait.
+    staged: bool,
     /// Subsystem → the generation it must run.
     waiting: BTreeMap<String, u64>,
     failures: Vec<String>,
@@ -224,6 +248,8 @@ impl Rollout {
     /// (removed subsystems are not waited for).
     fn new(applied: &ApplyResponse) -> Rollout {
         Rollout {
+            revision: applied.revision.as_ref().map_or(0, |r| r.number),
+            staged: applied.targets.iter().any(|t| t.held),
             waiting: applied
                 .targets
                 .iter()
@@ -259,6 +285,27 @@ impl Rollout {
                     ));
                 }
             }
+            // A staged rollout ends the wait itself: the failures it
+            // tolerates do not, its stopping does.
+            event::Kind::Rollout(r) if r.revision == self.revision => match r.state() {
+                RolloutState::Halted | RolloutState::RolledBack | RolloutState::Superseded => {
+                    self.failures
+                        .push(super::rollout::summary(r, &Style::new(false)));
+                    return Some(Outcome::Failed);
+                }
+                RolloutState::Completed if self.failures.is_empty() && self.waiting.is_empty() => {
+                    return Some(Outcome::Converged)
+                }
+                RolloutState::Completed => {
+                    self.failures.extend(
+                        self.waiting
+                            .keys()
+                            .map(|s| format!("{s}: the rollout completed without it converging")),
+                    );
+                    return Some(Outcome::Failed);
+                }
+                _ => {}
+            },
             event::Kind::Current(c) => {
                 let at = wanted(&c.subsystem)?;
                 let settled = c.live.as_ref().is_none_or(|l| *l == DiffCounts::default());
@@ -268,7 +315,9 @@ impl Rollout {
             }
             _ => {}
         }
-        if !self.failures.is_empty() {
+        if self.staged {
+            None
+        } else if !self.failures.is_empty() {
             Some(Outcome::Failed)
         } else if self.waiting.is_empty() {
             Some(Outcome::Converged)
@@ -352,6 +401,7 @@ mod tests {
             gateway_id: g.into(),
             pushed: true,
             removed,
+            held: false,
         };
         ApplyResponse {
             targets: vec![

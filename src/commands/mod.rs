@@ -7,6 +7,7 @@ pub mod explain;
 pub mod get;
 pub mod import;
 pub mod plan;
+pub mod rollout;
 pub mod serve;
 pub mod status;
 pub mod token;

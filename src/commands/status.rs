@@ -43,6 +43,9 @@ pub fn status(server: &remote::Server, format: Format, style: &Style) -> anyhow:
         } else {
             outln!("head revision {}", style.bold(&s.head.to_string()));
         }
+        if let Some(r) = s.rollout.as_ref() {
+            outln!("{}", super::rollout::summary(r, style));
+        }
         let now = now_ms();
         let mut rows = vec![[
             "SUBSYSTEM",
@@ -85,6 +88,12 @@ pub fn status(server: &remote::Server, format: Format, style: &Style) -> anyhow:
                 SubsystemPhase::Waiting => "waiting for its gateway".to_owned(),
                 SubsystemPhase::Offline => "gateway offline".to_owned(),
                 SubsystemPhase::Deploying | SubsystemPhase::Unspecified => "converging".to_owned(),
+                SubsystemPhase::Pending => {
+                    format!(
+                        "held for a later wave (generation {})",
+                        sub.pending_generation
+                    )
+                }
             };
             for c in failing {
                 failures.push(format!(
@@ -263,11 +272,23 @@ pub fn history(
         .map(String::from)
         .to_vec()];
         for rev in &r.revisions {
-            let note = if rev.restores > 0 {
+            let mut note = if rev.restores > 0 {
                 format!("rollback to {}", rev.restores)
             } else {
                 clean(&rev.message).into_owned()
             };
+            if let Some(x) = r.rollouts.iter().find(|x| x.revision == rev.number) {
+                let staged = format!(
+                    "staged in {} wave(s): {}",
+                    x.waves.len(),
+                    super::rollout::state(x, style)
+                );
+                note = if note.is_empty() {
+                    staged
+                } else {
+                    format!("{note} ({staged})")
+                };
+            }
             rows.push(vec![
                 rev.number.to_string(),
                 remote::date_time(rev.created_unix_ms),

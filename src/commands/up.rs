@@ -401,8 +401,10 @@ pub fn run(args: Args, style: &Style) -> anyhow::Result<ExitCode> {
             let applied = super::apply::apply(
                 &apply_server,
                 &model,
-                None,
-                "continuum up".to_owned(),
+                super::apply::Change {
+                    message: "continuum up".to_owned(),
+                    ..Default::default()
+                },
                 Some(Duration::from_secs(300)),
                 Format::Human,
                 &style,

@@ -144,6 +144,7 @@ pub fn describe(e: &Event, style: &Style) -> String {
             c.observed_generation,
             remote::counts(c.live.as_ref())
         ),
+        event::Kind::Rollout(r) => super::rollout::summary(r, style),
     }
 }
 

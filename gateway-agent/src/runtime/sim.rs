@@ -82,6 +82,11 @@ pub fn failure_rate(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A workload whose environment sets this never starts on a simulated
+/// gateway (its value is the reason given): a version that is broken
+/// everywhere, for rehearsing a rollout that must stop.
+pub const FAIL_ENV: &str = "CONTINUUM_SIM_FAIL";
+
 /// How a simulated engine behaves.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SimBehaviour {
@@ -152,6 +157,12 @@ impl ContainerRuntime for SimRuntime {
 
     async fn create(&self, spec: &WorkloadSpec) -> Result<String, RuntimeError> {
         self.operate("create", &spec.name).await?;
+        if let Some(why) = spec.env.get(FAIL_ENV) {
+            return Err(RuntimeError::Failed(format!(
+                "simulated failure of {}: {why}",
+                spec.name
+            )));
+        }
         self.engine.create(spec).await
     }
 

@@ -16,9 +16,12 @@
 mod events;
 mod gateways;
 mod revisions;
+mod rollout;
 mod subsystem;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_rollout;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -28,6 +31,7 @@ use continuum_proto::v1::{ComponentStatus, DiffCounts, Gateway, Revision, Target
 pub use events::{Batch, Log};
 pub use gateways::{check_gateway_id, Registered};
 pub use revisions::{Moved, Prepared};
+pub use rollout::state_name as rollout_state_name;
 pub use subsystem::Subsystem;
 
 use crate::error::Error;
@@ -170,6 +174,8 @@ struct Update {
     forgotten: Vec<String>,
     next_session: Option<u64>,
     deliveries: Vec<Delivery>,
+    /// The newest rollout's new state.
+    rollout: Option<rollout::Run>,
 }
 
 /// What an operation decided: the writes to commit durably, the reply, and
@@ -235,6 +241,7 @@ pub struct Undo {
     observed: Vec<(String, u64)>,
     gateways: Vec<(String, Option<GatewayState>)>,
     next_session: Option<u64>,
+    rollout: Option<Option<rollout::Run>>,
 }
 
 /// The orchestrator's state: the head revision, the subsystems, the gateways and the event log's bounds.
@@ -250,6 +257,8 @@ pub struct Core {
     pub(crate) gateways: BTreeMap<String, GatewayState>,
     log: Log,
     next_session: u64,
+    /// The newest staged rollout, if a revision was ever staged.
+    rollout: Option<rollout::Run>,
 }
 
 impl Core {
@@ -306,6 +315,20 @@ impl Core {
                 (state.record.id.clone(), state)
             })
             .collect();
+        let rollout = match snapshot.rollout {
+            None => None,
+            Some(meta) => {
+                let mut changes = BTreeMap::new();
+                for (id, c) in snapshot.rollout_changes {
+                    let change = rollout::Change::from_stored(&id, c)?;
+                    changes.insert(id, change);
+                }
+                Some(rollout::Run {
+                    meta,
+                    changes: std::sync::Arc::new(changes),
+                })
+            }
+        };
         let log = Log {
             last: snapshot.last_seq,
             oldest: oldest_seq,
@@ -319,6 +342,7 @@ impl Core {
             gateways,
             log,
             next_session: 1,
+            rollout,
         };
         for (id, sub) in subsystems {
             core.put_subsystem(id, sub);
@@ -420,6 +444,7 @@ impl Core {
             forgotten,
             next_session,
             deliveries,
+            rollout,
         } = t.update;
         let mut undo = Undo::default();
         let new_last_seq = log.filter(|l| l.last != self.log.last).map(|l| l.last);
@@ -458,6 +483,9 @@ impl Core {
         if let Some(n) = next_session {
             undo.next_session = Some(std::mem::replace(&mut self.next_session, n));
         }
+        if let Some(run) = rollout {
+            undo.rollout = Some(self.rollout.replace(run));
+        }
         Completed {
             reply: t.reply,
             deliveries,
@@ -477,7 +505,11 @@ impl Core {
             observed,
             gateways,
             next_session,
+            rollout,
         } = undo;
+        if let Some(run) = rollout {
+            self.rollout = run;
+        }
         if let Some(n) = next_session {
             self.next_session = n;
         }

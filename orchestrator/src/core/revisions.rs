@@ -6,10 +6,13 @@ use std::collections::{BTreeMap, HashSet};
 
 use continuum_models::{DeploymentModel, Megamodel};
 use continuum_proto::v1::{
-    event, ApplyRequest, ApplyResponse, Revision, RollbackRequest, SubsystemTarget,
+    event, ApplyRequest, ApplyResponse, Revision, RollbackRequest, RolloutPolicy, SubsystemTarget,
 };
 
-use super::{counts, gateway_of, to_json, Core, Head, Revisions, Subsystem, Transition, Update};
+use super::rollout::Ending;
+use super::{
+    counts, gateway_of, to_json, Batch, Core, Head, Revisions, Subsystem, Transition, Update,
+};
 use crate::error::Error;
 use crate::records::{StoredRevision, StoredTarget};
 
@@ -21,6 +24,7 @@ pub struct Prepared {
     expected_base: Option<u64>,
     author: String,
     message: String,
+    rollout: Option<RolloutPolicy>,
 }
 
 impl Prepared {
@@ -39,6 +43,7 @@ impl Prepared {
             expected_base: req.expected_base,
             author: req.author,
             message: req.message,
+            rollout: req.rollout,
         })
     }
 }
@@ -166,8 +171,16 @@ impl Core {
                     grace_ms / 1000,
                     moved.join(", ")
                 );
-                let t =
-                    self.revision(megamodel, None, "continuum".into(), message.clone(), 0, now)?;
+                let t = self.revision(
+                    megamodel,
+                    None,
+                    "continuum".into(),
+                    message.clone(),
+                    0,
+                    now,
+                    None,
+                    Ending::Superseded,
+                )?;
                 Ok(t.map(|_| Moved::Moved(message)))
             }
         }
@@ -198,7 +211,16 @@ impl Core {
 
     /// Stores a prepared megamodel as a revision.
     pub fn apply(&self, p: Prepared, now: i64) -> Result<Transition<ApplyResponse>, Error> {
-        self.revision(p.megamodel, p.expected_base, p.author, p.message, 0, now)
+        self.revision(
+            p.megamodel,
+            p.expected_base,
+            p.author,
+            p.message,
+            0,
+            now,
+            p.rollout,
+            Ending::Superseded,
+        )
     }
 
     /// Restores revision `req.to`'s model as a new revision.
@@ -216,10 +238,17 @@ impl Core {
             format!("rollback to revision {}", req.to),
             req.to,
             now,
+            None,
+            Ending::Superseded,
         )
     }
 
-    fn revision(
+    /// Makes `megamodel` the head as a new revision; the subsystems whose
+    /// model it changes get its number as their generation, at once or, with
+    /// a `rollout` policy, wave by wave. A rollout still running ends as
+    /// `ending` says.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn revision(
         &self,
         mut megamodel: Megamodel,
         expected_base: Option<u64>,
@@ -227,6 +256,8 @@ impl Core {
         message: String,
         restores: u64,
         now: i64,
+        rollout: Option<RolloutPolicy>,
+        ending: Ending,
     ) -> Result<Transition<ApplyResponse>, Error> {
         megamodel.canonicalize();
         let canonical = to_json(&megamodel);
@@ -276,6 +307,8 @@ impl Core {
             megamodel: canonical.clone(),
         });
         let event_seq = batch.event(event::Kind::Revision(meta.clone()));
+        let mut update = Update::default();
+        self.end_rollout(&mut batch, &mut update, ending, number, now);
 
         // The subsystems whose model changed, and those that left the model.
         let mut targets: Vec<(String, StoredTarget, DeploymentModel)> = Vec::new();
@@ -316,59 +349,33 @@ impl Core {
             };
             targets.push((id.clone(), target, model));
         }
-        batch.changes.targets = targets
-            .iter()
-            .map(|(id, t, _)| (id.clone(), t.clone()))
-            .collect();
 
-        // Each connected gateway concerned gets its new target once committed.
-        let overlay: BTreeMap<String, StoredTarget> =
-            batch.changes.targets.iter().cloned().collect();
-        let mut update = Update::default();
-        let mut notified = HashSet::new();
-        for (_, t, _) in &targets {
-            let Some(g) = self.gateways.get(&t.gateway_id) else {
-                continue;
-            };
-            let Some(session) = g.session else { continue };
-            if !notified.insert(t.gateway_id.clone()) {
-                continue;
-            }
-            let mut state = g.clone();
-            let holds = state.record.sent_generation;
-            if let Some(target) = self.plan_delivery(&mut batch, &mut state.record, holds, &overlay)
-            {
-                batch.changes.gateways.push(state.record.clone());
-                update.deliveries.push(super::Delivery {
-                    gateway_id: state.record.id.clone(),
-                    session,
-                    target,
-                });
-                update.gateways.push(state);
-            }
-        }
-        let pushed_to: HashSet<&str> = update
-            .deliveries
-            .iter()
-            .map(|d| d.gateway_id.as_str())
-            .collect();
-        let response = targets
+        // Staged: only the first wave is released now; the rest is held.
+        let listed: Vec<SubsystemTarget> = targets
             .iter()
             .map(|(subsystem, t, _)| SubsystemTarget {
                 subsystem: subsystem.clone(),
                 generation: number,
                 gateway_id: t.gateway_id.clone(),
-                pushed: pushed_to.contains(t.gateway_id.as_str()),
+                pushed: false,
                 removed: t.removed,
+                held: false,
             })
             .collect();
-        for (id, target, model) in targets {
-            let sub = match self.subsystems.get(&id) {
-                Some(old) => old.clone().retarget(target, model),
-                None => Subsystem::new(target, model),
-            };
-            update.subsystems.push((id, sub));
-        }
+        let released = match rollout.filter(|_| !targets.is_empty()) {
+            None => targets,
+            Some(policy) => self.start_rollout(&mut batch, &mut update, policy, targets, now),
+        };
+        let released_ids: HashSet<String> = released.iter().map(|(id, _, _)| id.clone()).collect();
+        let pushed_to = self.release(&mut batch, &mut update, released);
+        let response = listed
+            .into_iter()
+            .map(|mut t| {
+                t.pushed = pushed_to.contains(&t.gateway_id) && released_ids.contains(&t.subsystem);
+                t.held = !released_ids.contains(&t.subsystem);
+                t
+            })
+            .collect();
         update.head = Some(Head {
             meta: meta.clone(),
             megamodel,
@@ -381,5 +388,52 @@ impl Core {
             event_seq,
         };
         Ok(self.transition(batch, reply, update))
+    }
+
+    /// Gives subsystems their new targets once `batch` is committed: writes
+    /// them, and delivers each connected gateway concerned its target.
+    /// Returns the gateways a target was pushed to.
+    pub(super) fn release(
+        &self,
+        batch: &mut Batch,
+        update: &mut Update,
+        targets: Vec<(String, StoredTarget, DeploymentModel)>,
+    ) -> HashSet<String> {
+        let written: Vec<(String, StoredTarget)> = targets
+            .iter()
+            .map(|(id, t, _)| (id.clone(), t.clone()))
+            .collect();
+        let overlay: BTreeMap<String, StoredTarget> = written.iter().cloned().collect();
+        batch.changes.targets.extend(written);
+        let mut pushed = HashSet::new();
+        for (_, t, _) in &targets {
+            let Some(g) = self.gateways.get(&t.gateway_id) else {
+                continue;
+            };
+            let Some(session) = g.session else { continue };
+            if pushed.contains(&t.gateway_id) {
+                continue;
+            }
+            let mut state = g.clone();
+            let holds = state.record.sent_generation;
+            if let Some(target) = self.plan_delivery(batch, &mut state.record, holds, &overlay) {
+                pushed.insert(t.gateway_id.clone());
+                batch.changes.gateways.push(state.record.clone());
+                update.deliveries.push(super::Delivery {
+                    gateway_id: state.record.id.clone(),
+                    session,
+                    target,
+                });
+                update.gateways.push(state);
+            }
+        }
+        for (id, target, model) in targets {
+            let sub = match self.subsystems.get(&id) {
+                Some(old) => old.clone().retarget(target, model),
+                None => Subsystem::new(target, model),
+            };
+            update.subsystems.push((id, sub));
+        }
+        pushed
     }
 }

@@ -61,6 +61,7 @@ fn kinds(changes: &Changes) -> Vec<&'static str> {
             event::Kind::Step(_) => "step",
             event::Kind::Current(_) => "current",
             event::Kind::Diverged(_) => "diverged",
+            event::Kind::Rollout(_) => "rollout",
         })
         .collect()
 }

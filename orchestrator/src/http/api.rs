@@ -8,8 +8,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use continuum_proto::v1::model_service_server::ModelService;
 use continuum_proto::v1::{
-    diff_request::Between, DiffRequest, GetRequest, HistoryRequest, ListGatewaysRequest, Live,
-    Revisions, RollbackRequest, StatusRequest, View,
+    diff_request::Between, ControlRolloutRequest, DiffRequest, GetRequest, GetRolloutRequest,
+    HistoryRequest, ListGatewaysRequest, Live, Revisions, RollbackRequest, RolloutAction,
+    StatusRequest, View,
 };
 use tonic::Code;
 
@@ -185,33 +186,42 @@ pub(super) struct RollbackBody {
     expected_base: Option<u64>,
 }
 
-/// A rollback from the page. It must be JSON and, when the browser says
+/// A change asked from the page must be JSON and, when the browser says
 /// where the page came from, from this origin: another site's form cannot
-/// roll back (a cross-origin JSON post needs a CORS grant never given).
-pub(super) async fn rollback(
-    State(orch): State<Orchestrator>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
+/// make it (a cross-origin JSON post needs a CORS grant never given).
+/// The answer that refuses it, if it must be.
+fn refused_from_elsewhere(headers: &HeaderMap, what: &str, shape: &str) -> Option<Response> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     if !json {
-        return error(
+        return Some(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "a rollback is a JSON body ({\"to\": N}) with Content-Type: application/json".into(),
-        );
+            format!("a {what} is a JSON body ({shape}) with Content-Type: application/json"),
+        ));
     }
     if headers
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v != "same-origin" && v != "none")
     {
-        return error(
+        return Some(error(
             StatusCode::FORBIDDEN,
-            "a rollback must come from this orchestrator's own page".into(),
-        );
+            format!("a {what} must come from this orchestrator's own page"),
+        ));
+    }
+    None
+}
+
+/// A rollback from the page.
+pub(super) async fn rollback(
+    State(orch): State<Orchestrator>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(refused) = refused_from_elsewhere(&headers, "rollback", "{\"to\": N}") {
+        return refused;
     }
     let body: RollbackBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
@@ -230,6 +240,68 @@ pub(super) async fn rollback(
                 expected_base: body.expected_base,
                 // Who, when the API takes no tokens (else the token says).
                 author: "dashboard".into(),
+            },
+        ))
+        .await;
+    answer(r)
+}
+
+/// The newest staged rollout.
+pub(super) async fn rollout(State(orch): State<Orchestrator>, headers: HeaderMap) -> Response {
+    answer(
+        orch.get_rollout(request(&headers, GetRolloutRequest {}))
+            .await,
+    )
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RolloutBody {
+    action: String,
+    #[serde(default)]
+    revision: u64,
+    #[serde(default)]
+    reason: String,
+}
+
+/// Pauses, resumes or aborts the rollout from the page.
+pub(super) async fn control_rollout(
+    State(orch): State<Orchestrator>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let shape = "{\"action\": \"pause\"|\"resume\"|\"abort\"}";
+    if let Some(refused) = refused_from_elsewhere(&headers, "rollout action", shape) {
+        return refused;
+    }
+    let body: RolloutBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the rollout body: {e}; expected {shape}"),
+            )
+        }
+    };
+    let action = match body.action.as_str() {
+        "pause" => RolloutAction::Pause,
+        "resume" => RolloutAction::Resume,
+        "abort" => RolloutAction::Abort,
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("`{other}` is not a rollout action: expected pause, resume or abort"),
+            )
+        }
+    };
+    let r = orch
+        .control_rollout(request(
+            &headers,
+            ControlRolloutRequest {
+                action: action as i32,
+                revision: body.revision,
+                author: "dashboard".into(),
+                reason: body.reason,
             },
         ))
         .await;

@@ -39,6 +39,7 @@ fn kind(e: &Event) -> &'static str {
         Some(event::Kind::Step(_)) => "step",
         Some(event::Kind::Current(_)) => "current",
         Some(event::Kind::Diverged(_)) => "diverged",
+        Some(event::Kind::Rollout(_)) => "rollout",
         None => "unknown",
     }
 }

@@ -35,6 +35,7 @@ pub fn router(orch: Orchestrator) -> Router {
         .route("/api/model", get(api::model))
         .route("/api/diff", get(api::diff))
         .route("/api/rollback", post(api::rollback))
+        .route("/api/rollout", get(api::rollout).post(api::control_rollout))
         .route("/api/events", get(events::stream))
         .fallback(not_found)
         .layer(axum::middleware::map_response(hardened))
