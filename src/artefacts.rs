@@ -144,7 +144,7 @@ pub fn pack_dir(dir: &Path) -> Result<Vec<u8>, PackError> {
     tar.into_inner().map_err(io(dir))
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -179,6 +179,11 @@ enum Command {
         #[command(flatten)]
         rollout: commands::rollout::PolicyArgs,
     },
+    /// Offer the gateways an agent build they upgrade themselves to.
+    Agent {
+        #[command(subcommand)]
+        what: commands::agent::Command,
+    },
     /// Follow or steer a staged rollout (`apply --wave`): status, pause,
     /// resume, abort.
     Rollout {
@@ -377,6 +382,7 @@ fn main() -> ExitCode {
             &style,
         ),
         Command::Rollout { what } => commands::rollout::run(&server, what, output, &style),
+        Command::Agent { what } => commands::agent::run(&server, what, output, &style),
         Command::Get {
             subsystem,
             current,

@@ -1046,3 +1046,166 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A copy of this build of `continuum` that reports `version` instead: the
+/// build's version marker rewritten, so a second build needs no compiler.
+fn build_reporting(dir: &Path, version: &str) -> String {
+    let mut bytes = std::fs::read(env!("CARGO_BIN_EXE_continuum")).unwrap();
+    let mark = format!("continuum-agent-version:{}\0", env!("CARGO_PKG_VERSION"));
+    let new = format!("continuum-agent-version:{version}\0");
+    assert!(new.len() < 96, "the marker holds 96 bytes");
+    let at: Vec<usize> = bytes
+        .windows(mark.len())
+        .enumerate()
+        .filter(|(_, w)| *w == mark.as_bytes())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(at.len(), 1, "one version marker in the build");
+    bytes[at[0]..at[0] + new.len()].copy_from_slice(new.as_bytes());
+    let path = dir.join(format!("continuum-{version}"));
+    std::fs::write(&path, bytes).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Without its debug information a debug build is a quarter of the size
+    // to upload, fetch and hash (the version marker is data: it stays).
+    let stripped = Command::new("strip")
+        .arg("--strip-debug")
+        .arg(&path)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !stripped {
+        eprintln!("strip is missing: the offered build keeps its debug information");
+    }
+    path.display().to_string()
+}
+
+/// The gateway's record as `continuum gateways` shows it.
+fn gateway_record(s: &Serve, id: &str) -> Option<serde_json::Value> {
+    let all = json(s.cli(&["gateways", "-o", "json"]));
+    all["gateways"]
+        .as_array()?
+        .iter()
+        .find(|g| g["id"] == id)
+        .cloned()
+}
+
+/// When each container of the subsystem last started.
+fn started_at(w: &World) -> BTreeMap<String, String> {
+    w.containers()
+        .into_iter()
+        .map(|(component, (id, _, _))| {
+            let o = Command::new("docker")
+                .args([
+                    "inspect",
+                    "-f",
+                    "{{.State.StartedAt}} {{.RestartCount}}",
+                    &id,
+                ])
+                .output()
+                .unwrap();
+            (
+                component,
+                String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn an_agent_upgrades_itself_to_an_offered_build_and_falls_back_from_one_that_does_not_come_up() {
+    if !docker_ready() {
+        return;
+    }
+    let w = World::new();
+    let s = Serve::start(&data(&w));
+    let agent = w.agent_with(
+        &s.addr,
+        "agent",
+        &["--no-mqtt", "--no-bridge", "--upgrade-deadline", "30s"],
+    );
+    let pid = agent.0.id();
+    let m = w.model("m.json", &[("web", "1", "bb")], false);
+    ok(s.cli(&["apply", "-f", &m, "--wait", "90s"]));
+    w.wait_running(&["web"]);
+    let running = started_at(&w);
+    let first = gateway_record(&s, &w.gateway).unwrap();
+    assert_eq!(first["version"], env!("CARGO_PKG_VERSION"));
+
+    // A second build, offered: the agent tries it beside itself, and it
+    // takes over in the same process.
+    let v2 = build_reporting(w.dir.path(), "0.99.0-upgrade-test");
+    let said = ok(s.cli(&["agent", "offer", &v2, "0.99.0-upgrade-test"]));
+    assert!(said.contains("offered agent 0.99.0-upgrade-test"), "{said}");
+    let g = w.wait("the gateway runs the offered build", || {
+        let g = gateway_record(&s, &w.gateway)?;
+        (g["version"] == "0.99.0-upgrade-test"
+            && g["connected"] == true
+            && g["agent_upgrade"].as_str()?.starts_with(&format!(
+                "upgraded from {} to 0.99.0-upgrade-test",
+                env!("CARGO_PKG_VERSION")
+            )))
+        .then_some(g)
+    });
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert!(
+        exe.starts_with(w.dir.path().join("agent").join("agent")),
+        "the agent's process now runs the build it fetched: {} ({g})",
+        exe.display()
+    );
+    w.wait_converged(&s, 1);
+    // What ran kept running: the same container, never restarted.
+    assert_eq!(started_at(&w), running);
+    let log = w.agent_log();
+    assert!(log.contains("trying agent 0.99.0-upgrade-test"), "{log}");
+    assert!(
+        log.contains("agent 0.99.0-upgrade-test came up: it takes over"),
+        "{log}"
+    );
+
+    // A build that never comes up (it exits at once): tried, then the agent
+    // that was running takes over again, and says why.
+    let broken = w.dir.path().join("broken-agent");
+    std::fs::write(
+        &broken,
+        "#!/bin/sh\necho 'this build is broken' >&2\nexit 3\n",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    ok(s.cli(&[
+        "agent",
+        "offer",
+        &broken.display().to_string(),
+        "0.99.1-broken",
+    ]));
+    let g = w.wait("the failed upgrade reported", || {
+        let g = gateway_record(&s, &w.gateway)?;
+        (g["connected"] == true
+            && g["agent_upgrade"]
+                .as_str()?
+                .contains("the upgrade to 0.99.1-broken failed: it exited"))
+        .then_some(g)
+    });
+    assert_eq!(g["version"], "0.99.0-upgrade-test", "{g}");
+    assert!(w.agent_log().contains("this build is broken"));
+    w.wait_converged(&s, 1);
+    assert_eq!(started_at(&w), running);
+    // The broken build is not tried again: the gateway stays connected, and
+    // `continuum gateways` says what happened.
+    let table = ok(s.cli(&["gateways"]));
+    assert!(
+        table.contains("the upgrade to 0.99.1-broken failed"),
+        "{table}"
+    );
+    assert_eq!(
+        w.agent_log().matches("trying agent 0.99.1-broken").count(),
+        1,
+        "tried once"
+    );
+    if std::env::var_os("SHOW_LOG").is_some() {
+        eprintln!("{}", w.agent_log());
+    }
+    drop(agent);
+}

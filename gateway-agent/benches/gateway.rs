@@ -260,6 +260,8 @@ async fn whole_path(
         insecure: false,
         policy: None,
         trusted_key: None,
+        agent_key: None,
+        upgrade_deadline: Duration::from_secs(60),
         device_ports: Vec::new(),
         function_host: None,
         busybox: "/bin/busybox".into(),

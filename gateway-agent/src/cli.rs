@@ -109,6 +109,15 @@ pub struct Args {
     /// deploy agent refuses unsigned or badly signed firmware before writing.
     #[arg(long, env = "CONTINUUM_TRUSTED_KEY", value_name = "HEX")]
     pub trusted_key: Option<String>,
+    /// The public key (ed25519, hex) agent builds the orchestrator offers
+    /// must be signed with (a signature of their SHA-256); without it a
+    /// build is taken on its hash alone.
+    #[arg(long, env = "CONTINUUM_AGENT_KEY", value_name = "HEX")]
+    pub agent_key: Option<String>,
+    /// How long a new agent build has to register and re-adopt what runs
+    /// before this one takes over again.
+    #[arg(long, default_value = "60s", value_parser = duration, value_name = "DURATION")]
+    pub upgrade_deadline: Duration,
     /// Where a device of the model is wired on this host, when it is not the
     /// port the model names (`DEVICE=PATH`, repeatable): udev names differ
     /// from host to host.
@@ -284,8 +293,11 @@ pub(crate) fn memory_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Runs the agent until SIGTERM or Ctrl-C.
+/// Runs the agent until SIGTERM or Ctrl-C (or, when it upgrades itself,
+/// hands the process over to the new build).
 pub fn run(config: Args) -> anyhow::Result<()> {
+    // A process replaced for an upgrade's trial runs only that.
+    crate::upgrade::trial_if_asked();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
@@ -302,13 +314,35 @@ pub fn run(config: Args) -> anyhow::Result<()> {
         });
         match config.command {
             Some(GatewayCommand::Sim(sim)) => crate::fleet::run_until(sim, shutdown).await,
-            None => run_until(config, shutdown).await,
+            None => {
+                let slot = crate::upgrade::Slot::default();
+                // An upgrade stops the agent as SIGTERM would, then hands over.
+                let stop = shutdown.child_token();
+                run_upgradable(config, stop, Some(Arc::clone(&slot))).await?;
+                let handover = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+                match handover {
+                    Some(h) if !shutdown.is_cancelled() => Err(crate::upgrade::hand_over(&h))
+                        .context("cannot hand over to the new agent build"),
+                    _ => Ok(()),
+                }
+            }
         }
     })
 }
 
 /// Runs the agent until `shutdown` is cancelled.
 pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_upgradable(config, shutdown, None).await
+}
+
+/// Runs the agent until `shutdown` is cancelled; with `upgrades`, an agent
+/// build the orchestrator offers is taken: put in the slot, and `shutdown`
+/// cancelled for the caller to hand over.
+async fn run_upgradable(
+    config: Args,
+    shutdown: CancellationToken,
+    upgrades: Option<crate::upgrade::Slot>,
+) -> anyhow::Result<()> {
     if !continuum_models::validate::is_valid_id(config.id()) {
         anyhow::bail!(
             "`{}` is not a valid gateway id: expected 1 to 63 lowercase letters, digits and dashes",
@@ -422,6 +456,7 @@ pub async fn run_until(config: Args, shutdown: CancellationToken) -> anyhow::Res
         workload_env: BTreeMap::new(),
         deployers: None,
         local_bus: local.clone(),
+        upgrades,
     };
     if let (Some(url), Some(program)) = (
         &local,
@@ -502,6 +537,8 @@ struct Settings {
     deployers: Option<Arc<crate::deployers::Deployers>>,
     /// The local broker, where the functions report their counters.
     local_bus: Option<BrokerUrl>,
+    /// Where an upgrade decided is put (none: this agent does not upgrade).
+    upgrades: Option<crate::upgrade::Slot>,
 }
 
 fn device_port(s: &str) -> Result<(String, PathBuf), String> {
@@ -542,7 +579,13 @@ async fn serve<R: ContainerRuntime>(
         workload_env,
         deployers,
         local_bus,
+        upgrades,
     } = settings;
+    let upgrade_note = upgrades
+        .as_ref()
+        .map(|_| crate::upgrade::on_start(&config.data_dir))
+        .unwrap_or_default();
+    let (note_tx, note_rx) = tokio::sync::watch::channel(upgrade_note);
     let (progress_tx, progress_rx) = mpsc::unbounded_channel();
     let endpoint = if config.orchestrator.contains("://") {
         config.orchestrator.clone()
@@ -597,6 +640,26 @@ async fn serve<R: ContainerRuntime>(
     };
     let (agent, snapshot) = Agent::new(runtime, store, agent_config, progress_tx)?;
     let (offers_tx, offers_rx) = mpsc::channel(4);
+    let agent_offers = upgrades.as_ref().map(|slot| {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        tokio::spawn(crate::upgrade::follow_offers(
+            rx,
+            crate::upgrade::Follow {
+                blobs: crate::blobs::BlobCache::new(
+                    config.data_dir.join("blobs"),
+                    endpoint.clone(),
+                )
+                .with_tls(tls.clone()),
+                key: config.agent_key.clone(),
+                data_dir: config.data_dir.clone(),
+                deadline: config.upgrade_deadline,
+                slot: Arc::clone(slot),
+                note: note_tx,
+                stop: shutdown.clone(),
+            },
+        ));
+        tx
+    });
     let link_config = LinkConfig {
         bridge: bridge
             .clone()
@@ -605,7 +668,7 @@ async fn serve<R: ContainerRuntime>(
         endpoint,
         tls: Some(tls),
         gateway_id: config.id().to_owned(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
+        version: crate::upgrade::version(),
         location: config.location.clone(),
         capabilities: Capabilities {
             arch: std::env::consts::ARCH.to_owned(),
@@ -637,8 +700,14 @@ async fn serve<R: ContainerRuntime>(
             });
             tx
         }),
+        agent_upgrade: Some(note_rx),
+        agent_offers,
     };
     let (connected_tx, connected) = tokio::sync::watch::channel(false);
+    tokio::spawn(crate::upgrade::signal_ready(
+        connected.clone(),
+        snapshot.clone(),
+    ));
     let local_task = match config.local_api {
         None => None,
         Some(addr) => {

@@ -161,7 +161,7 @@ pub async fn run_until(args: SimArgs, shutdown: CancellationToken) -> anyhow::Re
             endpoint: endpoint.clone(),
             tls: Some(tls.clone()),
             gateway_id: id,
-            version: env!("CARGO_PKG_VERSION").to_owned(),
+            version: crate::upgrade::version(),
             location: "simulated".to_owned(),
             capabilities: Capabilities {
                 arch: std::env::consts::ARCH.to_owned(),
@@ -174,6 +174,9 @@ pub async fn run_until(args: SimArgs, shutdown: CancellationToken) -> anyhow::Re
             bus: None,
             fencing: Some(fencing),
             bridge: None,
+            // Simulated gateways share one process: none upgrades itself.
+            agent_upgrade: None,
+            agent_offers: None,
         };
         members.push(Member {
             snapshot: snapshot.clone(),

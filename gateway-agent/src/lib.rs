@@ -33,5 +33,6 @@ pub mod runtime;
 pub mod secrets;
 pub mod spec;
 pub mod store;
+pub mod upgrade;
 
 pub use continuum_models as models;

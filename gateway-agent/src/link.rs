@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use continuum_proto::v1::gateway_link_client::GatewayLinkClient;
 use continuum_proto::v1::{
-    gateway_message, orchestrator_message, Ack, BridgeReport, Capabilities, ComponentState,
-    ComponentStatus, CurrentReport, Document, GatewayMessage, Heartbeat, LocalDivergence, Register,
-    StatusReport, StepProgress, StepState,
+    gateway_message, orchestrator_message, Ack, AgentOffer, BridgeReport, Capabilities,
+    ComponentState, ComponentStatus, CurrentReport, Document, GatewayMessage, Heartbeat,
+    LocalDivergence, Register, StatusReport, StepProgress, StepState,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -40,6 +40,11 @@ pub struct LinkConfig {
     pub fencing: Option<std::sync::Arc<crate::fence::Fencing>>,
     /// The bridge's counters, sent with every heartbeat (none: no bridge).
     pub bridge: Option<BridgeCounters>,
+    /// How the agent's last self-upgrade went, told at registration and with
+    /// every heartbeat.
+    pub agent_upgrade: Option<watch::Receiver<String>>,
+    /// Told the agent build the orchestrator offers.
+    pub agent_offers: Option<watch::Sender<Option<AgentOffer>>>,
 }
 
 /// Reads a bridge's counters.
@@ -79,6 +84,14 @@ pub(crate) fn status(component: &str, s: &Status) -> ComponentStatus {
         detail: s.detail.clone(),
         rolled_back_to: s.rolled_back_to,
     }
+}
+
+fn upgrade_note(config: &LinkConfig) -> String {
+    config
+        .agent_upgrade
+        .as_ref()
+        .map(|n| n.borrow().clone())
+        .unwrap_or_default()
 }
 
 fn message(kind: gateway_message::Kind) -> GatewayMessage {
@@ -175,6 +188,7 @@ async fn session(
         capabilities: Some(config.capabilities.clone()),
         accepted_generation: snap.accepted,
         observed_generation: snap.observed,
+        agent_upgrade: upgrade_note(config),
         divergence: snap.local.as_ref().map(|(note, model)| LocalDivergence {
             base_generation: snap.accepted,
             since_unix_ms: note.since_unix_ms,
@@ -257,6 +271,7 @@ async fn session(
                     unix_ms: now_ms(),
                     load: crate::host_load::measure(),
                     bridge: config.bridge.as_ref().map(|b| (b.0)()),
+                    agent_upgrade: upgrade_note(config),
                 }))
                 .await?;
             }
@@ -313,6 +328,11 @@ async fn session(
                             let ack = Ack { generation, accepted, reason };
                             let _ = tx.send(message(gateway_message::Kind::Ack(ack))).await;
                         });
+                    }
+                    Some(orchestrator_message::Kind::Agent(offer)) => {
+                        if let Some(o) = &config.agent_offers {
+                            o.send_replace(Some(offer));
+                        }
                     }
                     Some(orchestrator_message::Kind::Error(e)) => {
                         tracing::warn!(error = %e.message, "the orchestrator refused a message");

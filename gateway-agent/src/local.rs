@@ -210,6 +210,13 @@ impl ModelService for LocalApi {
         Err(elsewhere("rollbacks"))
     }
 
+    async fn offer_agent(
+        &self,
+        _r: Request<continuum_proto::v1::AgentOffer>,
+    ) -> Result<Response<continuum_proto::v1::AgentOffer>, Status> {
+        Err(elsewhere("agent builds"))
+    }
+
     async fn get_rollout(
         &self,
         _r: Request<continuum_proto::v1::GetRolloutRequest>,

@@ -8,7 +8,10 @@ use continuum_bus::testing::eventually_async;
 use continuum_gateway::fleet::{run_until, SimArgs};
 use continuum_gateway::runtime::sim::StepTime;
 use continuum_proto::v1::model_service_client::ModelServiceClient;
-use continuum_proto::v1::{ApplyRequest, Document, StatusRequest};
+use continuum_proto::v1::{
+    diff_request, ApplyRequest, DiffRequest, Document, Event, GetRolloutRequest, Live,
+    RolloutPolicy, RolloutState, StatusRequest, WatchRequest,
+};
 use tokio_util::sync::CancellationToken;
 
 const GATEWAYS: usize = 12;
@@ -108,6 +111,157 @@ async fn a_simulated_fleet_converges_through_slow_and_failing_steps() {
         .into_inner();
     let generation = second.revision.unwrap().number;
     all_converged(&client, generation).await;
+
+    stop.cancel();
+    fleet.await.unwrap().unwrap();
+    orchestrator.stop().await.unwrap();
+}
+
+/// The newest event's sequence number.
+async fn newest(client: &ModelServiceClient<tonic::transport::Channel>) -> u64 {
+    let live = DiffRequest {
+        between: Some(diff_request::Between::Live(Live::default())),
+    };
+    client
+        .clone()
+        .diff(live)
+        .await
+        .unwrap()
+        .into_inner()
+        .event_seq
+}
+
+/// Reads `stream` as events come, until the event `last` says (0: not
+/// known yet); every sequence number it got.
+async fn read_until(
+    mut stream: tonic::Streaming<Event>,
+    mut last: tokio::sync::watch::Receiver<u64>,
+) -> Vec<u64> {
+    let mut seqs: Vec<u64> = Vec::new();
+    loop {
+        let until = *last.borrow_and_update();
+        if until > 0 && seqs.last().is_some_and(|s| *s >= until) {
+            return seqs;
+        }
+        tokio::select! {
+            m = stream.message() => match m {
+                Ok(Some(e)) => seqs.push(e.seq),
+                other => panic!("the watch ended after {:?}: {other:?}", seqs.last()),
+            },
+            _ = last.changed() => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_watchers_see_every_event_of_a_staged_rollout_and_a_stalled_one_slows_none() {
+    const WATCHERS: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        continuum_orchestrator::Config::new("127.0.0.1:0".parse().unwrap(), dir.path().join("o"));
+    let orchestrator = continuum_orchestrator::start(config).await.unwrap();
+    let addr = orchestrator.local_addr();
+    let stop = CancellationToken::new();
+    let args = SimArgs {
+        count: GATEWAYS,
+        prefix: "sim".into(),
+        first: 1,
+        orchestrator: addr.to_string(),
+        tls_ca: None,
+        data_dir: dir.path().join("fleet"),
+        step_time: "1ms..5ms".parse::<StepTime>().unwrap(),
+        failure_rate: 0.0,
+        seed: 9,
+        interval: Duration::from_millis(300),
+        settle: Duration::ZERO,
+        max_backoff: Duration::from_secs(1),
+        labels: Vec::new(),
+        summary_every: Duration::ZERO,
+    };
+    let fleet = tokio::spawn(run_until(args, stop.clone()));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ModelServiceClient::new(channel);
+    let first = client
+        .apply(apply(megamodel(1)))
+        .await
+        .unwrap()
+        .into_inner();
+    all_converged(&client, first.revision.unwrap().number).await;
+
+    // A hundred watchers from here, each on its own connection; the last
+    // one reads nothing until the end.
+    let after = newest(&client).await;
+    let mut streams = Vec::new();
+    for _ in 0..WATCHERS {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let stream = ModelServiceClient::new(channel)
+            .watch(WatchRequest {
+                after,
+                subsystem: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        streams.push(stream);
+    }
+    let stalled = streams.pop().unwrap();
+    // The others read as the events happen.
+    let (last_tx, last_rx) = tokio::sync::watch::channel(0u64);
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|s| tokio::spawn(read_until(s, last_rx.clone())))
+        .collect();
+
+    // Two staged rollouts (waves of a quarter): every wave, target, step and
+    // status is an event.
+    let mut generation = 0;
+    for version in [2, 3] {
+        let mut request = apply(megamodel(version));
+        request.rollout = Some(RolloutPolicy {
+            canary_count: 1,
+            wave_percent: 25,
+            ..RolloutPolicy::default()
+        });
+        let r = client.apply(request).await.unwrap().into_inner();
+        generation = r.revision.unwrap().number;
+        all_converged(&client, generation).await;
+    }
+    let rollout = client
+        .get_rollout(GetRolloutRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rollout.state(), RolloutState::Completed, "{rollout:?}");
+    assert_eq!(rollout.revision, generation);
+    let last = newest(&client).await;
+    assert!(
+        last - after > 300,
+        "a rollout of {GATEWAYS} gateways is hundreds of events: {}",
+        last - after
+    );
+
+    // Every watcher that reads got every event, in order, without a gap,
+    // while one watcher read nothing at all.
+    let expected: Vec<u64> = (after + 1..=last).collect();
+    last_tx.send_replace(last);
+    for r in readers {
+        let seqs = tokio::time::timeout(Duration::from_secs(60), r)
+            .await
+            .expect("a reading watcher kept up")
+            .unwrap();
+        assert_eq!(seqs, expected);
+    }
+    // The stalled one was held back by its own buffer only: it gets
+    // everything too once it reads.
+    assert_eq!(read_until(stalled, last_rx).await, expected);
 
     stop.cancel();
     fleet.await.unwrap().unwrap();

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use continuum_proto::v1::Target;
+use continuum_proto::v1::{AgentOffer, Target};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -138,6 +138,8 @@ struct Shared {
     sessions: HashMap<String, (u64, watch::Sender<Option<Target>>)>,
     /// The head revision's number, for links that wait to be named.
     head: watch::Sender<u64>,
+    /// The agent build on offer, for every link.
+    agent_offer: watch::Sender<Option<AgentOffer>>,
 }
 
 impl Shared {
@@ -175,6 +177,8 @@ pub struct Orchestrator {
     pub(crate) gatekeeper: crate::admission::Gatekeeper,
     /// The head revision's number.
     pub(crate) head: watch::Receiver<u64>,
+    /// The agent build on offer (sent to every link).
+    pub(crate) agent_offer: watch::Receiver<Option<AgentOffer>>,
     /// Applies prepared at once: preparing one holds about twenty times the
     /// model's size in memory (measured: 15 MB took the server from 34 to
     /// 315 MB), so concurrent large applies queue rather than multiply it.
@@ -206,11 +210,13 @@ impl Orchestrator {
     ) -> Orchestrator {
         let (events_tx, events) = watch::channel(core.last_seq());
         let (head_tx, head) = watch::channel(core.head_number());
+        let (offer_tx, agent_offer) = watch::channel(core.agent_offer().cloned());
         Orchestrator {
             shared: Arc::new(Mutex::new(Shared {
                 core,
                 sessions: HashMap::new(),
                 head: head_tx,
+                agent_offer: offer_tx,
             })),
             store,
             events_tx: Arc::new(events_tx),
@@ -223,6 +229,7 @@ impl Orchestrator {
             api: Default::default(),
             gatekeeper: crate::admission::Gatekeeper::new(Default::default()),
             head,
+            agent_offer,
             preparing: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_PREPARES)),
             metrics: Arc::default(),
             queue: Arc::default(),
@@ -462,6 +469,12 @@ fn commit_round(
     let head = s.core.head_number();
     s.head
         .send_if_modified(|h| std::mem::replace(h, head) != head);
+    let offer = s.core.agent_offer().cloned();
+    s.agent_offer.send_if_modified(|o| {
+        let changed = *o != offer;
+        *o = offer;
+        changed
+    });
     if let Some(last) = last_seq {
         events.send_replace(last);
     }

@@ -177,6 +177,9 @@ async fn run_session(
     });
     let stopping = orch.stopping.clone();
     let mut deadline = Instant::now() + silence;
+    // The agent build on offer: now, and whenever another is offered.
+    let mut offers = orch.agent_offer.clone();
+    offers.mark_changed();
     let reason: String = loop {
         tokio::select! {
             () = stopping.cancelled() => break "the orchestrator is stopping".into(),
@@ -191,6 +194,17 @@ async fn run_session(
                 if let Some(t) = target {
                     tracing::debug!(generation = t.generation, "sending target");
                     if tx.send(out(orchestrator_message::Kind::Target(t))).await.is_err() {
+                        break "the link closed".into();
+                    }
+                }
+            }
+            changed = offers.changed() => {
+                if changed.is_err() {
+                    break "the orchestrator is stopping".into();
+                }
+                let offer = offers.borrow_and_update().clone();
+                if let Some(o) = offer {
+                    if tx.send(out(orchestrator_message::Kind::Agent(o))).await.is_err() {
                         break "the link closed".into();
                     }
                 }

@@ -147,9 +147,10 @@ async fn move_from_away(orch: Orchestrator, grace: Duration, stop: CancellationT
 /// How long a blob no revision names is kept (an upload is followed by its apply).
 const BLOB_GRACE: Duration = Duration::from_secs(3600);
 
-/// Removes the blobs no stored revision names (kept: every revision's).
-fn collect_blobs(store: &Store, blobs: &BlobStore, head: u64) {
-    let mut keep = std::collections::HashSet::new();
+/// Removes the blobs no stored revision names (kept: every revision's, and
+/// the agent build on offer).
+fn collect_blobs(store: &Store, blobs: &BlobStore, head: u64, offered: Option<String>) {
+    let mut keep: std::collections::HashSet<String> = offered.into_iter().collect();
     for n in 1..=head {
         let Ok(Some(r)) = store.revision(n) else {
             continue;
@@ -207,7 +208,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             cause,
         })?,
     );
-    collect_blobs(&store, &blobs, core.head_number());
+    let offered = core.agent_offer().map(|o| o.sha256.clone());
+    collect_blobs(&store, &blobs, core.head_number(), offered);
     if let Some(bus) = &config.bus {
         continuum_bus::EmbeddedBroker::start(bus.clone())?;
     }

@@ -4,10 +4,10 @@ use std::pin::Pin;
 
 use continuum_proto::v1::model_service_server::ModelService;
 use continuum_proto::v1::{
-    event, ApplyRequest, ApplyResponse, ControlRolloutRequest, DiffRequest, DiffResponse, Event,
-    ForgetGatewayRequest, ForgetGatewayResponse, GetRequest, GetResponse, GetRolloutRequest,
-    HistoryRequest, HistoryResponse, ListGatewaysRequest, ListGatewaysResponse, RollbackRequest,
-    Rollout, StatusRequest, StatusResponse, WatchRequest,
+    event, AgentOffer, ApplyRequest, ApplyResponse, ControlRolloutRequest, DiffRequest,
+    DiffResponse, Event, ForgetGatewayRequest, ForgetGatewayResponse, GetRequest, GetResponse,
+    GetRolloutRequest, HistoryRequest, HistoryResponse, ListGatewaysRequest, ListGatewaysResponse,
+    RollbackRequest, Rollout, StatusRequest, StatusResponse, WatchRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -294,6 +294,29 @@ impl ModelService for Orchestrator {
             divergences,
             rollouts,
         }))
+    }
+
+    async fn offer_agent(
+        &self,
+        request: Request<AgentOffer>,
+    ) -> Result<Response<AgentOffer>, Status> {
+        let by = self
+            .api
+            .allow(request.metadata(), Role::Admin, "offering an agent build")?
+            .map_or_else(|| "anyone".to_owned(), |g| g.subject);
+        let offer = request.into_inner();
+        let blobs = self.blobs.clone();
+        let offered = self
+            .transact(move |core, _, now| {
+                core.offer_agent(
+                    offer,
+                    &by,
+                    |d| blobs.as_ref().is_some_and(|b| b.has(d)),
+                    now,
+                )
+            })
+            .await?;
+        Ok(Response::new(offered))
     }
 
     async fn get_rollout(

@@ -43,6 +43,7 @@ pub fn register(id: &str) -> Register {
         accepted_generation: 0,
         observed_generation: 0,
         divergence: None,
+        agent_upgrade: String::new(),
     }
 }
 
@@ -146,6 +147,7 @@ impl SimGateway {
             unix_ms: 0,
             load: None,
             bridge: None,
+            agent_upgrade: String::new(),
         }))
         .await
     }

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use continuum_proto::v1::{Diverged, Event, Gateway, Revision, Rollout};
+use continuum_proto::v1::{AgentOffer, Diverged, Event, Gateway, Revision, Rollout};
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -25,6 +25,9 @@ const DIVERGENCES: TableDefinition<u64, &[u8]> = TableDefinition::new("divergenc
 const ROLLOUTS: TableDefinition<u64, &[u8]> = TableDefinition::new("rollouts");
 /// What the newest rollout changes, by subsystem (emptied when it ends).
 const ROLLOUT_CHANGES: TableDefinition<&str, &[u8]> = TableDefinition::new("rollout_changes");
+/// The agent build on offer to the gateways (one key).
+const AGENT: TableDefinition<&str, &[u8]> = TableDefinition::new("agent");
+const OFFER_KEY: &str = "offer";
 
 const FORMAT_KEY: &str = "format";
 const HEAD_KEY: &str = "head";
@@ -91,6 +94,8 @@ pub struct Snapshot {
     pub rollout: Option<Rollout>,
     /// What it changes, while it has not ended.
     pub rollout_changes: Vec<(String, StoredChange)>,
+    /// The agent build on offer, if any.
+    pub agent_offer: Option<AgentOffer>,
 }
 
 /// One atomic batch of writes.
@@ -118,6 +123,8 @@ pub struct Changes {
     pub clear_rollout_changes: bool,
     /// What a new rollout changes.
     pub rollout_changes: Vec<(String, StoredChange)>,
+    /// A new agent build on offer.
+    pub agent_offer: Option<AgentOffer>,
 }
 
 impl Changes {
@@ -134,6 +141,7 @@ impl Changes {
             && self.rollouts.is_empty()
             && !self.clear_rollout_changes
             && self.rollout_changes.is_empty()
+            && self.agent_offer.is_none()
     }
 
     /// Adds the writes of a later batch, so one transaction commits both as
@@ -159,6 +167,9 @@ impl Changes {
             self.rollout_changes.clear();
         }
         self.rollout_changes.extend(later.rollout_changes);
+        if later.agent_offer.is_some() {
+            self.agent_offer = later.agent_offer;
+        }
     }
 }
 
@@ -259,6 +270,7 @@ impl Store {
             txn.open_table(DIVERGENCES).at(self)?;
             txn.open_table(ROLLOUTS).at(self)?;
             txn.open_table(ROLLOUT_CHANGES).at(self)?;
+            txn.open_table(AGENT).at(self)?;
         }
         txn.commit().at(self)
     }
@@ -299,6 +311,11 @@ impl Store {
             snapshot.rollout = Some(self.decode(v.value(), &what)?);
         }
         snapshot.rollout_changes = self.read_all(&txn, ROLLOUT_CHANGES, "rollout change")?;
+        snapshot.agent_offer = self
+            .read_all::<AgentOffer>(&txn, AGENT, "agent offer")?
+            .into_iter()
+            .find(|(k, _)| k == OFFER_KEY)
+            .map(|(_, o)| o);
         Ok(snapshot)
     }
 
@@ -392,6 +409,10 @@ impl Store {
             for (k, v) in &changes.rollout_changes {
                 t.insert(k.as_str(), v.encode_to_vec().as_slice())
                     .at(self)?;
+            }
+            if let Some(o) = &changes.agent_offer {
+                let mut t = txn.open_table(AGENT).at(self)?;
+                t.insert(OFFER_KEY, o.encode_to_vec().as_slice()).at(self)?;
             }
         }
         txn.commit().at(self)

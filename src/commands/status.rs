@@ -222,6 +222,9 @@ pub fn gateways(
             ]);
         }
         table(&rows, &|h| style.dim(h));
+        for g in r.gateways.iter().filter(|g| !g.agent_upgrade.is_empty()) {
+            outln!("{}: {}", g.id, clean(&g.agent_upgrade));
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

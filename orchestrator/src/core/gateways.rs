@@ -150,6 +150,7 @@ impl Core {
             holds = 0;
         }
         record.version = reg.version.clone();
+        record.agent_upgrade = reg.agent_upgrade.clone();
         record.location = reg.location;
         record.capabilities = reg.capabilities;
         record.last_seen_unix_ms = now;
@@ -425,6 +426,9 @@ impl Core {
             state.record.load = heartbeat.load;
         }
         state.record.bridge = heartbeat.bridge;
+        if !heartbeat.agent_upgrade.is_empty() {
+            state.record.agent_upgrade = heartbeat.agent_upgrade;
+        }
         let update = Update {
             gateways: vec![state],
             ..Update::default()

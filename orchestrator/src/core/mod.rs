@@ -13,6 +13,7 @@
 //! `events` (numbering and retention of the event log); `subsystem` holds one
 //! subsystem's state.
 
+mod agent;
 mod events;
 mod gateways;
 mod revisions;
@@ -26,7 +27,7 @@ mod tests_rollout;
 use std::collections::{BTreeMap, BTreeSet};
 
 use continuum_models::{DeploymentModel, Kind, Megamodel, ModelDiff};
-use continuum_proto::v1::{ComponentStatus, DiffCounts, Gateway, Revision, Target};
+use continuum_proto::v1::{AgentOffer, ComponentStatus, DiffCounts, Gateway, Revision, Target};
 
 pub use events::{Batch, Log};
 pub use gateways::{check_gateway_id, Registered};
@@ -176,6 +177,8 @@ struct Update {
     deliveries: Vec<Delivery>,
     /// The newest rollout's new state.
     rollout: Option<rollout::Run>,
+    /// A new agent build on offer.
+    agent_offer: Option<AgentOffer>,
 }
 
 /// What an operation decided: the writes to commit durably, the reply, and
@@ -242,6 +245,7 @@ pub struct Undo {
     gateways: Vec<(String, Option<GatewayState>)>,
     next_session: Option<u64>,
     rollout: Option<Option<rollout::Run>>,
+    agent_offer: Option<Option<AgentOffer>>,
 }
 
 /// The orchestrator's state: the head revision, the subsystems, the gateways and the event log's bounds.
@@ -259,6 +263,8 @@ pub struct Core {
     next_session: u64,
     /// The newest staged rollout, if a revision was ever staged.
     rollout: Option<rollout::Run>,
+    /// The agent build on offer to the gateways.
+    agent_offer: Option<AgentOffer>,
 }
 
 impl Core {
@@ -343,6 +349,7 @@ impl Core {
             log,
             next_session: 1,
             rollout,
+            agent_offer: snapshot.agent_offer,
         };
         for (id, sub) in subsystems {
             core.put_subsystem(id, sub);
@@ -445,6 +452,7 @@ impl Core {
             next_session,
             deliveries,
             rollout,
+            agent_offer,
         } = t.update;
         let mut undo = Undo::default();
         let new_last_seq = log.filter(|l| l.last != self.log.last).map(|l| l.last);
@@ -486,6 +494,9 @@ impl Core {
         if let Some(run) = rollout {
             undo.rollout = Some(self.rollout.replace(run));
         }
+        if let Some(o) = agent_offer {
+            undo.agent_offer = Some(self.agent_offer.replace(o));
+        }
         Completed {
             reply: t.reply,
             deliveries,
@@ -506,7 +517,11 @@ impl Core {
             gateways,
             next_session,
             rollout,
+            agent_offer,
         } = undo;
+        if let Some(o) = agent_offer {
+            self.agent_offer = o;
+        }
         if let Some(run) = rollout {
             self.rollout = run;
         }
