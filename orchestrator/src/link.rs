@@ -12,6 +12,7 @@ use continuum_proto::v1::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
@@ -22,8 +23,13 @@ use crate::handle::{Orchestrator, Session};
 
 type OutStream = Pin<Box<dyn Stream<Item = Result<OrchestratorMessage, Status>> + Send>>;
 
-fn out(kind: orchestrator_message::Kind) -> Result<OrchestratorMessage, Status> {
-    Ok(OrchestratorMessage { kind: Some(kind) })
+/// A message on its way out. Boxed in the channels: a channel's memory is
+/// blocks of 32 slots the size of its item, about 10 KiB per link unboxed
+/// (an `OrchestratorMessage` beside a `Status`), twice per gateway.
+type Out = Box<Result<OrchestratorMessage, Status>>;
+
+fn out(kind: orchestrator_message::Kind) -> Out {
+    Box::new(Ok(OrchestratorMessage { kind: Some(kind) }))
 }
 
 /// What one message of a registered gateway changes.
@@ -95,7 +101,9 @@ impl GatewayLink for Orchestrator {
         let span = tracing::info_span!("gateway_link", gateway = %gateway, session = session.registered.session, ?peer);
         self.tasks
             .spawn(run_session(self.clone(), gateway, session, inbound, tx).instrument(span));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(rx).map(|m: Out| *m),
+        )))
     }
 }
 
@@ -159,7 +167,7 @@ async fn run_session(
     gateway: String,
     mut registered: Session,
     mut inbound: Streaming<GatewayMessage>,
-    tx: mpsc::Sender<Result<OrchestratorMessage, Status>>,
+    tx: mpsc::Sender<Out>,
 ) {
     let silence = orch.heartbeat_interval * 3;
     let session = registered.registered.session;
@@ -170,7 +178,7 @@ async fn run_session(
         loop {
             let next = inbound.message().await;
             let end = !matches!(next, Ok(Some(_)));
-            if in_tx.send(next).await.is_err() || end {
+            if in_tx.send(Box::new(next)).await.is_err() || end {
                 return;
             }
         }
@@ -209,7 +217,7 @@ async fn run_session(
                     }
                 }
             }
-            next = in_rx.recv() => match next {
+            next = in_rx.recv() => match next.map(|b| *b) {
                 None | Some(Ok(None)) => break "the gateway closed the link".into(),
                 Some(Err(status)) => break format!("link error: {}", status.message()),
                 Some(Ok(Some(message))) => {
