@@ -12,8 +12,8 @@ use continuum_proto::v1::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::StreamExt;
 use tokio_stream::Stream;
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 

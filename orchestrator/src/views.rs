@@ -94,13 +94,14 @@ impl Core {
                 let head = self.head_number();
                 if !req.subsystem.is_empty() {
                     let sub = self.known_subsystem(&req.subsystem)?;
-                    let model = sub
-                        .current_model
-                        .clone()
-                        .unwrap_or_else(|| DeploymentModel {
-                            id: Some(req.subsystem.clone()),
-                            ..DeploymentModel::default()
-                        });
+                    let model =
+                        sub.current_model
+                            .as_deref()
+                            .cloned()
+                            .unwrap_or_else(|| DeploymentModel {
+                                id: Some(req.subsystem.clone()),
+                                ..DeploymentModel::default()
+                            });
                     return Ok(GetResponse {
                         model: document(format!("{} (current)", req.subsystem), json(&model)),
                         revision: head,
@@ -118,7 +119,7 @@ impl Core {
                         .subsystems
                         .iter()
                         .filter(|(_, s)| !s.target.removed || s.current_model.is_some())
-                        .filter_map(|(_, s)| s.current_model.clone())
+                        .filter_map(|(_, s)| s.current_model.as_deref().cloned())
                         .collect(),
                     ..Megamodel::default()
                 };

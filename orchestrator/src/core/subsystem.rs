@@ -2,6 +2,7 @@
 //! gateway last reported.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use continuum_models::{DeploymentModel, ModelDiff};
 use continuum_proto::v1::{ComponentState, ComponentStatus, DiffCounts, Gateway, SubsystemPhase};
@@ -15,11 +16,13 @@ pub struct Subsystem {
     /// The target its gateway must run.
     pub target: StoredTarget,
     /// The target's model.
-    pub target_model: DeploymentModel,
+    pub target_model: Arc<DeploymentModel>,
     /// The generation its gateway last reported running.
     pub observed_generation: u64,
-    /// `None` until the gateway's first report.
-    pub current_model: Option<DeploymentModel>,
+    /// `None` until the gateway's first report. The same allocation as the
+    /// target's model while they are equal (a converged gateway's): one copy
+    /// per subsystem, not two, and a report clones no model.
+    pub current_model: Option<Arc<DeploymentModel>>,
     /// The current model's canonical JSON (empty before the first report).
     pub current_bytes: Vec<u8>,
     /// The last status of each component, by id.
@@ -31,16 +34,25 @@ pub struct Subsystem {
 impl Subsystem {
     /// A subsystem with this target and nothing reported yet.
     pub fn new(target: StoredTarget, target_model: DeploymentModel) -> Subsystem {
-        Subsystem::assemble(target, target_model, 0, None, BTreeMap::new())
+        Subsystem::assemble(target, Arc::new(target_model), 0, None, BTreeMap::new())
+    }
+
+    /// `model` shared with the target's when it equals it.
+    fn shared(&self, model: DeploymentModel) -> Arc<DeploymentModel> {
+        if *self.target_model == model {
+            Arc::clone(&self.target_model)
+        } else {
+            Arc::new(model)
+        }
     }
 
     /// The one place a subsystem's state is put together; the live diff is
     /// computed once, from what it holds.
     fn assemble(
         target: StoredTarget,
-        target_model: DeploymentModel,
+        target_model: Arc<DeploymentModel>,
         observed_generation: u64,
-        current: Option<(DeploymentModel, Vec<u8>)>,
+        current: Option<(Arc<DeploymentModel>, Vec<u8>)>,
         statuses: BTreeMap<String, ComponentStatus>,
     ) -> Subsystem {
         let (current_model, current_bytes) = match current {
@@ -70,9 +82,9 @@ impl Subsystem {
     ) -> Subsystem {
         Subsystem::assemble(
             self.target.clone(),
-            self.target_model.clone(),
+            Arc::clone(&self.target_model),
             observed_generation,
-            Some((model, bytes)),
+            Some((self.shared(model), bytes)),
             self.statuses.clone(),
         )
     }
@@ -86,7 +98,7 @@ impl Subsystem {
     ) -> Subsystem {
         self.observed_generation = observed_generation;
         if let Some((model, bytes)) = current {
-            self.current_model = Some(model);
+            self.current_model = Some(self.shared(model));
             self.current_bytes = bytes;
         }
         self.statuses = statuses;
@@ -109,7 +121,15 @@ impl Subsystem {
             .collect();
         self.statuses = statuses;
         self.target = target;
-        self.target_model = model;
+        self.target_model = Arc::new(model);
+        // Shared with the new target if what runs already equals it.
+        if let Some(current) = self.current_model.take() {
+            self.current_model = Some(if *current == *self.target_model {
+                Arc::clone(&self.target_model)
+            } else {
+                current
+            });
+        }
         self.refresh_live();
         self
     }
@@ -123,7 +143,7 @@ impl Subsystem {
             on_failure: self.target_model.on_failure,
             ..DeploymentModel::default()
         };
-        let current = self.current_model.as_ref().unwrap_or(&empty);
+        let current = self.current_model.as_deref().unwrap_or(&empty);
         continuum_models::diff(current, &self.target_model)
     }
 

@@ -325,7 +325,7 @@ fn the_canary_is_chosen_by_label_and_too_many_failures_roll_it_back() {
         assert_eq!(h.generation(&s), expected, "{s}");
         let model = &h.core.subsystems[&s].target_model;
         assert!(
-            serde_json::to_string(model).unwrap().contains("web:1"),
+            serde_json::to_string(&**model).unwrap().contains("web:1"),
             "{s}"
         );
     }
