@@ -10,7 +10,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{err, ok, out, Guard, Serve};
+use common::browser::Browser;
+use common::{err, ok, out, Guard, Serve, WITHIN};
 use serde_json::Value;
 
 const GATEWAYS: usize = 8;
@@ -233,4 +234,73 @@ fn a_revision_reaches_the_fleet_wave_by_wave_and_a_failing_one_stops_at_its_cana
     );
     // Every gateway ends on revision 2's model again.
     ok(serve.cli(&["apply", "-f", &v2, "--wait", "120s"]));
+}
+
+#[test]
+fn the_dashboard_shows_a_halted_rollout_and_resumes_and_aborts_it() {
+    let Some(mut browser) = Browser::launch() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(&dir.path().join("data"));
+    let _fleet = fleet(&serve, dir.path(), 1, GATEWAYS, &[]);
+    let v1 = write(dir.path(), "v1.json", megamodel(1, false));
+    ok(serve.cli(&["apply", "-f", &v1, "--wait", "120s"]));
+    let v2 = write(dir.path(), "v2.json", megamodel(2, true));
+    let o = serve.cli(&[
+        "apply", "-f", &v2, "--canary", "1", "--wave", "50%", "--wait", "120s",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", out(&o), err(&o));
+
+    browser.open(&format!("http://{}/", serve.addr));
+    let shown = browser.wait_for(
+        "the halted rollout with resume and abort",
+        "(() => { const s = document.getElementById('staged'); return !s.hidden && s.querySelector('[data-action=\"resume\"]') && s.querySelector('[data-action=\"abort\"]') && !s.querySelector('[data-action=\"pause\"]') && s.textContent; })()",
+        WITHIN,
+    );
+    let shown = shown.as_str().unwrap().to_owned();
+    assert!(shown.contains("Rollout of revision 2"), "{shown}");
+    assert!(shown.contains("halted"), "{shown}");
+    assert!(shown.contains("1 of 8 released"), "{shown}");
+    browser.wait_for(
+        "the held subsystems shown pending",
+        "document.querySelectorAll('#subsystems .badge.p-pending').length === 7",
+        WITHIN,
+    );
+
+    // Resumed from the page: the next wave starts, and halts again.
+    browser.click("#staged [data-action=\"resume\"]");
+    continuum_bus::testing::wait_for(
+        "the resumed rollout halting at its second wave",
+        Duration::from_secs(60),
+        || {
+            let r = json(&serve, &["rollout", "status"]);
+            (r["state"] == "halted" && r["waves"].as_array().unwrap().len() == 2).then_some(())
+        },
+    );
+    let r = json(&serve, &["rollout", "status"]);
+    assert_eq!(r["tolerated"], 1, "{r}");
+    assert!(r["reason"].as_str().unwrap().contains("failed"), "{r}");
+
+    // Aborted from the page: rolled back, and the page says so.
+    browser.click("#staged [data-action=\"abort\"]");
+    browser.wait_for(
+        "the rollout shown rolled back, with nothing left to press",
+        "(() => { const s = document.getElementById('staged'); return s.textContent.includes('rolled back') && !s.querySelector('button'); })()",
+        WITHIN,
+    );
+    let r = json(&serve, &["rollout", "status"]);
+    assert_eq!(r["state"], "rolled_back", "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("aborted by dashboard"),
+        "{r}"
+    );
+    browser.wait_for(
+        "the rollout in the activity",
+        "document.getElementById('activity').textContent.includes('rollout of revision 2: rolled back')",
+        WITHIN,
+    );
 }
