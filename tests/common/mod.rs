@@ -227,7 +227,12 @@ impl Drop for Reap {
         use nix::sys::signal::{killpg, Signal};
         use nix::unistd::{getpgid, Pid};
         let own = getpgid(None).ok();
-        for pid in pids(&self.0) {
+        // A process the driver detached (a function host, in its own session)
+        // names no marker on its command line: it is found by its working
+        // directory, inside the test's.
+        let mut all = pids(&self.0);
+        all.extend(working_in(&self.0));
+        for pid in all {
             let Ok(pid) = pid.parse::<i32>() else {
                 continue;
             };
@@ -242,6 +247,22 @@ impl Drop for Reap {
             .args(["-KILL", "-f", &self.0])
             .output();
     }
+}
+
+/// The processes whose working directory's path holds `marker`.
+pub fn working_in(marker: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let cwd = std::fs::read_link(e.path().join("cwd")).ok()?;
+            (pid != std::process::id() && cwd.to_string_lossy().contains(marker))
+                .then(|| pid.to_string())
+        })
+        .collect()
 }
 
 /// The processes whose command line holds `marker`.
