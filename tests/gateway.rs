@@ -211,6 +211,8 @@ impl Drop for World {
                     .output();
             }
         }
+        // Every agent on Docker imports the function host image at start.
+        common::remove_function_host_image();
     }
 }
 

@@ -64,8 +64,9 @@ fn json(serve: &Serve, args: &[&str]) -> Value {
     serde_json::from_str(&ok(serve.cli(&all))).unwrap()
 }
 
-/// Each subsystem's target generation, by subsystem.
-fn targets(serve: &Serve) -> Vec<(String, u64)> {
+/// A number of each subsystem's status (`field` a JSON pointer in it), by
+/// subsystem.
+fn per_subsystem(serve: &Serve, field: &str) -> Vec<(String, u64)> {
     let s = json(serve, &["status"]);
     s["subsystems"]
         .as_array()
@@ -74,26 +75,20 @@ fn targets(serve: &Serve) -> Vec<(String, u64)> {
         .map(|s| {
             (
                 s["subsystem"].as_str().unwrap().to_owned(),
-                s["target_generation"].as_u64().unwrap_or(0),
+                s.pointer(field).and_then(Value::as_u64).unwrap_or(0),
             )
         })
         .collect()
 }
 
-/// The generation last sent to each subsystem's gateway, by subsystem.
+/// Each subsystem's target generation.
+fn targets(serve: &Serve) -> Vec<(String, u64)> {
+    per_subsystem(serve, "/target_generation")
+}
+
+/// The generation last sent to each subsystem's gateway.
 fn sent(serve: &Serve) -> Vec<(String, u64)> {
-    let s = json(serve, &["status"]);
-    s["subsystems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["subsystem"].as_str().unwrap().to_owned(),
-                s["gateway"]["sent_generation"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect()
+    per_subsystem(serve, "/gateway/sent_generation")
 }
 
 #[test]

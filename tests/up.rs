@@ -123,7 +123,7 @@ fn up_until_the_function_answers(host: &std::path::Path, driver: &str) -> String
         .is_empty(),
         "the simulated board outlived continuum up:\n{out}"
     );
-    let left = running_in(data.path());
+    let left = common::working_in(&data.path().display().to_string());
     assert!(
         left.is_empty(),
         "processes left running in its data directory: {left:?}"
@@ -131,23 +131,14 @@ fn up_until_the_function_answers(host: &std::path::Path, driver: &str) -> String
     out
 }
 
-/// The processes whose working directory is under `dir` (a workload the
-/// process driver started runs in its build context there).
-fn running_in(dir: &std::path::Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-        })
-        .filter(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir)))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
+/// Removes the example's function image (and the function host image once
+/// nothing else is built from it) when the test ends, however it ends.
+struct RemoveImages;
+
+impl Drop for RemoveImages {
+    fn drop(&mut self) {
+        common::remove_docker_objects("building-a", &["presence".to_owned()]);
+    }
 }
 
 #[test]
@@ -155,6 +146,8 @@ fn up_runs_the_smart_building_with_containers_and_ctrl_c_leaves_nothing() {
     let (Some(host), true) = (function_host(), docker_ready()) else {
         return;
     };
+    // `up` keeps the images it built for the next time; the test does not.
+    let _images = RemoveImages;
     let out = up_until_the_function_answers(&host, "docker");
     // Readings crossed from the sensor gateway, and the rollout was shown.
     assert!(out.contains("bus /presence/presenceIndicators"), "{out}");

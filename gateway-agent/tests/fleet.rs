@@ -51,33 +51,74 @@ async fn all_converged(client: &ModelServiceClient<tonic::transport::Channel>, g
     .await;
 }
 
+/// An orchestrator on loopback and a fleet of simulated gateways dialling it.
+struct Sim {
+    addr: std::net::SocketAddr,
+    orchestrator: continuum_orchestrator::Running,
+    stop: CancellationToken,
+    fleet: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Sim {
+    async fn start(
+        dir: &tempfile::TempDir,
+        step_time: &str,
+        failure_rate: f64,
+        seed: u64,
+        labels: Vec<(String, String)>,
+    ) -> Sim {
+        let config = continuum_orchestrator::Config::new(
+            "127.0.0.1:0".parse().unwrap(),
+            dir.path().join("o"),
+        );
+        let orchestrator = continuum_orchestrator::start(config).await.unwrap();
+        let addr = orchestrator.local_addr();
+        let stop = CancellationToken::new();
+        let args = SimArgs {
+            count: GATEWAYS,
+            prefix: "sim".into(),
+            first: 1,
+            orchestrator: addr.to_string(),
+            tls_ca: None,
+            data_dir: dir.path().join("fleet"),
+            step_time: step_time.parse::<StepTime>().unwrap(),
+            failure_rate,
+            seed,
+            interval: Duration::from_millis(300),
+            settle: Duration::ZERO,
+            max_backoff: Duration::from_secs(1),
+            labels,
+            summary_every: Duration::ZERO,
+        };
+        let fleet = tokio::spawn(run_until(args, stop.clone()));
+        Sim {
+            addr,
+            orchestrator,
+            stop,
+            fleet,
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.fleet.await.unwrap().unwrap();
+        self.orchestrator.stop().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simulated_fleet_converges_through_slow_and_failing_steps() {
     let dir = tempfile::tempdir().unwrap();
-    let config =
-        continuum_orchestrator::Config::new("127.0.0.1:0".parse().unwrap(), dir.path().join("o"));
-    let orchestrator = continuum_orchestrator::start(config).await.unwrap();
-    let addr = orchestrator.local_addr();
-
-    let stop = CancellationToken::new();
-    let args = SimArgs {
-        count: GATEWAYS,
-        prefix: "sim".into(),
-        first: 1,
-        orchestrator: addr.to_string(),
-        tls_ca: None,
-        data_dir: dir.path().join("fleet"),
-        step_time: "1ms..20ms".parse::<StepTime>().unwrap(),
-        // One step in ten fails: each is tried again on a later pass.
-        failure_rate: 0.1,
-        seed: 5,
-        interval: Duration::from_millis(300),
-        settle: Duration::ZERO,
-        max_backoff: Duration::from_secs(1),
-        labels: vec![("ring".into(), "canary".into())],
-        summary_every: Duration::ZERO,
-    };
-    let fleet = tokio::spawn(run_until(args, stop.clone()));
+    // One step in ten fails: each is tried again on a later pass.
+    let sim = Sim::start(
+        &dir,
+        "1ms..20ms",
+        0.1,
+        5,
+        vec![("ring".into(), "canary".into())],
+    )
+    .await;
+    let addr = sim.addr;
 
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
@@ -112,9 +153,7 @@ async fn a_simulated_fleet_converges_through_slow_and_failing_steps() {
     let generation = second.revision.unwrap().number;
     all_converged(&client, generation).await;
 
-    stop.cancel();
-    fleet.await.unwrap().unwrap();
-    orchestrator.stop().await.unwrap();
+    sim.stop().await;
 }
 
 /// The newest event's sequence number.
@@ -157,28 +196,8 @@ async fn read_until(
 async fn a_hundred_watchers_see_every_event_of_a_staged_rollout_and_a_stalled_one_slows_none() {
     const WATCHERS: usize = 100;
     let dir = tempfile::tempdir().unwrap();
-    let config =
-        continuum_orchestrator::Config::new("127.0.0.1:0".parse().unwrap(), dir.path().join("o"));
-    let orchestrator = continuum_orchestrator::start(config).await.unwrap();
-    let addr = orchestrator.local_addr();
-    let stop = CancellationToken::new();
-    let args = SimArgs {
-        count: GATEWAYS,
-        prefix: "sim".into(),
-        first: 1,
-        orchestrator: addr.to_string(),
-        tls_ca: None,
-        data_dir: dir.path().join("fleet"),
-        step_time: "1ms..5ms".parse::<StepTime>().unwrap(),
-        failure_rate: 0.0,
-        seed: 9,
-        interval: Duration::from_millis(300),
-        settle: Duration::ZERO,
-        max_backoff: Duration::from_secs(1),
-        labels: Vec::new(),
-        summary_every: Duration::ZERO,
-    };
-    let fleet = tokio::spawn(run_until(args, stop.clone()));
+    let sim = Sim::start(&dir, "1ms..5ms", 0.0, 9, Vec::new()).await;
+    let addr = sim.addr;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -263,9 +282,7 @@ async fn a_hundred_watchers_see_every_event_of_a_staged_rollout_and_a_stalled_on
     // everything too once it reads.
     assert_eq!(read_until(stalled, last_rx).await, expected);
 
-    stop.cancel();
-    fleet.await.unwrap().unwrap();
-    orchestrator.stop().await.unwrap();
+    sim.stop().await;
 }
 
 #[tokio::test]

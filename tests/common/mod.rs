@@ -451,8 +451,12 @@ pub fn remove_docker_objects(subsystem: &str, functions: &[String]) {
             }
         }
     }
-    // The function host image is shared by the tests running now: removed
-    // only when nothing is built from it any more.
+    remove_function_host_image();
+}
+
+/// Removes the function host image a gateway agent imports at start, once
+/// nothing is built from it any more (the tests running now share it).
+pub fn remove_function_host_image() {
     let _ = Command::new("sh")
         .args([
             "-c",

@@ -82,18 +82,57 @@ impl DockerRuntime {
             return Ok(());
         }
         let (repo, version) = tag.rsplit_once(':').unwrap_or((tag, "latest"));
+        // Imported under a tag of this import's own, then given the real tag
+        // unless another agent on this engine gave it first; the own tag is
+        // removed either way, which deletes the image that lost. Imported
+        // straight under the real tag, two agents importing at once would
+        // leave one image untagged for good.
+        let own = format!(
+            "{version}-import-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
         let options = bollard::query_parameters::CreateImageOptionsBuilder::default()
             .from_src("-")
             .repo(repo)
-            .tag(version)
+            .tag(&own)
             .build();
         let mut stream =
             docker.create_image(Some(options), Some(bollard::body_full(rootfs.into())), None);
+        let mut failed = None;
         while let Some(item) = stream.next().await {
-            item.map_err(|e| RuntimeError::Build {
-                image: tag.to_owned(),
-                reason: error(e).to_string(),
-            })?;
+            if let Err(e) = item {
+                failed = Some(RuntimeError::Build {
+                    image: tag.to_owned(),
+                    reason: error(e).to_string(),
+                });
+                break;
+            }
+        }
+        let imported = format!("{repo}:{own}");
+        if failed.is_none() && docker.inspect_image(tag).await.is_err() {
+            let options = bollard::query_parameters::TagImageOptionsBuilder::default()
+                .repo(repo)
+                .tag(version)
+                .build();
+            if let Err(e) = docker.tag_image(&imported, Some(options)).await {
+                failed = Some(RuntimeError::Build {
+                    image: tag.to_owned(),
+                    reason: error(e).to_string(),
+                });
+            }
+        }
+        let _ = docker
+            .remove_image(
+                &imported,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await;
+        if let Some(e) = failed {
+            return Err(e);
         }
         Ok(())
     }
