@@ -99,6 +99,27 @@ impl Sim {
         }
     }
 
+    /// A client of the orchestrator, on a connection of its own.
+    async fn client(&self) -> ModelServiceClient<tonic::transport::Channel> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        ModelServiceClient::new(channel)
+    }
+
+    /// Applies the fleet's first revision and waits until every gateway
+    /// converged on it.
+    async fn first_revision(&self, client: &mut ModelServiceClient<tonic::transport::Channel>) {
+        let first = client
+            .apply(apply(megamodel(1)))
+            .await
+            .unwrap()
+            .into_inner();
+        all_converged(client, first.revision.unwrap().number).await;
+    }
+
     async fn stop(self) {
         self.stop.cancel();
         self.fleet.await.unwrap().unwrap();
@@ -118,21 +139,8 @@ async fn a_simulated_fleet_converges_through_slow_and_failing_steps() {
         vec![("ring".into(), "canary".into())],
     )
     .await;
-    let addr = sim.addr;
-
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = ModelServiceClient::new(channel);
-    let first = client
-        .apply(apply(megamodel(1)))
-        .await
-        .unwrap()
-        .into_inner();
-    let generation = first.revision.unwrap().number;
-    all_converged(&client, generation).await;
+    let mut client = sim.client().await;
+    sim.first_revision(&mut client).await;
 
     // What the gateways registered with reached the orchestrator.
     let s = client.status(StatusRequest {}).await.unwrap().into_inner();
@@ -197,31 +205,17 @@ async fn a_hundred_watchers_see_every_event_of_a_staged_rollout_and_a_stalled_on
     const WATCHERS: usize = 100;
     let dir = tempfile::tempdir().unwrap();
     let sim = Sim::start(&dir, "1ms..5ms", 0.0, 9, Vec::new()).await;
-    let addr = sim.addr;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = ModelServiceClient::new(channel);
-    let first = client
-        .apply(apply(megamodel(1)))
-        .await
-        .unwrap()
-        .into_inner();
-    all_converged(&client, first.revision.unwrap().number).await;
+    let mut client = sim.client().await;
+    sim.first_revision(&mut client).await;
 
     // A hundred watchers from here, each on its own connection; the last
     // one reads nothing until the end.
     let after = newest(&client).await;
     let mut streams = Vec::new();
     for _ in 0..WATCHERS {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
+        let stream = sim
+            .client()
             .await
-            .unwrap();
-        let stream = ModelServiceClient::new(channel)
             .watch(WatchRequest {
                 after,
                 subsystem: String::new(),
