@@ -295,15 +295,34 @@ async fn an_id_runs_once_even_across_a_restart_of_the_host() {
     )
     .await;
     publish(&client, "/h/in/x", "three", Some("src:3"), &[]).await;
-    replies(3).await;
-    let payloads: Vec<String> = watch
-        .received_on("/h/out/result")
-        .iter()
-        .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
-        .collect();
-    assert_eq!(payloads, ["one", "two", "three"]);
+    let payloads = eventually(
+        "the reply to three",
+        within(Duration::from_secs(20)),
+        || {
+            let all: Vec<String> = watch
+                .received_on("/h/out/result")
+                .iter()
+                .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+                .collect();
+            all.iter().any(|p| p == "three").then_some(all)
+        },
+    )
+    .await;
+    // The first host was killed, not stopped: killed after its reply to two
+    // went out but before it recorded two as handled, it leaves two to run
+    // again (at least once, the reply under the same id, which consumers
+    // take once). What it recorded never runs again: one, before and after
+    // the restart, ran once.
     let ran = std::fs::read_to_string(&runs).unwrap();
-    assert_eq!(ran.lines().collect::<Vec<_>>(), ["src:1", "src:2", "src:3"]);
+    let ran: Vec<&str> = ran.lines().collect();
+    let twice = ran.len() == 4;
+    if twice {
+        assert_eq!(ran, ["src:1", "src:2", "src:2", "src:3"]);
+        assert_eq!(payloads, ["one", "two", "two", "three"]);
+    } else {
+        assert_eq!(ran, ["src:1", "src:2", "src:3"]);
+        assert_eq!(payloads, ["one", "two", "three"]);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
