@@ -2,7 +2,8 @@
 //! agent (`continuum gateway`, process driver) with its embedded broker, its
 //! bridge and one function, fed from the global bus at a constant rate, its
 //! replies taken back on the global bus. Sampled every few seconds: the
-//! agent's resident memory (VmRSS), its open file descriptors, its bridge's
+//! agent's resident memory (VmRSS, and RssAnon: without the pages of its
+//! executable), its open file descriptors, its bridge's
 //! outboxes (`continuum_bridge_queued`) and its function's invocations.
 //! Reported: first, middle and last (each the median of a tenth of the
 //! samples), the peak, the growth and the growth over the second half (a
@@ -39,19 +40,22 @@ fn setting(name: &str, full: u64, smoke: u64) -> u64 {
         .unwrap_or(pick(full, smoke))
 }
 
-/// VmRSS in MiB and open descriptors of process `pid`.
-fn process(pid: u32) -> (f64, usize) {
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .unwrap_or(f64::NAN);
+/// VmRSS and RssAnon in MiB, and open descriptors, of process `pid`.
+/// VmRSS also counts the pages of the executable that ran (RssFile: shared
+/// with the file, dropped and read again under memory pressure); RssAnon is
+/// the memory the agent itself holds.
+fn process(pid: u32) -> (f64, f64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |field: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
-    (rss / 1024.0, fds)
+    (kib("VmRSS:") / 1024.0, kib("RssAnon:") / 1024.0, fds)
 }
 
 /// The sum of every sample of `name` in a Prometheus text exposition.
@@ -64,6 +68,7 @@ fn sum_of(text: &str, name: &str) -> f64 {
 
 struct Sample {
     rss: f64,
+    anon: f64,
     fds: usize,
     queued: f64,
 }
@@ -170,13 +175,14 @@ fn main() {
         let mut samples = Vec::new();
         let mut next = tokio::time::Instant::now();
         loop {
-            let (rss, fds) = process(pid);
+            let (rss, anon, fds) = process(pid);
             let addr = metrics.clone();
             let (_, text) = tokio::task::spawn_blocking(move || http_get(&addr, "/metrics", &[]))
                 .await
                 .unwrap();
             samples.push(Sample {
                 rss,
+                anon,
                 fds,
                 queued: sum_of(&text, "continuum_bridge_queued"),
             });
@@ -247,6 +253,7 @@ fn main() {
         );
         assert_eq!(skipped, 0.0, "the local broker skipped messages");
         let rss: Vec<f64> = samples.iter().map(|s| s.rss).collect();
+        let anon: Vec<f64> = samples.iter().map(|s| s.anon).collect();
         let fds: Vec<f64> = samples.iter().map(|s| s.fds as f64).collect();
         let queued: Vec<f64> = samples.iter().map(|s| s.queued).collect();
         let k = samples.len();
@@ -254,6 +261,11 @@ fn main() {
             (
                 "agent VmRSS (embedded broker, bridge, one function)",
                 &rss,
+                "MiB",
+            ),
+            (
+                "agent RssAnon (VmRSS without the executable's pages)",
+                &anon,
                 "MiB",
             ),
             ("agent open file descriptors", &fds, "fds"),
