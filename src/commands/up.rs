@@ -102,14 +102,39 @@ fn beside_or_on_path(name: &str) -> Option<PathBuf> {
     })
 }
 
-/// A port for a broker: the next of `base`, or one the system picks.
-fn port(base: u16, offset: u16) -> anyhow::Result<u16> {
-    if base == 0 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        return Ok(l.local_addr()?.port());
+/// The brokers' ports: the next of `base`, or, with `base` 0, ones the
+/// system picks. A port the system picked is free only until a broker binds
+/// it, and the system may pick it again meanwhile (the agents start one by
+/// one): every port handed out is remembered, and never handed out twice.
+struct Ports {
+    base: u16,
+    given: std::collections::HashSet<u16>,
+}
+
+impl Ports {
+    fn new(base: u16) -> Ports {
+        Ports {
+            base,
+            given: std::collections::HashSet::new(),
+        }
     }
-    base.checked_add(offset)
-        .context("--mqtt-port leaves no room for every broker")
+
+    fn port(&mut self, offset: u16) -> anyhow::Result<u16> {
+        if self.base != 0 {
+            return self
+                .base
+                .checked_add(offset)
+                .context("--mqtt-port leaves no room for every broker");
+        }
+        for _ in 0..100 {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let p = l.local_addr()?.port();
+            if self.given.insert(p) {
+                return Ok(p);
+            }
+        }
+        anyhow::bail!("the system keeps giving the same ports; give --mqtt-port")
+    }
 }
 
 /// A started gateway agent.
@@ -256,7 +281,8 @@ pub fn run(args: Args, style: &Style) -> anyhow::Result<ExitCode> {
     })?;
 
     // The orchestrator and its global bus.
-    let (global_v4, global_v5) = (port(args.mqtt_port, 0)?, port(args.mqtt_port, 1)?);
+    let mut ports = Ports::new(args.mqtt_port);
+    let (global_v4, global_v5) = (ports.port(0)?, ports.port(1)?);
     let mut config = continuum_orchestrator::Config::new(args.listen, data.join("orchestrator"));
     config.bus = Some(continuum_bus::BrokerConfig::new(
         Some(SocketAddr::from(([127, 0, 0, 1], global_v4))),
@@ -304,10 +330,7 @@ pub fn run(args: Args, style: &Style) -> anyhow::Result<ExitCode> {
     let mut offset = 2;
     let started = (|| -> anyhow::Result<()> {
         for (subsystem, id) in &gateways {
-            let (v4, v5) = (
-                port(args.mqtt_port, offset)?,
-                port(args.mqtt_port, offset + 1)?,
-            );
+            let (v4, v5) = (ports.port(offset)?, ports.port(offset + 1)?);
             offset += 2;
             let dir = data.join(format!("gateway-{id}"));
             std::fs::create_dir_all(&dir)?;
@@ -510,5 +533,28 @@ async fn simulate_sensor(local: BrokerUrl, topic: String, interval: Duration) {
         let _ = client
             .publish(topic.clone(), QoS::AtLeastOnce, false, reading)
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ports;
+
+    #[test]
+    fn no_port_is_handed_out_twice() {
+        let mut ports = Ports::new(0);
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..200 {
+            assert!(
+                seen.insert(ports.port(i).unwrap()),
+                "a port handed out twice"
+            );
+        }
+        let mut fixed = Ports::new(1883);
+        assert_eq!(
+            (fixed.port(0).unwrap(), fixed.port(3).unwrap()),
+            (1883, 1886)
+        );
+        assert!(Ports::new(u16::MAX).port(1).is_err());
     }
 }
