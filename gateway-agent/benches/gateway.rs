@@ -120,6 +120,14 @@ impl Drop for Cleanup {
                     .output();
             }
         }
+        // The function host image the agents imported, once nothing is
+        // built from it (tests running beside share it).
+        let _ = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "docker images -q continuum/function-host | xargs -r docker rmi >/dev/null 2>&1",
+            ])
+            .output();
     }
 }
 
