@@ -379,14 +379,31 @@ fn trial(program: &Path, version: &str, deadline: Duration) -> std::io::Error {
         .exec()
 }
 
+/// What the trial hears from the build it tries.
+enum Heard {
+    /// It said it is ready.
+    Ready,
+    /// It exited; how.
+    Exited(String),
+}
+
 /// Starts `program` with `args` and waits until it says it is ready (then
 /// stops it), exits, or `deadline` passes (then kills it).
+///
+/// It says so through `ready`, a FIFO: one thread blocks reading it, another
+/// waiting for the process, and the trial waits for whichever speaks first,
+/// up to the deadline.
 fn run_trial(
     program: &Path,
     args: &[OsString],
     ready: &Path,
     deadline: Duration,
 ) -> Result<(), String> {
+    nix::unistd::mkfifo(
+        ready,
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )
+    .map_err(|e| format!("cannot make the file it signals through: {e}"))?;
     let mut child = std::process::Command::new(program)
         .args(args)
         .env(READY_ENV, ready)
@@ -397,39 +414,48 @@ fn run_trial(
         .env_remove(FAILED_ENV)
         .spawn()
         .map_err(|e| format!("cannot start it: {e}"))?;
-    let until = std::time::Instant::now() + deadline;
-    let outcome = loop {
-        if ready.exists() {
-            break Ok(());
-        }
-        match child.try_wait() {
-            Ok(Some(status)) => break Err(format!("it exited ({status}) before it was ready")),
-            Ok(None) => {}
-            Err(e) => break Err(format!("cannot watch it: {e}")),
-        }
-        if std::time::Instant::now() >= until {
-            break Err(format!(
-                "it was not registered and running within {deadline:?}"
-            ));
-        }
-        // A child process gives no event to wait on here (no runtime):
-        // polled, at a pace that costs nothing.
-        std::thread::sleep(Duration::from_millis(50));
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    let (tx, heard) = std::sync::mpsc::channel();
+    {
+        let (tx, ready) = (tx.clone(), ready.to_owned());
+        // Blocks until the new build opens the FIFO; when it never does,
+        // the thread ends with this process (it is replaced right after).
+        std::thread::spawn(move || {
+            if std::fs::read(&ready).is_ok_and(|b| !b.is_empty()) {
+                let _ = tx.send(Heard::Ready);
+            }
+        });
+    }
+    std::thread::spawn(move || {
+        let how = match child.wait() {
+            Ok(status) => status.to_string(),
+            Err(e) => format!("cannot be waited for: {e}"),
+        };
+        let _ = tx.send(Heard::Exited(how));
+    });
+    let outcome = match heard.recv_timeout(deadline) {
+        Ok(Heard::Ready) => Ok(()),
+        Ok(Heard::Exited(how)) => return Err(format!("it exited ({how}) before it was ready")),
+        Err(_) => Err(format!(
+            "it was not registered and running within {deadline:?}"
+        )),
     };
     // Stopped as on SIGTERM, so what runs keeps running; killed if it hangs.
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let stop_by = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) | Err(_) => break,
-            Ok(None) if std::time::Instant::now() >= stop_by => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break;
+    let exited = |within: Duration| {
+        let until = std::time::Instant::now() + within;
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match heard.recv_timeout(left) {
+                Ok(Heard::Exited(_)) => return true,
+                Ok(Heard::Ready) => {}
+                Err(_) => return false,
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
         }
+    };
+    if !exited(Duration::from_secs(30)) {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        exited(Duration::from_secs(5));
     }
     outcome
 }
@@ -537,7 +563,9 @@ pub async fn signal_ready(
         let up = *connected.borrow_and_update();
         let passed = snapshot.borrow_and_update().current.is_some();
         if up && passed {
-            if let Err(e) = std::fs::write(&file, version()) {
+            // A FIFO: opening it waits for the trial's reader, off the runtime.
+            let told = tokio::task::spawn_blocking(move || std::fs::write(&file, version())).await;
+            if let Ok(Err(e)) = told {
                 tracing::error!(error = %e, "cannot tell the trial this agent is ready");
             }
             return;
@@ -613,6 +641,35 @@ mod tests {
             verify(&signed, &sha, Some(&key)),
             Err(Refused::Signature(_))
         ));
+    }
+
+    /// A trial of `sh -c script`, with `deadline`.
+    fn try_script(script: &str, deadline: Duration) -> Result<(), String> {
+        let dir = tempfile::tempdir().unwrap();
+        let args: Vec<OsString> = vec!["-c".into(), script.into()];
+        run_trial(
+            Path::new("/bin/sh"),
+            &args,
+            &dir.path().join("ready"),
+            deadline,
+        )
+    }
+
+    #[test]
+    fn a_trial_hears_ready_an_exit_or_nothing_within_its_deadline() {
+        // Ready: it writes to the FIFO it is given, then runs on until stopped.
+        let ready = "echo up > \"$CONTINUUM_UPGRADE_READY\"; exec sleep 60";
+        assert_eq!(try_script(ready, Duration::from_secs(20)), Ok(()));
+        let e = try_script("exit 3", Duration::from_secs(20)).unwrap_err();
+        assert!(
+            e.contains("exited (exit status: 3) before it was ready"),
+            "{e}"
+        );
+        let started = std::time::Instant::now();
+        let e = try_script("exec sleep 60", Duration::from_millis(300)).unwrap_err();
+        assert!(e.contains("not registered and running within 300ms"), "{e}");
+        // Stopped by SIGTERM at the deadline, not waited for.
+        assert!(started.elapsed() < Duration::from_secs(20));
     }
 
     #[test]

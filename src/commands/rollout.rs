@@ -37,6 +37,16 @@ pub fn amount(s: &str) -> Result<Amount, String> {
         .map_err(|_| format!("`{s}` is neither a count nor a percentage (e.g. 5 or 10%)"))
 }
 
+/// Reads a wave's size: at least one subsystem.
+fn wave(s: &str) -> Result<Amount, String> {
+    match amount(s)? {
+        Amount::Count(0) => {
+            Err("a wave holds at least one subsystem (or give a percentage)".into())
+        }
+        a => Ok(a),
+    }
+}
+
 /// Reads a `KEY=VALUE` label.
 fn label(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
@@ -51,7 +61,7 @@ fn label(s: &str) -> Result<(String, String), String> {
 pub struct PolicyArgs {
     /// Roll out in waves of this many subsystems, or this percentage of
     /// those the revision changes (`10%`), each once the one before settled.
-    #[arg(long, value_name = "N|N%", value_parser = amount)]
+    #[arg(long, value_name = "N|N%", value_parser = wave)]
     pub wave: Option<Amount>,
     /// A first wave of this many subsystems (those whose gateways carry the
     /// `--canary-label`s when given).
@@ -246,6 +256,8 @@ mod tests {
         assert!(amount("0%").unwrap_err().contains("from 1% to 100%"));
         assert!(amount("ten").unwrap_err().contains("neither a count"));
         assert!(label("ring").unwrap_err().contains("KEY=VALUE"));
+        assert!(wave("0").unwrap_err().contains("at least one"));
+        assert_eq!(wave("3"), Ok(Amount::Count(3)));
     }
 
     #[test]

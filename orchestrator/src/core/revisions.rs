@@ -211,6 +211,9 @@ impl Core {
 
     /// Stores a prepared megamodel as a revision.
     pub fn apply(&self, p: Prepared, now: i64) -> Result<Transition<ApplyResponse>, Error> {
+        if let Some(policy) = &p.rollout {
+            super::rollout::check(policy)?;
+        }
         self.revision(
             p.megamodel,
             p.expected_base,

@@ -129,6 +129,36 @@ pub fn state_name(state: RolloutState) -> String {
         .replace('_', " ")
 }
 
+/// Refuses a policy that cannot mean anything: percentages over 100.
+pub fn check(policy: &RolloutPolicy) -> Result<(), Error> {
+    for (name, pct) in [
+        ("wave_percent", policy.wave_percent),
+        ("max_failures_percent", policy.max_failures_percent),
+    ] {
+        if pct > 100 {
+            return Err(Error::BadRequest(format!(
+                "rollout.{name} is {pct}: expected a percentage from 0 to 100"
+            )));
+        }
+    }
+    if policy.wave_size > 0 && policy.wave_percent > 0 {
+        return Err(Error::BadRequest(
+            "rollout: give wave_size or wave_percent, not both".into(),
+        ));
+    }
+    if policy.max_failures > 0 && policy.max_failures_percent > 0 {
+        return Err(Error::BadRequest(
+            "rollout: give max_failures or max_failures_percent, not both".into(),
+        ));
+    }
+    if policy.canary_labels.keys().any(|k| k.trim().is_empty()) {
+        return Err(Error::BadRequest(
+            "rollout.canary_labels: a label needs a key".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Whether `failed` failures beyond those tolerated, out of `released`
 /// subsystems, are more than `policy` allows.
 fn too_many(policy: &RolloutPolicy, failed: u32, released: u32) -> bool {

@@ -406,6 +406,28 @@ fn a_gateway_that_registers_during_a_rollout_gets_the_target_of_its_wave() {
 }
 
 #[test]
+fn a_policy_that_means_nothing_is_refused_and_changes_nothing() {
+    let h = Harness::converged_fleet(2);
+    for bad in [
+        waves(0, 150),
+        RolloutPolicy {
+            max_failures_percent: 101,
+            ..RolloutPolicy::default()
+        },
+        RolloutPolicy {
+            wave_size: 1,
+            wave_percent: 50,
+            ..RolloutPolicy::default()
+        },
+    ] {
+        let e = h.core.apply(fleet(2, 2, Some(bad)), 9).unwrap_err();
+        assert!(matches!(e, Error::BadRequest(_)), "{e}");
+    }
+    assert_eq!(h.core.head_number(), 1);
+    assert!(h.core.rollout().is_none());
+}
+
+#[test]
 fn a_new_revision_replaces_a_running_rollout() {
     let mut h = Harness::converged_fleet(4);
     h.apply(fleet(4, 2, Some(waves(1, 25))));
