@@ -32,6 +32,12 @@ command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 # tests run a real sshd on loopback).
 command -v ssh >/dev/null 2>&1 || need_apt+=(openssh-client)
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+# protoc: the etcd client's build compiles etcd's protocol.
+command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need_apt+=(libprotobuf-dev)
+# etcd: the highly available orchestrator's store (a 3-member cluster on
+# loopback in tests).
+command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 linkage=$(LC_ALL=C ldd /bin/busybox 2>&1 || true)
 case "$linkage" in *"not a dynamic"*) ;; *) need_apt+=(busybox-static) ;; esac
 

@@ -58,18 +58,22 @@ pub enum BlobError {
 #[derive(Debug)]
 pub struct BlobCache {
     root: PathBuf,
-    endpoint: String,
+    orchestrators: crate::orchestrators::Orchestrators,
     tls: Option<continuum_proto::tls::ClientTls>,
     /// Why each blob that could not be had is missing, until it is had.
     failures: Mutex<BTreeMap<String, BlobError>>,
 }
 
 impl BlobCache {
-    /// A cache under `root`, fetching from the orchestrator at `endpoint`.
-    pub fn new(root: PathBuf, endpoint: String) -> BlobCache {
+    /// A cache under `root`, fetching from the orchestrator that answers
+    /// among `orchestrators` (one endpoint, or several of which one leads).
+    pub fn new(
+        root: PathBuf,
+        orchestrators: impl Into<crate::orchestrators::Orchestrators>,
+    ) -> BlobCache {
         BlobCache {
             root,
-            endpoint,
+            orchestrators: orchestrators.into(),
             tls: None,
             failures: Mutex::default(),
         }
@@ -163,11 +167,25 @@ impl BlobCache {
         Ok(())
     }
 
+    /// A channel to the first orchestrator that answers, starting with the
+    /// one the link last reached.
+    async fn connect(&self) -> Result<tonic::transport::Channel, String> {
+        let mut why = Vec::new();
+        for endpoint in self.orchestrators.in_turn() {
+            let dial = continuum_proto::tls::endpoint(endpoint, self.tls.as_ref())?;
+            match dial.connect().await {
+                Ok(channel) => return Ok(channel),
+                Err(e) => why.push(format!("{endpoint}: {e}")),
+            }
+        }
+        Err(why.join("; "))
+    }
+
     /// Fetches blob `digest`, resuming a transfer a cut left partial.
     pub async fn fetch(&self, digest: &str) -> Result<(), BlobError> {
         let fail = |why: String| BlobError::Fetch {
             digest: digest.to_owned(),
-            endpoint: self.endpoint.clone(),
+            endpoint: self.orchestrators.to_string(),
             why,
         };
         let io = |e: std::io::Error| BlobError::Io {
@@ -179,11 +197,7 @@ impl BlobCache {
         }
         let partial = self.root.join("partial").join(digest);
         let offset = std::fs::metadata(&partial).map_or(0, |m| m.len());
-        let channel = continuum_proto::tls::endpoint(&self.endpoint, self.tls.as_ref())
-            .map_err(fail)?
-            .connect()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let channel = self.connect().await.map_err(fail)?;
         let mut client = BlobServiceClient::new(channel);
         let mut stream = client
             .fetch(FetchBlobRequest {

@@ -35,7 +35,9 @@ pub struct Args {
     /// This gateway's id: the id of its gateway component in the megamodel.
     #[arg(long, env = "CONTINUUM_GATEWAY_ID", required = true)]
     pub id: Option<String>,
-    /// The orchestrator to dial (`host:port` or a URL; `https://` for TLS).
+    /// The orchestrator to dial (`host:port` or a URL; `https://` for TLS);
+    /// several, separated by commas, when orchestrators share an etcd store
+    /// (the gateway dials them in turn until the leader answers).
     #[arg(long, env = "CONTINUUM_SERVER", default_value = "127.0.0.1:7070")]
     pub orchestrator: String,
     /// The CA (PEM) the orchestrator's certificate is checked against
@@ -418,7 +420,9 @@ async fn run_upgradable(
             None => {
                 let mut u: BrokerUrl = format!(
                     "mqtt://{}:1884",
-                    bracketed(&orchestrator_host(&config.orchestrator))
+                    bracketed(&orchestrator_host(
+                        config.orchestrator.split(',').next().unwrap_or_default()
+                    ))
                 )
                 .parse()
                 .map_err(|e| anyhow::anyhow!("the default global bus: {e}; give --bus-url"))?;
@@ -587,22 +591,21 @@ async fn serve<R: ContainerRuntime>(
         .unwrap_or_default();
     let (note_tx, note_rx) = tokio::sync::watch::channel(upgrade_note);
     let (progress_tx, progress_rx) = mpsc::unbounded_channel();
-    let endpoint = if config.orchestrator.contains("://") {
-        config.orchestrator.clone()
-    } else {
-        format!("http://{}", config.orchestrator)
-    };
+    let orchestrators = crate::orchestrators::Orchestrators::parse(&config.orchestrator)
+        .map_err(anyhow::Error::msg)?;
     let tls = continuum_proto::tls::ClientTls::load(
         config.tls_ca.as_deref(),
         config.tls_cert.as_deref().zip(config.tls_key.as_deref()),
     )
     .map_err(anyhow::Error::msg)?;
     // Refused here rather than at every dial.
-    continuum_proto::tls::endpoint(&endpoint, Some(&tls)).map_err(anyhow::Error::msg)?;
+    for endpoint in orchestrators.in_turn() {
+        continuum_proto::tls::endpoint(endpoint, Some(&tls)).map_err(anyhow::Error::msg)?;
+    }
     let blobs = match &config.context_root {
         Some(_) => None,
         None => Some(Arc::new(
-            crate::blobs::BlobCache::new(config.data_dir.join("blobs"), endpoint.clone())
+            crate::blobs::BlobCache::new(config.data_dir.join("blobs"), orchestrators.clone())
                 .with_tls(tls.clone()),
         )),
     };
@@ -647,7 +650,7 @@ async fn serve<R: ContainerRuntime>(
             crate::upgrade::Follow {
                 blobs: crate::blobs::BlobCache::new(
                     config.data_dir.join("blobs"),
-                    endpoint.clone(),
+                    orchestrators.clone(),
                 )
                 .with_tls(tls.clone()),
                 key: config.agent_key.clone(),
@@ -665,7 +668,7 @@ async fn serve<R: ContainerRuntime>(
             .clone()
             .map(|b| link::BridgeCounters(Arc::new(move || b.status().report()))),
         fencing: Some(fencing),
-        endpoint,
+        orchestrators,
         tls: Some(tls),
         gateway_id: config.id().to_owned(),
         version: crate::upgrade::version(),
@@ -679,12 +682,17 @@ async fn serve<R: ContainerRuntime>(
         },
         max_backoff,
         bus: bridge.as_ref().map(|b| {
-            let (tx, mut rx) = mpsc::unbounded_channel::<(String, u32, bool)>();
+            let (tx, mut rx) = mpsc::unbounded_channel::<link::NamedBus>();
             let b = Arc::clone(b);
-            let orchestrator = config.orchestrator.clone();
             tokio::spawn(async move {
-                while let Some((url, port, tls)) = rx.recv().await {
-                    match named_bus(&url, port, tls, &orchestrator) {
+                while let Some(link::NamedBus {
+                    url,
+                    port,
+                    tls,
+                    dialled,
+                }) = rx.recv().await
+                {
+                    match named_bus(&url, port, tls, &dialled) {
                         Some(u) => {
                             if let Err(e) = b.learn_global(u) {
                                 tracing::warn!(error = %e, "cannot keep the global bus's address");

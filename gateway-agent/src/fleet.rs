@@ -36,7 +36,8 @@ pub struct SimArgs {
     /// The number of the first (to run a fleet across several processes).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub first: usize,
-    /// The orchestrator to dial (`host:port` or a URL; `https://` for TLS).
+    /// The orchestrator to dial (`host:port` or a URL; `https://` for TLS);
+    /// several, separated by commas, of which one leads.
     #[arg(long, env = "CONTINUUM_SERVER", default_value = "127.0.0.1:7070")]
     pub orchestrator: String,
     /// The CA (PEM) the orchestrator's certificate is checked against.
@@ -101,14 +102,13 @@ pub async fn run_until(args: SimArgs, shutdown: CancellationToken) -> anyhow::Re
         );
     }
     raise_open_files(args.count);
-    let endpoint = if args.orchestrator.contains("://") {
-        args.orchestrator.clone()
-    } else {
-        format!("http://{}", args.orchestrator)
-    };
+    let orchestrators = crate::orchestrators::Orchestrators::parse(&args.orchestrator)
+        .map_err(anyhow::Error::msg)?;
     let tls = continuum_proto::tls::ClientTls::load(args.tls_ca.as_deref(), None)
         .map_err(anyhow::Error::msg)?;
-    continuum_proto::tls::endpoint(&endpoint, Some(&tls)).map_err(anyhow::Error::msg)?;
+    for endpoint in orchestrators.in_turn() {
+        continuum_proto::tls::endpoint(endpoint, Some(&tls)).map_err(anyhow::Error::msg)?;
+    }
     let behaviour = SimBehaviour {
         step: args.step_time,
         failure_rate: args.failure_rate,
@@ -129,7 +129,7 @@ pub async fn run_until(args: SimArgs, shutdown: CancellationToken) -> anyhow::Re
                 blobs: Some(Arc::new(
                     crate::blobs::BlobCache::new(
                         args.data_dir.join(&id).join("blobs"),
-                        endpoint.clone(),
+                        orchestrators.clone(),
                     )
                     .with_tls(tls.clone()),
                 )),
@@ -158,7 +158,9 @@ pub async fn run_until(args: SimArgs, shutdown: CancellationToken) -> anyhow::Re
         let (offers_tx, offers_rx) = mpsc::channel(4);
         let (connected_tx, connected) = watch::channel(false);
         let link_config = LinkConfig {
-            endpoint: endpoint.clone(),
+            // Each simulated gateway moves on from a dead leader by itself.
+            orchestrators: crate::orchestrators::Orchestrators::parse(&args.orchestrator)
+                .map_err(anyhow::Error::msg)?,
             tls: Some(tls.clone()),
             gateway_id: id,
             version: crate::upgrade::version(),

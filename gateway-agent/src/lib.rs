@@ -27,6 +27,7 @@ mod link;
 mod local;
 pub mod metrics;
 mod observe;
+pub mod orchestrators;
 mod proxies;
 pub mod routing;
 pub mod runtime;

@@ -24,7 +24,8 @@ use crate::exec::{self, Progress};
 
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
-    pub endpoint: String,
+    /// The orchestrators to dial, in turn until one answers.
+    pub orchestrators: crate::orchestrators::Orchestrators,
     /// Whom the orchestrator must be, and who this gateway is (`https://`).
     pub tls: Option<continuum_proto::tls::ClientTls>,
     pub gateway_id: String,
@@ -34,8 +35,8 @@ pub struct LinkConfig {
     /// The longest wait between two dials.
     pub max_backoff: Duration,
     /// Told the global bus the orchestrator names in its welcome (URL, or
-    /// the port of its embedded bus on the dialled host).
-    pub bus: Option<mpsc::UnboundedSender<(String, u32, bool)>>,
+    /// the port of its embedded bus on the dialled host), and that host.
+    pub bus: Option<mpsc::UnboundedSender<NamedBus>>,
     /// Told whether the orchestrator admits this agent (see [`crate::fence`]).
     pub fencing: Option<std::sync::Arc<crate::fence::Fencing>>,
     /// The bridge's counters, sent with every heartbeat (none: no bridge).
@@ -45,6 +46,16 @@ pub struct LinkConfig {
     pub agent_upgrade: Option<watch::Receiver<String>>,
     /// Told the agent build the orchestrator offers.
     pub agent_offers: Option<watch::Sender<Option<AgentOffer>>>,
+}
+
+/// The global bus a welcome names: a URL, or the port of the orchestrator's
+/// embedded bus (with TLS or not) on the orchestrator dialled.
+#[derive(Debug, Clone)]
+pub struct NamedBus {
+    pub url: String,
+    pub port: u32,
+    pub tls: bool,
+    pub dialled: String,
 }
 
 /// Reads a bridge's counters.
@@ -108,6 +119,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), config.max_backoff);
+    // Orchestrators dialled without an answer since the last link.
+    let mut unanswered = 0;
     loop {
         // The session answers shutdown itself once established; before that
         // (dialling, or held by an orchestrator that does not know this id
@@ -125,13 +138,24 @@ pub async fn run(
             () = shutdown.cancelled() => return,
         };
         connected.send_replace(false);
+        let dialled = config.orchestrators.current().to_owned();
         match result {
             Ok(()) => return,
             Err(Ended { connected, why }) => {
                 if connected {
                     backoff.reset();
+                    unanswered = 0;
+                } else if config.orchestrators.len() > 1 {
+                    // A standby does not listen: the leader is another.
+                    config.orchestrators.failed(&dialled);
+                    unanswered += 1;
+                    if unanswered < config.orchestrators.len() {
+                        tracing::info!(endpoint = %dialled, reason = %why, next = %config.orchestrators.current(), "orchestrator did not answer; dialling the next");
+                        continue;
+                    }
+                    unanswered = 0;
                 }
-                tracing::warn!(endpoint = %config.endpoint, reason = %why, "orchestrator link down");
+                tracing::warn!(endpoint = %dialled, reason = %why, "orchestrator link down");
             }
         }
         let sleep = tokio::time::sleep(backoff.next_delay());
@@ -168,7 +192,8 @@ async fn session(
     connected: &watch::Sender<bool>,
     shutdown: &CancellationToken,
 ) -> Result<(), Ended> {
-    let channel = continuum_proto::tls::endpoint(&config.endpoint, config.tls.as_ref())
+    let dialled = config.orchestrators.current().to_owned();
+    let channel = continuum_proto::tls::endpoint(&dialled, config.tls.as_ref())
         .map_err(|e| ended(false, format!("bad endpoint: {e}")))?
         .connect()
         .await
@@ -235,7 +260,12 @@ async fn session(
     let mut fence = config.fencing.as_ref().map(|f| f.subscribe());
     if let Some(bus) = &config.bus {
         if !welcome.bus_url.is_empty() || welcome.bus_port > 0 {
-            let _ = bus.send((welcome.bus_url.clone(), welcome.bus_port, welcome.bus_tls));
+            let _ = bus.send(NamedBus {
+                url: welcome.bus_url.clone(),
+                port: welcome.bus_port,
+                tls: welcome.bus_tls,
+                dialled: dialled.clone(),
+            });
         }
     }
     connected.send_replace(true);

@@ -8,6 +8,10 @@
 //! nothing a gateway could fetch. A blob stays while a kept revision names it;
 //! one that no revision names is removed once it is older than a grace period
 //! (long enough for the apply that follows its upload).
+//!
+//! When orchestrators share an etcd store, an upload is also kept there
+//! before it is acknowledged, and an orchestrator that lacks a blob (it was
+//! uploaded to the leader before this one took over) copies it from there.
 
 use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -37,6 +41,8 @@ pub struct BlobStore {
     root: PathBuf,
     /// The largest blob accepted, in bytes.
     pub max_size: u64,
+    /// Where blobs are shared with the other orchestrators of the store.
+    shared: Option<std::sync::Arc<crate::store::Store>>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -53,7 +59,15 @@ impl BlobStore {
         Ok(BlobStore {
             root,
             max_size: 1 << 30,
+            shared: None,
         })
+    }
+
+    /// Shares every blob through `store` (a no-op unless its backend is
+    /// shared by several orchestrators).
+    pub fn shared_through(mut self, store: std::sync::Arc<crate::store::Store>) -> BlobStore {
+        self.shared = Some(store);
+        self
     }
 
     /// Where blob `hex` is (whether or not it exists).
@@ -61,9 +75,42 @@ impl BlobStore {
         self.root.join("sha256").join(hex)
     }
 
-    /// Whether the store holds blob `hex`.
+    /// Whether the store holds blob `hex` (copied here first if only the
+    /// shared store has it). Blocks.
     pub fn has(&self, hex: &str) -> bool {
-        is_hex_digest(hex) && self.path(hex).is_file()
+        is_hex_digest(hex) && (self.path(hex).is_file() || self.restore(hex))
+    }
+
+    /// Copies blob `hex` from the shared store; whether it is here now.
+    fn restore(&self, hex: &str) -> bool {
+        let Some(shared) = &self.shared else {
+            return false;
+        };
+        let restored = (|| -> Result<bool, String> {
+            let mut up = self.begin().map_err(|e| e.to_string())?;
+            if !shared
+                .backend()
+                .shared_blob(hex, &mut up)
+                .map_err(|e| e.to_string())?
+            {
+                return Ok(false);
+            }
+            let size = up.written;
+            up.finish(self, hex, size).map_err(|e| e.to_string())?;
+            Ok(true)
+        })();
+        match restored {
+            Ok(found) => {
+                if found {
+                    tracing::info!(digest = hex, "blob copied from the shared store");
+                }
+                found
+            }
+            Err(e) => {
+                tracing::warn!(digest = hex, error = %e, "cannot copy a blob from the shared store");
+                false
+            }
+        }
     }
 
     /// Stores `bytes` (for tests and tools; the service streams).
@@ -97,6 +144,12 @@ impl BlobStore {
     /// returns how many went.
     pub fn collect(&self, keep: &HashSet<String>, grace: Duration) -> std::io::Result<usize> {
         let mut removed = 0;
+        if let Some(shared) = &self.shared {
+            removed += shared
+                .backend()
+                .collect_shared_blobs(keep, grace)
+                .map_err(std::io::Error::other)?;
+        }
         for entry in std::fs::read_dir(self.root.join("sha256"))? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -148,6 +201,9 @@ pub enum UploadError {
     /// The disk refused.
     #[error("cannot store the blob: {0}")]
     Io(#[from] std::io::Error),
+    /// The shared store refused.
+    #[error("cannot share the blob with the other orchestrators: {0}")]
+    Shared(#[from] crate::store::StoreError),
 }
 
 impl Upload {
@@ -174,15 +230,29 @@ impl Upload {
             });
         }
         let dest = store.path(digest);
-        if dest.is_file() {
-            return Ok(true);
+        let existed = dest.is_file();
+        if !existed {
+            self.file.sync_all()?;
+            std::fs::rename(&self.tmp, &dest)?;
+            if let Some(dir) = dest.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
         }
-        self.file.sync_all()?;
-        std::fs::rename(&self.tmp, &dest)?;
-        if let Some(dir) = dest.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
+        if let Some(shared) = &store.shared {
+            shared.backend().share_blob(digest, &dest)?;
         }
-        Ok(false)
+        Ok(existed)
+    }
+}
+
+impl Write for Upload {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        Upload::write(self, data)?;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -258,11 +328,12 @@ impl BlobService for Blobs {
         for d in &req.digests {
             digest_arg(d)?;
         }
-        let missing = req
-            .digests
-            .into_iter()
-            .filter(|d| !self.store.has(d))
-            .collect();
+        let store = std::sync::Arc::clone(&self.store);
+        let missing = tokio::task::spawn_blocking(move || {
+            req.digests.into_iter().filter(|d| !store.has(d)).collect()
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(MissingBlobsResponse { missing }))
     }
 
@@ -305,6 +376,7 @@ impl BlobService for Blobs {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| match e {
                 UploadError::Io(e) => internal(e),
+                UploadError::Shared(e) => Status::unavailable(e.to_string()),
                 other => Status::invalid_argument(other.to_string()),
             })?;
         if !existed {
@@ -326,6 +398,12 @@ impl BlobService for Blobs {
         self.reader(&request, "fetching a blob")?;
         let req = request.into_inner();
         digest_arg(&req.digest)?;
+        let store = std::sync::Arc::clone(&self.store);
+        let digest = req.digest.clone();
+        // Copied from the shared store first if only it has the blob.
+        tokio::task::spawn_blocking(move || store.has(&digest))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         let path = self.store.path(&req.digest);
         let mut file = std::fs::File::open(&path)
             .map_err(|_| Status::not_found(format!("no blob {}", req.digest)))?;

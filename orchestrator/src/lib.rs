@@ -10,6 +10,8 @@ pub mod admission;
 pub mod blobs;
 pub mod core;
 pub mod error;
+#[cfg(any(test, feature = "testing"))]
+pub mod etcd_cluster;
 mod handle;
 mod http;
 mod link;
@@ -22,4 +24,4 @@ pub mod sim;
 pub mod store;
 pub mod views;
 
-pub use server::{start, Config, Running, StartError};
+pub use server::{start, Config, Running, ServeError, StartError};

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::blobs::{BlobStore, Blobs};
 use crate::core::{Core, CoreConfig};
 use crate::handle::Orchestrator;
+use crate::store::etcd::EtcdStore;
 use crate::store::{Store, StoreError};
 
 /// Settings of `continuum serve`.
@@ -50,6 +51,9 @@ pub struct Config {
     /// Commits wait for the disk (fsync). Off only to measure what that costs
     /// (the benchmarks): a crash could then lose accepted revisions.
     pub fsync: bool,
+    /// Keep the state in etcd, shared with standby orchestrators, instead of
+    /// the data directory's redb file (blobs stay in the data directory).
+    pub etcd: Option<crate::store::etcd::EtcdConfig>,
 }
 
 impl Config {
@@ -69,6 +73,7 @@ impl Config {
             api: crate::access::ApiAccess::Open,
             allow_gateways: std::collections::BTreeSet::new(),
             fsync: true,
+            etcd: None,
         }
     }
 }
@@ -103,10 +108,23 @@ pub enum StartError {
     },
 }
 
+/// Why a running orchestrator stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The gRPC server failed.
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+    /// Its etcd lease ended: another orchestrator may lead now.
+    #[error("this orchestrator no longer leads: its etcd lease ended (another orchestrator may lead now); it stopped serving")]
+    Deposed,
+}
+
 /// A running orchestrator.
 #[derive(Debug)]
 pub struct Running {
     local_addr: SocketAddr,
+    /// Cancelled when it may no longer lead (etcd only).
+    deposed: Option<CancellationToken>,
     access: crate::access::SharedAccess,
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -172,11 +190,26 @@ fn collect_blobs(store: &Store, blobs: &BlobStore, head: u64, offered: Option<St
 
 /// Opens the store, loads the state and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let mut store = Store::open(&config.data_dir)?;
-    if !config.fsync {
-        tracing::warn!("commits do not wait for the disk: a crash may lose accepted changes");
-        store.set_fsync(false);
-    }
+    let (mut store, deposed) = match &config.etcd {
+        None => {
+            if !config.fsync {
+                tracing::warn!(
+                    "commits do not wait for the disk: a crash may lose accepted changes"
+                );
+            }
+            (Store::open_redb(&config.data_dir, config.fsync)?, None)
+        }
+        Some(etcd) => {
+            tracing::info!(store = %etcd.endpoints.join(","), prefix = %etcd.prefix, "campaigning to lead");
+            let leading = EtcdStore::lead(etcd.clone(), |leader| {
+                tracing::warn!(%leader, "standing by: another orchestrator leads");
+            })
+            .await?;
+            tracing::info!("leading: loading the state from etcd");
+            let lost = leading.lost();
+            (Store::with_backend(leading), Some(lost))
+        }
+    };
     let closed = store.on_close();
     let store = Arc::new(store);
     let snapshot = store.load()?;
@@ -199,14 +232,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         },
     )
     .map_err(|what| StoreError::Corrupt {
-        path: store.path().to_owned(),
+        at: store.location(),
         what,
     })?;
     let blobs = Arc::new(
-        BlobStore::open(&config.data_dir).map_err(|cause| StartError::Blobs {
-            dir: config.data_dir.join("blobs"),
-            cause,
-        })?,
+        BlobStore::open(&config.data_dir)
+            .map_err(|cause| StartError::Blobs {
+                dir: config.data_dir.join("blobs"),
+                cause,
+            })?
+            .shared_through(Arc::clone(&store)),
     );
     let offered = core.agent_offer().map(|o| o.sha256.clone());
     collect_blobs(&store, &blobs, core.head_number(), offered);
@@ -302,6 +337,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     tracing::info!(%local_addr, data_dir = %config.data_dir.display(), "orchestrator serving");
     Ok(Running {
         local_addr,
+        deposed,
         access,
         stop,
         tasks,
@@ -322,26 +358,38 @@ impl Running {
     }
 
     /// Ends every stream, stops serving, and returns once the store is closed.
-    pub async fn stop(self) -> Result<(), tonic::transport::Error> {
+    pub async fn stop(self) -> Result<(), ServeError> {
         self.run_until(std::future::ready(())).await
     }
 
-    /// Serves until `signal` completes (then stops as [`Running::stop`] does)
-    /// or the server fails.
+    /// Serves until `signal` completes (then stops as [`Running::stop`] does),
+    /// the server fails, or it may no longer lead.
     pub async fn run_until(
         self,
         signal: impl std::future::Future<Output = ()>,
-    ) -> Result<(), tonic::transport::Error> {
+    ) -> Result<(), ServeError> {
         let Running {
             stop,
             tasks,
             mut task,
             closed,
+            deposed,
             ..
         } = self;
+        let lost = async {
+            match &deposed {
+                Some(d) => d.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut was_deposed = false;
         let finished = tokio::select! {
             r = &mut task => Some(r),
             () = signal => None,
+            () = lost => {
+                was_deposed = true;
+                None
+            }
         };
         stop.cancel();
         let served = match finished {
@@ -359,8 +407,11 @@ impl Running {
         {
             tracing::warn!("the store is still in use 10 s after the server stopped");
         }
+        if was_deposed {
+            return Err(ServeError::Deposed);
+        }
         match served {
-            Ok(r) => r,
+            Ok(r) => Ok(r?),
             Err(e) => {
                 tracing::error!(error = %e, "the server task failed");
                 Ok(())

@@ -94,13 +94,17 @@ impl ModelService for Orchestrator {
                 .await
                 .map_err(|_| Status::unavailable("the orchestrator is stopping"))?;
             let observed = self.read(|core, _| Ok(core.observed())).await?;
-            let prepared =
-                tokio::task::spawn_blocking(move || Prepared::from_request(req, &observed))
-                    .await
-                    .map_err(|e| Status::internal(format!("apply task failed: {e}")))??;
-            if let Some(blobs) = &self.blobs {
-                prepared.check_artefacts(|d| blobs.has(d))?;
-            }
+            let blobs = self.blobs.clone();
+            let prepared = tokio::task::spawn_blocking(move || {
+                let prepared = Prepared::from_request(req, &observed)?;
+                // Blocks: a blob only the shared store has is copied here.
+                if let Some(blobs) = &blobs {
+                    prepared.check_artefacts(|d| blobs.has(d))?;
+                }
+                Ok::<_, Status>(prepared)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("apply task failed: {e}")))??;
             prepared.check_policy(&self.policy)?;
             Ok::<_, Status>(
                 self.transact(move |core, _, now| core.apply(prepared, now))

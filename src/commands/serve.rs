@@ -83,6 +83,17 @@ pub struct Args {
     /// of these.
     #[arg(long, env = "CONTINUUM_POLICY", value_name = "FILE")]
     pub policy: Option<PathBuf>,
+    /// Keep the state in etcd instead of the data directory's database:
+    /// `etcd://host:port[,host:port…][/prefix]`. Orchestrators given the same
+    /// store elect one leader; the others stand by (not listening) and one
+    /// of them takes over when it stops or dies. Uploaded blobs stay in each
+    /// one's data directory.
+    #[arg(long, env = "CONTINUUM_STORE", value_name = "URL")]
+    pub store: Option<String>,
+    /// With an etcd store: how long a leader that can no longer renew its
+    /// lease (it died, or lost etcd) keeps the lead before a standby takes over.
+    #[arg(long, default_value = "5s", value_parser = continuum_bus::args::duration, value_name = "DURATION")]
+    pub lease_ttl: Duration,
 }
 
 /// What of the gRPC port is left open to whoever reaches it.
@@ -214,6 +225,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("{w}");
     }
     let mut config = Config::new(args.listen, args.data_dir);
+    if let Some(url) = &args.store {
+        let mut etcd =
+            continuum_orchestrator::store::etcd::EtcdConfig::parse(url, &args.listen.to_string())
+                .map_err(anyhow::Error::msg)?;
+        etcd.lease_ttl = args.lease_ttl;
+        config.etcd = Some(etcd);
+    }
     config.tls = tls;
     config.api = api;
     config.allow_gateways = args.allow_gateways.into_iter().collect();
@@ -238,14 +256,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             reload_on_hangup(path.clone(), running.access())?;
         }
         eprintln!(
-            "continuum orchestrator listening on {} ({}; data in {})",
+            "continuum orchestrator listening on {} ({}; {})",
             running.local_addr(),
             match &config.tls {
                 Some(t) if t.verifies_clients() => "TLS, gateways by certificate",
                 Some(_) => "TLS",
                 None => "plain text",
             },
-            config.data_dir.display()
+            match &args.store {
+                Some(url) => format!("leading, state in {url}"),
+                None => format!("data in {}", config.data_dir.display()),
+            }
         );
         eprintln!(
             "dashboard, metrics and health on {}://{}/ (/metrics, /healthz, /readyz)",

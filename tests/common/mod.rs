@@ -48,6 +48,14 @@ impl Serve {
     /// Like [`Serve::start_with`], but a server that exits instead of
     /// listening is its exit code and what it printed.
     pub fn try_start_with(data: &Path, flags: &[&str]) -> Result<Serve, (i32, String)> {
+        let mut serve = Serve::launch(data, flags);
+        serve.wait_listening(WITHIN)?;
+        Ok(serve)
+    }
+
+    /// `continuum serve --data-dir DATA` with these flags, not waited for
+    /// (its `addr` is empty until [`Serve::wait_listening`]).
+    pub fn launch(data: &Path, flags: &[&str]) -> Serve {
         let policy = single_machine_policy();
         let default_policy: &[&str] = if flags.contains(&"--policy") {
             &[]
@@ -74,36 +82,42 @@ impl Serve {
                 }
             }
         });
-        let deadline = std::time::Instant::now() + continuum_bus::testing::within(WITHIN);
-        let mut startup = Vec::new();
+        Serve {
+            child,
+            addr: String::new(),
+            startup: Vec::new(),
+            lines,
+        }
+    }
+
+    /// Waits until the server says it listens (and learns where), or exits
+    /// (its exit code and what it printed).
+    pub fn wait_listening(&mut self, within: Duration) -> Result<(), (i32, String)> {
+        let within = continuum_bus::testing::within(within);
+        let deadline = std::time::Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match lines.recv_timeout(left) {
+            match self.lines.recv_timeout(left) {
                 Ok(line) if line.contains("listening on") => {
-                    let addr = line
+                    self.addr = line
                         .split("listening on ")
                         .nth(1)
                         .and_then(|r| r.split_whitespace().next())
                         .expect("an address")
                         .to_owned();
-                    return Ok(Serve {
-                        child,
-                        addr,
-                        startup,
-                        lines,
-                    });
+                    return Ok(());
                 }
-                Ok(line) => startup.push(line),
+                Ok(line) => self.startup.push(line),
                 // Its stderr closed: it exited.
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let code = child.wait().ok().and_then(|s| s.code()).unwrap_or(-1);
-                    return Err((code, startup.join("\n")));
+                    let code = self.child.wait().ok().and_then(|s| s.code()).unwrap_or(-1);
+                    return Err((code, self.startup.join("\n")));
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let _ = child.kill();
+                    let _ = self.child.kill();
                     panic!(
-                        "serve neither listened nor exited within {WITHIN:?}:\n{}",
-                        startup.join("\n")
+                        "serve neither listened nor exited within {within:?}:\n{}",
+                        self.startup.join("\n")
                     );
                 }
             }
