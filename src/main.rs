@@ -55,8 +55,9 @@ struct Cli {
     /// component), for `serve`, `gateway` and `up`.
     #[arg(long, global = true, env = "CONTINUUM_LOG_FORMAT", value_enum, default_value_t = continuum_bus::logs::LogFormat::Text)]
     log_format: continuum_bus::logs::LogFormat,
-    /// The orchestrator to talk to (`host:port` or a URL); `continuum gateway`
-    /// dials it too.
+    /// The orchestrator to talk to (`host:port` or a URL; several, separated
+    /// by commas, when orchestrators share an etcd store: the leader is the
+    /// one that answers); `continuum gateway` dials it too.
     #[arg(long, global = true, env = "CONTINUUM_SERVER", default_value = remote::DEFAULT_SERVER)]
     server: String,
     /// The bearer token the orchestrator knows us by (see `continuum token`).

@@ -40,23 +40,38 @@ pub type Client = ModelServiceClient<Authed>;
 /// certificate is checked against, and the token that says who we are.
 #[derive(Debug, Clone)]
 pub struct Server {
-    url: String,
+    /// One URL, or several (orchestrators sharing an etcd store, of which
+    /// only the leader listens): tried in turn.
+    urls: Vec<String>,
     tls: Option<ClientTls>,
     auth: Auth,
 }
 
 impl std::fmt::Display for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.url)
+        f.write_str(&self.urls.join(","))
     }
 }
 
-/// An `http://` URL from what the user typed (`host:port` is accepted).
-pub fn url(server: &str) -> String {
-    if server.contains("://") {
-        server.to_owned()
+/// `http://` URLs from what the user typed (`host:port` is accepted;
+/// several are separated by commas).
+pub fn urls(server: &str) -> Vec<String> {
+    let urls: Vec<String> = server
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            if s.contains("://") {
+                s.to_owned()
+            } else {
+                format!("http://{s}")
+            }
+        })
+        .collect();
+    if urls.is_empty() {
+        vec![DEFAULT_SERVER.to_owned()]
     } else {
-        format!("http://{server}")
+        urls
     }
 }
 
@@ -83,7 +98,7 @@ impl Server {
     /// An orchestrator on plain text, without a token (one this process started).
     pub fn plain(server: &str) -> Server {
         Server {
-            url: url(server),
+            urls: urls(server),
             tls: None,
             auth: Auth::default(),
         }
@@ -95,28 +110,36 @@ impl Server {
             .map(|ca| ClientTls::load(Some(ca), None))
             .transpose()
             .map_err(anyhow::Error::msg)?;
-        let url = url(server);
+        let urls = urls(server);
         let auth = match token {
             None => Auth(None),
             Some(t) => Auth(Some(format!("Bearer {t}").parse().map_err(|_| {
                 anyhow::anyhow!("the token holds characters a header cannot carry")
             })?)),
         };
-        Ok(Server { url, tls, auth })
+        Ok(Server { urls, tls, auth })
     }
 
-    /// A channel to it, for any of its services.
+    /// A channel to it (the first of its URLs that answers), for any of
+    /// its services.
     pub async fn channel(&self) -> anyhow::Result<Channel> {
-        let endpoint = continuum_proto::tls::endpoint(&self.url, self.tls.as_ref())
-            .map_err(anyhow::Error::msg)?;
-        endpoint.connect().await.map_err(|e| {
-            let cause =
-                std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
-            anyhow::anyhow!(
-                "cannot reach the orchestrator at {}: {cause}\n  is `continuum serve` running there? (set --server or CONTINUUM_SERVER)",
-                self.url
-            )
-        })
+        let mut causes = Vec::new();
+        for url in &self.urls {
+            let endpoint = continuum_proto::tls::endpoint(url, self.tls.as_ref())
+                .map_err(anyhow::Error::msg)?;
+            match endpoint.connect().await {
+                Ok(channel) => return Ok(channel),
+                Err(e) => causes.push(
+                    std::error::Error::source(&e)
+                        .map_or_else(|| e.to_string(), ToString::to_string),
+                ),
+            }
+        }
+        anyhow::bail!(
+            "cannot reach the orchestrator at {}: {}\n  is `continuum serve` running there? (set --server or CONTINUUM_SERVER)",
+            self.urls.join(" or "),
+            causes.join("; ")
+        )
     }
 }
 

@@ -119,6 +119,9 @@ fn the_leader_dies_mid_rollout_and_a_standby_carries_it_through() {
         took_over < continuum_bus::testing::within(Duration::from_secs(15)),
         "{took_over:?}"
     );
+    // From here the CLI is given both addresses, as a user would be: the
+    // one that answers leads.
+    b.addr = both.clone();
 
     // No accepted revision is lost; the rollout goes on; all converge.
     let numbers: Vec<u64> = json(&b, &["history"])["revisions"]
