@@ -310,8 +310,14 @@ mod tests {
     }
 
     #[test]
-    fn server_addresses_get_a_scheme() {
-        assert_eq!(url("127.0.0.1:7070"), "http://127.0.0.1:7070");
-        assert_eq!(url("https://o.example:443"), "https://o.example:443");
+    fn server_addresses_get_a_scheme_and_several_are_tried_in_turn() {
+        assert_eq!(urls("127.0.0.1:7070"), ["http://127.0.0.1:7070"]);
+        assert_eq!(urls("https://o.example:443"), ["https://o.example:443"]);
+        assert_eq!(
+            urls("a:1, b:2,"),
+            ["http://a:1", "http://b:2"],
+            "orchestrators sharing a store"
+        );
+        assert_eq!(urls(" "), [DEFAULT_SERVER]);
     }
 }
