@@ -39,7 +39,7 @@ async fn all_converged(client: &ModelServiceClient<tonic::transport::Channel>, g
         || {
             let mut c = client.clone();
             async move {
-                let s = c.status(StatusRequest {}).await.ok()?.into_inner();
+                let s = c.status(StatusRequest::default()).await.ok()?.into_inner();
                 (s.subsystems.len() == GATEWAYS
                     && s.subsystems
                         .iter()
@@ -143,7 +143,11 @@ async fn a_simulated_fleet_converges_through_slow_and_failing_steps() {
     sim.first_revision(&mut client).await;
 
     // What the gateways registered with reached the orchestrator.
-    let s = client.status(StatusRequest {}).await.unwrap().into_inner();
+    let s = client
+        .status(StatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     for sub in &s.subsystems {
         let g = sub.gateway.as_ref().expect("registered");
         assert!(g.connected, "{} is connected", g.id);

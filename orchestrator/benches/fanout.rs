@@ -209,7 +209,11 @@ async fn fan_out_orchestrator(gateways: usize, rounds: usize, fsync: bool) -> Fi
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let s = client.status(StatusRequest {}).await.unwrap().into_inner();
+            let s = client
+                .status(StatusRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
             if s.subsystems
                 .iter()
                 .all(|s| s.converged && s.target_generation == generation)

@@ -252,7 +252,10 @@ impl ModelService for Orchestrator {
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         self.reader(&request, "status")?;
-        Ok(Response::new(self.read(|core, _| Ok(core.status())).await?))
+        let brief = request.get_ref().brief;
+        Ok(Response::new(
+            self.read(move |core, _| Ok(core.status_of(brief))).await?,
+        ))
     }
 
     async fn forget_gateway(

@@ -8,7 +8,7 @@ use continuum_proto::v1::{
     StatusResponse, SubsystemDiff, SubsystemStatus, View,
 };
 
-use continuum_proto::v1::SubsystemPhase;
+use continuum_proto::v1::{ComponentState, SubsystemPhase};
 
 use crate::core::{counts, is_zero, to_json as json, Core, Revisions, Subsystem};
 use crate::error::Error;
@@ -201,6 +201,11 @@ impl Core {
 
     /// Every subsystem with its gateway, generations, phase, live diff and statuses.
     pub fn status(&self) -> StatusResponse {
+        self.status_of(false)
+    }
+
+    /// [`Core::status`]; `brief`: of the components, only the failing ones.
+    pub fn status_of(&self, brief: bool) -> StatusResponse {
         let mut assigned = std::collections::HashSet::new();
         let rollout = self.active_rollout();
         let waves = rollout.map(|r| r.waves()).unwrap_or_default();
@@ -230,7 +235,12 @@ impl Core {
                     phase: phase as i32,
                     converged: s.converged(),
                     live: Some(s.live),
-                    components: s.statuses.values().cloned().collect(),
+                    components: s
+                        .statuses
+                        .values()
+                        .filter(|c| !brief || c.state == ComponentState::Failed as i32)
+                        .cloned()
+                        .collect(),
                     gateway,
                 }
             })

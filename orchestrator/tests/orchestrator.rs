@@ -170,7 +170,11 @@ async fn reports_change_the_current_model_and_the_live_diff() {
     let m: DeploymentModel = serde_json::from_slice(&current.model.unwrap().json).unwrap();
     assert_eq!(ids(&m), ["arduino-flow", "sensor-gw", "uno"]);
     assert_eq!(current.generation, 1);
-    let status = client.status(StatusRequest {}).await.unwrap().into_inner();
+    let status = client
+        .status(StatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     let s = status
         .subsystems
         .iter()
@@ -190,7 +194,11 @@ async fn reports_change_the_current_model_and_the_live_diff() {
     eventually("convergence", WITHIN, || {
         let mut c = client.clone();
         async move {
-            let status = c.status(StatusRequest {}).await.unwrap().into_inner();
+            let status = c
+                .status(StatusRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
             status
                 .subsystems
                 .iter()
@@ -395,7 +403,11 @@ async fn a_restart_keeps_revisions_history_and_last_known_state() {
     let events_before = eventually("the current report", WITHIN, || {
         let mut c = client.clone();
         async move {
-            let s = c.status(StatusRequest {}).await.unwrap().into_inner();
+            let s = c
+                .status(StatusRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
             s.subsystems
                 .iter()
                 .find(|s| s.subsystem == "sensors")
@@ -444,7 +456,11 @@ async fn a_restart_keeps_revisions_history_and_last_known_state() {
         .unwrap()
         .into_inner();
     assert_eq!(again.model, target_v1.model);
-    let status = client.status(StatusRequest {}).await.unwrap().into_inner();
+    let status = client
+        .status(StatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(status.head, 2);
     let s = status
         .subsystems
@@ -768,7 +784,11 @@ async fn gateway_link_refuses_bad_messages_and_keeps_going() {
     eventually("convergence", WITHIN, || {
         let mut c = client.clone();
         async move {
-            let s = c.status(StatusRequest {}).await.unwrap().into_inner();
+            let s = c
+                .status(StatusRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
             s.subsystems
                 .iter()
                 .find(|s| s.subsystem == "building-a")
@@ -877,7 +897,11 @@ async fn a_removed_subsystem_gets_an_empty_target() {
     let t = b.target(WITHIN).await.unwrap();
     assert_eq!(t.generation, 2);
     assert!(model_of(&t).components.is_empty());
-    let status = client.status(StatusRequest {}).await.unwrap().into_inner();
+    let status = client
+        .status(StatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(status.subsystems.len(), 1);
 }
 

@@ -19,7 +19,7 @@ fn measured(server: &crate::remote::Server) -> anyhow::Result<Observed> {
     crate::remote::block_on(async {
         let mut client = crate::remote::connect(server).await?;
         let s = client
-            .status(StatusRequest {})
+            .status(StatusRequest::default())
             .await
             .map_err(crate::remote::explain)?
             .into_inner();

@@ -30,7 +30,7 @@ pub fn status(server: &remote::Server, format: Format, style: &Style) -> anyhow:
     remote::block_on(async {
         let mut client = remote::connect(server).await?;
         let s = client
-            .status(StatusRequest {})
+            .status(StatusRequest::default())
             .await
             .map_err(explain)?
             .into_inner();

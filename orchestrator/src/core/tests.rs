@@ -153,6 +153,8 @@ fn reports_move_the_phase_and_failures_are_judged_by_generation() {
     let t = c.report_status("gw", session, failed(1), 3).unwrap();
     run(&mut c, t, &mut log);
     assert_eq!(phase(&c), SubsystemPhase::Failed as i32);
+    // A brief status keeps what fails, and only that.
+    assert_eq!(c.status_of(true).subsystems[0].components.len(), 1);
 
     // A new generation: the old failure is history until the gateway says more.
     let t = c.apply(model("web:2"), 4).unwrap();
@@ -194,6 +196,8 @@ fn reports_move_the_phase_and_failures_are_judged_by_generation() {
     let t = c.report_status("gw", session, running, 7).unwrap();
     run(&mut c, t, &mut log);
     assert_eq!(phase(&c), SubsystemPhase::Converged as i32);
+    assert_eq!(c.status().subsystems[0].components.len(), 1);
+    assert!(c.status_of(true).subsystems[0].components.is_empty());
     // The same status again is no event and no write.
     let mut again = failed(2);
     again.components[0].state = ComponentState::Running as i32;

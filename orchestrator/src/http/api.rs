@@ -76,7 +76,10 @@ fn answer<T: serde::Serialize>(r: Result<tonic::Response<T>, tonic::Status>) -> 
 }
 
 pub(super) async fn status(State(orch): State<Orchestrator>, headers: HeaderMap) -> Response {
-    answer(orch.status(request(&headers, StatusRequest {})).await)
+    answer(
+        orch.status(request(&headers, StatusRequest::default()))
+            .await,
+    )
 }
 
 pub(super) async fn gateways(State(orch): State<Orchestrator>, headers: HeaderMap) -> Response {
