@@ -155,4 +155,33 @@ fn the_leader_dies_mid_rollout_and_a_standby_carries_it_through() {
         .unwrap()
         .len();
     assert_eq!(numbers, 3);
+
+    // The old leader, started again, stands by; the leader stopped (SIGTERM)
+    // gives its lease up, so the standby leads at once, not a TTL later.
+    let mut a = Serve::launch(&dir.path().join("a"), &a_flags);
+    let said = a.line_with("standing by");
+    assert!(said.contains(&b_addr), "{said}");
+    let stopped = Instant::now();
+    let status = b.terminate();
+    assert!(
+        status.success(),
+        "a leader stops cleanly on SIGTERM: {status}"
+    );
+    a.wait_listening(Duration::from_secs(30))
+        .unwrap_or_else(|(code, said)| panic!("the standby exited with {code}:\n{said}"));
+    let handed_over = stopped.elapsed();
+    eprintln!("a stopped leader handed over in {handed_over:?}");
+    a.addr = both;
+    assert_eq!(
+        json(&a, &["history"])["revisions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    continuum_bus::testing::wait_for(
+        "the fleet to be back with the new leader",
+        Duration::from_secs(60),
+        || converged(&a, 3).then_some(()),
+    );
 }

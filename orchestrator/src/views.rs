@@ -219,7 +219,11 @@ impl Core {
                     .get(&s.target.gateway_id)
                     .map(|g| self.gateway_view(g));
                 assigned.insert(s.target.gateway_id.clone());
-                let held = rollout.and_then(|r| r.held(id));
+                // Held: changed by the rollout and in no wave yet (`waves`
+                // is looked up, not scanned: thousands of subsystems).
+                let held = rollout
+                    .filter(|_| !waves.contains_key(id.as_str()))
+                    .and_then(|r| r.changes.get(id.as_str()));
                 let mut phase = s.phase(gateway.as_ref().map(|g| (g, g.connected)));
                 if held.is_some()
                     && matches!(phase, SubsystemPhase::Converged | SubsystemPhase::Deploying)
