@@ -84,7 +84,7 @@ pub struct Args {
     #[arg(long, env = "CONTINUUM_POLICY", value_name = "FILE")]
     pub policy: Option<PathBuf>,
     /// Keep the state in etcd instead of the data directory's database:
-    /// `etcd://host:port[,host:port…][/prefix]`. Orchestrators given the same
+    /// `etcd://[user:password@]host:port[,host:port…][/prefix]`. Orchestrators given the same
     /// store elect one leader; the others stand by (not listening) and one
     /// of them takes over when it stops or dies. Uploaded blobs stay in each
     /// one's data directory.

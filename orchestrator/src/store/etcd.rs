@@ -35,7 +35,7 @@ use super::{Backend, Changes, Snapshot, StoreError, FORMAT};
 use crate::records::StoredRevision;
 
 /// Where the store is and how this orchestrator campaigns to lead it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EtcdConfig {
     /// The cluster's client endpoints (`host:port`).
     pub endpoints: Vec<String>,
@@ -46,14 +46,39 @@ pub struct EtcdConfig {
     pub lease_ttl: Duration,
     /// What this orchestrator tells the others about itself (its address).
     pub name: String,
+    /// The etcd user and password, when etcd's authentication is on.
+    pub user: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for EtcdConfig {
+    /// Without the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("name", &self.name)
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .finish()
+    }
 }
 
 impl EtcdConfig {
-    /// Parses `etcd://host:port[,host:port…][/prefix]`.
+    /// Parses `etcd://[user:password@]host:port[,host:port…][/prefix]`.
     pub fn parse(url: &str, name: &str) -> Result<EtcdConfig, String> {
         let rest = url.strip_prefix("etcd://").ok_or_else(|| {
-            format!("`{url}`: an etcd store is named etcd://host:port[,host:port…][/prefix]")
+            format!("`{url}`: an etcd store is named etcd://[user:password@]host:port[,host:port…][/prefix]")
         })?;
+        let (user, rest) = match rest.split_once('@') {
+            Some((credentials, rest)) => {
+                let (u, p) = credentials
+                    .split_once(':')
+                    .filter(|(u, _)| !u.is_empty())
+                    .ok_or_else(|| format!("`{url}`: credentials are user:password"))?;
+                (Some((u.to_owned(), p.to_owned())), rest)
+            }
+            None => (None, rest),
+        };
         let (hosts, prefix) = match rest.split_once('/') {
             Some((h, p)) => (h, format!("/{}", p.trim_matches('/'))),
             None => (rest, "/continuum".to_owned()),
@@ -80,6 +105,7 @@ impl EtcdConfig {
             prefix,
             lease_ttl: Duration::from_secs(5),
             name: name.to_owned(),
+            user,
         })
     }
 
@@ -163,13 +189,26 @@ fn etcd_error(at: &str, e: impl std::fmt::Display) -> StoreError {
 fn transient(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-        etcd_client::Error::GRpcStatus(s) => matches!(
-            s.code(),
-            tonic::Code::Unavailable
-                | tonic::Code::DeadlineExceeded
-                | tonic::Code::Unknown
-                | tonic::Code::Aborted
-        ),
+        etcd_client::Error::GRpcStatus(s) => {
+            // The election service answers every error as UNKNOWN, refusals
+            // of who we are among them: those will not pass.
+            let refused = [
+                "user name",
+                "permission denied",
+                "authentication",
+                "auth token",
+            ]
+            .iter()
+            .any(|m| s.message().contains(m));
+            !refused
+                && matches!(
+                    s.code(),
+                    tonic::Code::Unavailable
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Unknown
+                        | tonic::Code::Aborted
+                )
+        }
         _ => false,
     }
 }
@@ -722,10 +761,13 @@ async fn campaign(
     standing_by: impl Fn(&str),
 ) -> Result<(Client, Fence), StoreError> {
     let at = config.at();
-    let options = ConnectOptions::new()
+    let mut options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
         .with_keep_alive_while_idle(true);
+    if let Some((user, password)) = &config.user {
+        options = options.with_user(user.clone(), password.clone());
+    }
     let client = Client::connect(&config.endpoints, Some(options))
         .await
         .map_err(|e| etcd_error(&at, e))?;

@@ -26,9 +26,19 @@ fn urls_name_endpoints_and_a_prefix() {
     let c = EtcdConfig::parse("etcd://a:1,b:2/sys/one/", "me").unwrap();
     assert_eq!(c.endpoints, ["a:1", "b:2"]);
     assert_eq!(c.prefix, "/sys/one");
+    assert!(c.user.is_none());
     let c = EtcdConfig::parse("etcd://a:1", "me").unwrap();
     assert_eq!(c.prefix, "/continuum");
-    for bad in ["http://a:1", "etcd://", "etcd://a", "etcd://a:x"] {
+    let c = EtcdConfig::parse("etcd://root:s3cret@a:1,b:2", "me").unwrap();
+    assert_eq!(c.user, Some(("root".into(), "s3cret".into())));
+    assert_eq!(c.endpoints, ["a:1", "b:2"]);
+    for bad in [
+        "http://a:1",
+        "etcd://",
+        "etcd://a",
+        "etcd://a:x",
+        "etcd://nopass@a:1",
+    ] {
         assert!(EtcdConfig::parse(bad, "me").is_err(), "{bad}");
     }
 }
@@ -204,4 +214,37 @@ fn a_blob_uploaded_to_one_leader_is_served_by_the_next() {
         .unwrap()
         .shared_through(b);
     assert!(!blobs_c.has(&digest));
+}
+
+#[test]
+fn a_store_behind_etcd_authentication_needs_its_user() {
+    if !etcd_available() {
+        return;
+    }
+    let cluster = EtcdCluster::start(3);
+    let rt = runtime();
+    rt.block_on(async {
+        let mut c = Client::connect(cluster.endpoints(), None).await.unwrap();
+        c.user_add("root", "s3cret", None).await.unwrap();
+        c.user_grant_role("root", "root").await.unwrap();
+        c.auth_enable().await.unwrap();
+    });
+    let mut anonymous = config(&cluster, "auth", "a");
+    anonymous.user = None;
+    let e = rt
+        .block_on(EtcdStore::lead(anonymous, |_| {}))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("user name is empty"), "{e}");
+    let mut root = config(&cluster, "auth", "a");
+    root.user = Some(("root".into(), "s3cret".into()));
+    assert!(!format!("{root:?}").contains("s3cret"), "{root:?}");
+    let store = lead(&rt, root);
+    store
+        .commit(&Changes {
+            revisions: vec![contract::revision(1, 10)],
+            ..Changes::default()
+        })
+        .unwrap();
+    assert_eq!(store.history(0).unwrap().len(), 1);
 }
