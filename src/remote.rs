@@ -56,18 +56,7 @@ impl std::fmt::Display for Server {
 /// `http://` URLs from what the user typed (`host:port` is accepted;
 /// several are separated by commas).
 pub fn urls(server: &str) -> Vec<String> {
-    let urls: Vec<String> = server
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            if s.contains("://") {
-                s.to_owned()
-            } else {
-                format!("http://{s}")
-            }
-        })
-        .collect();
+    let urls = continuum_gateway::orchestrators::endpoints(server);
     if urls.is_empty() {
         vec![DEFAULT_SERVER.to_owned()]
     } else {

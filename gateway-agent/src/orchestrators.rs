@@ -6,6 +6,22 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+/// URLs from a list of `host:port` or URLs separated by commas (`http://`
+/// assumed without a scheme); empty entries are skipped.
+pub fn endpoints(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            if s.contains("://") {
+                s.to_owned()
+            } else {
+                format!("http://{s}")
+            }
+        })
+        .collect()
+}
+
 /// The endpoints (URLs), and the one dialled last.
 #[derive(Debug, Clone)]
 pub struct Orchestrators {
@@ -17,18 +33,7 @@ impl Orchestrators {
     /// `host:port` or URLs, separated by commas; `http://` is assumed
     /// without a scheme.
     pub fn parse(list: &str) -> Result<Orchestrators, String> {
-        let endpoints: Vec<String> = list
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                if s.contains("://") {
-                    s.to_owned()
-                } else {
-                    format!("http://{s}")
-                }
-            })
-            .collect();
+        let endpoints = endpoints(list);
         if endpoints.is_empty() {
             return Err(format!("`{list}` names no orchestrator"));
         }

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use continuum_proto::v1::{AgentOffer, Diverged, Event, Gateway, Revision, Rollout};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, SortOrder,
-    SortTarget, Txn, TxnOp,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, GetResponse, KeyValue,
+    SortOrder, SortTarget, Txn, TxnOp,
 };
 use prost::Message;
 use tokio_util::sync::CancellationToken;
@@ -248,8 +248,8 @@ impl EtcdStore {
             .enable_all()
             .build()
             .map_err(|e| etcd_error(&at, format!("cannot start its runtime: {e}")))?;
+        let handle = rt.handle().clone();
         let rt = OwnRuntime(Some(rt));
-        let handle = rt.0.as_ref().expect("just built").handle().clone();
         let layout = Layout::new(&config.prefix);
         let lost = CancellationToken::new();
         let (client, fence) = handle
@@ -303,17 +303,18 @@ impl EtcdStore {
     }
 
     /// Waits here for `f`, run on the store's runtime.
-    fn run<T, F>(&self, f: F) -> T
+    fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
-        F: Future<Output = T> + Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
         T: Send + 'static,
     {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.handle.spawn(async move {
             let _ = tx.send(f.await);
         });
+        // Nothing sent: the call panicked, or the runtime is shutting down.
         rx.recv()
-            .expect("the store's runtime runs while the store exists")
+            .unwrap_or_else(|_| Err(etcd_error(&self.inner.at, "the etcd client's call failed")))
     }
 }
 
@@ -541,15 +542,27 @@ impl Inner {
         Ok(())
     }
 
-    async fn get_raw(&self, key: String) -> Result<Option<Vec<u8>>, StoreError> {
-        let kv = self.client.kv_client();
-        let r = retry(|| {
+    /// One read, retried while etcd is briefly unavailable.
+    async fn get(
+        &self,
+        key: String,
+        options: Option<GetOptions>,
+    ) -> Result<GetResponse, StoreError> {
+        let kv = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_ANSWER);
+        retry(|| {
             let mut kv = kv.clone();
-            let key = key.clone();
-            async move { kv.get(key, None).await }
+            let (key, options) = (key.clone(), options.clone());
+            async move { kv.get(key, options).await }
         })
         .await
-        .map_err(|e| etcd_error(&self.at, e))?;
+        .map_err(|e| etcd_error(&self.at, e))
+    }
+
+    async fn get_raw(&self, key: String) -> Result<Option<Vec<u8>>, StoreError> {
+        let r = self.get(key, None).await?;
         Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
@@ -599,10 +612,6 @@ impl Inner {
         limit: Option<usize>,
         keys_only: bool,
     ) -> Result<Vec<KeyValue>, StoreError> {
-        let kv = self
-            .client
-            .kv_client()
-            .max_decoding_message_size(MAX_ANSWER);
         let mut out = Vec::new();
         loop {
             let want = limit.map_or(PAGE, |l| {
@@ -612,13 +621,7 @@ impl Inner {
             if keys_only {
                 options = options.with_keys_only();
             }
-            let mut r = retry(|| {
-                let mut kv = kv.clone();
-                let (from, options) = (from.clone(), options.clone());
-                async move { kv.get(from, Some(options)).await }
-            })
-            .await
-            .map_err(|e| etcd_error(&self.at, e))?;
+            let mut r = self.get(from.clone(), Some(options)).await?;
             let more = r.more();
             let page = r.take_kvs();
             let Some(last) = page.last() else { break };
@@ -635,22 +638,11 @@ impl Inner {
 
     /// The newest entry of `table`, if any.
     async fn last(&self, table: &str) -> Result<Option<KeyValue>, StoreError> {
-        let kv = self
-            .client
-            .kv_client()
-            .max_decoding_message_size(MAX_ANSWER);
-        let (from, to) = (self.layout.key(table, ""), self.layout.table_end(table));
-        let mut r = retry(|| {
-            let mut kv = kv.clone();
-            let options = GetOptions::new()
-                .with_range(to.clone())
-                .with_sort(SortTarget::Key, SortOrder::Descend)
-                .with_limit(1);
-            let from = from.clone();
-            async move { kv.get(from, Some(options)).await }
-        })
-        .await
-        .map_err(|e| etcd_error(&self.at, e))?;
+        let options = GetOptions::new()
+            .with_range(self.layout.table_end(table))
+            .with_sort(SortTarget::Key, SortOrder::Descend)
+            .with_limit(1);
+        let mut r = self.get(self.layout.key(table, ""), Some(options)).await?;
         Ok(r.take_kvs().into_iter().next())
     }
 
@@ -735,17 +727,7 @@ impl Inner {
 
     async fn revision_async(&self, n: u64) -> Result<Option<StoredRevision>, StoreError> {
         let key = self.layout.seq_key("rev/", n);
-        let kv = self
-            .client
-            .kv_client()
-            .max_decoding_message_size(MAX_ANSWER);
-        let mut r = retry(|| {
-            let mut kv = kv.clone();
-            let key = key.clone();
-            async move { kv.get(key, None).await }
-        })
-        .await
-        .map_err(|e| etcd_error(&self.at, e))?;
+        let mut r = self.get(key, None).await?;
         match r.take_kvs().into_iter().next() {
             None => Ok(None),
             Some(kv) => Ok(Some(self.decode(&kv, &format!("revision {n}")).await?)),
@@ -922,7 +904,6 @@ impl Backend for EtcdStore {
     fn history(&self, limit: usize) -> Result<Vec<Revision>, StoreError> {
         let me = self.shared();
         self.run(async move {
-            let kv = me.client.kv_client().max_decoding_message_size(MAX_ANSWER);
             let (from, to) = (me.layout.key("rev/", ""), me.layout.table_end("rev/"));
             let mut options = GetOptions::new()
                 .with_range(to)
@@ -930,13 +911,7 @@ impl Backend for EtcdStore {
             if limit > 0 {
                 options = options.with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
             }
-            let mut r = retry(|| {
-                let mut kv = kv.clone();
-                let (from, options) = (from.clone(), options.clone());
-                async move { kv.get(from, Some(options)).await }
-            })
-            .await
-            .map_err(|e| etcd_error(&me.at, e))?;
+            let mut r = me.get(from.clone(), Some(options)).await?;
             let mut out = Vec::new();
             for kv in r.take_kvs() {
                 let r: StoredRevision = me.decode(&kv, "revision").await?;
@@ -1005,16 +980,10 @@ impl Backend for EtcdStore {
     fn event_count(&self) -> Result<u64, StoreError> {
         let me = self.shared();
         self.run(async move {
-            let kv = me.client.kv_client();
-            let (from, to) = (me.layout.key("event/", ""), me.layout.table_end("event/"));
-            let r = retry(|| {
-                let mut kv = kv.clone();
-                let options = GetOptions::new().with_range(to.clone()).with_count_only();
-                let from = from.clone();
-                async move { kv.get(from, Some(options)).await }
-            })
-            .await
-            .map_err(|e| etcd_error(&me.at, e))?;
+            let options = GetOptions::new()
+                .with_range(me.layout.table_end("event/"))
+                .with_count_only();
+            let r = me.get(me.layout.key("event/", ""), Some(options)).await?;
             Ok(u64::try_from(r.count()).unwrap_or(0))
         })
     }
