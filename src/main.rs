@@ -23,6 +23,7 @@ mod commands;
 mod load;
 mod remote;
 mod style;
+mod tier;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -23,7 +23,7 @@ pub mod function_image;
 mod function_stats;
 mod host_load;
 mod lifecycle;
-mod link;
+pub mod link;
 mod local;
 pub mod metrics;
 mod observe;

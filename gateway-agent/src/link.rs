@@ -22,15 +22,20 @@ use crate::agent::{Offer, Snapshot};
 use crate::engine::{State, Status};
 use crate::exec::{self, Progress};
 
+/// How the link dials, and who the gateway says it is.
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
     /// The orchestrators to dial, in turn until one answers.
     pub orchestrators: crate::orchestrators::Orchestrators,
     /// Whom the orchestrator must be, and who this gateway is (`https://`).
     pub tls: Option<continuum_proto::tls::ClientTls>,
+    /// The id it registers under.
     pub gateway_id: String,
+    /// Its agent's version.
     pub version: String,
+    /// Where it is, for people.
     pub location: String,
+    /// What it offers (labels pick rollout canaries).
     pub capabilities: Capabilities,
     /// The longest wait between two dials.
     pub max_backoff: Duration,
@@ -52,9 +57,13 @@ pub struct LinkConfig {
 /// embedded bus (with TLS or not) on the orchestrator dialled.
 #[derive(Debug, Clone)]
 pub struct NamedBus {
+    /// The bus's URL (empty: the embedded bus at `port`).
     pub url: String,
+    /// The embedded bus's port on the orchestrator dialled.
     pub port: u32,
+    /// Whether that port speaks TLS.
     pub tls: bool,
+    /// The orchestrator dialled.
     pub dialled: String,
 }
 

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use continuum_proto::tls::GATEWAY_URI_PREFIX;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
@@ -30,6 +30,36 @@ pub struct GatewayAdmission {
 pub(crate) struct Gatekeeper {
     pub rules: GatewayAdmission,
     waiting: Arc<Semaphore>,
+    /// The ids whose links wait now, with how many links each (a tier
+    /// above is asked for them).
+    waiting_ids: Arc<watch::Sender<Waiting>>,
+}
+
+/// A link's place among those that wait to be named; given back on drop.
+#[derive(Debug)]
+pub(crate) struct WaitSlot {
+    _permit: OwnedSemaphorePermit,
+    gateway: String,
+    ids: Arc<watch::Sender<Waiting>>,
+}
+
+/// The ids of the links waiting to be named, with how many links each.
+pub type Waiting = std::collections::BTreeMap<String, usize>;
+
+impl Drop for WaitSlot {
+    fn drop(&mut self) {
+        self.ids.send_if_modified(|ids| {
+            let Some(n) = ids.get_mut(&self.gateway) else {
+                return false;
+            };
+            *n -= 1;
+            if *n == 0 {
+                ids.remove(&self.gateway);
+                return true;
+            }
+            false
+        });
+    }
 }
 
 impl Gatekeeper {
@@ -37,7 +67,13 @@ impl Gatekeeper {
         Gatekeeper {
             rules,
             waiting: Arc::new(Semaphore::new(MAX_WAITING)),
+            waiting_ids: Arc::new(watch::channel(Waiting::new()).0),
         }
+    }
+
+    /// The ids of the links waiting to be named, as they change.
+    pub fn waiting(&self) -> watch::Receiver<Waiting> {
+        self.waiting_ids.subscribe()
     }
 
     /// Checks that a link's certificate (the first of `certs`, as the
@@ -72,11 +108,21 @@ impl Gatekeeper {
     }
 
     /// A place among the links that wait to be named.
-    pub fn wait_slot(&self, gateway: &str) -> Result<OwnedSemaphorePermit, Status> {
-        Arc::clone(&self.waiting).try_acquire_owned().map_err(|_| {
+    pub fn wait_slot(&self, gateway: &str) -> Result<WaitSlot, Status> {
+        let permit = Arc::clone(&self.waiting).try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
                 "no model names gateway `{gateway}`, and {MAX_WAITING} links of unnamed gateways wait already; try again later"
             ))
+        })?;
+        self.waiting_ids.send_if_modified(|ids| {
+            let n = ids.entry(gateway.to_owned()).or_default();
+            *n += 1;
+            *n == 1
+        });
+        Ok(WaitSlot {
+            _permit: permit,
+            gateway: gateway.to_owned(),
+            ids: Arc::clone(&self.waiting_ids),
         })
     }
 }

@@ -37,6 +37,9 @@ pub enum Error {
     /// A workload needs what the workload policy does not allow.
     #[error("refused by the workload policy: {0}")]
     Policy(String),
+    /// The model changes subsystems a tier above runs through a live link.
+    #[error("the tier above runs {0} and is linked now: apply there (this orchestrator takes local changes to them only while cut off from it)")]
+    HeldAbove(String),
     /// No staged rollout to show or control (the message says why).
     #[error("{0}")]
     NoRollout(String),
@@ -82,6 +85,7 @@ impl Error {
             Error::NoRollout(_) => Status::not_found(self.to_string()),
             Error::RolloutState(_) => Status::failed_precondition(self.to_string()),
             Error::Policy(_) => Status::permission_denied(self.to_string()),
+            Error::HeldAbove(_) => Status::failed_precondition(self.to_string()),
             Error::BadRequest(_) => Status::invalid_argument(self.to_string()),
             Error::Store(e) => store_failed(e),
             Error::Committing(e) => store_failed(e),

@@ -155,6 +155,7 @@ impl Shared {
     }
 }
 
+/// A serving orchestrator's state and services; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Orchestrator {
     shared: Arc<Mutex<Shared>>,
@@ -187,6 +188,9 @@ pub struct Orchestrator {
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// Transitions waiting for the next commit.
     queue: Arc<Queue>,
+    /// The subsystems a tier above runs through a live link: local applies
+    /// may not change them.
+    pub(crate) held_above: Arc<Mutex<std::collections::BTreeSet<String>>>,
 }
 
 /// Applies prepared at once (see `Orchestrator::preparing`).
@@ -201,6 +205,7 @@ pub struct Session {
 }
 
 impl Orchestrator {
+    /// An orchestrator over `core`, committing to `store`.
     pub fn new(
         core: Core,
         store: Arc<Store>,
@@ -233,6 +238,7 @@ impl Orchestrator {
             preparing: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_PREPARES)),
             metrics: Arc::default(),
             queue: Arc::default(),
+            held_above: Arc::default(),
         }
     }
 

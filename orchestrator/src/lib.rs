@@ -9,6 +9,7 @@ pub mod access;
 pub mod admission;
 pub mod blobs;
 pub mod core;
+pub mod embed;
 pub mod error;
 #[cfg(any(test, feature = "testing"))]
 pub mod etcd_cluster;
@@ -24,4 +25,5 @@ pub mod sim;
 pub mod store;
 pub mod views;
 
+pub use handle::Orchestrator;
 pub use server::{start, Config, Running, ServeError, StartError};

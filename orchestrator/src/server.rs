@@ -126,6 +126,8 @@ pub struct Running {
     /// Cancelled when it may no longer lead (etcd only).
     deposed: Option<CancellationToken>,
     access: crate::access::SharedAccess,
+    /// The handle the process may use in-process (see [`crate::embed`]).
+    orchestrator: Orchestrator,
     stop: CancellationToken,
     tasks: TaskTracker,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -295,7 +297,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     let http = crate::http::router(orch.clone());
-    let link = GatewayLinkServer::new(orch)
+    let link = GatewayLinkServer::new(orch.clone())
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     let until = stop.clone();
@@ -337,6 +339,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     tracing::info!(%local_addr, data_dir = %config.data_dir.display(), "orchestrator serving");
     Ok(Running {
         local_addr,
+        orchestrator: orch,
         deposed,
         access,
         stop,
@@ -355,6 +358,11 @@ impl Running {
     /// The client API's access, to replace while serving (new tokens).
     pub fn access(&self) -> crate::access::SharedAccess {
         self.access.clone()
+    }
+
+    /// The orchestrator, to ask in-process (see [`crate::embed`]).
+    pub fn orchestrator(&self) -> &Orchestrator {
+        &self.orchestrator
     }
 
     /// Ends every stream, stops serving, and returns once the store is closed.

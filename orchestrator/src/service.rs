@@ -70,17 +70,16 @@ impl Orchestrator {
     }
 }
 
-#[tonic::async_trait]
-impl ModelService for Orchestrator {
-    async fn apply(
+impl Orchestrator {
+    /// Applies a megamodel for an author already checked (the API's caller,
+    /// or a tier above this orchestrator).
+    /// `from_above`: the tier above sends it, so the subsystems it holds may change.
+    pub(crate) async fn apply_request(
         &self,
-        request: Request<ApplyRequest>,
-    ) -> Result<Response<ApplyResponse>, Status> {
+        req: ApplyRequest,
+        from_above: bool,
+    ) -> Result<ApplyResponse, Status> {
         let started = std::time::Instant::now();
-        let claimed = request.get_ref().author.clone();
-        let author = self.author(&request, "apply", claimed)?;
-        let mut req = request.into_inner();
-        req.author = author;
         let span = tracing::info_span!(
             "apply",
             file = %req.megamodel.as_ref().map_or("", |d| d.name.as_str())
@@ -106,6 +105,17 @@ impl ModelService for Orchestrator {
             .await
             .map_err(|e| Status::internal(format!("apply task failed: {e}")))??;
             prepared.check_policy(&self.policy)?;
+            let held = self
+                .held_above
+                .lock()
+                .map(|h| h.clone())
+                .unwrap_or_default();
+            if !from_above && !held.is_empty() {
+                let head = self
+                    .read(|core, _| Ok(core.head.as_ref().map(|h| h.megamodel.clone())))
+                    .await?;
+                prepared.check_held(&held, head.as_ref())?;
+            }
             Ok::<_, Status>(
                 self.transact(move |core, _, now| core.apply(prepared, now))
                     .await?,
@@ -114,7 +124,21 @@ impl ModelService for Orchestrator {
         .instrument(span)
         .await;
         self.metrics.applied(outcome(&response), started.elapsed());
-        Ok(Response::new(response?))
+        response
+    }
+}
+
+#[tonic::async_trait]
+impl ModelService for Orchestrator {
+    async fn apply(
+        &self,
+        request: Request<ApplyRequest>,
+    ) -> Result<Response<ApplyResponse>, Status> {
+        let claimed = request.get_ref().author.clone();
+        let author = self.author(&request, "apply", claimed)?;
+        let mut req = request.into_inner();
+        req.author = author;
+        Ok(Response::new(self.apply_request(req, false).await?))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {

@@ -94,6 +94,23 @@ pub struct Args {
     /// lease (it died, or lost etcd) keeps the lead before a standby takes over.
     #[arg(long, default_value = "5s", value_parser = continuum_bus::args::duration, value_name = "DURATION")]
     pub lease_ttl: Duration,
+    /// Serve as the gateways of a higher orchestrator (a tier above; `host:port`
+    /// or a URL, several separated by commas): every gateway that dials
+    /// this one unnamed is registered above under its id, the targets above
+    /// sends for it are applied here, and how it runs is reported up.
+    #[arg(
+        long,
+        env = "CONTINUUM_UPSTREAM",
+        value_name = "URL",
+        requires = "region"
+    )]
+    pub upstream: Option<String>,
+    /// This orchestrator's name, shown by the tier above as where its gateways are.
+    #[arg(long, env = "CONTINUUM_REGION", value_name = "NAME")]
+    pub region: Option<String>,
+    /// The CA (PEM) the tier above's certificate is checked against.
+    #[arg(long, value_name = "FILE", requires = "upstream")]
+    pub upstream_ca: Option<PathBuf>,
 }
 
 /// What of the gRPC port is left open to whoever reaches it.
@@ -249,9 +266,32 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         u.credentials = None;
         u.to_string()
     });
+    let tier = match &args.upstream {
+        None => None,
+        Some(list) => Some(crate::tier::TierConfig {
+            above: continuum_gateway::orchestrators::Orchestrators::parse(list)
+                .map_err(|e| anyhow::anyhow!("--upstream: {e}"))?,
+            tls: args
+                .upstream_ca
+                .as_deref()
+                .map(|ca| continuum_proto::tls::ClientTls::load(Some(ca), None))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--upstream-ca: {e}"))?,
+            region: args.region.clone().unwrap_or_default(),
+            data_dir: config.data_dir.join("tier"),
+            max_backoff: Duration::from_secs(10),
+        }),
+    };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let running = continuum_orchestrator::start(config.clone()).await?;
+        if let Some(tier) = tier {
+            eprintln!(
+                "serving as the gateways of {} (region {})",
+                tier.above, tier.region
+            );
+            crate::tier::start(running.orchestrator(), tier)?;
+        }
         if let Some(path) = &args.tokens {
             reload_on_hangup(path.clone(), running.access())?;
         }

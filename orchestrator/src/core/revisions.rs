@@ -49,6 +49,24 @@ impl Prepared {
 }
 
 impl Prepared {
+    /// Refuses the model if it changes a subsystem of `held` (those a tier
+    /// above runs through a live link) from what `head` holds.
+    pub fn check_held(
+        &self,
+        held: &std::collections::BTreeSet<String>,
+        head: Option<&Megamodel>,
+    ) -> Result<(), Error> {
+        let changed: Vec<&str> = held
+            .iter()
+            .filter(|s| self.megamodel.subsystem(s) != head.and_then(|h| h.subsystem(s)))
+            .map(String::as_str)
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        Err(Error::HeldAbove(changed.join(", ")))
+    }
+
     /// Refuses the model if a workload needs what `policy` does not allow
     /// its subsystem (templates expanded: a runtime's settings count).
     pub fn check_policy(&self, policy: &continuum_models::policy::Policy) -> Result<(), Error> {
