@@ -174,6 +174,46 @@ fn a_region_runs_its_subtree_for_the_top_and_alone_when_cut_off() {
     wait_converged("the second revision at the top", &top, 0);
     assert_eq!(function_tag(&region, "site-3"), "fleet/count:2");
 
+    // A model pinned to a blob: the CLI uploads it to the top, the region
+    // fetches it from there (its gateways fetch from the region).
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n").unwrap();
+    let mut v3: Value =
+        serde_json::from_str(&continuum_models::generate::fleet_megamodel(GATEWAYS, 2, 2)).unwrap();
+    v3["subsystems"][0]["components"][1]["resources"]["container"] =
+        serde_json::json!({"build": {"context": "ctx"}});
+    let v3 = write("v3.json", v3.to_string());
+    let o = top.cli(&["apply", "-f", &v3, "--wait", "90s"]);
+    assert!(o.status.success(), "{}{}", out(&o), err(&o));
+    let site1: Value =
+        serde_json::from_str(&ok(region.cli(&["get", "--subsystem", "site-1"]))).unwrap();
+    let svc = site1["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "svc-1-0")
+        .unwrap();
+    let pinned = svc["resources"]["container"]["build"]["context"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{svc}"))
+        .to_owned();
+    let digest = pinned
+        .rsplit_once('@')
+        .map(|(_, d)| d.trim_start_matches("sha256:"))
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(digest.len(), 64, "pinned to a blob: {pinned}");
+    assert!(
+        dir.path()
+            .join("region")
+            .join("blobs")
+            .join("sha256")
+            .join(&digest)
+            .is_file(),
+        "the region holds blob {digest}"
+    );
+
     // The region restarts (killed): it stands in for the same gateways from
     // what it recorded, and the top, told what it holds, sends nothing again.
     let revisions = region_history(&region);
