@@ -59,6 +59,32 @@ fn function_tag(serve: &Serve, site: &str) -> String {
         .to_owned()
 }
 
+/// The step events `continuum watch` shows at `serve` (a line each), and
+/// the watcher (killed when dropped).
+fn watch(serve: &Serve) -> (Guard, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_continuum"))
+        .args(["watch", "-o", "json", "--server", &serve.addr])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts continuum watch");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            // Only step progress has a count of steps done.
+            if line.contains("\"done\"") && tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (Guard(child), rx)
+}
+
 #[test]
 fn a_region_runs_its_subtree_for_the_top_and_alone_when_cut_off() {
     let dir = tempfile::tempdir().unwrap();
@@ -168,11 +194,17 @@ fn a_region_runs_its_subtree_for_the_top_and_alone_when_cut_off() {
     );
     assert!(region_history(&region) > before);
 
-    // And a new apply at the top reaches the leaves.
+    // And a new apply at the top reaches the leaves; the steps they take
+    // are seen at the top.
+    let (_watcher, steps) = watch(&top);
     let o = top.cli(&["apply", "-f", &v2, "--wait", "90s"]);
     assert!(o.status.success(), "{}{}", out(&o), err(&o));
     wait_converged("the second revision at the top", &top, 0);
     assert_eq!(function_tag(&region, "site-3"), "fleet/count:2");
+    let step = steps
+        .recv_timeout(continuum_bus::testing::within(Duration::from_secs(30)))
+        .expect("a step of a leaf is seen at the top");
+    assert!(step.contains("count-"), "a step on the function: {step}");
 
     // A model pinned to a blob: the CLI uploads it to the top, the region
     // fetches it from there (its gateways fetch from the region).

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use continuum_models::{DeploymentModel, Megamodel};
-use continuum_proto::v1::{ApplyRequest, ApplyResponse, ComponentStatus, Gateway, Revision};
+use continuum_proto::v1::{ApplyRequest, ApplyResponse, ComponentStatus, Event, Gateway, Revision};
 use tokio::sync::watch;
 use tonic::Status;
 
@@ -115,6 +115,17 @@ impl Orchestrator {
                 .collect())
         })
         .await
+    }
+
+    /// Up to `max` events after sequence number `after`, oldest first (the
+    /// log keeps the newest ones only: a first event past `after + 1` means
+    /// some were forgotten).
+    pub async fn events_after(&self, after: u64, max: usize) -> Result<Vec<Event>, Error> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || store.events_after(after, max))
+            .await
+            .map_err(|e| Error::Broken(format!("event read failed: {e}")))?
+            .map_err(Error::from)
     }
 
     /// The newest event's sequence number, as it changes (every change of

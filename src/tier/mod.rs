@@ -18,7 +18,7 @@
 mod ledger;
 mod uplink;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,6 +26,7 @@ use std::time::Duration;
 use anyhow::Context;
 use continuum_gateway::orchestrators::Orchestrators;
 use continuum_orchestrator::Orchestrator;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -69,26 +70,32 @@ pub fn start(orch: &Orchestrator, config: TierConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Events read from the log at once.
+const EVENT_BATCH: usize = 1000;
+
 /// Keeps one uplink per gateway: those the tier above sent targets for (from
 /// the ledger), and every gateway that dials here unnamed (the tier above
-/// may name it).
+/// may name it). Reads the event log once for all of them and tells each
+/// what concerns it.
 async fn manage(shared: Arc<uplink::Shared>, known: Vec<String>, stop: CancellationToken) {
     let mut waiting = shared.orch.waiting_gateways();
-    let mut uplinks: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    let mut seq = shared.orch.event_seq();
+    let mut last = *seq.borrow_and_update();
+    let mut uplinks = Uplinks::default();
+    for gateway in &known {
+        let subsystem = shared
+            .ledger
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(gateway)
+            .subsystem;
+        uplinks.gateway_of.insert(subsystem, gateway.clone());
+    }
     let mut want: Vec<String> = known;
     want.extend(waiting.borrow_and_update().keys().cloned());
     loop {
         for gateway in want.drain(..) {
-            if uplinks.contains_key(&gateway) {
-                continue;
-            }
-            tracing::info!(%gateway, "standing in for a gateway above");
-            let span = tracing::info_span!("uplink", %gateway);
-            let task = tokio::spawn(
-                uplink::run(Arc::clone(&shared), gateway.clone(), stop.child_token())
-                    .instrument(span),
-            );
-            uplinks.insert(gateway, task);
+            uplinks.start(&shared, gateway, &stop);
         }
         tokio::select! {
             () = stop.cancelled() => break,
@@ -98,9 +105,113 @@ async fn manage(shared: Arc<uplink::Shared>, known: Vec<String>, stop: Cancellat
                 }
                 want.extend(waiting.borrow_and_update().keys().cloned());
             }
+            changed = seq.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                seq.borrow_and_update();
+                last = uplinks.dispatch(&shared, last).await;
+            }
         }
     }
-    for (_, task) in uplinks {
+    for (_, (_, task)) in uplinks.running {
         let _ = task.await;
+    }
+}
+
+/// The uplinks running, and where to find each.
+#[derive(Default)]
+struct Uplinks {
+    running: BTreeMap<
+        String,
+        (
+            mpsc::UnboundedSender<uplink::Nudge>,
+            tokio::task::JoinHandle<()>,
+        ),
+    >,
+    /// The gateway of each subsystem, as events said.
+    gateway_of: BTreeMap<String, String>,
+}
+
+impl Uplinks {
+    fn start(&mut self, shared: &Arc<uplink::Shared>, gateway: String, stop: &CancellationToken) {
+        if self.running.contains_key(&gateway) {
+            return;
+        }
+        tracing::info!(%gateway, "standing in for a gateway above");
+        let span = tracing::info_span!("uplink", %gateway);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(
+            uplink::run(Arc::clone(shared), gateway.clone(), rx, stop.child_token())
+                .instrument(span),
+        );
+        self.running.insert(gateway, (tx, task));
+    }
+
+    /// Reads the events after `last` and nudges the uplinks they concern;
+    /// returns the last event read.
+    async fn dispatch(&mut self, shared: &uplink::Shared, mut last: u64) -> u64 {
+        use continuum_proto::v1::event::Kind;
+        let mut refresh: BTreeSet<String> = BTreeSet::new();
+        let mut everyone = false;
+        loop {
+            let events = match shared.orch.events_after(last, EVENT_BATCH).await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the event log: reporting everything again");
+                    everyone = true;
+                    break;
+                }
+            };
+            let Some(first) = events.first() else { break };
+            // Some were forgotten (the log keeps the newest): start over.
+            everyone |= first.seq > last + 1;
+            for event in &events {
+                last = event.seq;
+                let Some(kind) = &event.kind else { continue };
+                let gateway = match kind {
+                    Kind::Revision(_) | Kind::Rollout(_) => {
+                        everyone = true;
+                        continue;
+                    }
+                    Kind::TargetSent(t) => self.learn(&t.subsystem, &t.gateway_id),
+                    Kind::Connected(c) => self.learn(&c.subsystem, &c.gateway_id),
+                    Kind::Acknowledged(a) => Some(a.gateway_id.clone()),
+                    Kind::Disconnected(d) => Some(d.gateway_id.clone()),
+                    Kind::Diverged(d) => Some(d.gateway_id.clone()),
+                    Kind::Component(c) => self.gateway_of.get(&c.subsystem).cloned(),
+                    Kind::Current(c) => self.gateway_of.get(&c.subsystem).cloned(),
+                    Kind::Step(s) => {
+                        if let Some((tx, _)) = self
+                            .gateway_of
+                            .get(&s.subsystem)
+                            .and_then(|g| self.running.get(g))
+                        {
+                            let _ = tx.send(uplink::Nudge::Step(s.clone()));
+                        }
+                        continue;
+                    }
+                };
+                refresh.extend(gateway);
+            }
+            if events.len() < EVENT_BATCH {
+                break;
+            }
+        }
+        for (gateway, (tx, _)) in &self.running {
+            if everyone || refresh.contains(gateway) {
+                let _ = tx.send(uplink::Nudge::Refresh);
+            }
+        }
+        last
+    }
+
+    /// Remembers that `gateway` runs `subsystem`; the gateway.
+    fn learn(&mut self, subsystem: &str, gateway: &str) -> Option<String> {
+        if !subsystem.is_empty() {
+            self.gateway_of
+                .insert(subsystem.to_owned(), gateway.to_owned());
+        }
+        Some(gateway.to_owned())
     }
 }

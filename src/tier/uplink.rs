@@ -10,12 +10,15 @@ use std::sync::{Arc, Mutex};
 use continuum_gateway::admission::Refusal;
 use continuum_gateway::agent::{Offer, Snapshot};
 use continuum_gateway::engine::{State, Status};
+use continuum_gateway::exec::{Progress, StepState};
 use continuum_gateway::link::{self, LinkConfig};
 use continuum_gateway::store::LocalNote;
 use continuum_models::{DeploymentModel, Megamodel};
 use continuum_orchestrator::embed::SubsystemView;
 use continuum_orchestrator::Orchestrator;
-use continuum_proto::v1::{ApplyRequest, Capabilities, ComponentState, ComponentStatus, Document};
+use continuum_proto::v1::{
+    ApplyRequest, Capabilities, ComponentState, ComponentStatus, Document, StepProgress,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -53,19 +56,32 @@ struct Identity {
 struct Link {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
-    /// Kept open: the link ends when its progress channel closes.
-    _progress: mpsc::UnboundedSender<continuum_gateway::exec::Progress>,
+    /// Steps to pass on (the link ends when this closes).
+    progress: mpsc::UnboundedSender<Progress>,
+}
+
+/// What the manager tells an uplink as events happen here.
+#[derive(Debug)]
+pub(super) enum Nudge {
+    /// Something about its subsystem changed: report again.
+    Refresh,
+    /// A step its gateway took, to pass on.
+    Step(StepProgress),
 }
 
 /// Attempts at applying one target when local applies keep moving the head.
 const APPLY_ATTEMPTS: usize = 5;
 
 /// Stands in for `gateway` until `stop`.
-pub(super) async fn run(shared: Arc<Shared>, gateway: String, stop: CancellationToken) {
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    gateway: String,
+    mut nudges: mpsc::UnboundedReceiver<Nudge>,
+    stop: CancellationToken,
+) {
     let (snapshot_tx, snapshot) = watch::channel(Snapshot::default());
     let (offers_tx, mut offers) = mpsc::channel::<Offer>(4);
     let (connected_tx, mut connected) = watch::channel(false);
-    let mut events = shared.orch.event_seq();
     let mut identity = refresh(&shared, &gateway, &snapshot_tx).await;
     let start = |identity: &Identity| {
         let (progress_tx, progress_rx) = mpsc::unbounded_channel();
@@ -98,7 +114,7 @@ pub(super) async fn run(shared: Arc<Shared>, gateway: String, stop: Cancellation
         Link {
             stop: link_stop,
             task,
-            _progress: progress_tx,
+            progress: progress_tx,
         }
     };
     let mut link = start(&identity);
@@ -112,9 +128,21 @@ pub(super) async fn run(shared: Arc<Shared>, gateway: String, stop: Cancellation
                 shared.orch.hold_for_above(&subsystem, *connected.borrow());
                 identity = renew(&shared, &gateway, &snapshot_tx, identity, &mut link, &start).await;
             }
-            Ok(()) = events.changed() => {
-                identity = renew(&shared, &gateway, &snapshot_tx, identity, &mut link, &start).await;
-            }
+            nudge = nudges.recv() => match nudge {
+                None => break,
+                Some(Nudge::Refresh) => {
+                    // Nudges that queued meanwhile: one refresh serves them all.
+                    while let Ok(n) = nudges.try_recv() {
+                        if let Nudge::Step(step) = n {
+                            let _ = link.progress.send(progress(step));
+                        }
+                    }
+                    identity = renew(&shared, &gateway, &snapshot_tx, identity, &mut link, &start).await;
+                }
+                Some(Nudge::Step(step)) => {
+                    let _ = link.progress.send(progress(step));
+                }
+            },
             Ok(()) = connected.changed() => {
                 let linked = *connected.borrow_and_update();
                 let entry = shared.entry(&gateway);
@@ -241,6 +269,23 @@ fn translate(
             .map(|(id, s)| (id.clone(), status(entry, s)))
             .collect(),
         local,
+    }
+}
+
+/// A step taken here, as the link passes it on.
+fn progress(step: StepProgress) -> Progress {
+    use continuum_proto::v1::StepState as Wire;
+    let state = match Wire::try_from(step.state).unwrap_or(Wire::Unspecified) {
+        Wire::Failed => StepState::Failed(step.reason),
+        Wire::Succeeded => StepState::Succeeded,
+        Wire::Started | Wire::Unspecified => StepState::Started,
+    };
+    Progress {
+        step: step.step,
+        component: (!step.component.is_empty()).then_some(step.component),
+        state,
+        done: step.done as usize,
+        total: step.total as usize,
     }
 }
 
