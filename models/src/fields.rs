@@ -48,6 +48,13 @@ fn at(path: &mut String, key: &str, f: impl FnOnce(&mut String)) {
     path.truncate(len);
 }
 
+/// A boxed value compares as what it holds.
+impl<T: FieldDiff> FieldDiff for Box<T> {
+    fn field_diff(&self, other: &Self, path: &mut String, out: &mut Vec<FieldChange>) {
+        (**self).field_diff(other, path, out);
+    }
+}
+
 /// Values compared and reported as a whole.
 macro_rules! leaf {
     ($($t:ty),*) => {$(

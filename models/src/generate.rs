@@ -49,11 +49,11 @@ fn container(rng: &mut Rng, id: &str) -> Resources {
     let mut env = BTreeMap::new();
     env.insert("LEVEL".to_owned(), format!("{}", rng.below(4)));
     Resources {
-        container: Some(ContainerSpec {
+        container: Some(Box::new(ContainerSpec {
             image: Some(format!("continuum/{id}:{}", rng.below(3))),
             env,
             ..ContainerSpec::default()
-        }),
+        })),
         ..Resources::default()
     }
 }
@@ -98,13 +98,13 @@ fn new_component(rng: &mut Rng, id: String, kind: Kind) -> Component {
         }),
         Kind::Firmware => ComponentSpec::Firmware(FirmwareSpec {
             resources: Resources {
-                flash: Some(FlashSpec {
+                flash: Some(Box::new(FlashSpec {
                     tool: FlashTool::Stk500v1,
                     artefact: format!("{id}-{}.hex", rng.below(3)),
                     baud: None,
                     verify: true,
                     ..FlashSpec::default()
-                }),
+                })),
                 ..Resources::default()
             },
         }),

@@ -773,13 +773,13 @@ fn map_component(cx: &mut Ctx, c: &Value, e: &Entry, role: Role, path: &JsonPath
             let sketch = str_field(c, "sketch").unwrap_or_default().to_owned();
             cx.warn(path, format!("firmware `{name}`: the sketch `{sketch}` must be compiled to an Intel HEX image; `resources.flash.artefact` names the sketch until then"));
             let mut resources = Resources {
-                flash: Some(FlashSpec {
+                flash: Some(Box::new(FlashSpec {
                     tool: FlashTool::Stk500v1,
                     artefact: sketch,
                     baud: None,
                     verify: true,
                     ..FlashSpec::default()
-                }),
+                })),
                 ..Resources::default()
             };
             if let Some(l) = c.get("libraries").filter(|v| !is_empty_value(v)) {
@@ -794,13 +794,13 @@ fn map_component(cx: &mut Ctx, c: &Value, e: &Entry, role: Role, path: &JsonPath
                 cx.warn(path, format!("ThingML firmware `{name}`: compile `{file}` to an Intel HEX image and point `resources.flash.artefact` at it"));
                 ComponentSpec::Firmware(FirmwareSpec {
                     resources: Resources {
-                        flash: Some(FlashSpec {
+                        flash: Some(Box::new(FlashSpec {
                             tool: FlashTool::Stk500v1,
                             artefact: file,
                             baud: None,
                             verify: true,
                             ..FlashSpec::default()
-                        }),
+                        })),
                         ..Resources::default()
                     },
                 })
@@ -955,7 +955,7 @@ fn internal_resources(cx: &mut Ctx, c: &Value, path: &JsonPath) -> Resources {
                     "Docker container links; use communication links and a Docker network instead",
                 );
             }
-            r.container = Some(spec);
+            r.container = Some(Box::new(spec));
         } else {
             cx.unmapped(&dpath, "docker resource without an image; left out");
         }
@@ -970,7 +970,7 @@ fn internal_resources(cx: &mut Ctx, c: &Value, path: &JsonPath) -> Resources {
             stop: cmd("stopCommand"),
         };
         if commands != Commands::default() {
-            r.commands = Some(commands);
+            r.commands = Some(Box::new(commands));
         }
         drop_credentials(cx, s, &path.key("ssh_resource"));
     }

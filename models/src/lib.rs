@@ -23,6 +23,7 @@ pub mod link;
 pub mod load;
 pub(crate) mod locate;
 pub(crate) mod located;
+pub mod megadiff;
 pub mod model;
 pub mod parse;
 pub mod placement;

@@ -12,13 +12,13 @@ use crate::wire::is_false;
 pub struct Resources {
     /// Run as a container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container: Option<ContainerSpec>,
+    pub container: Option<Box<ContainerSpec>>,
     /// Installed and run by commands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub commands: Option<Commands>,
+    pub commands: Option<Box<Commands>>,
     /// Flashed onto a device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub flash: Option<FlashSpec>,
+    pub flash: Option<Box<FlashSpec>>,
     /// Named configuration documents handed to the component (a Node-RED flow...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config: BTreeMap<String, serde_json::Value>,

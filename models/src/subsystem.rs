@@ -279,6 +279,13 @@ pub fn partition(mm: &Megamodel) -> Result<Megamodel, Vec<Problem>> {
             _ => top_links.push(l.item.clone()),
         }
     }
+    // Grown by pushing, each model holds up to twice its components' room;
+    // an orchestrator keeps thousands of these for as long as they are the
+    // target.
+    for m in &mut models {
+        m.components.shrink_to_fit();
+        m.links.shrink_to_fit();
+    }
     Ok(Megamodel {
         name: mm.name.clone(),
         description: mm.description.clone(),

@@ -6,13 +6,12 @@ use std::collections::{BTreeMap, HashSet};
 
 use continuum_models::{DeploymentModel, Megamodel};
 use continuum_proto::v1::{
-    event, ApplyRequest, ApplyResponse, Revision, RollbackRequest, RolloutPolicy, SubsystemTarget,
+    event, ApplyRequest, ApplyResponse, DiffCounts, Revision, RollbackRequest, RolloutPolicy,
+    SubsystemTarget,
 };
 
 use super::rollout::Ending;
-use super::{
-    counts, gateway_of, to_json, Batch, Core, Head, Revisions, Subsystem, Transition, Update,
-};
+use super::{gateway_of, to_json, Batch, Core, Head, Revisions, Subsystem, Transition, Update};
 use crate::error::Error;
 use crate::records::{StoredRevision, StoredTarget};
 
@@ -302,11 +301,9 @@ impl Core {
             }
         }
         let number = base + 1;
-        let previous = self
-            .head
-            .as_ref()
-            .map(|h| h.megamodel.flatten())
-            .unwrap_or_default();
+        let empty = Megamodel::default();
+        let previous = self.head.as_ref().map_or(&empty, |h| &h.megamodel);
+        let changes = continuum_models::megadiff::megamodel_counts(previous, &megamodel);
         let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
         let mut batch = self.batch(now);
         let meta = Revision {
@@ -318,10 +315,13 @@ impl Core {
             message,
             subsystems: n(megamodel.subsystems.len()),
             components: n(megamodel.all_components().count()),
-            changes: Some(counts(&continuum_models::diff(
-                &previous,
-                &megamodel.flatten(),
-            ))),
+            changes: Some(DiffCounts {
+                added: n(changes.added),
+                removed: n(changes.removed),
+                changed: n(changes.changed),
+                links_added: n(changes.links_added),
+                links_removed: n(changes.links_removed),
+            }),
         };
         batch.changes.revisions.push(StoredRevision {
             meta: Some(meta.clone()),
