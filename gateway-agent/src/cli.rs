@@ -681,6 +681,7 @@ async fn serve<R: ContainerRuntime>(
             labels: config.labels.iter().cloned().collect(),
         },
         max_backoff,
+        relayed: None,
         bus: bridge.as_ref().map(|b| {
             let (tx, mut rx) = mpsc::unbounded_channel::<link::NamedBus>();
             let b = Arc::clone(b);

@@ -179,6 +179,7 @@ pub async fn run_until(args: SimArgs, shutdown: CancellationToken) -> anyhow::Re
             // Simulated gateways share one process: none upgrades itself.
             agent_upgrade: None,
             agent_offers: None,
+            relayed: None,
         };
         members.push(Member {
             snapshot: snapshot.clone(),

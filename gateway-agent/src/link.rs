@@ -11,7 +11,7 @@ use std::time::Duration;
 use continuum_proto::v1::gateway_link_client::GatewayLinkClient;
 use continuum_proto::v1::{
     gateway_message, orchestrator_message, Ack, AgentOffer, BridgeReport, Capabilities,
-    ComponentState, ComponentStatus, CurrentReport, Document, GatewayMessage, Heartbeat,
+    ComponentState, ComponentStatus, CurrentReport, Document, GatewayMessage, Heartbeat, HostLoad,
     LocalDivergence, Register, StatusReport, StepProgress, StepState,
 };
 use tokio::sync::{mpsc, oneshot, watch};
@@ -51,6 +51,22 @@ pub struct LinkConfig {
     pub agent_upgrade: Option<watch::Receiver<String>>,
     /// Told the agent build the orchestrator offers.
     pub agent_offers: Option<watch::Sender<Option<AgentOffer>>>,
+    /// Set when this link stands in for a gateway elsewhere (a tier): the
+    /// load and bridge counters that gateway last reported, sent instead of
+    /// this machine's.
+    pub relayed: Option<Relayed>,
+}
+
+/// The host load and bridge counters of a gateway a tier stands in for.
+#[derive(Clone)]
+pub struct Relayed(
+    pub std::sync::Arc<dyn Fn() -> (Option<HostLoad>, Option<BridgeReport>) + Send + Sync>,
+);
+
+impl std::fmt::Debug for Relayed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Relayed")
+    }
 }
 
 /// The global bus a welcome names: a URL, or the port of the orchestrator's
@@ -306,10 +322,17 @@ async fn session(
                 }
             }
             _ = heartbeat.tick() => {
+                let (load, bridge) = match &config.relayed {
+                    Some(r) => (r.0)(),
+                    None => (
+                        crate::host_load::measure(),
+                        config.bridge.as_ref().map(|b| (b.0)()),
+                    ),
+                };
                 send(gateway_message::Kind::Heartbeat(Heartbeat {
                     unix_ms: now_ms(),
-                    load: crate::host_load::measure(),
-                    bridge: config.bridge.as_ref().map(|b| (b.0)()),
+                    load,
+                    bridge,
                     agent_upgrade: upgrade_note(config),
                 }))
                 .await?;

@@ -88,6 +88,13 @@ impl Orchestrator {
         .await
     }
 
+    /// A gateway's record as held now (`None`: it never registered).
+    pub async fn gateway_record(&self, gateway_id: &str) -> Result<Option<Gateway>, Error> {
+        let id = gateway_id.to_owned();
+        self.read(move |core, _| Ok(core.gateways.get(&id).map(|g| core.gateway_view(g))))
+            .await
+    }
+
     /// Every subsystem whose gateway is `gateway_id`, as held now.
     pub async fn subsystems_of_gateway(
         &self,

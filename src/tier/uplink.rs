@@ -52,6 +52,14 @@ struct Identity {
     capabilities: Capabilities,
 }
 
+/// The gateway's own load and bridge counters, as it last reported them
+/// here (sent above with every heartbeat instead of this machine's).
+#[derive(Debug, Default)]
+struct Reported {
+    load: Option<continuum_proto::v1::HostLoad>,
+    bridge: Option<continuum_proto::v1::BridgeReport>,
+}
+
 /// A running link to the tier above.
 struct Link {
     stop: CancellationToken,
@@ -69,6 +77,9 @@ pub(super) enum Nudge {
     Step(StepProgress),
 }
 
+/// How often the gateway's load and bridge counters are read for the tier above.
+const HEARTBEAT_READ: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Attempts at applying one target when local applies keep moving the head.
 const APPLY_ATTEMPTS: usize = 5;
 
@@ -82,7 +93,17 @@ pub(super) async fn run(
     let (snapshot_tx, snapshot) = watch::channel(Snapshot::default());
     let (offers_tx, mut offers) = mpsc::channel::<Offer>(4);
     let (connected_tx, mut connected) = watch::channel(false);
-    let mut identity = refresh(&shared, &gateway, &snapshot_tx).await;
+    let reported: Arc<Mutex<Reported>> = Arc::default();
+    let mut identity = refresh(&shared, &gateway, &snapshot_tx, &reported).await;
+    let relayed = {
+        let reported = Arc::clone(&reported);
+        link::Relayed(Arc::new(move || {
+            let r = reported
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (r.load, r.bridge)
+        }))
+    };
     let start = |identity: &Identity| {
         let (progress_tx, progress_rx) = mpsc::unbounded_channel();
         let config = LinkConfig {
@@ -98,6 +119,7 @@ pub(super) async fn run(
             bridge: None,
             agent_upgrade: None,
             agent_offers: None,
+            relayed: Some(relayed.clone()),
         };
         let link_stop = stop.child_token();
         let task = tokio::spawn(
@@ -118,15 +140,25 @@ pub(super) async fn run(
         }
     };
     let mut link = start(&identity);
+    // Heartbeats change no state here, so no event says the gateway's load
+    // moved: it is read again as often as it is sent above.
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_READ);
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
+            _ = heartbeat.tick() => {
+                if let Ok(Some(g)) = shared.orch.gateway_record(&gateway).await {
+                    let mut r = reported.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    r.load = g.load;
+                    r.bridge = g.bridge;
+                }
+            }
             Some(offer) = offers.recv() => {
                 let span = tracing::info_span!("target_from_above", subsystem = %offer.subsystem, generation = offer.generation);
                 let subsystem = offer.subsystem.clone();
                 accept(&shared, &gateway, offer).instrument(span).await;
                 shared.orch.hold_for_above(&subsystem, *connected.borrow());
-                identity = renew(&shared, &gateway, &snapshot_tx, identity, &mut link, &start).await;
+                identity = renew(&shared, &gateway, &snapshot_tx, &reported, identity, &mut link, &start).await;
             }
             nudge = nudges.recv() => match nudge {
                 None => break,
@@ -137,7 +169,7 @@ pub(super) async fn run(
                             let _ = link.progress.send(progress(step));
                         }
                     }
-                    identity = renew(&shared, &gateway, &snapshot_tx, identity, &mut link, &start).await;
+                    identity = renew(&shared, &gateway, &snapshot_tx, &reported, identity, &mut link, &start).await;
                 }
                 Some(Nudge::Step(step)) => {
                     let _ = link.progress.send(progress(step));
@@ -167,11 +199,12 @@ async fn renew(
     shared: &Shared,
     gateway: &str,
     snapshot: &watch::Sender<Snapshot>,
+    reported: &Mutex<Reported>,
     identity: Identity,
     link: &mut Link,
     start: &impl Fn(&Identity) -> Link,
 ) -> Identity {
-    let now = refresh(shared, gateway, snapshot).await;
+    let now = refresh(shared, gateway, snapshot, reported).await;
     if now == identity {
         return identity;
     }
@@ -184,7 +217,12 @@ async fn renew(
 
 /// Puts what runs here into the terms of the tier above; returns who the
 /// real gateway said it is.
-async fn refresh(shared: &Shared, gateway: &str, snapshot: &watch::Sender<Snapshot>) -> Identity {
+async fn refresh(
+    shared: &Shared,
+    gateway: &str,
+    snapshot: &watch::Sender<Snapshot>,
+    reported: &Mutex<Reported>,
+) -> Identity {
     let entry = shared.entry(gateway);
     let views = match shared.orch.subsystems_of_gateway(gateway).await {
         Ok(v) => v,
@@ -197,6 +235,13 @@ async fn refresh(shared: &Shared, gateway: &str, snapshot: &watch::Sender<Snapsh
         .iter()
         .find(|(name, _)| *name == entry.subsystem)
         .or(views.first());
+    if let Some(g) = view.and_then(|(_, v)| v.gateway.as_ref()) {
+        let mut r = reported
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        r.load = g.load;
+        r.bridge = g.bridge;
+    }
     let identity = view
         .and_then(|(_, v)| v.gateway.as_ref())
         .map(|g| Identity {
