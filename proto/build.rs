@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        .codec_path("crate::codec::SmallCodec")
         .type_attribute(".continuum.v1", "#[derive(serde::Serialize)]")
         .type_attribute(".continuum.v1", "#[serde(rename_all = \"snake_case\")]")
         .field_attribute(

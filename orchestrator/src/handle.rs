@@ -70,6 +70,12 @@ impl Queue {
         self.0.lock().map_or(0, |w| w.jobs.len())
     }
 
+    /// No committer is at work.
+    #[cfg(test)]
+    fn idle(&self) -> bool {
+        self.0.lock().is_ok_and(|w| !w.committing)
+    }
+
     /// A committer is at work and has taken everything queued.
     #[cfg(test)]
     fn drained(&self) -> bool {
@@ -564,6 +570,10 @@ mod tests {
         versions: std::ops::Range<usize>,
     ) -> Vec<Result<ApplyResponse, Error>> {
         let n = versions.len();
+        // The committer of what came before may not have looked for more
+        // yet: were it still at work, `drained` below would hold before the
+        // busy transition is even queued.
+        until("the committer before is done", || o.queue.idle()).await;
         let guard = o.shared.lock().unwrap();
         let busy = {
             let o = o.clone();

@@ -3,6 +3,7 @@
 //! `proto/continuum/v1/continuum.proto`.
 
 pub mod apply;
+pub mod codec;
 pub mod json;
 pub mod rejection;
 pub mod serving;
