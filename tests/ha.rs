@@ -8,10 +8,9 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{err, ok, out, Guard, Serve};
+use common::{err, ok, out, Serve};
 use continuum_orchestrator::etcd_cluster::{etcd_available, EtcdCluster};
 use serde_json::Value;
 
@@ -74,19 +73,7 @@ fn the_leader_dies_mid_rollout_and_a_standby_carries_it_through() {
     );
 
     let both = format!("{a_addr},{b_addr}");
-    let _fleet = Guard(
-        Command::new(env!("CARGO_BIN_EXE_continuum"))
-            .args(["gateway", "sim", "--orchestrator", &both])
-            .args(["--count", &GATEWAYS.to_string()])
-            .args(["--step-time", "50ms..150ms", "--interval", "300ms"])
-            .args(["--max-backoff", "500ms", "--summary-every", "0"])
-            .arg("--data-dir")
-            .arg(dir.path().join("fleet"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starts continuum gateway sim"),
-    );
+    let _fleet = common::sim_fleet(&both, GATEWAYS, "50ms..150ms", &dir.path().join("fleet"));
     let write = |v: u32| {
         let path = dir.path().join(format!("v{v}.json"));
         std::fs::write(

@@ -104,18 +104,11 @@ fn a_region_runs_its_subtree_for_the_top_and_alone_when_cut_off() {
         "warn,continuum_gateway::link=info",
     ];
     let region = Serve::start_with(&dir.path().join("region"), &region_flags);
-    let _fleet = Guard(
-        Command::new(env!("CARGO_BIN_EXE_continuum"))
-            .args(["gateway", "sim", "--orchestrator", &region.addr])
-            .args(["--count", &GATEWAYS.to_string()])
-            .args(["--step-time", "20ms..60ms", "--interval", "300ms"])
-            .args(["--max-backoff", "500ms", "--summary-every", "0"])
-            .arg("--data-dir")
-            .arg(dir.path().join("fleet"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starts continuum gateway sim"),
+    let _fleet = common::sim_fleet(
+        &region.addr,
+        GATEWAYS,
+        "20ms..60ms",
+        &dir.path().join("fleet"),
     );
     let write = |name: &str, text: String| {
         let path = dir.path().join(name);

@@ -104,9 +104,7 @@ impl Orchestrator {
         self.read(move |core, _| {
             let gateway = core.gateways.get(&id).map(|g| core.gateway_view(g));
             Ok(core
-                .subsystems
-                .iter()
-                .filter(|(_, s)| s.target.gateway_id == id)
+                .subsystems_of(&id)
                 .map(|(name, s)| {
                     let view = SubsystemView {
                         target_generation: s.target.generation,

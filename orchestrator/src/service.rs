@@ -110,12 +110,15 @@ impl Orchestrator {
                 .lock()
                 .map(|h| h.clone())
                 .unwrap_or_default();
-            if !from_above && !held.is_empty() {
-                let head = self
-                    .read(|core, _| Ok(core.head.as_ref().map(|h| h.megamodel.clone())))
-                    .await?;
-                prepared.check_held(&held, head.as_ref())?;
-            }
+            let prepared = if !from_above && !held.is_empty() {
+                self.read(move |core, _| {
+                    prepared.check_held(&held, core.head.as_ref().map(|h| &h.megamodel))?;
+                    Ok(prepared)
+                })
+                .await?
+            } else {
+                prepared
+            };
             Ok::<_, Status>(
                 self.transact(move |core, _, now| core.apply(prepared, now))
                     .await?,

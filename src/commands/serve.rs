@@ -277,7 +277,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .map(|ca| continuum_proto::tls::ClientTls::load(Some(ca), None))
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--upstream-ca: {e}"))?,
-            region: args.region.clone().unwrap_or_default(),
+            region: match args.region.as_deref().map(str::trim) {
+                Some(r) if !r.is_empty() => r.to_owned(),
+                _ => anyhow::bail!(
+                    "--region: a name is needed (the tier above shows it as where the gateways are)"
+                ),
+            },
             data_dir: config.data_dir.join("tier"),
             max_backoff: Duration::from_secs(10),
         }),

@@ -406,7 +406,14 @@ async fn apply(
             Ok(r) => break r,
             // A local apply moved the head meanwhile: on the new head.
             Err(s) if s.code() == tonic::Code::Aborted && attempt < APPLY_ATTEMPTS => continue,
-            Err(s) => return Err(s.message().to_owned()),
+            // The model's problems, not only how many (the tier above shows
+            // the reason as the subsystem's refusal).
+            Err(s) => {
+                return Err(match continuum_proto::rejection::from_status(&s) {
+                    Some(invalid) => format!("refused here: {invalid}"),
+                    None => s.message().to_owned(),
+                })
+            }
         }
     };
     let here = match response.targets.iter().find(|t| t.subsystem == subsystem) {

@@ -174,6 +174,26 @@ impl Drop for Serve {
 /// Any other child process, killed when dropped (even when a test fails).
 pub struct Guard(pub Child);
 
+/// `continuum gateway sim`: `count` simulated gateways (`sim-1`…) dialling
+/// `orchestrator` (one address, or several separated by commas), each step
+/// taking a time drawn from `step_time`, reconciling every 300 ms and
+/// dialling again within 500 ms; stopped when dropped.
+pub fn sim_fleet(orchestrator: &str, count: usize, step_time: &str, data_dir: &Path) -> Guard {
+    Guard(
+        Command::new(env!("CARGO_BIN_EXE_continuum"))
+            .args(["gateway", "sim", "--orchestrator", orchestrator])
+            .args(["--count", &count.to_string()])
+            .args(["--step-time", step_time, "--interval", "300ms"])
+            .args(["--max-backoff", "500ms", "--summary-every", "0"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starts continuum gateway sim"),
+    )
+}
+
 impl Drop for Guard {
     fn drop(&mut self) {
         let _ = self.0.kill();
